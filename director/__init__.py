@@ -1,0 +1,1 @@
+"""tandem data plane: engine, connection table, schedulers, NFQUEUE adapter, node."""

@@ -1,0 +1,64 @@
+"""The `tandem` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _node(args: argparse.Namespace) -> int:
+    from director.config import ConfigError, load
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"tandem node: bad config: {exc}", file=sys.stderr)
+        return 2
+    from director import node
+    try:
+        import uvloop
+        uvloop.run(node.run(cfg))
+    except ImportError:
+        import asyncio
+        asyncio.run(node.run(cfg))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from director.config import ConfigError, load
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"bad config: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: ok ({len(cfg.services)} services)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tandem", description="HA FULLNAT L4 load-balancer director")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    n = sub.add_parser("node", help="run one director node")
+    n.add_argument("--config", required=True, help="the node's TOML file")
+    n.set_defaults(func=_node)
+    c = sub.add_parser("check-config", help="validate a node config and exit")
+    c.add_argument("config")
+    c.set_defaults(func=_check)
+    try:
+        from lab import cli as lab_cli
+    except ImportError:
+        pass
+    else:
+        lab_cli.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The node's TOML config: parsed, checked and turned into typed objects.
+
+Every problem is reported as `FILE: FIELD: PROBLEM` and nothing is applied
+until the whole file is valid, so a bad file never half-changes a node.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from director import sched
+from director.tcp_state import DEFAULT_TIMEOUTS
+
+PROTOS = {"tcp": 6, "udp": 17}
+ROLES = ("master", "backup")
+CHECKSUM_MODES = ("new", "all", "none")
+
+
+class ConfigError(ValueError):
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        super().__init__(f"{source}: {field}: {problem}")
+        self.source, self.field, self.problem = source, field, problem
+
+
+@dataclass(frozen=True)
+class RealServerConfig:
+    addr: str
+    port: int
+    weight: int = 1
+    u_threshold: int = 0
+    l_threshold: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    proto: str
+    vip: str
+    port: int
+    scheduler: str
+    flags: tuple[str, ...]
+    laddrs: tuple[str, ...]
+    real_servers: tuple[RealServerConfig, ...]
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name or f"{self.proto}/{self.vip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    api_host: str
+    api_port: int
+    queue: int = 0
+    role: str = "master"
+    verify_checksums: str = "new"
+    tick: float = 0.1
+    timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    max_conns: int = 1_000_000
+    lport_min: int = 5000
+    lport_max: int = 65535
+    services: tuple[ServiceConfig, ...] = ()
+    source: str = "<config>"
+
+    @property
+    def vips(self) -> list[str]:
+        return sorted({s.vip for s in self.services})
+
+    @property
+    def laddrs(self) -> list[str]:
+        return sorted({a for s in self.services for a in s.laddrs})
+
+
+class _Reader:
+    """Typed access to one table of the document, naming the field on error."""
+
+    def __init__(self, source: str, prefix: str, table: Any) -> None:
+        self.source, self.prefix = source, prefix
+        if not isinstance(table, dict):
+            self.fail("", "must be a table")
+        self.table = table
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str):
+        name = f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
+        raise ConfigError(self.source, name, problem)
+
+    def get(self, key: str, kind: type | tuple, default: Any = ..., *, lo=None, hi=None):
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                self.fail(key, "is required")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            self.fail(key, f"must be {kinds[0].__name__}, not a boolean")
+        if not isinstance(value, kinds):
+            if float in kinds and isinstance(value, int):
+                value = float(value)
+            else:
+                self.fail(key, f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        if lo is not None and value < lo:
+            self.fail(key, f"must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            self.fail(key, f"must be <= {hi}, got {value}")
+        return value
+
+    def choice(self, key: str, options, default: Any = ...):
+        value = self.get(key, str, default)
+        if value not in options:
+            self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def address(self, key: str, value: Any = ..., family: int | None = None) -> str:
+        raw = self.get(key, str) if value is ... else value
+        try:
+            ip = ipaddress.ip_address(raw)
+        except ValueError:
+            self.fail(key, f"{raw!r} is not an IP address")
+        if family and ip.version != family:
+            self.fail(key, f"{raw} is IPv{ip.version}, the service is IPv{family}")
+        return str(ip)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            self.fail(unknown[0], "unknown key (misspelt?)")
+
+
+def parse(doc: dict, source: str = "<config>") -> NodeConfig:
+    top = _Reader(source, "", doc)
+    node = _Reader(source, "node", top.get("node", dict))
+    name = node.get("name", str)
+    api = node.get("api", str, "127.0.0.1:9100")
+    host, _, port = api.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        node.fail("api", f"must be host:port, got {api!r}")
+    node_kw = dict(
+        name=name, api_host=host.strip("[]"), api_port=int(port),
+        queue=node.get("queue", int, 0, lo=0, hi=65535),
+        role=node.choice("role", ROLES, "master"),
+        verify_checksums=node.choice("verify_checksums", CHECKSUM_MODES, "new"),
+        tick=node.get("tick", float, 0.1, lo=0.001, hi=10.0),
+    )
+    node.finish()
+
+    t = _Reader(source, "timeouts", top.get("timeouts", dict, {}))
+    timeouts = {k: t.get(k, float, float(v), lo=0.001) for k, v in DEFAULT_TIMEOUTS.items()}
+    t.finish()
+
+    lim = _Reader(source, "limits", top.get("limits", dict, {}))
+    max_conns = lim.get("max_conns", int, 1_000_000, lo=1)
+    lport_min = lim.get("lport_min", int, 5000, lo=1024, hi=65535)
+    lport_max = lim.get("lport_max", int, 65535, lo=1024, hi=65535)
+    if lport_min > lport_max:
+        lim.fail("lport_min", f"{lport_min} is above lport_max {lport_max}")
+    lim.finish()
+
+    default_laddrs = top.get("laddrs", list, [])
+    raw_services = top.get("services", list)
+    if not raw_services:
+        top.fail("services", "must list at least one service")
+    services = []
+    seen = set()
+    for i, raw in enumerate(raw_services):
+        services.append(_service(source, f"services[{i}]", raw, default_laddrs))
+        k = (services[-1].proto, services[-1].vip, services[-1].port)
+        if k in seen:
+            raise ConfigError(source, f"services[{i}]", f"duplicate service {k[0]} {k[1]}:{k[2]}")
+        seen.add(k)
+    top.finish()
+    return NodeConfig(**node_kw, timeouts=timeouts, max_conns=max_conns,
+                      lport_min=lport_min, lport_max=lport_max,
+                      services=tuple(services), source=source)
+
+
+def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> ServiceConfig:
+    s = _Reader(source, prefix, raw)
+    proto = s.choice("proto", tuple(PROTOS))
+    vip = s.address("vip")
+    family = ipaddress.ip_address(vip).version
+    port = s.get("port", int, lo=1, hi=65535)
+    scheduler = s.get("scheduler", str, "wlc")
+    if scheduler not in sched.names():
+        s.fail("scheduler", f"unknown scheduler {scheduler!r} (known: {', '.join(sched.names())})")
+    flags = tuple(s.get("flags", list, []))
+    try:
+        sched.create(scheduler, frozenset(flags))
+    except ValueError as exc:
+        s.fail("flags", str(exc))
+    laddrs = s.get("laddrs", list, default_laddrs)
+    if not laddrs:
+        s.fail("laddrs", "a FULLNAT service needs at least one laddr (here or top-level laddrs)")
+    laddrs = tuple(s.address(f"laddrs[{j}]", a, family) for j, a in enumerate(laddrs))
+    reals = []
+    raw_reals = s.get("real_servers", list)
+    if not raw_reals:
+        s.fail("real_servers", "must list at least one real server")
+    for j, rr in enumerate(raw_reals):
+        r = _Reader(source, f"{prefix}.real_servers[{j}]", rr)
+        reals.append(RealServerConfig(
+            addr=r.address("addr", family=family),
+            port=r.get("port", int, port, lo=1, hi=65535),
+            weight=r.get("weight", int, 1, lo=0, hi=65535),
+            u_threshold=r.get("u_threshold", int, 0, lo=0),
+            l_threshold=r.get("l_threshold", int, 0, lo=0),
+        ))
+        r.finish()
+    name = s.get("name", str, "")
+    s.finish()
+    return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
+                         laddrs=laddrs, real_servers=tuple(reals), name=name)
+
+
+def load(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), "(file)", exc.strerror or str(exc)) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "(syntax)", str(exc)) from None
+    return parse(doc, str(path))

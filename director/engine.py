@@ -1,0 +1,274 @@
+"""The sans-IO FULLNAT engine: (packet bytes, now) -> verdict.
+
+`handle` returns None to drop, the same object to accept unchanged, or new
+bytes to accept rewritten.  Everything it needs to know about time arrives as
+`now`; it performs no I/O and reads no clock, so the NFQUEUE adapter, the
+tests and the benchmarks drive the very same object.
+
+The packet path, in order: parse; one dict lookup on the flow key, which finds
+a connection by either of its tuples; state transition and timer refresh;
+rewrite with the connection's precomputed template.  Only a miss takes the
+slow path (ICMP error, or a new connection through the scheduler).
+"""
+from __future__ import annotations
+
+import logging
+
+from director import tcp_state
+from director.config import NodeConfig
+from director.conn import ASSURED, INACTIVE, NOOUTPUT, Conn, ConnTable
+from director.laddr import PortExhausted
+from director.sched import Flow
+from director.service import Service
+from director.tcp_state import ESTABLISHED, INPUT, INPUT_ONLY, OUTPUT, TRANSITIONS, EVENT_OF_FLAGS
+from proto import packet as P
+from proto.fullnat import Rewrite, apply, rewrite_icmp_error
+
+log = logging.getLogger("tandem.engine")
+
+TCP, UDP = 6, 17
+SYN, RST, ACK = 0x02, 0x04, 0x10
+CLOSE, TIME_WAIT = tcp_state.CLOSE, tcp_state.TIME_WAIT
+
+#: Why a packet was dropped.  Parse failures use proto.packet's reason codes.
+DROP_REASONS = P.REASONS + (
+    "bad_checksum",   # L4 (or IPv4 header) checksum wrong on a packet that would open a connection
+    "no_service",     # TCP/UDP to a VIP port no service listens on
+    "no_conn",        # matches no connection and cannot open one (TCP without SYN, reply to a laddr)
+    "icmp_no_conn",   # an ICMP error about no known connection
+    "no_dest",        # the scheduler found no usable real server
+    "no_lport",       # every laddr's port range to that real server is in use
+    "table_full",     # at max_conns with nothing to early-drop
+    "not_ours",       # queued, but addressed to neither a VIP nor a laddr
+    "internal_error",  # a bug: counted and logged, never raised
+)
+
+
+class Engine:
+    def __init__(self, cfg: NodeConfig, now: float = 0.0) -> None:
+        self.cfg = cfg
+        self.tcp_timeouts = tcp_state.timeout_table(cfg.timeouts)
+        self.udp_timeout = float(cfg.timeouts["udp"])
+        self.table = ConnTable(cfg.max_conns, self._expired, cfg.tick, now)
+        self.index = self.table.index          # the hot path reads the dict directly
+        self.services: dict[tuple[int, bytes, int], Service] = {}
+        for sc in cfg.services:
+            svc = Service(sc, cfg.lport_min, cfg.lport_max, self.table.has_key)
+            self.services[svc.key] = svc
+        self.vips = {s.vip for s in self.services.values()}
+        self.laddrs = {a for s in self.services.values() for a in s.laddrs.laddrs}
+        self.owned = self.vips | self.laddrs
+        self.verify_new = cfg.verify_checksums in ("new", "all")
+        self.verify_all = cfg.verify_checksums == "all"
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+        self.stats = dict.fromkeys((
+            "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
+            "conns_reused", "early_drops", "icmp_errors", "passed_local"), 0)
+        self._errors_logged = 0
+
+    # -- the packet path -------------------------------------------------------
+
+    def handle(self, data: bytes, now: float) -> bytes | None:
+        self.stats["packets"] += 1
+        try:
+            pkt = P.parse(data)
+        except P.Malformed as exc:
+            self.drops[exc.reason] += 1
+            return None
+        try:
+            conn = self.index.get(pkt.key)
+            if conn is not None:
+                return self._forward(conn, data, pkt, now)
+            if pkt.inner is not None:
+                return self._icmp_error(data, pkt)
+            return self._new(data, pkt, now)
+        except Exception:       # nothing a packet holds may take the engine down
+            self.drops["internal_error"] += 1
+            if self._errors_logged < 10:
+                self._errors_logged += 1
+                log.exception("engine error on a %d-byte packet (dropped)", len(data))
+            return None
+
+    def _forward(self, conn: Conn, data: bytes, pkt, now: float) -> bytes | None:
+        if self.verify_all and not P.l4_checksum_ok(data, pkt):
+            self.drops["bad_checksum"] += 1
+            return None
+        inbound = pkt.key == conn.orig_key
+        dest = conn.dest
+        if conn.proto == TCP:
+            flags = pkt.flags
+            if inbound:
+                if flags & SYN and not flags & (ACK | RST) and conn.state in (TIME_WAIT, CLOSE):
+                    # conn_reuse_mode 1: a new SYN on a closing entry is a new connection
+                    self._drop(conn)
+                    self.stats["conns_reused"] += 1
+                    return self._new(data, pkt, now)
+                direction = INPUT_ONLY if conn.flags & NOOUTPUT else INPUT
+            else:
+                direction = OUTPUT
+                conn.flags &= ~NOOUTPUT
+            event = EVENT_OF_FLAGS[flags]
+            new = TRANSITIONS[direction][event][conn.state] if event >= 0 else CLOSE
+            if new != conn.state:
+                self._set_state(conn, new)
+            timeout = self.tcp_timeouts[conn.state]
+        else:
+            if not inbound and conn.flags & NOOUTPUT:
+                conn.flags &= ~NOOUTPUT
+                self.table.assure(conn)
+            timeout = self.udp_timeout
+        self.table.wheel.refresh(conn, now + timeout)
+        if inbound:
+            self.stats["forwarded_in"] += 1
+            if dest is not None:
+                dest.packets_in += 1
+                dest.bytes_in += len(data)
+            return apply(data, pkt, conn.rw_in)
+        self.stats["forwarded_out"] += 1
+        if dest is not None:
+            dest.packets_out += 1
+            dest.bytes_out += len(data)
+        return apply(data, pkt, conn.rw_out)
+
+    def _new(self, data: bytes, pkt, now: float) -> bytes | None:
+        proto = pkt.proto
+        svc = self.services.get((proto, pkt.dst, pkt.dport))
+        if svc is None:
+            return self._unowned(data, pkt)
+        if proto == TCP and (not pkt.flags & SYN or pkt.flags & RST):
+            self.drops["no_conn"] += 1
+            return None
+        if self.verify_new and not (P.l4_checksum_ok(data, pkt)
+                                    and (pkt.family == 6 or P.ipv4_header_ok(data))):
+            self.drops["bad_checksum"] += 1
+            return None
+        if self.table.count >= self.table.max_conns and not self._early_drop():
+            self.drops["table_full"] += 1
+            return None
+        dest = svc.scheduler.schedule(Flow(proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, now))
+        if dest is None:
+            self.drops["no_dest"] += 1
+            return None
+        try:
+            laddr, lport = svc.laddrs.allocate(proto, dest.addr, dest.port)
+        except PortExhausted:
+            self.drops["no_lport"] += 1
+            return None
+        conn = Conn(proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, laddr, lport, dest.addr, dest.port)
+        self._install(conn, svc, dest, now)
+        if proto == TCP:
+            self._set_state(conn, tcp_state.next_state(conn.state, INPUT_ONLY, pkt.flags))
+            expires = now + self.tcp_timeouts[conn.state]
+        else:
+            expires = now + self.udp_timeout
+        self.table.insert(conn, expires)
+        if conn.state == ESTABLISHED:
+            self.table.assure(conn)
+        self.stats["conns_new"] += 1
+        self.stats["forwarded_in"] += 1
+        dest.packets_in += 1
+        dest.bytes_in += len(data)
+        return apply(data, pkt, conn.rw_in)
+
+    def _unowned(self, data: bytes, pkt) -> bytes | None:
+        if pkt.dst not in self.owned:
+            self.drops["not_ours"] += 1
+            return None
+        if pkt.proto in (1, 58):
+            # echo and other informational ICMP to a VIP or laddr: the host answers
+            self.stats["passed_local"] += 1
+            return data
+        # Never let TCP/UDP to our addresses reach the local stack: it would
+        # answer with RST or port-unreachable for a flow it knows nothing of.
+        self.drops["no_service" if pkt.dst in self.vips else "no_conn"] += 1
+        return None
+
+    def _icmp_error(self, data: bytes, pkt) -> bytes | None:
+        inner = pkt.inner
+        key = P.flow_key(inner.proto, inner.dst, inner.src, inner.dport, inner.sport)
+        conn = self.index.get(key)
+        if conn is None:
+            self.drops["icmp_no_conn"] += 1
+            return None
+        self.stats["icmp_errors"] += 1
+        if key == conn.orig_key:
+            # about a packet we sent the client: pass it on to the real server
+            return rewrite_icmp_error(data, pkt, conn.laddr, conn.daddr,
+                                      conn.daddr, conn.laddr, conn.dport, conn.lport)
+        return rewrite_icmp_error(data, pkt, conn.vaddr, conn.caddr,
+                                  conn.caddr, conn.vaddr, conn.cport, conn.vport)
+
+    # -- connection life -------------------------------------------------------
+
+    def _install(self, conn: Conn, svc: Service, dest, now: float) -> None:
+        """Templates and binding to the dest, as ip_vs_bind_dest."""
+        family = svc.family
+        conn.rw_in = Rewrite(family, conn.proto, conn.caddr, conn.vaddr, conn.cport, conn.vport,
+                             conn.laddr, conn.daddr, conn.lport, conn.dport)
+        conn.rw_out = Rewrite(family, conn.proto, conn.daddr, conn.laddr, conn.dport, conn.lport,
+                              conn.vaddr, conn.caddr, conn.vport, conn.cport)
+        conn.service = svc
+        conn.created = now
+        conn.dest = dest
+        if conn.flags & INACTIVE:
+            dest.inactive += 1
+        else:
+            dest.active += 1
+        dest.conns_total += 1
+        dest.update_overload()
+
+    def _set_state(self, conn: Conn, new: int) -> None:
+        """set_tcp_state's accounting: only ESTABLISHED counts as active."""
+        dest = conn.dest
+        if dest is not None:
+            if not conn.flags & INACTIVE and new != ESTABLISHED:
+                dest.active -= 1
+                dest.inactive += 1
+                conn.flags |= INACTIVE
+            elif conn.flags & INACTIVE and new == ESTABLISHED:
+                dest.inactive -= 1
+                dest.active += 1
+                conn.flags &= ~INACTIVE
+        if new == ESTABLISHED and not conn.flags & ASSURED:
+            self.table.assure(conn)
+        conn.state = new
+
+    def _unbind(self, conn: Conn) -> None:
+        dest = conn.dest
+        if dest is not None:
+            if conn.flags & INACTIVE:
+                dest.inactive -= 1
+            else:
+                dest.active -= 1
+            dest.update_overload()
+            conn.dest = None
+        svc = conn.service
+        if svc is not None:
+            svc.laddrs.release(conn.proto, conn.laddr, conn.daddr, conn.dport)
+
+    def _drop(self, conn: Conn) -> None:
+        self.table.remove(conn)
+        self._unbind(conn)
+
+    def _expired(self, conn: Conn) -> None:
+        self._unbind(conn)
+        self.stats["conns_expired"] += 1
+
+    def _early_drop(self) -> bool:
+        victim = self.table.early_drop_candidate()
+        if victim is None:
+            return False
+        self._drop(victim)
+        self.stats["early_drops"] += 1
+        return True
+
+    def expire(self, now: float) -> int:
+        """Run the timers: call at least every `cfg.tick` seconds."""
+        return self.table.expire(now)
+
+    # -- what the API shows ------------------------------------------------------
+
+    def conn_counts(self) -> dict:
+        active = sum(d.active for s in self.services.values() for d in s.dests)
+        inactive = sum(d.inactive for s in self.services.values() for d in s.dests)
+        return {"total": self.table.count, "active": active, "inactive": inactive}

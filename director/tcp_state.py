@@ -1,0 +1,81 @@
+"""The IPVS TCP state machine (ip_vs_proto_tcp.c), as data.
+
+Transcribed from mainline's tcp_states[] (sloppy_tcp and secure_tcp off).  A
+connection's state moves on every packet by (table row for the direction and
+event, column for the current state).  Rows: INPUT (client -> server), OUTPUT
+(server -> client) and INPUT_ONLY, used while no reply has been seen.
+"""
+from __future__ import annotations
+
+STATES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT",
+          "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK")
+(NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT,
+ CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK) = range(len(STATES))
+
+_ABBR = {"sNO": NONE, "sES": ESTABLISHED, "sSS": SYN_SENT, "sSR": SYN_RECV,
+         "sFW": FIN_WAIT, "sTW": TIME_WAIT, "sCL": CLOSE, "sCW": CLOSE_WAIT,
+         "sLA": LAST_ACK, "sLI": LISTEN, "sSA": SYNACK}
+
+# Columns are the current state, in STATES order.
+_TABLE = """
+INPUT
+ syn        sSR  sES  sES  sSR  sSR  sSR  sSR  sSR  sSR  sSR  sSR
+ fin        sCL  sCW  sSS  sTW  sTW  sTW  sCL  sCW  sLA  sLI  sTW
+ ack        sES  sES  sSS  sES  sFW  sTW  sCL  sCW  sCL  sLI  sES
+ rst        sCL  sCL  sCL  sSR  sCL  sCL  sCL  sCL  sLA  sLI  sSR
+OUTPUT
+ syn        sSS  sES  sSS  sSR  sSS  sSS  sSS  sSS  sSS  sLI  sSR
+ fin        sTW  sFW  sSS  sTW  sFW  sTW  sCL  sTW  sLA  sLI  sTW
+ ack        sES  sES  sSS  sES  sFW  sTW  sCL  sCW  sLA  sES  sES
+ rst        sCL  sCL  sSS  sCL  sCL  sTW  sCL  sCL  sCL  sCL  sCL
+INPUT_ONLY
+ syn        sSR  sES  sES  sSR  sSR  sSR  sSR  sSR  sSR  sSR  sSR
+ fin        sCL  sFW  sSS  sTW  sFW  sTW  sCL  sCW  sLA  sLI  sTW
+ ack        sES  sES  sSS  sES  sFW  sTW  sCL  sCW  sCL  sLI  sES
+ rst        sCL  sCL  sCL  sSR  sCL  sCL  sCL  sCL  sLA  sLI  sCL
+"""
+
+INPUT, OUTPUT, INPUT_ONLY = 0, 1, 2
+EVENTS = ("syn", "fin", "ack", "rst")
+
+
+def _parse(text: str) -> tuple[tuple[tuple[int, ...], ...], ...]:
+    rows: list[list[tuple[int, ...]]] = []
+    for line in text.strip().splitlines():
+        words = line.split()
+        if len(words) == 1:
+            rows.append([])
+        else:
+            rows[-1].append(tuple(_ABBR[w] for w in words[1:]))
+    return tuple(tuple(r) for r in rows)
+
+
+#: TRANSITIONS[direction][event][state] -> next state
+TRANSITIONS = _parse(_TABLE)
+
+# tcp_state_idx: RST first, then SYN, FIN, ACK; a packet with none of them
+# gives -1, and the kernel then moves the connection to CLOSE.
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
+EVENT_OF_FLAGS = tuple(
+    3 if f & _RST else 0 if f & _SYN else 1 if f & _FIN else 2 if f & _ACK else -1
+    for f in range(256)
+)
+
+#: Kernel defaults (seconds), tcp_timeouts[] and udp_timeouts[].
+DEFAULT_TIMEOUTS = {
+    "tcp_none": 2, "tcp_established": 900, "tcp_syn_sent": 120, "tcp_syn_recv": 60,
+    "tcp_fin_wait": 120, "tcp_time_wait": 120, "tcp_close": 10, "tcp_close_wait": 60,
+    "tcp_last_ack": 30, "tcp_listen": 120, "tcp_synack": 120, "udp": 300,
+}
+
+
+def timeout_table(timeouts: dict[str, float]) -> tuple[float, ...]:
+    """Per-state timeouts indexed by state, from a merged timeouts mapping."""
+    return tuple(float(timeouts[f"tcp_{s.lower()}"]) for s in STATES)
+
+
+def next_state(state: int, direction: int, flags: int) -> int:
+    event = EVENT_OF_FLAGS[flags]
+    if event < 0:
+        return CLOSE
+    return TRANSITIONS[direction][event][state]

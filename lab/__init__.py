@@ -1,0 +1,1 @@
+"""The lab: network namespaces that are at once demo, test bed and drill ground."""

@@ -1,0 +1,1 @@
+"""Wire formats only: packets, checksums, sync messages, VRRP adverts. Pure functions, no I/O."""
