@@ -27,6 +27,7 @@ class Conn:
         "proto", "caddr", "cport", "vaddr", "vport", "laddr", "lport", "daddr", "dport",
         "orig_key", "reply_key", "rw_in", "rw_out", "state", "flags", "dest", "service",
         "expires", "timer_tick", "alive", "created",
+        "in_pkts", "old_state", "sync_endtime",
     )
 
     def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport) -> None:
@@ -44,6 +45,10 @@ class Conn:
         self.timer_tick = 0
         self.alive = True
         self.created = 0.0
+        # what ip_vs_sync_conn_needed keeps per connection
+        self.in_pkts = 0
+        self.old_state = 0
+        self.sync_endtime = 0.0
 
     def describe(self) -> dict:
         from director.tcp_state import STATES

@@ -13,10 +13,11 @@ slow path (ICMP error, or a new connection through the scheduler).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from director import tcp_state
 from director.config import NodeConfig
-from director.conn import ASSURED, INACTIVE, NOOUTPUT, Conn, ConnTable
+from director.conn import ASSURED, INACTIVE, NOOUTPUT, SYNCED, Conn, ConnTable
 from director.laddr import PortExhausted
 from director.sched import Flow
 from director.service import Service
@@ -65,6 +66,11 @@ class Engine:
             "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
             "conns_reused", "early_drops", "icmp_errors", "passed_local"), 0)
         self._errors_logged = 0
+        #: called as hook(conn, pkts, now) after every client->VIP packet of a
+        #: connection, as ip_vs_in calls ip_vs_sync_conn; syncd decides.
+        self.sync_hook: Callable[[Conn, int, float], None] | None = None
+        self.sync_stats = dict.fromkeys(("applied", "created", "updated", "replaced",
+                                         "ignored", "unbound", "conflicts"), 0)
 
     # -- the packet path -------------------------------------------------------
 
@@ -123,6 +129,9 @@ class Engine:
             if dest is not None:
                 dest.packets_in += 1
                 dest.bytes_in += len(data)
+            conn.in_pkts += 1
+            if self.sync_hook is not None:
+                self.sync_hook(conn, conn.in_pkts, now)
             return apply(data, pkt, conn.rw_in)
         self.stats["forwarded_out"] += 1
         if dest is not None:
@@ -168,6 +177,10 @@ class Engine:
         self.stats["forwarded_in"] += 1
         dest.packets_in += 1
         dest.bytes_in += len(data)
+        conn.in_pkts = 1
+        conn.sync_endtime = now
+        if self.sync_hook is not None:
+            self.sync_hook(conn, 1, now)
         return apply(data, pkt, conn.rw_in)
 
     def _unowned(self, data: bytes, pkt) -> bytes | None:
@@ -265,6 +278,87 @@ class Engine:
     def expire(self, now: float) -> int:
         """Run the timers: call at least every `cfg.tick` seconds."""
         return self.table.expire(now)
+
+    # -- state from the peer (ip_vs_proc_conn) -------------------------------------
+
+    def apply_synced(self, *, proto: int, state: int, flags: int, caddr: bytes, cport: int,
+                     vaddr: bytes, vport: int, laddr: bytes, lport: int, daddr: bytes,
+                     dport: int, timeout: float, now: float, in_pkts: int = 3) -> str:
+        """Create or update a connection from a sync entry; return what happened.
+
+        As ip_vs_proc_conn: an entry whose real server or local pair changed
+        replaces ours unless it is only an expiry notice (INACTIVE); the
+        INACTIVE bit moves the dest's active/inactive counts; a connection
+        whose service or real server we do not have is kept unbound (and
+        still forwarded) and counted; the timer restarts at the sent timeout.
+        The peer's choice of laddr:lport wins over a local entry holding the
+        same pair: the master's view is the one clients are using.
+        """
+        st = self.sync_stats
+        st["applied"] += 1
+        sync_flags = flags & (INACTIVE | NOOUTPUT | ASSURED)
+        key = P.flow_key(proto, caddr, vaddr, cport, vport)
+        conn = self.index.get(key)
+        if conn is not None and key != conn.orig_key:
+            conn = None     # our laddr:lport seen as a client tuple: not the same flow
+        if conn is not None and (conn.daddr, conn.dport, conn.laddr, conn.lport) != (daddr, dport, laddr, lport):
+            if sync_flags & INACTIVE and state != ESTABLISHED:
+                st["ignored"] += 1
+                return "ignored"
+            self._drop(conn)
+            st["replaced"] += 1
+            conn = None
+        if conn is None:
+            reply_key = P.flow_key(proto, daddr, laddr, dport, lport)
+            holder = self.index.get(reply_key)
+            if holder is not None:
+                self._drop(holder)
+                st["conflicts"] += 1
+            conn = Conn(proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport)
+            conn.flags = sync_flags | SYNCED
+            svc = self.services.get((proto, vaddr, vport))
+            dest = svc.find_dest(daddr, dport) if svc is not None else None
+            if svc is not None and dest is not None:
+                self._install(conn, svc, dest, now)
+                if svc.laddrs.owns(laddr):
+                    svc.laddrs.claim(proto, laddr, daddr, dport)
+            else:
+                family = 4 if len(vaddr) == 4 else 6
+                conn.rw_in = Rewrite(family, proto, caddr, vaddr, cport, vport, laddr, daddr, lport, dport)
+                conn.rw_out = Rewrite(family, proto, daddr, laddr, dport, lport, vaddr, caddr, vport, cport)
+                conn.created = now
+                st["unbound"] += 1
+            conn.state = conn.old_state = state
+            conn.in_pkts = in_pkts
+            self.table.insert(conn, now + timeout)
+            if sync_flags & ASSURED:
+                self.table.assure(conn)
+            st["created"] += 1
+            return "created"
+        if (conn.flags ^ sync_flags) & INACTIVE and conn.dest is not None:
+            if sync_flags & INACTIVE:
+                conn.dest.active -= 1
+                conn.dest.inactive += 1
+            else:
+                conn.dest.inactive -= 1
+                conn.dest.active += 1
+        conn.flags = (conn.flags & ~(INACTIVE | NOOUTPUT)) | sync_flags | SYNCED
+        if sync_flags & ASSURED:
+            self.table.assure(conn)
+        conn.state = conn.old_state = state
+        conn.in_pkts = in_pkts
+        expires = now + timeout
+        if expires < conn.expires:
+            conn.expires = expires
+            self.table.wheel.schedule(conn)
+        else:
+            conn.expires = expires
+        st["updated"] += 1
+        return "updated"
+
+    def timeout_of(self, conn: Conn) -> float:
+        """The full timeout of the connection's current state (cp->timeout)."""
+        return self.tcp_timeouts[conn.state] if conn.proto == TCP else self.udp_timeout
 
     # -- what the API shows ------------------------------------------------------
 

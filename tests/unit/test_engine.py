@@ -253,3 +253,52 @@ def test_bit_flips_in_a_valid_syn_never_raise(pos, xor):
     eng = Engine(make_config())
     eng.handle(bytes(raw), 0.0)
     assert eng.drops["internal_error"] == 0
+
+
+def test_synced_entry_creates_an_identical_connection_that_forwards():
+    import ipaddress
+    from director.conn import INACTIVE, SYNCED
+    pk = lambda a: ipaddress.ip_address(a).packed
+    master, backup = Engine(make_config()), Engine(make_config())
+    conn = handshake(master, 40000)
+    seen = []
+    kw = dict(proto=6, state=conn.state, flags=conn.flags, caddr=conn.caddr, cport=conn.cport,
+              vaddr=conn.vaddr, vport=conn.vport, laddr=conn.laddr, lport=conn.lport,
+              daddr=conn.daddr, dport=conn.dport, timeout=900.0)
+    assert backup.apply_synced(now=1.0, **kw) == "created"
+    b = next(iter(backup.table))
+    assert (b.laddr, b.lport, b.daddr, b.state) == (conn.laddr, conn.lport, conn.daddr, ESTABLISHED)
+    assert b.flags & SYNCED and b.dest.active == 1
+    # the backup forwards the flow's next packet exactly as the master would
+    out = IP(backup.handle(tcp(CLIENT, VIP, 40000, 80, "A", seq=2000), 2.0))
+    assert (pk(out.src), out[TCP].sport, pk(out.dst)) == (conn.laddr, conn.lport, conn.daddr)
+    # an update moving it to inactive shifts the dest counts
+    kw.update(state=TIME_WAIT, flags=conn.flags | INACTIVE, timeout=120.0)
+    assert backup.apply_synced(now=3.0, **kw) == "updated"
+    assert (b.dest.active, b.dest.inactive) == (0, 1)
+    # its port is never handed out by the backup's own allocator
+    assert backup.table.has_key(b.reply_key)
+
+
+def test_synced_entry_for_an_unknown_real_server_is_kept_unbound():
+    import ipaddress
+    pk = lambda a: ipaddress.ip_address(a).packed
+    eng = Engine(make_config())
+    r = eng.apply_synced(proto=17, state=0, flags=0, caddr=pk(CLIENT), cport=5353, vaddr=pk(VIP), vport=80,
+                         laddr=pk(LADDRS[0]), lport=7000, daddr=pk("198.18.2.99"), dport=8080,
+                         timeout=30.0, now=0.0)
+    assert r == "created" and eng.sync_stats["unbound"] == 1
+    assert eng.handle(udp(CLIENT, VIP, 5353, 80), 1.0) is not None
+    eng.expire(300.5)
+    assert len(eng.table) == 1          # the packet restarted it at the local UDP timeout
+    eng.expire(301.5)
+    assert len(eng.table) == 0
+
+
+def test_sync_hook_sees_every_inbound_packet_with_its_count():
+    eng = Engine(make_config())
+    calls = []
+    eng.sync_hook = lambda conn, pkts, now: calls.append((conn.cport, pkts))
+    handshake(eng, 40000)
+    eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.1)
+    assert calls == [(40000, 1), (40000, 2), (40000, 3)]
