@@ -125,7 +125,10 @@ def usable(d: Dest) -> bool:
 def least(dests: Sequence[Dest], cost: Callable[[Dest], int]) -> Dest | None:
     """Minimise cost(d)/weight(d) by cross-multiplication, first in list wins ties.
 
-    The shape of ip_vs_wlc_schedule, shared by wlc, sed and (via overhead) lblc.
+    The shape of ip_vs_wlc_schedule, shared by wlc, sed, lblc and lblcr.  The
+    kernel's second loop skips only OVERLOAD dests, not weight-0 ones, but a
+    weight-0 dest can never win `best_cost * 0 > cost * best.weight` with
+    non-negative costs, so skipping it here gives the same answer.
     """
     best = None
     for d in dests:

@@ -1,0 +1,87 @@
+"""Source hashing (ip_vs_sh.c), with the sh-fallback and sh-port flags.
+
+A table of 2^tab_bits buckets (CONFIG_IP_VS_SH_TAB_BITS, default 8, so 256)
+is tiled with the dest list, each dest repeated `weight` times ("don't move to
+next dest until filling weight"); a dest with weight <= 1, including a
+quiesced weight-0 dest, gets one bucket per pass.  The bucket of a flow is
+
+    (offset + (sport + ntohl(saddr_fold)) * 2654435761) & mask
+
+with sport = 0 unless `sh-port`, offset = 0 for the first try, and IPv6
+folded by XORing its four words.  The table depends only on the dest list
+and weights, so every director with the same config picks the same dest.
+
+If the bucket's dest has weight <= 0 or is OVERLOAD, the connection is
+refused, unless `sh-fallback`: then the kernel re-hashes with
+offset = (ihash + i) % size for i in 0..size-1 and takes the first available
+dest, which spreads the failed dest's clients deterministically over the
+others.
+
+(The packet's source address is the client in FULLNAT; for an "inverse"
+packet, which tandem never schedules, the kernel uses daddr.)
+
+Option: `tab_bits` (4..20, default 8).
+"""
+from director.sched import GOLDEN_PRIME, Flow, Scheduler, fold_addr, register
+
+FALLBACK = "sh-fallback"   # IP_VS_SVC_F_SCHED1
+PORT = "sh-port"           # IP_VS_SVC_F_SCHED2
+
+
+def _unavailable(d) -> bool:
+    return d.weight <= 0 or d.overloaded
+
+
+@register
+class SourceHashing(Scheduler):
+    name = "sh"
+    known_flags = frozenset({FALLBACK, PORT})
+
+    def __init__(self, flags=frozenset(), **kw):
+        super().__init__(flags, **kw)
+        bits = int(self.options.get("tab_bits", 8))
+        if not 4 <= bits <= 20:
+            raise ValueError(f"sh tab_bits must be in 4..20, not {bits}")
+        self.size = 1 << bits
+        self.mask = self.size - 1
+        self.table: list = [None] * self.size
+        self.fallback = FALLBACK in self.flags
+        self.use_port = PORT in self.flags
+
+    def update(self, dests):
+        super().update(dests)
+        table = [None] * self.size
+        dl = self.dests
+        if dl:
+            p = 0
+            count = 0
+            for i in range(self.size):
+                d = dl[p]
+                table[i] = d
+                count += 1
+                if count >= d.weight:
+                    p = (p + 1) % len(dl)
+                    count = 0
+        self.table = table
+
+    def bucket(self, flow: Flow, offset: int = 0) -> int:
+        port = flow.sport if self.use_port else 0
+        key = (port + fold_addr(flow.src)) & 0xFFFFFFFF
+        return (offset + key * GOLDEN_PRIME) & self.mask
+
+    def schedule(self, flow: Flow):
+        table = self.table
+        ihash = self.bucket(flow)
+        d = table[ihash]
+        if d is None:
+            return None
+        if not _unavailable(d):
+            return d
+        if not self.fallback:
+            return None
+        size = self.size
+        for off in range(size):
+            d = table[self.bucket(flow, (off + ihash) % size)]
+            if not _unavailable(d):
+                return d
+        return None
