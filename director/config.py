@@ -44,6 +44,9 @@ class ServiceConfig:
     laddrs: tuple[str, ...]
     real_servers: tuple[RealServerConfig, ...]
     name: str = ""
+    persistent: float = 0.0        # seconds; 0 = not persistent
+    persist_netmask: int = 32      # prefix length (128 for IPv6 by default)
+    ops: bool = False              # one-packet scheduling (UDP only)
 
     @property
     def key(self) -> str:
@@ -59,6 +62,8 @@ class NodeConfig:
     role: str = "master"
     verify_checksums: str = "new"
     tick: float = 0.1
+    expire_quiescent_template: bool = False
+    removed_server_conns: str = "expire"
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     max_conns: int = 1_000_000
     lport_min: int = 5000
@@ -146,6 +151,8 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
         role=node.choice("role", ROLES, "master"),
         verify_checksums=node.choice("verify_checksums", CHECKSUM_MODES, "new"),
         tick=node.get("tick", float, 0.1, lo=0.001, hi=10.0),
+        expire_quiescent_template=node.get("expire_quiescent_template", bool, False),
+        removed_server_conns=node.choice("removed_server_conns", ("expire", "keep"), "expire"),
     )
     node.finish()
 
@@ -212,9 +219,22 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
         ))
         r.finish()
     name = s.get("name", str, "")
+    persistent = s.get("persistent", (bool, float), 0.0)
+    if persistent is True:
+        persistent = 300.0          # ipvsadm -p with no timeout
+    elif persistent is False:
+        persistent = 0.0
+    elif persistent < 0:
+        s.fail("persistent", f"must be >= 0 seconds, got {persistent}")
+    persist_netmask = s.get("persist_netmask", int, 32 if family == 4 else 128,
+                            lo=0, hi=32 if family == 4 else 128)
+    ops = s.get("ops", bool, False)
+    if ops and proto != "udp":
+        s.fail("ops", "one-packet scheduling is only for UDP services")
     s.finish()
     return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
-                         laddrs=laddrs, real_servers=tuple(reals), name=name)
+                         laddrs=laddrs, real_servers=tuple(reals), name=name,
+                         persistent=float(persistent), persist_netmask=persist_netmask, ops=ops)
 
 
 def load(path: str | Path) -> NodeConfig:

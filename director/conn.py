@@ -17,6 +17,7 @@ INACTIVE = 0x01     # counted in the dest's inactive, not active, connections
 NOOUTPUT = 0x02     # no reply seen yet: the TCP state machine uses INPUT_ONLY
 SYNCED = 0x04       # created from a sync message, not by this node's scheduler
 ASSURED = 0x08      # has seen its handshake complete (TCP) or a reply (UDP)
+ONE_PACKET = 0x10   # one-packet scheduling: only the REPLY tuple is indexed
 
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 
@@ -27,7 +28,7 @@ class Conn:
         "proto", "caddr", "cport", "vaddr", "vport", "laddr", "lport", "daddr", "dport",
         "orig_key", "reply_key", "rw_in", "rw_out", "state", "flags", "dest", "service",
         "expires", "timer_tick", "alive", "created",
-        "in_pkts", "old_state", "sync_endtime",
+        "in_pkts", "old_state", "sync_endtime", "control",
     )
 
     def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport) -> None:
@@ -49,6 +50,7 @@ class Conn:
         self.in_pkts = 0
         self.old_state = 0
         self.sync_endtime = 0.0
+        self.control = None     # the persistence template, if any
 
     def describe(self) -> dict:
         from director.tcp_state import STATES
@@ -61,7 +63,8 @@ class Conn:
             "real": f"{ip(self.daddr)}:{self.dport}",
             "state": STATES[self.state] if self.proto == 6 else "UDP",
             "flags": [n for n, f in (("inactive", INACTIVE), ("nooutput", NOOUTPUT),
-                                     ("synced", SYNCED), ("assured", ASSURED)) if self.flags & f],
+                                     ("synced", SYNCED), ("assured", ASSURED),
+                                     ("one_packet", ONE_PACKET)) if self.flags & f],
             "expires": self.expires,
         }
 
@@ -88,17 +91,21 @@ class ConnTable:
         return self.count
 
     def __iter__(self) -> Iterator[Conn]:
-        for key, conn in self.index.items():
-            if key is conn.orig_key:
+        # every entry has its REPLY key indexed (one-packet entries have only that)
+        for key, conn in list(self.index.items()):
+            if key is conn.reply_key:
                 yield conn
 
     def has_key(self, key: bytes) -> bool:
         return key in self.index
 
-    def insert(self, conn: Conn, expires: float) -> None:
-        if conn.orig_key in self.index or conn.reply_key in self.index:
+    def insert(self, conn: Conn, expires: float, *, reply_only: bool = False) -> None:
+        """Index both tuples; `reply_only` for one-packet scheduling, where the
+        next datagram with the same ORIGINAL tuple must be scheduled afresh."""
+        if (not reply_only and conn.orig_key in self.index) or conn.reply_key in self.index:
             raise KeyError("tuple already in the table")
-        self.index[conn.orig_key] = conn
+        if not reply_only:
+            self.index[conn.orig_key] = conn
         self.index[conn.reply_key] = conn
         self.count += 1
         conn.expires = expires
@@ -112,9 +119,10 @@ class ConnTable:
 
     def remove(self, conn: Conn) -> None:
         """Unhash now (the wheel entry is dropped lazily: `alive` goes False)."""
-        if self.index.get(conn.orig_key) is conn:
-            del self.index[conn.orig_key]
+        if self.index.get(conn.reply_key) is conn:
             del self.index[conn.reply_key]
+            if self.index.get(conn.orig_key) is conn:
+                del self.index[conn.orig_key]
             self.count -= 1
         self.unassured.pop(conn, None)
         conn.alive = False

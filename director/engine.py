@@ -17,9 +17,10 @@ from typing import Callable
 
 from director import tcp_state
 from director.config import NodeConfig
-from director.conn import ASSURED, INACTIVE, NOOUTPUT, SYNCED, Conn, ConnTable
+from director.conn import ASSURED, INACTIVE, NOOUTPUT, ONE_PACKET, SYNCED, Conn, ConnTable
 from director.laddr import PortExhausted
 from director.sched import Flow
+from director.persist import Templates, template_key
 from director.service import Service
 from director.tcp_state import ESTABLISHED, INPUT, INPUT_ONLY, OUTPUT, TRANSITIONS, EVENT_OF_FLAGS
 from proto import packet as P
@@ -50,6 +51,9 @@ class Engine:
         self.cfg = cfg
         self.tcp_timeouts = tcp_state.timeout_table(cfg.timeouts)
         self.udp_timeout = float(cfg.timeouts["udp"])
+        self.ops_timeout = float(cfg.timeouts["udp_ops"])
+        self.templates = Templates(cfg.tick, now, cfg.expire_quiescent_template)
+        self.expire_removed = cfg.removed_server_conns == "expire"
         self.table = ConnTable(cfg.max_conns, self._expired, cfg.tick, now)
         self.index = self.table.index          # the hot path reads the dict directly
         self.services: dict[tuple[int, bytes, int], Service] = {}
@@ -122,7 +126,7 @@ class Engine:
             if not inbound and conn.flags & NOOUTPUT:
                 conn.flags &= ~NOOUTPUT
                 self.table.assure(conn)
-            timeout = self.udp_timeout
+            timeout = self.ops_timeout if conn.flags & ONE_PACKET else self.udp_timeout
         self.table.wheel.refresh(conn, now + timeout)
         if inbound:
             self.stats["forwarded_in"] += 1
@@ -154,7 +158,13 @@ class Engine:
         if self.table.count >= self.table.max_conns and not self._early_drop():
             self.drops["table_full"] += 1
             return None
-        dest = svc.scheduler.schedule(Flow(proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, now))
+        template = None
+        if svc.persistent:
+            tkey = template_key(proto, pkt.src, svc.persist_mask, pkt.dst, pkt.dport)
+            template = self.templates.lookup(tkey)
+            dest = template.dest if template is not None else self._schedule(svc, pkt, now)
+        else:
+            dest = self._schedule(svc, pkt, now)
         if dest is None:
             self.drops["no_dest"] += 1
             return None
@@ -163,14 +173,25 @@ class Engine:
         except PortExhausted:
             self.drops["no_lport"] += 1
             return None
+        if svc.persistent:
+            if template is None:
+                template = self.templates.create(tkey, pkt.src, dest, svc, now, svc.persistent)
+            else:
+                self.templates.touch(template, now, svc.persistent)
         conn = Conn(proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, laddr, lport, dest.addr, dest.port)
         self._install(conn, svc, dest, now)
+        if template is not None:
+            conn.control = template
+            template.n_control += 1
         if proto == TCP:
             self._set_state(conn, tcp_state.next_state(conn.state, INPUT_ONLY, pkt.flags))
             expires = now + self.tcp_timeouts[conn.state]
+        elif svc.ops:
+            conn.flags |= ONE_PACKET
+            expires = now + self.ops_timeout
         else:
             expires = now + self.udp_timeout
-        self.table.insert(conn, expires)
+        self.table.insert(conn, expires, reply_only=svc.ops)
         if conn.state == ESTABLISHED:
             self.table.assure(conn)
         self.stats["conns_new"] += 1
@@ -182,6 +203,10 @@ class Engine:
         if self.sync_hook is not None:
             self.sync_hook(conn, 1, now)
         return apply(data, pkt, conn.rw_in)
+
+    @staticmethod
+    def _schedule(svc: Service, pkt, now: float):
+        return svc.scheduler.schedule(Flow(pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, now))
 
     def _unowned(self, data: bytes, pkt) -> bytes | None:
         if pkt.dst not in self.owned:
@@ -258,6 +283,9 @@ class Engine:
         svc = conn.service
         if svc is not None:
             svc.laddrs.release(conn.proto, conn.laddr, conn.daddr, conn.dport)
+        if conn.control is not None:
+            conn.control.n_control -= 1
+            conn.control = None
 
     def _drop(self, conn: Conn) -> None:
         self.table.remove(conn)
@@ -277,7 +305,66 @@ class Engine:
 
     def expire(self, now: float) -> int:
         """Run the timers: call at least every `cfg.tick` seconds."""
-        return self.table.expire(now)
+        n = self.table.expire(now)
+        self.templates.expire(now)
+        return n
+
+    # -- configuration changes -------------------------------------------------
+
+    def reconfigure(self, cfg: NodeConfig, now: float) -> dict:
+        """Apply a new, already validated config without touching established
+        connections of real servers that stay.
+
+        Weights and thresholds change in place; new real servers and services
+        join; a removed real server's connections expire now, or are kept
+        until they end (`removed_server_conns = "keep"`); a removed service's
+        connections expire with it.
+        """
+        summary = {"services_added": 0, "services_removed": 0, "servers_removed": 0,
+                   "conns_expired": 0}
+        wanted = {}
+        for sc in cfg.services:
+            probe = Service(sc, cfg.lport_min, cfg.lport_max, self.table.has_key)
+            wanted[probe.key] = (sc, probe)
+        gone_dests = set()
+        for key, svc in list(self.services.items()):
+            if key not in wanted:
+                gone_dests.update(id(d) for d in svc.dests)
+                for d in svc.dests:
+                    d.available = False
+                del self.services[key]
+                summary["services_removed"] += 1
+        for key, (sc, probe) in wanted.items():
+            svc = self.services.get(key)
+            if svc is None:
+                self.services[key] = probe
+                summary["services_added"] += 1
+                continue
+            removed = svc.reconfigure(sc, cfg.lport_min, cfg.lport_max)
+            summary["servers_removed"] += len(removed)
+            if self.expire_removed or cfg.removed_server_conns == "expire":
+                gone_dests.update(id(d) for d in removed)
+        self.cfg = cfg
+        self.expire_removed = cfg.removed_server_conns == "expire"
+        self.tcp_timeouts = tcp_state.timeout_table(cfg.timeouts)
+        self.udp_timeout = float(cfg.timeouts["udp"])
+        self.ops_timeout = float(cfg.timeouts["udp_ops"])
+        self.templates.expire_quiescent = cfg.expire_quiescent_template
+        self.table.max_conns = cfg.max_conns
+        self.vips = {s.vip for s in self.services.values()}
+        self.laddrs = {a for s in self.services.values() for a in s.laddrs.laddrs}
+        self.owned = self.vips | self.laddrs
+        self.verify_new = cfg.verify_checksums in ("new", "all")
+        self.verify_all = cfg.verify_checksums == "all"
+        if gone_dests:
+            for conn in list(self.table):
+                if conn.dest is not None and id(conn.dest) in gone_dests:
+                    self._drop(conn)
+                    summary["conns_expired"] += 1
+            for t in list(self.templates.by_key.values()):
+                if id(t.dest) in gone_dests:
+                    self.templates.remove(t)
+        return summary
 
     # -- state from the peer (ip_vs_proc_conn) -------------------------------------
 

@@ -8,6 +8,7 @@ from director import sched
 from director.config import PROTOS, ServiceConfig
 from director.dest import Dest
 from director.laddr import LaddrPool
+from director.persist import mask_bytes
 
 
 class Service:
@@ -23,12 +24,50 @@ class Service:
                            l_threshold=r.l_threshold) for r in cfg.real_servers]
         self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags))
         self.scheduler.update(self.dests)
+        self.persistent = cfg.persistent
+        self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
+        self.ops = cfg.ops
         self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs],
                                 lport_min, lport_max, in_use)
 
     @property
     def key(self) -> tuple[int, bytes, int]:
         return (self.proto, self.vip, self.port)
+
+    def reconfigure(self, cfg: ServiceConfig, lport_min: int, lport_max: int) -> list[Dest]:
+        """Apply a new config for the same VIP:port; return the dests removed.
+
+        Dest objects of real servers that stay are kept (their counters and the
+        schedulers' cursors refer to them); weights and thresholds change in place.
+        """
+        keep = {(d.addr, d.port): d for d in self.dests}
+        new = []
+        for r in cfg.real_servers:
+            d = keep.pop((ipaddress.ip_address(r.addr).packed, r.port), None)
+            if d is None:
+                d = Dest(r.addr, r.port, r.weight, u_threshold=r.u_threshold, l_threshold=r.l_threshold)
+            else:
+                d.weight, d.u_threshold, d.l_threshold = r.weight, r.u_threshold, r.l_threshold
+                d.update_overload()
+            new.append(d)
+        removed = list(keep.values())
+        for d in removed:
+            d.available = False
+        if (cfg.scheduler, cfg.flags) != (self.cfg.scheduler, self.cfg.flags):
+            self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags))
+        self.dests = new
+        self.scheduler.update(new)
+        if cfg.laddrs != self.cfg.laddrs or (lport_min, lport_max) != (self.laddrs.lport_min, self.laddrs.lport_max):
+            pool = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs],
+                             lport_min, lport_max, self.laddrs._in_use)
+            pool.used = self.laddrs.used    # pairs held by live connections stay counted
+            self.laddrs = pool
+        self.cfg = cfg
+        self.name = cfg.key
+        self.persistent = cfg.persistent
+        self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
+        self.ops = cfg.ops
+        return removed
 
     def find_dest(self, addr: bytes, port: int) -> Dest | None:
         for d in self.dests:
@@ -41,6 +80,8 @@ class Service:
             "name": self.name, "proto": self.cfg.proto, "vip": self.cfg.vip, "port": self.port,
             "scheduler": self.cfg.scheduler, "flags": list(self.cfg.flags),
             "laddrs": list(self.cfg.laddrs),
+            "persistent": self.persistent, "persist_netmask": self.cfg.persist_netmask,
+            "ops": self.ops,
             "real_servers": [{
                 "addr": d.addr_str, "port": d.port, "weight": d.weight,
                 "active": d.active, "inactive": d.inactive, "overloaded": d.overloaded,

@@ -66,6 +66,9 @@ DEFAULT_TIMEOUTS = {
     "tcp_none": 2, "tcp_established": 900, "tcp_syn_sent": 120, "tcp_syn_recv": 60,
     "tcp_fin_wait": 120, "tcp_time_wait": 120, "tcp_close": 10, "tcp_close_wait": 60,
     "tcp_last_ack": 30, "tcp_listen": 120, "tcp_synack": 120, "udp": 300,
+    # tandem's own: how long a one-packet-scheduled datagram waits for its reply
+    # (the kernel frees OPS entries at once; FULLNAT needs the reply mapping)
+    "udp_ops": 2,
 }
 
 
