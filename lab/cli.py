@@ -1,0 +1,159 @@
+"""``tandem lab up|down|status``: the lab's command line (hooked into the main CLI by
+``lab.cli.add_parser(subparsers)``; also ``python -m lab ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _kv_float(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}")
+    try:
+        return key, float(value) if "." in value else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in {text!r}") from None
+
+
+def _summary(info: dict[str, Any]) -> str:
+    lines = [f"lab {info['prefix']!r} is up (state in {info['state_dir']})"]
+    svc = ", ".join(f"{s['proto']}/{s['port']} -> :{s['rs_port']}" for s in info["services"])
+    lines.append(f"  VIP {info['vip']}  services {svc}  laddrs {' '.join(info['laddrs'])}")
+    c = info["client"]
+    lines.append(f"  client    {c['ns']:<16} {c['addr']} (via {c['gateway']})")
+    r = info["router"]
+    lines.append(f"  router    {r['ns']:<16} {r['client_addr']} / {r['front_addr']}")
+    for d in info["directors"]:
+        node = "node running" if d.get("node") else "no node"
+        lines.append(
+            f"  director  {d['ns']:<16} front {d['front_addr']} back {d['back_addr']}"
+            f"  api {d['api']}  ({node})"
+        )
+    for rs in info["real_servers"]:
+        lines.append(f"  real      {rs['ns']:<16} {rs['addr']}:{rs['port']} (echo)")
+    lines.append(
+        f"  try: ip netns exec {c['ns']} {sys.executable} -m lab.client tcp-whoami "
+        f"--host {info['vip']} --port 80 --count 10"
+    )
+    return "\n".join(lines)
+
+
+def cmd_up(args) -> int:
+    from . import topology
+
+    kw: dict[str, Any] = {}
+    if args.timeout:
+        kw["timeouts"] = dict(args.timeout)
+    if args.scheduler:
+        kw["scheduler"] = args.scheduler
+    try:
+        info = topology.up(args.prefix, node=not args.no_node, **kw)
+    except Exception as exc:  # noqa: BLE001 - reported, exit code
+        msg = f"lab up failed: {exc}"
+        if args.json:
+            print(json.dumps({"error": msg}))
+        print(msg, file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2) if args.json else _summary(info))
+    return 0
+
+
+def cmd_down(args) -> int:
+    from . import topology
+
+    result = topology.down(args.prefix)
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+    else:
+        removed = result.get("namespaces") or []
+        stopped = result.get("processes") or {}
+        print(
+            f"lab {args.prefix!r} down: {len(removed)} namespaces removed, "
+            f"{sum(1 for v in stopped.values() if v in ('terminated', 'killed'))} processes stopped"
+        )
+        for sp in result.get("stray_processes") or []:
+            print(
+                f"  warning: pid {sp['pid']} ({sp['cmdline']}) was in {sp['ns']} but not recorded;"
+                " not signalled",
+                file=sys.stderr,
+            )
+        for e in result.get("errors") or []:
+            print(f"  error: {e}", file=sys.stderr)
+    return 1 if result.get("errors") else 0
+
+
+def cmd_status(args) -> int:
+    from . import topology
+
+    try:
+        result = topology.status(args.prefix)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        present = [n for n, ok in result["namespaces"].items() if ok]
+        if not result["state"] and not present:
+            print(f"lab {args.prefix!r}: not up")
+        else:
+            print(
+                f"lab {args.prefix!r}: {'up' if result['up'] else 'DEGRADED'}; "
+                f"namespaces {len(present)}/{len(result['namespaces'])}"
+            )
+            for n, ok in result["namespaces"].items():
+                if not ok:
+                    print(f"  missing namespace {n}")
+            for p in result["processes"]:
+                print(
+                    f"  {p['name']:<10} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}"
+                    f"  log {p['log']}"
+                )
+    return 0 if result["up"] else 1
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``lab`` with subcommands up / down / status to an argparse subparsers object."""
+    lab = subparsers.add_parser("lab", help="the network-namespace lab (root)")
+    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status}")
+    sub.required = True
+
+    def prefix(p):
+        p.add_argument("--prefix", default="tandem", help="namespace name prefix (default %(default)s)")
+
+    up = sub.add_parser("up", help="build the lab (replacing one with the same prefix)")
+    prefix(up)
+    up.add_argument("--json", action="store_true", help="print the lab description as JSON")
+    up.add_argument("--no-node", action="store_true", help="do not start the node on director a")
+    up.add_argument("--scheduler", help="scheduler for both services (default wlc)")
+    up.add_argument(
+        "--timeout",
+        action="append",
+        type=_kv_float,
+        metavar="NAME=SECONDS",
+        help="override a [timeouts] entry of the node config (repeatable), e.g. udp=5",
+    )
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop the lab's processes, delete its namespaces")
+    prefix(down)
+    down.add_argument("--json", action="store_true")
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="what of the lab exists")
+    prefix(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    return lab
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lab")
+    sub = ap.add_subparsers(required=True)
+    add_parser(sub)
+    args = ap.parse_args(["lab", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)

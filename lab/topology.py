@@ -1,0 +1,655 @@
+"""The lab topology: eight network namespaces wired with veth pairs and two bridges.
+
+::
+
+    {p}-client  eth0 198.18.1.10/24 ── client 198.18.1.1/24  {p}-router  front 198.18.0.1/24
+                                                                              │
+    {p}-sw: br-front ── r-front, a-front, b-front          (front segment 198.18.0.0/24)
+            br-back  ── a-back, b-back, rs1-back, rs2-back, rs3-back  (back 198.18.2.0/24)
+
+    {p}-a  front 198.18.0.11/24 (+ VIP 198.18.0.100/32)   back 198.18.2.11/24 (+ laddrs /32)
+    {p}-b  front 198.18.0.12/24                            back 198.18.2.12/24
+    {p}-rs1..3  eth0 198.18.2.21..23/24, echo server on :8080 (tcp + udp)
+
+Links, addresses and routes are made with pyroute2; sysctls are written from a thread that
+entered the namespace (lab.nsutil).  Processes are started with ``ip netns exec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _netns
+
+from . import nsutil
+from . import state as st
+
+LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+
+CLIENT_NET = "198.18.1.0/24"
+FRONT_NET = "198.18.0.0/24"
+BACK_NET = "198.18.2.0/24"
+ROUTER_CLIENT_ADDR = "198.18.1.1"
+ROUTER_FRONT_ADDR = "198.18.0.1"
+CLIENT_ADDR = "198.18.1.10"
+VIP = "198.18.0.100"
+LADDRS = ["198.18.2.100", "198.18.2.101"]
+SERVICE_PORT = 80
+RS_PORT = 8080
+API_PORT = 9100
+
+DIRECTORS = [
+    {"name": "a", "front_addr": "198.18.0.11", "back_addr": "198.18.2.11"},
+    {"name": "b", "front_addr": "198.18.0.12", "back_addr": "198.18.2.12"},
+]
+REAL_SERVERS = [
+    {"name": "rs1", "addr": "198.18.2.21"},
+    {"name": "rs2", "addr": "198.18.2.22"},
+    {"name": "rs3", "addr": "198.18.2.23"},
+]
+
+ROLES = ["client", "router", "sw", "a", "b", "rs1", "rs2", "rs3"]
+
+DEFAULT_TIMEOUTS = {
+    "tcp_established": 900,
+    "tcp_syn_recv": 60,
+    "tcp_fin_wait": 120,
+    "tcp_time_wait": 120,
+    "tcp_close": 10,
+    "tcp_close_wait": 60,
+    "tcp_last_ack": 30,
+    "udp": 300,
+}
+DEFAULT_LIMITS = {"max_conns": 1000000, "lport_min": 5000, "lport_max": 65535}
+
+# sanity: every lab address is in 198.18.0.0/15
+for _a in [ROUTER_CLIENT_ADDR, ROUTER_FRONT_ADDR, CLIENT_ADDR, VIP, *LADDRS] + [
+    d[k] for d in DIRECTORS for k in ("front_addr", "back_addr")
+] + [r["addr"] for r in REAL_SERVERS]:
+    assert ipaddress.ip_address(_a) in LAB_NET, _a
+
+
+def ns_name(prefix: str, role: str) -> str:
+    return f"{prefix}-{role}"
+
+
+def namespaces(prefix: str) -> list[str]:
+    st.check_prefix(prefix)
+    return [ns_name(prefix, r) for r in ROLES]
+
+
+def _venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+# ---------------------------------------------------------------------------------------------
+# node configuration (TOML)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_table(lines: list[str], path: str, table: dict[str, Any], array: bool = False) -> None:
+    scalars = {
+        k: v
+        for k, v in table.items()
+        if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))
+    }
+    lines.append(f"[[{path}]]" if array else f"[{path}]")
+    for k, v in scalars.items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines.append("")
+            _toml_table(lines, f"{path}.{k}", v)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                _toml_table(lines, f"{path}.{k}", item, array=True)
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    """A small TOML writer for the node configuration (tables, arrays of tables, scalars)."""
+    lines: list[str] = []
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            if lines:
+                lines.append("")
+            _toml_table(lines, k, v)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines.append("")
+                _toml_table(lines, k, item, array=True)
+        else:
+            lines.insert(0, f"{k} = {_toml_value(v)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def node_config(
+    name: str = "a",
+    *,
+    scheduler: str = "wlc",
+    timeouts: dict[str, float] | None = None,
+    limits: dict[str, int] | None = None,
+    weights: dict[str, int] | None = None,
+    queue: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The node configuration for director ``name`` as a dict (see dump_toml)."""
+    d = next(x for x in DIRECTORS if x["name"] == name)
+    weights = weights or {}
+    rs = [
+        {"addr": r["addr"], "port": RS_PORT, "weight": int(weights.get(r["name"], 1))}
+        for r in REAL_SERVERS
+    ]
+    cfg: dict[str, Any] = {
+        "node": {"name": name, "api": f"{d['front_addr']}:{API_PORT}", "queue": queue},
+        "timeouts": {**DEFAULT_TIMEOUTS, **(timeouts or {})},
+        "limits": {**DEFAULT_LIMITS, **(limits or {})},
+        "services": [
+            {
+                "proto": proto,
+                "vip": VIP,
+                "port": SERVICE_PORT,
+                "scheduler": scheduler,
+                "laddrs": list(LADDRS),
+                "real_servers": [dict(x) for x in rs],
+            }
+            for proto in ("tcp", "udp")
+        ],
+    }
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the description returned by up()
+
+
+def describe(prefix: str, node: bool = False, config_path: str | None = None) -> dict[str, Any]:
+    p = st.check_prefix(prefix)
+    return {
+        "prefix": p,
+        "vip": VIP,
+        "services": [
+            {"proto": "tcp", "port": SERVICE_PORT, "rs_port": RS_PORT},
+            {"proto": "udp", "port": SERVICE_PORT, "rs_port": RS_PORT},
+        ],
+        "client": {"ns": ns_name(p, "client"), "addr": CLIENT_ADDR, "gateway": ROUTER_CLIENT_ADDR},
+        "router": {
+            "ns": ns_name(p, "router"),
+            "client_addr": ROUTER_CLIENT_ADDR,
+            "front_addr": ROUTER_FRONT_ADDR,
+        },
+        "switch": {"ns": ns_name(p, "sw"), "bridges": ["br-front", "br-back"]},
+        "directors": [
+            {
+                "name": d["name"],
+                "ns": ns_name(p, d["name"]),
+                "front_addr": d["front_addr"],
+                "back_addr": d["back_addr"],
+                "front_if": "front",
+                "back_if": "back",
+                "api": f"http://{d['front_addr']}:{API_PORT}",
+                "config": config_path if d["name"] == "a" else None,
+                "node": bool(node) if d["name"] == "a" else False,
+            }
+            for d in DIRECTORS
+        ],
+        "vip_holder": "a",
+        "real_servers": [
+            {"name": r["name"], "ns": ns_name(p, r["name"]), "addr": r["addr"], "port": RS_PORT}
+            for r in REAL_SERVERS
+        ],
+        "laddrs": list(LADDRS),
+        "nets": {"client": CLIENT_NET, "front": FRONT_NET, "back": BACK_NET},
+        "state_dir": str(st.state_dir(p)),
+        "node": bool(node),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def _ipr(ns: str) -> IPRoute:
+    return IPRoute(netns=ns, flags=0)  # flags=0: fail rather than create a missing namespace
+
+
+def _idx(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise RuntimeError(f"interface {ifname} not found in {ipr.status.get('netns')}")
+    return found[0]
+
+
+def _veth(ns: str, ifname: str, peer_ns: str, peer_name: str) -> None:
+    """veth pair ifname (in ns) <-> peer_name (in peer_ns), created inside ns (names are local)."""
+    with _ipr(ns) as ipr:
+        ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer_name, "net_ns_fd": peer_ns})
+
+
+def _link_up(ipr: IPRoute, ifname: str) -> None:
+    ipr.link("set", index=_idx(ipr, ifname), state="up")
+
+
+def _addr(ipr: IPRoute, ifname: str, address: str, prefixlen: int) -> None:
+    ipr.addr("add", index=_idx(ipr, ifname), address=address, prefixlen=prefixlen)
+
+
+def _base_sysctls(ns: str, extra: dict[str, Any] | None = None) -> None:
+    values: dict[str, Any] = {
+        # the lab is IPv4 only: keep IPv6 (DAD, router solicitations, MLD) off the bridges
+        "net.ipv6.conf.all.disable_ipv6": 1,
+        "net.ipv6.conf.default.disable_ipv6": 1,
+    }
+    nsutil.set_sysctls(ns, values, optional=True)
+    if extra:
+        nsutil.set_sysctls(ns, extra)
+
+
+def _build(prefix: str, state: dict[str, Any]) -> None:
+    p = prefix
+    N = {r: ns_name(p, r) for r in ROLES}
+
+    # namespaces, each recorded as soon as it exists
+    for role in ROLES:
+        _netns.create(N[role])
+        state["namespaces"].append(N[role])
+        st.save_state(p, state)
+
+    # per-namespace sysctls that do not depend on interfaces
+    for role in ROLES:
+        _base_sysctls(N[role])
+    nsutil.set_sysctls(
+        N["sw"],
+        {
+            "net.bridge.bridge-nf-call-iptables": 0,
+            "net.bridge.bridge-nf-call-ip6tables": 0,
+            "net.bridge.bridge-nf-call-arptables": 0,
+        },
+        optional=True,
+    )
+    nsutil.set_sysctls(
+        N["router"],
+        {
+            "net.ipv4.ip_forward": 1,
+            "net.ipv4.conf.all.rp_filter": 0,
+            "net.ipv4.conf.default.rp_filter": 0,
+        },
+    )
+    for d in DIRECTORS:
+        nsutil.set_sysctls(
+            N[d["name"]],
+            {
+                "net.ipv4.ip_forward": 1,
+                "net.ipv4.conf.all.rp_filter": 0,
+                "net.ipv4.conf.default.rp_filter": 0,
+                "net.ipv4.conf.all.accept_local": 1,
+                "net.ipv4.conf.default.accept_local": 1,
+                "net.ipv4.conf.all.arp_ignore": 1,
+                "net.ipv4.conf.all.arp_announce": 2,
+            },
+        )
+    # the client makes many short connections to the same VIP:port
+    nsutil.set_sysctls(
+        N["client"],
+        {"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.ip_local_port_range": "10000 65000"},
+        optional=True,
+    )
+
+    # the switch: two bridges and nothing else
+    with _ipr(N["sw"]) as ipr:
+        for br in ("br-front", "br-back"):
+            ipr.link("add", ifname=br, kind="bridge")
+        _link_up(ipr, "lo")
+
+    # links (created in the endpoint namespace, peer moved into the switch or router)
+    _veth(N["client"], "eth0", N["router"], "client")
+    _veth(N["router"], "front", N["sw"], "r-front")
+    for d in DIRECTORS:
+        _veth(N[d["name"]], "front", N["sw"], f"{d['name']}-front")
+        _veth(N[d["name"]], "back", N["sw"], f"{d['name']}-back")
+    for r in REAL_SERVERS:
+        _veth(N[r["name"]], "eth0", N["sw"], f"{r['name']}-back")
+
+    with _ipr(N["sw"]) as ipr:
+        ports = {"br-front": ["r-front"] + [f"{d['name']}-front" for d in DIRECTORS]}
+        ports["br-back"] = [f"{d['name']}-back" for d in DIRECTORS] + [
+            f"{r['name']}-back" for r in REAL_SERVERS
+        ]
+        for br, members in ports.items():
+            bri = _idx(ipr, br)
+            for m in members:
+                ipr.link("set", index=_idx(ipr, m), master=bri)
+                _link_up(ipr, m)
+            _link_up(ipr, br)
+
+    # per-interface sysctls (now that the interfaces exist)
+    nsutil.set_sysctls(
+        N["router"],
+        {"net.ipv4.conf.client.rp_filter": 0, "net.ipv4.conf.front.rp_filter": 0},
+    )
+    for d in DIRECTORS:
+        vals: dict[str, Any] = {}
+        for ifn in ("front", "back", "lo"):
+            vals[f"net.ipv4.conf.{ifn}.rp_filter"] = 0
+            vals[f"net.ipv4.conf.{ifn}.accept_local"] = 1
+        nsutil.set_sysctls(N[d["name"]], vals)
+
+    # addresses and routes
+    with _ipr(N["client"]) as ipr:
+        _link_up(ipr, "lo")
+        _addr(ipr, "eth0", CLIENT_ADDR, 24)
+        _link_up(ipr, "eth0")
+        ipr.route("add", dst="default", gateway=ROUTER_CLIENT_ADDR)
+    with _ipr(N["router"]) as ipr:
+        _link_up(ipr, "lo")
+        _addr(ipr, "client", ROUTER_CLIENT_ADDR, 24)
+        _addr(ipr, "front", ROUTER_FRONT_ADDR, 24)
+        _link_up(ipr, "client")
+        _link_up(ipr, "front")
+    for d in DIRECTORS:
+        with _ipr(N[d["name"]]) as ipr:
+            _link_up(ipr, "lo")
+            _addr(ipr, "front", d["front_addr"], 24)
+            _addr(ipr, "back", d["back_addr"], 24)
+            if d["name"] == "a":
+                # until failover exists, director a holds the VIP and the local addresses
+                _addr(ipr, "front", VIP, 32)
+                for la in LADDRS:
+                    _addr(ipr, "back", la, 32)
+            _link_up(ipr, "front")
+            _link_up(ipr, "back")
+            ipr.route("add", dst="default", gateway=ROUTER_FRONT_ADDR)
+    for r in REAL_SERVERS:
+        with _ipr(N[r["name"]]) as ipr:
+            _link_up(ipr, "lo")
+            _addr(ipr, "eth0", r["addr"], 24)
+            _link_up(ipr, "eth0")
+
+
+def _start_echo_servers(prefix: str, state: dict[str, Any], wait: float) -> None:
+    d = st.state_dir(prefix)
+    for r in REAL_SERVERS:
+        ns = ns_name(prefix, r["name"])
+        cmd = [sys.executable, "-m", "lab.echo", "--name", r["name"], "--port", str(RS_PORT)]
+        rec = st.start_process(ns, f"echo-{r['name']}", cmd, d / f"{r['name']}.log")
+        state["processes"].append(rec)
+        st.save_state(prefix, state)
+
+    pending = {r["name"]: r for r in REAL_SERVERS}
+    end = time.monotonic() + wait
+    last_err: dict[str, str] = {}
+    while pending:
+        for name in list(pending):
+            rec = next(x for x in state["processes"] if x["name"] == f"echo-{name}")
+            if st.process_exited(rec) is not None:
+                raise RuntimeError(
+                    f"echo server {name} exited during start-up; log {rec['log']}:\n"
+                    + st.tail(rec["log"])
+                )
+            try:
+                reply = nsutil.tcp_whoami(ns_name(prefix, name), "127.0.0.1", RS_PORT, timeout=0.5)
+                if reply.split(" ")[0] == name:
+                    del pending[name]
+                else:
+                    last_err[name] = f"unexpected reply {reply!r}"
+            except OSError as exc:
+                last_err[name] = repr(exc)
+        if not pending:
+            break
+        if time.monotonic() >= end:
+            raise TimeoutError(f"echo servers not accepting after {wait}s: {last_err}")
+        time.sleep(0.05)
+
+
+def _tandem_cmd(config_path: Path) -> list[str]:
+    exe = _venv_bin() / "tandem"
+    if exe.exists():
+        return [str(exe), "node", "--config", str(config_path)]
+    # console script not installed (no editable install yet): call the entry point directly
+    return [
+        sys.executable,
+        "-c",
+        "import sys; sys.argv[0] = 'tandem'; from director.cli import main; sys.exit(main())",
+        "node",
+        "--config",
+        str(config_path),
+    ]
+
+
+def _start_node(prefix: str, state: dict[str, Any], config_path: Path, wait: float) -> None:
+    ns = ns_name(prefix, "a")
+    rec = st.start_process(ns, "node-a", _tandem_cmd(config_path), st.state_dir(prefix) / "a.log")
+    state["processes"].append(rec)
+    st.save_state(prefix, state)
+    host = DIRECTORS[0]["front_addr"]
+    end = time.monotonic() + wait
+    last = ""
+    while True:
+        rc = st.process_exited(rec)
+        if rc is not None:
+            raise RuntimeError(
+                f"node a exited with {rc} during start-up; log {rec['log']}:\n" + st.tail(rec["log"])
+            )
+        try:
+            status, _body = nsutil.http_get(ns, host, API_PORT, "/status", timeout=0.5)
+            if status == 200:
+                st.note_cmdline(rec)
+                st.save_state(prefix, state)
+                return
+            last = f"HTTP {status}"
+        except Exception as exc:  # noqa: BLE001 - not ready yet (refused, reset, bad reply)
+            last = repr(exc)
+        if time.monotonic() >= end:
+            raise TimeoutError(
+                f"node a: GET http://{host}:{API_PORT}/status not OK after {wait}s ({last}); "
+                f"log {rec['log']}:\n" + st.tail(rec["log"])
+            )
+        time.sleep(0.1)
+
+
+def _in_plain_thread_if_loop_running(fn, *args, **kw):
+    """pyroute2's synchronous IPRoute runs its own event loop; if the caller is inside a running
+    loop (an async test), do the work in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+        running = True
+    except RuntimeError:
+        running = False
+    if not running:
+        return fn(*args, **kw)
+    box: dict[str, Any] = {}
+
+    def runner():
+        try:
+            box["r"] = fn(*args, **kw)
+        except BaseException as exc:
+            box["e"] = exc
+
+    t = threading.Thread(target=runner, name="lab-worker")
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
+
+
+def up(
+    prefix: str = "tandem",
+    node: bool = True,
+    *,
+    scheduler: str = "wlc",
+    timeouts: dict[str, float] | None = None,
+    limits: dict[str, int] | None = None,
+    weights: dict[str, int] | None = None,
+    config_extra: dict[str, Any] | None = None,
+    echo_wait: float = 10.0,
+    node_wait: float = 20.0,
+) -> dict[str, Any]:
+    """Build the lab (removing a previous lab of the same prefix first) and return its
+    description.  On failure everything built is removed again (logs are kept) and the
+    exception is re-raised."""
+    return _in_plain_thread_if_loop_running(
+        _up,
+        prefix,
+        node,
+        scheduler=scheduler,
+        timeouts=timeouts,
+        limits=limits,
+        weights=weights,
+        config_extra=config_extra,
+        echo_wait=echo_wait,
+        node_wait=node_wait,
+    )
+
+
+def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, echo_wait, node_wait):
+    st.check_prefix(prefix)
+    with st.prefix_lock(prefix):
+        _down(prefix)
+        d = st.state_dir(prefix)
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.glob("*.log"):
+            old.unlink(missing_ok=True)
+        config_path = d / "a.toml"
+        state: dict[str, Any] = {
+            "prefix": prefix,
+            "created": time.time(),
+            "namespaces": [],
+            "processes": [],
+            "configs": {},
+            "info": None,
+        }
+        st.save_state(prefix, state)
+        try:
+            _build(prefix, state)
+            cfg = node_config(
+                "a",
+                scheduler=scheduler,
+                timeouts=timeouts,
+                limits=limits,
+                weights=weights,
+                extra=config_extra,
+            )
+            config_path.write_text(dump_toml(cfg))
+            state["configs"]["a"] = str(config_path)
+            st.save_state(prefix, state)
+            _start_echo_servers(prefix, state, echo_wait)
+            if node:
+                _start_node(prefix, state, config_path, node_wait)
+            info = describe(prefix, node=node, config_path=str(config_path))
+            info["processes"] = [
+                {"name": p["name"], "ns": p["ns"], "pid": p["pid"]} for p in state["processes"]
+            ]
+            state["info"] = info
+            st.save_state(prefix, state)
+            return info
+        except BaseException:
+            _down(prefix, keep_logs=True)
+            raise
+
+
+def down(prefix: str = "tandem", keep_logs: bool = False) -> dict[str, Any]:
+    """Stop the recorded processes, delete the lab's namespaces (if present) and its state.
+    Never raises (errors are reported in the returned dict)."""
+    try:
+        st.check_prefix(prefix)
+    except ValueError as exc:
+        return {"prefix": prefix, "errors": [str(exc)]}
+    try:
+        with st.prefix_lock(prefix, remove=not keep_logs):
+            return _in_plain_thread_if_loop_running(_down, prefix, keep_logs)
+    except Exception as exc:
+        return {"prefix": prefix, "errors": [repr(exc)]}
+
+
+def _down(prefix: str, keep_logs: bool = False) -> dict[str, Any]:
+    result: dict[str, Any] = {"prefix": prefix, "processes": {}, "namespaces": [], "errors": []}
+    state = st.load_state(prefix) or {}
+    # processes first (they live in the namespaces), latest started first
+    for rec in reversed(state.get("processes") or []):
+        if not isinstance(rec, dict):
+            continue
+        outcome = st.stop_process(rec)
+        result["processes"][f"{rec.get('name')}:{rec.get('pid')}"] = outcome
+        if outcome in ("survived", "error"):
+            result["errors"].append(f"process {rec.get('name')} pid {rec.get('pid')}: {outcome}")
+    names = namespaces(prefix)
+    for n in state.get("namespaces") or []:
+        if isinstance(n, str) and n.startswith(f"{prefix}-") and n not in names:
+            names.append(n)
+    present = set(nsutil.list_netns())
+    # processes still inside the namespaces that were not recorded: reported, not signalled
+    try:
+        recorded = {int(r.get("pid", 0)) for r in state.get("processes") or [] if isinstance(r, dict)}
+        for n, pids in _netns.ns_pids().items():
+            if n in names:
+                for pid in pids:
+                    if pid not in recorded:
+                        cmd = st._read_cmdline(pid) or []
+                        result.setdefault("stray_processes", []).append(
+                            {"ns": n, "pid": pid, "cmdline": " ".join(cmd)}
+                        )
+    except Exception as exc:  # noqa: BLE001 - informational only
+        result["errors"].append(f"listing processes in namespaces: {exc!r}")
+    for n in names:
+        if n not in present:
+            continue
+        try:
+            _netns.remove(n)
+            result["namespaces"].append(n)
+        except OSError as exc:
+            result["errors"].append(f"netns {n}: {exc!r}")
+    try:
+        st.remove_state(prefix, keep_logs=keep_logs)
+    except OSError as exc:
+        result["errors"].append(f"state: {exc!r}")
+    return result
+
+
+def status(prefix: str = "tandem") -> dict[str, Any]:
+    """What is there: namespaces present, recorded processes alive, the description."""
+    st.check_prefix(prefix)
+    state = st.load_state(prefix)
+    present = set(nsutil.list_netns())
+    ns_state = {n: n in present for n in namespaces(prefix)}
+    procs = []
+    for rec in (state or {}).get("processes") or []:
+        procs.append(
+            {
+                "name": rec.get("name"),
+                "ns": rec.get("ns"),
+                "pid": rec.get("pid"),
+                "alive": st.process_matches(rec),
+                "log": rec.get("log"),
+            }
+        )
+    return {
+        "prefix": prefix,
+        "up": bool(state) and all(ns_state.values()) and all(p["alive"] for p in procs),
+        "state": str(st.state_path(prefix)) if state else None,
+        "namespaces": ns_state,
+        "processes": procs,
+        "info": (state or {}).get("info"),
+    }
