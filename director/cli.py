@@ -34,6 +34,11 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from lab import demo
+    return demo.main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tandem", description="HA FULLNAT L4 load-balancer director")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -44,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a node config and exit")
     c.add_argument("config")
     c.set_defaults(func=_check)
+    d = sub.add_parser("demo", help="lab up, traffic through the VIP, a table of who served it, lab down")
+    d.set_defaults(func=_demo)
     try:
         from lab import cli as lab_cli
     except ImportError:

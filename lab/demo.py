@@ -1,0 +1,66 @@
+"""`tandem demo`: the lab, real traffic through the VIP, what each server saw."""
+from __future__ import annotations
+
+import json
+import sys
+
+from lab import topology
+from lab.nsutil import http_get
+from lab.testing import run_in
+
+PREFIX = "tandem"
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" if i != 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*map(str, r)) for r in [header, *rows])
+
+
+def _node_status(info: dict) -> dict:
+    a = info["directors"][0]
+    host, port = a["api"].removeprefix("http://").split(":")
+    code, body = http_get(a["ns"], host, int(port), "/status", timeout=3.0)
+    return json.loads(body) if code == 200 else {}
+
+
+def traffic_table(info: dict, tcp_count: int = 300, udp_count: int = 300) -> int:
+    vip, ns = info["vip"], info["client"]["ns"]
+    print(f"traffic: {tcp_count} TCP connections, {udp_count} UDP exchanges through {vip}:80 "
+          f"from {info['client']['addr']}")
+    tcp = run_in(ns, "tcp-whoami", "--host", vip, "--port", 80, "--count", tcp_count,
+                 "--concurrency", 10, timeout=120)
+    udp = run_in(ns, "udp-whoami", "--host", vip, "--port", 80, "--count", udp_count, timeout=120)
+    rows = []
+    for proto, res in (("tcp", tcp), ("udp", udp)):
+        for rs in sorted(res["by_server"]):
+            rows.append((proto, rs, res["by_server"][rs], ", ".join(sorted(res["peers"].get(rs, [])))))
+    print()
+    print(_table(rows, ("proto", "real server", "served", "peer addresses seen")))
+    print()
+    failed = tcp.get("failed", 0) + udp.get("lost", 0)
+    st = _node_status(info)
+    drops = sum(st.get("engine", {}).get("drops", {}).values())
+    print(f"tcp: {tcp['ok']} ok, {tcp.get('failed', 0)} failed; udp: {udp['ok']} ok, {udp.get('lost', 0)} lost")
+    print(f"director a: {st.get('engine', {}).get('conns_new', '?')} connections made, "
+          f"{st.get('conns', {}).get('total', '?')} in the table, {drops} packets dropped")
+    client_seen = any(info["client"]["addr"] in p for r in (tcp, udp) for p in r["peers"].values())
+    if client_seen:
+        print("FAIL: a real server saw the client's own address (FULLNAT broken)")
+    return 1 if failed or client_seen else 0
+
+
+def main() -> int:
+    try:
+        info = topology.up(PREFIX, node=True, scheduler="rr")
+    except Exception as exc:      # a failed up has already cleaned up after itself
+        print(f"lab up failed: {exc}", file=sys.stderr)
+        return 1
+    try:
+        names = " ".join(r["name"] for r in info["real_servers"])
+        print(f"lab up: VIP {info['vip']}, director a serving (api {info['directors'][0]['api']}), "
+              f"real servers {names}")
+        return traffic_table(info)
+    finally:
+        topology.down(PREFIX)
+        print("lab down")
