@@ -1,0 +1,96 @@
+"""Address takeover: VIPs on the front interface, laddrs on the back one.
+
+The order is the point (failover-pitfalls.md, 2 and 5): the caller has the
+synced connections in the engine and the NFQUEUE rules in place *before*
+`acquire` adds an address, so the first packet for a VIP or laddr already
+finds its connection; then gratuitous ARPs on both segments move the router's
+entry for the VIP and the real servers' entries for the laddrs.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from proto.arp import ETH_P_ARP, garp_frame
+
+log = logging.getLogger("tandem.takeover")
+
+
+@dataclass(frozen=True)
+class TakeoverConfig:
+    front_if: str
+    back_if: str
+    vips: tuple[str, ...]
+    laddrs: tuple[str, ...]
+    garp_count: int = 3
+    garp_interval: float = 0.05
+
+
+def _prefixlen(addr: str) -> int:
+    return 32 if ipaddress.ip_address(addr).version == 4 else 128
+
+
+class Takeover:
+    def __init__(self, cfg: TakeoverConfig) -> None:
+        self.cfg = cfg
+        self.held = False
+
+    def _change(self, cmd: str, ifname: str, addrs: tuple[str, ...]) -> None:
+        ok_errors = {errno.EEXIST} if cmd == "add" else {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV}
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                if cmd == "add":
+                    raise OSError(errno.ENODEV, f"no interface {ifname}")
+                return
+            for a in addrs:
+                fam = socket.AF_INET if ipaddress.ip_address(a).version == 4 else socket.AF_INET6
+                try:
+                    ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a), family=fam)
+                except NetlinkError as exc:
+                    if exc.code not in ok_errors:
+                        raise
+
+    async def acquire(self) -> None:
+        self._change("add", self.cfg.front_if, self.cfg.vips)
+        self._change("add", self.cfg.back_if, self.cfg.laddrs)
+        self.held = True
+        await asyncio.gather(self._garp(self.cfg.front_if, self.cfg.vips),
+                             self._garp(self.cfg.back_if, self.cfg.laddrs))
+
+    def release(self) -> None:
+        self._change("del", self.cfg.front_if, self.cfg.vips)
+        self._change("del", self.cfg.back_if, self.cfg.laddrs)
+        self.held = False
+
+    async def _garp(self, ifname: str, addrs: tuple[str, ...]) -> None:
+        v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
+        if not v4 or self.cfg.garp_count <= 0:
+            return
+        try:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            s.bind((ifname, ETH_P_ARP))
+        except OSError as exc:
+            log.warning("gratuitous ARP on %s not sent: %s", ifname, exc)
+            return
+        try:
+            mac = s.getsockname()[4][:6]
+            frames = [garp_frame(mac, a) for a in v4]
+            for i in range(self.cfg.garp_count):
+                for f in frames:
+                    try:
+                        s.send(f)
+                    except OSError as exc:
+                        log.warning("gratuitous ARP on %s failed: %s", ifname, exc)
+                        return
+                if i + 1 < self.cfg.garp_count:
+                    await asyncio.sleep(self.cfg.garp_interval)
+        finally:
+            s.close()

@@ -1,0 +1,514 @@
+"""The VRRP state machine (RFC 5798 §6, VRRPv3; VRRPv2 timers for version=2), sans-IO.
+
+Inputs carry the time; outputs are actions for the caller to carry out, in order:
+
+    inst = VrrpInstance(cfg)
+    actions = inst.start(now)
+    actions = inst.on_packet(payload, src, dst, ttl, now)        # raw IP payload: decodes, counts
+    actions = inst.on_advert(advert, src, ttl, now, unicast=False)  # an already decoded advert
+    actions = inst.on_timer(now)                                  # at inst.next_deadline() or later
+    actions = inst.set_fault(True|False, now)
+    actions = inst.resign(now) / inst.resume(now)
+    actions = inst.shutdown(now)
+
+Actions: `SendAdvert(priority)` (the caller builds it with `inst.advert(priority)` and sends it to
+224.0.0.18 / ff02::12 or to every unicast peer) and `StateChange(old, new, reason)`.
+
+Timers (RFC 5798 §6.1), all in seconds here, the interval in centiseconds on the wire:
+
+    Skew_Time            = ((256 - Priority) * Master_Adver_Interval) / 256     (v2: (256 - Priority) / 256 s)
+    Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time               (v2: 3 * Advertisement_Interval + skew)
+
+    e.g. priority 100: 0.1 s -> 0.3609 s (after a priority-0 advert: Skew_Time 0.0609 s); 0.01 s -> 0.0361 s.
+
+Rules:
+
+* start: priority 255 (address owner) -> advert + Master at once; otherwise Backup with
+  Master_Down_Timer = Master_Down_Interval.  Leaving Fault does the same (owner -> Master, else Backup).
+* Backup: Master_Down_Timer fires -> advert, Master.  Priority 0 received -> Master_Down_Timer =
+  Skew_Time.  An advert with priority >= ours, or any advert when preemption is off (nopreempt, or
+  preempt=False, or after resign), is a live master: adopt its Max Adver Int, recompute, reset
+  Master_Down_Timer.  A lower priority with preemption on is discarded (so we time out and take
+  over), but with preempt_delay > 0 a lower-priority master is first tolerated for preempt_delay
+  seconds from the first of its adverts seen (takeover ~ preempt_delay + Master_Down_Interval, as
+  keepalived's man page example).
+* Master: Adver_Timer fires -> advert.  Priority 0 received -> advert at once.  Higher priority,
+  or equal priority from a higher primary address (unsigned, network byte order) -> Backup
+  (adopting its interval).  Lower priority (or equal from a lower address) -> advert at once
+  (RFC 9568 §6.4.3, keepalived's "forcing new election"), so the other side yields.
+* Address owner (priority 255): every received advert is discarded (RFC 5798 §7.1), counted as
+  drop_owner (and owner_conflict when the other side claims 255 too); nopreempt does not apply.
+* shutdown: Master sends priority 0 then -> Initialize; Backup/Fault -> Initialize silently.
+* set_fault(True): -> Fault (a Master sends priority 0 first, so the peer takes over after its
+  Skew_Time rather than Master_Down_Interval); set_fault(False): leave Fault as at start.
+* resign: see `VrrpInstance.resign`.
+
+Receive validation, each failure dropped, counted in `counters["drop_<reason>"]`, never a state
+change, checked in this order: not running (Initialize/Fault: drop_state), own advert (src ==
+primary_address: drop_own), TTL != 255 on multicast (drop_ttl; skipped for unicast as keepalived
+does), version (drop_version), VRID (drop_vrid), address list differs from ours as a multiset
+(drop_addresses; keepalived's exact-list check), unicast from an address not in unicast_peers
+(drop_peer).  `on_packet` adds the decode failures: drop_bad_checksum, drop_truncated,
+drop_count_mismatch, drop_bad_version, drop_bad_type, drop_bad_address, drop_malformed.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+from dataclasses import dataclass
+from typing import Union
+
+from proto import vrrp as P
+from proto.vrrp import Advert, VrrpError
+
+__all__ = ["State", "VrrpConfig", "SendAdvert", "StateChange", "Action", "VrrpInstance",
+           "skew_time", "master_down_interval"]
+
+
+class State(str, enum.Enum):
+    INITIALIZE = "Initialize"
+    BACKUP = "Backup"
+    MASTER = "Master"
+    FAULT = "Fault"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def keepalived_name(self) -> str:
+        """As keepalived logs it: INIT, BACKUP, MASTER, FAULT."""
+        return "INIT" if self is State.INITIALIZE else self.name
+
+
+@dataclass(frozen=True)
+class SendAdvert:
+    priority: int
+
+
+@dataclass(frozen=True)
+class StateChange:
+    old: State
+    new: State
+    reason: str
+
+
+Action = Union[SendAdvert, StateChange]
+
+
+def _canon(addr: str) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+@dataclass(frozen=True)
+class VrrpConfig:
+    """One VRRP instance.  advert_interval in seconds (sent in 10 ms units; v3: 0.01..40.95,
+    v2: whole seconds 1..255).  addresses: the VIPs advertised (the peer must advertise the same
+    set).  primary_address: this node's own address on the interface (the source of its adverts,
+    the tie-breaker).  name: for logs, default VI_<vrid>."""
+
+    vrid: int
+    priority: int = 100
+    advert_interval: float = 0.1
+    addresses: tuple[str, ...] = ()
+    primary_address: str = ""
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    nopreempt: bool = False
+    version: int = 3
+    unicast_peers: tuple[str, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vrid <= 255:
+            raise ValueError(f"vrid must be 1..255, not {self.vrid}")
+        if not 1 <= self.priority <= 255:
+            raise ValueError(f"priority must be 1..255, not {self.priority}")
+        if self.version not in (2, 3):
+            raise ValueError(f"version must be 2 or 3, not {self.version}")
+        if not (self.preempt_delay >= 0 and math.isfinite(self.preempt_delay)):
+            raise ValueError("preempt_delay must be >= 0")
+        cs = round(self.advert_interval * 100)
+        if self.version == 3:
+            if not 1 <= cs <= 4095 or abs(cs - self.advert_interval * 100) > 1e-6:
+                raise ValueError(f"advert_interval must be 0.01..40.95 s in 10 ms steps, not "
+                                 f"{self.advert_interval}")
+        elif cs % 100 or not 1 <= cs // 100 <= 255:
+            raise ValueError(f"a VRRPv2 advert_interval is 1..255 whole seconds, not {self.advert_interval}")
+        if not self.primary_address:
+            raise ValueError("primary_address is required")
+        primary = ipaddress.ip_address(self.primary_address)
+        addrs = tuple(_canon(a) for a in self.addresses)
+        if not addrs:
+            raise ValueError("at least one address (VIP) is required")
+        if any(ipaddress.ip_address(a).version != primary.version for a in addrs):
+            raise ValueError("the addresses and primary_address must be of one family")
+        if self.version == 2 and primary.version != 4:
+            raise ValueError("VRRPv2 is IPv4 only")
+        peers = tuple(_canon(p) for p in self.unicast_peers)
+        if any(ipaddress.ip_address(p).version != primary.version for p in peers):
+            raise ValueError("unicast_peers must be of the family of primary_address")
+        object.__setattr__(self, "addresses", addrs)
+        object.__setattr__(self, "primary_address", str(primary))
+        object.__setattr__(self, "unicast_peers", peers)
+        if not self.name:
+            object.__setattr__(self, "name", f"VI_{self.vrid}")
+
+    @property
+    def advert_interval_cs(self) -> int:
+        return round(self.advert_interval * 100)
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.primary_address).version
+
+    @property
+    def group(self) -> str:
+        return P.VRRP_GROUP4 if self.family == 4 else P.VRRP_GROUP6
+
+
+def skew_time(priority: int, master_adver_int_cs: int, version: int = 3) -> float:
+    """Skew_Time in seconds (RFC 5798 §6.1; v2: RFC 3768 §6.1)."""
+    if version == 2:
+        return (256 - priority) / 256
+    return (256 - priority) * master_adver_int_cs / 256 / 100
+
+
+def master_down_interval(priority: int, master_adver_int_cs: int, version: int = 3) -> float:
+    """Master_Down_Interval in seconds: 3 x the (master's) interval + Skew_Time."""
+    return 3 * master_adver_int_cs / 100 + skew_time(priority, master_adver_int_cs, version)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+_COUNTERS = (
+    "rx", "accepted", "tx", "tx_priority0", "rx_priority0", "became_master", "became_backup",
+    "faults", "discard_lower_priority", "preempt_delayed", "owner_conflict", "interval_changes",
+    "drop_state", "drop_own", "drop_ttl", "drop_version", "drop_vrid", "drop_addresses", "drop_peer",
+    "drop_owner",
+) + tuple(f"drop_{r}" for r in P.REASONS)
+
+
+class VrrpInstance:
+    """One VRRP instance's state machine.  See the module docstring for the rules."""
+
+    def __init__(self, cfg: VrrpConfig) -> None:
+        self.cfg = cfg
+        self._state = State.INITIALIZE
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._primary_int = int(ipaddress.ip_address(cfg.primary_address))
+        self._vips = sorted(cfg.addresses)
+        self._peers = frozenset(cfg.unicast_peers)
+        self.master_adver_int_cs = cfg.advert_interval_cs
+        self.master_down_at: float | None = None
+        self.adver_at: float | None = None
+        self.master_address: str | None = None   # the current master as last heard (Backup)
+        self.master_priority: int | None = None
+        self.resigned = False
+        self._fault = False
+        self._preempt_at: float | None = None   # preempt_delay running against a lower-priority master
+        self._down_reason = ""
+
+    # -- read-only views ------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def priority(self) -> int:
+        return self.cfg.priority
+
+    @property
+    def is_owner(self) -> bool:
+        return self.cfg.priority == 255
+
+    @property
+    def preempting(self) -> bool:
+        """Whether a Backup discards lower-priority adverts (and so takes over)."""
+        if self.is_owner:
+            return True
+        return self.cfg.preempt and not self.cfg.nopreempt and not self.resigned
+
+    @property
+    def skew_time(self) -> float:
+        return skew_time(self.cfg.priority, self.master_adver_int_cs, self.cfg.version)
+
+    @property
+    def master_down_interval(self) -> float:
+        mai = self.master_adver_int_cs if self.cfg.version == 3 else self.cfg.advert_interval_cs
+        return master_down_interval(self.cfg.priority, mai, self.cfg.version)
+
+    @property
+    def advert_interval(self) -> float:
+        return self.cfg.advert_interval_cs / 100
+
+    def advert(self, priority: int | None = None) -> Advert:
+        """The advertisement to send for a SendAdvert(priority)."""
+        return Advert(self.cfg.vrid, self.cfg.priority if priority is None else priority,
+                      self.cfg.advert_interval_cs, self.cfg.addresses, self.cfg.version)
+
+    def next_deadline(self) -> float | None:
+        if self._state is State.MASTER:
+            return self.adver_at
+        if self._state is State.BACKUP:
+            return self.master_down_at
+        return None
+
+    def status(self) -> dict:
+        return {"name": self.cfg.name, "vrid": self.cfg.vrid, "state": self._state.value,
+                "priority": self.cfg.priority, "master": self.master_address,
+                "master_priority": self.master_priority,
+                "master_adver_int_ms": self.master_adver_int_cs * 10, "resigned": self.resigned,
+                "fault": self._fault, "counters": dict(self.counters)}
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _send(self, out: list[Action], priority: int) -> None:
+        self.counters["tx"] += 1
+        if priority == 0:
+            self.counters["tx_priority0"] += 1
+        out.append(SendAdvert(priority))
+
+    def _goto(self, out: list[Action], new: State, reason: str) -> None:
+        old = self._state
+        self._state = new
+        self._preempt_at = None
+        if new is State.MASTER:
+            self.counters["became_master"] += 1
+            self.master_address, self.master_priority = self.cfg.primary_address, self.cfg.priority
+            self.master_down_at = None
+        elif new is State.BACKUP:
+            self.counters["became_backup"] += 1
+            self.adver_at = None
+        else:
+            self.adver_at = self.master_down_at = None
+            self.master_address = self.master_priority = None
+            if new is State.FAULT:
+                self.counters["faults"] += 1
+        out.append(StateChange(old, new, reason))
+
+    def _become_master(self, out: list[Action], now: float, reason: str) -> None:
+        self._send(out, self.cfg.priority)
+        self.adver_at = now + self.advert_interval
+        self._goto(out, State.MASTER, reason)
+
+    def _become_backup(self, out: list[Action], now: float, reason: str) -> None:
+        self._goto(out, State.BACKUP, reason)
+        self._arm_down(now, "")
+
+    def _arm_down(self, now: float, why: str) -> None:
+        self.master_down_at = now + self.master_down_interval
+        self._down_reason = why
+
+    def _enter_running(self, out: list[Action], now: float, why: str) -> None:
+        """Initialize's Startup event (RFC 5798 §6.4.1)."""
+        self.master_adver_int_cs = self.cfg.advert_interval_cs
+        self.master_address = self.master_priority = None
+        if self.is_owner:
+            self._become_master(out, now, f"{why}, priority 255 (address owner)")
+        else:
+            self._become_backup(out, now, why)
+
+    def start(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        if self._state is not State.INITIALIZE:
+            return out
+        if self._fault:
+            self._goto(out, State.FAULT, "started while in fault")
+        else:
+            self._enter_running(out, now, "startup")
+        return out
+
+    def shutdown(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        if self._state is State.MASTER:
+            self._send(out, 0)
+        if self._state is not State.INITIALIZE:
+            self._goto(out, State.INITIALIZE, "shutdown")
+        return out
+
+    def set_fault(self, on: bool, now: float) -> list[Action]:
+        """Fault when this node's engine or a tracked interface is down."""
+        out: list[Action] = []
+        on = bool(on)
+        if on == self._fault:
+            return out
+        self._fault = on
+        if self._state is State.INITIALIZE:
+            return out
+        if on:
+            if self._state is State.MASTER:
+                self._send(out, 0)
+            self._goto(out, State.FAULT, "fault: engine or tracked interface down")
+        else:
+            self._enter_running(out, now, "fault cleared")
+        return out
+
+    def resign(self, now: float) -> list[Action]:
+        """An operator's "resign": stop being master in favour of a peer.
+
+        A Master advertises priority 0 once (the peer, as Backup, then takes over after its
+        Skew_Time) and becomes Backup at once.  Until `resume`, this instance does not preempt:
+        it accepts a lower-priority master's adverts as a live master, as with nopreempt.  If no
+        peer takes over, its Master_Down_Timer still expires and it becomes Master again (the VIPs
+        are never left without a master), which also ends the resignation.  In Backup it only sets
+        the no-preempt hold.  An address owner (255) cannot resign (no-op)."""
+        out: list[Action] = []
+        if self.is_owner or self._state in (State.INITIALIZE, State.FAULT):
+            return out
+        self.resigned = True
+        if self._state is State.MASTER:
+            self._send(out, 0)
+            self.master_adver_int_cs = self.cfg.advert_interval_cs
+            self.master_address = self.master_priority = None
+            self._become_backup(out, now, "resigned by operator (sent priority 0)")
+        self._preempt_at = None
+        return out
+
+    def resume(self, now: float) -> list[Action]:
+        """End a resignation: preempt normally again (a higher-priority Backup then takes over
+        from a lower-priority master after Master_Down_Interval, or preempt_delay + that)."""
+        self.resigned = False
+        return []
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def on_timer(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        if self._state is State.MASTER and self.adver_at is not None and now >= self.adver_at:
+            self._send(out, self.cfg.priority)
+            self.adver_at = now + self.advert_interval
+        elif (self._state is State.BACKUP and self.master_down_at is not None
+              and now >= self.master_down_at):
+            if self._down_reason:
+                reason = self._down_reason
+            elif self.cfg.version == 3:
+                reason = (f"master down timer expired (3 x {self.master_adver_int_cs * 10} ms"
+                          f" + skew {_ms(self.skew_time)})")
+            else:
+                reason = (f"master down timer expired (3 x {self.cfg.advert_interval_cs // 100} s"
+                          f" + skew {_ms(self.skew_time)})")
+            self.resigned = False
+            self._become_master(out, now, reason)
+        return out
+
+    # -- receive -----------------------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> list[Action]:
+        self.counters["drop_" + reason] += 1
+        return []
+
+    def on_packet(self, payload: bytes, src: str, dst: str, ttl: int, now: float,
+                  unicast: bool | None = None) -> list[Action]:
+        """A received IP payload: decode (counting failures), then `on_advert`.  unicast defaults
+        to "dst is not the VRRP multicast group"."""
+        try:
+            advert = P.decode(payload, src, dst)
+        except VrrpError as exc:
+            self.counters["rx"] += 1
+            return self._drop(exc.reason)
+        if unicast is None:
+            unicast = dst not in (P.VRRP_GROUP4, P.VRRP_GROUP6)
+        return self.on_advert(advert, src, ttl, now, unicast=unicast)
+
+    def on_advert(self, advert: Advert, src: str, ttl: int, now: float,
+                  unicast: bool = False) -> list[Action]:
+        self.counters["rx"] += 1
+        cfg = self.cfg
+        if self._state not in (State.BACKUP, State.MASTER):
+            return self._drop("state")
+        try:
+            src_ip = ipaddress.ip_address(src)
+        except ValueError:
+            return self._drop("bad_address")
+        src = str(src_ip)
+        if src == cfg.primary_address:
+            return self._drop("own")
+        if not unicast and ttl != 255:
+            return self._drop("ttl")
+        if advert.version != cfg.version:
+            return self._drop("version")
+        if advert.vrid != cfg.vrid:
+            return self._drop("vrid")
+        try:
+            theirs = sorted(_canon(a) for a in advert.addresses)
+        except ValueError:
+            return self._drop("addresses")
+        if theirs != self._vips:
+            return self._drop("addresses")
+        if unicast and self._peers and src not in self._peers:
+            return self._drop("peer")
+        if self.is_owner:
+            if advert.priority == 255:
+                self.counters["owner_conflict"] += 1
+            return self._drop("owner")
+        self.counters["accepted"] += 1
+        if advert.priority == 0:
+            self.counters["rx_priority0"] += 1
+        out: list[Action] = []
+        if self._state is State.BACKUP:
+            self._backup_rx(out, advert, src, now)
+        else:
+            self._master_rx(out, advert, src, src_ip, now)
+        return out
+
+    def _adopt_interval(self, advert: Advert) -> None:
+        if self.cfg.version == 3 and advert.max_adver_int_cs != self.master_adver_int_cs:
+            if 1 <= advert.max_adver_int_cs <= 4095:
+                self.counters["interval_changes"] += 1
+                self.master_adver_int_cs = advert.max_adver_int_cs
+
+    def _backup_rx(self, out: list[Action], advert: Advert, src: str, now: float) -> None:
+        if advert.priority == 0:
+            self.master_down_at = now + self.skew_time
+            self._down_reason = (f"priority 0 from {src} (master stopped), "
+                                 f"skew timer expired ({_ms(self.skew_time)})")
+            return
+        lower = advert.priority < self.cfg.priority
+        if lower and self.preempting:
+            if self.cfg.preempt_delay > 0:
+                if self._preempt_at is None:
+                    self._preempt_at = now + self.cfg.preempt_delay
+                if now < self._preempt_at:
+                    self.counters["preempt_delayed"] += 1
+                    self._accept_master(advert, src, now)
+                    self._down_reason = ""
+                    return
+            self.counters["discard_lower_priority"] += 1
+            self._down_reason = (f"preempting lower priority {advert.priority} master {src}"
+                                 f" (ours {self.cfg.priority}; master down timer"
+                                 f" {_ms(self.master_down_interval)})")
+            return
+        if not lower:
+            self._preempt_at = None
+        self._accept_master(advert, src, now)
+
+    def _accept_master(self, advert: Advert, src: str, now: float) -> None:
+        self._adopt_interval(advert)
+        self.master_address, self.master_priority = src, advert.priority
+        self._arm_down(now, "")
+
+    def _master_rx(self, out: list[Action], advert: Advert, src: str, src_ip, now: float) -> None:
+        cfg = self.cfg
+        if advert.priority == 0:
+            self._send(out, cfg.priority)
+            self.adver_at = now + self.advert_interval
+            return
+        if advert.priority > cfg.priority:
+            reason = f"higher priority {advert.priority} from {src} (ours {cfg.priority})"
+        elif advert.priority == cfg.priority and int(src_ip) > self._primary_int:
+            reason = (f"equal priority {advert.priority} from higher address {src}"
+                      f" (ours {cfg.primary_address})")
+        else:
+            # RFC 9568 §6.4.3 / keepalived: re-assert at once so the other side yields.
+            self._send(out, cfg.priority)
+            self.adver_at = now + self.advert_interval
+            return
+        self.master_adver_int_cs = cfg.advert_interval_cs
+        self._adopt_interval(advert)
+        self._goto(out, State.BACKUP, reason)
+        self.master_address, self.master_priority = src, advert.priority
+        self._arm_down(now, "")

@@ -1,0 +1,305 @@
+"""The thin asyncio adapter for one VRRP instance (IPv4): one raw socket, one timer.
+
+Socket (`open_vrrp_socket`): ``socket(AF_INET, SOCK_RAW, 112)`` bound to the interface with
+SO_BINDTODEVICE, joined to 224.0.0.18 on it (multicast mode; in unicast mode, cfg.unicast_peers
+set, it joins nothing), IP_MULTICAST_TTL and IP_TTL 255, IP_MULTICAST_LOOP off, IP_TOS 0xc0.  The
+socket is not bound to an address (that would filter out packets to the group); instead every
+advert is sent with sendmsg + an IP_PKTINFO control message naming the interface and
+cfg.primary_address as the source, so the source the kernel writes is the one the checksum's
+pseudo-header was computed with.  Received datagrams carry the IPv4 header: the runner takes TTL,
+source and destination from it, and hands the payload to `VrrpInstance.on_packet` (which decodes,
+validates, counts).  Multicast adverts go to 224.0.0.18; in unicast mode one copy goes to each
+peer, each with its own checksum (pseudo-header dst = that peer, as keepalived does).
+
+The socket is created by `open_socket()` (called by `start()` if not done before).  To run the
+instance in another network namespace, call `open_socket()` in a thread that has entered it
+(`lab.nsutil.in_netns(ns, runner.open_socket)`): a socket keeps the namespace it was made in.
+
+`on_state_change(old, new, reason)` (plain function or coroutine function) is called from one
+worker task, strictly one call at a time and in order; a slow callback delays later callbacks,
+never the VRRP protocol itself.  Every state change is also logged in one line, as keepalived
+does: ``VRRP_Instance(VI_51) Entering MASTER STATE (master down timer expired (...))``.
+
+`resign()` is the operator's "resign": a Master advertises priority 0 once and becomes Backup at
+once; the peer (a Backup) then sets its Master_Down_Timer to its Skew_Time and takes over.  Until
+`resume()` this node does not preempt the new master even if its priority is higher (it behaves as
+with nopreempt); if no peer takes over, it becomes Master again after Master_Down_Interval.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import struct
+import time
+from typing import Any, Awaitable, Callable
+
+from proto import vrrp as P
+from syncd.vrrp import SendAdvert, State, StateChange, VrrpConfig, VrrpInstance
+
+log = logging.getLogger("tandem.vrrp")
+
+__all__ = ["VrrpRunner", "open_vrrp_socket", "parse_ipv4"]
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+TOS_INTERNETWORK_CONTROL = 0xC0
+_RX_BATCH = 64          # datagrams read per readiness callback
+_RX_BUF = 2048
+
+StateCallback = Callable[[State, State, str], "Awaitable[Any] | Any"]
+
+
+def open_vrrp_socket(ifname: str, cfg: VrrpConfig) -> tuple[socket.socket, int]:
+    """The raw VRRP socket for cfg on ifname (see the module docstring) and the ifindex.
+    Must run in the network namespace of the interface."""
+    if cfg.family != 4:
+        raise ValueError("the VRRP runner is IPv4 only")
+    ifindex = socket.if_nametoindex(ifname)
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, P.IPPROTO_VRRP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname.encode() + b"\0")
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 255)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        # struct ip_mreqn {imr_multiaddr, imr_address, imr_ifindex}
+        mreqn = struct.pack("=4s4si", socket.inet_aton(P.VRRP_GROUP4), b"\0" * 4, ifindex)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+        if not cfg.unicast_peers:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s, ifindex
+
+
+def parse_ipv4(datagram: bytes) -> tuple[str, str, int, bytes] | None:
+    """(src, dst, ttl, payload) of a raw IPv4 datagram, or None if it is not one."""
+    if len(datagram) < 20 or datagram[0] >> 4 != 4:
+        return None
+    ihl = (datagram[0] & 0x0F) * 4
+    total = int.from_bytes(datagram[2:4], "big")
+    if ihl < 20 or len(datagram) < ihl or total < ihl:
+        return None
+    end = min(total, len(datagram))
+    return (socket.inet_ntoa(datagram[12:16]), socket.inet_ntoa(datagram[16:20]), datagram[8],
+            datagram[ihl:end])
+
+
+class VrrpRunner:
+    """Drives one VrrpInstance over a raw socket on `ifname`."""
+
+    def __init__(self, cfg: VrrpConfig, ifname: str, on_state_change: StateCallback | None = None,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.ifname = ifname
+        self.on_state_change = on_state_change
+        self.clock = clock
+        self.instance = VrrpInstance(cfg)
+        self.stats = dict.fromkeys(("rx_datagrams", "rx_not_ipv4", "tx_datagrams", "tx_errors",
+                                    "internal_errors", "callback_errors"), 0)
+        self._sock: socket.socket | None = None
+        self._ifindex = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._events: asyncio.Queue[StateChange | None] | None = None
+        self._worker: asyncio.Task | None = None
+        self._pktinfo = b""
+        self._targets: list[tuple[str, str]] = []   # (dst for the checksum, sendto address)
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.instance.state
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.instance.counters
+
+    def open_socket(self) -> None:
+        """Create the socket now (in the calling thread's network namespace)."""
+        if self._sock is None:
+            self._sock, self._ifindex = open_vrrp_socket(self.ifname, self.cfg)
+
+    async def start(self) -> None:
+        """Open the socket (unless open_socket() was called), start the instance and the timer."""
+        if self._loop is not None:
+            return
+        self.open_socket()
+        self._loop = asyncio.get_running_loop()
+        self._pktinfo = struct.pack("=i4s4s", self._ifindex,
+                                    socket.inet_aton(self.cfg.primary_address), b"\0" * 4)
+        if self.cfg.unicast_peers:
+            self._targets = [(p, p) for p in self.cfg.unicast_peers]
+        else:
+            self._targets = [(P.VRRP_GROUP4, P.VRRP_GROUP4)]
+        self._events = asyncio.Queue()
+        self._worker = asyncio.create_task(self._callbacks(), name=f"vrrp-{self.cfg.name}-notify")
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._apply(self.instance.start(self.clock()))
+
+    async def stop(self, graceful: bool = True, callback_timeout: float = 5.0) -> None:
+        """Leave: with graceful, a Master advertises priority 0 first (the peer takes over after
+        its Skew_Time); without, nothing more is sent (as a crash).  Waits (at most
+        callback_timeout s) for the queued state-change callbacks, then closes the socket."""
+        if self._loop is None:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            return
+        actions = self.instance.shutdown(self.clock())
+        if not graceful:
+            actions = [a for a in actions if not isinstance(a, SendAdvert)]
+        self._apply(actions)
+        self._cancel_timer()
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._events is not None and self._worker is not None:
+            self._events.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), callback_timeout)
+            except asyncio.TimeoutError:
+                log.warning("VRRP_Instance(%s) state-change callbacks still running after %.1f s;"
+                            " cancelled", self.cfg.name, callback_timeout)
+                self._worker.cancel()
+                try:
+                    await self._worker
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._worker = None
+        self._events = None
+        self._loop = None
+
+    def resign(self) -> None:
+        """Operator resign (see the module docstring)."""
+        self._run(self.instance.resign)
+
+    def resume(self) -> None:
+        """End a resign: preempt normally again."""
+        self._run(self.instance.resume)
+
+    def set_fault(self, on: bool) -> None:
+        """Enter (a Master first advertises priority 0) or leave Fault."""
+        self._run(lambda now: self.instance.set_fault(on, now))
+
+    # -- the driver ------------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[float], list]) -> None:
+        actions = fn(self.clock())
+        if self._loop is not None:
+            self._apply(actions)
+        else:
+            for a in actions:
+                if isinstance(a, StateChange):
+                    self._log_change(a)
+
+    def _apply(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, SendAdvert):
+                self._send(a.priority)
+            elif isinstance(a, StateChange):
+                self._log_change(a)
+                if self._events is not None:
+                    self._events.put_nowait(a)
+        self._arm()
+
+    def _log_change(self, a: StateChange) -> None:
+        log.info("VRRP_Instance(%s) Entering %s STATE (%s)", self.cfg.name,
+                 a.new.keepalived_name, a.reason)
+
+    def _send(self, priority: int) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        advert = self.instance.advert(priority)
+        for csum_dst, addr in self._targets:
+            data = P.encode(advert, self.cfg.primary_address, csum_dst)
+            try:
+                sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, self._pktinfo)], 0, (addr, 0))
+            except OSError as exc:
+                self.stats["tx_errors"] += 1
+                log.debug("VRRP_Instance(%s) send to %s failed: %s", self.cfg.name, addr, exc)
+                continue
+            self.stats["tx_datagrams"] += 1
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_RX_BATCH):
+            try:
+                data = sock.recv(_RX_BUF)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("VRRP_Instance(%s) recv failed: %s", self.cfg.name, exc)
+                break
+            self.stats["rx_datagrams"] += 1
+            parsed = parse_ipv4(data)
+            if parsed is None:
+                self.stats["rx_not_ipv4"] += 1
+                continue
+            src, dst, ttl, payload = parsed
+            try:
+                actions = self.instance.on_packet(payload, src, dst, ttl, self.clock())
+            except Exception:
+                self.stats["internal_errors"] += 1
+                log.exception("VRRP_Instance(%s) handling a packet failed", self.cfg.name)
+                continue
+            self._apply(actions)
+
+    def _fire(self) -> None:
+        self._timer = None
+        # the loop may run a handle a hair before its time; never let that spin
+        now = max(self.clock(), self._timer_at)
+        try:
+            actions = self.instance.on_timer(now)
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("VRRP_Instance(%s) timer failed", self.cfg.name)
+            actions = []
+        self._apply(actions)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        """One timer, always at the instance's next_deadline()."""
+        self._cancel_timer()
+        if self._loop is None:
+            return
+        deadline = self.instance.next_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.clock())
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._fire)
+
+    async def _callbacks(self) -> None:
+        q = self._events
+        assert q is not None
+        while True:
+            ev = await q.get()
+            if ev is None:
+                return
+            cb = self.on_state_change
+            if cb is None:
+                continue
+            try:
+                r = cb(ev.old, ev.new, ev.reason)
+                if inspect.isawaitable(r):
+                    await r
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["callback_errors"] += 1
+                log.exception("VRRP_Instance(%s) state-change callback failed", self.cfg.name)
