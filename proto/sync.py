@@ -1,0 +1,389 @@
+"""The connection-sync wire format: msgpack messages with an HMAC-SHA256 trailer.
+
+Pure functions, no I/O, no clock.  One datagram is
+
+    msgpack([version, sync_id, node_id, epoch, seq, send_time, type, flags, body]) || mac
+
+where `mac` is the 32-byte HMAC-SHA256, under the pair's shared key, of every
+byte before it.  Fields:
+
+    version    int     VERSION (1); anything else is refused as bad_version
+    sync_id    int     0..255; a receiver drops a message whose sync id is not its own
+    node_id    str     the sending node's name, 1..64 characters
+    epoch      int     0..2**64-1, chosen at random when the sending object starts, so a
+                       restarted node is told apart from a replay of its old messages
+    seq        int     0..2**64-1.  DATA: the data sequence number (1, 2, ... per epoch);
+                       HEARTBEAT: the last DATA seq sent (0 if none); NACK and
+                       RESYNC_REQUEST: a per-epoch control counter of the requester
+                       (1, 2, ...), so a replayed request is recognised
+    send_time  float   the sender's wall clock, seconds, when the message was built
+                       (a resent DATA message keeps its original time)
+    type       int     DATA 1, HEARTBEAT 2, NACK 3, RESYNC_REQUEST 4
+    flags      int     DATA only: F_BULK (part of a bulk resync), F_BULK_START (its
+                       first message), F_BULK_END (its last); 0 otherwise
+    body       DATA:           [entry, ...]                       (see SyncEntry)
+               HEARTBEAT:      last_seq (int, the same as seq)
+               NACK:           [target_node (str), target_epoch (int),
+                                [[first, last], ...]]             (inclusive seq ranges)
+               RESYNC_REQUEST: [] (every sender) or [target_node]
+
+An entry is the 14-element array
+
+    [proto, state, flags, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
+     timeout, template, in_pkts]
+
+with addresses as packed bytes (4 or 16 long; caddr/vaddr and laddr/daddr each of
+one family), ports 0..65535, flags the INACTIVE/NOOUTPUT/ASSURED bits of
+director.conn, timeout in seconds (int or float, 0..2**31), template a bool.
+
+`decode` raises SyncError and nothing else, whatever bytes it is given.  Its
+order of checks: length and msgpack structure (malformed), version
+(bad_version), sync id (wrong_sync_id), MAC (bad_mac), then every field
+(malformed).  The sync id is read before the MAC so that another pair's traffic
+on a shared group is reported as such, not as an attack; nothing from an
+unauthenticated message is used beyond that classification.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import msgpack
+
+__all__ = [
+    "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "TYPES",
+    "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "REASONS",
+    "SyncError", "SyncEntry", "Message", "encode", "decode",
+    "pack_entry", "encode_data", "data_budget", "pack_entries", "nack_ranges_per_message",
+]
+
+VERSION = 1
+DATA, HEARTBEAT, NACK, RESYNC_REQUEST = 1, 2, 3, 4
+TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST)
+TYPE_NAMES = {DATA: "DATA", HEARTBEAT: "HEARTBEAT", NACK: "NACK", RESYNC_REQUEST: "RESYNC_REQUEST"}
+F_BULK, F_BULK_START, F_BULK_END = 0x01, 0x02, 0x04
+_ALL_FLAGS = F_BULK | F_BULK_START | F_BULK_END
+
+MAC_LEN = 32
+MAX_PAYLOAD = 1472          # 1500 - IPv4 - UDP, as IPVS's default sync_maxlen
+MAX_NODE_ID = 64
+U64 = (1 << 64) - 1
+MAX_TIMEOUT = float(1 << 31)
+_ENTRY_FLAGS = 0x01 | 0x02 | 0x08   # director.conn INACTIVE | NOOUTPUT | ASSURED
+
+MALFORMED, BAD_MAC, WRONG_SYNC_ID, BAD_VERSION = "malformed", "bad_mac", "wrong_sync_id", "bad_version"
+REASONS = (MALFORMED, BAD_MAC, WRONG_SYNC_ID, BAD_VERSION)
+
+
+class SyncError(Exception):
+    """A datagram that is not a valid message for us; .reason is one of REASONS."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class SyncEntry:
+    """One connection as carried in a DATA message."""
+    proto: int
+    state: int
+    flags: int
+    caddr: bytes
+    cport: int
+    vaddr: bytes
+    vport: int
+    laddr: bytes
+    lport: int
+    daddr: bytes
+    dport: int
+    timeout: float
+    template: bool = False
+    in_pkts: int = 0
+
+    @classmethod
+    def from_conn(cls, conn, now: float, timeout: float) -> "SyncEntry":
+        """The entry for a director.conn.Conn.
+
+        `timeout` is the full timeout of the connection's state (Engine.timeout_of).
+        What is sent is the time the connection has left, capped at that: on the
+        packet path (the engine refreshes the timer before calling its sync hook)
+        the two are equal, as IPVS sends cp->timeout; in a bulk resync an idle
+        connection is not given a fresh full timeout on the peer.
+        """
+        t = float(timeout)
+        if conn.expires > 0:
+            t = min(t, max(conn.expires - now, 0.0))
+        return cls(conn.proto, conn.state, conn.flags & _ENTRY_FLAGS,
+                   bytes(conn.caddr), conn.cport, bytes(conn.vaddr), conn.vport,
+                   bytes(conn.laddr), conn.lport, bytes(conn.daddr), conn.dport,
+                   t, False, conn.in_pkts)
+
+    def apply_kwargs(self) -> dict:
+        """Keyword arguments for Engine.apply_synced (add `now=`)."""
+        return {"proto": self.proto, "state": self.state, "flags": self.flags,
+                "caddr": self.caddr, "cport": self.cport, "vaddr": self.vaddr,
+                "vport": self.vport, "laddr": self.laddr, "lport": self.lport,
+                "daddr": self.daddr, "dport": self.dport, "timeout": self.timeout,
+                "in_pkts": self.in_pkts}
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the connection (its client-side tuple)."""
+        return (self.proto, self.caddr, self.cport, self.vaddr, self.vport, self.template)
+
+    def to_wire(self) -> list:
+        t = self.timeout
+        t = int(t) if t == int(t) else float(t)
+        return [self.proto, self.state, self.flags, self.caddr, self.cport, self.vaddr,
+                self.vport, self.laddr, self.lport, self.daddr, self.dport, t,
+                bool(self.template), self.in_pkts]
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded (or to-be-encoded) message.  Only the body fields of its type matter."""
+    type: int
+    sync_id: int
+    node_id: str
+    epoch: int
+    seq: int
+    send_time: float
+    flags: int = 0
+    entries: list = field(default_factory=list)    # DATA: list[SyncEntry]
+    last_seq: int = 0                              # HEARTBEAT
+    ranges: list = field(default_factory=list)     # NACK: list[(first, last)]
+    target: str | None = None                      # NACK (required), RESYNC_REQUEST (None = all)
+    target_epoch: int = 0                          # NACK
+    version: int = VERSION
+
+    @property
+    def bulk(self) -> bool:
+        return bool(self.flags & F_BULK)
+
+
+# -- encoding -------------------------------------------------------------------
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _check_header(sync_id: int, node_id: str, epoch: int, seq: int) -> None:
+    if not 0 <= sync_id <= 255:
+        raise ValueError(f"sync_id must be 0..255, got {sync_id}")
+    if not isinstance(node_id, str) or not 1 <= len(node_id) <= MAX_NODE_ID:
+        raise ValueError(f"node_id must be a string of 1..{MAX_NODE_ID} characters")
+    if not 0 <= epoch <= U64 or not 0 <= seq <= U64:
+        raise ValueError("epoch and seq must be 0..2**64-1")
+
+
+def pack_entry(entry: SyncEntry) -> bytes:
+    """The msgpack bytes of one entry, ready to be joined into a DATA body."""
+    return msgpack.packb(entry.to_wire(), use_bin_type=True)
+
+
+def _body(msg: Message) -> Any:
+    t = msg.type
+    if t == DATA:
+        return [e.to_wire() for e in msg.entries]
+    if t == HEARTBEAT:
+        return msg.last_seq
+    if t == NACK:
+        if msg.target is None:
+            raise ValueError("a NACK needs a target node")
+        return [msg.target, msg.target_epoch, [[a, b] for a, b in msg.ranges]]
+    if t == RESYNC_REQUEST:
+        return [] if msg.target is None else [msg.target]
+    raise ValueError(f"unknown message type {t}")
+
+
+def encode(msg: Message, key: bytes) -> bytes:
+    """Encode and sign one message."""
+    _check_header(msg.sync_id, msg.node_id, msg.epoch, msg.seq)
+    packed = msgpack.packb([msg.version, msg.sync_id, msg.node_id, msg.epoch, msg.seq,
+                            float(msg.send_time), msg.type, msg.flags, _body(msg)],
+                           use_bin_type=True)
+    return packed + _mac(key, packed)
+
+
+def encode_data(*, sync_id: int, node_id: str, epoch: int, seq: int, send_time: float,
+                flags: int, packed_entries: list[bytes], key: bytes) -> bytes:
+    """A DATA message from already packed entries (pack_entry): the sender's fast path."""
+    p = msgpack.Packer(use_bin_type=True)
+    head = p.pack_array_header(9) + p.pack(VERSION) + p.pack(sync_id) + p.pack(node_id) \
+        + p.pack(epoch) + p.pack(seq) + p.pack(float(send_time)) + p.pack(DATA) + p.pack(flags) \
+        + p.pack_array_header(len(packed_entries))
+    packed = head + b"".join(packed_entries)
+    return packed + _mac(key, packed)
+
+
+def data_budget(node_id: str, max_payload: int = MAX_PAYLOAD) -> int:
+    """Bytes of packed entries that always fit in one DATA message of max_payload.
+
+    Worst case for every variable-length header field: sync id 2 bytes, epoch and
+    seq 9, send time 9 (float64), flags 1, body array header 3 (<= 65535 entries).
+    """
+    fixed = 1 + 1 + 2 + len(msgpack.packb(node_id)) + 9 + 9 + 9 + 1 + 1 + 3 + MAC_LEN
+    return max_payload - fixed
+
+
+def nack_ranges_per_message(node_id: str, target: str, max_payload: int = MAX_PAYLOAD) -> int:
+    """How many [first, last] ranges always fit in one NACK message."""
+    fixed = (1 + 1 + 2 + len(msgpack.packb(node_id)) + 9 + 9 + 9 + 1 + 1
+             + 1 + len(msgpack.packb(target)) + 9 + 3 + MAC_LEN)
+    return max(1, (max_payload - fixed) // 19)
+
+
+def pack_entries(header: dict, entries: Iterable[SyncEntry], key: bytes,
+                 max_payload: int = MAX_PAYLOAD) -> list[bytes]:
+    """Batch entries into DATA datagrams of at most max_payload bytes each.
+
+    `header` holds sync_id, node_id, epoch, send_time, flags (optional) and seq, the
+    sequence number of the first datagram; the others follow consecutively.
+    """
+    node_id = header["node_id"]
+    budget = data_budget(node_id, max_payload)
+    seq = header["seq"]
+    out: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
+
+    def close() -> None:
+        nonlocal seq, cur, size
+        out.append(encode_data(sync_id=header["sync_id"], node_id=node_id, epoch=header["epoch"],
+                               seq=seq, send_time=header["send_time"],
+                               flags=header.get("flags", 0), packed_entries=cur, key=key))
+        seq += 1
+        cur, size = [], 0
+
+    for e in entries:
+        b = pack_entry(e)
+        if len(b) > budget:
+            raise ValueError("an entry does not fit in max_payload")
+        if size + len(b) > budget:
+            close()
+        cur.append(b)
+        size += len(b)
+    if cur:
+        close()
+    return out
+
+
+# -- decoding -------------------------------------------------------------------
+
+def _int(v: Any, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise SyncError(MALFORMED)
+    return v
+
+
+def _addr(v: Any) -> bytes:
+    if type(v) is not bytes or len(v) not in (4, 16):
+        raise SyncError(MALFORMED)
+    return v
+
+
+def _entry(v: Any) -> SyncEntry:
+    if type(v) is not list or len(v) != 14:
+        raise SyncError(MALFORMED)
+    (proto, state, flags, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
+     timeout, template, in_pkts) = v
+    caddr, vaddr, laddr, daddr = _addr(caddr), _addr(vaddr), _addr(laddr), _addr(daddr)
+    if len(caddr) != len(vaddr) or len(laddr) != len(daddr):
+        raise SyncError(MALFORMED)
+    if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_TIMEOUT:
+        raise SyncError(MALFORMED)     # (NaN fails the comparison too)
+    if type(template) is not bool:
+        raise SyncError(MALFORMED)
+    flags = _int(flags, 0, 0xFFFFFFFF)
+    if flags & ~_ENTRY_FLAGS:
+        raise SyncError(MALFORMED)
+    return SyncEntry(_int(proto, 0, 255), _int(state, 0, 255), flags,
+                     caddr, _int(cport, 0, 65535), vaddr, _int(vport, 0, 65535),
+                     laddr, _int(lport, 0, 65535), daddr, _int(dport, 0, 65535),
+                     float(timeout), template, _int(in_pkts, 0, U64))
+
+
+def decode(raw: bytes, key: bytes, sync_id: int | None) -> Message:
+    """Check and decode one datagram.  sync_id None accepts every sync id."""
+    try:
+        return _decode(raw, key, sync_id)
+    except SyncError:
+        raise
+    except Exception:               # belt and braces: nothing else may escape
+        raise SyncError(MALFORMED) from None
+
+
+def _decode(raw: bytes, key: bytes, sync_id: int | None) -> Message:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise SyncError(MALFORMED)
+    raw = bytes(raw)
+    if len(raw) < MAC_LEN + 10:
+        raise SyncError(MALFORMED)
+    packed, mac = raw[:-MAC_LEN], raw[-MAC_LEN:]
+    try:
+        obj = msgpack.unpackb(packed, raw=False, use_list=True, strict_map_key=True)
+    except Exception:
+        raise SyncError(MALFORMED) from None
+    if type(obj) is not list or len(obj) < 2 or type(obj[0]) is not int:
+        raise SyncError(MALFORMED)
+    if obj[0] != VERSION:
+        raise SyncError(BAD_VERSION)
+    if len(obj) != 9:
+        raise SyncError(MALFORMED)
+    if type(obj[1]) is not int:
+        raise SyncError(MALFORMED)
+    if sync_id is not None and obj[1] != sync_id:
+        raise SyncError(WRONG_SYNC_ID)
+    if not hmac.compare_digest(mac, _mac(key, packed)):
+        raise SyncError(BAD_MAC)
+
+    _, sid, node_id, epoch, seq, send_time, mtype, flags, body = obj
+    _int(sid, 0, 255)
+    if type(node_id) is not str or not 1 <= len(node_id) <= MAX_NODE_ID:
+        raise SyncError(MALFORMED)
+    _int(epoch, 0, U64)
+    _int(seq, 0, U64)
+    if type(send_time) is not float or not math.isfinite(send_time):
+        raise SyncError(MALFORMED)
+    mtype = _int(mtype, 1, 4)
+    flags = _int(flags, 0, _ALL_FLAGS)
+    msg = Message(mtype, sid, node_id, epoch, seq, send_time, flags)
+    if mtype != DATA and flags:
+        raise SyncError(MALFORMED)
+    if mtype == DATA:
+        if type(body) is not list:
+            raise SyncError(MALFORMED)
+        msg.entries = [_entry(e) for e in body]
+        if flags & (F_BULK_START | F_BULK_END) and not flags & F_BULK:
+            raise SyncError(MALFORMED)
+    elif mtype == HEARTBEAT:
+        msg.last_seq = _int(body, 0, U64)
+    elif mtype == NACK:
+        if type(body) is not list or len(body) != 3:
+            raise SyncError(MALFORMED)
+        target, target_epoch, ranges = body
+        if type(target) is not str or not 1 <= len(target) <= MAX_NODE_ID:
+            raise SyncError(MALFORMED)
+        if type(ranges) is not list:
+            raise SyncError(MALFORMED)
+        out = []
+        for r in ranges:
+            if type(r) is not list or len(r) != 2:
+                raise SyncError(MALFORMED)
+            a, b = _int(r[0], 1, U64), _int(r[1], 1, U64)
+            if a > b:
+                raise SyncError(MALFORMED)
+            out.append((a, b))
+        msg.target, msg.target_epoch, msg.ranges = target, _int(target_epoch, 0, U64), out
+    else:   # RESYNC_REQUEST
+        if type(body) is not list or len(body) > 1:
+            raise SyncError(MALFORMED)
+        if body:
+            if type(body[0]) is not str or not 1 <= len(body[0]) <= MAX_NODE_ID:
+                raise SyncError(MALFORMED)
+            msg.target = body[0]
+    return msg

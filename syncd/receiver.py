@@ -1,0 +1,391 @@
+"""The receiving half of sync, sans-IO: datagrams in, entries applied, NACKs out.
+
+    out = receiver.start(now)              # RESYNC_REQUEST: a (re)started node wants the table
+    out = receiver.on_datagram(raw, now)   # every datagram from the socket
+    out = receiver.poll(now)               # at receiver.next_deadline() or later
+
+Every datagram is decoded and authenticated here (proto.sync.decode); DATA and
+HEARTBEAT are handled, NACK and RESYNC_REQUEST go to `on_control(msg, now)`
+(the local SyncSender.on_message), whose answer is returned with ours.
+
+Per sender (by node id) the receiver keeps its epoch, the highest seq seen and
+the seqs still missing.  A gap -- in DATA seqs, or between the highest seq and a
+HEARTBEAT's last seq (a lost tail) -- is NACKed at once and then re-requested
+every cfg.nack_interval until filled; a gap older than cfg.gap_give_up, or one
+bigger than the sender's resend window, is abandoned for a bulk resync.  The
+first message of an epoch not seen before makes seqs 1..seq-1 of it missing (so
+a young stream is repaired from the sender's window rather than lost), unless
+that is beyond the window: then a resync is asked for.
+
+A gap-filling (older) message may arrive after newer messages about the same
+connection; while gaps are open the receiver remembers, per connection, the seq
+that last set it, and skips an entry older than that (counted stale_skipped).
+
+A bulk resync's first message (F_BULK_START) is sealed by the sender before any
+later message, so every seq below it is carried by the bulk: missing seqs below
+it are dropped from the chase (counted forgiven).  Entries of bulk messages go
+to `apply_bulk` (default: `apply`); in production that is engine_apply_bulk,
+which never overwrites a connection this node created itself.
+
+A new epoch from a sender replaces its state only if its send time is later than
+the last accepted message of the current epoch; otherwise it is a replay.  A seq
+already applied is a replay or duplicate: counted, nothing changes.  Messages
+carrying our own node id are dropped (multicast loopback).
+
+Counters (self.stats): received, data, heartbeats, control (NACK/RESYNC passed to
+the sender), entries_applied, entries_skipped (protocol/state we cannot hold),
+stale_skipped, apply_errors, gaps (gap events), missing_seqs, tail_gaps (found by
+a heartbeat), nacks_sent, resends_received (a seq that filled a gap), forgiven,
+resync_requests, gave_up, bulk_messages, epoch_changes, and per drop reason
+bad_mac, wrong_sync_id, malformed, bad_version, replayed, dropped.
+self.results counts what `apply` returned; lag() gives p50/p99/max in ms.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from typing import Callable
+
+from director.conn import SYNCED
+from proto import sync as S
+from proto.packet import flow_key
+from proto.sync import Message, SyncEntry, SyncError
+from syncd.config import SyncConfig
+
+log = logging.getLogger("tandem.syncd")
+
+TCP_STATES, UDP_STATES = 11, 1
+
+
+def engine_apply(engine) -> Callable[[SyncEntry, float], str]:
+    """The production `apply`: install an entry into a director Engine."""
+    def apply(entry: SyncEntry, now: float) -> str:
+        return engine.apply_synced(**entry.apply_kwargs(), now=now)
+    return apply
+
+
+def engine_apply_bulk(engine) -> Callable[[SyncEntry, float], str]:
+    """The production `apply_bulk`: as engine_apply, except that a connection this
+    node created itself (not SYNCED) is kept as it is.
+
+    A bulk resync is the peer's whole table, and that includes its copies of our
+    own connections, which may be older than ours (a resync answered late, or
+    asked for after a gap).  Normal sync keeps "the peer wins" (Engine.apply_synced);
+    a bulk only fills in what we lack or hold as copies.
+    """
+    index = engine.index
+
+    def apply(entry: SyncEntry, now: float) -> str:
+        key = flow_key(entry.proto, entry.caddr, entry.vaddr, entry.cport, entry.vport)
+        conn = index.get(key)
+        if conn is not None and conn.orig_key == key and not conn.flags & SYNCED:
+            return "kept"
+        return engine.apply_synced(**entry.apply_kwargs(), now=now)
+    return apply
+
+
+class _Peer:
+    __slots__ = ("epoch", "highest", "missing", "asked", "last_time", "nack_due",
+                 "recent", "want_after", "want_asked", "bulk_seen")
+
+    def __init__(self, epoch: int, send_time: float) -> None:
+        self.epoch = epoch
+        self.highest = 0
+        self.missing: dict[int, float] = {}     # seq -> when it was found missing
+        self.asked: dict[int, float] = {}       # seq -> when it was last NACKed
+        self.last_time = send_time              # send time of the last accepted message
+        self.nack_due = float("inf")            # when the earliest missing seq is due again
+        self.recent: dict[tuple, int] = {}      # conn key -> seq that set it (while gaps are open)
+        self.want_after: int | None = None      # a bulk starting after this seq is wanted
+        self.want_asked = 0.0
+        self.bulk_seen = float("-inf")          # when a bulk message last arrived
+
+
+class SyncReceiver:
+    def __init__(self, cfg: SyncConfig, node_id: str, key: bytes | None,
+                 apply: Callable[[SyncEntry, float], object], *,
+                 apply_bulk: Callable[[SyncEntry, float], object] | None = None,
+                 epoch: int | None = None,
+                 on_control: Callable[[Message, float], list[bytes]] | None = None,
+                 wall: Callable[[], float] | None = None) -> None:
+        key = cfg.key if key is None else key
+        if len(key) < 16:
+            raise ValueError("the sync key must be at least 16 bytes")
+        self.cfg = cfg
+        self.node_id = node_id
+        self.key = key
+        self.apply = apply
+        self.apply_bulk = apply_bulk or apply
+        #: what apply returned, counted (e.g. Engine.apply_synced's created/updated/...)
+        self.results: dict = {}
+        self.epoch = secrets.randbits(64) if epoch is None else epoch
+        self.on_control = on_control
+        self.wall = wall
+        self.peers: dict[str, _Peer] = {}
+        self._ctl_seq = 0
+        self._startup_want: float | None = None     # when start() last asked (no peer yet)
+        self.lags: deque[float] = deque(maxlen=cfg.lag_samples)
+        self.stats = dict.fromkeys((
+            "received", "data", "heartbeats", "control", "entries_applied", "entries_skipped",
+            "stale_skipped", "apply_errors", "gaps", "missing_seqs", "tail_gaps", "nacks_sent",
+            "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages",
+            "epoch_changes",
+            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "replayed", "dropped"), 0)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _time(self, now: float) -> float:
+        return self.wall() if self.wall is not None else now
+
+    def _control(self, mtype: int, now: float, **body) -> bytes:
+        self._ctl_seq += 1
+        return S.encode(Message(mtype, self.cfg.sync_id, self.node_id, self.epoch,
+                                self._ctl_seq, self._time(now), **body), self.key)
+
+    def _resync_request(self, now: float, target: str | None) -> bytes:
+        self.stats["resync_requests"] += 1
+        return self._control(S.RESYNC_REQUEST, now, target=target)
+
+    def _nacks(self, node: str, peer: _Peer, seqs, now: float) -> list[bytes]:
+        ranges: list[tuple[int, int]] = []
+        for s in sorted(seqs):
+            if ranges and ranges[-1][1] == s - 1:
+                ranges[-1] = (ranges[-1][0], s)
+            else:
+                ranges.append((s, s))
+        per = S.nack_ranges_per_message(self.node_id, node, self.cfg.max_payload)
+        out = [self._control(S.NACK, now, target=node, target_epoch=peer.epoch,
+                             ranges=ranges[i:i + per]) for i in range(0, len(ranges), per)]
+        self.stats["nacks_sent"] += len(out)
+        return out
+
+    def _give_up(self, node: str, peer: _Peer, now: float) -> list[bytes]:
+        """Stop chasing this sender's gaps: ask it for the whole table instead."""
+        self.stats["gave_up"] += 1
+        peer.missing.clear()
+        peer.asked.clear()
+        peer.nack_due = float("inf")
+        peer.recent.clear()
+        peer.want_after = peer.highest
+        peer.want_asked = now
+        return [self._resync_request(now, node)]
+
+    # -- the API ---------------------------------------------------------------------
+
+    def start(self, now: float) -> list[bytes]:
+        """A node that (re)starts asks every sender for its whole table."""
+        self._startup_want = now
+        for peer in self.peers.values():
+            peer.want_after, peer.want_asked = peer.highest, now
+        return [self._resync_request(now, None)]
+
+    def on_datagram(self, raw: bytes, now: float) -> list[bytes]:
+        self.stats["received"] += 1
+        try:
+            msg = S.decode(raw, self.key, self.cfg.sync_id)
+        except SyncError as exc:
+            self.stats[exc.reason] += 1
+            return []
+        if msg.node_id == self.node_id:
+            self.stats["dropped"] += 1          # our own traffic (multicast loopback)
+            return []
+        if msg.type in (S.NACK, S.RESYNC_REQUEST):
+            self.stats["control"] += 1
+            return self.on_control(msg, now) if self.on_control is not None else []
+        return self.on_message(msg, now)
+
+    def on_message(self, msg: Message, now: float) -> list[bytes]:
+        """A decoded, authenticated DATA or HEARTBEAT message."""
+        node = msg.node_id
+        peer = self.peers.get(node)
+        out: list[bytes] = []
+        if peer is None or msg.epoch != peer.epoch:
+            if peer is not None and msg.send_time <= peer.last_time:
+                self.stats["replayed"] += 1     # an older epoch of that sender
+                return []
+            cfg = self.cfg
+            if cfg.max_age > 0 and self._time(now) - msg.send_time > cfg.max_age:
+                self.stats["replayed"] += 1
+                return []
+            if peer is not None:
+                self.stats["epoch_changes"] += 1
+            peer = self.peers[node] = _Peer(msg.epoch, msg.send_time)
+            if self._startup_want is not None:
+                peer.want_after, peer.want_asked = 0, self._startup_want
+            # the epoch's earlier seqs: repair them from the window if they can be
+            before = msg.seq - 1 if msg.type == S.DATA else msg.last_seq
+            if msg.type == S.DATA and msg.flags & S.F_BULK_START:
+                peer.highest = before           # this bulk carries all of it
+                self.stats["forgiven"] += before
+            elif before > cfg.resend_window:
+                # too old to repair seq by seq: only a bulk started from here on will do
+                peer.highest = before
+                asked = peer.want_after is not None
+                peer.want_after = before
+                if not asked:
+                    self.stats["gave_up"] += 1
+                    peer.want_asked = now
+                    out.append(self._resync_request(now, node))
+            elif before > 0:
+                out += self._gap(node, peer, before, now)
+        else:
+            peer.last_time = max(peer.last_time, msg.send_time)
+
+        if msg.type == S.HEARTBEAT:
+            self.stats["heartbeats"] += 1
+            if msg.last_seq > peer.highest:
+                self.stats["tail_gaps"] += 1
+                out += self._gap(node, peer, msg.last_seq, now)
+            return out
+        if msg.type != S.DATA:
+            self.stats["dropped"] += 1
+            return out
+
+        self.stats["data"] += 1
+        seq = msg.seq
+        bulk_start = msg.flags & S.F_BULK_START
+        if seq > peer.highest:
+            if seq > peer.highest + 1:
+                if bulk_start:          # a bulk from here on carries what they held
+                    self.stats["forgiven"] += seq - 1 - peer.highest
+                    peer.highest = seq - 1
+                else:
+                    out += self._gap(node, peer, seq - 1, now)
+            if seq > peer.highest:      # (a give-up may have moved it)
+                peer.highest = seq
+            self._apply(peer, msg, now)
+        elif seq in peer.missing:
+            del peer.missing[seq]
+            del peer.asked[seq]
+            self.stats["resends_received"] += 1
+            self._apply(peer, msg, now)
+            if not peer.missing:
+                peer.recent.clear()
+                peer.nack_due = float("inf")
+        else:
+            self.stats["replayed"] += 1
+            return out
+        if msg.flags & S.F_BULK:
+            self.stats["bulk_messages"] += 1
+            peer.bulk_seen = now
+        if bulk_start:
+            # The bulk sends the current state of every connection the sender had
+            # when it began, and its own messages are repaired like any others:
+            # older seqs still missing need not be chased any more.
+            if peer.missing:
+                old = [s for s in peer.missing if s < seq]
+                for s in old:
+                    del peer.missing[s]
+                    del peer.asked[s]
+                self.stats["forgiven"] += len(old)
+                if not peer.missing:
+                    peer.recent.clear()
+                    peer.nack_due = float("inf")
+            if peer.want_after is not None and seq > peer.want_after:
+                peer.want_after = None          # a whole bulk from here on will reach us
+                self._startup_want = None
+        return out
+
+    def _gap(self, node: str, peer: _Peer, upto: int, now: float) -> list[bytes]:
+        """Seqs highest+1..upto are missing: record them and NACK them at once."""
+        first = peer.highest + 1
+        if upto < first:
+            return []
+        self.stats["gaps"] += 1
+        count = upto - first + 1
+        peer.highest = upto
+        if count + len(peer.missing) > self.cfg.resend_window:
+            return self._give_up(node, peer, now)
+        self.stats["missing_seqs"] += count
+        new = range(first, upto + 1)
+        for s in new:
+            peer.missing[s] = now
+            peer.asked[s] = now
+        # (older gaps keep their own schedule: a stream of new gaps must not
+        # postpone re-requesting the old ones)
+        peer.nack_due = min(peer.nack_due, now + self.cfg.nack_interval)
+        return self._nacks(node, peer, new, now)
+
+    def _apply(self, peer: _Peer, msg: Message, now: float) -> None:
+        track = bool(peer.missing)
+        recent = peer.recent
+        seq = msg.seq
+        apply = self.apply_bulk if msg.flags & S.F_BULK else self.apply
+        results = self.results
+        applied = 0
+        for e in msg.entries:
+            if not (e.proto == 6 and e.state < TCP_STATES or e.proto == 17 and e.state < UDP_STATES):
+                self.stats["entries_skipped"] += 1
+                continue
+            if track or recent:
+                k = e.key
+                if recent.get(k, 0) > seq:
+                    self.stats["stale_skipped"] += 1
+                    continue
+                if track:
+                    recent[k] = seq
+            try:
+                r = apply(e, now)
+                applied += 1
+                if r is not None:
+                    results[r] = results.get(r, 0) + 1
+            except Exception:
+                self.stats["apply_errors"] += 1
+                if self.stats["apply_errors"] <= 10:
+                    log.exception("sync: applying an entry failed")
+        self.stats["entries_applied"] += applied
+        self.lags.append((self._time(now) - msg.send_time) * 1000.0)
+
+    def poll(self, now: float) -> list[bytes]:
+        """Re-request open gaps, give up on old ones, repeat unanswered resync requests."""
+        cfg = self.cfg
+        out: list[bytes] = []
+        if self._startup_want is not None and not self.peers \
+                and now >= self._startup_want + cfg.resync_retry:
+            self._startup_want = now
+            out.append(self._resync_request(now, None))
+        for node, peer in self.peers.items():
+            if peer.missing and now >= peer.nack_due:
+                oldest = peer.missing[next(iter(peer.missing))]
+                if now - oldest >= cfg.gap_give_up:
+                    out += self._give_up(node, peer, now)
+                else:
+                    interval = cfg.nack_interval
+                    asked = peer.asked
+                    due = [s for s, t in asked.items() if t + interval <= now]
+                    for s in due:
+                        asked[s] = now
+                    peer.nack_due = min(asked.values()) + interval
+                    out += self._nacks(node, peer, due, now)
+            if peer.want_after is not None and now >= peer.want_asked + cfg.resync_retry \
+                    and now >= peer.bulk_seen + cfg.resync_retry:
+                peer.want_asked = now
+                out.append(self._resync_request(now, node))
+        return out
+
+    def next_deadline(self) -> float:
+        cfg = self.cfg
+        d = float("inf")
+        if self._startup_want is not None and not self.peers:
+            d = self._startup_want + cfg.resync_retry
+        for peer in self.peers.values():
+            if peer.missing:
+                d = min(d, peer.nack_due)
+            if peer.want_after is not None:
+                d = min(d, max(peer.want_asked, peer.bulk_seen) + cfg.resync_retry)
+        return d
+
+    # -- reporting -------------------------------------------------------------------
+
+    def lag(self) -> dict:
+        """Sync lag (apply time minus send time) over the last cfg.lag_samples
+        DATA messages, in milliseconds."""
+        if not self.lags:
+            return {"p50": None, "p99": None, "max": None, "samples": 0}
+        xs = sorted(self.lags)
+        pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
+        return {"p50": pick(0.50), "p99": pick(0.99), "max": xs[-1], "samples": len(xs)}
+
+    def missing(self) -> int:
+        return sum(len(p.missing) for p in self.peers.values())

@@ -1,0 +1,307 @@
+"""The sending half of sync, sans-IO: entries in, datagrams out, time injected.
+
+    sender.queue(entry, now)          # from the engine's sync hook (via the policy)
+    datagrams = sender.poll(now)      # at sender.next_deadline() or later
+    datagrams = sender.on_message(msg, now)   # a NACK or RESYNC_REQUEST from a peer
+
+Entries are packed into DATA messages of at most cfg.max_payload bytes.  A full
+message is sealed at once (given the next seq, encoded, signed, stored in the
+resend window) and goes out on the next poll; a partly filled one is sealed
+cfg.flush_delay after its first entry.  With nothing sent for
+cfg.heartbeat_interval, a HEARTBEAT carries the last seq, so a receiver learns
+about a lost tail of the stream.
+
+Reliability is NACK-based (the receiver asks; there are no ACKs): the last
+cfg.resend_window datagrams are kept as sent and re-sent byte for byte (same
+seq, same MAC) when asked.  A NACK for a seq that has left the window, or a
+RESYNC_REQUEST, starts a bulk resync: the whole table (from `snapshot`) is sent
+as ordinary sequenced DATA messages flagged F_BULK (so its own losses are
+repaired the same way), paced at cfg.bulk_rate entries/s while normal sync goes
+on.  Requests arriving during a bulk are coalesced into one more bulk after it.
+
+`snapshot()` returns an iterable of SyncEntry, or of any objects together with
+`to_entry(obj, now) -> SyncEntry | None`, which is then called as each entry is
+sent, so a slow bulk sends each connection's state as it is at that moment (see
+`engine_source`).
+"""
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from proto import sync as S
+from proto.sync import Message, SyncEntry
+from syncd.config import SyncConfig
+
+Snapshot = Callable[[], Iterable[Any]]
+
+_MIN_ENTRY = 40     # the smallest packed entry (IPv4, small numbers) is a little over this
+
+
+def new_epoch() -> int:
+    return secrets.randbits(64)
+
+
+def engine_source(engine) -> tuple[Snapshot, Callable[[Any, float], SyncEntry | None]]:
+    """(snapshot, to_entry) for a director Engine: the bulk walks a list of the
+    connections taken at its start and converts each one when it is sent,
+    skipping those that have gone meanwhile."""
+    def snapshot() -> list:
+        return list(engine.table)
+
+    def to_entry(conn, now: float) -> SyncEntry | None:
+        if not conn.alive:
+            return None
+        return SyncEntry.from_conn(conn, now, engine.timeout_of(conn))
+
+    return snapshot, to_entry
+
+
+class _PeerCtl:
+    """Replay state for the control messages of one requesting node."""
+    __slots__ = ("epoch", "seq", "time")
+
+    def __init__(self, epoch: int, seq: int, time: float) -> None:
+        self.epoch, self.seq, self.time = epoch, seq, time
+
+
+class SyncSender:
+    def __init__(self, cfg: SyncConfig, node_id: str, epoch: int | None = None,
+                 key: bytes | None = None, *, snapshot: Snapshot | None = None,
+                 to_entry: Callable[[Any, float], SyncEntry | None] | None = None,
+                 wall: Callable[[], float] | None = None) -> None:
+        key = cfg.key if key is None else key
+        if len(key) < 16:
+            raise ValueError("the sync key must be at least 16 bytes")
+        self.cfg = cfg
+        self.node_id = node_id
+        self.epoch = new_epoch() if epoch is None else epoch
+        self.key = key
+        self.snapshot = snapshot
+        self.to_entry = to_entry
+        self.wall = wall
+        self.budget = S.data_budget(node_id, cfg.max_payload)
+        self.seq = 0                            # last seq sealed
+        n = cfg.resend_window
+        self._ring: list[bytes | None] = [None] * n
+        self._ring_resent: list[float] = [float("-inf")] * n
+        self._ready: deque[bytes] = deque()    # sealed, not yet transmitted
+        self._pending: list[bytes] = []         # packed entries of the open message
+        self._pending_size = 0
+        self._pending_since = 0.0
+        self._last_tx: float | None = None
+        # bulk resync
+        self._bulk: Iterator | None = None
+        self._bulk_to_entry = None
+        self._bulk_first = True
+        self._bulk_entries: list[bytes] = []
+        self._bulk_size = 0
+        self._bulk_tokens = 0.0
+        self._bulk_last = 0.0
+        self._bulk_again = None
+        self._bulk_base = -1        # the last seq before the most recent bulk's first message
+        self._bulk_burst = max(cfg.bulk_rate * cfg.bulk_interval * 2, 64.0)
+        self._ctl: dict[str, _PeerCtl] = {}
+        self.stats = dict.fromkeys((
+            "sent", "entries_sent", "entries_queued", "resends", "resends_held_off",
+            "heartbeats", "bulk_runs", "bulk_entries", "nacks_received", "nacks_past_window",
+            "resync_requests", "control_replayed", "queue_drops"), 0)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _time(self, now: float) -> float:
+        return self.wall() if self.wall is not None else now
+
+    def _seal(self, packed: list[bytes], flags: int, now: float) -> bytes:
+        self.seq += 1
+        raw = S.encode_data(sync_id=self.cfg.sync_id, node_id=self.node_id, epoch=self.epoch,
+                            seq=self.seq, send_time=self._time(now), flags=flags,
+                            packed_entries=packed, key=self.key)
+        i = self.seq % len(self._ring)
+        self._ring[i] = raw
+        self._ring_resent[i] = float("-inf")
+        self._ready.append(raw)
+        if len(self._ready) > self.cfg.max_queue:
+            self._ready.popleft()               # still in the window: a NACK repairs it
+            self.stats["queue_drops"] += 1
+        self.stats["entries_sent"] += len(packed)
+        return raw
+
+    def _close_pending(self, now: float) -> None:
+        if self._pending:
+            self._seal(self._pending, 0, now)
+            self._pending = []
+            self._pending_size = 0
+
+    # -- the API ---------------------------------------------------------------------
+
+    def queue(self, entry: SyncEntry, now: float) -> None:
+        """Add one entry to the open DATA message (sealing it when full)."""
+        b = S.pack_entry(entry)
+        self.stats["entries_queued"] += 1
+        if self._pending_size + len(b) > self.budget:
+            self._close_pending(now)
+        if not self._pending:
+            self._pending_since = now
+        self._pending.append(b)
+        self._pending_size += len(b)
+        if self.budget - self._pending_size < _MIN_ENTRY:
+            self._close_pending(now)
+
+    def poll(self, now: float) -> list[bytes]:
+        """Datagrams due now: sealed DATA, a due partial message, bulk, heartbeat."""
+        if self._pending and now >= self._pending_since + self.cfg.flush_delay:
+            self._close_pending(now)
+        if self._bulk is not None:
+            self._run_bulk(now)
+        out = list(self._ready)
+        self._ready.clear()
+        if out:
+            self.stats["sent"] += len(out)
+            self._last_tx = now
+        elif self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
+            out.append(self.heartbeat(now))
+        return out
+
+    def heartbeat(self, now: float) -> bytes:
+        self.stats["heartbeats"] += 1
+        self._last_tx = now
+        return S.encode(Message(S.HEARTBEAT, self.cfg.sync_id, self.node_id, self.epoch,
+                                self.seq, self._time(now), last_seq=self.seq), self.key)
+
+    def next_deadline(self) -> float:
+        """When poll() next has something to do (never infinity: heartbeats)."""
+        if self._ready:
+            return float("-inf")
+        d = float("-inf") if self._last_tx is None else self._last_tx + self.cfg.heartbeat_interval
+        if self._pending:
+            d = min(d, self._pending_since + self.cfg.flush_delay)
+        if self._bulk is not None:
+            d = min(d, self._bulk_last + self.cfg.bulk_interval)
+        return d
+
+    @property
+    def bulk_active(self) -> bool:
+        return self._bulk is not None
+
+    def on_message(self, msg: Message, now: float) -> list[bytes]:
+        """Handle a peer's NACK or RESYNC_REQUEST; returns datagrams to send now."""
+        if msg.node_id == self.node_id or msg.type not in (S.NACK, S.RESYNC_REQUEST):
+            return []
+        if msg.type == S.NACK and (msg.target != self.node_id or msg.target_epoch != self.epoch):
+            return []
+        if msg.type == S.RESYNC_REQUEST and msg.target not in (None, self.node_id):
+            return []
+        if not self._fresh_control(msg):
+            self.stats["control_replayed"] += 1
+            return []
+        if msg.type == S.RESYNC_REQUEST:
+            self.stats["resync_requests"] += 1
+            self.start_bulk(now)
+            return []
+        self.stats["nacks_received"] += 1
+        return self._answer_nack(msg.ranges, now)
+
+    def _fresh_control(self, msg: Message) -> bool:
+        """Control messages carry a per-epoch counter in seq: refuse replays."""
+        c = self._ctl.get(msg.node_id)
+        if c is None:
+            self._ctl[msg.node_id] = _PeerCtl(msg.epoch, msg.seq, msg.send_time)
+            return True
+        if msg.epoch == c.epoch:
+            if msg.seq <= c.seq:
+                return False
+        elif msg.send_time <= c.time:
+            return False        # an older epoch of that node, replayed
+        else:
+            c.epoch = msg.epoch
+        c.seq, c.time = msg.seq, max(c.time, msg.send_time)
+        return True
+
+    def _answer_nack(self, ranges, now: float) -> list[bytes]:
+        n = len(self._ring)
+        low = max(1, self.seq - n + 1)          # oldest seq still in the window
+        out = []
+        past = False
+        hold = self.cfg.resend_holdoff
+        for first, last in ranges:
+            last = min(last, self.seq)
+            if first < low:
+                # gone from the window.  A bulk that began after those seqs were
+                # sent (running or done) already carries the state they held;
+                # anything newer needs another one.
+                if min(last, low - 1) > self._bulk_base:
+                    past = True
+                first = low
+            for s in range(first, last + 1):
+                i = s % n
+                if now - self._ring_resent[i] < hold:
+                    self.stats["resends_held_off"] += 1
+                    continue
+                raw = self._ring[i]
+                if raw is not None:
+                    self._ring_resent[i] = now
+                    out.append(raw)
+        self.stats["resends"] += len(out)
+        if past:
+            self.stats["nacks_past_window"] += 1
+            self.start_bulk(now)
+        return out
+
+    # -- bulk resync -------------------------------------------------------------------
+
+    def start_bulk(self, now: float, snapshot: Snapshot | None = None,
+                   to_entry: Callable[[Any, float], SyncEntry | None] | None = None) -> None:
+        """Begin sending the whole table (or queue one more run if one is going)."""
+        snapshot = snapshot or self.snapshot
+        if self._bulk is not None:
+            if self._bulk_again is None:
+                self._bulk_again = (snapshot, to_entry)
+            return
+        self.stats["bulk_runs"] += 1
+        self._bulk_base = self.seq
+        self._bulk = iter(snapshot() if snapshot is not None else ())
+        self._bulk_to_entry = to_entry or self.to_entry
+        self._bulk_first = True
+        self._bulk_entries, self._bulk_size = [], 0
+        self._bulk_tokens = self.cfg.bulk_rate * self.cfg.bulk_interval
+        self._bulk_last = now
+        # Seal the first message now, before any normal message takes a seq: a
+        # receiver may then take "seq < the BULK_START seq" to mean "covered by
+        # this bulk" (every such message was sealed before the snapshot).
+        self._run_bulk(now)
+        if self._bulk is not None and self._bulk_first:
+            self._seal_bulk(now, end=False)
+
+    def _seal_bulk(self, now: float, end: bool) -> None:
+        flags = S.F_BULK | (S.F_BULK_START if self._bulk_first else 0) | (S.F_BULK_END if end else 0)
+        self._seal(self._bulk_entries, flags, now)
+        self._bulk_first = False
+        self._bulk_entries, self._bulk_size = [], 0
+
+    def _run_bulk(self, now: float) -> None:
+        rate = self.cfg.bulk_rate
+        self._bulk_tokens = min(self._bulk_tokens + (now - self._bulk_last) * rate, self._bulk_burst)
+        self._bulk_last = now
+        it, to_entry, budget = self._bulk, self._bulk_to_entry, self.budget
+        done = object()
+        while self._bulk_tokens >= 1:
+            item = next(it, done)
+            if item is done:
+                self._seal_bulk(now, end=True)
+                self._bulk = None
+                if self._bulk_again is not None:
+                    (snap, conv), self._bulk_again = self._bulk_again, None
+                    self.start_bulk(now, snap, conv)
+                return
+            self._bulk_tokens -= 1
+            entry = to_entry(item, now) if to_entry is not None else item
+            if entry is None:
+                continue
+            b = S.pack_entry(entry)
+            if self._bulk_size + len(b) > budget:
+                self._seal_bulk(now, end=False)
+            self._bulk_entries.append(b)
+            self._bulk_size += len(b)
+            self.stats["bulk_entries"] += 1

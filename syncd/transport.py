@@ -1,0 +1,188 @@
+"""The thin asyncio adapter: one UDP socket, one timer, a sender and a receiver.
+
+Multicast (IPVS's layout): the socket is bound to group:port, so only datagrams
+addressed to the group arrive, joins the group on the interface address given,
+sends to group:port with TTL cfg.ttl out of that interface, and has
+IP_MULTICAST_LOOP off (the receiver also ignores its own node id).  IPv4 only.
+
+Unicast (clouds, or where multicast is filtered): bound to cfg.bind:cfg.port,
+each datagram is sent to every peer in cfg.peers (or the `peers` given).
+
+The driver feeds each datagram to receiver.on_datagram, routes NACK and
+RESYNC_REQUEST to the sender through it, and keeps a single timer armed at the
+earliest of sender.next_deadline() and receiver.next_deadline().
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from typing import Callable
+
+from proto.sync import SyncEntry
+from syncd.config import SyncConfig
+from syncd.receiver import SyncReceiver
+from syncd.sender import SyncSender
+
+log = logging.getLogger("tandem.syncd")
+
+
+def multicast_socket(group: str, port: int, interface: str, ttl: int = 1,
+                     sock_buf: int = 0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock_buf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sock_buf)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sock_buf)
+        s.bind((group, port))
+        iface = socket.inet_aton(interface)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                     struct.pack("4s4s", socket.inet_aton(group), iface))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, iface)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def unicast_socket(bind: str, port: int, sock_buf: int = 0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        if sock_buf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sock_buf)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sock_buf)
+        s.bind((bind, port))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: "SyncTransport") -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.owner._received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.owner.stats["socket_errors"] += 1
+
+
+class SyncTransport:
+    def __init__(self, cfg: SyncConfig, sender: SyncSender, receiver: SyncReceiver, *,
+                 peers: list[tuple[str, int]] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.sender = sender
+        self.receiver = receiver
+        if receiver.on_control is None:
+            receiver.on_control = sender.on_message
+        # Send times are wall-clock (the receiver's lag, and its "is this new epoch
+        # later than the old one" test across a reboot); deadlines use `clock`.
+        if sender.wall is None:
+            sender.wall = wall
+        if receiver.wall is None:
+            receiver.wall = wall
+        self.clock = clock
+        if cfg.mode == "multicast":
+            self.peers = [(cfg.group, cfg.port)]
+        else:
+            self.peers = list(peers if peers is not None else cfg.peers)
+        self.stats = dict.fromkeys(("tx", "rx", "tx_bytes", "rx_bytes", "socket_errors",
+                                    "polls", "internal_errors"), 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+
+    @property
+    def local_address(self) -> tuple:
+        return self._transport.get_extra_info("sockname")
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Open the socket (or use `sock`), ask the peers for their tables, start the timer."""
+        cfg = self.cfg
+        if sock is None:
+            if cfg.mode == "multicast":
+                sock = multicast_socket(cfg.group, cfg.port, cfg.interface, cfg.ttl, cfg.sock_buf)
+            else:
+                sock = unicast_socket(cfg.bind, cfg.port, cfg.sock_buf)
+        self._loop = asyncio.get_running_loop()
+        self._transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Protocol(self), sock=sock)
+        self._send(self.receiver.start(self.clock()))
+        self._arm()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def queue(self, entry: SyncEntry, now: float | None = None) -> None:
+        """Hand an entry to the sender (the engine hook's `queue`) and re-arm."""
+        self.sender.queue(entry, self.clock() if now is None else now)
+        self._arm()
+
+    # -- the driver ------------------------------------------------------------------
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        t = self._transport
+        if t is None:
+            return
+        for d in datagrams:
+            for addr in self.peers:
+                try:
+                    t.sendto(d, addr)
+                except OSError:
+                    self.stats["socket_errors"] += 1
+                    continue
+                self.stats["tx"] += 1
+                self.stats["tx_bytes"] += len(d)
+
+    def _received(self, data: bytes) -> None:
+        self.stats["rx"] += 1
+        self.stats["rx_bytes"] += len(data)
+        try:
+            self._send(self.receiver.on_datagram(data, self.clock()))
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("sync: handling a datagram failed")
+        self._arm()
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self.stats["polls"] += 1
+        now = self.clock()
+        try:
+            self._send(self.sender.poll(now) + self.receiver.poll(now))
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("sync: poll failed")
+        self._arm()
+
+    def _arm(self) -> None:
+        """Keep one timer, at the earliest deadline of the sender and the receiver."""
+        if self._loop is None or self._transport is None:
+            return
+        deadline = min(self.sender.next_deadline(), self.receiver.next_deadline())
+        if deadline == float("inf") or deadline >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, deadline - self.clock())
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._fire)
