@@ -1,0 +1,279 @@
+"""The node API's OpenAPI 3 description (a dict; `json()` for serving it).
+
+Reads are open (the API listens on a management address); every change needs
+`Authorization: Bearer <token>` and answers 401 without it.  Shapes are those
+of director/api.py today; fields marked "planned" are what the integration is
+to add (health, forward, now/expires_in) and are optional in the schemas.
+"""
+from __future__ import annotations
+
+import copy
+import json as _json
+from typing import Any
+
+VERSION = "0.1.0"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_response(desc: str, schema: dict) -> dict:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+_INT = {"type": "integer", "minimum": 0}
+_NUM = {"type": "number"}
+_STR = {"type": "string"}
+_BOOL = {"type": "boolean"}
+_ADDR_PORT = {"type": "string", "description": "addr:port (IPv6 addresses unbracketed)",
+              "example": "198.18.2.21:8080"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": _STR, "detail": _STR},
+    },
+    "Status": {
+        "type": "object",
+        "required": ["node", "role", "uptime_s", "conns", "engine", "queue"],
+        "properties": {
+            "node": _STR,
+            "role": {"type": "string", "description": "master | backup | fault | init (VRRP state)"},
+            "priority": {"type": "integer", "nullable": True},
+            "peer": {"type": "string", "nullable": True},
+            "uptime_s": _NUM,
+            "conns": _ref("ConnCounts"),
+            "engine": {
+                "type": "object",
+                "description": "Engine counters (packets, forwarded_in, forwarded_out, conns_new, "
+                               "conns_expired, conns_reused, early_drops, icmp_errors, "
+                               "passed_local) and the non-zero drop reasons.",
+                "properties": {"drops": {"type": "object", "additionalProperties": _INT}},
+                "additionalProperties": True,
+            },
+            "queue": {
+                "type": "object", "description": "The kernel's NFQUEUE counters (empty off-node).",
+                "properties": {"queue_total": _INT, "queue_dropped": _INT, "user_dropped": _INT},
+            },
+        },
+    },
+    "ConnCounts": {
+        "type": "object", "required": ["total", "active", "inactive"],
+        "properties": {"total": _INT, "active": _INT, "inactive": _INT},
+    },
+    "RealServer": {
+        "type": "object",
+        "required": ["addr", "port", "weight", "active", "inactive", "overloaded", "conns_total",
+                     "packets_in", "packets_out", "bytes_in", "bytes_out"],
+        "properties": {
+            "addr": _STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "weight": _INT, "active": _INT, "inactive": _INT, "overloaded": _BOOL,
+            "conns_total": _INT, "packets_in": _INT, "packets_out": _INT,
+            "bytes_in": _INT, "bytes_out": _INT,
+            "forward": {"type": "string", "enum": ["FullNat"], "description": "planned; FullNat if absent"},
+            "health": {"type": "string", "enum": ["up", "down"], "description": "planned"},
+            "drain": {"type": "boolean", "description": "planned: drained by POST .../drain"},
+        },
+    },
+    "Service": {
+        "type": "object",
+        "required": ["name", "proto", "vip", "port", "scheduler", "flags", "laddrs", "persistent",
+                     "persist_netmask", "ops", "real_servers"],
+        "properties": {
+            "name": {"type": "string", "description": "the service key used in paths and metrics",
+                     "example": "tcp/198.18.0.100:80"},
+            "proto": {"type": "string", "enum": ["tcp", "udp"]},
+            "vip": _STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "scheduler": _STR,
+            "flags": {"type": "array", "items": _STR},
+            "laddrs": {"type": "array", "items": _STR},
+            "persistent": {"type": "number", "minimum": 0, "description": "seconds; 0 = not persistent"},
+            "persist_netmask": {"type": "integer", "minimum": 0, "maximum": 128},
+            "ops": _BOOL,
+            "real_servers": {"type": "array", "items": _ref("RealServer")},
+        },
+    },
+    "ServiceList": {
+        "type": "object", "required": ["services"],
+        "properties": {"services": {"type": "array", "items": _ref("Service")}},
+    },
+    "Conn": {
+        "type": "object",
+        "required": ["proto", "client", "vip", "local", "real", "state", "flags", "expires"],
+        "properties": {
+            "proto": {"type": "string", "enum": ["tcp", "udp"]},
+            "client": _ADDR_PORT, "vip": _ADDR_PORT, "local": _ADDR_PORT, "real": _ADDR_PORT,
+            "state": {"type": "string", "description": "IPVS TCP state name, or UDP",
+                      "enum": ["NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT",
+                               "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN",
+                               "SYNACK", "UDP"]},
+            "flags": {"type": "array", "items": {
+                "type": "string", "enum": ["inactive", "nooutput", "synced", "assured", "one_packet"]}},
+            "expires": {"type": "number", "description": "expiry time on the node's monotonic clock"},
+            "expires_in": {"type": "number", "description": "planned: seconds left"},
+        },
+    },
+    "ConnPage": {
+        "type": "object", "required": ["total", "offset", "limit", "conns"],
+        "properties": {
+            "total": {"type": "integer", "minimum": 0, "description": "connections matching the filter"},
+            "offset": _INT, "limit": _INT,
+            "now": {"type": "number", "description": "planned: the node's clock, that of `expires`"},
+            "conns": {"type": "array", "items": _ref("Conn")},
+        },
+    },
+    "SyncStatus": {
+        "type": "object",
+        "description": "The connection-sync daemon: mode and counters (§4.8 of the conventions).",
+        "properties": {
+            "mode": {"type": "string", "enum": ["master", "backup", "off"]},
+            "sync_id": {"type": "integer", "minimum": 0, "maximum": 255},
+            "peer": {"type": "string", "nullable": True},
+            "sender": {"type": "object", "additionalProperties": {"type": "number"}},
+            "receiver": {"type": "object", "additionalProperties": {"type": "number"}},
+            "apply": {"type": "object", "additionalProperties": {"type": "number"},
+                      "description": "the engine's sync_stats"},
+            "lag_seconds": {"type": "number", "nullable": True},
+        },
+        "additionalProperties": True,
+    },
+    "WeightChange": {
+        "type": "object", "required": ["weight"], "additionalProperties": False,
+        "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
+    },
+    "ActionResult": {
+        "type": "object", "required": ["ok"],
+        "properties": {"ok": _BOOL, "detail": _STR, "summary": {"type": "object"}},
+    },
+}
+
+_UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
+_NOT_FOUND = {"$ref": "#/components/responses/NotFound"}
+_BAD_REQUEST = {"$ref": "#/components/responses/BadRequest"}
+
+_RS_PARAMS = [
+    {"name": "service", "in": "path", "required": True, "schema": _STR,
+     "description": "the service name, URL-encoded (tcp%2F198.18.0.100%3A80): default names hold "
+                    "a slash, so the route must take an encoded one (aiohttp: {service:.+})"},
+    {"name": "addr_port", "in": "path", "required": True, "schema": _STR,
+     "description": "the real server as addr:port ([v6]:port for IPv6)"},
+]
+
+
+def _change(summary: str, description: str, *, body: dict | None = None, params=None,
+            not_found: bool = True) -> dict:
+    op: dict[str, Any] = {
+        "summary": summary, "description": description,
+        "security": [{"bearerAuth": []}],
+        "responses": {"200": _json_response("done", _ref("ActionResult")),
+                      "401": _UNAUTHORIZED},
+    }
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"]["400"] = _BAD_REQUEST
+    if not_found:
+        op["responses"]["404"] = _NOT_FOUND
+    return {"post": op}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "tandem node API",
+        "version": VERSION,
+        "description": "Status and control of one tandem director node (FULLNAT L4 load balancer). "
+                       "GETs are open; POSTs need a bearer token.",
+    },
+    "servers": [{"url": "http://127.0.0.1:9100"}],
+    "paths": {
+        "/status": {"get": {
+            "summary": "The node: role, priority, peer, connection counts, engine and queue counters",
+            "responses": {"200": _json_response("node status", _ref("Status"))},
+        }},
+        "/services": {"get": {
+            "summary": "Every virtual service with its real servers and their counters",
+            "responses": {"200": _json_response("services", _ref("ServiceList"))},
+        }},
+        "/conns": {"get": {
+            "summary": "A page of the connection table",
+            "parameters": [
+                {"name": "service", "in": "query", "required": False, "schema": _STR,
+                 "description": "only connections of this service (its name)"},
+                {"name": "real", "in": "query", "required": False, "schema": _STR,
+                 "description": "only connections to this real server, addr:port"},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 100}},
+                {"name": "offset", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "default": 0}},
+            ],
+            "responses": {"200": _json_response("connections", _ref("ConnPage")),
+                          "400": _BAD_REQUEST},
+        }},
+        "/sync": {"get": {
+            "summary": "The connection-sync daemon's state and counters",
+            "responses": {"200": _json_response("sync status", _ref("SyncStatus"))},
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (text exposition format 0.0.4)",
+            "responses": {"200": {"description": "metrics", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/services/{service}/real_servers/{addr_port}/weight": _change(
+            "Set a real server's weight",
+            "0 makes it quiescent: no new connections, established ones carry on.",
+            body=_ref("WeightChange"), params=_RS_PARAMS),
+        "/services/{service}/real_servers/{addr_port}/drain": _change(
+            "Drain a real server",
+            "Weight 0 until set again; established connections carry on (an LVS quiescent "
+            "server, HAProxy's `drain`).",
+            params=_RS_PARAMS),
+        "/resign": _change(
+            "Give up the master role",
+            "The node stops being VRRP master (priority 0 advert) so the peer takes over.",
+            not_found=False),
+        "/reload": _change(
+            "Re-read the config file and apply it",
+            "Nothing is applied unless the whole file is valid (400 with the error otherwise); "
+            "connections of real servers that stay are untouched.",
+            not_found=False),
+    },
+    "components": {
+        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            "Unauthorized": _json_response("no or wrong bearer token", _ref("Error")),
+            "NotFound": _json_response("no such service or real server", _ref("Error")),
+            "BadRequest": _json_response("invalid request", _ref("Error")),
+        },
+        "schemas": _SCHEMAS,
+    },
+}
+SPEC["paths"]["/reload"]["post"]["responses"]["400"] = _BAD_REQUEST
+
+
+def spec() -> dict[str, Any]:
+    """A copy of the document (callers may change it)."""
+    return copy.deepcopy(SPEC)
+
+
+def json(indent: int | None = 2) -> str:
+    return _json.dumps(SPEC, indent=indent, sort_keys=False)
+
+
+def schema(name: str) -> dict[str, Any]:
+    """A component schema as stand-alone JSON Schema (refs inlined, `nullable` turned
+    into a type union) for validating API answers in tests."""
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(SPEC["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]])
+            out = {k: resolve(v) for k, v in node.items() if k not in ("nullable", "example")}
+            if node.get("nullable") and "type" in out:
+                out["type"] = [out["type"], "null"]
+            return out
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+    return resolve(SPEC["components"]["schemas"][name])
