@@ -179,6 +179,9 @@ class Engine:
             else:
                 self.templates.touch(template, now, svc.persistent)
         conn = Conn(proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, laddr, lport, dest.addr, dest.port)
+        # __ip_vs_update_dest puts INACTIVE in every dest's conn_flags: a new
+        # connection counts as inactive until TCP reaches ESTABLISHED; UDP stays so.
+        conn.flags |= INACTIVE
         self._install(conn, svc, dest, now)
         if template is not None:
             conn.control = template

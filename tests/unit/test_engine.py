@@ -126,11 +126,12 @@ def test_traffic_keeps_a_connection_alive():
     assert len(eng.table) == 0
 
 
-def test_udp_counts_active_from_the_first_datagram_as_ipvs_does():
+def test_udp_counts_inactive_as_ipvs_does():
     eng = Engine(make_config())
-    eng.handle(udp(CLIENT, VIP, 40000, 80), 0.0)
+    fwd = IP(eng.handle(udp(CLIENT, VIP, 40000, 80), 0.0))
+    eng.handle(udp(fwd.dst, fwd.src, 8080, fwd[UDP].sport), 0.1)
     conn = next(iter(eng.table))
-    assert (conn.dest.active, conn.dest.inactive) == (1, 0)
+    assert (conn.dest.active, conn.dest.inactive) == (0, 1)
 
 
 def test_fin_sequence_reaches_time_wait_then_expires_after_its_timeout():
