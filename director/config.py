@@ -70,6 +70,7 @@ class NodeConfig:
     lport_max: int = 65535
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<config>"
+    ha: "HAConfig | None" = None
 
     @property
     def vips(self) -> list[str]:
@@ -180,10 +181,115 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
         if k in seen:
             raise ConfigError(source, f"services[{i}]", f"duplicate service {k[0]} {k[1]}:{k[2]}")
         seen.add(k)
+    vips = sorted({sv.vip for sv in services})
+    ha = _ha(source, top, vips)
     top.finish()
     return NodeConfig(**node_kw, timeouts=timeouts, max_conns=max_conns,
                       lport_min=lport_min, lport_max=lport_max,
-                      services=tuple(services), source=source)
+                      services=tuple(services), source=source, ha=ha)
+
+
+@dataclass(frozen=True)
+class HAConfig:
+    """Interfaces, election, sync and hooks: what makes two nodes a pair."""
+    front_if: str = ""
+    back_if: str = ""
+    garp_count: int = 3
+    garp_interval: float = 0.05
+    vrrp: Any = None            # syncd.vrrp.VrrpConfig, or None for a fixed role
+    sync: Any = None            # syncd.config.SyncConfig, or None
+    notify: dict = field(default_factory=dict)     # state -> argv
+    #: a (re)starting node waits this long for the peer's bulk resync before it
+    #: may become master, so it never takes over with an empty table
+    startup_sync_wait: float = 1.0
+
+
+def _ha(source: str, top: _Reader, vips: list[str]) -> HAConfig | None:
+    import dataclasses
+    raw_if = top.get("interfaces", dict, None)
+    raw_vrrp = top.get("vrrp", dict, None)
+    raw_sync = top.get("sync", dict, None)
+    raw_notify = top.get("notify", dict, None)
+    if raw_if is None and raw_vrrp is None and raw_sync is None and raw_notify is None:
+        return None
+    kw: dict[str, Any] = {}
+    if raw_if is not None:
+        i = _Reader(source, "interfaces", raw_if)
+        kw.update(front_if=i.get("front", str), back_if=i.get("back", str),
+                  garp_count=i.get("garp_count", int, 3, lo=0, hi=100),
+                  garp_interval=i.get("garp_interval", float, 0.05, lo=0.0, hi=10.0))
+        i.finish()
+    if raw_vrrp is not None:
+        from syncd.vrrp import VrrpConfig
+        v = _Reader(source, "vrrp", raw_vrrp)
+        if raw_if is None:
+            top.fail("interfaces", "is required with [vrrp] (front and back interface names)")
+        try:
+            kw["vrrp"] = VrrpConfig(
+                vrid=v.get("vrid", int, lo=1, hi=255),
+                priority=v.get("priority", int, 100, lo=1, hi=255),
+                advert_interval=v.get("advert_interval", float, 0.1, lo=0.01, hi=40.95),
+                addresses=tuple(vips),
+                primary_address=v.address("primary_address"),
+                preempt=v.get("preempt", bool, True),
+                preempt_delay=v.get("preempt_delay", float, 0.0, lo=0.0),
+                nopreempt=v.get("nopreempt", bool, False),
+                unicast_peers=tuple(v.address(f"unicast_peers[{j}]", a)
+                                    for j, a in enumerate(v.get("unicast_peers", list, []))),
+            )
+        except ValueError as exc:
+            raise ConfigError(source, "vrrp", str(exc)) from None
+        kw["startup_sync_wait"] = v.get("startup_sync_wait", float, 1.0, lo=0.0, hi=60.0)
+        v.finish()
+    if raw_sync is not None:
+        from syncd.config import SyncConfig
+        sy = _Reader(source, "sync", raw_sync)
+        fields = {f.name: f for f in dataclasses.fields(SyncConfig)}
+        skw: dict[str, Any] = {}
+        for name in list(raw_sync):
+            if name not in fields:
+                continue
+            default = fields[name].default
+            if name == "key":
+                key = sy.get("key", str)
+                skw["key"] = bytes.fromhex(key[4:]) if key.startswith("hex:") else key.encode()
+                if len(skw["key"]) < 16:
+                    sy.fail("key", "must be at least 16 bytes (a shared secret; 'hex:...' for raw bytes)")
+            elif name == "peers":
+                peers = []
+                for j, p in enumerate(sy.get("peers", list)):
+                    host, _, port = str(p).rpartition(":")
+                    if not host or not port.isdigit():
+                        sy.fail(f"peers[{j}]", f"must be host:port, got {p!r}")
+                    peers.append((sy.address(f"peers[{j}]", host.strip("[]")), int(port)))
+                skw["peers"] = tuple(peers)
+            elif isinstance(default, bool):
+                skw[name] = sy.get(name, bool)
+            elif isinstance(default, float):
+                skw[name] = sy.get(name, float)
+            elif isinstance(default, int):
+                skw[name] = sy.get(name, int)
+            else:
+                skw[name] = sy.get(name, str)
+        if "key" not in skw:
+            sy.fail("key", "is required (the pair's shared secret, at least 16 bytes)")
+        sy.finish()
+        try:
+            kw["sync"] = SyncConfig(**skw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(source, "sync", str(exc)) from None
+    if raw_notify is not None:
+        n = _Reader(source, "notify", raw_notify)
+        notify = {}
+        for state in ("master", "backup", "fault"):
+            argv = n.get(state, list, None)
+            if argv is not None:
+                if not argv or not all(isinstance(a, str) for a in argv):
+                    n.fail(state, "must be a non-empty list of strings (argv, no shell)")
+                notify[state] = tuple(argv)
+        n.finish()
+        kw["notify"] = notify
+    return HAConfig(**kw)
 
 
 def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> ServiceConfig:

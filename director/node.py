@@ -1,4 +1,4 @@
-"""`tandem node`: one director node — engine, NFQUEUE, rules, timers, API."""
+"""`tandem node`: one director node — engine, NFQUEUE, rules, timers, sync, election, API."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +12,11 @@ from director import rules
 from director.api import NodeState, make_app
 from director.config import NodeConfig
 from director.engine import Engine
+from director.ha import LinkWatch, Role, SyncLink
 from director.nfqueue import QueueAdapter, kernel_queue_stats
 
 log = logging.getLogger("tandem.node")
+LINK_CHECK_INTERVAL = 0.2
 
 
 async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
@@ -23,28 +25,66 @@ async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    ha = cfg.ha
     engine = Engine(cfg, now=clock())
-    state = NodeState(cfg.name, cfg.role, clock())
+    state = NodeState(cfg.name, "init" if ha and ha.vrrp else cfg.role, clock())
     state.queue_stats = lambda: kernel_queue_stats(cfg.queue)
     adapter = QueueAdapter(engine.handle, cfg.queue, clock)
-    runner = web.AppRunner(make_app(engine, state), access_log=None)
-    await runner.setup()
+    sync = SyncLink(cfg, engine) if ha and ha.sync else None
+    role = Role(cfg, ha, lambda r: setattr(state, "role", r)) if ha else None
+    runner = None
+    watch = None
+    state.sync = sync
+    state.role_changes = role.changes if role else []
+    app = make_app(engine, state)
+    runner_http = web.AppRunner(app, access_log=None)
+    await runner_http.setup()
     try:
         # Listen first, then steer traffic to the queue: never a window where
         # rules exist and nobody reads (the kernel would drop meanwhile).
         adapter.start(loop)
         rules.install(cfg.vips + cfg.laddrs, cfg.queue)
-        await web.TCPSite(runner, cfg.api_host, cfg.api_port).start()
-        log.info("node %s: up as %s, queue %d, %d services, api http://%s:%d",
-                 cfg.name, cfg.role, cfg.queue, len(cfg.services), cfg.api_host, cfg.api_port)
+        await web.TCPSite(runner_http, cfg.api_host, cfg.api_port).start()
+        if sync:
+            await sync.start()
+        log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
+                 len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if sync else "")
+        if ha and ha.vrrp:
+            from syncd.vrrp_io import VrrpRunner
+            if sync:
+                got = await sync.initial_resync(ha.startup_sync_wait)
+                log.info("node %s: initial resync %s (%d connections held)", cfg.name,
+                         "complete" if got else f"not answered within {ha.startup_sync_wait:.1f} s",
+                         engine.table.count)
+            runner = VrrpRunner(ha.vrrp, ha.front_if, role.on_state_change)
+            state.vrrp = runner
+            state.priority = ha.vrrp.priority
+            await runner.start()
+            watch = LinkWatch([ha.front_if, ha.back_if], runner.set_fault)
+        elif role:
+            await role.fixed(cfg.role)
+        next_link_check = clock()
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), cfg.tick)
             except asyncio.TimeoutError:
                 pass
-            engine.expire(clock())
+            now = clock()
+            engine.expire(now)
+            if watch is not None and now >= next_link_check:
+                next_link_check = now + LINK_CHECK_INTERVAL
+                try:
+                    watch.check()
+                except OSError as exc:
+                    log.warning("link check failed: %s", exc)
     finally:
+        if runner is not None:
+            await runner.stop(graceful=True)      # priority 0: the peer takes over after its skew
+        if role is not None:
+            role.release()
+        if sync is not None:
+            sync.close()
         rules.remove()
         adapter.stop()
-        await runner.cleanup()
+        await runner_http.cleanup()
         log.info("node %s: stopped (%d connections dropped with it)", cfg.name, engine.table.count)

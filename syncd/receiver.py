@@ -129,7 +129,7 @@ class SyncReceiver:
         self.stats = dict.fromkeys((
             "received", "data", "heartbeats", "control", "entries_applied", "entries_skipped",
             "stale_skipped", "apply_errors", "gaps", "missing_seqs", "tail_gaps", "nacks_sent",
-            "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages",
+            "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages", "bulk_ends",
             "epoch_changes",
             "bad_mac", "wrong_sync_id", "malformed", "bad_version", "replayed", "dropped"), 0)
 
@@ -268,6 +268,8 @@ class SyncReceiver:
             return out
         if msg.flags & S.F_BULK:
             self.stats["bulk_messages"] += 1
+            if msg.flags & S.F_BULK_END:
+                self.stats["bulk_ends"] += 1
             peer.bulk_seen = now
         if bulk_start:
             # The bulk sends the current state of every connection the sender had
