@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from director.engine import Engine
+from director.metrics import TandemCollector, render
 
 
 class NodeState:
@@ -19,22 +20,53 @@ class NodeState:
         self.peer: str | None = None
         self.started = started if started is not None else time.monotonic()
         self.queue_stats = lambda: {}
+        self.sync = None            # director.ha.SyncLink
+        self.vrrp = None            # syncd.vrrp_io.VrrpRunner
+        self.role_changes: list[dict] = []
+
+    def vrrp_status(self) -> dict | None:
+        return self.vrrp.instance.status() if self.vrrp is not None else None
 
 
 def make_app(engine: Engine, node: NodeState) -> web.Application:
     app = web.Application()
 
     async def status(_request: web.Request) -> web.Response:
+        vrrp = node.vrrp_status()
+        peer = node.peer
+        if vrrp and vrrp.get("master") and node.role != "master":
+            peer = vrrp["master"]
         return web.json_response({
             "node": node.name,
             "role": node.role,
             "priority": node.priority,
-            "peer": node.peer,
+            "peer": peer,
             "uptime_s": round(time.monotonic() - node.started, 3),
             "conns": engine.conn_counts(),
             "engine": {**engine.stats, "drops": {k: v for k, v in engine.drops.items() if v}},
             "queue": node.queue_stats(),
+            "vrrp": vrrp,
+            "role_changes": node.role_changes[-10:],
+            "sync": {"enabled": node.sync is not None, "applied": dict(engine.sync_stats)},
         })
+
+    async def sync(_request: web.Request) -> web.Response:
+        body = {"enabled": node.sync is not None, "engine": dict(engine.sync_stats)}
+        if node.sync is not None:
+            body.update(node.sync.describe())
+        return web.json_response(body)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        data, ctype = render(collector)
+        return web.Response(body=data, headers={"Content-Type": ctype})
+
+    def node_info() -> dict:
+        v = node.vrrp_status() or {}
+        return {"node": node.name, "role": node.role, "priority": node.priority,
+                "vrid": v.get("vrid"), "iname": v.get("name"), "vrrp_stats": v.get("counters")}
+
+    collector = TandemCollector(engine, node_info, queue_stats=node.queue_stats,
+                                sync_stats=lambda: node.sync.describe() if node.sync else {})
 
     async def services(_request: web.Request) -> web.Response:
         return web.json_response({"services": [s.describe() for s in engine.services.values()]})
@@ -64,4 +96,6 @@ def make_app(engine: Engine, node: NodeState) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/services", services)
     app.router.add_get("/conns", conns)
+    app.router.add_get("/sync", sync)
+    app.router.add_get("/metrics", metrics)
     return app

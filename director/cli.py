@@ -53,10 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     try:
         from lab import cli as lab_cli
+        from lab import drill
     except ImportError:
         pass
     else:
         lab_cli.add_parser(sub)
+        drill.add_parser(sub)
+    from director import ipvsadm
+    ipvsadm.add_parser(sub)
     return p
 
 

@@ -94,14 +94,22 @@ class Role:
     async def on_state_change(self, old, new, reason: str) -> None:
         new_s = getattr(new, "value", str(new)).lower()
         old_s = getattr(old, "value", str(old)).lower()
-        at = time.time()
+        decided = time.time()
         if self.takeover is not None:
             if new_s == "master":
+                if reason.startswith("preempting") and self.ha.vrrp is not None:
+                    # a live lower-priority master holds the addresses: our advert has
+                    # gone out, so give it one interval to let go before we take them
+                    await asyncio.sleep(self.ha.vrrp.advert_interval)
                 await self.takeover.acquire()
             elif old_s == "master" or self.takeover.held:
-                self.takeover.release()
+                await self.takeover.release()
         self.set_role(new_s)
-        self.changes.append({"at": at, "from": old_s, "to": new_s, "reason": reason})
+        # `at`: when the addresses actually changed hands (what a drill compares)
+        self.changes.append({"at": time.time(), "decided": decided, "from": old_s, "to": new_s,
+                             "reason": reason})
+        if new_s == "master" and self.takeover is not None:
+            await self.takeover.announce()
         del self.changes[:-50]
         argv = self.ha.notify.get(new_s)
         if argv:
@@ -111,9 +119,10 @@ class Role:
         """No election configured: take the configured role once."""
         await self.on_state_change("init", role, "fixed role from config")
 
-    def release(self) -> None:
-        if self.takeover is not None and self.takeover.held:
-            self.takeover.release()
+    async def release(self) -> None:
+        """Drop the addresses (idempotent: also those a previous process left)."""
+        if self.takeover is not None:
+            await self.takeover.release()
 
 
 class LinkWatch:
@@ -124,17 +133,12 @@ class LinkWatch:
         self.on_change = on_change
         self.fault = False
 
-    def check(self) -> None:
-        from pyroute2 import IPRoute
-        down = []
-        with IPRoute() as ipr:
-            for name in self.ifnames:
-                links = ipr.get_links(ifname=name) if ipr.link_lookup(ifname=name) else []
-                if not links or links[0].get("state") != "up":
-                    down.append(name)
+    async def check(self) -> None:
+        from director.takeover import links_down
+        down = await asyncio.to_thread(links_down, self.ifnames)
         fault = bool(down)
         if fault != self.fault:
             self.fault = fault
-            log.warning("tracked interface%s %s", "s down:" if fault else "s up again",
+            log.warning("tracked interface%s %s", "s down:" if fault else "s up again:",
                         ", ".join(down) or ", ".join(self.ifnames))
             self.on_change(fault)

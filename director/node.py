@@ -42,6 +42,8 @@ async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
     try:
         # Listen first, then steer traffic to the queue: never a window where
         # rules exist and nobody reads (the kernel would drop meanwhile).
+        if role is not None and ha.vrrp:
+            await role.release()      # a VIP or laddr left by a killed predecessor is not ours yet
         adapter.start(loop)
         rules.install(cfg.vips + cfg.laddrs, cfg.queue)
         await web.TCPSite(runner_http, cfg.api_host, cfg.api_port).start()
@@ -74,14 +76,14 @@ async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
             if watch is not None and now >= next_link_check:
                 next_link_check = now + LINK_CHECK_INTERVAL
                 try:
-                    watch.check()
+                    await watch.check()
                 except OSError as exc:
                     log.warning("link check failed: %s", exc)
     finally:
         if runner is not None:
             await runner.stop(graceful=True)      # priority 0: the peer takes over after its skew
         if role is not None:
-            role.release()
+            await role.release()
         if sync is not None:
             sync.close()
         rules.remove()

@@ -37,37 +37,60 @@ def _prefixlen(addr: str) -> int:
     return 32 if ipaddress.ip_address(addr).version == 4 else 128
 
 
+def change_addresses(cmd: str, ifname: str, addrs: tuple[str, ...]) -> None:
+    """Add or delete addresses on an interface; idempotent either way."""
+    ok_errors = {errno.EEXIST} if cmd == "add" else {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV}
+    with IPRoute() as ipr:
+        links = ipr.link_lookup(ifname=ifname)
+        if not links:
+            if cmd == "add":
+                raise OSError(errno.ENODEV, f"no interface {ifname}")
+            return
+        for a in addrs:
+            fam = socket.AF_INET if ipaddress.ip_address(a).version == 4 else socket.AF_INET6
+            try:
+                ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a), family=fam)
+            except NetlinkError as exc:
+                if exc.code not in ok_errors:
+                    raise
+
+
+def links_down(ifnames: list[str]) -> list[str]:
+    """The tracked interfaces that are missing or not up."""
+    down = []
+    with IPRoute() as ipr:
+        for name in ifnames:
+            idx = ipr.link_lookup(ifname=name)
+            links = ipr.get_links(*idx) if idx else []
+            if not links or links[0].get("state") != "up":
+                down.append(name)
+    return down
+
+
 class Takeover:
     def __init__(self, cfg: TakeoverConfig) -> None:
         self.cfg = cfg
         self.held = False
 
-    def _change(self, cmd: str, ifname: str, addrs: tuple[str, ...]) -> None:
-        ok_errors = {errno.EEXIST} if cmd == "add" else {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV}
-        with IPRoute() as ipr:
-            links = ipr.link_lookup(ifname=ifname)
-            if not links:
-                if cmd == "add":
-                    raise OSError(errno.ENODEV, f"no interface {ifname}")
-                return
-            for a in addrs:
-                fam = socket.AF_INET if ipaddress.ip_address(a).version == 4 else socket.AF_INET6
-                try:
-                    ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a), family=fam)
-                except NetlinkError as exc:
-                    if exc.code not in ok_errors:
-                        raise
+    async def _change(self, cmd: str, ifname: str, addrs: tuple[str, ...]) -> None:
+        # In a worker thread: pyroute2's IPRoute runs an event loop of its own, and
+        # its async twin cannot run on uvloop (no netlink datagram endpoints there).
+        await asyncio.to_thread(change_addresses, cmd, ifname, addrs)
 
     async def acquire(self) -> None:
-        self._change("add", self.cfg.front_if, self.cfg.vips)
-        self._change("add", self.cfg.back_if, self.cfg.laddrs)
+        """Add the addresses; then announce them (see `announce`)."""
+        await self._change("add", self.cfg.front_if, self.cfg.vips)
+        await self._change("add", self.cfg.back_if, self.cfg.laddrs)
         self.held = True
+
+    async def announce(self) -> None:
+        """Gratuitous ARPs on both segments, after the addresses are in place."""
         await asyncio.gather(self._garp(self.cfg.front_if, self.cfg.vips),
                              self._garp(self.cfg.back_if, self.cfg.laddrs))
 
-    def release(self) -> None:
-        self._change("del", self.cfg.front_if, self.cfg.vips)
-        self._change("del", self.cfg.back_if, self.cfg.laddrs)
+    async def release(self) -> None:
+        await self._change("del", self.cfg.front_if, self.cfg.vips)
+        await self._change("del", self.cfg.back_if, self.cfg.laddrs)
         self.held = False
 
     async def _garp(self, ifname: str, addrs: tuple[str, ...]) -> None:

@@ -51,7 +51,8 @@ def cmd_up(args) -> int:
     if args.scheduler:
         kw["scheduler"] = args.scheduler
     try:
-        info = topology.up(args.prefix, node=not args.no_node, **kw)
+        info = topology.up(args.prefix, node=not args.no_node, ha=not args.single,
+                           advert_interval=args.advert_interval, **kw)
     except Exception as exc:  # noqa: BLE001 - reported, exit code
         msg = f"lab up failed: {exc}"
         if args.json:
@@ -116,10 +117,26 @@ def cmd_status(args) -> int:
     return 0 if result["up"] else 1
 
 
+def cmd_fault(args) -> int:
+    from . import topology
+
+    try:
+        out = topology.fault(args.prefix, args.director, args.kind)
+    except Exception as exc:  # noqa: BLE001 - reported, exit code
+        print(f"lab fault failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out))
+    else:
+        extra = {k: v for k, v in out.items() if k not in ("director", "fault", "at")}
+        print(f"director {out['director']}: {out['fault']} done" + (f" ({extra})" if extra else ""))
+    return 0
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``lab`` with subcommands up / down / status to an argparse subparsers object."""
     lab = subparsers.add_parser("lab", help="the network-namespace lab (root)")
-    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status}")
+    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status,fault}")
     sub.required = True
 
     def prefix(p):
@@ -128,7 +145,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="build the lab (replacing one with the same prefix)")
     prefix(up)
     up.add_argument("--json", action="store_true", help="print the lab description as JSON")
-    up.add_argument("--no-node", action="store_true", help="do not start the node on director a")
+    up.add_argument("--no-node", action="store_true", help="start no node (topology and echo servers only)")
+    up.add_argument("--single", action="store_true",
+                    help="one node on director a holding the addresses, no election or sync")
+    up.add_argument("--advert-interval", type=float, default=0.1, metavar="SECONDS",
+                    help="VRRP advertisement interval (default %(default)s)")
     up.add_argument("--scheduler", help="scheduler for both services (default wlc)")
     up.add_argument(
         "--timeout",
@@ -143,6 +164,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     prefix(down)
     down.add_argument("--json", action="store_true")
     down.set_defaults(func=cmd_down)
+
+    fault = sub.add_parser("fault", help="inject a fault into a director of the pair")
+    prefix(fault)
+    fault.add_argument("director", choices=("a", "b"))
+    fault.add_argument("kind", choices=("kill", "link", "stop", "restore"),
+                       help="kill: links down + SIGKILL; link: links down; stop: graceful; "
+                            "restore: links up, node restarted")
+    fault.add_argument("--json", action="store_true")
+    fault.set_defaults(func=cmd_fault)
 
     status = sub.add_parser("status", help="what of the lab exists")
     prefix(status)

@@ -317,7 +317,16 @@ class _HoldConn(asyncio.Protocol):
     here as they arrive (no task, future or timer per message)."""
 
     __slots__ = ("i", "transport", "buf", "sent", "recv", "send_times", "last_echo", "max_gap",
-                 "max_gap_end", "outcome", "closing", "t_start", "lost")
+                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "across")
+
+    #: gaps longer than this are remembered (start, end), for takeover timing
+    GAP_NOTE = 0.05
+    GAPS_KEPT = 16
+    #: echoes per 10 ms since the hold started, shared by all connections (for plots)
+    bins: collections.Counter = collections.Counter()
+    origin = 0.0
+    #: monotonic time of a fault, once the drill has announced it (--fault-file)
+    fault_at: float | None = None
 
     def __init__(self, i: int):
         self.i = i
@@ -332,6 +341,8 @@ class _HoldConn(asyncio.Protocol):
         self.outcome = "connected"
         self.closing = False
         self.lost = asyncio.get_running_loop().create_future()
+        self.gaps: list[tuple[float, float]] = []
+        self.across: tuple[float, float] | None = None   # (last echo before, first after) the fault
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -357,6 +368,12 @@ class _HoldConn(asyncio.Protocol):
             if gap > self.max_gap:
                 self.max_gap = gap
                 self.max_gap_end = time.time()
+            if gap > self.GAP_NOTE and len(self.gaps) < self.GAPS_KEPT:
+                self.gaps.append((self.last_echo, now))
+            _HoldConn.bins[int((now - _HoldConn.origin) * 100)] += 1
+            fault_at = _HoldConn.fault_at
+            if fault_at is not None and self.across is None and now > fault_at:
+                self.across = (self.last_echo, now)
             self.last_echo = now
 
     def eof_received(self):
@@ -381,6 +398,8 @@ class _HoldConn(asyncio.Protocol):
             if now - self.last_echo > self.max_gap:
                 self.max_gap = now - self.last_echo
                 self.max_gap_end = time.time()
+            if len(self.gaps) < self.GAPS_KEPT:
+                self.gaps.append((self.last_echo, now))
         self.outcome = outcome
         self.closing = True
         if self.transport is not None:
@@ -427,6 +446,9 @@ async def hold(args) -> dict[str, Any]:
 
     start = time.monotonic()
     start_wall = time.time()
+    _HoldConn.origin = start
+    _HoldConn.bins.clear()
+    _HoldConn.fault_at = None
     stop_at = min(start + args.seconds, start + max(0.0, dl.left() - args.timeout))
     for c in live:
         c.last_echo = start
@@ -449,6 +471,8 @@ async def hold(args) -> dict[str, Any]:
             queue.append((max(due + args.interval, now), c))
         if now >= next_check:
             next_check = now + 0.1
+            if args.fault_file and _HoldConn.fault_at is None:
+                _HoldConn.fault_at = _read_fault(args.fault_file, start, start_wall)
             for c in live:
                 if c.outcome == "connected" and c.send_times and now - c.send_times[0] > args.timeout:
                     c._fail("stalled")
@@ -498,6 +522,88 @@ async def hold(args) -> dict[str, Any]:
         "connect_seconds": round(connect_seconds, 3),
         "hold_started_at": round(start_wall, 3),
         "seconds": round(time.monotonic() - t0, 3),
+        "fault": _fault_report(args, live, start, start_wall),
+        "echo_bins_10ms": [_HoldConn.bins.get(k, 0) for k in range(max(_HoldConn.bins, default=-1) + 1)],
+    }
+
+
+class _UdpFlow(asyncio.DatagramProtocol):
+    def __init__(self, i: int) -> None:
+        self.i, self.sent, self.seen = i, 0, set()
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        head, _, num = data.partition(b" ")
+        if head == str(self.i).encode() and num.isdigit():
+            self.seen.add(int(num))
+
+
+async def udp_hold(args) -> dict[str, Any]:
+    """M UDP flows, each one socket (one source port, so one connection on the
+    director), sending a numbered datagram every --interval for --seconds; a
+    datagram whose echo never came back within --timeout after the end is lost."""
+    loop = asyncio.get_running_loop()
+    flows = []
+    for i in range(args.flows):
+        _t, proto = await loop.create_datagram_endpoint(lambda i=i: _UdpFlow(i),
+                                                        remote_addr=(args.host, args.port))
+        flows.append(proto)
+    start = time.monotonic()
+    stop_at = start + args.seconds
+    k = 0
+    while time.monotonic() < stop_at:
+        for f in flows:
+            f.transport.sendto(f"{f.i} {k}".encode())
+            f.sent += 1
+        k += 1
+        await asyncio.sleep(max(0.0, start + k * args.interval - time.monotonic()))
+    await asyncio.sleep(args.timeout)
+    for f in flows:
+        f.transport.close()
+    sent = sum(f.sent for f in flows)
+    got = sum(len(f.seen) for f in flows)
+    return {"flows": len(flows), "sent": sent, "received": got, "lost": sent - got,
+            "lost_per_flow_max": max((f.sent - len(f.seen) for f in flows), default=0)}
+
+
+def _read_fault(path: str, start: float, start_wall: float) -> float | None:
+    """The fault's wall-clock time from the drill's file, as this process's monotonic time."""
+    try:
+        with open(path) as fh:
+            return start + (float(json.load(fh)["at"]) - start_wall)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _fault_report(args, live, start: float, start_wall: float) -> dict[str, Any] | None:
+    """Across the fault: when the first connection got an echo again (takeover_ms)
+    and each connection's silence around it (from its last echo before the fault
+    to its first after; a connection that never got one counts to the end)."""
+    if not args.fault_file:
+        return None
+    at = _HoldConn.fault_at or _read_fault(args.fault_file, start, start_wall)
+    if at is None:
+        return None
+    end = time.monotonic()
+    firsts, gaps = [], []
+    for c in live:
+        if c.across is not None:
+            firsts.append(c.across[1])
+            gaps.append((c.across[1] - c.across[0]) * 1000)
+        else:
+            gaps.append((end - c.last_echo) * 1000 if c.last_echo <= at else 0.0)
+    gaps.sort()
+
+    def pct(p: float) -> float | None:
+        return round(gaps[min(len(gaps) - 1, int(p * len(gaps)))], 1) if gaps else None
+
+    return {
+        "at": start_wall + (at - start),
+        "takeover_ms": round((min(firsts) - at) * 1000, 1) if firsts else None,
+        "gap_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
     }
 
 
@@ -728,8 +834,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_positive(60.0, float), default=0.02)
     p.add_argument("--connect-concurrency", type=_positive(MAX_CONNS), default=200)
     p.add_argument("--ready-file", help="written (JSON) once all connections are open")
+    p.add_argument("--fault-file", help="read at the end: {\"at\": wall time of a fault} to time the takeover")
     common(p, timeout=5.0, deadline=0.0)
     p.set_defaults(run=hold)
+
+    p = sub.add_parser("udp-hold", help="long-lived UDP flows echoing numbered datagrams")
+    p.add_argument("--host", required=True)
+    p.add_argument("--flows", type=_positive(MAX_CONNS), default=10)
+    p.add_argument("--seconds", type=_positive(MAX_SECONDS, float), default=10.0)
+    p.add_argument("--interval", type=_positive(60.0, float), default=0.02)
+    common(p, timeout=1.0, deadline=0.0)
+    p.set_defaults(run=udp_hold)
 
     p = sub.add_parser("garbage", help="malformed IPv4 packets through a raw socket")
     p.add_argument("--target", required=True)

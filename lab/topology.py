@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import signal
+import os
+import json
 import sys
 import threading
 import time
@@ -44,6 +47,9 @@ LADDRS = ["198.18.2.100", "198.18.2.101"]
 SERVICE_PORT = 80
 RS_PORT = 8080
 API_PORT = 9100
+VRID = 51
+#: the lab pair's shared sync secret (a lab value, never a production one)
+SYNC_KEY = "tandem-lab-sync-key-not-secret"
 
 DIRECTORS = [
     {"name": "a", "front_addr": "198.18.0.11", "back_addr": "198.18.2.11"},
@@ -149,6 +155,8 @@ def node_config(
     weights: dict[str, int] | None = None,
     queue: int = 0,
     extra: dict[str, Any] | None = None,
+    ha: bool = False,
+    advert_interval: float = 0.1,
 ) -> dict[str, Any]:
     """The node configuration for director ``name`` as a dict (see dump_toml)."""
     d = next(x for x in DIRECTORS if x["name"] == name)
@@ -173,6 +181,13 @@ def node_config(
             for proto in ("tcp", "udp")
         ],
     }
+    if ha:
+        prio = {"a": 150, "b": 100}[name]
+        cfg["interfaces"] = {"front": "front", "back": "back", "garp_count": 3, "garp_interval": 0.02}
+        cfg["vrrp"] = {"vrid": VRID, "priority": prio, "advert_interval": advert_interval,
+                       "primary_address": d["front_addr"]}
+        cfg["sync"] = {"key": SYNC_KEY, "sync_id": VRID, "mode": "multicast",
+                       "interface": d["back_addr"]}
     for k, v in (extra or {}).items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k] = {**cfg[k], **v}
@@ -185,8 +200,11 @@ def node_config(
 # the description returned by up()
 
 
-def describe(prefix: str, node: bool = False, config_path: str | None = None) -> dict[str, Any]:
+def describe(prefix: str, node: bool = False, config_path: str | None = None,
+             configs: dict[str, str] | None = None, ha: bool = False) -> dict[str, Any]:
     p = st.check_prefix(prefix)
+    configs = configs or ({"a": config_path} if config_path else {})
+    running = {"a", "b"} if (node and ha) else ({"a"} if node else set())
     return {
         "prefix": p,
         "vip": VIP,
@@ -210,12 +228,15 @@ def describe(prefix: str, node: bool = False, config_path: str | None = None) ->
                 "front_if": "front",
                 "back_if": "back",
                 "api": f"http://{d['front_addr']}:{API_PORT}",
-                "config": config_path if d["name"] == "a" else None,
-                "node": bool(node) if d["name"] == "a" else False,
+                "config": configs.get(d["name"]),
+                "node": d["name"] in running,
+                "priority": {"a": 150, "b": 100}[d["name"]] if ha else None,
             }
             for d in DIRECTORS
         ],
         "vip_holder": "a",
+        "ha": bool(ha),
+        "vrid": VRID if ha else None,
         "real_servers": [
             {"name": r["name"], "ns": ns_name(p, r["name"]), "addr": r["addr"], "port": RS_PORT}
             for r in REAL_SERVERS
@@ -373,8 +394,9 @@ def _build(prefix: str, state: dict[str, Any]) -> None:
             _link_up(ipr, "lo")
             _addr(ipr, "front", d["front_addr"], 24)
             _addr(ipr, "back", d["back_addr"], 24)
-            if d["name"] == "a":
-                # until failover exists, director a holds the VIP and the local addresses
+            if d["name"] == "a" and not state.get("ha"):
+                # without the pair, director a holds the VIP and the local addresses;
+                # with it, the elected master's node adds them itself
                 _addr(ipr, "front", VIP, 32)
                 for la in LADDRS:
                     _addr(ipr, "back", la, 32)
@@ -438,35 +460,61 @@ def _tandem_cmd(config_path: Path) -> list[str]:
     ]
 
 
-def _start_node(prefix: str, state: dict[str, Any], config_path: Path, wait: float) -> None:
-    ns = ns_name(prefix, "a")
-    rec = st.start_process(ns, "node-a", _tandem_cmd(config_path), st.state_dir(prefix) / "a.log")
+def _start_node(prefix: str, state: dict[str, Any], config_path: Path, wait: float,
+                name: str = "a") -> dict[str, Any]:
+    ns = ns_name(prefix, name)
+    rec = st.start_process(ns, f"node-{name}", _tandem_cmd(config_path),
+                           st.state_dir(prefix) / f"{name}.log")
     state["processes"].append(rec)
     st.save_state(prefix, state)
-    host = DIRECTORS[0]["front_addr"]
+    host = next(d["front_addr"] for d in DIRECTORS if d["name"] == name)
     end = time.monotonic() + wait
     last = ""
     while True:
         rc = st.process_exited(rec)
         if rc is not None:
             raise RuntimeError(
-                f"node a exited with {rc} during start-up; log {rec['log']}:\n" + st.tail(rec["log"])
+                f"node {name} exited with {rc} during start-up; log {rec['log']}:\n" + st.tail(rec["log"])
             )
         try:
             status, _body = nsutil.http_get(ns, host, API_PORT, "/status", timeout=0.5)
             if status == 200:
                 st.note_cmdline(rec)
                 st.save_state(prefix, state)
-                return
+                return rec
             last = f"HTTP {status}"
         except Exception as exc:  # noqa: BLE001 - not ready yet (refused, reset, bad reply)
             last = repr(exc)
         if time.monotonic() >= end:
             raise TimeoutError(
-                f"node a: GET http://{host}:{API_PORT}/status not OK after {wait}s ({last}); "
+                f"node {name}: GET http://{host}:{API_PORT}/status not OK after {wait}s ({last}); "
                 f"log {rec['log']}:\n" + st.tail(rec["log"])
             )
         time.sleep(0.1)
+
+
+def node_status(prefix: str, name: str, timeout: float = 1.0) -> dict[str, Any]:
+    """GET /status of director `name`'s node from inside its namespace."""
+    host = next(d["front_addr"] for d in DIRECTORS if d["name"] == name)
+    code, body = nsutil.http_get(ns_name(prefix, name), host, API_PORT, "/status", timeout=timeout)
+    if code != 200:
+        raise OSError(f"node {name}: HTTP {code}")
+    return json.loads(body)
+
+
+def wait_role(prefix: str, name: str, role: str, wait: float = 10.0) -> dict[str, Any]:
+    """Poll (bounded) until director `name` reports `role`."""
+    end = time.monotonic() + wait
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = node_status(prefix, name)
+            if last.get("role") == role:
+                return last
+        except Exception as exc:  # noqa: BLE001 - restarting, links down, ...
+            last = repr(exc)
+        time.sleep(0.05)
+    raise TimeoutError(f"node {name} not {role} after {wait}s (last: {last})")
 
 
 def _in_plain_thread_if_loop_running(fn, *args, **kw):
@@ -506,6 +554,8 @@ def up(
     config_extra: dict[str, Any] | None = None,
     echo_wait: float = 10.0,
     node_wait: float = 20.0,
+    ha: bool = True,
+    advert_interval: float = 0.1,
 ) -> dict[str, Any]:
     """Build the lab (removing a previous lab of the same prefix first) and return its
     description.  On failure everything built is removed again (logs are kept) and the
@@ -521,10 +571,13 @@ def up(
         config_extra=config_extra,
         echo_wait=echo_wait,
         node_wait=node_wait,
+        ha=ha,
+        advert_interval=advert_interval,
     )
 
 
-def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, echo_wait, node_wait):
+def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, echo_wait, node_wait,
+        ha=True, advert_interval=0.1):
     st.check_prefix(prefix)
     with st.prefix_lock(prefix):
         _down(prefix)
@@ -540,25 +593,35 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
             "processes": [],
             "configs": {},
             "info": None,
+            "ha": bool(ha and node),
         }
         st.save_state(prefix, state)
         try:
             _build(prefix, state)
-            cfg = node_config(
-                "a",
-                scheduler=scheduler,
-                timeouts=timeouts,
-                limits=limits,
-                weights=weights,
-                extra=config_extra,
-            )
-            config_path.write_text(dump_toml(cfg))
-            state["configs"]["a"] = str(config_path)
+            pair = ("a", "b") if state["ha"] else ("a",)
+            for name in pair:
+                cfg = node_config(
+                    name,
+                    scheduler=scheduler,
+                    timeouts=timeouts,
+                    limits=limits,
+                    weights=weights,
+                    extra=config_extra,
+                    ha=state["ha"],
+                    advert_interval=advert_interval,
+                )
+                path = d / f"{name}.toml"
+                path.write_text(dump_toml(cfg))
+                state["configs"][name] = str(path)
             st.save_state(prefix, state)
             _start_echo_servers(prefix, state, echo_wait)
             if node:
-                _start_node(prefix, state, config_path, node_wait)
-            info = describe(prefix, node=node, config_path=str(config_path))
+                for name in pair:
+                    _start_node(prefix, state, Path(state["configs"][name]), node_wait, name)
+                if state["ha"]:
+                    wait_role(prefix, "a", "master", node_wait)
+                    wait_role(prefix, "b", "backup", node_wait)
+            info = describe(prefix, node=node, configs=state["configs"], ha=state["ha"])
             info["processes"] = [
                 {"name": p["name"], "ns": p["ns"], "pid": p["pid"]} for p in state["processes"]
             ]
@@ -568,6 +631,86 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
         except BaseException:
             _down(prefix, keep_logs=True)
             raise
+
+
+FAULTS = ("kill", "link", "stop", "restore")
+
+
+def _links(prefix: str, name: str, up_: bool) -> None:
+    with _ipr(ns_name(prefix, name)) as ipr:
+        for ifn in ("front", "back"):
+            ipr.link("set", index=_idx(ipr, ifn), state="up" if up_ else "down")
+        if up_:
+            # the kernel flushed the default route with its link; a host's network
+            # configuration would put it back, so the lab does
+            try:
+                ipr.route("add", dst="default", gateway=ROUTER_FRONT_ADDR)
+            except Exception as exc:  # noqa: BLE001 - already there is fine
+                if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
+                    raise
+
+
+def _strip_service_addresses(prefix: str, name: str) -> None:
+    """Remove a VIP or laddr a killed node left behind (it never got to release them)."""
+    with _ipr(ns_name(prefix, name)) as ipr:
+        for ifn, addrs in (("front", [VIP]), ("back", LADDRS)):
+            idx = _idx(ipr, ifn)
+            for a in addrs:
+                try:
+                    ipr.addr("del", index=idx, address=a, prefixlen=32)
+                except Exception:  # noqa: BLE001 - not there: nothing to strip
+                    pass
+
+
+def _node_record(state: dict[str, Any], name: str) -> dict[str, Any] | None:
+    recs = [p for p in state.get("processes", []) if p.get("name") == f"node-{name}"]
+    return recs[-1] if recs else None
+
+
+def fault(prefix: str, name: str, kind: str, wait: float = 20.0) -> dict[str, Any]:
+    """Inject a fault into director `name` (a or b) of a running pair lab.
+
+    kill: links down, then SIGKILL (a crashed box: it never says goodbye, and it
+          loses its links before its process, so it cannot answer anything after);
+    link: links down, the process lives on (it sees the links go and enters FAULT);
+    stop: SIGTERM, a graceful stop (priority 0: the peer takes over after its skew);
+    restore: addresses a killed node left are stripped, links up, the node
+          restarted if it is not running.
+    Returns what was done, with wall-clock times (time.time()) of each step.
+    """
+    return _in_plain_thread_if_loop_running(_fault, prefix, name, kind, wait)
+
+
+def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
+    if kind not in FAULTS:
+        raise ValueError(f"fault kind must be one of {', '.join(FAULTS)}, not {kind!r}")
+    if name not in ("a", "b"):
+        raise ValueError(f"director must be a or b, not {name!r}")
+    with st.prefix_lock(prefix):
+        state = st.load_state(prefix)
+        if not state or not state.get("ha"):
+            raise RuntimeError(f"no pair lab {prefix!r} is up (tandem lab up first)")
+        rec = _node_record(state, name)
+        out: dict[str, Any] = {"director": name, "fault": kind}
+        if kind in ("kill", "link"):
+            out["at"] = time.time()
+            _links(prefix, name, False)
+            if kind == "kill" and rec is not None and st.process_matches(rec):
+                os.kill(rec["pid"], signal.SIGKILL)
+                out["killed_pid"] = rec["pid"]
+        elif kind == "stop":
+            out["at"] = time.time()
+            if rec is not None:
+                out["stopped"] = st.stop_process(rec, term_wait=wait)
+        else:
+            _strip_service_addresses(prefix, name)
+            out["at"] = time.time()
+            _links(prefix, name, True)
+            if rec is None or not st.process_matches(rec):
+                new = _start_node(prefix, state, Path(state["configs"][name]), wait, name)
+                out["restarted_pid"] = new["pid"]
+        st.save_state(prefix, state)
+        return out
 
 
 def down(prefix: str = "tandem", keep_logs: bool = False) -> dict[str, Any]:
