@@ -454,8 +454,9 @@ async def hold(args) -> dict[str, Any]:
         c.last_echo = start
     # the connections' first sends are spread over one interval; every connection has the same
     # interval, so a FIFO ordered by the next send time stays ordered
+    spread = 0.0 if args.no_spread else args.interval / max(1, connected)
     queue: collections.deque[tuple[float, _HoldConn]] = collections.deque(
-        (start + k * args.interval / max(1, connected), c) for k, c in enumerate(live)
+        (start + k * spread, c) for k, c in enumerate(live)
     )
     tick = min(0.005, args.interval / 4)
     next_check = start
@@ -834,6 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_positive(60.0, float), default=0.02)
     p.add_argument("--connect-concurrency", type=_positive(MAX_CONNS), default=200)
     p.add_argument("--ready-file", help="written (JSON) once all connections are open")
+    p.add_argument("--no-spread", action="store_true",
+                   help="every connection sends its first line at once (not spread over one interval)")
     p.add_argument("--fault-file", help="read at the end: {\"at\": wall time of a fault} to time the takeover")
     common(p, timeout=5.0, deadline=0.0)
     p.set_defaults(run=hold)

@@ -713,6 +713,28 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
         return out
 
 
+def sync_loss(prefix: str, percent: int) -> None:
+    """Drop `percent`% of sync datagrams arriving at each director, at random
+    (an nftables numgen rule on the sync path); 0 removes the rule."""
+    import subprocess
+    if not 0 <= percent <= 100:
+        raise ValueError("percent must be 0..100")
+    for d in DIRECTORS:
+        ns = ns_name(prefix, d["name"])
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tandem_lab_loss"],
+                       capture_output=True)
+        if percent:
+            script = "\n".join([
+                "table inet tandem_lab_loss {",
+                "  chain input {",
+                "    type filter hook input priority 0;",
+                f"    udp dport 8848 numgen random mod 100 < {percent} counter drop",
+                "  }",
+                "}"])
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
+                           check=True, capture_output=True)
+
+
 def down(prefix: str = "tandem", keep_logs: bool = False) -> dict[str, Any]:
     """Stop the recorded processes, delete the lab's namespaces (if present) and its state.
     Never raises (errors are reported in the returned dict)."""

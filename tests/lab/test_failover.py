@@ -1,0 +1,53 @@
+"""Failover in the pair lab: election, takeover, and connections that survive it."""
+from __future__ import annotations
+
+import pytest
+
+from lab import drill
+from lab.testing import lab_session, require_lab
+from lab.topology import sync_loss
+
+pytestmark = pytest.mark.lab
+
+ADVERT = 0.1
+SKEW_B = (256 - 100) * ADVERT / 256            # B's skew time, priority 100
+VRRP_BOUND_MS = (3 * ADVERT + SKEW_B + 0.1) * 1000
+
+
+@pytest.fixture(scope="module")
+def pair():
+    require_lab()
+    with lab_session("tfo", node=True, ha=True, advert_interval=ADVERT) as info:
+        yield info
+
+
+def check(r: dict, conns: int) -> None:
+    assert (r["survived"], r["reset"], r["stalled"]) == (conns, 0, 0), r
+    assert r["gap_ms"]["max"] is not None and r["gap_ms"]["max"] < 2000, r
+    assert r["dual_master_ms"] == 0.0, r
+
+
+@pytest.mark.parametrize("fault", ["kill", "link", "stop"])
+def test_fault_then_failback_keeps_all_500_connections(pair, fault):
+    r = drill.run("tfo", fault, conns=500, interval=0.1, duration=4.0, lead=1.0)
+    check(r, 500)
+    assert (r["old_master"], r["new_master"]) == ("a", "b")
+    assert r["vrrp_takeover_ms"] <= VRRP_BOUND_MS, r
+    back = drill.run("tfo", "restore", conns=500, interval=0.1, duration=5.0, lead=1.0, target="a")
+    check(back, 500)
+    assert back["new_master"] == "a"          # A preempts again
+
+
+def test_young_connections_survive_a_kill(pair):
+    r = drill.run("tfo", "kill", conns=200, interval=0.02, duration=3.0, lead=0.5)
+    check(r, 200)
+    drill.run("tfo", "restore", conns=10, duration=3.0, lead=0.5, target="a")
+
+
+def test_fast_adverts_take_over_within_150_ms_even_with_sync_loss():
+    require_lab()
+    with lab_session("tf10", node=True, ha=True, advert_interval=0.01):
+        sync_loss("tf10", 20)
+        r = drill.run("tf10", "kill", conns=200, interval=0.02, duration=3.0, lead=1.5)
+        check(r, 200)
+        assert r["takeover_ms"] is not None and r["takeover_ms"] <= 150, r

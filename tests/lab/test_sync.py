@@ -1,0 +1,186 @@
+"""Connection sync in the pair lab: A's connections appear on B, under loss and restarts."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import topology as T
+from lab.nsutil import http_get, in_netns
+from lab.testing import client_env, lab_session, require_lab
+
+pytestmark = pytest.mark.lab
+PREFIX = "tsy"
+REPO = Path(__file__).resolve().parents[2]
+N = 5000
+
+
+@pytest.fixture(scope="module")
+def pair():
+    require_lab()
+    with lab_session(PREFIX, node=True, ha=True) as info:
+        yield info
+
+
+def conns_of(name: str) -> dict[tuple, tuple]:
+    d = next(x for x in T.DIRECTORS if x["name"] == name)
+    out, offset = {}, 0
+    while True:
+        code, body = http_get(T.ns_name(PREFIX, name), d["front_addr"], T.API_PORT,
+                              f"/conns?limit=2000&offset={offset}", timeout=5.0)
+        assert code == 200
+        page = json.loads(body)
+        for c in page["conns"]:
+            if c["vip"].endswith(":80"):
+                out[(c["proto"], c["client"])] = (c["local"], c["real"], c["state"])
+        offset += page["limit"]
+        if offset >= page["total"]:
+            return out
+
+
+def sync_of(name: str) -> dict:
+    d = next(x for x in T.DIRECTORS if x["name"] == name)
+    code, body = http_get(T.ns_name(PREFIX, name), d["front_addr"], T.API_PORT, "/sync", timeout=3.0)
+    assert code == 200
+    return json.loads(body)
+
+
+class Held:
+    """N connections through the VIP, each sending its first line at once, then one a second."""
+
+    def __init__(self, n: int, seconds: float) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tandem-sync-"))
+        self.ready = self.dir / "ready.json"
+        argv = ["ip", "netns", "exec", T.ns_name(PREFIX, "client"), sys.executable, "-m", "lab.client",
+                "hold", "--host", T.VIP, "--port", "80", "--conns", str(n), "--seconds", str(seconds),
+                "--interval", "1.0", "--no-spread", "--ready-file", str(self.ready), "--timeout", "3"]
+        self.proc = subprocess.Popen(argv, cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, limit: float = 60.0) -> float:
+        end = time.monotonic() + limit
+        while not self.ready.exists():
+            assert self.proc.poll() is None and time.monotonic() < end, self.proc.communicate()
+            time.sleep(0.01)
+        return json.loads(self.ready.read_text())["time"]
+
+    def result(self) -> dict:
+        out, err = self.proc.communicate(timeout=120)
+        return json.loads(out.splitlines()[-1])
+
+
+def wait_same(limit: float) -> tuple[float, dict, dict]:
+    """Poll (bounded) until B holds every connection A holds, identically."""
+    end = time.monotonic() + limit
+    while True:
+        a, b = conns_of("a"), conns_of("b")
+        if len(a) >= N and all(b.get(k) == v for k, v in a.items()):
+            return time.time(), a, b
+        if time.monotonic() > end:
+            missing = [k for k in a if b.get(k) != a[k]]
+            raise AssertionError(f"B lacks {len(missing)} of A's {len(a)} connections, e.g. "
+                                 f"{[(k, a[k], b.get(k)) for k in missing[:3]]}")
+        time.sleep(0.05)
+
+
+def test_5000_held_connections_appear_on_b_within_1_s(pair):
+    held = Held(N, 6.0)
+    t_ready = held.wait_ready()
+    t_same, a, b = wait_same(10.0)
+    assert len(a) == N
+    assert t_same - t_ready <= 1.0, f"B had them {t_same - t_ready:.2f} s after they were open"
+    assert held.result()["ok"] == N
+
+
+def test_with_20_percent_of_sync_lost_every_connection_still_arrives(pair):
+    T.sync_loss(PREFIX, 20)
+    try:
+        before = sync_of("b")["receiver"]
+        held = Held(N, 8.0)
+        held.wait_ready()
+        wait_same(8.0)
+        after, sender = sync_of("b")["receiver"], sync_of("a")["sender"]
+        assert after["gaps"] > before["gaps"] and after["nacks_sent"] > before["nacks_sent"], after
+        assert sender["resends"] > 0 or after["resync_requests"] > before["resync_requests"], sender
+        assert held.result()["ok"] == N
+    finally:
+        T.sync_loss(PREFIX, 0)
+
+
+def test_a_restarted_backup_gets_everything_back_within_5_s(pair):
+    held = Held(N, 12.0)
+    held.wait_ready()
+    wait_same(5.0)
+    T.fault(PREFIX, "b", "stop")
+    t0 = time.time()
+    T.fault(PREFIX, "b", "restore")
+    t_same, a, b = wait_same(5.0)
+    assert t_same - t0 <= 5.0 and len(a) >= N      # earlier tests leave TIME_WAIT entries too
+    assert held.result()["ok"] == N
+
+
+def _sniff_and_send(bad_key: bytes) -> dict:
+    """In a real server's namespace on the sync segment: catch one genuine sync datagram,
+    then send (1) it again (a replay), (2) a forged one with the wrong key, (3) one with
+    the lab key but another sync id.  Runs inside the namespace (in_netns)."""
+    from proto import sync as S
+    from proto.sync import Message, SyncEntry
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    rx.bind(("224.0.0.81", 8848))
+    rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                  socket.inet_aton("224.0.0.81") + socket.inet_aton("198.18.2.21"))
+    rx.settimeout(1.0)
+    end = time.monotonic() + 8.0
+    genuine = src = None
+    while time.monotonic() < end:          # a DATA message of A's, not a heartbeat
+        try:
+            dgram, addr = rx.recvfrom(2048)
+        except socket.timeout:
+            continue
+        try:
+            msg = S.decode(dgram, T.SYNC_KEY.encode(), T.VRID)
+        except S.SyncError:
+            continue
+        if msg.type == S.DATA and addr[0] == "198.18.2.11":
+            genuine, src = dgram, addr
+            break
+    rx.close()
+    assert genuine is not None, "no DATA sync message from A within 8 s"
+    entry = SyncEntry(6, 1, 0x08, socket.inet_aton("198.18.1.99"), 4242, socket.inet_aton(T.VIP), 80,
+                      socket.inet_aton(T.LADDRS[0]), 6123, socket.inet_aton("198.18.2.21"), 8080, 900.0)
+    forged = lambda key, sid: S.encode(Message(S.DATA, sid, "intruder", 7, 1, time.time(),
+                                               entries=[entry]), key)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("198.18.2.21"))
+    for dgram in (genuine, forged(bad_key, T.VRID), forged(T.SYNC_KEY.encode(), T.VRID + 1)):
+        tx.sendto(dgram, ("224.0.0.81", 8848))
+    tx.close()
+    return {"from": src[0]}
+
+
+def test_bad_mac_wrong_sync_id_and_replay_change_nothing_on_b(pair):
+    before = sync_of("b")["receiver"]
+    conns_before = conns_of("b")
+    traffic = subprocess.Popen(   # short connections: state changes make A send DATA
+        ["ip", "netns", "exec", T.ns_name(PREFIX, "client"), sys.executable, "-m", "lab.client",
+         "tcp-whoami", "--host", T.VIP, "--port", "80", "--count", "300", "--deadline", "15"],
+        cwd=str(REPO), env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sent = in_netns(T.ns_name(PREFIX, "rs1"), _sniff_and_send, b"not-the-key-at-all!!", timeout=15)
+    finally:
+        traffic.wait(timeout=30)
+    time.sleep(0.3)
+    after = sync_of("b")["receiver"]
+    assert after["bad_mac"] == before["bad_mac"] + 1
+    assert after["wrong_sync_id"] == before["wrong_sync_id"] + 1
+    assert sent["from"] == "198.18.2.11"
+    assert after["replayed"] >= before["replayed"] + 1      # B had applied it already
+    assert ("tcp", "198.18.1.99:4242") not in conns_of("b")
+    assert set(conns_of("b")) <= set(conns_before) | set(conns_of("a"))
