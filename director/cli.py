@@ -16,10 +16,10 @@ def _node(args: argparse.Namespace) -> int:
     from director import node
     try:
         import uvloop
-        uvloop.run(node.run(cfg))
+        uvloop.run(node.run(cfg, path=args.config))
     except ImportError:
         import asyncio
-        asyncio.run(node.run(cfg))
+        asyncio.run(node.run(cfg, path=args.config))
     return 0
 
 

@@ -47,6 +47,8 @@ class ServiceConfig:
     persistent: float = 0.0        # seconds; 0 = not persistent
     persist_netmask: int = 32      # prefix length (128 for IPv6 by default)
     ops: bool = False              # one-packet scheduling (UDP only)
+    health: Any = None             # director.health.HealthCheckConfig, or None
+    sorry_server: tuple[str, int] | None = None   # used when no real server is up
 
     @property
     def key(self) -> str:
@@ -64,6 +66,7 @@ class NodeConfig:
     tick: float = 0.1
     expire_quiescent_template: bool = False
     removed_server_conns: str = "expire"
+    api_token: str = field(default="", repr=False)
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     max_conns: int = 1_000_000
     lport_min: int = 5000
@@ -154,6 +157,7 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
         tick=node.get("tick", float, 0.1, lo=0.001, hi=10.0),
         expire_quiescent_template=node.get("expire_quiescent_template", bool, False),
         removed_server_conns=node.choice("removed_server_conns", ("expire", "keep"), "expire"),
+        api_token=node.get("api_token", str, ""),
     )
     node.finish()
 
@@ -337,10 +341,23 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
     ops = s.get("ops", bool, False)
     if ops and proto != "udp":
         s.fail("ops", "one-packet scheduling is only for UDP services")
+    health = None
+    raw_health = s.get("health", dict, None)
+    if raw_health is not None:
+        from director.health import parse_health
+        health = parse_health(raw_health, source, f"{prefix}.health")
+    sorry = None
+    raw_sorry = s.get("sorry_server", str, None)
+    if raw_sorry is not None:
+        host, _, sport = raw_sorry.rpartition(":")
+        if not host or not sport.isdigit() or not 0 < int(sport) < 65536:
+            s.fail("sorry_server", f"must be addr:port, got {raw_sorry!r}")
+        sorry = (s.address("sorry_server", host.strip("[]"), family), int(sport))
     s.finish()
     return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
                          laddrs=laddrs, real_servers=tuple(reals), name=name,
-                         persistent=float(persistent), persist_netmask=persist_netmask, ops=ops)
+                         persistent=float(persistent), persist_netmask=persist_netmask, ops=ops,
+                         health=health, sorry_server=sorry)
 
 
 def load(path: str | Path) -> NodeConfig:

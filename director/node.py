@@ -10,8 +10,10 @@ from aiohttp import web
 
 from director import rules
 from director.api import NodeState, make_app
-from director.config import NodeConfig
+from director.config import ConfigError, NodeConfig, load
+from director.control import Control
 from director.engine import Engine
+from director.health import HealthChecker
 from director.ha import LinkWatch, Role, SyncLink
 from director.nfqueue import QueueAdapter, kernel_queue_stats
 
@@ -19,7 +21,13 @@ log = logging.getLogger("tandem.node")
 LINK_CHECK_INTERVAL = 0.2
 
 
-async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
+def health_targets(engine: Engine) -> list:
+    from director.health import targets_for_service
+    return [t for svc in engine.services.values() if svc.cfg.health
+            for t in targets_for_service(svc.cfg, svc.cfg.health)]
+
+
+async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,6 +44,41 @@ async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
     watch = None
     state.sync = sync
     state.role_changes = role.changes if role else []
+    control = Control(engine)
+    control.apply_all()
+    state.control = control
+    state.token = cfg.api_token
+    checker = HealthChecker(health_targets(engine), control.health_changed)
+    state.health = checker
+    current = {"cfg": cfg}
+
+    async def reload() -> dict:
+        """Re-read the file; apply it only if all of it is valid."""
+        if path is None:
+            raise ConfigError("<none>", "(file)", "the node was not started from a file")
+        new = load(path)
+        old = current["cfg"]
+        summary = engine.reconfigure(new, clock())
+        control.apply_all()
+        await checker.set_targets(health_targets(engine))
+        if set(new.vips + new.laddrs) != set(old.vips + old.laddrs):
+            rules.install(new.vips + new.laddrs, new.queue)
+        state.token = new.api_token
+        current["cfg"] = new
+        log.info("node %s: reloaded %s (%s)", cfg.name, path,
+                 ", ".join(f"{k} {v}" for k, v in summary.items()))
+        return {"changed": True, **summary}
+
+    def on_sighup() -> None:
+        async def go():
+            try:
+                await reload()
+            except ConfigError as exc:
+                log.error("node %s: reload refused, nothing changed: %s", cfg.name, exc)
+        loop.create_task(go())
+
+    state.reload = reload
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     app = make_app(engine, state)
     runner_http = web.AppRunner(app, access_log=None)
     await runner_http.setup()
@@ -47,6 +90,7 @@ async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
         adapter.start(loop)
         rules.install(cfg.vips + cfg.laddrs, cfg.queue)
         await web.TCPSite(runner_http, cfg.api_host, cfg.api_port).start()
+        await checker.start()
         if sync:
             await sync.start()
         log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
@@ -80,6 +124,7 @@ async def run(cfg: NodeConfig, clock=time.monotonic) -> None:
                 except OSError as exc:
                     log.warning("link check failed: %s", exc)
     finally:
+        await checker.stop()
         if runner is not None:
             await runner.stop(graceful=True)      # priority 0: the peer takes over after its skew
         if role is not None:

@@ -72,7 +72,10 @@ _SCHEMAS: dict[str, Any] = {
             "conns_total": _INT, "packets_in": _INT, "packets_out": _INT,
             "bytes_in": _INT, "bytes_out": _INT,
             "forward": {"type": "string", "enum": ["FullNat"], "description": "planned; FullNat if absent"},
-            "health": {"type": "string", "enum": ["up", "down"], "description": "planned"},
+            "health": {"type": "string", "enum": ["up", "down", "unchecked"],
+                       "description": "the health check's verdict; unchecked when the service has none"},
+            "scheduled": {"type": "boolean", "description": "offered to the scheduler now (false when "
+                          "removed by a failed check, or while the sorry server stands in)"},
             "drain": {"type": "boolean", "description": "planned: drained by POST .../drain"},
         },
     },
@@ -111,7 +114,7 @@ _SCHEMAS: dict[str, Any] = {
             "flags": {"type": "array", "items": {
                 "type": "string", "enum": ["inactive", "nooutput", "synced", "assured", "one_packet"]}},
             "expires": {"type": "number", "description": "expiry time on the node's monotonic clock"},
-            "expires_in": {"type": "number", "description": "planned: seconds left"},
+            "expires_in": {"type": "number", "description": "seconds left"},
         },
     },
     "ConnPage": {
@@ -119,7 +122,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "total": {"type": "integer", "minimum": 0, "description": "connections matching the filter"},
             "offset": _INT, "limit": _INT,
-            "now": {"type": "number", "description": "planned: the node's clock, that of `expires`"},
+            "now": {"type": "number", "description": "the node's clock, that of `expires`"},
             "conns": {"type": "array", "items": _ref("Conn")},
         },
     },

@@ -27,6 +27,7 @@ class Service:
         self.persistent = cfg.persistent
         self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
         self.ops = cfg.ops
+        self.sorry = Dest(*cfg.sorry_server, 1, name="sorry") if cfg.sorry_server else None
         self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs],
                                 lport_min, lport_max, in_use)
 
@@ -62,6 +63,8 @@ class Service:
                              lport_min, lport_max, self.laddrs._in_use)
             pool.used = self.laddrs.used    # pairs held by live connections stay counted
             self.laddrs = pool
+        if cfg.sorry_server != self.cfg.sorry_server:
+            self.sorry = Dest(*cfg.sorry_server, 1, name="sorry") if cfg.sorry_server else None
         self.cfg = cfg
         self.name = cfg.key
         self.persistent = cfg.persistent
@@ -73,13 +76,23 @@ class Service:
         for d in self.dests:
             if d.addr == addr and d.port == port:
                 return d
+        if self.sorry is not None and self.sorry.addr == addr and self.sorry.port == port:
+            return self.sorry
         return None
+
+    def config_weight(self, d: Dest) -> int:
+        for r in self.cfg.real_servers:
+            if (r.port, ipaddress.ip_address(r.addr).packed) == (d.port, d.addr):
+                return r.weight
+        return d.weight
 
     def describe(self) -> dict:
         return {
             "name": self.name, "proto": self.cfg.proto, "vip": self.cfg.vip, "port": self.port,
             "scheduler": self.cfg.scheduler, "flags": list(self.cfg.flags),
             "laddrs": list(self.cfg.laddrs),
+            "sorry_server": (f"{self.sorry.addr_str}:{self.sorry.port}" if self.sorry else None),
+            "sorry_in_use": bool(self.sorry and self.sorry in self.scheduler.dests),
             "persistent": self.persistent, "persist_netmask": self.cfg.persist_netmask,
             "ops": self.ops,
             "real_servers": [{
