@@ -51,6 +51,7 @@ def traffic_table(info: dict, tcp_count: int = 300, udp_count: int = 300) -> int
 
 
 def main() -> int:
+    from lab import drill
     try:
         info = topology.up(PREFIX, node=True, scheduler="rr")
     except Exception as exc:      # a failed up has already cleaned up after itself
@@ -58,9 +59,19 @@ def main() -> int:
         return 1
     try:
         names = " ".join(r["name"] for r in info["real_servers"])
-        print(f"lab up: VIP {info['vip']}, director a serving (api {info['directors'][0]['api']}), "
+        print(f"lab up: VIP {info['vip']}, directors a (master, priority 150) and b (backup, 100), "
               f"real servers {names}")
-        return traffic_table(info)
+        rc = traffic_table(info)
+        for title, kw in (("kill drill: director a is killed (links down, SIGKILL)",
+                           dict(fault="kill")),
+                          ("failback drill: director a is restored and preempts",
+                           dict(fault="restore", target="a"))):
+            print(f"\n{title}; 200 connections, one message each 20 ms")
+            r = drill.run(PREFIX, conns=200, duration=4.0, lead=1.0, **kw)
+            print(drill.table(r))
+            if (r["survived"], r["reset"], r["stalled"]) != (r["conns"], 0, 0):
+                rc = 1
+        return rc
     finally:
         topology.down(PREFIX)
-        print("lab down")
+        print("\nlab down")

@@ -102,8 +102,11 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
                 raise RuntimeError("connections never opened: " + json.dumps(_result(hold, 5)))
             time.sleep(0.01)
         time.sleep(lead)
+        # announced first, so the traffic tool times every echo from the very start
+        at = time.time()
+        fault_file.write_text(json.dumps({"at": at}))
         done = topology.fault(prefix, target, fault)
-        fault_file.write_text(json.dumps({"at": done["at"]}))
+        done["at"] = at
         end = time.monotonic() + duration + 10
         while hold.poll() is None and time.monotonic() < end:
             if progress:
