@@ -206,6 +206,9 @@ class HAConfig:
     #: a (re)starting node waits this long for the peer's bulk resync before it
     #: may become master, so it never takes over with an empty table
     startup_sync_wait: float = 1.0
+    #: preempting a live master: how long to let it remove its addresses (it stops
+    #: advertising at once, but a loaded node takes up to ~150 ms to let go)
+    preempt_yield: float = 0.3
 
 
 def _ha(source: str, top: _Reader, vips: list[str]) -> HAConfig | None:
@@ -244,6 +247,7 @@ def _ha(source: str, top: _Reader, vips: list[str]) -> HAConfig | None:
         except ValueError as exc:
             raise ConfigError(source, "vrrp", str(exc)) from None
         kw["startup_sync_wait"] = v.get("startup_sync_wait", float, 1.0, lo=0.0, hi=60.0)
+        kw["preempt_yield"] = v.get("preempt_yield", float, 0.3, lo=0.0, hi=10.0)
         v.finish()
     if raw_sync is not None:
         from syncd.config import SyncConfig

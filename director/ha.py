@@ -97,10 +97,11 @@ class Role:
         decided = time.time()
         if self.takeover is not None:
             if new_s == "master":
-                if reason.startswith("preempting") and self.ha.vrrp is not None:
+                if reason.startswith("preempting"):
                     # a live lower-priority master holds the addresses: our advert has
-                    # gone out, so give it one interval to let go before we take them
-                    await asyncio.sleep(self.ha.vrrp.advert_interval)
+                    # gone out and it stops at once, but removing its addresses takes
+                    # it a moment; never own them together
+                    await asyncio.sleep(self.ha.preempt_yield)
                 await self.takeover.acquire()
             elif old_s == "master" or self.takeover.held:
                 await self.takeover.release()
@@ -114,6 +115,11 @@ class Role:
         argv = self.ha.notify.get(new_s)
         if argv:
             await run_hook(argv, new_s, self.cfg.name)
+
+    async def reannounce(self, reason: str) -> None:
+        """Still master, but a peer claimed it meanwhile: move the neighbours back to us."""
+        if self.takeover is not None and self.takeover.held:
+            await self.takeover.announce()
 
     async def fixed(self, role: str) -> None:
         """No election configured: take the configured role once."""

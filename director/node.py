@@ -102,7 +102,8 @@ async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) ->
                 log.info("node %s: initial resync %s (%d connections held)", cfg.name,
                          "complete" if got else f"not answered within {ha.startup_sync_wait:.1f} s",
                          engine.table.count)
-            runner = VrrpRunner(ha.vrrp, ha.front_if, role.on_state_change)
+            runner = VrrpRunner(ha.vrrp, ha.front_if, role.on_state_change,
+                                on_reannounce=role.reannounce)
             state.vrrp = runner
             state.priority = ha.vrrp.priority
             await runner.start()

@@ -317,7 +317,7 @@ class _HoldConn(asyncio.Protocol):
     here as they arrive (no task, future or timer per message)."""
 
     __slots__ = ("i", "transport", "buf", "sent", "recv", "send_times", "last_echo", "max_gap",
-                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "across")
+                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "across", "recent")
 
     #: gaps longer than this are remembered (start, end), for takeover timing
     GAP_NOTE = 0.05
@@ -343,6 +343,9 @@ class _HoldConn(asyncio.Protocol):
         self.lost = asyncio.get_running_loop().create_future()
         self.gaps: list[tuple[float, float]] = []
         self.across: tuple[float, float] | None = None   # (last echo before, first after) the fault
+        # echo times of the last second or so: the fault's time arrives after the
+        # fault, so the first echo after it is found here, not guessed
+        self.recent: collections.deque[float] = collections.deque(maxlen=64)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -374,7 +377,18 @@ class _HoldConn(asyncio.Protocol):
             fault_at = _HoldConn.fault_at
             if fault_at is not None and self.across is None and now > fault_at:
                 self.across = (self.last_echo, now)
+            self.recent.append(now)
             self.last_echo = now
+
+    def learn_fault(self, at: float) -> None:
+        """The fault's time is known now: look back over the recent echoes."""
+        before = None
+        for t in self.recent:
+            if t <= at:
+                before = t
+            elif before is not None or len(self.recent) < self.recent.maxlen:
+                self.across = (before if before is not None else t, t)
+                return
 
     def eof_received(self):
         if not self.closing and self.outcome == "connected":
@@ -474,6 +488,9 @@ async def hold(args) -> dict[str, Any]:
             next_check = now + 0.1
             if args.fault_file and _HoldConn.fault_at is None:
                 _HoldConn.fault_at = _read_fault(args.fault_file, start, start_wall)
+                if _HoldConn.fault_at is not None:
+                    for c in live:
+                        c.learn_fault(_HoldConn.fault_at)
             for c in live:
                 if c.outcome == "connected" and c.send_times and now - c.send_times[0] > args.timeout:
                     c._fail("stalled")
@@ -589,10 +606,15 @@ def _fault_report(args, live, start: float, start_wall: float) -> dict[str, Any]
     if at is None:
         return None
     end = time.monotonic()
+    # An echo the old master had already passed on can land just after the fault;
+    # only a connection silent for longer than its own rhythm was cut, and its
+    # first echo after that came through the new master.
+    cut = max(2.5 * args.interval, 0.05)
     firsts, gaps = [], []
     for c in live:
         if c.across is not None:
-            firsts.append(c.across[1])
+            if c.across[1] - c.across[0] > cut:
+                firsts.append(c.across[1])
             gaps.append((c.across[1] - c.across[0]) * 1000)
         else:
             gaps.append((end - c.last_echo) * 1000 if c.last_echo <= at else 0.0)
@@ -604,6 +626,7 @@ def _fault_report(args, live, start: float, start_wall: float) -> dict[str, Any]
     return {
         "at": start_wall + (at - start),
         "takeover_ms": round((min(firsts) - at) * 1000, 1) if firsts else None,
+        "interrupted": len(firsts),
         "gap_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
     }
 

@@ -102,11 +102,10 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
                 raise RuntimeError("connections never opened: " + json.dumps(_result(hold, 5)))
             time.sleep(0.01)
         time.sleep(lead)
-        # announced first, so the traffic tool times every echo from the very start
-        at = time.time()
-        fault_file.write_text(json.dumps({"at": at}))
+        # `at` is taken by the lab the moment before the links drop (or the signal
+        # goes); the traffic tool learns it after, and looks back at its echoes
         done = topology.fault(prefix, target, fault)
-        done["at"] = at
+        fault_file.write_text(json.dumps({"at": done["at"]}))
         end = time.monotonic() + duration + 10
         while hold.poll() is None and time.monotonic() < end:
             if progress:

@@ -636,10 +636,14 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
 FAULTS = ("kill", "link", "stop", "restore")
 
 
-def _links(prefix: str, name: str, up_: bool) -> None:
+def _links(prefix: str, name: str, up_: bool) -> float:
+    """Set both links of a director; returns the wall time just before the change
+    (the netlink socket and indexes are ready by then, so it is the fault's time)."""
     with _ipr(ns_name(prefix, name)) as ipr:
-        for ifn in ("front", "back"):
-            ipr.link("set", index=_idx(ipr, ifn), state="up" if up_ else "down")
+        idx = [_idx(ipr, ifn) for ifn in ("front", "back")]
+        at = time.time()
+        for i in idx:
+            ipr.link("set", index=i, state="up" if up_ else "down")
         if up_:
             # the kernel flushed the default route with its link; a host's network
             # configuration would put it back, so the lab does
@@ -648,6 +652,7 @@ def _links(prefix: str, name: str, up_: bool) -> None:
             except Exception as exc:  # noqa: BLE001 - already there is fine
                 if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
                     raise
+    return at
 
 
 def _strip_service_addresses(prefix: str, name: str) -> None:
@@ -693,8 +698,7 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
         rec = _node_record(state, name)
         out: dict[str, Any] = {"director": name, "fault": kind}
         if kind in ("kill", "link"):
-            out["at"] = time.time()
-            _links(prefix, name, False)
+            out["at"] = _links(prefix, name, False)
             if kind == "kill" and rec is not None and st.process_matches(rec):
                 os.kill(rec["pid"], signal.SIGKILL)
                 out["killed_pid"] = rec["pid"]
@@ -704,8 +708,7 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
                 out["stopped"] = st.stop_process(rec, term_wait=wait)
         else:
             _strip_service_addresses(prefix, name)
-            out["at"] = time.time()
-            _links(prefix, name, True)
+            out["at"] = _links(prefix, name, True)
             if rec is None or not st.process_matches(rec):
                 new = _start_node(prefix, state, Path(state["configs"][name]), wait, name)
                 out["restarted_pid"] = new["pid"]

@@ -93,6 +93,14 @@ class StateChange:
     reason: str
 
 
+@dataclass(frozen=True)
+class Reannounce:
+    """A master heard a lower-priority node claim mastership: that node may have sent
+    gratuitous ARPs meanwhile, so the master announces its addresses again
+    (keepalived's garp_lower_prio_repeat)."""
+    reason: str
+
+
 Action = Union[SendAdvert, StateChange]
 
 
@@ -185,7 +193,7 @@ def _ms(seconds: float) -> str:
 
 _COUNTERS = (
     "rx", "accepted", "tx", "tx_priority0", "rx_priority0", "became_master", "became_backup",
-    "faults", "discard_lower_priority", "preempt_delayed", "owner_conflict", "interval_changes",
+    "faults", "reannounced", "discard_lower_priority", "preempt_delayed", "owner_conflict", "interval_changes",
     "drop_state", "drop_own", "drop_ttl", "drop_version", "drop_vrid", "drop_addresses", "drop_peer",
     "drop_owner",
 ) + tuple(f"drop_{r}" for r in P.REASONS)
@@ -506,6 +514,8 @@ class VrrpInstance:
             # RFC 9568 §6.4.3 / keepalived: re-assert at once so the other side yields.
             self._send(out, cfg.priority)
             self.adver_at = now + self.advert_interval
+            self.counters["reannounced"] += 1
+            out.append(Reannounce(f"lower priority {advert.priority} from {src} claimed master"))
             return
         self.master_adver_int_cs = cfg.advert_interval_cs
         self._adopt_interval(advert)

@@ -36,7 +36,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from proto import vrrp as P
-from syncd.vrrp import SendAdvert, State, StateChange, VrrpConfig, VrrpInstance
+from syncd.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpConfig, VrrpInstance
 
 log = logging.getLogger("tandem.vrrp")
 
@@ -93,10 +93,13 @@ class VrrpRunner:
     """Drives one VrrpInstance over a raw socket on `ifname`."""
 
     def __init__(self, cfg: VrrpConfig, ifname: str, on_state_change: StateCallback | None = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic,
+                 on_reannounce: Callable[[str], Any] | None = None) -> None:
         self.cfg = cfg
         self.ifname = ifname
         self.on_state_change = on_state_change
+        #: called (serialised with state changes) when a Reannounce action comes
+        self.on_reannounce = on_reannounce
         self.clock = clock
         self.instance = VrrpInstance(cfg)
         self.stats = dict.fromkeys(("rx_datagrams", "rx_not_ipv4", "tx_datagrams", "tx_errors",
@@ -208,6 +211,10 @@ class VrrpRunner:
                 self._log_change(a)
                 if self._events is not None:
                     self._events.put_nowait(a)
+            elif isinstance(a, Reannounce):
+                log.info("VRRP_Instance(%s) %s: announcing our addresses again", self.cfg.name, a.reason)
+                if self._events is not None:
+                    self._events.put_nowait(a)
         self._arm()
 
     def _log_change(self, a: StateChange) -> None:
@@ -291,11 +298,14 @@ class VrrpRunner:
             ev = await q.get()
             if ev is None:
                 return
-            cb = self.on_state_change
+            if isinstance(ev, Reannounce):
+                cb, args = self.on_reannounce, (ev.reason,)
+            else:
+                cb, args = self.on_state_change, (ev.old, ev.new, ev.reason)
             if cb is None:
                 continue
             try:
-                r = cb(ev.old, ev.new, ev.reason)
+                r = cb(*args)
                 if inspect.isawaitable(r):
                     await r
             except asyncio.CancelledError:

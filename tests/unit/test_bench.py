@@ -1,0 +1,218 @@
+"""The benchmark code itself: report writer, JSON keys, CLI wiring, a tiny
+in-process engine run and the C generator on loopback.  No timing assertions."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from bench import engine as be
+from bench import report, run
+from proto import packet as P
+
+
+def fake_result(**over):
+    res = {k: None for k in run.KEYS}
+    res.update({
+        "date": "2026-01-01T00:00:00+00:00", "command": "tandem bench --json", "quick": False,
+        "only": list(run.ORDER), "seconds": 1.0,
+        "machine": {"cpu": "Test CPU", "cores": 2, "kernel": "6.1", "python": "3.11.7",
+                    "implementation": "CPython", "netfilterqueue": "1.1.0", "mem_mb": 1024,
+                    "loadavg_at_start": [0.1, 0.2, 0.3]},
+        "activity_at_start": {"lab_prefixes_present": []},
+        "results": {},
+        "forward_ratio": 0.5, "bytes_per_conn": 350, "takeover_ms_max": 650.0,
+    })
+    res.update(over)
+    res["targets"] = {k: {"value": res.get(k), "target": f"{t[0]} {t[1]:g}" if t else "report",
+                          "pass": run.check(res.get(k), t)} for k, t in run.TARGETS.items()}
+    return res
+
+
+def test_check_targets():
+    assert run.check(0.9, (">=", 0.8)) is True
+    assert run.check(0.7, (">=", 0.8)) is False
+    assert run.check(401, ("<=", 400)) is False
+    assert run.check(None, ("<=", 400)) is None
+    assert run.check(3.0, None) is None
+
+
+def test_render_has_command_machine_date_and_marks():
+    text = report.render(fake_result())
+    assert "`tandem bench --json`" in text
+    assert "Test CPU" in text and "2026-01-01" in text
+    assert "| `forward_ratio` |" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("| `forward_ratio`"))
+    assert "miss" in line
+    line = next(ln for ln in text.splitlines() if ln.startswith("| `bytes_per_conn`"))
+    assert "pass" in line
+    assert report.HAND_BEGIN in text and report.HAND_END in text
+    for name in ("nfq", "engine", "conn_rate", "sync", "takeover"):
+        assert f"(`{name}`)" in text
+
+
+def test_write_keeps_the_hand_written_section(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    report.write(path, fake_result())
+    text = path.read_text()
+    assert "Where the time goes" in text          # the placeholder
+    mine = "## Where the time goes\n\nParsing is a third of it.\n"
+    path.write_text(text.replace(report.hand_written(text), mine.strip("\n")))
+    report.write(path, fake_result(date="2026-02-02T00:00:00+00:00"))
+    text = path.read_text()
+    assert "Parsing is a third of it." in text
+    assert "2026-02-02" in text and "2026-01-01" not in text
+    assert text.count(report.HAND_BEGIN) == 1
+
+
+def test_render_sections_with_results_and_errors():
+    res = fake_result()
+    res["results"] = {
+        "engine": {"engine_pps_inprocess": 100, "split": {"us_per_packet": 2.0,
+                   "split_us": {"parse": 1.0, "rest": 1.0},
+                   "profile_top": [{"function": "f", "calls_per_packet": 1, "tottime_share": 0.5,
+                                    "cumtime_share": 1.0}]},
+                   "memory": {"object_sizes": {"Conn": 200}, "object_sizes_sum": 200}},
+        "nfq": {"error": "RuntimeError: no lab"},
+        "takeover": {"advert_100ms": {"drills": 2, "takeover_ms": [300.0, 400.0]},
+                     "advert_10ms": {"drills": 2, "takeover_ms": [50.0, 60.0], "errors": ["x"]}},
+    }
+    text = report.render(res)
+    assert "RuntimeError: no lab" in text
+    assert "| parse | 1 | 50% |" in text
+    assert "300, 400" in text.replace(".0", "")
+    assert "not run in this invocation" in text       # conn_rate, sync
+
+
+def test_collect_keys_and_errors(monkeypatch):
+    monkeypatch.setattr("bench.run._activity", lambda: {})
+    calls = []
+
+    def ok(quick):
+        calls.append(("engine", quick))
+        return {"engine_pps_inprocess": 123, "lookup_cost_ratio_1m_vs_1k": 1.1, "bytes_per_conn": 500}
+
+    def boom(quick):
+        raise RuntimeError("lab exploded")
+
+    res = run.collect(["engine"], True, "tandem bench --quick", measurements={"engine": ok})
+    for key in list(run.KEYS) + ["machine", "date", "command", "targets", "results"]:
+        assert key in res
+    assert res["engine_pps_inprocess"] == 123
+    assert res["targets"]["bytes_per_conn"]["pass"] is False
+    assert res["targets"]["lookup_cost_ratio_1m_vs_1k"]["pass"] is True
+    assert res["forward_pps"] is None
+    assert calls == [("engine", True)]
+    assert "seconds" in res["results"]["engine"]
+    json.dumps(res)
+
+    monkeypatch.setattr("lab.testing.lab_unavailable_reason", lambda: None)
+    res = run.collect(["engine", "nfq"], False, "x", measurements={"engine": ok, "nfq": boom})
+    assert "lab exploded" in res["results"]["nfq"]["error"]
+    assert res["engine_pps_inprocess"] == 123
+
+
+def test_parse_only():
+    assert run.parse_only(None) == list(run.ORDER)
+    assert run.parse_only("takeover,engine") == ["engine", "takeover"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        run.parse_only("engine,warp")
+
+
+def test_add_parser_registers_bench():
+    p = argparse.ArgumentParser(prog="tandem")
+    sub = p.add_subparsers(dest="command", required=True)
+    run.add_parser(sub)
+    args = p.parse_args(["bench", "--json", "--write", "docs/benchmarks.md", "--quick", "--only", "engine"])
+    assert args.json and args.quick and args.write == "docs/benchmarks.md" and args.only == "engine"
+    assert args.func is run.main_args
+    assert run.command_line(args) == "tandem bench --json --write docs/benchmarks.md --quick --only engine"
+
+
+def test_bench_packets_are_valid_and_forwarded():
+    pkts = be.packets_for(range(5))
+    for raw in pkts:
+        pkt = P.parse(raw)
+        assert P.ipv4_header_ok(raw) and P.l4_checksum_ok(raw, pkt)
+        assert len(raw) == 20 + 8 + len(be.PAYLOAD)
+    eng = be.Engine(be.config(), now=0.0)
+    for raw in pkts:
+        out = eng.handle(raw, 1.0)
+        assert out is not None and out != raw
+    assert eng.table.count == 5 and not any(eng.drops.values())
+
+
+def test_fill_installs_established_connections():
+    eng = be.Engine(be.config(), now=0.0)
+    be.fill(eng, 300)
+    assert eng.table.count == 300
+    assert eng.sync_stats["created"] == 300 and eng.sync_stats["unbound"] == 0
+    # packets of filled flows hit the table (no new connections)
+    for raw in be.packets_for([0, 17, 299]):
+        assert eng.handle(raw, 1.0) is not None
+    assert eng.stats["conns_new"] == 0
+
+
+def test_tiny_engine_run():
+    r = be.engine_pps(n_flows=50, reps=2, rounds=1)
+    assert r["engine_pps_inprocess"] > 0 and r["drops"] == 0
+    m = be.lookup_and_memory(big_n=2000, small_n=100, sample=200, rounds=1)
+    assert m["lookup_cost_ratio_1m_vs_1k"] > 0 and m["lookup_table_sizes"] == [100, 2000]
+    assert "bytes_per_conn" in m
+    s = be.split(quick=True, n_flows=50)
+    assert s["us_per_packet"] > 0 and len(s["split_us"]) == 4 and s["profile_top"]
+    mem = be.memory_breakdown(200)
+    assert mem["object_sizes_sum"] > 0 and mem["tracemalloc_conns"] == 200
+
+
+needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+
+
+@needs_cc
+def test_generator_udp_on_loopback():
+    from bench import cgen
+    exe = cgen.binary()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    port = rx.getsockname()[1]
+    try:
+        cp = subprocess.run([str(exe), "udp", "--dst", "127.0.0.1", "--port", str(port), "--flows", "4",
+                             "--max", "64", "--seconds", "2", "--batch", "8"],
+                            capture_output=True, text=True, timeout=10)
+        out = json.loads(cp.stdout)
+        assert out["mode"] == "udp" and out["sent"] == 64 and out["flows"] == 4
+        rx.settimeout(1)
+        assert len(rx.recv(100)) == 18
+    finally:
+        rx.close()
+
+
+@needs_cc
+def test_generator_tcp_against_its_server_on_loopback():
+    from bench import cgen
+    exe = cgen.binary()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    srv = subprocess.Popen([str(exe), "serve", "--port", str(port), "--name", "t1", "--seconds", "10"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert cgen.wait_until(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True, 5)
+        cp = subprocess.run([str(exe), "tcp", "--dst", "127.0.0.1", "--port", str(port), "--conns", "4",
+                             "--max", "20", "--seconds", "3"], capture_output=True, text=True, timeout=15)
+        out = json.loads(cp.stdout)
+        assert out["mode"] == "tcp" and out["ok"] == 20 and not any(out["errors"].values())
+    finally:
+        srv.terminate()
+        srv.wait(5)
+
+
+def test_generator_refuses_non_lab_targets():
+    from bench import cgen
+    with pytest.raises(ValueError):
+        cgen.run_gen("nowhere", "udp", dst="8.8.8.8", seconds=1)
