@@ -373,7 +373,8 @@ class Engine:
 
     def apply_synced(self, *, proto: int, state: int, flags: int, caddr: bytes, cport: int,
                      vaddr: bytes, vport: int, laddr: bytes, lport: int, daddr: bytes,
-                     dport: int, timeout: float, now: float, in_pkts: int = 3) -> str:
+                     dport: int, timeout: float, now: float, in_pkts: int = 3,
+                     template: bool = False) -> str:
         """Create or update a connection from a sync entry; return what happened.
 
         As ip_vs_proc_conn: an entry whose real server or local pair changed
@@ -386,6 +387,8 @@ class Engine:
         """
         st = self.sync_stats
         st["applied"] += 1
+        if template:
+            return self._apply_template(proto, caddr, vaddr, vport, daddr, dport, timeout, now)
         sync_flags = flags & (INACTIVE | NOOUTPUT | ASSURED)
         key = P.flow_key(proto, caddr, vaddr, cport, vport)
         conn = self.index.get(key)
@@ -443,6 +446,28 @@ class Engine:
             self.table.wheel.schedule(conn)
         else:
             conn.expires = expires
+        st["updated"] += 1
+        return "updated"
+
+    def _apply_template(self, proto, caddr, vaddr, vport, daddr, dport, timeout, now) -> str:
+        """A persistence template from the peer: pin the client here too, keyed
+        with our own netmask for the service; refresh or re-point an existing one."""
+        st = self.sync_stats
+        svc = self.services.get((proto, vaddr, vport))
+        dest = svc.find_dest(daddr, dport) if svc is not None and svc.persistent else None
+        if dest is None:
+            st["ignored"] += 1
+            return "ignored"
+        key = template_key(proto, caddr, svc.persist_mask, vaddr, vport)
+        t = self.templates.by_key.get(key)
+        if t is not None and t.dest is not dest:
+            self.templates.remove(t)
+            t = None
+        if t is None:
+            self.templates.create(key, caddr, dest, svc, now, timeout)
+            st["created"] += 1
+            return "created"
+        self.templates.touch(t, now, timeout)
         st["updated"] += 1
         return "updated"
 

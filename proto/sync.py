@@ -122,13 +122,23 @@ class SyncEntry:
                    bytes(conn.laddr), conn.lport, bytes(conn.daddr), conn.dport,
                    t, False, conn.in_pkts)
 
+    @classmethod
+    def from_template(cls, t, now: float) -> "SyncEntry":
+        """The entry for a persistence template (director.persist.Template): the
+        client's address, the service and the real server it is pinned to; no
+        ports or local address, as IPVS sends templates."""
+        svc = t.service
+        zero = bytes(len(svc.vip))
+        return cls(svc.proto, 0, 0, bytes(t.caddr), 0, bytes(svc.vip), svc.port, zero, 0,
+                   bytes(t.dest.addr), t.dest.port, max(t.expires - now, 0.0), True, 0)
+
     def apply_kwargs(self) -> dict:
         """Keyword arguments for Engine.apply_synced (add `now=`)."""
         return {"proto": self.proto, "state": self.state, "flags": self.flags,
                 "caddr": self.caddr, "cport": self.cport, "vaddr": self.vaddr,
                 "vport": self.vport, "laddr": self.laddr, "lport": self.lport,
                 "daddr": self.daddr, "dport": self.dport, "timeout": self.timeout,
-                "in_pkts": self.in_pkts}
+                "in_pkts": self.in_pkts, "template": self.template}
 
     @property
     def key(self) -> tuple:

@@ -141,5 +141,8 @@ def make_hook(policy: SyncPolicy, engine, queue: Callable[[SyncEntry, float], No
         timeout = timeout_of(conn)
         if needed(conn, pkts, now, timeout):
             queue(SyncEntry.from_conn(conn, now, timeout), now)
+            # as ip_vs_sync_conn: its controlling template goes with it
+            if conn.control is not None:
+                queue(SyncEntry.from_template(conn.control, now), now)
 
     return hook

@@ -31,6 +31,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from proto import sync as S
+from director.persist import Template
 from proto.sync import Message, SyncEntry
 from syncd.config import SyncConfig
 
@@ -48,11 +49,13 @@ def engine_source(engine) -> tuple[Snapshot, Callable[[Any, float], SyncEntry | 
     connections taken at its start and converts each one when it is sent,
     skipping those that have gone meanwhile."""
     def snapshot() -> list:
-        return list(engine.table)
+        return list(engine.templates.by_key.values()) + list(engine.table)
 
     def to_entry(conn, now: float) -> SyncEntry | None:
         if not conn.alive:
             return None
+        if isinstance(conn, Template):
+            return SyncEntry.from_template(conn, now)
         return SyncEntry.from_conn(conn, now, engine.timeout_of(conn))
 
     return snapshot, to_entry

@@ -119,3 +119,26 @@ def test_ops_is_refused_for_tcp():
     from director.config import ConfigError
     with pytest.raises(ConfigError, match=r"services\[0\].ops: .*only for UDP"):
         cfg(lambda d: d["services"][0].update(ops=True))
+
+
+def test_templates_travel_with_their_connections_to_the_peer():
+    """As ip_vs_sync_conn: a synced connection brings its template, so after a
+    failover a persistent client keeps its real server for new connections too."""
+    from syncd.policy import SyncPolicy, make_hook
+    persistent = lambda d: d["services"][0].update(persistent=300)
+    master, backup = Engine(cfg(persistent)), Engine(cfg(persistent))
+    sent = []
+    master.sync_hook = make_hook(SyncPolicy(), master, lambda e, now: sent.append(e))
+    dst = syn(master, CLIENT, 40000)
+    out = IP(master.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))  # retransmitted SYN
+    fwd = IP(master.handle(tcp(dst, out.src, 8080, out[TCP].sport, "SA"), 0.0))
+    for _ in range(2):
+        master.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.1)
+    assert [e.template for e in sent] == [False, True]
+    for e in sent:
+        backup.apply_synced(**e.apply_kwargs(), now=0.2)
+    assert len(backup.templates) == 1
+    # on the backup, a new connection of the same client goes to the same server,
+    # whatever its scheduler would have picked
+    assert {syn(backup, CLIENT, 41000 + i, 1.0) for i in range(6)} == {dst}
+    assert fwd is not None

@@ -72,7 +72,7 @@ def test_entry_from_conn_and_apply_kwargs():
     kw = e.apply_kwargs()
     assert kw == dict(proto=6, state=1, flags=ASSURED, caddr=c.caddr, cport=40000, vaddr=c.vaddr,
                       vport=80, laddr=c.laddr, lport=6000, daddr=c.daddr, dport=8080,
-                      timeout=900.0, in_pkts=53)
+                      timeout=900.0, in_pkts=53, template=False)
     # a bulk resync of an idle connection sends the time it has left, not a fresh timeout
     assert SyncEntry.from_conn(c, 700.0, 900.0).timeout == 210.0
     assert SyncEntry.from_conn(c, 990.0, 900.0).timeout == 0.0
