@@ -6,12 +6,19 @@ import logging
 import sys
 
 
-def _node(args: argparse.Namespace) -> int:
+def _load(path: str, who: str):
+    """The config, or None after printing `FILE: FIELD: PROBLEM` (the caller exits 2)."""
     from director.config import ConfigError, load
     try:
-        cfg = load(args.config)
+        return load(path)
     except ConfigError as exc:
-        print(f"tandem node: bad config: {exc}", file=sys.stderr)
+        print(f"{who}: bad config: {exc}", file=sys.stderr)
+        return None
+
+
+def _node(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, "tandem node")
+    if cfg is None:
         return 2
     from director import node
     try:
@@ -24,11 +31,8 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from director.config import ConfigError, load
-    try:
-        cfg = load(args.config)
-    except ConfigError as exc:
-        print(f"bad config: {exc}", file=sys.stderr)
+    cfg = _load(args.config, "tandem check-config")
+    if cfg is None:
         return 2
     print(f"{args.config}: ok ({len(cfg.services)} services)")
     return 0

@@ -141,3 +141,25 @@ def least(dests: Sequence[Dest], cost: Callable[[Dest], int]) -> Dest | None:
         if best_cost * d.weight > c * best.weight:
             best, best_cost = d, c
     return best
+
+
+def hashed_pick(table: Sequence, slot: Callable[..., int], flow: Flow, size: int,
+                fallback: bool, dests: Sequence[Dest]) -> Dest | None:
+    """The sh/mh lookup: the flow's own bucket; with the fallback flag, re-hash
+    with offsets ihash+i (i = 0..size-1) until a usable dest turns up, as
+    ip_vs_sh and ip_vs_mh both do.  `slot(flow, offset)` hashes into the table."""
+    ihash = slot(flow, 0)
+    d = table[ihash]
+    if d is None:
+        return None
+    if usable(d):
+        return d
+    # with no usable dest at all the kernel's loop ends in NULL after `size`
+    # misses; that is certain, so skip them
+    if not fallback or not any(usable(x) for x in dests):
+        return None
+    for off in range(size):
+        d = table[slot(flow, (off + ihash) % size)]
+        if d is not None and usable(d):
+            return d
+    return None

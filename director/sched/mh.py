@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from math import gcd
 
-from director.sched import Flow, Scheduler, fold_addr, register
+from director.sched import Flow, Scheduler, fold_addr, hashed_pick, register
 
 FALLBACK = "mh-fallback"   # IP_VS_SVC_F_SCHED1
 PORT = "mh-port"           # IP_VS_SVC_F_SCHED2
@@ -118,10 +118,6 @@ def hsiphash_u32(v: int, key: tuple[int, int]) -> int:
 def mh_hashkey(addr: bytes, port: int, key: tuple[int, int], offset: int = 0) -> int:
     """ip_vs_mh_hashkey: hsiphash of the u32 offset + port + ntohl(addr_fold)."""
     return hsiphash_u32((offset + port + fold_addr(addr)) & 0xFFFFFFFF, key)
-
-
-def _unavailable(d) -> bool:
-    return d.weight <= 0 or d.overloaded
 
 
 def _dest_key(d) -> tuple:
@@ -214,22 +210,4 @@ class MaglevHashing(Scheduler):
         return mh_hashkey(flow.src, port, KEY1, offset) % self.size
 
     def schedule(self, flow: Flow):
-        table = self.table
-        ihash = self.slot(flow)
-        d = table[ihash]
-        if d is None:
-            return None
-        if not _unavailable(d):
-            return d
-        if not self.fallback:
-            return None
-        # The kernel loop returns NULL after M misses; when no dest in the
-        # table is available that is certain, so skip the M hashes.
-        if all(_unavailable(x) for x in self.dests):
-            return None
-        M = self.size
-        for off in range(M):
-            d = table[self.slot(flow, (off + ihash) % M)]
-            if not _unavailable(d):
-                return d
-        return None
+        return hashed_pick(self.table, self.slot, flow, self.size, self.fallback, self.dests)

@@ -22,14 +22,10 @@ packet, which tandem never schedules, the kernel uses daddr.)
 
 Option: `tab_bits` (4..20, default 8).
 """
-from director.sched import GOLDEN_PRIME, Flow, Scheduler, fold_addr, register
+from director.sched import GOLDEN_PRIME, Flow, Scheduler, fold_addr, hashed_pick, register
 
 FALLBACK = "sh-fallback"   # IP_VS_SVC_F_SCHED1
 PORT = "sh-port"           # IP_VS_SVC_F_SCHED2
-
-
-def _unavailable(d) -> bool:
-    return d.weight <= 0 or d.overloaded
 
 
 @register
@@ -70,18 +66,4 @@ class SourceHashing(Scheduler):
         return (offset + key * GOLDEN_PRIME) & self.mask
 
     def schedule(self, flow: Flow):
-        table = self.table
-        ihash = self.bucket(flow)
-        d = table[ihash]
-        if d is None:
-            return None
-        if not _unavailable(d):
-            return d
-        if not self.fallback:
-            return None
-        size = self.size
-        for off in range(size):
-            d = table[self.bucket(flow, (off + ihash) % size)]
-            if not _unavailable(d):
-                return d
-        return None
+        return hashed_pick(self.table, self.bucket, flow, self.size, self.fallback, self.dests)
