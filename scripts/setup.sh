@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian machine: the system packages tandem and
-# its lab need, then .venv with tandem installed editable.  Re-running does
+# its lab need, then .venv with tandem installed editable, then what the
+# Ansible deployment and its lab test need (ansible-core, ansible-lint,
+# openssh-server, a wheelhouse of tandem's dependencies).  Re-running does
 # only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,9 @@ APT_PACKAGES=(
   libnetfilter-queue-dev libnfnetlink-dev build-essential
   python3-venv python3-dev
   keepalived
+  # the Ansible lab test (tests/lab/test_ansible.py): an sshd per director
+  # namespace, and python3-apt for ansible.builtin.apt on the targets
+  openssh-server python3-apt
 )
 
 missing=()
@@ -19,8 +24,26 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # openssh-server is only wanted for the lab test's own sshd processes: keep
+  # the package's maintainer scripts from starting a system sshd (policy-rc.d
+  # exit 101 = "action forbidden", honoured by invoke-rc.d and deb-systemd-invoke)
+  policy_made=""
+  if [[ " ${missing[*]} " == *" openssh-server "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    policy_made=1
+  fi
+  rc=0
+  $SUDO apt-get update -qq || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  fi
+  [ -z "$policy_made" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$rc" -eq 0 ] || exit "$rc"
+  if [[ " ${missing[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null \
+     && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
   # keepalived is only used as an interop peer in tests; never leave it running
   if command -v systemctl >/dev/null && systemctl is-active --quiet keepalived 2>/dev/null; then
     $SUDO systemctl disable --now keepalived >/dev/null 2>&1 || true
@@ -38,4 +61,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
+fi
+
+# Ansible (the two-node deployment in ansible/): ansible-core 2.19 is the newest
+# line that runs on Python 3.11; it and ansible-lint install into .venv without
+# changing any package already there.
+stamp=.venv/.tandem-ansible-installed
+if [ ! -f "$stamp" ] || [ ! -x .venv/bin/ansible-playbook ] || [ ! -x .venv/bin/ansible-lint ]; then
+  echo "setup: installing ansible-core 2.19 and ansible-lint into .venv"
+  .venv/bin/pip install -q 'ansible-core>=2.19,<2.20' 'ansible-lint>=25'
+  touch "$stamp"
+fi
+
+# Wheels of tandem's dependencies (and its build backend), so the playbook can
+# install tandem on hosts that reach no package index (the lab's namespaces).
+wheelhouse=.venv/share/tandem/wheelhouse
+if [ ! -f "$wheelhouse/.complete" ] || [ pyproject.toml -nt "$wheelhouse/.complete" ]; then
+  echo "setup: building the wheelhouse $wheelhouse"
+  ansible/wheelhouse.sh "$wheelhouse" .venv/bin/python
 fi
