@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         drill.add_parser(sub)
     from director import ipvsadm
     ipvsadm.add_parser(sub)
+    try:
+        from bench import run as bench_run
+    except ImportError:      # an install without the bench package
+        pass
+    else:
+        bench_run.add_parser(sub)
     return p
 
 

@@ -178,7 +178,9 @@ class Engine:
                 template = self.templates.create(tkey, pkt.src, dest, svc, now, svc.persistent)
             else:
                 self.templates.touch(template, now, svc.persistent)
-        conn = Conn(proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, laddr, lport, dest.addr, dest.port)
+        # the service's, pool's and dest's own address objects, not per-packet
+        # copies: a million connections share them
+        conn = Conn(proto, pkt.src, pkt.sport, svc.vip, pkt.dport, laddr, lport, dest.addr, dest.port)
         # __ip_vs_update_dest puts INACTIVE in every dest's conn_flags: a new
         # connection counts as inactive until TCP reaches ESTABLISHED; UDP stays so.
         conn.flags |= INACTIVE
@@ -407,10 +409,15 @@ class Engine:
             if holder is not None:
                 self._drop(holder)
                 st["conflicts"] += 1
-            conn = Conn(proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport)
-            conn.flags = sync_flags | SYNCED
             svc = self.services.get((proto, vaddr, vport))
             dest = svc.find_dest(daddr, dport) if svc is not None else None
+            if svc is not None:       # share address objects (see _new)
+                vaddr = svc.vip
+                laddr = svc.laddrs.shared(laddr)
+            if dest is not None:
+                daddr, dport = dest.addr, dest.port
+            conn = Conn(proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport)
+            conn.flags = sync_flags | SYNCED
             if svc is not None and dest is not None:
                 self._install(conn, svc, dest, now)
                 if svc.laddrs.owns(laddr):

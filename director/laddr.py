@@ -75,3 +75,10 @@ class LaddrPool:
 
     def owns(self, addr: bytes) -> bool:
         return addr in self._cursor
+
+    def shared(self, addr: bytes) -> bytes:
+        """The pool's own object for an equal address (so entries share it)."""
+        for a in self.laddrs:
+            if a == addr:
+                return a
+        return addr
