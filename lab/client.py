@@ -824,6 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p, port_default=80, timeout=2.0, deadline=60.0):
         p.add_argument("--port", type=int, default=port_default)
+        p.add_argument("--operator-target", action="store_true",
+                       help="the host is the operator's own VIP (tandem drill against a "
+                            "deployment): skip the lab-only address check")
         p.add_argument("--timeout", type=_positive(600.0, float), default=timeout,
                        help="seconds per operation (default %(default)s)")
         p.add_argument("--deadline", type=_positive(MAX_SECONDS, float), default=deadline,
@@ -891,7 +894,8 @@ def main(argv: list[str] | None = None) -> int:
         for attr in ("host", "target"):
             v = getattr(args, attr, None)
             for h in v if isinstance(v, list) else [v] if v else []:
-                check_host(h)
+                if not (args.operator_target and args.mode in ("hold", "udp-hold")):
+                    check_host(h)
         if args.mode == "hold" and not args.deadline:
             # default: connect phase + hold + margin
             args.deadline = min(MAX_SECONDS, args.seconds + 2 * args.timeout + 30.0)

@@ -24,18 +24,77 @@ REPO = Path(__file__).resolve().parents[1]
 OTHER = {"a": "b", "b": "a"}
 
 
-def _roles(prefix: str) -> dict[str, dict]:
+class LabPair:
+    """The lab's pair: faults through `tandem lab fault`, traffic from the client namespace."""
+    faults = ("kill", "link", "stop", "restore")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.vip, self.port = topology.VIP, topology.SERVICE_PORT
+        self.names = ("a", "b")
+
+    def client_argv(self) -> list[str]:
+        return ["ip", "netns", "exec", topology.ns_name(self.prefix, "client"),
+                sys.executable, "-m", "lab.client"]
+
+    def status(self, name: str) -> dict:
+        return topology.node_status(self.prefix, name, timeout=0.5)
+
+    def fault(self, name: str, kind: str) -> dict:
+        return topology.fault(self.prefix, name, kind)
+
+
+class DeployedPair:
+    """A real deployment: the nodes' APIs, the VIP; the fault is `resign` through
+    the master's API, or a command of the operator's (`{node}` is replaced by the
+    faulted node's name)."""
+    faults = ("resign", "command")
+
+    def __init__(self, vip: str, port: int, apis: dict[str, str], token: str = "",
+                 command: str = "") -> None:
+        self.vip, self.port, self.apis, self.token, self.command = vip, port, apis, token, command
+        self.names = tuple(apis)
+
+    def client_argv(self) -> list[str]:
+        return [sys.executable, "-m", "lab.client"]
+
+    def status(self, name: str) -> dict:
+        import urllib.request
+        with urllib.request.urlopen(f"{self.apis[name]}/status", timeout=1.0) as r:
+            return json.loads(r.read())
+
+    def fault(self, name: str, kind: str) -> dict:
+        import shlex
+        import urllib.request
+        if kind == "resign":
+            req = urllib.request.Request(f"{self.apis[name]}/resign", method="POST", data=b"",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+            at = time.time()
+            with urllib.request.urlopen(req, timeout=5.0) as r:
+                r.read()
+            return {"at": at}
+        if not self.command:
+            raise ValueError("--fault command needs --fault-command")
+        argv = [a.replace("{node}", name) for a in shlex.split(self.command)]
+        at = time.time()
+        subprocess.run(argv, check=True, timeout=60)
+        return {"at": at}
+
+
+def _roles(pair) -> dict[str, dict]:
     out = {}
-    for name in ("a", "b"):
+    for name in pair.names:
         try:
-            out[name] = topology.node_status(prefix, name, timeout=0.5)
+            out[name] = pair.status(name)
         except Exception:  # noqa: BLE001 - a killed or link-less node does not answer
             out[name] = {}
     return out
 
 
-def _client(ns: str, *args: Any) -> subprocess.Popen:
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "lab.client", *map(str, args)]
+def _client(pair, *args: Any) -> subprocess.Popen:
+    argv = [*pair.client_argv(), *map(str, args)]
+    if isinstance(pair, DeployedPair):
+        argv.append("--operator-target")
     return subprocess.Popen(argv, cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -67,33 +126,37 @@ def _overlap_ms(changes: dict[str, list[dict]], since: float) -> float:
             held.append((start, float("inf")))
         spans[name] = [(s, e) for s, e in held if e >= since]
     worst = 0.0
-    for s1, e1 in spans.get("a", []):
-        for s2, e2 in spans.get("b", []):
-            worst = max(worst, min(e1, e2) - max(s1, s2))
+    names = sorted(spans)
+    for i, n1 in enumerate(names):
+        for n2 in names[i + 1:]:
+            for s1, e1 in spans[n1]:
+                for s2, e2 in spans[n2]:
+                    worst = max(worst, min(e1, e2) - max(s1, s2))
     return round(worst * 1000, 1)
 
 
 def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows: int = 0,
         duration: float = 6.0, lead: float = 1.5, target: str | None = None,
-        progress: bool = False, interval: float = 0.02) -> dict[str, Any]:
-    """One drill against a running pair lab; returns the report."""
-    info = topology.status(prefix)
-    before = _roles(prefix)
+        progress: bool = False, interval: float = 0.02, pair=None) -> dict[str, Any]:
+    """One drill against a running pair (the lab's, unless `pair` is given); returns the report."""
+    pair = pair or LabPair(prefix)
+    if fault not in pair.faults:
+        raise ValueError(f"fault must be one of {', '.join(pair.faults)} here, not {fault!r}")
+    before = _roles(pair)
     old_master = next((n for n, s in before.items() if s.get("role") == "master"), None)
     if target is None:
         target = old_master if fault != "restore" else next(
             (n for n, s in before.items() if s.get("role") != "master"), "a")
     if target is None:
         raise RuntimeError("no master in the lab to fault (is the pair up?)")
-    client_ns = topology.ns_name(prefix, "client")
     tmp = Path(tempfile.mkdtemp(prefix="tandem-drill-"))
     ready, fault_file = tmp / "ready.json", tmp / "fault.json"
-    hold = _client(client_ns, "hold", "--host", topology.VIP, "--port", topology.SERVICE_PORT,
+    hold = _client(pair, "hold", "--host", pair.vip, "--port", pair.port,
                    "--conns", conns, "--seconds", duration, "--interval", interval,
                    "--ready-file", ready, "--fault-file", fault_file, "--timeout", 2.0)
     udp = None
     if udp_flows:
-        udp = _client(client_ns, "udp-hold", "--host", topology.VIP, "--port", topology.SERVICE_PORT,
+        udp = _client(pair, "udp-hold", "--host", pair.vip, "--port", pair.port,
                       "--flows", udp_flows, "--seconds", duration, "--interval", interval)
     try:
         deadline = time.monotonic() + 30
@@ -104,14 +167,14 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
         time.sleep(lead)
         # `at` is taken by the lab the moment before the links drop (or the signal
         # goes); the traffic tool learns it after, and looks back at its echoes
-        done = topology.fault(prefix, target, fault)
+        done = pair.fault(target, fault)
         fault_file.write_text(json.dumps({"at": done["at"]}))
         end = time.monotonic() + duration + 10
         while hold.poll() is None and time.monotonic() < end:
             if progress:
-                r = _roles(prefix)
+                r = _roles(pair)
                 print(f"\rdrill {fault} {target}: t+{time.time() - done['at']:4.1f} s  "
-                      f"a={r['a'].get('role', '-'):<7} b={r['b'].get('role', '-'):<7}",
+                      + "  ".join(f"{n}={r[n].get('role', '-'):<7}" for n in pair.names),
                       end="", file=sys.stderr, flush=True)
             time.sleep(0.25)
         if progress:
@@ -123,11 +186,11 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    after = _roles(prefix)
+    after = _roles(pair)
     new_master = next((n for n, s in after.items() if s.get("role") == "master"), None)
     changes = {n: list(s.get("role_changes", [])) for n, s in
                {**before, **{k: v for k, v in after.items() if v}}.items()}
-    if fault in ("kill", "link", "stop") and not after.get(target):
+    if fault in ("kill", "link", "stop", "command") and not after.get(target):
         # the faulted node cannot tell us when it let go: without links (kill, link)
         # it cannot forward from the fault on, and a stopped node lets go at once
         changes.setdefault(target, []).append({"at": done["at"], "to": "gone"})
@@ -197,8 +260,24 @@ def plot(r: dict[str, Any], path: str) -> None:
 
 
 def main(args) -> int:
-    r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
-            args.target, progress=not args.json, interval=args.interval)
+    pair = None
+    if args.vip:
+        apis = {}
+        for i, a in enumerate(args.api or []):
+            name, sep, url = a.partition("=")
+            apis[name if sep else f"node{i + 1}"] = url if sep else a
+        if len(apis) != 2:
+            print("tandem drill: a deployment needs --api for both nodes", file=sys.stderr)
+            return 2
+        pair = DeployedPair(args.vip, args.port, apis, args.token, args.fault_command)
+        if args.fault == "kill" and not args.fault_command:
+            args.fault = "resign"
+    try:
+        r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
+                args.target, progress=not args.json, interval=args.interval, pair=pair)
+    except ValueError as exc:
+        print(f"tandem drill: {exc}", file=sys.stderr)
+        return 2
     if args.plot:
         plot(r, args.plot)
     if args.json:
@@ -211,9 +290,19 @@ def main(args) -> int:
 
 def add_parser(sub) -> None:
     d = sub.add_parser("drill", help="failover drill against the lab: traffic, a fault, what survived")
-    d.add_argument("--fault", default="kill", choices=("kill", "link", "stop", "restore"))
-    d.add_argument("--target", choices=("a", "b"), help="director to fault (default: the master; "
-                                                        "for restore, the one that is not)")
+    d.add_argument("--fault", default="kill",
+                   choices=("kill", "link", "stop", "restore", "resign", "command"),
+                   help="lab: kill|link|stop|restore; a deployment: resign (through the API) "
+                        "or command (--fault-command)")
+    d.add_argument("--target", help="director to fault (default: the master; "
+                                    "for restore, the one that is not)")
+    d.add_argument("--vip", help="drill a deployment: its VIP (traffic goes from this host)")
+    d.add_argument("--port", type=int, default=80, help="a deployment's service port")
+    d.add_argument("--api", action="append", metavar="NAME=URL",
+                   help="a deployment's node API, e.g. a=http://10.0.0.11:9100 (twice)")
+    d.add_argument("--token", default="", help="the nodes' api_token (for --fault resign)")
+    d.add_argument("--fault-command", default="",
+                   help="the operator's fault, run once; {node} is the faulted node's name")
     d.add_argument("--conns", type=int, default=200)
     d.add_argument("--interval", type=float, default=0.02,
                    help="seconds between one connection's messages (default %(default)s)")
