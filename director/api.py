@@ -179,7 +179,10 @@ def make_app(engine: Engine, node: NodeState) -> web.Application:
     app.router.add_get("/conns", conns)
     app.router.add_get("/sync", sync)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", lambda _r: web.json_response(openapi.spec()))
+    async def spec(_request: web.Request) -> web.Response:
+        return web.json_response(openapi.spec())
+
+    app.router.add_get("/openapi.json", spec)
     app.router.add_post("/services/{service:.+}/real_servers/{real}/weight", set_weight)
     app.router.add_post("/services/{service:.+}/real_servers/{real}/drain", drain)
     app.router.add_post("/resign", resign)
