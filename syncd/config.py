@@ -106,3 +106,12 @@ class SyncConfig:
             for host, port in self.peers:
                 ipaddress.ip_address(host)
                 need(0 < port <= 65535, f"peer port {port}")
+
+
+def resolve_key(cfg: SyncConfig, key: bytes | None) -> bytes:
+    """The HMAC key a sender or receiver uses: `key` if given, else the config's;
+    refused when it is too short to be a secret."""
+    key = cfg.key if key is None else key
+    if len(key) < 16:
+        raise ValueError("the sync key must be at least 16 bytes")
+    return key

@@ -51,7 +51,7 @@ from director.conn import SYNCED
 from proto import sync as S
 from proto.packet import flow_key
 from proto.sync import Message, SyncEntry, SyncError
-from syncd.config import SyncConfig
+from syncd.config import SyncConfig, resolve_key
 
 log = logging.getLogger("tandem.syncd")
 
@@ -109,9 +109,7 @@ class SyncReceiver:
                  epoch: int | None = None,
                  on_control: Callable[[Message, float], list[bytes]] | None = None,
                  wall: Callable[[], float] | None = None) -> None:
-        key = cfg.key if key is None else key
-        if len(key) < 16:
-            raise ValueError("the sync key must be at least 16 bytes")
+        key = resolve_key(cfg, key)
         self.cfg = cfg
         self.node_id = node_id
         self.key = key

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 from proto import sync as S
 from director.persist import Template
 from proto.sync import Message, SyncEntry
-from syncd.config import SyncConfig
+from syncd.config import SyncConfig, resolve_key
 
 Snapshot = Callable[[], Iterable[Any]]
 
@@ -74,9 +74,7 @@ class SyncSender:
                  key: bytes | None = None, *, snapshot: Snapshot | None = None,
                  to_entry: Callable[[Any, float], SyncEntry | None] | None = None,
                  wall: Callable[[], float] | None = None) -> None:
-        key = cfg.key if key is None else key
-        if len(key) < 16:
-            raise ValueError("the sync key must be at least 16 bytes")
+        key = resolve_key(cfg, key)
         self.cfg = cfg
         self.node_id = node_id
         self.epoch = new_epoch() if epoch is None else epoch
