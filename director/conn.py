@@ -91,8 +91,9 @@ class ConnTable:
         return self.count
 
     def __iter__(self) -> Iterator[Conn]:
-        # every entry has its REPLY key indexed (one-packet entries have only that)
-        for key, conn in list(self.index.items()):
+        # every entry has its REPLY key indexed (one-packet entries have only that);
+        # a caller that changes the table while iterating takes list() first
+        for key, conn in self.index.items():
             if key is conn.reply_key:
                 yield conn
 

@@ -22,7 +22,7 @@ from director.laddr import PortExhausted
 from director.sched import Flow
 from director.persist import Templates, template_key
 from director.service import Service
-from director.tcp_state import ESTABLISHED, INPUT, INPUT_ONLY, OUTPUT, TRANSITIONS, EVENT_OF_FLAGS
+from director.tcp_state import ESTABLISHED, INPUT, INPUT_ONLY, NEXT, OUTPUT
 from proto import packet as P
 from proto.fullnat import Rewrite, apply, rewrite_icmp_error
 
@@ -48,23 +48,15 @@ DROP_REASONS = P.REASONS + (
 
 class Engine:
     def __init__(self, cfg: NodeConfig, now: float = 0.0) -> None:
-        self.cfg = cfg
-        self.tcp_timeouts = tcp_state.timeout_table(cfg.timeouts)
-        self.udp_timeout = float(cfg.timeouts["udp"])
-        self.ops_timeout = float(cfg.timeouts["udp_ops"])
         self.templates = Templates(cfg.tick, now, cfg.expire_quiescent_template)
-        self.expire_removed = cfg.removed_server_conns == "expire"
         self.table = ConnTable(cfg.max_conns, self._expired, cfg.tick, now)
         self.index = self.table.index          # the hot path reads the dict directly
+        self._refresh = self.table.wheel.refresh
         self.services: dict[tuple[int, bytes, int], Service] = {}
         for sc in cfg.services:
             svc = Service(sc, cfg.lport_min, cfg.lport_max, self.table.has_key)
             self.services[svc.key] = svc
-        self.vips = {s.vip for s in self.services.values()}
-        self.laddrs = {a for s in self.services.values() for a in s.laddrs.laddrs}
-        self.owned = self.vips | self.laddrs
-        self.verify_new = cfg.verify_checksums in ("new", "all")
-        self.verify_all = cfg.verify_checksums == "all"
+        self._take_settings(cfg)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         self.stats = dict.fromkeys((
             "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
@@ -117,8 +109,7 @@ class Engine:
             else:
                 direction = OUTPUT
                 conn.flags &= ~NOOUTPUT
-            event = EVENT_OF_FLAGS[flags]
-            new = TRANSITIONS[direction][event][conn.state] if event >= 0 else CLOSE
+            new = NEXT[direction][flags][conn.state]
             if new != conn.state:
                 self._set_state(conn, new)
             timeout = self.tcp_timeouts[conn.state]
@@ -127,7 +118,7 @@ class Engine:
                 conn.flags &= ~NOOUTPUT
                 self.table.assure(conn)
             timeout = self.ops_timeout if conn.flags & ONE_PACKET else self.udp_timeout
-        self.table.wheel.refresh(conn, now + timeout)
+        self._refresh(conn, now + timeout)
         if inbound:
             self.stats["forwarded_in"] += 1
             if dest is not None:
@@ -197,8 +188,6 @@ class Engine:
         else:
             expires = now + self.udp_timeout
         self.table.insert(conn, expires, reply_only=svc.ops)
-        if conn.state == ESTABLISHED:
-            self.table.assure(conn)
         self.stats["conns_new"] += 1
         self.stats["forwarded_in"] += 1
         dest.packets_in += 1
@@ -243,15 +232,21 @@ class Engine:
 
     # -- connection life -------------------------------------------------------
 
-    def _install(self, conn: Conn, svc: Service, dest, now: float) -> None:
-        """Templates and binding to the dest, as ip_vs_bind_dest."""
-        family = svc.family
+    @staticmethod
+    def _rewrites(conn: Conn) -> None:
+        """The two precomputed rewrite templates: client->VIP becomes laddr->real
+        server, and real server->laddr becomes VIP->client."""
+        family = 4 if len(conn.vaddr) == 4 else 6
         conn.rw_in = Rewrite(family, conn.proto, conn.caddr, conn.vaddr, conn.cport, conn.vport,
                              conn.laddr, conn.daddr, conn.lport, conn.dport)
         conn.rw_out = Rewrite(family, conn.proto, conn.daddr, conn.laddr, conn.dport, conn.lport,
                               conn.vaddr, conn.caddr, conn.vport, conn.cport)
-        conn.service = svc
+
+    def _install(self, conn: Conn, svc: Service, dest, now: float) -> None:
+        """Templates and binding to the dest, as ip_vs_bind_dest."""
+        self._rewrites(conn)
         conn.created = now
+        conn.service = svc
         conn.dest = dest
         if conn.flags & INACTIVE:
             dest.inactive += 1
@@ -262,19 +257,25 @@ class Engine:
 
     def _set_state(self, conn: Conn, new: int) -> None:
         """set_tcp_state's accounting: only ESTABLISHED counts as active."""
-        dest = conn.dest
-        if dest is not None:
-            if not conn.flags & INACTIVE and new != ESTABLISHED:
-                dest.active -= 1
-                dest.inactive += 1
-                conn.flags |= INACTIVE
-            elif conn.flags & INACTIVE and new == ESTABLISHED:
-                dest.inactive -= 1
-                dest.active += 1
-                conn.flags &= ~INACTIVE
+        self._mark_inactive(conn, new != ESTABLISHED)
         if new == ESTABLISHED and not conn.flags & ASSURED:
             self.table.assure(conn)
         conn.state = new
+
+    @staticmethod
+    def _mark_inactive(conn: Conn, inactive: bool) -> None:
+        """Move a bound connection between its dest's active and inactive counts
+        (as set_tcp_state, only when a dest is bound)."""
+        dest = conn.dest
+        if dest is None or bool(conn.flags & INACTIVE) == inactive:
+            return
+        if inactive:
+            dest.active -= 1
+            dest.inactive += 1
+        else:
+            dest.inactive -= 1
+            dest.active += 1
+        conn.flags ^= INACTIVE
 
     def _unbind(self, conn: Conn) -> None:
         dest = conn.dest
@@ -316,6 +317,21 @@ class Engine:
 
     # -- configuration changes -------------------------------------------------
 
+    def _take_settings(self, cfg: NodeConfig) -> None:
+        """Everything derived from the config and the current services."""
+        self.cfg = cfg
+        self.tcp_timeouts = tcp_state.timeout_table(cfg.timeouts)
+        self.udp_timeout = float(cfg.timeouts["udp"])
+        self.ops_timeout = float(cfg.timeouts["udp_ops"])
+        self.expire_removed = cfg.removed_server_conns == "expire"
+        self.templates.expire_quiescent = cfg.expire_quiescent_template
+        self.table.max_conns = cfg.max_conns
+        self.vips = {s.vip for s in self.services.values()}
+        self.laddrs = {a for s in self.services.values() for a in s.laddrs.laddrs}
+        self.owned = self.vips | self.laddrs
+        self.verify_new = cfg.verify_checksums in ("new", "all")
+        self.verify_all = cfg.verify_checksums == "all"
+
     def reconfigure(self, cfg: NodeConfig, now: float) -> dict:
         """Apply a new, already validated config without touching established
         connections of real servers that stay.
@@ -349,18 +365,7 @@ class Engine:
             summary["servers_removed"] += len(removed)
             if self.expire_removed or cfg.removed_server_conns == "expire":
                 gone_dests.update(id(d) for d in removed)
-        self.cfg = cfg
-        self.expire_removed = cfg.removed_server_conns == "expire"
-        self.tcp_timeouts = tcp_state.timeout_table(cfg.timeouts)
-        self.udp_timeout = float(cfg.timeouts["udp"])
-        self.ops_timeout = float(cfg.timeouts["udp_ops"])
-        self.templates.expire_quiescent = cfg.expire_quiescent_template
-        self.table.max_conns = cfg.max_conns
-        self.vips = {s.vip for s in self.services.values()}
-        self.laddrs = {a for s in self.services.values() for a in s.laddrs.laddrs}
-        self.owned = self.vips | self.laddrs
-        self.verify_new = cfg.verify_checksums in ("new", "all")
-        self.verify_all = cfg.verify_checksums == "all"
+        self._take_settings(cfg)
         if gone_dests:
             for conn in list(self.table):
                 if conn.dest is not None and id(conn.dest) in gone_dests:
@@ -423,9 +428,7 @@ class Engine:
                 if svc.laddrs.owns(laddr):
                     svc.laddrs.claim(proto, laddr, daddr, dport)
             else:
-                family = 4 if len(vaddr) == 4 else 6
-                conn.rw_in = Rewrite(family, proto, caddr, vaddr, cport, vport, laddr, daddr, lport, dport)
-                conn.rw_out = Rewrite(family, proto, daddr, laddr, dport, lport, vaddr, caddr, vport, cport)
+                self._rewrites(conn)
                 conn.created = now
                 st["unbound"] += 1
             conn.state = conn.old_state = state
@@ -435,24 +438,13 @@ class Engine:
                 self.table.assure(conn)
             st["created"] += 1
             return "created"
-        if (conn.flags ^ sync_flags) & INACTIVE and conn.dest is not None:
-            if sync_flags & INACTIVE:
-                conn.dest.active -= 1
-                conn.dest.inactive += 1
-            else:
-                conn.dest.inactive -= 1
-                conn.dest.active += 1
+        self._mark_inactive(conn, bool(sync_flags & INACTIVE))
         conn.flags = (conn.flags & ~(INACTIVE | NOOUTPUT)) | sync_flags | SYNCED
         if sync_flags & ASSURED:
             self.table.assure(conn)
         conn.state = conn.old_state = state
         conn.in_pkts = in_pkts
-        expires = now + timeout
-        if expires < conn.expires:
-            conn.expires = expires
-            self.table.wheel.schedule(conn)
-        else:
-            conn.expires = expires
+        self._refresh(conn, now + timeout)
         st["updated"] += 1
         return "updated"
 

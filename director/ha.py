@@ -20,6 +20,7 @@ from typing import Callable
 from director.config import HAConfig, NodeConfig
 from director.engine import Engine
 from director.takeover import Takeover, TakeoverConfig
+from syncd.vrrp import PREEMPTING
 
 log = logging.getLogger("tandem.ha")
 
@@ -97,7 +98,7 @@ class Role:
         decided = time.time()
         if self.takeover is not None:
             if new_s == "master":
-                if reason.startswith("preempting"):
+                if reason.startswith(PREEMPTING):
                     # a live lower-priority master holds the addresses: our advert has
                     # gone out and it stops at once, but removing its addresses takes
                     # it a moment; never own them together

@@ -188,8 +188,9 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
                 p.wait()
     after = _roles(pair)
     new_master = next((n for n, s in after.items() if s.get("role") == "master"), None)
-    changes = {n: list(s.get("role_changes", [])) for n, s in
-               {**before, **{k: v for k, v in after.items() if v}}.items()}
+    # each node's own log, from after the drill if it still answers, else from before
+    changes = {n: list((after.get(n) or before.get(n) or {}).get("role_changes", []))
+               for n in pair.names}
     if fault in ("kill", "link", "stop", "command") and not after.get(target):
         # the faulted node cannot tell us when it let go: without links (kill, link)
         # it cannot forward from the fault on, and a stopped node lets go at once

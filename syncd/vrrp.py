@@ -86,6 +86,11 @@ class SendAdvert:
     priority: int
 
 
+#: how the reason of a StateChange to MASTER starts when this node takes over from
+#: a live lower-priority master (which still holds the addresses)
+PREEMPTING = "preempting"
+
+
 @dataclass(frozen=True)
 class StateChange:
     old: State
@@ -486,7 +491,7 @@ class VrrpInstance:
                     self._down_reason = ""
                     return
             self.counters["discard_lower_priority"] += 1
-            self._down_reason = (f"preempting lower priority {advert.priority} master {src}"
+            self._down_reason = (f"{PREEMPTING} lower priority {advert.priority} master {src}"
                                  f" (ours {self.cfg.priority}; master down timer"
                                  f" {_ms(self.master_down_interval)})")
             return
