@@ -200,7 +200,7 @@ class HAConfig:
     back_if: str = ""
     garp_count: int = 3
     garp_interval: float = 0.05
-    vrrp: Any = None            # syncd.vrrp.VrrpConfig, or None for a fixed role
+    vrrp: Any = None            # ha.vrrp.VrrpConfig, or None for a fixed role
     sync: Any = None            # syncd.config.SyncConfig, or None
     notify: dict = field(default_factory=dict)     # state -> argv
     #: a (re)starting node waits this long for the peer's bulk resync before it
@@ -227,7 +227,7 @@ def _ha(source: str, top: _Reader, vips: list[str]) -> HAConfig | None:
                   garp_interval=i.get("garp_interval", float, 0.05, lo=0.0, hi=10.0))
         i.finish()
     if raw_vrrp is not None:
-        from syncd.vrrp import VrrpConfig
+        from ha.vrrp import VrrpConfig
         v = _Reader(source, "vrrp", raw_vrrp)
         if raw_if is None:
             top.fail("interfaces", "is required with [vrrp] (front and back interface names)")

@@ -453,7 +453,7 @@ def _tandem_cmd(config_path: Path) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import sys; sys.argv[0] = 'tandem'; from director.cli import main; sys.exit(main())",
+        "import sys; sys.argv[0] = 'tandem'; from tandem.cli import main; sys.exit(main())",
         "node",
         "--config",
         str(config_path),

@@ -20,7 +20,7 @@ def test_drill_through_the_api_resign_keeps_every_connection():
     require_lab()
     with lab_session("tdd", node=True, ha=True, config_extra={"node": {"api_token": TOKEN}}):
         # the router namespace plays the operator's host: it reaches the VIP and both APIs
-        argv = ["ip", "netns", "exec", T.ns_name("tdd", "router"), sys.executable, "-m", "director.cli",
+        argv = ["ip", "netns", "exec", T.ns_name("tdd", "router"), sys.executable, "-m", "tandem.cli",
                 "drill", "--vip", T.VIP, "--port", "80",
                 "--api", "a=http://198.18.0.11:9100", "--api", "b=http://198.18.0.12:9100",
                 "--token", TOKEN, "--fault", "resign", "--conns", "100", "--duration", "3",

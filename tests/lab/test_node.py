@@ -13,7 +13,7 @@ from lab.testing import require_lab
 
 pytestmark = pytest.mark.lab
 NS = "tnode-x"
-TANDEM = [sys.executable, "-m", "director.cli"]
+TANDEM = [sys.executable, "-m", "tandem.cli"]
 
 CONFIG = """
 [node]

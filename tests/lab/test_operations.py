@@ -151,7 +151,7 @@ def test_reload_adding_a_server_and_changing_weights_keeps_every_connection(pair
 
 
 def test_ipvsadm_lists_the_running_node_in_ipvsadm_layout(pair):
-    r = subprocess.run(["ip", "netns", "exec", T.ns_name(PREFIX, "a"), sys.executable, "-m", "director.cli",
+    r = subprocess.run(["ip", "netns", "exec", T.ns_name(PREFIX, "a"), sys.executable, "-m", "tandem.cli",
                         "ipvsadm", "-L", "-n", "--api", f"http://198.18.0.11:{T.API_PORT}"],
                        cwd=str(REPO), env=client_env(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr

@@ -32,8 +32,8 @@ import pytest
 
 from lab.testing import require_lab
 from proto.vrrp import CSUM_PSEUDO, decode
-from syncd.vrrp import State, VrrpConfig, master_down_interval, skew_time
-from syncd.vrrp_io import VrrpRunner
+from ha.vrrp import State, VrrpConfig, master_down_interval, skew_time
+from ha.vrrp_io import VrrpRunner
 
 pytestmark = pytest.mark.lab
 

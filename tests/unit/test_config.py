@@ -1,7 +1,7 @@
 """Config errors name the file, the field and the problem."""
 import pytest
 
-from director.cli import main
+from tandem.cli import main
 from director.config import ConfigError, load, parse
 
 GOOD = {"node": {"name": "a", "api": "198.18.0.11:9100"},

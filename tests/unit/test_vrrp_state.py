@@ -1,4 +1,4 @@
-"""syncd.vrrp: the VRRP state machine with an injected clock (RFC 5798 §6 timers and transitions,
+"""ha.vrrp: the VRRP state machine with an injected clock (RFC 5798 §6 timers and transitions,
 preempt / nopreempt / preempt_delay, ties, interval adoption, fault, resign, receive validation)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from proto import vrrp as V
 from proto.vrrp import Advert
-from syncd.vrrp import (SendAdvert, State, StateChange, VrrpConfig, VrrpInstance,
+from ha.vrrp import (SendAdvert, State, StateChange, VrrpConfig, VrrpInstance,
                         master_down_interval, skew_time)
 
 VIP = "198.18.250.100"
@@ -592,7 +592,7 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import time  # noqa: E402
 
-from syncd.vrrp_io import IP_PKTINFO, VrrpRunner, parse_ipv4  # noqa: E402
+from ha.vrrp_io import IP_PKTINFO, VrrpRunner, parse_ipv4  # noqa: E402
 
 
 class FakeSock:

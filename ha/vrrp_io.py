@@ -36,7 +36,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from proto import vrrp as P
-from syncd.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpConfig, VrrpInstance
+from ha.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpConfig, VrrpInstance
 
 log = logging.getLogger("tandem.vrrp")
 

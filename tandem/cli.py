@@ -20,7 +20,7 @@ def _node(args: argparse.Namespace) -> int:
     cfg = _load(args.config, "tandem node")
     if cfg is None:
         return 2
-    from director import node
+    from tandem import node
     try:
         import uvloop
         uvloop.run(node.run(cfg, path=args.config))

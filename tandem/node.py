@@ -15,7 +15,7 @@ from director.config import ConfigError, NodeConfig, load
 from director.control import Control
 from director.engine import Engine
 from director.health import HealthChecker
-from director.ha import LinkWatch, Role, SyncLink
+from tandem.ha import LinkWatch, Role, SyncLink
 from director.nfqueue import QueueAdapter, kernel_queue_stats
 
 log = logging.getLogger("tandem.node")
@@ -124,7 +124,7 @@ async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) ->
         log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
                  len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if sync else "")
         if ha and ha.vrrp:
-            from syncd.vrrp_io import VrrpRunner
+            from ha.vrrp_io import VrrpRunner
             if sync:
                 got = await sync.initial_resync(ha.startup_sync_wait)
                 log.info("node %s: initial resync %s (%d connections held)", cfg.name,

@@ -19,8 +19,8 @@ from typing import Callable
 
 from director.config import HAConfig, NodeConfig
 from director.engine import Engine
-from director.takeover import Takeover, TakeoverConfig
-from syncd.vrrp import PREEMPTING
+from ha.takeover import Takeover, TakeoverConfig
+from ha.vrrp import PREEMPTING
 
 log = logging.getLogger("tandem.ha")
 
@@ -141,7 +141,7 @@ class LinkWatch:
         self.fault = False
 
     async def check(self) -> None:
-        from director.takeover import links_down
+        from ha.takeover import links_down
         down = await asyncio.to_thread(links_down, self.ifnames)
         fault = bool(down)
         if fault != self.fault:
