@@ -1,4 +1,9 @@
-"""The node's HTTP status API (aiohttp), read-only for now."""
+"""The node's HTTP API (aiohttp): status reads, and changes behind a bearer token.
+
+Reads (GET) are open; every changing request (POST: weight, drain, resign,
+reload) needs `Authorization: Bearer <node.api_token>` and is refused with 401
+without it, or always when no token is configured.
+"""
 from __future__ import annotations
 
 import hmac
@@ -103,6 +108,7 @@ def make_app(engine: Engine, node: NodeState) -> web.Application:
             for rs, dest in zip(d["real_servers"], svc.dests):
                 rs["health"] = node.control.health_of(svc, dest) if node.control else "unchecked"
                 rs["scheduled"] = dest in svc.scheduler.dests
+                rs["forward"] = "FullNat"
             out.append(d)
         return web.json_response({"services": out})
 
@@ -117,7 +123,7 @@ def make_app(engine: Engine, node: NodeState) -> web.Application:
         service, addr, port = _target(request)
         try:
             body = await request.json()
-            weight = body["weight"]
+            weight = body.get("weight") if isinstance(body, dict) else None
             if not isinstance(weight, int) or isinstance(weight, bool):
                 raise ValueError("weight must be an integer")
             return web.json_response(node.control.set_weight(service, addr, port, weight))

@@ -1,9 +1,9 @@
 """The node API's OpenAPI 3 description (a dict; `json()` for serving it).
 
 Reads are open (the API listens on a management address); every change needs
-`Authorization: Bearer <token>` and answers 401 without it.  Shapes are those
-of director/api.py today; fields marked "planned" are what the integration is
-to add (health, forward, now/expires_in) and are optional in the schemas.
+`Authorization: Bearer <token>` and answers 401 without it.  The schemas are
+those director/api.py serves; tests/unit/test_api.py checks every route of
+the app against this document and validates the app's answers with them.
 """
 from __future__ import annotations
 
@@ -71,12 +71,12 @@ _SCHEMAS: dict[str, Any] = {
             "weight": _INT, "active": _INT, "inactive": _INT, "overloaded": _BOOL,
             "conns_total": _INT, "packets_in": _INT, "packets_out": _INT,
             "bytes_in": _INT, "bytes_out": _INT,
-            "forward": {"type": "string", "enum": ["FullNat"], "description": "planned; FullNat if absent"},
+            "forward": {"type": "string", "enum": ["FullNat"],
+                        "description": "the forwarding method, as ipvsadm names it (always FullNat)"},
             "health": {"type": "string", "enum": ["up", "down", "unchecked"],
                        "description": "the health check's verdict; unchecked when the service has none"},
             "scheduled": {"type": "boolean", "description": "offered to the scheduler now (false when "
                           "removed by a failed check, or while the sorry server stands in)"},
-            "drain": {"type": "boolean", "description": "planned: drained by POST .../drain"},
         },
     },
     "Service": {
@@ -91,6 +91,10 @@ _SCHEMAS: dict[str, Any] = {
             "scheduler": _STR,
             "flags": {"type": "array", "items": _STR},
             "laddrs": {"type": "array", "items": _STR},
+            "sorry_server": {"type": "string", "nullable": True,
+                             "description": "addr:port of the sorry server, if one is configured"},
+            "sorry_in_use": {"type": "boolean",
+                             "description": "the sorry server stands in (no real server is usable)"},
             "persistent": {"type": "number", "minimum": 0, "description": "seconds; 0 = not persistent"},
             "persist_netmask": {"type": "integer", "minimum": 0, "maximum": 128},
             "ops": _BOOL,
@@ -145,9 +149,21 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["weight"], "additionalProperties": False,
         "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
     },
-    "ActionResult": {
-        "type": "object", "required": ["ok"],
-        "properties": {"ok": _BOOL, "detail": _STR, "summary": {"type": "object"}},
+    "WeightResult": {
+        "type": "object", "required": ["service", "real", "weight"],
+        "properties": {"service": _STR, "real": _ADDR_PORT,
+                       "weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
+    },
+    "ResignResult": {
+        "type": "object", "required": ["resigned", "role"],
+        "properties": {"resigned": _BOOL, "role": _STR},
+    },
+    "ReloadResult": {
+        "type": "object", "required": ["changed"],
+        "description": "changed, and what the reload did (services_added, services_removed, "
+                       "servers_removed, conns_expired, ...)",
+        "properties": {"changed": _BOOL, "error": _STR},
+        "additionalProperties": True,
     },
 }
 
@@ -164,12 +180,12 @@ _RS_PARAMS = [
 ]
 
 
-def _change(summary: str, description: str, *, body: dict | None = None, params=None,
+def _change(summary: str, description: str, result: str, *, body: dict | None = None, params=None,
             not_found: bool = True) -> dict:
     op: dict[str, Any] = {
         "summary": summary, "description": description,
         "security": [{"bearerAuth": []}],
-        "responses": {"200": _json_response("done", _ref("ActionResult")),
+        "responses": {"200": _json_response("done", _ref(result)),
                       "401": _UNAUTHORIZED},
     }
     if params:
@@ -224,24 +240,29 @@ SPEC: dict[str, Any] = {
             "responses": {"200": {"description": "metrics", "content": {
                 "text/plain": {"schema": {"type": "string"}}}}},
         }},
+        "/openapi.json": {"get": {
+            "summary": "This document",
+            "responses": {"200": {"description": "the OpenAPI 3 document", "content": {
+                "application/json": {"schema": {"type": "object"}}}}},
+        }},
         "/services/{service}/real_servers/{addr_port}/weight": _change(
             "Set a real server's weight",
             "0 makes it quiescent: no new connections, established ones carry on.",
-            body=_ref("WeightChange"), params=_RS_PARAMS),
+            "WeightResult", body=_ref("WeightChange"), params=_RS_PARAMS),
         "/services/{service}/real_servers/{addr_port}/drain": _change(
             "Drain a real server",
             "Weight 0 until set again; established connections carry on (an LVS quiescent "
             "server, HAProxy's `drain`).",
-            params=_RS_PARAMS),
+            "WeightResult", params=_RS_PARAMS),
         "/resign": _change(
             "Give up the master role",
             "The node stops being VRRP master (priority 0 advert) so the peer takes over.",
-            not_found=False),
+            "ResignResult", not_found=False),
         "/reload": _change(
             "Re-read the config file and apply it",
             "Nothing is applied unless the whole file is valid (400 with the error otherwise); "
             "connections of real servers that stay are untouched.",
-            not_found=False),
+            "ReloadResult", not_found=False),
     },
     "components": {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
@@ -253,7 +274,11 @@ SPEC: dict[str, Any] = {
         "schemas": _SCHEMAS,
     },
 }
-SPEC["paths"]["/reload"]["post"]["responses"]["400"] = _BAD_REQUEST
+SPEC["paths"]["/reload"]["post"]["responses"]["400"] = _json_response(
+    "the file is invalid: nothing changed", _ref("Error"))
+for _path, _why in (("/resign", "no election is configured"),
+                    ("/reload", "the node was not started from a file")):
+    SPEC["paths"][_path]["post"]["responses"]["409"] = {"description": _why}
 
 
 def spec() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Address takeover: VIPs on the front interface, laddrs on the back one.
 
-The order is the point (failover-pitfalls.md, 2 and 5): the caller has the
+The order is the point (docs/failover-pitfalls.md, 2 and 5): the caller has the
 synced connections in the engine and the NFQUEUE rules in place *before*
 `acquire` adds an address, so the first packet for a VIP or laddr already
 finds its connection; then gratuitous ARPs on both segments move the router's

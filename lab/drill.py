@@ -3,7 +3,7 @@
 N long-lived TCP connections (and M UDP flows) through the VIP, each sending a
 numbered message every 20 ms and checking its echo; then the fault; then the
 count of what survived and how long the silence was.  Two times are reported,
-because they differ (failover-pitfalls.md, 1): `vrrp_takeover_ms`, when the new
+because they differ (docs/failover-pitfalls.md, 1): `vrrp_takeover_ms`, when the new
 master held the addresses, and `takeover_ms`, when the first connection got an
 echo again (what a client sees; TCP's retransmission timer sets most of it).
 """

@@ -1,6 +1,6 @@
 """The node's part in the pair: sync wiring, election, takeover and hooks.
 
-What happens on a role change, in order (failover-pitfalls.md):
+What happens on a role change, in order (docs/failover-pitfalls.md, 2 and 5):
   becoming master: the engine already holds the peer's connections (sync runs
   all the time, in both directions, and a starting node waited for its bulk
   resync), and the NFQUEUE rules are installed at start; so only now are the
