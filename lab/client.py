@@ -8,7 +8,7 @@ IP literals in 198.18.0.0/15 (the lab) or loopback.
 
 modes
   tcp-probe   --host H [--host H2 ...] --port P      connect once: open / refused / timeout
-  tcp-whoami  --host VIP --port 80 --count N [--concurrency C]
+  tcp-whoami  --host VIP --port 80 --count N [--concurrency C | --rate R [--stop-file F]]
   udp-whoami  --host VIP --port 80 --count N [--concurrency C]
   bulk        --host VIP --port 80 --bytes N [--newlines]
   hold        --host VIP --port 80 --conns N --seconds S [--interval 0.02] [--ready-file F]
@@ -184,6 +184,23 @@ async def _run_workers(count: int, concurrency: int, dl: Deadline, one, stats: W
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))
 
 
+async def _run_paced(count: int, rate: float, stop_file: str | None, dl: Deadline, one,
+                     stats: WhoamiStats) -> int:
+    """Start exchange i at i/rate seconds, each on its own (a slow one does not hold the
+    next back), until `count` are started, the deadline nears or `stop_file` exists;
+    return how many were started, after all of them have ended."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    tasks = []
+    for i in range(count):
+        if dl.expired() or (stop_file and os.path.exists(stop_file)):
+            break
+        await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+        tasks.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*tasks)
+    return len(tasks)
+
+
 async def tcp_whoami(args) -> dict[str, Any]:
     dl = Deadline(args.deadline)
     stats = WhoamiStats()
@@ -211,8 +228,12 @@ async def tcp_whoami(args) -> dict[str, Any]:
                     async with asyncio.timeout(dl.op(args.timeout)):
                         await w.wait_closed()
 
-    await _run_workers(args.count, args.concurrency, dl, one, stats)
-    return stats.result(args.count, "failed", time.monotonic() - t0)
+    count = args.count
+    if getattr(args, "rate", None):
+        count = await _run_paced(args.count, args.rate, args.stop_file, dl, one, stats)
+    else:
+        await _run_workers(args.count, args.concurrency, dl, one, stats)
+    return stats.result(count, "failed", time.monotonic() - t0)
 
 
 async def udp_whoami(args) -> dict[str, Any]:
@@ -455,8 +476,11 @@ async def hold(args) -> dict[str, Any]:
     connected = len(live)
     connect_seconds = time.monotonic() - t0
     if args.ready_file:
-        with open(args.ready_file, "w") as fh:
+        # written whole under another name, then renamed: a reader never sees it half-written
+        tmp = f"{args.ready_file}.tmp"
+        with open(tmp, "w") as fh:
             json.dump({"connected": connected, "time": time.time()}, fh)
+        os.replace(tmp, args.ready_file)
 
     start = time.monotonic()
     start_wall = time.time()
@@ -842,6 +866,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", required=True)
         p.add_argument("--count", type=_positive(MAX_COUNT), default=10)
         p.add_argument("--concurrency", type=_positive(MAX_CONNS), default=1)
+        if name == "tcp-whoami":
+            p.add_argument("--rate", type=_positive(1000.0, float),
+                           help="start this many new connections a second, each on its own "
+                                "(instead of --concurrency workers)")
+            p.add_argument("--stop-file", help="with --rate: start no more once this file exists")
         common(p, timeout=2.0, deadline=60.0)
         p.set_defaults(run=fn)
 

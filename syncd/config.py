@@ -24,6 +24,11 @@ class SyncConfig:
     refresh_period: float = 0.0     # sync_refresh_period, seconds (0 = off)
     retries: int = 0                # sync_retries, 0..3
     persist_mode: bool = False      # sync_persist_mode
+    #: Send a TCP connection the moment it reaches ESTABLISHED, and at once (not
+    #: after flush_delay), besides the threshold packets.  The kernel waits for the
+    #: threshold packet; a failover in between loses a connection whose handshake
+    #: completed, e.g. a reused client port whose old entry had passed packet 3.
+    on_established: bool = True
 
     # -- the sender ------------------------------------------------------------------
     #: Largest datagram payload, MAC included (IPVS sync_maxlen for an IPv4 group).

@@ -32,6 +32,13 @@ sync_endtime with its creation time (Conn.created), which the kernel stores as
 
 Note that old_state moves only when a send is decided: a connection that became
 ESTABLISHED on packet 2 still has `force` set on packet 3.
+
+tandem departs from the kernel in one place (`on_established`, on by default): a
+change into ESTABLISHED is sent at once and marked URGENT, so the transport sends it
+without waiting for the flush delay.  The kernel lets it wait for the threshold
+packet, and a connection can reach ESTABLISHED long after that packet: a reused
+client port whose old entry had passed packet 3, or a handshake slower than three
+packets.  A failover in that window loses a connection the client saw open.
 """
 from __future__ import annotations
 
@@ -43,12 +50,14 @@ from proto.sync import SyncEntry
 
 HZ = 1000
 TCP = 6
+#: needed()'s answer for a change into ESTABLISHED: send, and do not wait to batch
+URGENT = 2
 TCP_SYNC_STATES = frozenset((ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT, TIME_WAIT))
 
 
 class SyncPolicy:
     def __init__(self, threshold: int = 3, period: int = 50, refresh_period: float = 0.0,
-                 retries: int = 0, persist_mode: bool = False) -> None:
+                 retries: int = 0, persist_mode: bool = False, on_established: bool = True) -> None:
         if threshold < 0 or period < 0:
             raise ValueError("threshold and period must be >= 0")
         if period and threshold >= period:
@@ -62,11 +71,13 @@ class SyncPolicy:
         self.refresh_period = refresh_period
         self.retries = retries
         self.persist_mode = persist_mode
+        self.on_established = on_established
         self._refresh_j = round(refresh_period * HZ)
 
     @classmethod
     def from_config(cls, cfg) -> "SyncPolicy":
-        return cls(cfg.threshold, cfg.period, cfg.refresh_period, cfg.retries, cfg.persist_mode)
+        return cls(cfg.threshold, cfg.period, cfg.refresh_period, cfg.retries, cfg.persist_mode,
+                   cfg.on_established)
 
     @staticmethod
     def _orig(conn) -> int:
@@ -81,8 +92,8 @@ class SyncPolicy:
         return SyncPolicy._orig(conn) & 3
 
     def needed(self, conn, pkts: int, now: float, timeout: float, *,
-               template: bool = False, controlled: bool = False) -> bool:
-        """True if this packet (the conn's `pkts`-th incoming one) should sync it.
+               template: bool = False, controlled: bool = False) -> int:
+        """True (or URGENT) if this packet (the conn's `pkts`-th incoming one) should sync it.
 
         `timeout` is the full timeout of the current state (Engine.timeout_of);
         `template` marks a persistence template, `controlled` a connection that a
@@ -104,6 +115,8 @@ class SyncPolicy:
             force = state != conn.old_state
             if force and state != ESTABLISHED:
                 return self._set(conn, n, force)
+            if force and self.on_established:
+                return self._set(conn, n, force) and URGENT
         else:
             force = False
 
@@ -132,15 +145,17 @@ class SyncPolicy:
         return True     # the kernel's cmpxchg cannot lose here: one thread per engine
 
 
-def make_hook(policy: SyncPolicy, engine, queue: Callable[[SyncEntry, float], None]):
-    """An Engine.sync_hook: ask the policy, and queue an entry when it says so."""
+def make_hook(policy: SyncPolicy, engine, queue: Callable[..., None]):
+    """An Engine.sync_hook: ask the policy, and queue an entry when it says so.
+    `queue(entry, now, urgent=False)`: urgent entries are sent without the flush delay."""
     timeout_of = engine.timeout_of
     needed = policy.needed
 
     def hook(conn, pkts: int, now: float) -> None:
         timeout = timeout_of(conn)
-        if needed(conn, pkts, now, timeout):
-            queue(SyncEntry.from_conn(conn, now, timeout), now)
+        decision = needed(conn, pkts, now, timeout)
+        if decision:
+            queue(SyncEntry.from_conn(conn, now, timeout), now, urgent=decision == URGENT)
             # as ip_vs_sync_conn: its controlling template goes with it
             if conn.control is not None:
                 queue(SyncEntry.from_template(conn.control, now), now)

@@ -137,8 +137,10 @@ class SyncSender:
 
     # -- the API ---------------------------------------------------------------------
 
-    def queue(self, entry: SyncEntry, now: float) -> None:
-        """Add one entry to the open DATA message (sealing it when full)."""
+    def queue(self, entry: SyncEntry, now: float, urgent: bool = False) -> None:
+        """Add one entry to the open DATA message (sealing it when full).  An urgent
+        entry makes the open message due at once: the next poll seals and sends it,
+        so entries queued in the same batch of packets still share one datagram."""
         b = S.pack_entry(entry)
         self.stats["entries_queued"] += 1
         if self._pending_size + len(b) > self.budget:
@@ -147,6 +149,8 @@ class SyncSender:
             self._pending_since = now
         self._pending.append(b)
         self._pending_size += len(b)
+        if urgent:
+            self._pending_since = float("-inf")
         if self.budget - self._pending_size < _MIN_ENTRY:
             self._close_pending(now)
 

@@ -131,9 +131,9 @@ class SyncTransport:
             self._transport.close()
             self._transport = None
 
-    def queue(self, entry: SyncEntry, now: float | None = None) -> None:
+    def queue(self, entry: SyncEntry, now: float | None = None, urgent: bool = False) -> None:
         """Hand an entry to the sender (the engine hook's `queue`) and re-arm."""
-        self.sender.queue(entry, self.clock() if now is None else now)
+        self.sender.queue(entry, self.clock() if now is None else now, urgent)
         self._arm()
 
     # -- the driver ------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_templates_travel_with_their_connections_to_the_peer():
     persistent = lambda d: d["services"][0].update(persistent=300)
     master, backup = Engine(cfg(persistent)), Engine(cfg(persistent))
     sent = []
-    master.sync_hook = make_hook(SyncPolicy(), master, lambda e, now: sent.append(e))
+    master.sync_hook = make_hook(SyncPolicy(), master, lambda e, now, urgent=False: sent.append(e))
     dst = syn(master, CLIENT, 40000)
     out = IP(master.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))  # retransmitted SYN
     fwd = IP(master.handle(tcp(dst, out.src, 8080, out[TCP].sport, "SA"), 0.0))

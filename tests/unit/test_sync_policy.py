@@ -1,6 +1,10 @@
-"""ip_vs_sync_conn_needed, checked against hand-computed packet sequences."""
+"""ip_vs_sync_conn_needed, checked against hand-computed packet sequences.
+
+Most tests pin the kernel's exact rule (KernelPolicy: on_established off); the
+tests at the end cover tandem's one departure, the send on entering ESTABLISHED."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import pytest
@@ -16,6 +20,7 @@ from syncd.policy import SyncPolicy, make_hook
 from tests.helpers import CLIENT, VIP, make_config, tcp, udp
 
 pk = lambda a: ipaddress.ip_address(a).packed
+KernelPolicy = functools.partial(SyncPolicy, on_established=False)
 
 
 def conn(proto=6, created=0.0) -> Conn:
@@ -43,48 +48,48 @@ def test_defaults_are_the_kernels():
 
 
 def test_established_tcp_is_sent_on_packets_3_53_103():
-    assert run(SyncPolicy(), conn(), [SYN_RECV] + [ESTABLISHED] * 199) == [3, 53, 103, 153]
+    assert run(KernelPolicy(), conn(), [SYN_RECV] + [ESTABLISHED] * 199) == [3, 53, 103, 153]
 
 
 def test_established_late_is_first_sent_at_the_next_period_point():
     # entering ESTABLISHED alone never forces a send; packet 3 came while SYN_RECV
-    assert run(SyncPolicy(), conn(), [SYN_RECV] * 5 + [ESTABLISHED] * 100) == [53, 103]
+    assert run(KernelPolicy(), conn(), [SYN_RECV] * 5 + [ESTABLISHED] * 100) == [53, 103]
 
 
 @pytest.mark.parametrize("state", [SYN_RECV, SYN_SENT, LAST_ACK, 0, 9, 10])
 def test_unsynced_tcp_states_are_never_sent(state):
-    assert run(SyncPolicy(), conn(), [state] * 200) == []
+    assert run(KernelPolicy(), conn(), [state] * 200) == []
 
 
 @pytest.mark.parametrize("state", [FIN_WAIT, CLOSE, CLOSE_WAIT, TIME_WAIT])
 def test_a_change_into_a_closing_state_is_sent_at_once(state):
     states = [SYN_RECV, ESTABLISHED, ESTABLISHED] + [ESTABLISHED] * 6 + [state] * 91
     # 3 (threshold), 10 (the change), then the period points again: 53
-    assert run(SyncPolicy(), conn(), states) == [3, 10, 53]
+    assert run(KernelPolicy(), conn(), states) == [3, 10, 53]
 
 
 def test_each_change_between_closing_states_is_sent():
     states = [SYN_RECV, ESTABLISHED, ESTABLISHED, CLOSE_WAIT, CLOSE_WAIT, TIME_WAIT, TIME_WAIT, CLOSE]
-    assert run(SyncPolicy(), conn(), states) == [3, 4, 6, 8]
+    assert run(KernelPolicy(), conn(), states) == [3, 4, 6, 8]
 
 
 def test_closing_state_reached_from_syn_recv_is_sent():
     # SYN_RECV -> CLOSE (e.g. a RST) on packet 2; packet 3 is then the threshold
-    assert run(SyncPolicy(), conn(), [SYN_RECV, CLOSE, CLOSE, CLOSE]) == [2, 3]
+    assert run(KernelPolicy(), conn(), [SYN_RECV, CLOSE, CLOSE, CLOSE]) == [2, 3]
 
 
 def test_udp_on_packets_3_53_103():
-    assert run(SyncPolicy(), conn(17), [0] * 120) == [3, 53, 103]
+    assert run(KernelPolicy(), conn(17), [0] * 120) == [3, 53, 103]
 
 
 def test_other_thresholds():
-    assert run(SyncPolicy(0, 1), conn(17), [0] * 5) == [1, 2, 3, 4, 5]
-    assert run(SyncPolicy(1, 10), conn(17), [0] * 25) == [1, 11, 21]
-    assert run(SyncPolicy(0, 10), conn(17), [0] * 25) == [10, 20]
+    assert run(KernelPolicy(0, 1), conn(17), [0] * 5) == [1, 2, 3, 4, 5]
+    assert run(KernelPolicy(1, 10), conn(17), [0] * 25) == [1, 11, 21]
+    assert run(KernelPolicy(0, 10), conn(17), [0] * 25) == [10, 20]
 
 
 def test_period_zero_sends_once_plus_state_changes():
-    p = SyncPolicy(3, 0)
+    p = KernelPolicy(3, 0)
     assert run(p, conn(17), [0] * 200) == [3]
     states = [SYN_RECV, ESTABLISHED] + [ESTABLISHED] * 98 + [FIN_WAIT] * 10 + [TIME_WAIT] * 10
     assert run(p, conn(), states) == [3, 101, 111]
@@ -93,7 +98,7 @@ def test_period_zero_sends_once_plus_state_changes():
 def test_bad_values_are_refused():
     for args in ((3, 3), (5, 4), (-1, 50), (3, 50, -1.0), (3, 50, 0.0, 4)):
         with pytest.raises(ValueError):
-            SyncPolicy(*args)
+            KernelPolicy(*args)
 
 
 def test_templates_skip_the_state_and_packet_tests():
@@ -101,15 +106,15 @@ def test_templates_skip_the_state_and_packet_tests():
     c = conn()
     c.state = SYN_RECV
     assert all(p.needed(c, n, n * 0.001, 60.0, template=True) for n in range(1, 10))
-    assert not SyncPolicy(persist_mode=True).needed(conn(17), 3, 0.0, 300.0, controlled=True)
-    assert SyncPolicy(persist_mode=True).needed(conn(17), 3, 0.0, 300.0)
+    assert not KernelPolicy(persist_mode=True).needed(conn(17), 3, 0.0, 300.0, controlled=True)
+    assert KernelPolicy(persist_mode=True).needed(conn(17), 3, 0.0, 300.0)
 
 
 # -- sync_refresh_period and sync_retries, in jiffies (HZ 1000) ------------------------
 
 def test_refresh_period_sends_when_the_reported_expiry_moved_enough():
     # period 0, refresh 10 s, UDP timeout 300 s, one packet a second
-    p = SyncPolicy(3, 0, refresh_period=10.0)
+    p = KernelPolicy(3, 0, refresh_period=10.0)
     c = conn(17)
     sent = [t for t in range(0, 41) if p.needed(c, t + 1, float(t), 300.0)]
     # t=0: n=300000, orig=0 -> |diff| is large: sent.  Then every 10 s of expiry movement.
@@ -118,7 +123,7 @@ def test_refresh_period_sends_when_the_reported_expiry_moved_enough():
 
 
 def test_refresh_period_with_retries_at_an_eighth_of_the_period():
-    p = SyncPolicy(3, 0, refresh_period=10.0, retries=2)
+    p = KernelPolicy(3, 0, refresh_period=10.0, retries=2)
     c = conn(17)
     assert p.needed(c, 1, 0.0, 300.0)                  # orig 0 -> n 300000: sent
     assert c.sync_endtime == 300.0
@@ -136,14 +141,14 @@ def test_refresh_period_with_retries_at_an_eighth_of_the_period():
 
 def test_refresh_period_is_capped_by_half_the_timeout_or_10s():
     # refresh 100 s but timeout 60 s: min_diff = max(30, 10) = 30 s wins
-    p = SyncPolicy(3, 0, refresh_period=100.0)
+    p = KernelPolicy(3, 0, refresh_period=100.0)
     c = conn(17)
     sent = [t for t in range(0, 100, 5) if p.needed(c, t + 1, float(t), 60.0)]
     assert sent == [0, 30, 60, 90]
 
 
 def test_refresh_with_a_period_still_needs_the_packet_count():
-    p = SyncPolicy(3, 50, refresh_period=10.0)
+    p = KernelPolicy(3, 50, refresh_period=10.0)
     c = conn(17)
     sent = [n for n in range(1, 300) if p.needed(c, n, n * 0.125, 300.0)]
     # 3 (t=0.375), 53 (t=6.625: the expiry moved 6.252 s < 10 s: refused),
@@ -152,7 +157,7 @@ def test_refresh_with_a_period_still_needs_the_packet_count():
 
 
 def test_refresh_lets_a_forced_established_change_through_only_with_the_count():
-    p = SyncPolicy(3, 50, refresh_period=10.0)
+    p = KernelPolicy(3, 50, refresh_period=10.0)
     c = conn()
     assert run(p, c, [SYN_RECV, ESTABLISHED, ESTABLISHED, FIN_WAIT]) == [3, 4]
 
@@ -160,7 +165,7 @@ def test_refresh_lets_a_forced_established_change_through_only_with_the_count():
 def test_a_new_connections_creation_stamp_carries_no_retry_count():
     c = conn(17, created=0.0137)                       # jiffies 13 -> & ~3 = 12
     assert SyncPolicy.retry_count(c) == 0               # (13 & 3 would read as 1)
-    p = SyncPolicy(3, 0, refresh_period=5.0, retries=1)
+    p = KernelPolicy(3, 0, refresh_period=5.0, retries=1)
     # timeout 3 s: n = 3012, diff 3000 < min(5000, 10000), retries 0 < 1, and
     # now 13 >= 12 - 3000 + 625: sent as retry 1
     assert p.needed(c, 1, 0.0137, 3.0)
@@ -182,7 +187,7 @@ def _engine_with_hook(policy):
 
 
 def test_engine_tcp_connection_is_sent_on_exactly_the_expected_packets():
-    eng, sends = _engine_with_hook(SyncPolicy())
+    eng, sends = _engine_with_hook(KernelPolicy())
     fwd = IP(eng.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))                 # pkt 1
     rs, laddr, lport = fwd.dst, fwd.src, fwd[TCP].sport
     assert eng.handle(tcp(rs, laddr, 8080, lport, "SA"), 0.0)                  # reply
@@ -198,7 +203,7 @@ def test_engine_tcp_connection_is_sent_on_exactly_the_expected_packets():
 
 
 def test_engine_udp_flow_is_sent_on_3_53_103():
-    eng, sends = _engine_with_hook(SyncPolicy())
+    eng, sends = _engine_with_hook(KernelPolicy())
     d = udp(CLIENT, VIP, 5353, 80)
     for i in range(120):
         assert eng.handle(d, i * 0.01)
@@ -206,7 +211,7 @@ def test_engine_udp_flow_is_sent_on_3_53_103():
 
 
 def test_engine_connection_that_never_completes_is_never_sent():
-    eng, sends = _engine_with_hook(SyncPolicy())
+    eng, sends = _engine_with_hook(KernelPolicy())
     syn = tcp(CLIENT, VIP, 40000, 80, "S")
     for i in range(60):
         eng.handle(syn, i * 0.01)
@@ -216,7 +221,7 @@ def test_engine_connection_that_never_completes_is_never_sent():
 def test_make_hook_queues_entries_describing_the_connection():
     eng = Engine(make_config())
     queued = []
-    eng.sync_hook = make_hook(SyncPolicy(), eng, lambda e, now: queued.append((e, now)))
+    eng.sync_hook = make_hook(KernelPolicy(), eng, lambda e, now, urgent=False: queued.append((e, now)))
     fwd = IP(eng.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))
     eng.handle(tcp(fwd.dst, fwd.src, 8080, fwd[TCP].sport, "SA"), 0.0)
     for i in range(2, 4):
@@ -227,3 +232,57 @@ def test_make_hook_queues_entries_describing_the_connection():
     assert isinstance(e, SyncEntry) and now == 1.0
     assert (e.laddr, e.lport, e.daddr, e.dport, e.state, e.timeout, e.in_pkts) == \
         (c.laddr, c.lport, c.daddr, c.dport, ESTABLISHED, 900.0, 3)
+
+
+# -- tandem's departure: a change into ESTABLISHED is sent at once -------------------
+
+def test_entering_established_is_sent_at_once_and_urgent():
+    """The kernel (ip_vs_sync_conn_needed) lets a change into ESTABLISHED wait for the
+    threshold packet; tandem sends it on the packet that makes the change, URGENT."""
+    from syncd.policy import URGENT
+    p, c = SyncPolicy(), conn()
+    assert run(p, c, [SYN_RECV] * 5 + [ESTABLISHED] * 100) == [6, 53, 103]
+    c2 = conn()
+    c2.state = SYN_RECV
+    assert not p.needed(c2, 1, 0.0, 60.0)
+    c2.state = ESTABLISHED
+    assert p.needed(c2, 2, 0.001, 900.0) == URGENT
+    assert p.needed(c2, 3, 0.002, 900.0) is True            # the threshold packet, as before
+
+
+def test_a_reused_client_port_that_reaches_established_again_is_sent():
+    """The lost-connection bug of the sync lab test: a client reuses its port while the
+    old entry is still CLOSE_WAIT (its 60th packet long past the threshold).  IPVS's
+    TCP table takes the SYN to SYN_RECV on the same entry and the ACK to ESTABLISHED;
+    with the kernel's rule nothing is sent until packet 103, so a backup keeps the old
+    closing entry and a failover loses the new connection.  tandem sends the change."""
+    def scenario(policy):
+        eng, sends = _engine_with_hook(policy)
+        fwd = IP(eng.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))
+        rs, laddr, lport = fwd.dst, fwd.src, fwd[TCP].sport
+        eng.handle(tcp(rs, laddr, 8080, lport, "SA"), 0.0)
+        for i in range(2, 60):
+            eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), i * 0.01)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "FA"), 0.7)                     # CLOSE_WAIT
+        del sends[:]
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 1.0)                      # the port again
+        eng.handle(tcp(rs, laddr, 8080, lport, "SA"), 1.0)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 1.01)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "PA", b"x"), 1.02)
+        (c,) = list(eng.table)
+        assert c.state == ESTABLISHED
+        return sends
+
+    assert scenario(KernelPolicy()) == []                     # the kernel's rule: not sent
+    assert scenario(SyncPolicy()) == [(62, ESTABLISHED)]
+
+
+def test_make_hook_passes_urgency_to_the_queue():
+    eng = Engine(make_config())
+    queued = []
+    eng.sync_hook = make_hook(SyncPolicy(), eng, lambda e, now, urgent=False: queued.append((e.in_pkts, urgent)))
+    fwd = IP(eng.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))
+    eng.handle(tcp(fwd.dst, fwd.src, 8080, fwd[TCP].sport, "SA"), 0.0)
+    for _ in range(2):
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 1.0)
+    assert queued == [(2, True), (3, False)]

@@ -67,6 +67,21 @@ def test_a_partial_message_waits_for_the_flush_delay_and_a_full_one_goes_at_once
     assert s.stats["entries_sent"] == 101 and s.stats["sent"] == 5
 
 
+def test_an_urgent_entry_makes_the_open_message_due_at_once():
+    """A change into ESTABLISHED must reach the peer before a failover can intervene:
+    it does not wait for the flush delay, but entries queued with it share its datagram."""
+    s = SyncSender(CFG, "a", epoch=1, key=KEY)
+    s.poll(0.0)
+    s.queue(entry(0), 0.05)
+    s.queue(entry(1), 0.05, urgent=True)
+    s.queue(entry(2), 0.05)
+    assert s.next_deadline() == float("-inf")
+    out = s.poll(0.05)
+    assert len(out) == 1 and decode(out[0]).entries == [entry(0), entry(1), entry(2)]
+    s.queue(entry(3), 0.06)
+    assert s.next_deadline() == pytest.approx(0.08)                   # back to the flush delay
+
+
 def test_idle_sender_sends_heartbeats_with_the_last_seq():
     s = SyncSender(CFG, "a", epoch=1, key=KEY)
     s.poll(0.0)
@@ -451,9 +466,10 @@ def test_no_loss():
     assert b.receiver.stats["gaps"] == 0 and b.receiver.stats["nacks_sent"] == 0
     assert a.sender.stats["resends"] == 0
     assert b.receiver.stats["entries_applied"] == a.sender.stats["entries_sent"]
-    # one sync per connection at its 3rd packet, one per close step, and the bulk
-    # answering b's start-up request (the few connections a had by then)
-    assert a.sender.stats["entries_sent"] == N + N // 10 + N // 20 + a.sender.stats["bulk_entries"]
+    # one sync per connection on entering ESTABLISHED and one at its 3rd packet, one
+    # per close step, and the bulk answering b's start-up request (the few
+    # connections a had by then)
+    assert a.sender.stats["entries_sent"] == 2 * N + N // 10 + N // 20 + a.sender.stats["bulk_entries"]
     assert a.sender.stats["bulk_entries"] <= 2 * RATE
     assert b.receiver.lag()["max"] <= 25.0                     # flush delay + latency
 
