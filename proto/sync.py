@@ -36,12 +36,16 @@ with addresses as packed bytes (4 or 16 long; caddr/vaddr and laddr/daddr each o
 one family), ports 0..65535, flags the INACTIVE/NOOUTPUT/ASSURED bits of
 director.conn, timeout in seconds (int or float, 0..2**31), template a bool.
 
-`decode` raises SyncError and nothing else, whatever bytes it is given.  Its
-order of checks: length and msgpack structure (malformed), version
-(bad_version), sync id (wrong_sync_id), MAC (bad_mac), then every field
-(malformed).  The sync id is read before the MAC so that another pair's traffic
-on a shared group is reported as such, not as an attack; nothing from an
-unauthenticated message is used beyond that classification.
+`decode` raises SyncError and nothing else, whatever bytes it is given.  It
+does the cheap checks first and parses nothing it has not authenticated:
+length (oversize beyond `max_len`; malformed if too short), the first bytes of
+the header read in place (an array of 9, the version: bad_version, the sync id:
+wrong_sync_id; anything else malformed), the MAC (bad_mac), and only then the
+msgpack decoding and every field (malformed).  The sync id is read before the
+MAC so that another pair's traffic on a shared group is reported as such, not
+as an attack; nothing from an unauthenticated message is used beyond that
+classification, and unauthenticated bytes never reach the msgpack decoder (a
+large crafted datagram would otherwise cost milliseconds of the event loop).
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ import msgpack
 
 __all__ = [
     "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "TYPES",
-    "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "REASONS",
+    "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "MAX_DATAGRAM", "REASONS",
     "SyncError", "SyncEntry", "Message", "encode", "decode",
     "pack_entry", "encode_data", "data_budget", "pack_entries", "nack_ranges_per_message",
 ]
@@ -69,13 +73,17 @@ _ALL_FLAGS = F_BULK | F_BULK_START | F_BULK_END
 
 MAC_LEN = 32
 MAX_PAYLOAD = 1472          # 1500 - IPv4 - UDP, as IPVS's default sync_maxlen
+MAX_DATAGRAM = 65507      # the largest UDP payload over IPv4
 MAX_NODE_ID = 64
 U64 = (1 << 64) - 1
 MAX_TIMEOUT = float(1 << 31)
 _ENTRY_FLAGS = 0x01 | 0x02 | 0x08   # director.conn INACTIVE | NOOUTPUT | ASSURED
 
 MALFORMED, BAD_MAC, WRONG_SYNC_ID, BAD_VERSION = "malformed", "bad_mac", "wrong_sync_id", "bad_version"
-REASONS = (MALFORMED, BAD_MAC, WRONG_SYNC_ID, BAD_VERSION)
+OVERSIZE = "oversize"
+REASONS = (MALFORMED, BAD_MAC, WRONG_SYNC_ID, BAD_VERSION, OVERSIZE)
+_ARRAY9 = 0x99              # msgpack fixarray of 9 elements: every message's first byte
+_UINT8 = 0xCC               # msgpack uint8 marker (a sync id of 128..255)
 
 
 class SyncError(Exception):
@@ -302,7 +310,9 @@ def _entry(v: Any) -> SyncEntry:
     (proto, state, flags, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
      timeout, template, in_pkts) = v
     caddr, vaddr, laddr, daddr = _addr(caddr), _addr(vaddr), _addr(laddr), _addr(daddr)
-    if len(caddr) != len(vaddr) or len(laddr) != len(daddr):
+    if not len(caddr) == len(vaddr) == len(laddr) == len(daddr):
+        # one family per connection: a service and its real servers share the
+        # VIP's family (as IPVS refuses to sync mixed-family destinations)
         raise SyncError(MALFORMED)
     if type(timeout) not in (int, float) or not 0 <= timeout <= MAX_TIMEOUT:
         raise SyncError(MALFORMED)     # (NaN fails the comparison too)
@@ -317,39 +327,58 @@ def _entry(v: Any) -> SyncEntry:
                      float(timeout), template, _int(in_pkts, 0, U64))
 
 
-def decode(raw: bytes, key: bytes, sync_id: int | None) -> Message:
-    """Check and decode one datagram.  sync_id None accepts every sync id."""
+def decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int = MAX_DATAGRAM) -> Message:
+    """Check and decode one datagram.  sync_id None accepts every sync id;
+    a datagram longer than max_len (the receiver's max_payload) is oversize."""
     try:
-        return _decode(raw, key, sync_id)
+        return _decode(raw, key, sync_id, max_len)
     except SyncError:
         raise
     except Exception:               # belt and braces: nothing else may escape
         raise SyncError(MALFORMED) from None
 
 
-def _decode(raw: bytes, key: bytes, sync_id: int | None) -> Message:
+def _peek_sync_id(packed: bytes) -> int:
+    """The version and sync id read in place from the first bytes (no decoding):
+    every message starts fixarray(9), version (positive fixint), sync id
+    (positive fixint, or uint8 for 128..255), as msgpack packs them."""
+    b0, version = packed[0], packed[1]
+    if not 0x90 <= b0 <= 0x9F or version > 0x7F:
+        raise SyncError(MALFORMED)
+    if version != VERSION:
+        raise SyncError(BAD_VERSION)
+    if b0 != _ARRAY9:
+        raise SyncError(MALFORMED)
+    sid = packed[2]
+    if sid == _UINT8:
+        sid = packed[3]
+        if sid < 0x80:              # not how msgpack packs it: not ours
+            raise SyncError(MALFORMED)
+    elif sid > 0x7F:
+        raise SyncError(MALFORMED)
+    return sid
+
+
+def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Message:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise SyncError(MALFORMED)
+    if len(raw) > max_len:
+        raise SyncError(OVERSIZE)
     raw = bytes(raw)
     if len(raw) < MAC_LEN + 10:
         raise SyncError(MALFORMED)
     packed, mac = raw[:-MAC_LEN], raw[-MAC_LEN:]
+    sid = _peek_sync_id(packed)
+    if sync_id is not None and sid != sync_id:
+        raise SyncError(WRONG_SYNC_ID)
+    if not hmac.compare_digest(mac, _mac(key, packed)):
+        raise SyncError(BAD_MAC)
     try:
         obj = msgpack.unpackb(packed, raw=False, use_list=True, strict_map_key=True)
     except Exception:
         raise SyncError(MALFORMED) from None
-    if type(obj) is not list or len(obj) < 2 or type(obj[0]) is not int:
+    if type(obj) is not list or len(obj) != 9 or obj[0] != VERSION or obj[1] != sid:
         raise SyncError(MALFORMED)
-    if obj[0] != VERSION:
-        raise SyncError(BAD_VERSION)
-    if len(obj) != 9:
-        raise SyncError(MALFORMED)
-    if type(obj[1]) is not int:
-        raise SyncError(MALFORMED)
-    if sync_id is not None and obj[1] != sync_id:
-        raise SyncError(WRONG_SYNC_ID)
-    if not hmac.compare_digest(mac, _mac(key, packed)):
-        raise SyncError(BAD_MAC)
 
     _, sid, node_id, epoch, seq, send_time, mtype, flags, body = obj
     _int(sid, 0, 255)

@@ -37,7 +37,8 @@ the sender), entries_applied, entries_skipped (protocol/state we cannot hold),
 stale_skipped, apply_errors, gaps (gap events), missing_seqs, tail_gaps (found by
 a heartbeat), nacks_sent, resends_received (a seq that filled a gap), forgiven,
 resync_requests, gave_up, bulk_messages, epoch_changes, and per drop reason
-bad_mac, wrong_sync_id, malformed, bad_version, replayed, dropped.
+bad_mac, wrong_sync_id, malformed, bad_version, oversize (longer than
+cfg.max_payload: dropped before anything else is looked at), replayed, dropped.
 self.results counts what `apply` returned; lag() gives p50/p99/max in ms.
 """
 from __future__ import annotations
@@ -129,7 +130,7 @@ class SyncReceiver:
             "stale_skipped", "apply_errors", "gaps", "missing_seqs", "tail_gaps", "nacks_sent",
             "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages", "bulk_ends",
             "epoch_changes",
-            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "replayed", "dropped"), 0)
+            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "oversize", "replayed", "dropped"), 0)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class SyncReceiver:
     def on_datagram(self, raw: bytes, now: float) -> list[bytes]:
         self.stats["received"] += 1
         try:
-            msg = S.decode(raw, self.key, self.cfg.sync_id)
+            msg = S.decode(raw, self.key, self.cfg.sync_id, self.cfg.max_payload)
         except SyncError as exc:
             self.stats[exc.reason] += 1
             return []

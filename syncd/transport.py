@@ -6,7 +6,10 @@ sends to group:port with TTL cfg.ttl out of that interface, and has
 IP_MULTICAST_LOOP off (the receiver also ignores its own node id).  IPv4 only.
 
 Unicast (clouds, or where multicast is filtered): bound to cfg.bind:cfg.port,
-each datagram is sent to every peer in cfg.peers (or the `peers` given).
+each datagram is sent to every peer in cfg.peers (or the `peers` given).  A
+datagram whose source address is not one of those peers is dropped before any
+parsing (counted not_peer), as keepalived does with unicast_peer: any port, but
+only a configured address.
 
 The driver feeds each datagram to receiver.on_datagram, routes NACK and
 RESYNC_REQUEST to the sender through it, and keeps a single timer armed at the
@@ -15,6 +18,7 @@ earliest of sender.next_deadline() and receiver.next_deadline().
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import struct
@@ -71,10 +75,18 @@ class _Protocol(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.owner._received(data)
+        self.owner._received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.owner.stats["socket_errors"] += 1
+
+
+def _canonical(host: str) -> str:
+    """One spelling per address: no IPv6 scope, IPv4-mapped IPv6 as IPv4."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 class SyncTransport:
@@ -98,8 +110,12 @@ class SyncTransport:
             self.peers = [(cfg.group, cfg.port)]
         else:
             self.peers = list(peers if peers is not None else cfg.peers)
+        #: unicast: the source addresses accepted (None: multicast, the group filters)
+        self.allowed: frozenset[str] | None = None
+        if cfg.mode != "multicast":
+            self.allowed = frozenset(_canonical(host) for host, _ in self.peers)
         self.stats = dict.fromkeys(("tx", "rx", "tx_bytes", "rx_bytes", "socket_errors",
-                                    "polls", "internal_errors"), 0)
+                                    "polls", "internal_errors", "not_peer"), 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -152,7 +168,19 @@ class SyncTransport:
                 self.stats["tx"] += 1
                 self.stats["tx_bytes"] += len(d)
 
-    def _received(self, data: bytes) -> None:
+    def _from_peer(self, addr) -> bool:
+        allowed = self.allowed
+        if allowed is None or addr[0] in allowed:
+            return True
+        try:
+            return _canonical(addr[0]) in allowed
+        except ValueError:
+            return False
+
+    def _received(self, data: bytes, addr=None) -> None:
+        if addr is not None and not self._from_peer(addr):
+            self.stats["not_peer"] += 1
+            return
         self.stats["rx"] += 1
         self.stats["rx_bytes"] += len(data)
         try:

@@ -1,0 +1,156 @@
+"""Sync under hostile input: oversize and unauthenticated datagrams, strangers,
+entries the engine cannot hold.  Sans-IO cores on an injected clock, except
+where the socket adapter itself is what is judged."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import msgpack
+import pytest
+
+from director.conn import ASSURED
+from director.engine import Engine
+from proto import sync as S
+from proto.sync import Message, SyncEntry, SyncError
+from syncd.config import SyncConfig
+from syncd.receiver import SyncReceiver, engine_apply
+from syncd.sender import SyncSender
+from syncd.transport import SyncTransport, unicast_socket
+from tests.helpers import VIP, make_config
+
+KEY = b"tandem-hardening-key-0123456789"
+CFG = SyncConfig(sync_id=5, key=KEY)
+pk = lambda a: ipaddress.ip_address(a).packed
+
+
+def entry(i: int, state: int = 1, **kw) -> SyncEntry:
+    e = SyncEntry(6, state, ASSURED, pk("198.18.1.10"), 10000 + i, pk(VIP), 80,
+                  pk("198.18.2.100"), 5000 + i, pk("198.18.2.21"), 8080, 900.0, False, 3)
+    for k, v in kw.items():
+        setattr(e, k, v)
+    return e
+
+
+def data(seq, entries=(), epoch=1, node="a", t=1.0, flags=0, key=KEY):
+    return S.encode(Message(S.DATA, 5, node, epoch, seq, t, flags, entries=list(entries)), key)
+
+
+class Recorder:
+    def __init__(self):
+        self.applied: list[SyncEntry] = []
+
+    def __call__(self, e, now):
+        self.applied.append(e)
+
+
+# == item 5: cheap rejection ==========================================================
+
+def test_a_datagram_longer_than_max_payload_is_dropped_before_anything_else():
+    """IPVS's backup reads at most its sync_maxlen; legitimate messages are at most
+    max_payload (1472) bytes, so a longer one is dropped first, even when it is
+    correctly signed, and counted as oversize."""
+    rec = Recorder()
+    r = SyncReceiver(CFG, "b", KEY, rec)
+    big = S.encode(Message(S.DATA, 5, "a", 1, 1, 1.0, entries=[entry(i) for i in range(1000)]), KEY)
+    assert len(big) > 40_000
+    assert r.on_datagram(big, 0.0) == []
+    assert r.stats["oversize"] == 1 and rec.applied == [] and "a" not in r.peers
+    assert r.on_datagram(data(1, [entry(1)]), 0.0) == [] and len(rec.applied) == 1   # a normal one still goes
+
+
+def test_the_mac_is_checked_before_msgpack_decodes_anything(monkeypatch):
+    """Nothing unauthenticated reaches the msgpack decoder: a datagram with a bad
+    MAC costs one HMAC, not a parse (a crafted body is classified bad_mac, not
+    malformed, because it is never parsed)."""
+    calls = []
+    real = msgpack.unpackb
+    monkeypatch.setattr(S.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = SyncReceiver(CFG, "b", KEY, Recorder())
+    body = msgpack.packb([1, 5, "a", 1, 1, 1.0, 1, 0, [[]] * 600])
+    assert r.on_datagram(body + b"\x00" * 32, 0.0) == []                       # well formed, bad MAC
+    assert r.on_datagram(b"\x99\x01\x05" + b"\xc1" * 200 + b"\x00" * 32, 0.0) == []   # garbage body
+    assert r.on_datagram(data(1, key=b"another pair's key, 16+ bytes"), 0.0) == []
+    assert r.stats["bad_mac"] == 3 and r.stats["malformed"] == 0
+    assert calls == []
+    r.on_datagram(data(1), 0.0)
+    assert len(calls) == 1 and r.stats["data"] == 1                            # a good one is parsed
+
+
+def test_version_and_sync_id_are_still_told_apart_without_parsing():
+    raw = data(1, [entry(1)])
+    with pytest.raises(SyncError) as ei:
+        S.decode(raw, KEY, 6)
+    assert ei.value.reason == "wrong_sync_id"
+    high = S.encode(Message(S.HEARTBEAT, 200, "a", 1, 0, 1.0), KEY)     # uint8 sync id
+    assert S.decode(high, KEY, 200).sync_id == 200
+    with pytest.raises(SyncError) as ei:
+        S.decode(high, KEY, 5)
+    assert ei.value.reason == "wrong_sync_id"
+    with pytest.raises(SyncError) as ei:
+        S.decode(raw, KEY, 5, max_len=len(raw) - 1)
+    assert ei.value.reason == "oversize"
+
+
+async def _wait_for(cond, timeout=3.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_unicast_drops_datagrams_from_addresses_that_are_not_peers():
+    """As keepalived's unicast_peer: in unicast mode only the configured peers'
+    addresses are listened to.  A correctly signed RESYNC_REQUEST from another
+    address (127.0.0.2 here) is dropped before parsing and counted not_peer; the
+    same datagram from the peer's address is handled."""
+    cfg = SyncConfig(mode="unicast", bind="127.0.0.1", port=0, sync_id=5, key=KEY)
+    table = [entry(i) for i in range(3)]
+    sender = SyncSender(cfg, "a", key=KEY, snapshot=lambda: table)
+    receiver = SyncReceiver(cfg, "a", KEY, Recorder())
+    sa = unicast_socket("127.0.0.1", 0)
+    peer = unicast_socket("127.0.0.1", 0)
+    try:
+        stranger = unicast_socket("127.0.0.2", 0)
+    except OSError as exc:
+        peer.close()
+        sa.close()
+        pytest.skip(f"no 127.0.0.2 here: {exc}")
+    t = SyncTransport(cfg, sender, receiver, peers=[peer.getsockname()])
+    try:
+        await t.start(sa)
+        start = dict(receiver.stats)
+        req = S.encode(Message(S.RESYNC_REQUEST, 5, "mallory", 7, 1, 1.0), KEY)
+        for _ in range(5):
+            stranger.sendto(req, sa.getsockname())
+        await _wait_for(lambda: t.stats["not_peer"] == 5)
+        assert receiver.stats == start and sender.stats["resync_requests"] == 0
+        peer.sendto(S.encode(Message(S.RESYNC_REQUEST, 5, "b", 7, 1, 1.0), KEY), sa.getsockname())
+        await _wait_for(lambda: receiver.stats["control"] >= 1)
+        assert t.stats["not_peer"] == 5
+    finally:
+        t.close()
+        peer.close()
+        stranger.close()
+
+
+# == item 6: entries the engine cannot hold ==========================================
+
+def test_an_entry_with_ipv4_client_side_and_ipv6_server_side_never_touches_the_table():
+    """IPVS refuses to sync mixed-family destinations (and tandem's services are
+    single-family): such an entry is malformed in the codec, so the live
+    connection with the same client tuple is left as it is."""
+    from tests.unit.test_engine import handshake
+    eng = Engine(make_config())
+    live = handshake(eng, 40000)
+    r = SyncReceiver(CFG, "b", KEY, engine_apply(eng))
+    bad = SyncEntry.from_conn(live, 1.0, 900.0)
+    bad.laddr, bad.daddr, bad.lport = pk("2001:2::100"), pk("2001:2::21"), 7000
+    assert r.on_datagram(data(1, [bad]), 1.0) == []
+    assert r.stats["malformed"] == 1
+    assert eng.index.get(live.orig_key) is live and live.alive
+    assert (live.laddr, live.daddr) != (bad.laddr, bad.daddr)
+    with pytest.raises(SyncError):
+        S.decode(data(1, [bad]), KEY, 5)
