@@ -44,6 +44,12 @@ class SyncConfig:
     #: The same seq is not re-sent twice within this long (several NACKs for one
     #: loss, e.g. from a periodic re-request crossing the resend).
     resend_holdoff: float = 0.020
+    #: At most this many datagrams are re-sent for one NACK, and at most
+    #: resend_rate per second in all (a token bucket holding resend_per_nack):
+    #: what is left is asked for again by the peer's periodic re-request, so a
+    #: small NACK cannot bring back the whole window or hold the loop.
+    resend_per_nack: int = 256
+    resend_rate: float = 5000.0
     #: Bulk resync pace, entries per second, and how often it is fed.
     bulk_rate: float = 50_000.0
     bulk_interval: float = 0.010
@@ -97,6 +103,7 @@ class SyncConfig:
             need(getattr(self, name) > 0, f"{name} must be > 0")
         need(self.resend_holdoff >= 0 and self.max_age >= 0, "resend_holdoff and max_age must be >= 0")
         need(self.resend_window >= 1, "resend_window must be >= 1")
+        need(self.resend_per_nack >= 1 and self.resend_rate > 0, "resend_per_nack must be >= 1, resend_rate > 0")
         need(self.bulk_rate > 0, "bulk_rate must be > 0")
         need(self.max_queue >= 1 and self.lag_samples >= 1, "max_queue and lag_samples must be >= 1")
         need(self.mode in MODES, f"mode must be one of {MODES}")

@@ -13,7 +13,8 @@ about a lost tail of the stream.
 
 Reliability is NACK-based (the receiver asks; there are no ACKs): the last
 cfg.resend_window datagrams are kept as sent and re-sent byte for byte (same
-seq, same MAC) when asked.  A NACK for a seq that has left the window, or a
+seq, same MAC) when asked, at most cfg.resend_per_nack for one NACK and
+cfg.resend_rate per second (the rest is asked for again; counted resends_capped).  A NACK for a seq that has left the window, or a
 RESYNC_REQUEST, starts a bulk resync: the whole table (from `snapshot`) is sent
 as ordinary sequenced DATA messages flagged F_BULK (so its own losses are
 repaired the same way), paced at cfg.bulk_rate entries/s while normal sync goes
@@ -104,9 +105,11 @@ class SyncSender:
         self._bulk_base = -1        # the last seq before the most recent bulk's first message
         self._bulk_burst = max(cfg.bulk_rate * cfg.bulk_interval * 2, 64.0)
         self._ctl: dict[str, _PeerCtl] = {}
+        self._resend_tokens = float(cfg.resend_per_nack)
+        self._resend_last = 0.0
         self.stats = dict.fromkeys((
             "sent", "entries_sent", "entries_queued", "resends", "resends_held_off",
-            "heartbeats", "bulk_runs", "bulk_entries", "nacks_received", "nacks_past_window",
+            "resends_capped", "heartbeats", "bulk_runs", "bulk_entries", "nacks_received", "nacks_past_window",
             "resync_requests", "control_replayed", "queue_drops"), 0)
 
     # -- helpers ---------------------------------------------------------------------
@@ -225,11 +228,11 @@ class SyncSender:
         return True
 
     def _answer_nack(self, ranges, now: float) -> list[bytes]:
+        cfg = self.cfg
         n = len(self._ring)
         low = max(1, self.seq - n + 1)          # oldest seq still in the window
-        out = []
         past = False
-        hold = self.cfg.resend_holdoff
+        spans = []
         for first, last in ranges:
             last = min(last, self.seq)
             if first < low:
@@ -239,7 +242,22 @@ class SyncSender:
                 if min(last, low - 1) > self._bulk_base:
                     past = True
                 first = low
-            for s in range(first, last + 1):
+            if first <= last:
+                spans.append((first, last))
+        # Each seq once, however the ranges overlap; at most resend_per_nack
+        # datagrams, and no more than the resend budget (resend_rate per second).
+        self._resend_tokens = min(self._resend_tokens + (now - self._resend_last) * cfg.resend_rate,
+                                  float(cfg.resend_per_nack))
+        self._resend_last = now
+        cap = min(cfg.resend_per_nack, int(self._resend_tokens))
+        out = []
+        hold = cfg.resend_holdoff
+        upto = 0
+        for first, last in sorted(spans):
+            for s in range(max(first, upto + 1), last + 1):
+                if len(out) >= cap:
+                    self.stats["resends_capped"] += 1
+                    break
                 i = s % n
                 if now - self._ring_resent[i] < hold:
                     self.stats["resends_held_off"] += 1
@@ -248,6 +266,11 @@ class SyncSender:
                 if raw is not None:
                     self._ring_resent[i] = now
                     out.append(raw)
+            else:
+                upto = max(upto, last)
+                continue
+            break
+        self._resend_tokens -= len(out)
         self.stats["resends"] += len(out)
         if past:
             self.stats["nacks_past_window"] += 1

@@ -154,3 +154,50 @@ def test_an_entry_with_ipv4_client_side_and_ipv6_server_side_never_touches_the_t
     assert (live.laddr, live.daddr) != (bad.laddr, bad.daddr)
     with pytest.raises(SyncError):
         S.decode(data(1, [bad]), KEY, 5)
+
+
+def _nack(ranges, seq: int) -> Message:
+    return Message(S.NACK, 5, "b", 9, seq, 1.0, target="a", target_epoch=1, ranges=list(ranges))
+
+
+def _filled_sender(n: int) -> SyncSender:
+    s = SyncSender(CFG, "a", epoch=1, key=KEY)
+    for i in range(n):
+        s.queue(entry(i % 1000), 0.0)
+        s._close_pending(0.0)                   # one entry per datagram: n seqs
+    s.poll(0.0)
+    assert s.seq == n
+    return s
+
+
+def test_one_nack_brings_back_a_bounded_number_of_datagrams_and_each_seq_once():
+    """conntrackd moves the NACKed range back to its tx queue, paced by the channel;
+    here one NACK re-sends at most resend_per_nack (256) datagrams, however wide
+    or overlapping its ranges (a 66-byte NACK for 1..2**64-1 used to bring back
+    the whole window of 4096)."""
+    s = _filled_sender(4096)
+    out = s.on_message(_nack([(1, 2**64 - 1)], 1), 10.0)
+    assert len(out) == 256                                          # was 4096
+    assert CFG.resend_per_nack == 256
+    assert [S.decode(d, KEY, 5).seq for d in out] == list(range(1, 257))
+    s2 = _filled_sender(4096)
+    per = S.nack_ranges_per_message("b", "a")
+    out = s2.on_message(_nack([(1, 4096)] * per, 1), 10.0)             # the largest NACK, all overlapping
+    assert len(out) == 256 and len({S.decode(d, KEY, 5).seq for d in out}) == 256
+
+
+def test_resends_are_bounded_per_second_and_what_is_left_comes_with_the_next_nacks():
+    """A peer NACKing the whole window every 10 ms gets at most resend_rate
+    (5000) datagrams a second plus one NACK's worth, and still every seq in time."""
+    s = _filled_sender(4096)
+    got: set[int] = set()
+    total = 0
+    for k in range(100):                                           # 1 s of NACKs
+        missing = sorted(set(range(1, 4097)) - got)
+        ranges = [(a, a) for a in missing[:60]] if len(missing) < 60 else [(missing[0], 4096)]
+        out = s.on_message(_nack(ranges, k + 1), 10.0 + k * 0.01)
+        total += len(out)
+        got |= {S.decode(d, KEY, 5).seq for d in out}
+    assert total <= 5000 * 1.0 + 256
+    assert got == set(range(1, 4097))
+    assert s.stats["resends_capped"] > 0
