@@ -341,7 +341,9 @@ def format_conns(conns: Any, now: float | None = None, *, local: bool = False) -
             left = float(c.get("expires", 0)) - (now or 0.0)
         proto = str(c.get("proto", "")).upper()
         state = str(c.get("state", "")) if proto == "TCP" else proto
-        cols = [_reformat(c["client"]), _reformat(c["vip"])]
+        # the API leaves the client out unless asked with its token (--token)
+        client = _reformat(c["client"]) if c.get("client") is not None else "hidden"
+        cols = [client, _reformat(c["vip"])]
         if local:
             cols.append(_reformat(c["local"]))
         cols.append(_reformat(c["real"]))

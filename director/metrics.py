@@ -1,6 +1,6 @@
 """Prometheus metrics for a director node, computed at scrape time.
 
-`TandemCollector` is a prometheus_client custom collector: nothing is counted
+The collectors are prometheus_client custom collectors: nothing is counted
 twice and nothing sits on the packet path; every scrape reads the engine's own
 counters (the per-real-server ones IPVS keeps, the engine's drop reasons, the
 connection table), the kernel's NFQUEUE counters and, if given, the sync
@@ -19,16 +19,21 @@ Names follow what people already scrape, with a `tandem_` prefix:
   incoming_bytes,outgoing_bytes}_total` with the same labels.
 * keepalived-exporter's `keepalived_vrrp_state{iname,intf,vrid,ip_address}` as
   `tandem_vrrp_state`, same numeric encoding (0 INIT, 1 BACKUP, 2 MASTER,
-  3 FAULT, 97 DELETED, 98 STOP) and labels; VRRP counters, if the node state
-  carries keepalived-style `vrrp_stats`, under the exporter's names
-  (`tandem_vrrp_advertisements_received_total`, ...).
+  3 FAULT) and labels, and the VRRP counters (`tandem_vrrp_advertisements_
+  {received,sent}_total`, `tandem_vrrp_become_master_total`, ...) with labels
+  `{iname,intf,vrid}`, from the election's VrrpStatus (director/status.py).
 * the engine: `tandem_engine_packets_total`, `tandem_engine_drops_total{reason}`
   (every reason, zeros included, so rate() works from the first scrape),
   `tandem_engine_conns` and friends.
 * the kernel queue: `tandem_nfqueue_dropped_total`,
   `tandem_nfqueue_user_dropped_total`, `tandem_nfqueue_queued` `{queue}`.
-* sync: `tandem_sync_apply_*_total` from the engine's sync_stats, and
-  `tandem_sync_<section>_<key>_total` from the sync daemon's stats dict.
+* sync: `tandem_sync_apply_*_total` from the engine's sync_stats, and from the
+  sync link's SyncStats `tandem_sync_{sender,receiver,transport,applied}_<key>_total`,
+  the gauges `tandem_sync_missing` and `tandem_sync_lag_seconds{quantile}`.
+
+There is one collector per source (`collectors()` builds them for a node); each
+reads a typed contract or the engine's own objects at scrape time, and what is a
+counter or a gauge is declared with the contract's fields, not guessed from names.
 
 The node-wide IPVS totals are sums over real servers.  So that a reload which
 removes a real server does not make them go backwards (a counter reset to
@@ -45,6 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from director.nfqueue import kernel_queue_stats
+from director.status import GAUGE, KEEPALIVED_DROPS, NodeSource, SyncLag, SyncStats, VrrpStatus, metric_fields
 
 try:    # the classic text format: what every Prometheus, 2.x included, scrapes
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
@@ -61,27 +67,6 @@ BACKEND_LABELS = ("local_address", "local_port", "remote_address", "remote_port"
 
 #: keepalived-exporter's labels for keepalived_vrrp_state.
 VRRP_LABELS = ("iname", "intf", "vrid", "ip_address")
-
-#: keepalived's VRRP_STATE_* numbers (vrrp.h), which the exporter exposes as is.
-VRRP_STATES = {"init": 0, "backup": 1, "master": 2, "fault": 3, "deleted": 97, "stop": 98}
-
-#: keepalived JSON stats keys -> mehdy/keepalived-exporter metric names (without prefix).
-VRRP_STAT_NAMES = {
-    "advert_rcvd": "advertisements_received",
-    "advert_sent": "advertisements_sent",
-    "become_master": "become_master",
-    "release_master": "release_master",
-    "packet_len_err": "packet_length_errors",
-    "advert_interval_err": "advertisements_interval_errors",
-    "ip_ttl_err": "ip_ttl_errors",
-    "invalid_type_rcvd": "invalid_type_received",
-    "addr_list_err": "address_list_errors",
-    "invalid_authtype": "authentication_invalid",
-    "authtype_mismatch": "authentication_mismatch",
-    "auth_failure": "authentication_failure",
-    "pri_zero_rcvd": "priority_zero_received",
-    "pri_zero_sent": "priority_zero_sent",
-}
 
 # node_exporter's help texts for the node-wide counters
 _TOTALS = (
@@ -101,18 +86,9 @@ _ENGINE_COUNTERS = (
     ("passed_local", "passed_local", "Packets to a VIP or laddr left to the host (ICMP echo etc.)."),
 )
 
-#: a sync stats value is a counter unless its key ends with one of these or is named here
-_GAUGE_SUFFIXES = ("_seconds", "_len", "_size", "_peers")
-_GAUGE_KEYS = {"epoch", "seq", "lag", "peers"}
-
-
 def _proto_label(proto: Any) -> str:
     """ /proc/net/ip_vs spells protocols in capitals: TCP, UDP."""
     return str(proto).upper()
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class _Retired:
@@ -146,56 +122,42 @@ class _Retired:
         return lingering
 
 
-class TandemCollector(Collector):
-    """Yields the node's metrics from its live objects at every scrape.
+class _Source(Collector):
+    """A collector for one source.  A broken source yields nothing and is logged: it must
+    not take the other sources' metrics down with it (each is registered on its own)."""
 
-    engine:      a director.engine.Engine
-    node_state:  () -> dict with keys such as node, role ("master"|"backup"|...),
-                 state (keepalived's number; wins over role), priority,
-                 effective_priority, vrid, iname/instance, intf/interface,
-                 vips (list of "addr" or "addr/len" strings), vrrp_stats (keepalived
-                 JSON stats keys, see VRRP_STAT_NAMES).  Missing keys are left out.
-    queue_stats: () -> kernel_queue_stats()-shaped dict; default reads the kernel's
-                 counters for engine.cfg.queue.
-    sync_stats:  () -> dict of sync daemon counters, flat or one level nested by
-                 section ({"sender": {...}, "receiver": {...}}) -> tandem_sync_<key>_total /
-                 tandem_sync_<section>_<key>_total; a key ending in _seconds, _len, _size or
-                 _peers (or named epoch, seq, lag, peers) is a gauge.  None = none.
-    health:      () -> {(service_name, addr, port): up} from director.health; None = none.
-    """
-
-    def __init__(self, engine, node_state_fn: Callable[[], Mapping[str, Any]] | None = None, *,
-                 queue_stats: Callable[[], Mapping[str, int]] | None = None,
-                 sync_stats: Callable[[], Mapping[str, Any]] | None = None,
-                 health: Callable[[], Mapping[tuple, bool]] | None = None,
-                 prefix: str = PREFIX) -> None:
-        self.engine = engine
-        self.node_state_fn = node_state_fn or (lambda: {})
-        if queue_stats is None:
-            queue_stats = lambda: kernel_queue_stats(engine.cfg.queue)  # noqa: E731
-        self.queue_stats_fn = queue_stats
-        self.sync_stats_fn = sync_stats
-        self.health_fn = health
+    def __init__(self, prefix: str = PREFIX) -> None:
         self.prefix = prefix
-        self._retired = _Retired()
 
     def describe(self) -> list[Metric]:
-        # Registering must not run a scrape; names are dynamic (sync sections).
-        return []
+        return []       # registering must not run a scrape
 
     def collect(self) -> Iterable[Metric]:
-        p = self.prefix
-        out: list[Metric] = []
-        for part in (self._ipvs, self._vrrp, self._engine, self._queue, self._sync):
-            try:
-                out.extend(part(p))
-            except Exception:       # a broken source must not take the whole scrape down
-                log.exception("metrics: %s failed", part.__name__)
-        yield from out
+        try:
+            fams = self.families(self.prefix)
+        except Exception:
+            log.exception("metrics: %s failed", type(self).__name__)
+            return []
+        return fams
 
-    # -- IPVS (node_exporter names) ------------------------------------------------
+    def families(self, p: str) -> list[Metric]:
+        raise NotImplementedError
 
-    def _ipvs(self, p: str) -> list[Metric]:
+
+class IpvsCollector(_Source):
+    """The engine's services and real servers, under node_exporter's IPVS names.
+
+    health: () -> {(service_name, addr, port): up} (from the node's control); None = none.
+    """
+
+    def __init__(self, engine, health: Callable[[], Mapping[tuple, bool]] | None = None,
+                 prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self.engine = engine
+        self.health_fn = health
+        self._retired = _Retired()
+
+    def families(self, p: str) -> list[Metric]:
         rows = []       # (labels, dest, service name)
         for svc in list(self.engine.services.values()):
             cfg = svc.cfg
@@ -251,51 +213,72 @@ class TandemCollector(Collector):
             fams.append(up)
         return fams
 
-    # -- VRRP (keepalived-exporter names) ------------------------------------------
 
-    def _vrrp(self, p: str) -> list[Metric]:
-        st = dict(self.node_state_fn() or {})
-        fams: list[Metric] = []
-        node = st.get("node")
-        if node is not None:
-            info = GaugeMetricFamily(f"{p}_node_info", "The node's name (always 1).", labels=("node",))
-            info.add_metric([str(node)], 1)
-            fams.append(info)
-        state = st.get("state")
-        if not _is_number(state):
-            role = str(st.get("role") or state or "").lower()
-            state = VRRP_STATES.get(role)
-        if state is None:
-            return fams
-        vrid = st.get("vrid")
-        iname = str(st.get("iname") or st.get("instance") or (f"VI_{vrid}" if vrid is not None else node or ""))
-        intf = str(st.get("intf") or st.get("interface") or "")
-        vrid_s = "" if vrid is None else str(vrid)
-        vips = [str(v).split()[0] for v in (st.get("vips") or [])] or [""]
+
+class NodeCollector(_Source):
+    """The node's identity: `<prefix>_node_info{node}` = 1."""
+
+    def __init__(self, name: str, prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self.name = name
+
+    def families(self, p: str) -> list[Metric]:
+        info = GaugeMetricFamily(f"{p}_node_info", "The node's name (always 1).", labels=("node",))
+        info.add_metric([self.name], 1)
+        return [info]
+
+
+class VrrpCollector(_Source):
+    """The election, under keepalived-exporter's names and labels.
+
+    status: () -> VrrpStatus, or None while no election runs (then nothing is exported).
+    """
+
+    def __init__(self, status: Callable[[], VrrpStatus | None], prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self.status_fn = status
+
+    def families(self, p: str) -> list[Metric]:
+        st = self.status_fn()
+        if st is None:
+            return []
+        base = [st.name, st.interface, str(st.vrid)]
         fam = GaugeMetricFamily(f"{p}_vrrp_state",
                                 "State of the VRRP instance: 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT.",
                                 labels=VRRP_LABELS)
-        for vip in vips:
-            fam.add_metric([iname, intf, vrid_s, vip], state)
-        fams.append(fam)
-        base = ("iname", "intf", "vrid")
-        for key, doc in (("priority", "Configured VRRP priority."),
-                         ("effective_priority", "VRRP priority after tracking adjustments.")):
-            if _is_number(st.get(key)):
-                g = GaugeMetricFamily(f"{p}_vrrp_{key}", doc, labels=base)
-                g.add_metric([iname, intf, vrid_s], st[key])
-                fams.append(g)
-        for key, value in (st.get("vrrp_stats") or {}).items():
-            name = VRRP_STAT_NAMES.get(key)
-            if name and _is_number(value):
-                c = CounterMetricFamily(f"{p}_vrrp_{name}", f"keepalived's {key} counter.", labels=base)
-                c.add_metric([iname, intf, vrid_s], value)
+        for vip in st.addresses or ("",):
+            fam.add_metric(base + [vip], st.state_number)
+        fams: list[Metric] = [fam]
+        labels = VRRP_LABELS[:3]
+        prio = GaugeMetricFamily(f"{p}_vrrp_priority", "Configured VRRP priority.", labels=labels)
+        prio.add_metric(base, st.priority)
+        fams.append(prio)
+        for f, value in metric_fields(st.counters):
+            c = CounterMetricFamily(f"{p}_vrrp_{f.metadata['name']}", f.metadata["doc"], labels=labels)
+            c.add_metric(base, value)
+            fams.append(c)
+        drops = CounterMetricFamily(f"{p}_vrrp_drops", "Adverts dropped, by reason.",
+                                    labels=labels + ("reason",))
+        for reason, n in sorted(st.counters.drops.items()):
+            drops.add_metric(base + [reason], n)
+        fams.append(drops)
+        for reason, name in KEEPALIVED_DROPS.items():
+            if reason in st.counters.drops:
+                c = CounterMetricFamily(f"{p}_vrrp_{name}", f"Adverts dropped: {reason} "
+                                        "(keepalived's name; also in drops).", labels=labels)
+                c.add_metric(base, st.counters.drops[reason])
                 fams.append(c)
         return fams
 
-    # -- the engine --------------------------------------------------------------------
 
-    def _engine(self, p: str) -> list[Metric]:
+class EngineCollector(_Source):
+    """The engine's own counters, its connection table and FULLNAT port use."""
+
+    def __init__(self, engine, prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self.engine = engine
+
+    def families(self, p: str) -> list[Metric]:
         eng = self.engine
         stats, drops = dict(eng.stats), dict(eng.drops)
         fams: list[Metric] = [CounterMetricFamily(f"{p}_engine_packets", "Packets the engine was handed.",
@@ -346,13 +329,22 @@ class TandemCollector(Collector):
                                         "Local ports skipped because the pair was in use.", value=conflicts))
         return fams
 
-    # -- NFQUEUE -----------------------------------------------------------------------
 
-    def _queue(self, p: str) -> list[Metric]:
-        qs = self.queue_stats_fn() or {}
-        if not qs:
-            return []
-        queue = str(getattr(self.engine.cfg, "queue", ""))
+
+class QueueCollector(_Source):
+    """The kernel's NFQUEUE counters for the node's queue.
+
+    stats: () -> kernel_queue_stats()-shaped dict; {} (off-node) exports nothing.
+    """
+
+    def __init__(self, queue: int, stats: Callable[[], Mapping[str, int]] | None = None,
+                 prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self.queue = queue
+        self.stats_fn = stats if stats is not None else (lambda: kernel_queue_stats(queue))
+
+    def families(self, p: str) -> list[Metric]:
+        qs = self.stats_fn() or {}
         fams = []
         for key, name, kind, doc in (
             ("queue_dropped", "nfqueue_dropped", CounterMetricFamily,
@@ -364,42 +356,60 @@ class TandemCollector(Collector):
         ):
             if key in qs:
                 f = kind(f"{p}_{name}", doc, labels=("queue",))
-                f.add_metric([queue], qs[key])
+                f.add_metric([str(self.queue)], qs[key])
                 fams.append(f)
         return fams
 
-    # -- sync --------------------------------------------------------------------------
 
-    def _sync(self, p: str) -> list[Metric]:
+class SyncCollector(_Source):
+    """Connection sync: what the engine applied (its sync_stats, all counters) and the sync
+    link's SyncStats, whose fields declare their kinds.
+
+    stats: () -> SyncStats, or None when the node does not sync.
+    """
+
+    def __init__(self, engine, stats: Callable[[], SyncStats | None] | None = None,
+                 prefix: str = PREFIX) -> None:
+        super().__init__(prefix)
+        self.engine = engine
+        self.stats_fn = stats or (lambda: None)
+
+    def families(self, p: str) -> list[Metric]:
         fams: list[Metric] = []
-        names: set[str] = set()
-
-        def add(name: str, value: Any, doc: str) -> None:
-            if not _is_number(value):
-                return
-            gauge = name.endswith(_GAUGE_SUFFIXES) or name.rsplit("_", 1)[-1] in _GAUGE_KEYS
-            gauge = gauge and not name.endswith("_total")
-            base = name[:-len("_total")] if name.endswith("_total") else name
-            full = f"{p}_sync_{base}"
-            if full in names:
-                return
-            names.add(full)
-            if gauge:
-                fams.append(GaugeMetricFamily(full, doc, value=value))
-            else:
-                fams.append(CounterMetricFamily(full, doc, value=value))
-
-        for key, value in dict(getattr(self.engine, "sync_stats", {}) or {}).items():
-            add("apply" if key == "applied" else f"apply_{key}", value,
-                f"Sync entries from the peer: {key}.")
-        if self.sync_stats_fn is not None:
-            for key, value in (self.sync_stats_fn() or {}).items():
-                if isinstance(value, Mapping):
-                    for k, v in value.items():
-                        add(f"{key}_{k}", v, f"Sync {key}: {k}.")
-                else:
-                    add(str(key), value, f"Sync: {key}.")
+        for key, value in dict(self.engine.sync_stats).items():
+            name = "apply" if key == "applied" else f"apply_{key}"
+            fams.append(CounterMetricFamily(f"{p}_sync_{name}", f"Sync entries from the peer: {key}.",
+                                            value=value))
+        st = self.stats_fn()
+        if st is None:
+            return fams
+        for f, value in metric_fields(st):
+            meta = f.metadata
+            if meta["kind"] == GAUGE:
+                fams.append(GaugeMetricFamily(f"{p}_sync_{meta['name']}", meta["doc"], value=value))
+                continue
+            for key, n in value.items():      # a family of counters, one per key
+                fams.append(CounterMetricFamily(f"{p}_sync_{meta['name']}_{key}",
+                                                meta["doc"].format(key=key), value=n))
+        lag = GaugeMetricFamily(f"{p}_sync_lag_seconds",
+                                "Sync lag (apply time minus send time) over the recent messages, "
+                                "by quantile (1 = the maximum).", labels=("quantile",))
+        for q, attr in SyncLag.QUANTILES:
+            ms = getattr(st.lag_ms, attr)
+            if ms is not None:
+                lag.add_metric([q], ms / 1000.0)
+        fams.append(lag)
         return fams
+
+
+def collectors(engine, node: "NodeSource", *, health: Callable[[], Mapping[tuple, bool]] | None = None,
+               queue_stats: Callable[[], Mapping[str, int]] | None = None,
+               prefix: str = PREFIX) -> list[Collector]:
+    """One collector per source of a running node."""
+    return [NodeCollector(node.name, prefix), IpvsCollector(engine, health, prefix),
+            EngineCollector(engine, prefix),
+            QueueCollector(engine.cfg.queue, queue_stats or node.queue_stats, prefix),
+            VrrpCollector(node.vrrp_status, prefix), SyncCollector(engine, node.sync_stats, prefix)]
 
 
 def render(*collectors: Collector) -> tuple[bytes, str]:

@@ -110,7 +110,9 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["proto", "client", "vip", "local", "real", "state", "flags", "expires"],
         "properties": {
             "proto": {"type": "string", "enum": ["tcp", "udp"]},
-            "client": _ADDR_PORT, "vip": _ADDR_PORT, "local": _ADDR_PORT, "real": _ADDR_PORT,
+            "client": {**_ADDR_PORT, "nullable": True,
+                       "description": "addr:port; null unless the request carries the API token"},
+            "vip": _ADDR_PORT, "local": _ADDR_PORT, "real": _ADDR_PORT,
             "state": {"type": "string", "description": "IPVS TCP state name, or UDP",
                       "enum": ["NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT",
                                "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN",
@@ -127,6 +129,8 @@ _SCHEMAS: dict[str, Any] = {
             "total": {"type": "integer", "minimum": 0, "description": "connections matching the filter"},
             "offset": _INT, "limit": _INT,
             "now": {"type": "number", "description": "the node's clock, that of `expires`"},
+            "clients": {"type": "string", "enum": ["shown", "hidden"],
+                        "description": "whether `client` is filled (only with the API token)"},
             "conns": {"type": "array", "items": _ref("Conn")},
         },
     },
@@ -218,6 +222,9 @@ SPEC: dict[str, Any] = {
         }},
         "/conns": {"get": {
             "summary": "A page of the connection table",
+            "description": "Built in slices that yield to the node's event loop.  Client "
+                           "addresses need the API token (`Authorization: Bearer <token>`); "
+                           "without it every entry is there with `client` null.",
             "parameters": [
                 {"name": "service", "in": "query", "required": False, "schema": _STR,
                  "description": "only connections of this service (its name)"},

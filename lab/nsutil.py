@@ -15,6 +15,10 @@ from typing import Any, Callable
 
 from pyroute2 import netns as _netns
 
+#: the api_token of the lab's nodes: http_get sends it, so the lab's reads of /conns
+#: see client addresses (a node hides them from a caller without its token)
+LAB_API_TOKEN = "tandem-lab-api-token"
+
 
 def list_netns() -> list[str]:
     try:
@@ -101,7 +105,8 @@ def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, byt
 
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        conn.request("GET", path, headers={"Connection": "close",
+                                           "Authorization": f"Bearer {LAB_API_TOKEN}"})
         resp = conn.getresponse()
         return resp.status, resp.read(1 << 20)
     finally:

@@ -166,7 +166,8 @@ def node_config(
         for r in REAL_SERVERS
     ]
     cfg: dict[str, Any] = {
-        "node": {"name": name, "api": f"{d['front_addr']}:{API_PORT}", "queue": queue},
+        "node": {"name": name, "api": f"{d['front_addr']}:{API_PORT}", "queue": queue,
+                 "api_token": nsutil.LAB_API_TOKEN},
         "timeouts": {**DEFAULT_TIMEOUTS, **(timeouts or {})},
         "limits": {**DEFAULT_LIMITS, **(limits or {})},
         "services": [

@@ -10,13 +10,14 @@ import time
 from aiohttp import web
 
 from director import rules
-from director.api import NodeState, make_app
+from director.api import make_app
 from director.config import ConfigError, NodeConfig, load
 from director.control import Control
 from director.engine import Engine
 from director.health import HealthChecker
 from tandem.ha import LinkWatch, Role, SyncLink
 from director.nfqueue import QueueAdapter, kernel_queue_stats
+from director.status import NodeParts
 
 log = logging.getLogger("tandem.node")
 LINK_CHECK_INTERVAL = 0.2
@@ -63,21 +64,14 @@ async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) ->
 
     ha = cfg.ha
     engine = Engine(cfg, now=clock())
-    state = NodeState(cfg.name, "init" if ha and ha.vrrp else cfg.role, clock())
-    state.queue_stats = lambda: kernel_queue_stats(cfg.queue)
     adapter = QueueAdapter(engine.handle, cfg.queue, clock)
     sync = SyncLink(cfg, engine) if ha and ha.sync else None
-    role = Role(cfg, ha, lambda r: setattr(state, "role", r)) if ha else None
+    role = Role(cfg, ha, lambda r: state.set_role(r)) if ha else None
     runner = None
     watch = None
-    state.sync = sync
-    state.role_changes = role.changes if role else []
     control = Control(engine)
     control.apply_all()
-    state.control = control
-    state.token = cfg.api_token
     checker = HealthChecker(health_targets(engine), control.health_changed)
-    state.health = checker
     current = {"cfg": cfg}
 
     async def reload() -> dict:
@@ -91,7 +85,7 @@ async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) ->
         await checker.set_targets(health_targets(engine))
         if set(new.vips + new.laddrs) != set(old.vips + old.laddrs):
             rules.install(new.vips + new.laddrs, new.queue)
-        state.token = new.api_token
+        state.api_token = new.api_token
         current["cfg"] = new
         log.info("node %s: reloaded %s (%s)", cfg.name, path,
                  ", ".join(f"{k} {v}" for k, v in summary.items()))
@@ -105,9 +99,12 @@ async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) ->
                 log.error("node %s: reload refused, nothing changed: %s", cfg.name, exc)
         loop.create_task(go())
 
-    state.reload = reload
+    state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(), clock=clock,
+                      queue_stats=lambda: kernel_queue_stats(cfg.queue), control=control, sync=sync,
+                      role_changes=role.changes if role else [], api_token=cfg.api_token,
+                      reload=reload)
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    app = make_app(engine, state)
+    app = make_app(engine, state, clock)
     runner_http = web.AppRunner(app, access_log=None)
     await runner_http.setup()
     try:
@@ -132,8 +129,7 @@ async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) ->
                          engine.table.count)
             runner = VrrpRunner(ha.vrrp, ha.front_if, role.on_state_change,
                                 on_reannounce=role.reannounce)
-            state.vrrp = runner
-            state.priority = ha.vrrp.priority
+            state.attach_election(runner, ha.vrrp.priority)
             await runner.start()
             watch = LinkWatch([ha.front_if, ha.back_if], runner.set_fault)
         elif role:

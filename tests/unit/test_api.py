@@ -2,17 +2,26 @@
 and its OpenAPI document (director/openapi.py)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import re
+import socket
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP
 
-from director import openapi
-from director.api import NodeState, make_app
+from director import conn_pages, openapi
+from director.api import ROUTES, make_app
+from director.control import Control
 from director.engine import Engine
-from tests.helpers import CLIENT, VIP, make_config, tcp, udp
+from director.status import NodeParts
+from ha.vrrp import VrrpConfig
+from ha.vrrp_io import VrrpRunner
+from proto import vrrp as V
+from tests.helpers import CLIENT, RS, VIP, make_config, tcp, udp
 
 
 def driven_engine() -> Engine:
@@ -27,8 +36,9 @@ def driven_engine() -> Engine:
 
 
 @contextlib.asynccontextmanager
-async def client_for(eng: Engine, node: NodeState | None = None):
-    async with TestClient(TestServer(make_app(eng, node or NodeState("t", "master")))) as client:
+async def client_for(eng: Engine, node: NodeParts | None = None):
+    app = make_app(eng, node or NodeParts("t", "master"), clock=lambda: 0.0)
+    async with TestClient(TestServer(app)) as client:
         yield client
 
 
@@ -71,11 +81,12 @@ def _shape(path: str) -> str:
 
 
 def test_every_route_of_the_app_is_in_the_openapi_document_and_back():
-    app = make_app(Engine(make_config()), NodeState("t", "master"))
+    app = make_app(Engine(make_config()), NodeParts("t", "master"))
     served = {(r.method.lower(), _shape(r.resource.canonical)) for r in app.router.routes()
               if r.method != "HEAD"}
     documented = {(m, _shape(p)) for p, ops in openapi.spec()["paths"].items() for m in ops}
     assert served == documented
+    assert served == {(r.method.lower(), _shape(r.path)) for r in ROUTES}
 
 
 def test_openapi_validates():
@@ -95,12 +106,8 @@ async def test_api_answers_match_the_openapi_schemas():
 TOKEN = "unit-test-token"
 
 
-def controlled_node(eng: Engine) -> NodeState:
-    from director.control import Control
-    node = NodeState("t", "master")
-    node.control = Control(eng)
-    node.token = TOKEN
-    return node
+def controlled_node(eng: Engine) -> NodeParts:
+    return NodeParts("t", "master", control=Control(eng), api_token=TOKEN)
 
 
 async def test_changes_need_the_token_and_answer_as_documented():
@@ -128,3 +135,147 @@ async def test_changes_need_the_token_and_answer_as_documented():
         assert resp.status == 404
         assert (await client.post("/resign", headers=auth)).status == 409     # no election here
         assert (await client.post("/reload", headers=auth)).status == 409     # not from a file
+
+
+# -- /status and /metrics report the running election -------------------------------------
+
+ME, PEER, VRRP_VIP = "198.18.250.2", "198.18.250.1", "198.18.250.100"
+
+
+def scrape(text: str) -> dict[str, dict[tuple, float]]:
+    out: dict[str, dict[tuple, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            out.setdefault(smp.name, {})[tuple(sorted(smp.labels.items()))] = smp.value
+    return out
+
+
+async def test_status_and_metrics_report_the_elections_counters_and_interface():
+    """Through the API as the node wires it: the VRRP counters reach /metrics under
+    keepalived-exporter's names with `intf` filled (before, the API passed the core's
+    `rx`/`tx` under keys the collector never read, so none was exported and intf was "")."""
+    eng = driven_engine()
+    runner = VrrpRunner(VrrpConfig(vrid=51, priority=150, addresses=(VRRP_VIP,), primary_address=ME),
+                        "front")
+    node = NodeParts("a", "init")
+    node.attach_election(runner, 150)
+    inst = runner.instance
+    inst.start(0.0)
+    advert = V.encode(V.Advert(51, 200, 10, (VRRP_VIP,), 3), PEER, V.VRRP_GROUP4)
+    inst.on_packet(advert, PEER, V.VRRP_GROUP4, 255, 0.1)
+    node.set_role("backup")
+    async with client_for(eng, node) as client:
+        status = await (await client.get("/status")).json()
+        assert status["role"] == "backup" and status["peer"] == PEER and status["priority"] == 150
+        assert status["vrrp"]["counters"] == inst.counters          # the core's keys, as before
+        assert status["vrrp"]["interface"] == "front"
+        m = scrape(await (await client.get("/metrics")).text())
+    base = (("iname", "VI_51"), ("intf", "front"), ("vrid", "51"))
+    assert m["tandem_vrrp_advertisements_received_total"] == {base: 1.0}
+    assert m["tandem_vrrp_advertisements_sent_total"] == {base: 0.0}
+    assert m["tandem_vrrp_state"] == {base[:2] + (("ip_address", VRRP_VIP),) + base[2:]: 1.0}
+    assert m["tandem_node_info"] == {(("node", "a"),): 1.0}
+    assert m["tandem_ipvs_connections_total"][()] == 3
+
+
+# -- /conns: pages in slices, client addresses behind the token ---------------------------
+
+def fill(eng: Engine, n: int) -> None:
+    """n established UDP connections to RS[i % 3], installed as sync installs them."""
+    vip, laddr = socket.inet_aton(VIP), socket.inet_aton("198.18.2.100")
+    reals = [socket.inet_aton(a) for a in RS]
+    for i in range(n):
+        eng.apply_synced(proto=17, state=0, flags=0x08, caddr=socket.inet_aton(f"198.19.{i >> 8 & 255}.{i & 255}"),
+                         cport=1024 + (i >> 16), vaddr=vip, vport=80, laddr=laddr, lport=5000 + i // 3,
+                         daddr=reals[i % 3], dport=8080, timeout=300.0, now=0.0)
+    assert eng.table.count == n
+
+
+async def test_conns_without_the_token_hide_client_addresses_and_keep_every_key():
+    """An unauthenticated caller sees every connection and every documented key, with
+    `client` null; the token shows the addresses (before, anyone got them)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    eng = driven_engine()
+    async with client_for(eng, controlled_node(eng)) as client:
+        for headers, shown in (({}, False), ({"Authorization": "Bearer wrong"}, False),
+                               ({"Authorization": f"Bearer {TOKEN}"}, True)):
+            body = await (await client.get("/conns", headers=headers)).json()
+            jsonschema.validate(body, openapi.schema("ConnPage"))
+            assert body["total"] == 3 and len(body["conns"]) == 3
+            assert body["clients"] == ("shown" if shown else "hidden")
+            clients = {c["client"] for c in body["conns"]}
+            if shown:
+                assert clients == {f"{CLIENT}:40000", f"{CLIENT}:40001", f"{CLIENT}:5353"}
+            else:
+                assert clients == {None}
+            for c in body["conns"]:
+                assert c["vip"] == f"{VIP}:80" and c["real"].startswith("198.18.2.2")
+                assert c["expires_in"] == c["expires"]          # the app's clock stands at 0
+    # with no token configured, nobody sees them
+    async with client_for(eng) as client:
+        body = await (await client.get("/conns", headers={"Authorization": "Bearer "})).json()
+        assert {c["client"] for c in body["conns"]} == {None}
+
+
+async def test_conns_pages_filters_and_totals_over_a_table_larger_than_a_slice():
+    eng = Engine(make_config(limits={"max_conns": 100_000}))
+    n = 3 * conn_pages.WALK_SLICE + 17
+    fill(eng, n)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with client_for(eng, controlled_node(eng)) as client:
+        seen, offset = [], 0
+        while True:
+            page = await (await client.get(f"/conns?limit=1000&offset={offset}", headers=auth)).json()
+            assert page["total"] == n and page["limit"] == 1000 and page["offset"] == offset
+            seen += [c["client"] for c in page["conns"]]
+            offset += 1000
+            if offset >= page["total"]:
+                break
+        assert len(seen) == len(set(seen)) == n                       # each once, none lost
+        real = f"/conns?real={RS[1]}:8080&limit=10000&service=udp/{VIP}:80"
+        page = await (await client.get(real, headers=auth)).json()
+        want = sum(1 for i in range(n) if i % 3 == 1)
+        assert page["total"] == len(page["conns"]) == want
+        assert {c["real"] for c in page["conns"]} == {f"{RS[1]}:8080"}
+        page = await (await client.get(f"/conns?service=tcp/{VIP}:80")).json()
+        assert page["total"] == 0 and page["conns"] == []
+        page = await (await client.get("/conns?limit=5&offset=" + str(n - 2))).json()
+        assert page["total"] == n and len(page["conns"]) == 2
+        big = await (await client.get("/conns?limit=99999")).json()
+        assert big["limit"] == conn_pages.MAX_LIMIT and len(big["conns"]) == n
+        for bad in ("limit=x", "offset=-1", "limit=-5", "real=nothing", "real=198.18.2.21:x"):
+            assert (await client.get("/conns?" + bad)).status == 400, bad
+
+
+async def test_a_page_yields_to_the_loop_between_slices_and_survives_the_table_changing():
+    """Everything else on the loop (VRRP adverts, NFQUEUE reads) gets turns while a page is
+    built, and entries that expire meanwhile are skipped, not an error (before, the walk
+    was one step: no other task ran until it was done)."""
+    eng = Engine(make_config(limits={"max_conns": 100_000}))
+    n = 4 * conn_pages.WALK_SLICE
+    fill(eng, n)
+    victims = list(eng.table)[::2]
+    turns = 0
+    done = False
+
+    async def the_rest_of_the_node():
+        nonlocal turns
+        while not done:
+            turns += 1
+            if victims:
+                eng.table.remove(victims.pop())     # entries expire under the walk
+            await asyncio.sleep(0)
+
+    other = asyncio.get_running_loop().create_task(the_rest_of_the_node())
+    await asyncio.sleep(0)
+    pages = conn_pages.ConnPages(eng, lambda: 0.0)
+    before = turns
+    body = await pages.page(conn_pages.ConnQuery(limit=conn_pages.MAX_LIMIT, service=f"udp/{VIP}:80"),
+                            show_clients=True)
+    during = turns - before
+    done = True
+    await other
+    page = json.loads(body)
+    assert during >= 4                  # at least one turn per slice of the walk
+    assert page["total"] == len(page["conns"]) <= n
+    assert len(page["conns"]) < n       # some expired under the walk and were left out

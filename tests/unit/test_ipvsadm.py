@@ -17,8 +17,9 @@ from scapy.layers.inet import IP, TCP
 
 from director import ipvsadm as I
 from director import openapi
-from director.api import NodeState, make_app
+from director.api import make_app
 from director.engine import Engine
+from director.status import NodeParts
 from tests.helpers import CLIENT, VIP, make_config, tcp, udp
 
 
@@ -331,8 +332,11 @@ def driven_engine() -> Engine:
     return eng
 
 
+TOKEN = "ipvsadm-test-token"
+
+
 async def serve(eng: Engine):
-    runner = web.AppRunner(make_app(eng, NodeState("t", "master")), access_log=None)
+    runner = web.AppRunner(make_app(eng, NodeParts("t", "master", api_token=TOKEN)), access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -369,7 +373,7 @@ UDP  198.18.0.100:80 rr
 """)
         # this engine's clock stands at 0, not at the process's monotonic time that
         # `main -c` falls back on, so format the API's answer with now=0 ourselves
-        body = await asyncio.to_thread(I.fetch, url, "/conns")
+        body = await asyncio.to_thread(I.fetch, url, "/conns", token=TOKEN)
         # the API also says its own clock (now, expires_in); this engine's clock is a
         # fake one, so drop those and format against it explicitly
         body.pop("now", None)
@@ -386,8 +390,12 @@ TCP 01:00  SYN_RECV    198.18.1.10:40001  198.18.0.100:80    198.18.2.22:8080
         assert rc == 0
         assert capsys.readouterr().out.splitlines()[3] == \
             "TCP  198.18.0.100:80                     0        0        0        0        0"
-        rc = await asyncio.wait_for(asyncio.to_thread(I.main, ["-c", "--api", url]), 10)
+        rc = await asyncio.wait_for(asyncio.to_thread(I.main, ["-c", "--api", url, "--token", TOKEN]), 10)
         assert rc == 0 and capsys.readouterr().out.count("198.18.1.10:4000") == 2
+        # without the token the API hides client addresses, and the listing says so
+        rc = await asyncio.wait_for(asyncio.to_thread(I.main, ["-c", "--api", url]), 10)
+        out = capsys.readouterr().out
+        assert rc == 0 and "198.18.1.10" not in out and out.count("hidden") == 2
         rc = await asyncio.wait_for(asyncio.to_thread(I.main, ["-L", "-t", "198.18.0.1:80",
                                                                "--api", url]), 10)
         assert rc == 1 and "No such service" in capsys.readouterr().err

@@ -1,0 +1,305 @@
+"""Typed contracts between a running node and what reports on it (the HTTP API, /metrics).
+
+Each source of status has one dataclass here; the producers build it from their
+live objects, and the consumers read its fields, never a dict's keys.  Fields
+that become metrics say so in their metadata (`counter(...)` / `gauge(...)`):
+kind, help text and exported name, so the collector needs no naming rules of its
+own and a counter cannot turn into a gauge by a key's spelling.  Conversions from
+a core's own status (a VRRP instance's counters, the sync link's description)
+are strict: a key the contract does not know, or one it misses, raises, and the
+unit tests build every contract from the real objects, so a renamed counter
+fails a test instead of silently leaving a metric at nothing.
+
+This module imports no runtime code: the parts it reads (VRRP runner, sync link,
+operator control) are described by Protocols.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Protocol
+
+COUNTER = "counter"
+GAUGE = "gauge"
+
+
+def counter(doc: str, name: str) -> Any:
+    """A field exported as the counter `<prefix>_<name>_total`."""
+    return field(metadata={"kind": COUNTER, "doc": doc, "name": name})
+
+
+def gauge(doc: str, name: str, default: Any = dataclasses.MISSING) -> Any:
+    return field(default=default, metadata={"kind": GAUGE, "doc": doc, "name": name})
+
+
+def metric_fields(obj: Any) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, value) for every field of a contract that declares a metric kind."""
+    return [(f, getattr(obj, f.name)) for f in dataclasses.fields(obj) if "kind" in f.metadata]
+
+
+# -- VRRP -----------------------------------------------------------------------------------
+
+#: keepalived's VRRP_STATE_* numbers (vrrp.h), which keepalived-exporter exposes as they are
+KEEPALIVED_STATE = {"Initialize": 0, "Backup": 1, "Master": 2, "Fault": 3}
+
+#: drop reasons of the VRRP core that keepalived counts under a name of its own:
+#: reason -> keepalived-exporter metric name (its `ip_ttl_err`, `packet_len_err`, ...)
+KEEPALIVED_DROPS = {
+    "ttl": "ip_ttl_errors",
+    "truncated": "packet_length_errors",
+    "bad_type": "invalid_type_received",
+    "addresses": "address_list_errors",
+}
+
+DROP_PREFIX = "drop_"
+
+
+@dataclass(frozen=True)
+class VrrpCounters:
+    """A VRRP instance's counters; field names are the core's (ha/vrrp.py), metric names
+    keepalived-exporter's where keepalived counts the same thing."""
+
+    rx: int = counter("Adverts received for this instance, before any check (keepalived's "
+                      "advert_rcvd).", "advertisements_received")
+    accepted: int = counter("Adverts that passed every check.", "advertisements_accepted")
+    tx: int = counter("Adverts sent (keepalived's advert_sent).", "advertisements_sent")
+    tx_priority0: int = counter("Priority-0 adverts sent (resign, stop, fault).",
+                                "priority_zero_sent")
+    rx_priority0: int = counter("Priority-0 adverts received.", "priority_zero_received")
+    became_master: int = counter("Transitions to MASTER (keepalived's become_master).",
+                                 "become_master")
+    became_backup: int = counter("Transitions to BACKUP.", "become_backup")
+    faults: int = counter("Transitions to FAULT.", "faults")
+    reannounced: int = counter("Re-announcements after a lower-priority node claimed mastership.",
+                               "reannounced")
+    discard_lower_priority: int = counter("Lower-priority adverts a preempting backup ignored.",
+                                          "lower_priority_discarded")
+    preempt_delayed: int = counter("Preemptions held back by preempt_delay.", "preempt_delayed")
+    owner_conflict: int = counter("Priority-255 adverts heard while owning the addresses.",
+                                  "owner_conflicts")
+    interval_changes: int = counter("Changes of the master's advert interval.", "interval_changes")
+    #: dropped adverts by reason (the core's `drop_<reason>` counters)
+    drops: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_core(cls, counters: Mapping[str, int]) -> "VrrpCounters":
+        """From a VrrpInstance's `counters`; every non-drop key must be a field."""
+        drops = {k[len(DROP_PREFIX):]: v for k, v in counters.items() if k.startswith(DROP_PREFIX)}
+        rest = {k: v for k, v in counters.items() if not k.startswith(DROP_PREFIX)}
+        return cls(drops=drops, **rest)
+
+    def to_json(self) -> dict[str, int]:
+        """The core's own keys, as /status has always shown them."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "drops"}
+        out.update({DROP_PREFIX + r: n for r, n in self.drops.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class VrrpStatus:
+    """One VRRP instance as the election runs it."""
+
+    name: str                   # keepalived's iname, VI_<vrid> by default
+    vrid: int
+    state: str                  # Initialize | Backup | Master | Fault
+    priority: int
+    master: str | None          # the master's address as last heard
+    master_priority: int | None
+    master_adver_int_ms: int
+    resigned: bool
+    fault: bool
+    interface: str              # keepalived's intf: where the adverts go
+    addresses: tuple[str, ...]  # the VIPs advertised
+    counters: VrrpCounters
+
+    @property
+    def state_number(self) -> int:
+        return KEEPALIVED_STATE[self.state]
+
+    @classmethod
+    def of(cls, runner: "ElectionSource") -> "VrrpStatus":
+        """From a running election (ha.vrrp_io.VrrpRunner)."""
+        core = dict(runner.instance.status())
+        counters = VrrpCounters.from_core(core.pop("counters"))
+        return cls(interface=runner.ifname, addresses=tuple(runner.cfg.addresses),
+                   counters=counters, **core)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["addresses"] = list(self.addresses)
+        out["counters"] = self.counters.to_json()
+        return out
+
+
+# -- connection sync ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SyncLag:
+    """Apply time minus send time over the last `lag_samples` DATA messages, in ms."""
+
+    p50: float | None
+    p99: float | None
+    max: float | None
+    samples: int
+
+    #: quantile label -> field, for the lag gauge
+    QUANTILES = (("0.5", "p50"), ("0.99", "p99"), ("1", "max"))
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    """The sync link's counters.  sender, receiver, transport and applied hold counters
+    only (every key counts up from 0); lag and missing are gauges."""
+
+    sender: Mapping[str, int] = counter("Sync sender: {key}.", "sender")
+    receiver: Mapping[str, int] = counter("Sync receiver: {key}.", "receiver")
+    transport: Mapping[str, int] = counter("Sync socket: {key}.", "transport")
+    applied: Mapping[str, int] = counter("Synced entries the engine applied, by result: {key}.",
+                                         "applied")
+    missing: int = gauge("Sequence numbers from the peer still missing (being asked for again).",
+                         "missing")
+    lag_ms: SyncLag = field(default_factory=lambda: SyncLag(None, None, None, 0))
+
+    @classmethod
+    def of(cls, link: "SyncSource") -> "SyncStats":
+        """From a running sync link (tandem.ha.SyncLink)."""
+        d = dict(link.describe())
+        return cls(lag_ms=SyncLag(**d.pop("lag_ms")), **d)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["lag_ms"] = dataclasses.asdict(self.lag_ms)
+        for k in ("sender", "receiver", "transport", "applied"):
+            out[k] = dict(out[k])
+        return out
+
+
+# -- the node -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """The node as /status reports it (beside the engine's and the queue's counters)."""
+
+    node: str
+    role: str                   # master | backup | fault | init
+    priority: int | None
+    peer: str | None
+    uptime_s: float
+    vrrp: VrrpStatus | None
+    role_changes: tuple[Mapping[str, Any], ...]
+    sync_enabled: bool
+
+
+class ElectionSource(Protocol):
+    """A running VRRP election (ha.vrrp_io.VrrpRunner)."""
+    ifname: str
+    cfg: Any                    # ha.vrrp.VrrpConfig: .addresses
+    instance: Any               # ha.vrrp.VrrpInstance: .status()
+
+    def resign(self) -> None: ...
+
+
+class SyncSource(Protocol):
+    """A running sync link (tandem.ha.SyncLink)."""
+
+    def describe(self) -> Mapping[str, Any]: ...
+
+
+class ControlSource(Protocol):
+    """Operator changes and health verdicts (director.control.Control)."""
+
+    def set_weight(self, service: str, addr: str, port: int, weight: int) -> dict: ...
+
+    def health_of(self, svc: Any, dest: Any) -> str: ...
+
+
+class NodeSource(Protocol):
+    """What the API and the metrics read from a node and ask of it."""
+
+    name: str
+    control: ControlSource | None
+
+    @property
+    def api_token(self) -> str: ...
+
+    def status(self) -> NodeStatus: ...
+
+    def vrrp_status(self) -> VrrpStatus | None: ...
+
+    def sync_stats(self) -> SyncStats | None: ...
+
+    def queue_stats(self) -> Mapping[str, int]: ...
+
+    def resign(self) -> bool: ...
+
+    async def reload(self) -> dict: ...
+
+
+class NoReload(LookupError):
+    """The node cannot reload (it was not started from a file)."""
+
+
+class NodeParts:
+    """The NodeSource of a running node, made of its live parts.
+
+    The node wiring gives what it has at start; the two parts that come later or change
+    are handed over by name: `set_role` (the role runner's callback) and `attach_election`
+    (once the VRRP runner exists, after the initial resync); `api_token` follows reloads.
+    """
+
+    def __init__(self, name: str, role: str, *, started: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 queue_stats: Callable[[], Mapping[str, int]] = dict,
+                 control: ControlSource | None = None, sync: SyncSource | None = None,
+                 role_changes: list[dict] | None = None, api_token: str = "",
+                 reload: Callable[[], Awaitable[dict]] | None = None) -> None:
+        self.name = name
+        self.control = control
+        self.api_token = api_token
+        self._role = role
+        self._clock = clock
+        self._started = clock() if started is None else started
+        self._queue_stats = queue_stats
+        self._sync = sync
+        self._role_changes = role_changes if role_changes is not None else []
+        self._reload = reload
+        self._election: ElectionSource | None = None
+        self._priority: int | None = None
+
+    def set_role(self, role: str) -> None:
+        self._role = role
+
+    def attach_election(self, runner: ElectionSource, priority: int) -> None:
+        self._election, self._priority = runner, priority
+
+    def vrrp_status(self) -> VrrpStatus | None:
+        return VrrpStatus.of(self._election) if self._election is not None else None
+
+    def sync_stats(self) -> SyncStats | None:
+        return SyncStats.of(self._sync) if self._sync is not None else None
+
+    def queue_stats(self) -> Mapping[str, int]:
+        return self._queue_stats()
+
+    def status(self) -> NodeStatus:
+        vrrp = self.vrrp_status()
+        peer = None
+        if vrrp is not None and vrrp.master and self._role != "master":
+            peer = vrrp.master          # a backup names the master it hears
+        return NodeStatus(node=self.name, role=self._role, priority=self._priority, peer=peer,
+                          uptime_s=round(self._clock() - self._started, 3), vrrp=vrrp,
+                          role_changes=tuple(self._role_changes[-10:]),
+                          sync_enabled=self._sync is not None)
+
+    def resign(self) -> bool:
+        """Give up mastership; False when no election runs."""
+        if self._election is None:
+            return False
+        self._election.resign()
+        return True
+
+    async def reload(self) -> dict:
+        if self._reload is None:
+            raise NoReload("the node was not started from a file")
+        return await self._reload()
