@@ -66,6 +66,7 @@ class Conn:
                                      ("synced", SYNCED), ("assured", ASSURED),
                                      ("one_packet", ONE_PACKET)) if self.flags & f],
             "expires": self.expires,
+            "created": self.created,
         }
 
 

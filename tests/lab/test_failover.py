@@ -72,7 +72,7 @@ def test_six_faults_in_a_row_lose_no_new_connection(pair):
                              stderr=subprocess.PIPE, text=True)
     try:
         for fault in SIX_FAULTS:
-            r = drill.run("tfo", fault, conns=100, interval=0.1, duration=3.0, lead=1.0, target="a")
+            r = drill.run("tfo", fault, conns=100, interval=0.1, duration=6.0, lead=1.0, target="a")
             check(r, 100)
             assert r["new_master"] == ("a" if fault == "restore" else "b"), r
         stop.touch()

@@ -29,7 +29,11 @@ def pair():
         yield info
 
 
-def conns_of(name: str) -> dict[tuple, tuple]:
+def conns_of(name: str, created: dict | None = None) -> dict[tuple, tuple]:
+    """(proto, client) -> (local, real, state) of the director's connections to port 80;
+    `created`, if given, is filled with each one's creation time (the node's monotonic
+    clock, which both directors share: they run on one machine)."""
+    created = {} if created is None else created
     d = next(x for x in T.DIRECTORS if x["name"] == name)
     out, offset = {}, 0
     while True:
@@ -40,6 +44,7 @@ def conns_of(name: str) -> dict[tuple, tuple]:
         for c in page["conns"]:
             if c["vip"].endswith(":80"):
                 out[(c["proto"], c["client"])] = (c["local"], c["real"], c["state"])
+                created[(c["proto"], c["client"])] = c["created"]
         offset += page["limit"]
         if offset >= page["total"]:
             return out
@@ -95,21 +100,22 @@ class Held:
         return json.loads(out.splitlines()[-1])
 
 
-def wait_same(limit: float) -> tuple[float, dict, dict]:
+def wait_same(limit: float) -> tuple[dict, dict, dict]:
     """Poll (bounded) until B holds every connection A holds, identically.
 
     The tables change while they are read (a connection closes, a state moves), so B is
     read between two reads of A, and B's entry must equal A's entry of either read: B
     may be behind the second read or ahead of the first, but never hold anything A did
-    not.  Returns the wall time at which B's read ended, A's later read, and B's."""
+    not.  Returns A's later read, B's, and B's creation times (the node's monotonic
+    clock, which this process shares)."""
     end = time.monotonic() + limit
     while True:
-        a1, b = conns_of("a"), conns_of("b")
-        t_b = time.time()
+        born_b: dict = {}
+        a1, b = conns_of("a"), conns_of("b", born_b)
         a2 = conns_of("a")
         missing = [k for k, v in a2.items() if b.get(k) not in (v, a1.get(k))]
         if len(a2) >= N and not missing:
-            return t_b, a2, b
+            return a2, b, born_b
         if time.monotonic() > end:
             raise AssertionError(f"B lacks {len(missing)} of A's {len(a2)} connections, e.g. "
                                  f"{[(k, a1.get(k), a2[k], b.get(k)) for k in missing[:3]]}")
@@ -117,12 +123,20 @@ def wait_same(limit: float) -> tuple[float, dict, dict]:
 
 
 def test_5000_held_connections_appear_on_b_within_1_s(pair):
+    """Each connection is on B within 1 s of its first packet on A: judged by the
+    creation times both nodes keep (one clock), not by how long the test takes to
+    read 2 x 5000 entries through the API on a busy machine."""
     with Held(N, 6.0) as held:
-        t_ready = held.wait_ready()
-        t_same, a, b = wait_same(10.0)
+        held.wait_ready()
+        wait_same(10.0)
+        born_a, born_b = {}, {}
+        a, b = conns_of("a", born_a), conns_of("b", born_b)
         assert len(a) == N
-        assert t_same - t_ready <= 1.0, f"B had them {t_same - t_ready:.2f} s after they were open"
-        assert held.result()["ok"] == N
+        late = sorted((born_b[k] - born_a[k], k) for k in a if k in born_b)
+        assert len(late) == N and late[-1][0] <= 1.0, \
+            f"B had {late[-1][1]} {late[-1][0]:.2f} s after A; p50 {late[N // 2][0]:.3f} s"
+        result = held.result()
+        assert result["ok"] == N, result
 
 
 def test_with_20_percent_of_sync_lost_every_connection_still_arrives(pair):
@@ -135,7 +149,8 @@ def test_with_20_percent_of_sync_lost_every_connection_still_arrives(pair):
             after, sender = sync_of("b")["receiver"], sync_of("a")["sender"]
             assert after["gaps"] > before["gaps"] and after["nacks_sent"] > before["nacks_sent"], after
             assert sender["resends"] > 0 or after["resync_requests"] > before["resync_requests"], sender
-            assert held.result()["ok"] == N
+            result = held.result()
+            assert result["ok"] == N, result
     finally:
         T.sync_loss(PREFIX, 0)
 
@@ -145,11 +160,15 @@ def test_a_restarted_backup_gets_everything_back_within_5_s(pair):
         held.wait_ready()
         wait_same(10.0)
         T.fault(PREFIX, "b", "stop")
-        t0 = time.time()
+        t0 = time.monotonic()
         T.fault(PREFIX, "b", "restore")
-        t_same, a, b = wait_same(5.0)
-        assert t_same - t0 <= 5.0 and len(a) >= N      # earlier tests leave TIME_WAIT entries too
-        assert held.result()["ok"] == N
+        a, b, born_b = wait_same(15.0)
+        assert len(a) >= N      # earlier tests leave TIME_WAIT entries too
+        # judged by when B created them, not by how long reading them took
+        last = max(born_b[k] for k in a if k in born_b)
+        assert last - t0 <= 5.0, f"B held everything {last - t0:.2f} s after it was restarted"
+        result = held.result()
+        assert result["ok"] == N, (result, sync_of("b"), T.node_status(PREFIX, "b"))
 
 
 def _sniff_and_send(bad_key: bytes) -> dict:
