@@ -12,7 +12,8 @@ Inputs carry the time; outputs are actions for the caller to carry out, in order
     actions = inst.shutdown(now)
 
 Actions: `SendAdvert(priority)` (the caller builds it with `inst.advert(priority)` and sends it to
-224.0.0.18 / ff02::12 or to every unicast peer) and `StateChange(old, new, reason)`.
+224.0.0.18 / ff02::12 or to every unicast peer), `StateChange(old, new, reason, cause)` (`cause` a
+`Cause`, for code; `reason` a sentence, for the log) and `Reannounce(reason)`.
 
 Timers (RFC 5798 §6.1), all in seconds here, the interval in centiseconds on the wire:
 
@@ -45,10 +46,13 @@ Rules:
 
 Receive validation, each failure dropped, counted in `counters["drop_<reason>"]`, never a state
 change, checked in this order: not running (Initialize/Fault: drop_state), own advert (src ==
-primary_address: drop_own), TTL != 255 on multicast (drop_ttl; skipped for unicast as keepalived
-does), version (drop_version), VRID (drop_vrid), address list differs from ours as a multiset
-(drop_addresses; keepalived's exact-list check), unicast from an address not in unicast_peers
-(drop_peer).  `on_packet` adds the decode failures: drop_bad_checksum, drop_truncated,
+primary_address: drop_own), then the transport, decided from the configuration as keepalived does
+(never from the packet, or a host several hops away could claim priority 255 by sending to us
+directly): without unicast_peers, TTL / hop limit != 255 (drop_ttl) or a destination other than the
+VRRP group (drop_dst); with unicast_peers, a source that is not a configured peer (drop_peer),
+whatever the destination, and no TTL check (keepalived's unicast mode); then version
+(drop_version), VRID (drop_vrid), address list differs from ours as a multiset (drop_addresses;
+keepalived's exact-list check).  `on_packet` adds the decode failures: drop_bad_checksum, drop_truncated,
 drop_count_mismatch, drop_bad_version, drop_bad_type, drop_bad_address, drop_malformed.
 """
 from __future__ import annotations
@@ -62,8 +66,8 @@ from typing import Union
 from proto import vrrp as P
 from proto.vrrp import Advert, VrrpError
 
-__all__ = ["State", "VrrpConfig", "SendAdvert", "StateChange", "Action", "VrrpInstance",
-           "skew_time", "master_down_interval"]
+__all__ = ["State", "Cause", "VrrpConfig", "SendAdvert", "StateChange", "Reannounce", "Action",
+           "VrrpInstance", "skew_time", "master_down_interval"]
 
 
 class State(str, enum.Enum):
@@ -86,9 +90,20 @@ class SendAdvert:
     priority: int
 
 
-#: how the reason of a StateChange to MASTER starts when this node takes over from
-#: a live lower-priority master (which still holds the addresses)
-PREEMPTING = "preempting"
+class Cause(str, enum.Enum):
+    """Why a state changed: what the role machine (ha/role.py) decides on; the reason string
+    beside it is only for the log."""
+    STARTUP = "startup"                  # Initialize -> Backup (or Master as address owner)
+    MASTER_DOWN = "master_down"          # Backup: Master_Down_Timer expired, no master heard
+    PEER_STOPPED = "peer_stopped"        # Backup: the master sent priority 0, Skew_Time expired
+    PREEMPT = "preempt"                  # Backup: took over from a live lower-priority master,
+                                         # which still holds the addresses
+    PREEMPTED = "preempted"              # Master: a higher-priority master appeared
+    RESIGNED = "resigned"                # Master: the operator resigned it
+    FAULT = "fault"                      # engine or tracked interface down
+    FAULT_CLEARED = "fault_cleared"
+    SHUTDOWN = "shutdown"                # stopping (a Master sent priority 0)
+    CONFIG = "config"                    # no election: the role fixed in the config
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class StateChange:
     old: State
     new: State
     reason: str
+    cause: Cause
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,7 @@ def _ms(seconds: float) -> str:
 _COUNTERS = (
     "rx", "accepted", "tx", "tx_priority0", "rx_priority0", "became_master", "became_backup",
     "faults", "reannounced", "discard_lower_priority", "preempt_delayed", "owner_conflict", "interval_changes",
-    "drop_state", "drop_own", "drop_ttl", "drop_version", "drop_vrid", "drop_addresses", "drop_peer",
+    "drop_state", "drop_own", "drop_ttl", "drop_dst", "drop_version", "drop_vrid", "drop_addresses", "drop_peer",
     "drop_owner",
 ) + tuple(f"drop_{r}" for r in P.REASONS)
 
@@ -223,6 +239,7 @@ class VrrpInstance:
         self._fault = False
         self._preempt_at: float | None = None   # preempt_delay running against a lower-priority master
         self._down_reason = ""
+        self._down_cause = Cause.MASTER_DOWN
 
     # -- read-only views ------------------------------------------------------------------
 
@@ -285,7 +302,7 @@ class VrrpInstance:
             self.counters["tx_priority0"] += 1
         out.append(SendAdvert(priority))
 
-    def _goto(self, out: list[Action], new: State, reason: str) -> None:
+    def _goto(self, out: list[Action], new: State, reason: str, cause: Cause) -> None:
         old = self._state
         self._state = new
         self._preempt_at = None
@@ -301,38 +318,39 @@ class VrrpInstance:
             self.master_address = self.master_priority = None
             if new is State.FAULT:
                 self.counters["faults"] += 1
-        out.append(StateChange(old, new, reason))
+        out.append(StateChange(old, new, reason, cause))
 
-    def _become_master(self, out: list[Action], now: float, reason: str) -> None:
+    def _become_master(self, out: list[Action], now: float, reason: str, cause: Cause) -> None:
         self._send(out, self.cfg.priority)
         self.adver_at = now + self.advert_interval
-        self._goto(out, State.MASTER, reason)
+        self._goto(out, State.MASTER, reason, cause)
 
-    def _become_backup(self, out: list[Action], now: float, reason: str) -> None:
-        self._goto(out, State.BACKUP, reason)
+    def _become_backup(self, out: list[Action], now: float, reason: str, cause: Cause) -> None:
+        self._goto(out, State.BACKUP, reason, cause)
         self._arm_down(now, "")
 
-    def _arm_down(self, now: float, why: str) -> None:
+    def _arm_down(self, now: float, why: str, cause: Cause = Cause.MASTER_DOWN) -> None:
         self.master_down_at = now + self.master_down_interval
         self._down_reason = why
+        self._down_cause = cause
 
-    def _enter_running(self, out: list[Action], now: float, why: str) -> None:
+    def _enter_running(self, out: list[Action], now: float, why: str, cause: Cause) -> None:
         """Initialize's Startup event (RFC 5798 §6.4.1)."""
         self.master_adver_int_cs = self.cfg.advert_interval_cs
         self.master_address = self.master_priority = None
         if self.is_owner:
-            self._become_master(out, now, f"{why}, priority 255 (address owner)")
+            self._become_master(out, now, f"{why}, priority 255 (address owner)", cause)
         else:
-            self._become_backup(out, now, why)
+            self._become_backup(out, now, why, cause)
 
     def start(self, now: float) -> list[Action]:
         out: list[Action] = []
         if self._state is not State.INITIALIZE:
             return out
         if self._fault:
-            self._goto(out, State.FAULT, "started while in fault")
+            self._goto(out, State.FAULT, "started while in fault", Cause.FAULT)
         else:
-            self._enter_running(out, now, "startup")
+            self._enter_running(out, now, "startup", Cause.STARTUP)
         return out
 
     def shutdown(self, now: float) -> list[Action]:
@@ -340,7 +358,7 @@ class VrrpInstance:
         if self._state is State.MASTER:
             self._send(out, 0)
         if self._state is not State.INITIALIZE:
-            self._goto(out, State.INITIALIZE, "shutdown")
+            self._goto(out, State.INITIALIZE, "shutdown", Cause.SHUTDOWN)
         return out
 
     def set_fault(self, on: bool, now: float) -> list[Action]:
@@ -355,9 +373,9 @@ class VrrpInstance:
         if on:
             if self._state is State.MASTER:
                 self._send(out, 0)
-            self._goto(out, State.FAULT, "fault: engine or tracked interface down")
+            self._goto(out, State.FAULT, "fault: engine or tracked interface down", Cause.FAULT)
         else:
-            self._enter_running(out, now, "fault cleared")
+            self._enter_running(out, now, "fault cleared", Cause.FAULT_CLEARED)
         return out
 
     def resign(self, now: float) -> list[Action]:
@@ -377,7 +395,7 @@ class VrrpInstance:
             self._send(out, 0)
             self.master_adver_int_cs = self.cfg.advert_interval_cs
             self.master_address = self.master_priority = None
-            self._become_backup(out, now, "resigned by operator (sent priority 0)")
+            self._become_backup(out, now, "resigned by operator (sent priority 0)", Cause.RESIGNED)
         self._preempt_at = None
         return out
 
@@ -405,30 +423,37 @@ class VrrpInstance:
                 reason = (f"master down timer expired (3 x {self.cfg.advert_interval_cs // 100} s"
                           f" + skew {_ms(self.skew_time)})")
             self.resigned = False
-            self._become_master(out, now, reason)
+            self._become_master(out, now, reason, self._down_cause)
         return out
 
     # -- receive -----------------------------------------------------------------------------------
+
+    def _is_group(self, dst: str) -> bool:
+        if dst == self.cfg.group:
+            return True
+        try:
+            return ipaddress.ip_address(dst) == ipaddress.ip_address(self.cfg.group)
+        except ValueError:
+            return False
 
     def _drop(self, reason: str) -> list[Action]:
         self.counters["drop_" + reason] += 1
         return []
 
-    def on_packet(self, payload: bytes, src: str, dst: str, ttl: int, now: float,
-                  unicast: bool | None = None) -> list[Action]:
-        """A received IP payload: decode (counting failures), then `on_advert`.  unicast defaults
-        to "dst is not the VRRP multicast group"."""
+    def on_packet(self, payload: bytes, src: str, dst: str, ttl: int, now: float) -> list[Action]:
+        """A received IP payload (dst: the destination address of its IP header): decode
+        (counting failures), then `on_advert`."""
         try:
             advert = P.decode(payload, src, dst)
         except VrrpError as exc:
             self.counters["rx"] += 1
             return self._drop(exc.reason)
-        if unicast is None:
-            unicast = dst not in (P.VRRP_GROUP4, P.VRRP_GROUP6)
-        return self.on_advert(advert, src, ttl, now, unicast=unicast)
+        return self.on_advert(advert, src, ttl, now, dst=dst)
 
     def on_advert(self, advert: Advert, src: str, ttl: int, now: float,
-                  unicast: bool = False) -> list[Action]:
+                  dst: str | None = None) -> list[Action]:
+        """A decoded advert from src, received with that TTL / hop limit, sent to dst (None: the
+        VRRP group, for callers that have no IP header)."""
         self.counters["rx"] += 1
         cfg = self.cfg
         if self._state not in (State.BACKUP, State.MASTER):
@@ -440,8 +465,14 @@ class VrrpInstance:
         src = str(src_ip)
         if src == cfg.primary_address:
             return self._drop("own")
-        if not unicast and ttl != 255:
-            return self._drop("ttl")
+        if self._peers:
+            if src not in self._peers:
+                return self._drop("peer")
+        else:
+            if ttl != 255:
+                return self._drop("ttl")
+            if dst is not None and not self._is_group(dst):
+                return self._drop("dst")
         if advert.version != cfg.version:
             return self._drop("version")
         if advert.vrid != cfg.vrid:
@@ -452,8 +483,6 @@ class VrrpInstance:
             return self._drop("addresses")
         if theirs != self._vips:
             return self._drop("addresses")
-        if unicast and self._peers and src not in self._peers:
-            return self._drop("peer")
         if self.is_owner:
             if advert.priority == 255:
                 self.counters["owner_conflict"] += 1
@@ -479,6 +508,7 @@ class VrrpInstance:
             self.master_down_at = now + self.skew_time
             self._down_reason = (f"priority 0 from {src} (master stopped), "
                                  f"skew timer expired ({_ms(self.skew_time)})")
+            self._down_cause = Cause.PEER_STOPPED
             return
         lower = advert.priority < self.cfg.priority
         if lower and self.preempting:
@@ -488,12 +518,12 @@ class VrrpInstance:
                 if now < self._preempt_at:
                     self.counters["preempt_delayed"] += 1
                     self._accept_master(advert, src, now)
-                    self._down_reason = ""
                     return
             self.counters["discard_lower_priority"] += 1
-            self._down_reason = (f"{PREEMPTING} lower priority {advert.priority} master {src}"
+            self._down_reason = (f"preempting lower priority {advert.priority} master {src}"
                                  f" (ours {self.cfg.priority}; master down timer"
                                  f" {_ms(self.master_down_interval)})")
+            self._down_cause = Cause.PREEMPT
             return
         if not lower:
             self._preempt_at = None
@@ -524,6 +554,6 @@ class VrrpInstance:
             return
         self.master_adver_int_cs = cfg.advert_interval_cs
         self._adopt_interval(advert)
-        self._goto(out, State.BACKUP, reason)
+        self._goto(out, State.BACKUP, reason, Cause.PREEMPTED)
         self.master_address, self.master_priority = src, advert.priority
         self._arm_down(now, "")

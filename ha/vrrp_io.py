@@ -15,10 +15,19 @@ The socket is created by `open_socket()` (called by `start()` if not done before
 instance in another network namespace, call `open_socket()` in a thread that has entered it
 (`lab.nsutil.in_netns(ns, runner.open_socket)`): a socket keeps the namespace it was made in.
 
-`on_state_change(old, new, reason)` (plain function or coroutine function) is called from one
-worker task, strictly one call at a time and in order; a slow callback delays later callbacks,
-never the VRRP protocol itself.  Every state change is also logged in one line, as keepalived
-does: ``VRRP_Instance(VI_51) Entering MASTER STATE (master down timer expired (...))``.
+Two ways to hear about changes:
+* `on_change(StateChange)` and `on_reannounce(reason)`: plain functions called at once, from the
+  protocol's own path (the node hands them to the role machine's bounded inbox, ha/role.py); they
+  must not block.
+* `on_state_change(old, new, reason)` (plain function or coroutine function): called from one
+  worker task, strictly one call at a time and in order; a slow callback delays later callbacks,
+  never the VRRP protocol itself.  The queue in front of it is bounded: beyond
+  `CALLBACK_QUEUE_MAX` waiting changes, a new one is merged into the last (its old state kept, the
+  new state and reason taken: only the latest wanted state matters), counted in
+  stats["callbacks_coalesced"].
+Every state change is also logged in one line, as keepalived does:
+``VRRP_Instance(VI_51) Entering MASTER STATE (master down timer expired (...))``.  A re-announce
+is not logged here (the role machine logs it, rate-limited).
 
 `resign()` is the operator's "resign": a Master advertises priority 0 once and becomes Backup at
 once; the peer (a Backup) then sets its Master_Down_Timer to its Skew_Time and takes over.  Until
@@ -28,6 +37,7 @@ with nopreempt); if no peer takes over, it becomes Master again after Master_Dow
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import socket
@@ -47,6 +57,8 @@ SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 TOS_INTERNETWORK_CONTROL = 0xC0
 _RX_BATCH = 64          # datagrams read per readiness callback
 _RX_BUF = 2048
+#: state changes waiting for a slow on_state_change before new ones are merged into the last
+CALLBACK_QUEUE_MAX = 16
 
 StateCallback = Callable[[State, State, str], "Awaitable[Any] | Any"]
 
@@ -94,22 +106,26 @@ class VrrpRunner:
 
     def __init__(self, cfg: VrrpConfig, ifname: str, on_state_change: StateCallback | None = None,
                  *, clock: Callable[[], float] = time.monotonic,
-                 on_reannounce: Callable[[str], Any] | None = None) -> None:
+                 on_change: Callable[[StateChange], None] | None = None,
+                 on_reannounce: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.ifname = ifname
         self.on_state_change = on_state_change
-        #: called (serialised with state changes) when a Reannounce action comes
+        #: called at once (must not block) for every StateChange / Reannounce action
+        self.on_change = on_change
         self.on_reannounce = on_reannounce
         self.clock = clock
         self.instance = VrrpInstance(cfg)
         self.stats = dict.fromkeys(("rx_datagrams", "rx_not_ipv4", "tx_datagrams", "tx_errors",
-                                    "internal_errors", "callback_errors"), 0)
+                                    "internal_errors", "callback_errors",
+                                    "callbacks_coalesced"), 0)
         self._sock: socket.socket | None = None
         self._ifindex = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._events: asyncio.Queue[StateChange | None] | None = None
+        self._events: collections.deque[StateChange | None] | None = None
+        self._events_ready: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._pktinfo = b""
         self._targets: list[tuple[str, str]] = []   # (dst for the checksum, sendto address)
@@ -141,7 +157,8 @@ class VrrpRunner:
             self._targets = [(p, p) for p in self.cfg.unicast_peers]
         else:
             self._targets = [(P.VRRP_GROUP4, P.VRRP_GROUP4)]
-        self._events = asyncio.Queue()
+        self._events = collections.deque()
+        self._events_ready = asyncio.Event()
         self._worker = asyncio.create_task(self._callbacks(), name=f"vrrp-{self.cfg.name}-notify")
         self._loop.add_reader(self._sock.fileno(), self._readable)
         self._apply(self.instance.start(self.clock()))
@@ -165,7 +182,7 @@ class VrrpRunner:
             self._sock.close()
             self._sock = None
         if self._events is not None and self._worker is not None:
-            self._events.put_nowait(None)
+            self._enqueue(None)
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), callback_timeout)
             except asyncio.TimeoutError:
@@ -177,7 +194,7 @@ class VrrpRunner:
                 except (asyncio.CancelledError, Exception):
                     pass
         self._worker = None
-        self._events = None
+        self._events = self._events_ready = None
         self._loop = None
 
     def resign(self) -> None:
@@ -209,13 +226,31 @@ class VrrpRunner:
                 self._send(a.priority)
             elif isinstance(a, StateChange):
                 self._log_change(a)
-                if self._events is not None:
-                    self._events.put_nowait(a)
+                self._notify(self.on_change, a)
+                if self._events is not None and self.on_state_change is not None:
+                    self._enqueue(a)
             elif isinstance(a, Reannounce):
-                log.info("VRRP_Instance(%s) %s: announcing our addresses again", self.cfg.name, a.reason)
-                if self._events is not None:
-                    self._events.put_nowait(a)
+                self._notify(self.on_reannounce, a.reason)
         self._arm()
+
+    def _notify(self, cb: Callable[[Any], None] | None, arg: Any) -> None:
+        if cb is None:
+            return
+        try:
+            cb(arg)
+        except Exception:
+            self.stats["callback_errors"] += 1
+            log.exception("VRRP_Instance(%s) change callback failed", self.cfg.name)
+
+    def _enqueue(self, ev: StateChange | None) -> None:
+        q, ready = self._events, self._events_ready
+        assert q is not None and ready is not None
+        if ev is not None and len(q) >= CALLBACK_QUEUE_MAX and isinstance(q[-1], StateChange):
+            last = q.pop()
+            ev = StateChange(last.old, ev.new, ev.reason, ev.cause)
+            self.stats["callbacks_coalesced"] += 1
+        q.append(ev)
+        ready.set()
 
     def _log_change(self, a: StateChange) -> None:
         log.info("VRRP_Instance(%s) Entering %s STATE (%s)", self.cfg.name,
@@ -292,20 +327,20 @@ class VrrpRunner:
         self._timer = self._loop.call_at(self._loop.time() + delay, self._fire)
 
     async def _callbacks(self) -> None:
-        q = self._events
-        assert q is not None
+        q, ready = self._events, self._events_ready
+        assert q is not None and ready is not None
         while True:
-            ev = await q.get()
+            while not q:
+                ready.clear()
+                await ready.wait()
+            ev = q.popleft()
             if ev is None:
                 return
-            if isinstance(ev, Reannounce):
-                cb, args = self.on_reannounce, (ev.reason,)
-            else:
-                cb, args = self.on_state_change, (ev.old, ev.new, ev.reason)
+            cb = self.on_state_change
             if cb is None:
                 continue
             try:
-                r = cb(*args)
+                r = cb(ev.old, ev.new, ev.reason)
                 if inspect.isawaitable(r):
                     await r
             except asyncio.CancelledError:

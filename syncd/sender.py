@@ -172,6 +172,17 @@ class SyncSender:
             out.append(self.heartbeat(now))
         return out
 
+    def flush(self, now: float) -> list[bytes]:
+        """Every pending entry, now: the open message sealed, and all sealed ones not yet sent
+        (a planned release hands its last connections to the peer before its addresses go)."""
+        self._close_pending(now)
+        out = list(self._ready)
+        self._ready.clear()
+        if out:
+            self.stats["sent"] += len(out)
+            self._last_tx = now
+        return out
+
     def heartbeat(self, now: float) -> bytes:
         self.stats["heartbeats"] += 1
         self._last_tx = now

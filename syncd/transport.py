@@ -152,6 +152,13 @@ class SyncTransport:
         self.sender.queue(entry, self.clock() if now is None else now, urgent)
         self._arm()
 
+    def flush(self) -> int:
+        """Send every pending entry now (see SyncSender.flush); returns the datagrams sent."""
+        out = self.sender.flush(self.clock())
+        self._send(out)
+        self._arm()
+        return len(out)
+
     # -- the driver ------------------------------------------------------------------
 
     def _send(self, datagrams: list[bytes]) -> None:

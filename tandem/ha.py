@@ -1,34 +1,34 @@
-"""The node's part in the pair: sync wiring, election, takeover and hooks.
+"""The node's part in the pair, the I/O half: sync wiring, and the runner that carries out the
+role machine's actions (ha/role.py decides what happens on a role change, and in which order;
+docs/architecture.md, "Failover order"; why: docs/failover-pitfalls.md, 2, 5 and 7).
 
-What happens on a role change, in order (docs/failover-pitfalls.md, 2 and 5):
-  becoming master: the engine already holds the peer's connections (sync runs
-  all the time, in both directions, and a starting node waited for its bulk
-  resync), and the NFQUEUE rules are installed at start; so only now are the
-  VIPs and laddrs added, then gratuitous ARPs go out on both segments.
-  leaving master: the addresses go first, so the local stack never owns a VIP
-  the engine is no longer serving.
-Each change is one log line, and the notify hook runs after it; the VRRP
-runner serialises the callbacks, so hooks never overlap.
+The runner executes a batch of actions in order.  Only address changes are awaited (a netlink
+round trip in a worker thread); gratuitous ARP bursts run in the background and are cancelled by
+the next address change, and notify hooks run one after another in a chain of their own (never
+two at once, never holding up the next change).  So a state change never waits behind GARPs or
+a slow hook.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
-from director.config import HAConfig, NodeConfig
-from director.engine import Engine
+from ha import role as R
 from ha.takeover import Takeover, TakeoverConfig
-from ha.vrrp import PREEMPTING
+from ha.vrrp import StateChange
 
 log = logging.getLogger("tandem.ha")
+
+#: how long a stopping node waits for a notify hook still running
+HOOK_DRAIN_TIMEOUT = 5.0
 
 
 class SyncLink:
     """Connection sync to and from the peer, wired to the engine."""
 
-    def __init__(self, cfg: NodeConfig, engine: Engine) -> None:
+    def __init__(self, cfg, engine) -> None:
         from syncd.policy import SyncPolicy, make_hook
         from syncd.receiver import SyncReceiver, engine_apply, engine_apply_bulk
         from syncd.sender import SyncSender, engine_source
@@ -46,14 +46,14 @@ class SyncLink:
         self.started = time.monotonic()
         await self.transport.start()
 
-    async def initial_resync(self, wait: float) -> bool:
-        """Wait (bounded) until a bulk resync from the peer has completed."""
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.receiver.stats.get("bulk_ends", 0) > 0:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+    @property
+    def bulk_done(self) -> bool:
+        """Whether a bulk resync from the peer has completed."""
+        return self.receiver.stats.get("bulk_ends", 0) > 0
+
+    def flush(self) -> int:
+        """Every pending entry to the peer now; the datagrams sent."""
+        return self.transport.flush()
 
     def close(self) -> None:
         self.transport.close()
@@ -80,72 +80,156 @@ async def run_hook(argv: tuple[str, ...], state: str, node: str, timeout: float 
         log.warning("notify %s hook %s failed: %s", state, argv[0], exc)
 
 
-class Role:
-    """Turns election results into address ownership."""
+def takeover_config(cfg) -> TakeoverConfig | None:
+    ha = cfg.ha
+    if ha is None or not (ha.front_if and ha.back_if):
+        return None
+    return TakeoverConfig(ha.front_if, ha.back_if, tuple(cfg.vips), tuple(cfg.laddrs),
+                          ha.garp_count, ha.garp_interval)
 
-    def __init__(self, cfg: NodeConfig, ha: HAConfig, set_role: Callable[[str], None]) -> None:
-        self.cfg, self.ha = cfg, ha
+
+def role_config(cfg) -> R.RoleConfig:
+    ha = cfg.ha
+    return R.RoleConfig(election=bool(ha and ha.vrrp), fixed_role=R.Role(cfg.role),
+                        addresses=takeover_config(cfg) is not None, sync=bool(ha and ha.sync),
+                        startup_sync_wait=ha.startup_sync_wait if ha else 0.0,
+                        preempt_yield=ha.preempt_yield if ha else 0.0)
+
+
+class RoleRunner:
+    """Feeds events to the role machine through its bounded inbox and executes its actions."""
+
+    def __init__(self, machine: R.RoleMachine, *, node: str, takeover: Takeover | None,
+                 hooks: dict[str, tuple[str, ...]] | None = None, sync: Any = None,
+                 set_role: Callable[[str], None] = lambda role: None,
+                 start_election: Callable[[], Awaitable[None]] | None = None,
+                 set_fault: Callable[[bool], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 run_hook: Callable[..., Awaitable[None]] = run_hook) -> None:
+        self.machine = machine
+        self.node = node
+        self.takeover = takeover
+        self.hooks = hooks or {}
+        self.sync = sync
         self.set_role = set_role
-        self.takeover = None
-        if ha.front_if and ha.back_if:
-            self.takeover = Takeover(TakeoverConfig(ha.front_if, ha.back_if, tuple(cfg.vips),
-                                                    tuple(cfg.laddrs), ha.garp_count, ha.garp_interval))
-        self.changes: list[dict] = []
+        self.start_election = start_election
+        self.set_fault = set_fault
+        self.clock = clock
+        self._run_hook = run_hook
+        self.inbox = R.Inbox()
+        self.changes: list[dict] = []           # the last 50 role changes (the API's role_changes)
+        self.stats = dict.fromkeys(("events", "actions", "errors", "flushed"), 0)
+        self._wake = asyncio.Event()
+        self._announce: asyncio.Task | None = None
+        self._hook: asyncio.Task | None = None
 
-    async def on_state_change(self, old, new, reason: str) -> None:
-        new_s = getattr(new, "value", str(new)).lower()
-        old_s = getattr(old, "value", str(old)).lower()
-        decided = time.time()
-        if self.takeover is not None:
-            if new_s == "master":
-                if reason.startswith(PREEMPTING):
-                    # a live lower-priority master holds the addresses: our advert has
-                    # gone out and it stops at once, but removing its addresses takes
-                    # it a moment; never own them together
-                    await asyncio.sleep(self.ha.preempt_yield)
+    # -- input ------------------------------------------------------------------------------
+
+    def post(self, ev: R.Event) -> None:
+        """Hand an event to the machine (never blocks; the inbox coalesces)."""
+        self.inbox.put(ev)
+        self._wake.set()
+
+    def on_vrrp_change(self, change: StateChange) -> None:
+        self.post(R.StateChanged(R.role_of(change.new), change.cause, change.reason))
+
+    def on_lower_priority_claim(self, reason: str) -> None:
+        self.post(R.LowerPriorityClaim(reason))
+
+    async def wait(self, timeout: float) -> None:
+        """Until an event is posted, or timeout seconds."""
+        if not self._wake.is_set() and timeout > 0:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        self._wake.clear()
+
+    def next_deadline(self) -> float | None:
+        return self.machine.next_deadline()
+
+    # -- the pump's step --------------------------------------------------------------------
+
+    async def step(self) -> None:
+        """Run the machine's due timer, then every waiting event, most urgent first."""
+        await self._execute(self.machine.on_timer(self.clock()))
+        while (ev := self.inbox.take()) is not None:
+            self.stats["events"] += 1
+            await self._execute(self.machine.handle(ev, self.clock()))
+
+    async def _execute(self, actions: list[R.Action]) -> None:
+        for a in actions:
+            self.stats["actions"] += 1
+            try:
+                await self._do(a)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("node %s: %s failed", self.node, type(a).__name__)
+
+    async def _do(self, a: R.Action) -> None:
+        if isinstance(a, R.AddAddresses):
+            self._stop_announcing()
+            if self.takeover is not None:
                 await self.takeover.acquire()
-            elif old_s == "master" or self.takeover.held:
+        elif isinstance(a, R.RemoveAddresses):
+            self._stop_announcing()
+            if self.takeover is not None:
                 await self.takeover.release()
-        self.set_role(new_s)
-        # `at`: when the addresses actually changed hands (what a drill compares)
-        self.changes.append({"at": time.time(), "decided": decided, "from": old_s, "to": new_s,
-                             "reason": reason})
-        if new_s == "master" and self.takeover is not None:
-            await self.takeover.announce()
-        del self.changes[:-50]
-        argv = self.ha.notify.get(new_s)
-        if argv:
-            await run_hook(argv, new_s, self.cfg.name)
+        elif isinstance(a, R.Announce):
+            self._stop_announcing()
+            if self.takeover is not None:
+                self._announce = asyncio.create_task(self.takeover.announce(), name="garp")
+        elif isinstance(a, R.FlushSync):
+            if self.sync is not None:
+                self.stats["flushed"] += self.sync.flush()
+        elif isinstance(a, R.RoleSet):
+            self.set_role(a.new.value)
+            now = time.time()
+            # `at`: when the addresses actually changed hands (what a drill compares)
+            self.changes.append({"at": now, "decided": now - (self.clock() - a.decided),
+                                 "from": a.old.value, "to": a.new.value, "reason": a.reason})
+            del self.changes[:-50]
+        elif isinstance(a, R.RunHook):
+            argv = self.hooks.get(a.role.value)
+            if argv:
+                self._hook = asyncio.create_task(self._chain(self._hook, argv, a.role.value),
+                                                 name=f"notify-{a.role.value}")
+        elif isinstance(a, R.StartElection):
+            if self.start_election is not None:
+                await self.start_election()
+        elif isinstance(a, R.SetFault):
+            if self.set_fault is not None:
+                self.set_fault(a.on)
+        elif isinstance(a, R.Log):
+            log.log(a.level, "node %s: %s", self.node, a.message)
+        # R.Wait: the machine's next_deadline says when to step again
 
-    async def reannounce(self, reason: str) -> None:
-        """Still master, but a peer claimed it meanwhile: move the neighbours back to us."""
-        if self.takeover is not None and self.takeover.held:
-            await self.takeover.announce()
+    async def _chain(self, before: asyncio.Task | None, argv: tuple[str, ...], state: str) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        await self._run_hook(argv, state, self.node)
 
-    async def fixed(self, role: str) -> None:
-        """No election configured: take the configured role once."""
-        await self.on_state_change("init", role, "fixed role from config")
+    def _stop_announcing(self) -> None:
+        if self._announce is not None and not self._announce.done():
+            self._announce.cancel()
+        self._announce = None
 
-    async def release(self) -> None:
-        """Drop the addresses (idempotent: also those a previous process left)."""
-        if self.takeover is not None:
-            await self.takeover.release()
+    @property
+    def announcing(self) -> bool:
+        return self._announce is not None and not self._announce.done()
 
-
-class LinkWatch:
-    """Fault when a tracked interface is down: the runner is told, the peer takes over."""
-
-    def __init__(self, ifnames: list[str], on_change: Callable[[bool], None]) -> None:
-        self.ifnames = [i for i in ifnames if i]
-        self.on_change = on_change
-        self.fault = False
-
-    async def check(self) -> None:
-        from ha.takeover import links_down
-        down = await asyncio.to_thread(links_down, self.ifnames)
-        fault = bool(down)
-        if fault != self.fault:
-            self.fault = fault
-            log.warning("tracked interface%s %s", "s down:" if fault else "s up again:",
-                        ", ".join(down) or ", ".join(self.ifnames))
-            self.on_change(fault)
+    async def close(self, hook_timeout: float = HOOK_DRAIN_TIMEOUT) -> None:
+        """Stop any GARP burst; let a running hook finish (bounded)."""
+        self._stop_announcing()
+        if self._hook is not None and not self._hook.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._hook), hook_timeout)
+            except asyncio.TimeoutError:
+                log.warning("node %s: notify hook still running after %.1f s; cancelled",
+                            self.node, hook_timeout)
+                self._hook.cancel()
+            except Exception:
+                pass
+        self._hook = None

@@ -1,4 +1,17 @@
-"""`tandem node`: one director node — engine, NFQUEUE, rules, timers, sync, election, API."""
+"""`tandem node`: one director node — engine, NFQUEUE, rules, timers, sync, election, API.
+
+    node = Node(cfg, path="/etc/tandem/a.toml")
+    await node.start()        # listening, rules in place, sync running; the pump takes over
+    ...
+    await node.stop()         # planned: the election says goodbye, sync flushed, addresses go
+
+One event pump (`Node._pump`) runs everything that happens over time: the engine's expiry tick,
+the collector freeze, tracked-link checks, the wait for the peer's bulk resync, and the role
+machine's events and timers (through `RoleRunner`).  Nothing blocking runs on the loop, which
+also sends VRRP adverts: netlink and iptables go to worker threads.
+
+Everything that touches the kernel is reached through `Edges`, which a test replaces with fakes.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,6 +19,8 @@ import gc
 import logging
 import signal
 import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -14,13 +29,19 @@ from director.api import make_app
 from director.config import ConfigError, NodeConfig, load
 from director.control import Control
 from director.engine import Engine
-from director.health import HealthChecker
-from tandem.ha import LinkWatch, Role, SyncLink
+from director.health import HealthChecker, targets_for_service
 from director.nfqueue import QueueAdapter, kernel_queue_stats
 from director.status import NodeParts
+from ha import role as R
+from ha.takeover import Takeover, links_down
+from ha.vrrp_io import VrrpRunner
+from tandem.ha import RoleRunner, SyncLink, role_config, takeover_config
 
 log = logging.getLogger("tandem.node")
+#: seconds between checks of the tracked interfaces (front and back)
 LINK_CHECK_INTERVAL = 0.2
+#: seconds between looks for the peer's bulk resync while a starting node waits for it
+SYNC_POLL_INTERVAL = 0.01
 #: freeze the collector's view of long-lived objects every this many new entries
 GC_FREEZE_EVERY = 50_000
 
@@ -51,115 +72,226 @@ class GcFreezer:
 
 
 def health_targets(engine: Engine) -> list:
-    from director.health import targets_for_service
     return [t for svc in engine.services.values() if svc.cfg.health
             for t in targets_for_service(svc.cfg, svc.cfg.health)]
 
 
-async def run(cfg: NodeConfig, clock=time.monotonic, path: str | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+@dataclass
+class Edges:
+    """What the node does to the kernel, one callable each (the real ones by default)."""
+    queue: Callable[..., Any] = QueueAdapter                 # (handler, queue_num, clock)
+    queue_stats: Callable[[int], dict] = kernel_queue_stats
+    install_rules: Callable[[list, int], None] = rules.install
+    remove_rules: Callable[[], None] = rules.remove
+    links_down: Callable[[list], list] = links_down
+    takeover: Callable[..., Any] = Takeover                  # (TakeoverConfig)
+    vrrp: Callable[..., Any] = VrrpRunner                    # (VrrpConfig, ifname, ...)
+    sync: Callable[..., Any] = SyncLink                      # (NodeConfig, Engine)
+    health: Callable[..., Any] = HealthChecker               # (targets, on_change)
 
-    ha = cfg.ha
-    engine = Engine(cfg, now=clock())
-    adapter = QueueAdapter(engine.handle, cfg.queue, clock)
-    sync = SyncLink(cfg, engine) if ha and ha.sync else None
-    role = Role(cfg, ha, lambda r: state.set_role(r)) if ha else None
-    runner = None
-    watch = None
-    control = Control(engine)
-    control.apply_all()
-    checker = HealthChecker(health_targets(engine), control.health_changed)
-    current = {"cfg": cfg}
 
-    async def reload() -> dict:
+class Node:
+    def __init__(self, cfg: NodeConfig, *, path: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, edges: Edges | None = None) -> None:
+        self.cfg = cfg
+        self.path = path
+        self.clock = clock
+        self.edges = edges = edges or Edges()
+        ha = cfg.ha
+        self.engine = Engine(cfg, now=clock())
+        self.adapter = edges.queue(self.engine.handle, cfg.queue, clock)
+        self.sync = edges.sync(cfg, self.engine) if ha and ha.sync else None
+        self.control = Control(self.engine)
+        self.control.apply_all()
+        self.checker = edges.health(health_targets(self.engine), self.control.health_changed)
+        tcfg = takeover_config(cfg)
+        self.role = RoleRunner(R.RoleMachine(role_config(cfg)), node=cfg.name,
+                               takeover=edges.takeover(tcfg) if tcfg else None,
+                               hooks=dict(ha.notify) if ha else {}, sync=self.sync,
+                               set_role=self._set_role, start_election=self._start_election,
+                               set_fault=self._set_fault, clock=clock)
+        self.vrrp = None
+        self.freezer = GcFreezer(self.engine)
+        #: what the API and the metrics read (director/status.py)
+        self.state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(),
+                               clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
+                               control=self.control, sync=self.sync,
+                               role_changes=self.role.changes, api_token=cfg.api_token,
+                               reload=self.reload)
+        self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
+        self._http: web.AppRunner | None = None
+        self._pump_task: asyncio.Task | None = None
+        self._closing = False
+        self._phase = "new"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen first, then steer traffic to the queue: never a window where rules exist and
+        nobody reads (the kernel would drop meanwhile).  Returns once the node is up; the
+        election starts from the pump (after the peer's bulk resync or startup_sync_wait)."""
+        if self._phase != "new":
+            raise RuntimeError(f"node {self.cfg.name} is {self._phase}")
+        self._phase = "starting"
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self._http = web.AppRunner(make_app(self.engine, self.state, self.clock), access_log=None)
+        await self._http.setup()
+        self.role.post(R.Starting())
+        await self.role.step()
+        self.adapter.start(loop)
+        await asyncio.to_thread(self.edges.install_rules, cfg.vips + cfg.laddrs, cfg.queue)
+        await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()
+        await self.checker.start()
+        if self.sync is not None:
+            await self.sync.start()
+        log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
+                 len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if self.sync else "")
+        self.role.post(R.Started())
+        self._pump_task = asyncio.create_task(self._pump(), name=f"node-{cfg.name}")
+        self._phase = "running"
+
+    async def stop(self) -> None:
+        """A planned stop: the election leaves (a master advertises priority 0), the role
+        machine flushes sync and removes the addresses, then the rest is taken down."""
+        if self._phase in ("new", "stopped", "stopping"):
+            self._phase = "stopped"
+            return
+        self._phase = "stopping"
+        try:
+            await self.checker.stop()
+            if self.vrrp is not None:
+                await self.vrrp.stop(graceful=True)   # priority 0: the peer takes over after its skew
+            self.role.post(R.Stopping())
+            self._closing = True
+            if self._pump_task is not None:
+                await asyncio.gather(self._pump_task, return_exceptions=True)
+            if len(self.role.inbox):
+                await self.role.step()
+            await self.role.close()
+        finally:
+            if self.sync is not None:
+                self.sync.close()
+            await asyncio.to_thread(self.edges.remove_rules)
+            self.adapter.stop()
+            if self._http is not None:
+                await self._http.cleanup()
+            self._phase = "stopped"
+            log.info("node %s: stopped (%d connections dropped with it)", self.cfg.name,
+                     self.engine.table.count)
+
+    async def run_until_signalled(self) -> None:
+        """start(); run until SIGTERM or SIGINT (SIGHUP reloads the file); stop()."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            await self.start()
+            await done.wait()
+        finally:
+            await self.stop()
+
+    # -- the pump ----------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        tick = self.cfg.tick
+        now = self.clock()
+        next_tick = now + tick
+        next_link = now
+        while True:
+            try:
+                next_tick, next_link = await self._turn(next_tick, next_link)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node %s: event pump", self.cfg.name)
+                next_tick = self.clock() + tick
+            if self._closing and not len(self.role.inbox):
+                return
+            wake = [next_tick]
+            if self._tracked:
+                wake.append(next_link)
+            if self.role.next_deadline() is not None:
+                wake.append(self.role.next_deadline())
+            if self.role.machine.waiting_for_sync:
+                wake.append(self.clock() + SYNC_POLL_INTERVAL)
+            await self.role.wait(min(wake) - self.clock())
+
+    async def _turn(self, next_tick: float, next_link: float) -> tuple[float, float]:
+        """One turn of the pump: what is due now."""
+        now = self.clock()
+        if now >= next_tick:
+            next_tick = now + self.cfg.tick
+            self.engine.expire(now)
+            self.freezer.maybe_freeze()
+        if self._tracked and now >= next_link and not self._closing:
+            next_link = now + LINK_CHECK_INTERVAL
+            await self._check_links()
+        if self.role.machine.waiting_for_sync and self.sync is not None and self.sync.bulk_done:
+            self.role.post(R.SyncComplete())
+        await self.role.step()
+        return next_tick, next_link
+
+    async def _check_links(self) -> None:
+        try:
+            down = await asyncio.to_thread(self.edges.links_down, self._tracked)
+        except OSError as exc:
+            log.warning("link check failed: %s", exc)
+            return
+        self.role.post(R.LinkChanged(not down, tuple(down) or tuple(self._tracked)))
+
+    # -- what the role runner calls --------------------------------------------------------------
+
+    def _set_role(self, role: str) -> None:
+        self.state.set_role(role)
+
+    def _set_fault(self, on: bool) -> None:
+        if self.vrrp is not None:
+            self.vrrp.set_fault(on)
+
+    async def _start_election(self) -> None:
+        ha = self.cfg.ha
+        log.info("node %s: %d connections held; election starts", self.cfg.name,
+                 self.engine.table.count)
+        self.freezer.maybe_freeze(force=True)       # after the initial resync's bulk
+        self.vrrp = self.edges.vrrp(ha.vrrp, ha.front_if, on_change=self.role.on_vrrp_change,
+                                    on_reannounce=self.role.on_lower_priority_claim)
+        self.state.attach_election(self.vrrp, ha.vrrp.priority)
+        await self.vrrp.start()
+        if self.role.machine.fault:
+            self.vrrp.set_fault(True)
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    async def reload(self) -> dict:
         """Re-read the file; apply it only if all of it is valid."""
-        if path is None:
+        if self.path is None:
             raise ConfigError("<none>", "(file)", "the node was not started from a file")
-        new = load(path)
-        old = current["cfg"]
-        summary = engine.reconfigure(new, clock())
-        control.apply_all()
-        await checker.set_targets(health_targets(engine))
+        new = await asyncio.to_thread(load, self.path)
+        old = self.cfg
+        summary = self.engine.reconfigure(new, self.clock())
+        self.control.apply_all()
+        await self.checker.set_targets(health_targets(self.engine))
         if set(new.vips + new.laddrs) != set(old.vips + old.laddrs):
-            rules.install(new.vips + new.laddrs, new.queue)
-        state.api_token = new.api_token
-        current["cfg"] = new
-        log.info("node %s: reloaded %s (%s)", cfg.name, path,
+            await asyncio.to_thread(self.edges.install_rules, new.vips + new.laddrs, new.queue)
+        self.state.api_token = new.api_token
+        self.cfg = new
+        log.info("node %s: reloaded %s (%s)", new.name, self.path,
                  ", ".join(f"{k} {v}" for k, v in summary.items()))
         return {"changed": True, **summary}
 
-    def on_sighup() -> None:
-        async def go():
+    def _on_sighup(self) -> None:
+        async def go() -> None:
             try:
-                await reload()
+                await self.reload()
             except ConfigError as exc:
-                log.error("node %s: reload refused, nothing changed: %s", cfg.name, exc)
-        loop.create_task(go())
+                log.error("node %s: reload refused, nothing changed: %s", self.cfg.name, exc)
+        asyncio.get_running_loop().create_task(go())
 
-    state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(), clock=clock,
-                      queue_stats=lambda: kernel_queue_stats(cfg.queue), control=control, sync=sync,
-                      role_changes=role.changes if role else [], api_token=cfg.api_token,
-                      reload=reload)
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    app = make_app(engine, state, clock)
-    runner_http = web.AppRunner(app, access_log=None)
-    await runner_http.setup()
-    try:
-        # Listen first, then steer traffic to the queue: never a window where
-        # rules exist and nobody reads (the kernel would drop meanwhile).
-        if role is not None and ha.vrrp:
-            await role.release()      # a VIP or laddr left by a killed predecessor is not ours yet
-        adapter.start(loop)
-        rules.install(cfg.vips + cfg.laddrs, cfg.queue)
-        await web.TCPSite(runner_http, cfg.api_host, cfg.api_port).start()
-        await checker.start()
-        if sync:
-            await sync.start()
-        log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
-                 len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if sync else "")
-        if ha and ha.vrrp:
-            from ha.vrrp_io import VrrpRunner
-            if sync:
-                got = await sync.initial_resync(ha.startup_sync_wait)
-                log.info("node %s: initial resync %s (%d connections held)", cfg.name,
-                         "complete" if got else f"not answered within {ha.startup_sync_wait:.1f} s",
-                         engine.table.count)
-            runner = VrrpRunner(ha.vrrp, ha.front_if, role.on_state_change,
-                                on_reannounce=role.reannounce)
-            state.attach_election(runner, ha.vrrp.priority)
-            await runner.start()
-            watch = LinkWatch([ha.front_if, ha.back_if], runner.set_fault)
-        elif role:
-            await role.fixed(cfg.role)
-        freezer = GcFreezer(engine)
-        freezer.maybe_freeze(force=True)       # after the initial resync's bulk
-        next_link_check = clock()
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), cfg.tick)
-            except asyncio.TimeoutError:
-                pass
-            now = clock()
-            engine.expire(now)
-            freezer.maybe_freeze()
-            if watch is not None and now >= next_link_check:
-                next_link_check = now + LINK_CHECK_INTERVAL
-                try:
-                    await watch.check()
-                except OSError as exc:
-                    log.warning("link check failed: %s", exc)
-    finally:
-        await checker.stop()
-        if runner is not None:
-            await runner.stop(graceful=True)      # priority 0: the peer takes over after its skew
-        if role is not None:
-            await role.release()
-        if sync is not None:
-            sync.close()
-        rules.remove()
-        adapter.stop()
-        await runner_http.cleanup()
-        log.info("node %s: stopped (%d connections dropped with it)", cfg.name, engine.table.count)
+
+async def run(cfg: NodeConfig, clock: Callable[[], float] = time.monotonic,
+              path: str | None = None) -> None:
+    """Run one node until SIGTERM or SIGINT."""
+    await Node(cfg, path=path, clock=clock).run_until_signalled()

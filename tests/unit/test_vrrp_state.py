@@ -6,8 +6,8 @@ import pytest
 
 from proto import vrrp as V
 from proto.vrrp import Advert
-from ha.vrrp import (SendAdvert, State, StateChange, VrrpConfig, VrrpInstance,
-                        master_down_interval, skew_time)
+from ha.vrrp import (Cause, SendAdvert, State, StateChange, VrrpConfig, VrrpInstance,
+                    master_down_interval, skew_time)
 
 VIP = "198.18.250.100"
 ME, PEER = "198.18.250.2", "198.18.250.1"
@@ -78,7 +78,8 @@ def test_start_goes_backup_and_times_out_to_master_exactly():
     i = VrrpInstance(cfg())
     assert i.state is State.INITIALIZE and i.next_deadline() is None
     acts = i.start(10.0)
-    assert changes(acts) == [StateChange(State.INITIALIZE, State.BACKUP, "startup")]
+    assert changes(acts) == [StateChange(State.INITIALIZE, State.BACKUP, "startup",
+                                         Cause.STARTUP)]
     assert sends(acts) == []
     assert i.next_deadline() == pytest.approx(10.3609375)
     assert i.on_timer(10.3609) == [] and i.state is State.BACKUP
@@ -340,7 +341,7 @@ def test_backup_accepts_owner():
 def test_shutdown_master_sends_priority_zero():
     i = master(cfg())
     acts = i.shutdown(9.0)
-    assert acts == [SendAdvert(0), StateChange(State.MASTER, State.INITIALIZE, "shutdown")]
+    assert acts == [SendAdvert(0), StateChange(State.MASTER, State.INITIALIZE, "shutdown", Cause.SHUTDOWN)]
     assert i.next_deadline() is None
     assert i.counters["tx_priority0"] == 1
     assert i.shutdown(9.1) == []
@@ -348,7 +349,8 @@ def test_shutdown_master_sends_priority_zero():
 
 def test_shutdown_backup_is_silent():
     i = started(cfg())
-    assert i.shutdown(1.0) == [StateChange(State.BACKUP, State.INITIALIZE, "shutdown")]
+    assert i.shutdown(1.0) == [StateChange(State.BACKUP, State.INITIALIZE, "shutdown",
+                                                  Cause.SHUTDOWN)]
 
 
 def test_restart_after_shutdown():
@@ -370,7 +372,8 @@ def test_fault_from_master_sends_priority_zero_and_leaving_goes_backup():
     assert i.on_timer(100.0) == []
     assert i.set_fault(True, 4.2) == []
     acts = i.set_fault(False, 5.0)
-    assert changes(acts) == [StateChange(State.FAULT, State.BACKUP, "fault cleared")]
+    assert changes(acts) == [StateChange(State.FAULT, State.BACKUP, "fault cleared",
+                                         Cause.FAULT_CLEARED)]
     assert sends(acts) == []
     assert i.next_deadline() == pytest.approx(5.3609375)
 
@@ -449,10 +452,41 @@ def test_invalid_adverts_dropped(args, counter):
 
 def test_ttl_not_checked_for_unicast_but_peer_is():
     i = started(cfg(unicast_peers=(PEER,)), 0.0)
-    i.on_advert(adv(150), PEER, 64, 0.2, unicast=True)
+    i.on_advert(adv(150), PEER, 64, 0.2, dst=ME)
     assert i.counters["accepted"] == 1 and i.next_deadline() == pytest.approx(0.5609375)
-    i.on_advert(adv(150), "198.18.250.7", 255, 0.3, unicast=True)
+    i.on_advert(adv(150), "198.18.250.7", 255, 0.3, dst=ME)
     assert i.counters["drop_peer"] == 1
+
+
+@pytest.mark.parametrize("dst", [ME, "224.0.0.1", "255.255.255.255"])
+def test_multicast_instance_drops_off_link_claims_whatever_the_destination(dst):
+    """Unicast is decided from the configuration, never per packet, as keepalived does: an
+    instance without unicast_peers drops every advert whose TTL is not 255 or whose destination
+    is not the VRRP group (224.0.0.18).  Before, an advert sent to the node itself, to 224.0.0.1
+    or to the broadcast address skipped the TTL check, so a host several hops away could claim
+    priority 255 and hold both directors in BACKUP (nobody holding the VIP)."""
+    i = master(cfg())
+    forged = V.encode(adv(255), PEER, dst)
+    assert i.on_packet(forged, PEER, dst, 60, 0.1) == []
+    assert i.on_packet(forged, PEER, dst, 255, 0.1) == []      # on-link, but not to the group
+    assert i.state is State.MASTER and i.counters["accepted"] == 0
+    assert i.counters["drop_ttl"] == 1 and i.counters["drop_dst"] == 1
+    b = started(cfg(), 0.0)
+    b.on_packet(V.encode(adv(100), PEER, dst), PEER, dst, 60, 0.2)
+    assert b.counters["accepted"] == 0 and b.next_deadline() == pytest.approx(0.3609375)
+
+
+def test_unicast_instance_drops_any_source_not_a_peer_whatever_the_destination():
+    """keepalived's unicast mode (unicast_peer configured): an advert whose source is not a
+    configured peer is dropped, to the group as much as to us; a peer's is accepted whatever
+    its TTL."""
+    i = master(cfg(unicast_peers=(PEER,)))
+    stranger = "198.18.250.7"
+    for dst in (GROUP, ME):
+        assert i.on_packet(V.encode(adv(255), stranger, dst), stranger, dst, 255, 0.1) == []
+    assert i.counters["drop_peer"] == 2 and i.state is State.MASTER
+    i.on_packet(V.encode(adv(200), PEER, ME), PEER, ME, 64, 0.2)
+    assert i.counters["accepted"] == 1 and i.state is State.BACKUP
 
 
 def test_address_list_order_does_not_matter():
@@ -476,10 +510,10 @@ def test_on_packet_decodes_and_counts_errors():
     m = V.encode(adv(150), PEER, GROUP, checksum_form=V.CSUM_MESSAGE)
     i.on_packet(m, PEER, GROUP, 255, 0.3)
     assert i.counters["accepted"] == 2
-    # unicast is recognised from the destination (TTL then not checked)
+    # unicast is never recognised from the destination (issue 12 item 1): dropped
     u = V.encode(adv(150), PEER, ME)
     i.on_packet(u, PEER, ME, 64, 0.4)
-    assert i.counters["accepted"] == 3 and i.counters["rx"] == 6
+    assert i.counters["accepted"] == 2 and i.counters["rx"] == 6 and i.counters["drop_ttl"] == 1
 
 
 def test_counters_and_status():

@@ -1,0 +1,305 @@
+"""tandem.node.Node: start / stop and the event pump, with every kernel edge replaced by a fake
+(no root): the order of the edges' operations, the election gated on the peer's bulk, the
+planned release, tracked links, and a reload that keeps iptables off the event loop."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from director.config import parse
+from ha.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpInstance
+from proto.vrrp import Advert
+from tandem.node import Edges, Node
+
+VIP, LADDR = "198.18.0.100", "198.18.2.100"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+API = f"127.0.0.1:{free_port()}"
+DOC = {
+    "node": {"name": "a", "api": API, "tick": 0.01},
+    "services": [{"proto": "tcp", "vip": VIP, "port": 80, "laddrs": [LADDR],
+                  "real_servers": [{"addr": "198.18.2.21", "port": 8080}]}],
+    "interfaces": {"front": "front0", "back": "back0", "garp_count": 3},
+    "vrrp": {"vrid": 51, "priority": 150, "primary_address": "198.18.0.11",
+             "startup_sync_wait": 5.0, "preempt_yield": 0.05},
+    "sync": {"key": "k" * 32, "mode": "unicast", "bind": "127.0.0.1", "port": 0,
+             "peers": ["127.0.0.1:9"]},
+}
+
+
+class Fakes:
+    """Every edge, recording into one list of operations in the order they happen."""
+
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+        self.threads: dict[str, str] = {}
+        self.down: list[str] = []
+        self.bulk_done = False
+        self.vrrp: FakeVrrp | None = None
+        self.pending_sync = 0
+
+    def edges(self) -> Edges:
+        fakes = self
+
+        class Queue:
+            def __init__(self, handle, num, clock) -> None:
+                pass
+
+            def start(self, loop) -> None:
+                fakes.ops.append("queue read")
+
+            def stop(self) -> None:
+                fakes.ops.append("queue stop")
+
+        class Takeover:
+            def __init__(self, cfg) -> None:
+                self.cfg = cfg
+
+            async def acquire(self) -> None:
+                fakes.ops.append("add addresses")
+
+            async def release(self) -> None:
+                fakes.ops.append("remove addresses")
+
+            async def announce(self) -> None:
+                fakes.ops.append("garp")
+
+        class Sync:
+            def __init__(self, cfg, engine) -> None:
+                pass
+
+            async def start(self) -> None:
+                fakes.ops.append("sync start")
+
+            @property
+            def bulk_done(self) -> bool:
+                return fakes.bulk_done
+
+            def flush(self) -> int:
+                fakes.ops.append(f"sync flush {fakes.pending_sync}")
+                n, fakes.pending_sync = fakes.pending_sync, 0
+                return n
+
+            def close(self) -> None:
+                fakes.ops.append("sync close")
+
+            def describe(self) -> dict:
+                return {}
+
+        def install_rules(addrs, queue) -> None:
+            fakes.threads["install"] = threading.current_thread().name
+            fakes.ops.append(f"rules {' '.join(addrs)}")
+
+        def remove_rules() -> None:
+            fakes.threads["remove"] = threading.current_thread().name
+            fakes.ops.append("rules removed")
+
+        def links_down(names) -> list:
+            return [n for n in names if n in fakes.down]
+
+        def vrrp(cfg, ifname, **kw) -> FakeVrrp:
+            fakes.vrrp = FakeVrrp(cfg, ifname, fakes.ops, **kw)
+            return fakes.vrrp
+
+        return Edges(queue=Queue, queue_stats=lambda q: {}, install_rules=install_rules,
+                     remove_rules=remove_rules, links_down=links_down, takeover=Takeover,
+                     vrrp=vrrp, sync=Sync)
+
+
+class FakeVrrp:
+    """The VRRP runner without its socket: a real VrrpInstance whose actions are delivered as
+    VrrpRunner delivers them; the test fires its timer and hands it adverts."""
+
+    def __init__(self, cfg, ifname, ops, *, on_change, on_reannounce) -> None:
+        self.cfg, self.ifname = cfg, ifname
+        self.instance = VrrpInstance(cfg)
+        self.ops, self.on_change, self.on_reannounce = ops, on_change, on_reannounce
+        self.sent: list[int] = []
+
+    def _apply(self, actions) -> None:
+        for a in actions:
+            if isinstance(a, SendAdvert):
+                self.sent.append(a.priority)
+            elif isinstance(a, StateChange):
+                self.on_change(a)
+            elif isinstance(a, Reannounce):
+                self.on_reannounce(a.reason)
+
+    async def start(self) -> None:
+        self.ops.append("election start")
+        self._apply(self.instance.start(time.monotonic()))
+
+    async def stop(self, graceful: bool = True) -> None:
+        self.ops.append("election stop")
+        self._apply(self.instance.shutdown(time.monotonic()))
+
+    def fire(self) -> None:
+        self._apply(self.instance.on_timer(self.instance.next_deadline()))
+
+    def advert(self, priority: int, src: str = "198.18.0.12") -> None:
+        self._apply(self.instance.on_advert(Advert(51, priority, 10, (VIP,)), src, 255,
+                                            time.monotonic()))
+
+    def set_fault(self, on: bool) -> None:
+        self.ops.append(f"fault {on}")
+        self._apply(self.instance.set_fault(on, time.monotonic()))
+
+    def resign(self) -> None:
+        self._apply(self.instance.resign(time.monotonic()))
+
+
+async def until(pred, timeout: float = 5.0) -> bool:
+    """Wait for pred (a bound on a hang, not a timing assertion)."""
+    end = time.monotonic() + timeout
+    while not pred() and time.monotonic() < end:
+        await asyncio.sleep(0.005)
+    return pred()
+
+
+def node(fakes: Fakes, doc=DOC, **kw) -> Node:
+    return Node(parse(doc, "a.toml"), edges=fakes.edges(), **kw)
+
+
+async def test_start_then_stop_in_the_documented_order():
+    f = Fakes()
+    n = node(f)
+    await n.start()
+    try:
+        assert f.ops == ["remove addresses", "queue read", f"rules {VIP} {LADDR}", "sync start"]
+        assert n.state.status().role == "init" and f.vrrp is None
+        f.bulk_done = True                         # the peer's bulk resync arrived
+        assert await until(lambda: f.vrrp is not None and f.vrrp.instance.state is State.BACKUP)
+        assert await until(lambda: n.state.status().role == "backup")
+        f.vrrp.fire()                              # master down timer
+        assert await until(lambda: "garp" in f.ops)
+        assert n.state.status().role == "master" and n.state.status().priority == 150
+        assert f.ops[4:] == ["election start", "add addresses", "garp"]
+        assert [c["to"] for c in n.state.status().role_changes] == ["backup", "master"]
+    finally:
+        f.pending_sync = 2
+        await n.stop()
+    assert f.ops[7:] == ["election stop", "sync flush 2", "remove addresses", "remove addresses",
+                         "sync close", "rules removed", "queue stop"]
+    assert f.vrrp.sent[-1] == 0                    # the peer takes over after its skew
+    assert n.state.status().role == "init"
+    assert f.threads["install"] != threading.main_thread().name
+    assert f.threads["remove"] != threading.main_thread().name
+
+
+async def test_no_bulk_the_election_starts_after_startup_sync_wait():
+    f = Fakes()
+    doc = {**DOC, "vrrp": {**DOC["vrrp"], "startup_sync_wait": 0.05}}
+    n = node(f, doc)
+    await n.start()
+    try:
+        assert await until(lambda: f.vrrp is not None)
+        assert f.vrrp.instance.state is State.BACKUP
+    finally:
+        await n.stop()
+
+
+async def test_being_preempted_flushes_sync_before_the_addresses_go():
+    f = Fakes()
+    n = node(f)
+    f.bulk_done = True
+    await n.start()
+    try:
+        assert await until(lambda: f.vrrp is not None)
+        f.vrrp.fire()
+        assert await until(lambda: "garp" in f.ops)
+        f.pending_sync = 3
+        f.vrrp.advert(200)                         # a higher-priority master
+        assert await until(lambda: n.state.status().role == "backup")
+        i = f.ops.index("sync flush 3")
+        assert f.ops[i + 1] == "remove addresses"
+    finally:
+        await n.stop()
+
+
+async def test_a_tracked_link_down_is_a_fault_and_up_again_clears_it():
+    f = Fakes()
+    n = node(f)
+    f.bulk_done = True
+    await n.start()
+    try:
+        assert await until(lambda: f.vrrp is not None)
+        f.vrrp.fire()
+        assert await until(lambda: n.state.status().role == "master")
+        f.down = ["back0"]
+        assert await until(lambda: n.state.status().role == "fault")
+        assert f.ops[-3:] == ["fault True", "sync flush 0", "remove addresses"]
+        f.down = []
+        assert await until(lambda: n.state.status().role == "backup")
+        assert f.ops.count("fault True") == 1 and f.ops[-1] == "fault False"
+    finally:
+        await n.stop()
+
+
+async def test_reload_runs_iptables_in_a_worker_thread(tmp_path):
+    """node.reload used to run iptables (blocking subprocesses) on the event loop that must
+    send VRRP adverts on time; now it runs them in a worker thread."""
+    import tomllib  # noqa: F401  (the file below is TOML)
+    f = Fakes()
+    path = tmp_path / "a.toml"
+    path.write_text(_toml(DOC, vip="198.18.0.101"))
+    n = node(f, path=str(path))
+    await n.start()
+    try:
+        f.threads.clear()
+        summary = await n.reload()
+        assert summary["changed"] is True
+        assert f.ops[-1] == f"rules 198.18.0.101 {LADDR}"
+        assert f.threads["install"] != threading.main_thread().name
+    finally:
+        await n.stop()
+
+
+async def test_fixed_role_without_election():
+    f = Fakes()
+    doc = {k: v for k, v in DOC.items() if k not in ("vrrp", "sync")}
+    doc["node"] = {**doc["node"], "role": "master"}
+    n = node(f, doc)
+    await n.start()
+    try:
+        assert await until(lambda: "garp" in f.ops)
+        assert f.ops == ["queue read", f"rules {VIP} {LADDR}", "add addresses", "garp"]
+        assert n.state.status().role == "master" and f.vrrp is None
+    finally:
+        await n.stop()
+    assert f.ops[-3:] == ["remove addresses", "rules removed", "queue stop"]
+
+
+async def test_stop_before_start_and_twice_is_harmless():
+    f = Fakes()
+    n = node(f)
+    await n.stop()
+    await n.stop()
+    assert f.ops == []
+    with pytest.raises(RuntimeError):
+        await n.start()
+
+
+def _toml(doc: dict, vip: str) -> str:
+    s = DOC["services"][0]
+    return f'''[node]
+name = "a"
+api = "{API}"
+tick = 0.01
+
+[[services]]
+proto = "tcp"
+vip = "{vip}"
+port = 80
+laddrs = ["{LADDR}"]
+real_servers = [{{ addr = "{s["real_servers"][0]["addr"]}", port = 8080 }}]
+'''
