@@ -54,6 +54,9 @@ whatever the destination, and no TTL check (keepalived's unicast mode); then ver
 (drop_version), VRID (drop_vrid), address list differs from ours as a multiset (drop_addresses;
 keepalived's exact-list check).  `on_packet` adds the decode failures: drop_bad_checksum, drop_truncated,
 drop_count_mismatch, drop_bad_version, drop_bad_type, drop_bad_address, drop_malformed.
+
+(Over ~400 lines on purpose: one RFC 5798 §6 state machine, its config and timers, whose rules
+are this docstring; split, the transitions would be read in three files.)
 """
 from __future__ import annotations
 
@@ -122,7 +125,7 @@ class Reannounce:
     reason: str
 
 
-Action = Union[SendAdvert, StateChange]
+Action = Union[SendAdvert, StateChange, Reannounce]
 
 
 def _canon(addr: str) -> str:

@@ -102,8 +102,9 @@ def test_a_newer_state_cuts_a_preempt_yield_short_and_nothing_was_added():
 def test_leaving_master_flushes_sync_before_the_addresses_go(cause):
     """On a planned release (stop, resign, being preempted), and on a fault, every pending
     sync entry goes to the peer before the addresses are removed: the peer must know a
-    connection before the neighbours send it there (IPVS flushes its sync buffer on a master's
-    stop likewise; keepalived leaves the order to the notify scripts)."""
+    connection before the neighbours send it there.  (IPVS's master sync thread discards its
+    unsent buffer when it stops, and keepalived leaves the order to notify scripts; tandem
+    does better here on purpose: issue 12 item 7.)"""
     m = master()
     new = {Cause.SHUTDOWN: Role.INIT, Cause.FAULT: Role.FAULT}.get(cause, Role.BACKUP)
     acts = m.handle(StateChanged(new, cause, "why"), 3.0)
