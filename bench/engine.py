@@ -24,6 +24,7 @@ from typing import Any
 from director.config import parse
 from director.engine import Engine
 from proto import packet as P
+from proto.consts import ASSURED, TCP, UDP
 from proto.checksum import checksum, pseudo_header_sum, ones_sum
 from proto.fullnat import apply
 
@@ -33,8 +34,6 @@ LADDRS = ["198.18.2.100", "198.18.2.101"]
 #: 16 real servers: the reply tuple (rs, laddr, lport) has room for 1.9M connections
 REALS = [f"198.18.2.{21 + i}" for i in range(16)]
 PAYLOAD = b"tandem-bench-0001!"          # 18 bytes, as the NFQUEUE measurements (§5.1)
-UDP, TCP = 17, 6
-ASSURED = 0x08
 
 
 def config(max_conns: int = 2_000_000, reals: list[str] = REALS):

@@ -13,8 +13,8 @@ from typing import Any
 
 from director import sched
 from director.tcp_state import DEFAULT_TIMEOUTS
+from proto.consts import PROTOS
 
-PROTOS = {"tcp": 6, "udp": 17}
 ROLES = ("master", "backup")
 CHECKSUM_MODES = ("new", "all", "none")
 

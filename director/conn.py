@@ -1,25 +1,26 @@
-"""The connection table, modelled on nf_conn.
+"""Connections, their binding to real servers and the accounting (ip_vs_conn.c).
 
-One entry per connection holds both tuples: ORIGINAL (client -> VIP) and REPLY
-(real server -> laddr).  Both keys live in one dict, so one lookup per packet
-finds the entry, and which key matched gives the direction.
+`Conn` is one connection: both tuples, the precomputed rewrites, state,
+flags and what sync needs per connection.  `Connections` owns the table and
+does everything that binds, re-accounts or unbinds an entry: ip_vs_bind_dest
+(a dest's active/inactive counts, its OVERLOAD flag), set_tcp_state's
+active/inactive moves, releasing the local pair, early drop and expiry.  The
+packet path, sync-apply and reconfiguration all go through it.
 """
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Iterator
+from typing import Mapping
 
-from director.timer import TimerWheel
+from director.protocol import Protocol
+from director.table import ConnTable
+from proto.consts import (ASSURED, FLAG_NAMES, INACTIVE, NOOUTPUT, ONE_PACKET, PROTO_NAMES,
+                          STATE_NAMES, SYNCED)
+from proto.fullnat import Rewrite
 from proto.packet import flow_key
 
-# Connection flags, named after IP_VS_CONN_F_*.
-INACTIVE = 0x01     # counted in the dest's inactive, not active, connections
-NOOUTPUT = 0x02     # no reply seen yet: the TCP state machine uses INPUT_ONLY
-SYNCED = 0x04       # created from a sync message, not by this node's scheduler
-ASSURED = 0x08      # has seen its handshake complete (TCP) or a reply (UDP)
-ONE_PACKET = 0x10   # one-packet scheduling: only the REPLY tuple is indexed
-
-PROTO_NAMES = {6: "tcp", 17: "udp"}
+__all__ = ["Conn", "Connections", "ConnTable", "make_rewrites",
+           "INACTIVE", "NOOUTPUT", "SYNCED", "ASSURED", "ONE_PACKET", "PROTO_NAMES"]
 
 
 class Conn:
@@ -53,90 +54,127 @@ class Conn:
         self.control = None     # the persistence template, if any
 
     def describe(self) -> dict:
-        from director.tcp_state import STATES
         ip = ipaddress.ip_address
+        names = STATE_NAMES.get(self.proto, ())
         return {
             "proto": PROTO_NAMES.get(self.proto, str(self.proto)),
             "client": f"{ip(self.caddr)}:{self.cport}",
             "vip": f"{ip(self.vaddr)}:{self.vport}",
             "local": f"{ip(self.laddr)}:{self.lport}",
             "real": f"{ip(self.daddr)}:{self.dport}",
-            "state": STATES[self.state] if self.proto == 6 else "UDP",
-            "flags": [n for n, f in (("inactive", INACTIVE), ("nooutput", NOOUTPUT),
-                                     ("synced", SYNCED), ("assured", ASSURED),
-                                     ("one_packet", ONE_PACKET)) if self.flags & f],
+            "state": names[self.state] if self.state < len(names) else str(self.state),
+            "flags": [n for n, f in FLAG_NAMES if self.flags & f],
             "expires": self.expires,
             "created": self.created,
         }
 
 
-class ConnTable:
-    """Both-tuple index, expiry wheel and the set of not-yet-assured entries."""
+def make_rewrites(conn: Conn) -> None:
+    """The two precomputed rewrite templates: client->VIP becomes laddr->real
+    server, and real server->laddr becomes VIP->client."""
+    family = 4 if len(conn.vaddr) == 4 else 6
+    conn.rw_in = Rewrite(family, conn.proto, conn.caddr, conn.vaddr, conn.cport, conn.vport,
+                         conn.laddr, conn.daddr, conn.lport, conn.dport)
+    conn.rw_out = Rewrite(family, conn.proto, conn.daddr, conn.laddr, conn.dport, conn.lport,
+                          conn.vaddr, conn.caddr, conn.vport, conn.cport)
 
-    def __init__(self, max_conns: int, on_expire: Callable[[Conn], None],
-                 tick: float = 0.1, start: float = 0.0) -> None:
-        self.max_conns = max_conns
-        self.index: dict[bytes, Conn] = {}
-        self.count = 0
-        self.wheel = TimerWheel(tick, start)
-        self._on_expire = on_expire
-        # Insertion-ordered, so the first key is the oldest unassured entry:
-        # early drop takes it in O(1), as conntrack's early_drop takes a
-        # non-ASSURED entry before refusing a new one.
-        self.unassured: dict[Conn, None] = {}
 
-    def get(self, key: bytes) -> Conn | None:
-        return self.index.get(key)
+class Connections:
+    """The table plus binding and accounting.
 
-    def __len__(self) -> int:
-        return self.count
+    stats: the engine's counters dict; this object counts `conns_expired` and
+    `early_drops` in it.
+    """
 
-    def __iter__(self) -> Iterator[Conn]:
-        # every entry has its REPLY key indexed (one-packet entries have only that);
-        # a caller that changes the table while iterating takes list() first
-        for key, conn in self.index.items():
-            if key is conn.reply_key:
-                yield conn
+    def __init__(self, max_conns: int, protocols: Mapping[int, Protocol], stats: dict,
+                 tick: float = 0.1, now: float = 0.0) -> None:
+        self.table = ConnTable(max_conns, self._expired, tick, now)
+        self.protocols = protocols
+        self.stats = stats
 
-    def has_key(self, key: bytes) -> bool:
-        return key in self.index
+    def bind(self, conn: Conn, svc, dest, now: float) -> None:
+        """Rewrites and binding to the dest, as ip_vs_bind_dest."""
+        make_rewrites(conn)
+        conn.created = now
+        conn.service = svc
+        conn.dest = dest
+        if conn.flags & INACTIVE:
+            dest.inactive += 1
+        else:
+            dest.active += 1
+        dest.conns_total += 1
+        dest.update_overload()
 
-    def insert(self, conn: Conn, expires: float, *, reply_only: bool = False) -> None:
-        """Index both tuples; `reply_only` for one-packet scheduling, where the
-        next datagram with the same ORIGINAL tuple must be scheduled afresh."""
-        if (not reply_only and conn.orig_key in self.index) or conn.reply_key in self.index:
-            raise KeyError("tuple already in the table")
-        if not reply_only:
-            self.index[conn.orig_key] = conn
-        self.index[conn.reply_key] = conn
-        self.count += 1
-        conn.expires = expires
-        self.wheel.schedule(conn)
-        if not conn.flags & ASSURED:
-            self.unassured[conn] = None
+    def keep_unbound(self, conn: Conn, now: float) -> None:
+        """A connection with no local service or dest (from sync): forwarded
+        with its rewrites, counted nowhere."""
+        make_rewrites(conn)
+        conn.created = now
+
+    def set_state(self, conn: Conn, new: int) -> None:
+        """Enter a new state; set_tcp_state's accounting: only the protocol's
+        active states count as active."""
+        self.set_inactive(conn, new not in self.protocols[conn.proto].active_states)
+        conn.state = new
+
+    @staticmethod
+    def set_inactive(conn: Conn, inactive: bool) -> None:
+        """Move a bound connection between its dest's active and inactive counts
+        (as set_tcp_state, only when a dest is bound)."""
+        dest = conn.dest
+        if dest is None or bool(conn.flags & INACTIVE) == inactive:
+            return
+        if inactive:
+            dest.active -= 1
+            dest.inactive += 1
+        else:
+            dest.inactive -= 1
+            dest.active += 1
+        conn.flags ^= INACTIVE
 
     def assure(self, conn: Conn) -> None:
-        conn.flags |= ASSURED
-        self.unassured.pop(conn, None)
+        self.table.assure(conn)
 
-    def remove(self, conn: Conn) -> None:
-        """Unhash now (the wheel entry is dropped lazily: `alive` goes False)."""
-        if self.index.get(conn.reply_key) is conn:
-            del self.index[conn.reply_key]
-            if self.index.get(conn.orig_key) is conn:
-                del self.index[conn.orig_key]
-            self.count -= 1
-        self.unassured.pop(conn, None)
-        conn.alive = False
+    def unbind(self, conn: Conn) -> None:
+        """ip_vs_unbind_dest, plus the local pair and the persistence template."""
+        dest = conn.dest
+        if dest is not None:
+            if conn.flags & INACTIVE:
+                dest.inactive -= 1
+            else:
+                dest.active -= 1
+            dest.update_overload()
+            conn.dest = None
+        svc = conn.service
+        if svc is not None:
+            svc.laddrs.release(conn.proto, conn.laddr, conn.daddr, conn.dport)
+        if conn.control is not None:
+            conn.control.n_control -= 1
+            conn.control = None
 
-    def early_drop_candidate(self) -> Conn | None:
-        for conn in self.unassured:
-            return conn
-        return None
-
-    def expire(self, now: float) -> int:
-        return self.wheel.advance(now, self._expired)
+    def drop(self, conn: Conn) -> None:
+        """Remove now (replaced, early-dropped, its server or service removed)."""
+        self.table.remove(conn)
+        self.unbind(conn)
 
     def _expired(self, conn: Conn) -> None:
-        self.remove(conn)
-        self._on_expire(conn)
+        self.unbind(conn)
+        self.stats["conns_expired"] += 1
+
+    def full(self) -> bool:
+        return self.table.count >= self.table.max_conns
+
+    def early_drop(self) -> bool:
+        """Make room for one new entry; False if nothing may be evicted."""
+        victim = self.table.early_drop_candidate()
+        if victim is None:
+            return False
+        self.drop(victim)
+        self.stats["early_drops"] += 1
+        return True
+
+    def expire(self, now: float) -> int:
+        return self.table.expire(now)
+
+    def timeout_of(self, conn: Conn) -> float:
+        return self.protocols[conn.proto].timeout_of(conn)

@@ -45,6 +45,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Iterable, Mapping, Sequence
 
+from proto.consts import PROTOS
+
 DEFAULT_API = "http://127.0.0.1:9100"
 IPVS_VERSION = "1.2.1"
 CONN_TAB_SIZE = 4096
@@ -60,7 +62,7 @@ STATS_COLUMNS = ("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes")
 RATE_COLUMNS = ("CPS", "InPPS", "OutPPS", "InBPS", "OutBPS")
 
 AF_INET, AF_INET6 = 2, 10
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+PROTO_NUMBERS = {**PROTOS, "sctp": 132}    # ipvsadm also names SCTP
 
 
 # -- building blocks ------------------------------------------------------------------

@@ -7,10 +7,9 @@ event, column for the current state).  Rows: INPUT (client -> server), OUTPUT
 """
 from __future__ import annotations
 
-STATES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT",
-          "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK")
-(NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT,
- CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK) = range(len(STATES))
+from proto.consts import ACK, FIN, RST, SYN
+from proto.consts import (CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK, LISTEN, NONE,
+                          SYN_RECV, SYN_SENT, SYNACK, TCP_STATES as STATES, TIME_WAIT)
 
 _ABBR = {"sNO": NONE, "sES": ESTABLISHED, "sSS": SYN_SENT, "sSR": SYN_RECV,
          "sFW": FIN_WAIT, "sTW": TIME_WAIT, "sCL": CLOSE, "sCW": CLOSE_WAIT,
@@ -55,9 +54,8 @@ TRANSITIONS = _parse(_TABLE)
 
 # tcp_state_idx: RST first, then SYN, FIN, ACK; a packet with none of them
 # gives -1, and the kernel then moves the connection to CLOSE.
-_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 EVENT_OF_FLAGS = tuple(
-    3 if f & _RST else 0 if f & _SYN else 1 if f & _FIN else 2 if f & _ACK else -1
+    3 if f & RST else 0 if f & SYN else 1 if f & FIN else 2 if f & ACK else -1
     for f in range(256)
 )
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 
 from proto.checksum import ones_sum, pseudo_header_sum
+from proto.consts import ICMP, ICMPV6, TCP, UDP
 
 __all__ = [
     "TRUNCATED", "BAD_VERSION", "BAD_IHL", "BAD_TOTAL_LENGTH", "FRAGMENT",
@@ -50,11 +51,6 @@ UNSUPPORTED_PROTO = "unsupported_proto"
 BAD_EXT_HEADER = "bad_ext_header"
 REASONS = (TRUNCATED, BAD_VERSION, BAD_IHL, BAD_TOTAL_LENGTH, FRAGMENT,
            BAD_L4_HEADER, UNSUPPORTED_PROTO, BAD_EXT_HEADER)
-
-TCP = 6
-UDP = 17
-ICMP = 1
-ICMPV6 = 58
 
 # Only the errors IPVS treats as related to a connection (ip_vs_in_icmp);
 # redirects and parameter problems are not translated.

@@ -57,6 +57,8 @@ from typing import Any, Iterable
 
 import msgpack
 
+from proto.consts import SYNC_FLAGS
+
 __all__ = [
     "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "TYPES",
     "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "MAX_DATAGRAM", "REASONS",
@@ -77,7 +79,7 @@ MAX_DATAGRAM = 65507      # the largest UDP payload over IPv4
 MAX_NODE_ID = 64
 U64 = (1 << 64) - 1
 MAX_TIMEOUT = float(1 << 31)
-_ENTRY_FLAGS = 0x01 | 0x02 | 0x08   # director.conn INACTIVE | NOOUTPUT | ASSURED
+_ENTRY_FLAGS = SYNC_FLAGS
 
 MALFORMED, BAD_MAC, WRONG_SYNC_ID, BAD_VERSION = "malformed", "bad_mac", "wrong_sync_id", "bad_version"
 OVERSIZE = "oversize"

@@ -45,14 +45,14 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from director.tcp_state import CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, TIME_WAIT
+from director.protocol import Tcp
+from proto.consts import ESTABLISHED, TCP
 from proto.sync import SyncEntry
 
 HZ = 1000
-TCP = 6
 #: needed()'s answer for a change into ESTABLISHED: send, and do not wait to batch
 URGENT = 2
-TCP_SYNC_STATES = frozenset((ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT, TIME_WAIT))
+TCP_SYNC_STATES = Tcp.sync_states
 
 
 class SyncPolicy:

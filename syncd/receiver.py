@@ -49,14 +49,14 @@ from collections import deque
 from typing import Callable
 
 from director.conn import SYNCED
-from proto import sync as S
+from proto import consts as C, sync as S
 from proto.packet import flow_key
 from proto.sync import Message, SyncEntry, SyncError
 from syncd.config import SyncConfig, resolve_key
 
 log = logging.getLogger("tandem.syncd")
 
-TCP_STATES, UDP_STATES = 11, 1
+TCP_STATES, UDP_STATES = len(C.TCP_STATES), len(C.UDP_STATES)
 
 
 def engine_apply(engine) -> Callable[[SyncEntry, float], str]:
@@ -316,7 +316,7 @@ class SyncReceiver:
         results = self.results
         applied = 0
         for e in msg.entries:
-            if not (e.proto == 6 and e.state < TCP_STATES or e.proto == 17 and e.state < UDP_STATES):
+            if not (e.proto == C.TCP and e.state < TCP_STATES or e.proto == C.UDP and e.state < UDP_STATES):
                 self.stats["entries_skipped"] += 1
                 continue
             if track or recent:

@@ -1,0 +1,89 @@
+"""Reconfiguration (ip_vs_ctl.c): services in and out, real servers changed in
+place, and the settings the packet path reads, derived from a config.
+
+Works on the engine's public parts (its services dict, `Connections`, the
+persistence templates); the packet path only ever reads what this module
+writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from director.config import NodeConfig
+from director.conn import Connections
+from director.persist import Templates
+from director.service import Service
+
+
+def build_services(cfg: NodeConfig, in_use) -> dict[tuple[int, bytes, int], Service]:
+    """Service objects for a config, keyed (proto, vip, port)."""
+    services = {}
+    for sc in cfg.services:
+        svc = Service(sc, cfg.lport_min, cfg.lport_max, in_use)
+        services[svc.key] = svc
+    return services
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the packet path needs from the config and the current services."""
+    vips: frozenset
+    laddrs: frozenset
+    owned: frozenset
+    verify_new: bool
+    verify_all: bool
+    expire_removed: bool
+
+    @classmethod
+    def of(cls, cfg: NodeConfig, services: dict) -> "Settings":
+        vips = frozenset(s.vip for s in services.values())
+        laddrs = frozenset(a for s in services.values() for a in s.laddrs.laddrs)
+        return cls(vips=vips, laddrs=laddrs, owned=vips | laddrs,
+                   verify_new=cfg.verify_checksums in ("new", "all"),
+                   verify_all=cfg.verify_checksums == "all",
+                   expire_removed=cfg.removed_server_conns == "expire")
+
+
+def reconfigure(services: dict, conns: Connections, templates: Templates,
+                old: Settings, cfg: NodeConfig, now: float) -> dict:
+    """Apply a new, already validated config to `services` in place without
+    touching established connections of real servers that stay.
+
+    Weights and thresholds change in place; new real servers and services
+    join; a removed real server's connections expire now, or are kept
+    until they end (`removed_server_conns = "keep"`); a removed service's
+    connections expire with it.
+    """
+    summary = {"services_added": 0, "services_removed": 0, "servers_removed": 0,
+               "conns_expired": 0}
+    wanted = {}
+    for sc in cfg.services:
+        probe = Service(sc, cfg.lport_min, cfg.lport_max, conns.table.has_key)
+        wanted[probe.key] = (sc, probe)
+    gone_dests = set()
+    for key, svc in list(services.items()):
+        if key not in wanted:
+            gone_dests.update(id(d) for d in svc.dests)
+            for d in svc.dests:
+                d.available = False
+            del services[key]
+            summary["services_removed"] += 1
+    for key, (sc, probe) in wanted.items():
+        svc = services.get(key)
+        if svc is None:
+            services[key] = probe
+            summary["services_added"] += 1
+            continue
+        removed = svc.reconfigure(sc, cfg.lport_min, cfg.lport_max)
+        summary["servers_removed"] += len(removed)
+        if old.expire_removed or cfg.removed_server_conns == "expire":
+            gone_dests.update(id(d) for d in removed)
+    if gone_dests:
+        for conn in list(conns.table):
+            if conn.dest is not None and id(conn.dest) in gone_dests:
+                conns.drop(conn)
+                summary["conns_expired"] += 1
+        for t in list(templates.by_key.values()):
+            if id(t.dest) in gone_dests:
+                templates.remove(t)
+    return summary
