@@ -10,6 +10,7 @@ about the node comes as the typed contracts of director/status.py.
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -20,6 +21,7 @@ from director.conn_pages import BadQuery, ConnPages, ConnQuery
 from director.engine import Engine
 from director.metrics import collectors, render
 from director.status import NodeSource, NoReload
+from schema.keys import WEIGHT
 
 
 class Route(NamedTuple):
@@ -40,6 +42,15 @@ ROUTES = (
     Route("POST", "/resign", "resign"),
     Route("POST", "/reload", "reload"),
 )
+
+
+def _loads_flat(text: str):
+    """json.loads for a small request body: nesting too deep for the parser's recursion
+    is a bad request (ValueError), not an internal error."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _authorised(request: web.Request, token: str) -> bool:
@@ -120,7 +131,7 @@ def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time
     async def set_weight(request: web.Request) -> web.Response:
         control, service, addr, port = _target(request)
         try:
-            body = await request.json()
+            body = await request.json(loads=_loads_flat)
             weight = body.get("weight") if isinstance(body, dict) else None
             if not isinstance(weight, int) or isinstance(weight, bool):
                 raise ValueError("weight must be an integer")
@@ -128,7 +139,8 @@ def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time
         except KeyError as exc:
             raise web.HTTPNotFound(text=str(exc)) from None
         except (ValueError, TypeError) as exc:
-            raise web.HTTPBadRequest(text=f"body must be {{\"weight\": 0..65535}}: {exc}") from None
+            raise web.HTTPBadRequest(
+                text=f"body must be {{\"weight\": {WEIGHT.range_text()}}}: {exc}") from None
 
     async def drain(request: web.Request) -> web.Response:
         control, service, addr, port = _target(request)

@@ -1,37 +1,42 @@
 """The node's TOML config: parsed, checked and turned into typed objects.
 
-Every problem is reported as `FILE: FIELD: PROBLEM` and nothing is applied
-until the whole file is valid, so a bad file never half-changes a node.
+Every key, its type, default and range is declared once, in `schema.keys`; this
+module reads a document against those declarations.  Every problem is reported
+as `FILE: FIELD: PROBLEM` (a ConfigError, never another exception) and nothing
+is applied until the whole file is valid, so a bad file never half-changes a node.
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from director import sched
-from director.tcp_state import DEFAULT_TIMEOUTS
 from proto.consts import PROTOS
+from schema import keys as K
+from schema.core import ConfigError, Reader
 
-ROLES = ("master", "backup")
-CHECKSUM_MODES = ("new", "all", "none")
+__all__ = ["ConfigError", "HAConfig", "NodeConfig", "RealServerConfig", "ServiceConfig",
+           "check_reloadable", "load", "parse", "restart_needed"]
 
+log = logging.getLogger("tandem.config")
 
-class ConfigError(ValueError):
-    def __init__(self, source: str, field: str, problem: str) -> None:
-        super().__init__(f"{source}: {field}: {problem}")
-        self.source, self.field, self.problem = source, field, problem
+ROLES = K.NODE["role"].choices
+CHECKSUM_MODES = K.NODE["verify_checksums"].choices
+_N, _L, _R = K.NODE.default, K.LIMITS.default, K.REAL_SERVER.default
 
 
 @dataclass(frozen=True)
 class RealServerConfig:
     addr: str
     port: int
-    weight: int = 1
-    u_threshold: int = 0
-    l_threshold: int = 0
+    weight: int = _R("weight")
+    u_threshold: int = _R("u_threshold")
+    l_threshold: int = _R("l_threshold")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class ServiceConfig:
     ops: bool = False              # one-packet scheduling (UDP only)
     health: Any = None             # director.health.HealthCheckConfig, or None
     sorry_server: tuple[str, int] | None = None   # used when no real server is up
+    #: the scheduler's options (schema section scheduler.<name>), as (key, value) pairs
+    scheduler_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
@@ -60,17 +67,17 @@ class NodeConfig:
     name: str
     api_host: str
     api_port: int
-    queue: int = 0
-    role: str = "master"
-    verify_checksums: str = "new"
-    tick: float = 0.1
-    expire_quiescent_template: bool = False
-    removed_server_conns: str = "expire"
-    api_token: str = field(default="", repr=False)
-    timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
-    max_conns: int = 1_000_000
-    lport_min: int = 5000
-    lport_max: int = 65535
+    queue: int = _N("queue")
+    role: str = _N("role")
+    verify_checksums: str = _N("verify_checksums")
+    tick: float = _N("tick")
+    expire_quiescent_template: bool = _N("expire_quiescent_template")
+    removed_server_conns: str = _N("removed_server_conns")
+    api_token: str = field(default=_N("api_token"), repr=False)
+    timeouts: dict[str, float] = field(default_factory=K.TIMEOUTS.defaults)
+    max_conns: int = _L("max_conns")
+    lport_min: int = _L("lport_min")
+    lport_max: int = _L("lport_max")
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<config>"
     ha: "HAConfig | None" = None
@@ -84,97 +91,34 @@ class NodeConfig:
         return sorted({a for s in self.services for a in s.laddrs})
 
 
-class _Reader:
-    """Typed access to one table of the document, naming the field on error."""
-
-    def __init__(self, source: str, prefix: str, table: Any) -> None:
-        self.source, self.prefix = source, prefix
-        if not isinstance(table, dict):
-            self.fail("", "must be a table")
-        self.table = table
-        self.used: set[str] = set()
-
-    def fail(self, key: str, problem: str):
-        name = f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
-        raise ConfigError(self.source, name, problem)
-
-    def get(self, key: str, kind: type | tuple, default: Any = ..., *, lo=None, hi=None):
-        self.used.add(key)
-        if key not in self.table:
-            if default is ...:
-                self.fail(key, "is required")
-            return default
-        value = self.table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            self.fail(key, f"must be {kinds[0].__name__}, not a boolean")
-        if not isinstance(value, kinds):
-            if float in kinds and isinstance(value, int):
-                value = float(value)
-            else:
-                self.fail(key, f"must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
-        if lo is not None and value < lo:
-            self.fail(key, f"must be >= {lo}, got {value}")
-        if hi is not None and value > hi:
-            self.fail(key, f"must be <= {hi}, got {value}")
-        return value
-
-    def choice(self, key: str, options, default: Any = ...):
-        value = self.get(key, str, default)
-        if value not in options:
-            self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
-        return value
-
-    def address(self, key: str, value: Any = ..., family: int | None = None) -> str:
-        raw = self.get(key, str) if value is ... else value
-        try:
-            ip = ipaddress.ip_address(raw)
-        except ValueError:
-            self.fail(key, f"{raw!r} is not an IP address")
-        if family and ip.version != family:
-            self.fail(key, f"{raw} is IPv{ip.version}, the service is IPv{family}")
-        return str(ip)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            self.fail(unknown[0], "unknown key (misspelt?)")
+def _read_all(r: Reader) -> dict[str, Any]:
+    """Every declared key of the reader's section, by name."""
+    return {k.name: r.take(k) for k in r.section}
 
 
 def parse(doc: dict, source: str = "<config>") -> NodeConfig:
-    top = _Reader(source, "", doc)
-    node = _Reader(source, "node", top.get("node", dict))
-    name = node.get("name", str)
-    api = node.get("api", str, "127.0.0.1:9100")
+    top = Reader(source, "", doc, K.TOP)
+    node = Reader(source, "node", top.get("node", dict), K.NODE)
+    n = _read_all(node)
+    api = n.pop("api")
     host, _, port = api.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         node.fail("api", f"must be host:port, got {api!r}")
-    node_kw = dict(
-        name=name, api_host=host.strip("[]"), api_port=int(port),
-        queue=node.get("queue", int, 0, lo=0, hi=65535),
-        role=node.choice("role", ROLES, "master"),
-        verify_checksums=node.choice("verify_checksums", CHECKSUM_MODES, "new"),
-        tick=node.get("tick", float, 0.1, lo=0.001, hi=10.0),
-        expire_quiescent_template=node.get("expire_quiescent_template", bool, False),
-        removed_server_conns=node.choice("removed_server_conns", ("expire", "keep"), "expire"),
-        api_token=node.get("api_token", str, ""),
-    )
     node.finish()
+    node_kw = dict(n, api_host=host.strip("[]"), api_port=int(port))
 
-    t = _Reader(source, "timeouts", top.get("timeouts", dict, {}))
-    timeouts = {k: t.get(k, float, float(v), lo=0.001) for k, v in DEFAULT_TIMEOUTS.items()}
+    t = Reader(source, "timeouts", top.get("timeouts", dict, {}), K.TIMEOUTS)
+    timeouts = _read_all(t)
     t.finish()
 
-    lim = _Reader(source, "limits", top.get("limits", dict, {}))
-    max_conns = lim.get("max_conns", int, 1_000_000, lo=1)
-    lport_min = lim.get("lport_min", int, 5000, lo=1024, hi=65535)
-    lport_max = lim.get("lport_max", int, 65535, lo=1024, hi=65535)
-    if lport_min > lport_max:
-        lim.fail("lport_min", f"{lport_min} is above lport_max {lport_max}")
+    lim = Reader(source, "limits", top.get("limits", dict, {}), K.LIMITS)
+    limits = _read_all(lim)
+    if limits["lport_min"] > limits["lport_max"]:
+        lim.fail("lport_min", f"{limits['lport_min']} is above lport_max {limits['lport_max']}")
     lim.finish()
 
-    default_laddrs = top.get("laddrs", list, [])
-    raw_services = top.get("services", list)
+    default_laddrs = top.take("laddrs")
+    raw_services = top.take("services")
     if not raw_services:
         top.fail("services", "must list at least one service")
     services = []
@@ -188,9 +132,11 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
     vips = sorted({sv.vip for sv in services})
     ha = _ha(source, top, vips)
     top.finish()
-    return NodeConfig(**node_kw, timeouts=timeouts, max_conns=max_conns,
-                      lport_min=lport_min, lport_max=lport_max,
+    return NodeConfig(**node_kw, timeouts=timeouts, **limits,
                       services=tuple(services), source=source, ha=ha)
+
+
+_I, _V = K.INTERFACES.default, K.VRRP.default
 
 
 @dataclass(frozen=True)
@@ -198,99 +144,39 @@ class HAConfig:
     """Interfaces, election, sync and hooks: what makes two nodes a pair."""
     front_if: str = ""
     back_if: str = ""
-    garp_count: int = 3
-    garp_interval: float = 0.05
+    garp_count: int = _I("garp_count")
+    garp_interval: float = _I("garp_interval")
     vrrp: Any = None            # ha.vrrp.VrrpConfig, or None for a fixed role
     sync: Any = None            # syncd.config.SyncConfig, or None
     notify: dict = field(default_factory=dict)     # state -> argv
     #: a (re)starting node waits this long for the peer's bulk resync before it
     #: may become master, so it never takes over with an empty table
-    startup_sync_wait: float = 1.0
+    startup_sync_wait: float = _V("startup_sync_wait")
     #: preempting a live master: how long to let it remove its addresses (it stops
     #: advertising at once, but a loaded node takes up to ~150 ms to let go)
-    preempt_yield: float = 0.3
+    preempt_yield: float = _V("preempt_yield")
 
 
-def _ha(source: str, top: _Reader, vips: list[str]) -> HAConfig | None:
-    import dataclasses
-    raw_if = top.get("interfaces", dict, None)
-    raw_vrrp = top.get("vrrp", dict, None)
-    raw_sync = top.get("sync", dict, None)
-    raw_notify = top.get("notify", dict, None)
-    if raw_if is None and raw_vrrp is None and raw_sync is None and raw_notify is None:
+def _ha(source: str, top: Reader, vips: list[str]) -> HAConfig | None:
+    raw = {name: top.get(name, dict, None) for name in ("interfaces", "vrrp", "sync", "notify")}
+    if all(v is None for v in raw.values()):
         return None
     kw: dict[str, Any] = {}
-    if raw_if is not None:
-        i = _Reader(source, "interfaces", raw_if)
-        kw.update(front_if=i.get("front", str), back_if=i.get("back", str),
-                  garp_count=i.get("garp_count", int, 3, lo=0, hi=100),
-                  garp_interval=i.get("garp_interval", float, 0.05, lo=0.0, hi=10.0))
+    if raw["interfaces"] is not None:
+        i = Reader(source, "interfaces", raw["interfaces"], K.INTERFACES)
+        got = _read_all(i)
+        kw.update(front_if=got["front"], back_if=got["back"], garp_count=got["garp_count"],
+                  garp_interval=got["garp_interval"])
         i.finish()
-    if raw_vrrp is not None:
-        from ha.vrrp import VrrpConfig
-        v = _Reader(source, "vrrp", raw_vrrp)
-        if raw_if is None:
-            top.fail("interfaces", "is required with [vrrp] (front and back interface names)")
-        try:
-            kw["vrrp"] = VrrpConfig(
-                vrid=v.get("vrid", int, lo=1, hi=255),
-                priority=v.get("priority", int, 100, lo=1, hi=255),
-                advert_interval=v.get("advert_interval", float, 0.1, lo=0.01, hi=40.95),
-                addresses=tuple(vips),
-                primary_address=v.address("primary_address"),
-                preempt=v.get("preempt", bool, True),
-                preempt_delay=v.get("preempt_delay", float, 0.0, lo=0.0),
-                nopreempt=v.get("nopreempt", bool, False),
-                unicast_peers=tuple(v.address(f"unicast_peers[{j}]", a)
-                                    for j, a in enumerate(v.get("unicast_peers", list, []))),
-            )
-        except ValueError as exc:
-            raise ConfigError(source, "vrrp", str(exc)) from None
-        kw["startup_sync_wait"] = v.get("startup_sync_wait", float, 1.0, lo=0.0, hi=60.0)
-        kw["preempt_yield"] = v.get("preempt_yield", float, 0.3, lo=0.0, hi=10.0)
-        v.finish()
-    if raw_sync is not None:
-        from syncd.config import SyncConfig
-        sy = _Reader(source, "sync", raw_sync)
-        fields = {f.name: f for f in dataclasses.fields(SyncConfig)}
-        skw: dict[str, Any] = {}
-        for name in list(raw_sync):
-            if name not in fields:
-                continue
-            default = fields[name].default
-            if name == "key":
-                key = sy.get("key", str)
-                skw["key"] = bytes.fromhex(key[4:]) if key.startswith("hex:") else key.encode()
-                if len(skw["key"]) < 16:
-                    sy.fail("key", "must be at least 16 bytes (a shared secret; 'hex:...' for raw bytes)")
-            elif name == "peers":
-                peers = []
-                for j, p in enumerate(sy.get("peers", list)):
-                    host, _, port = str(p).rpartition(":")
-                    if not host or not port.isdigit():
-                        sy.fail(f"peers[{j}]", f"must be host:port, got {p!r}")
-                    peers.append((sy.address(f"peers[{j}]", host.strip("[]")), int(port)))
-                skw["peers"] = tuple(peers)
-            elif isinstance(default, bool):
-                skw[name] = sy.get(name, bool)
-            elif isinstance(default, float):
-                skw[name] = sy.get(name, float)
-            elif isinstance(default, int):
-                skw[name] = sy.get(name, int)
-            else:
-                skw[name] = sy.get(name, str)
-        if "key" not in skw:
-            sy.fail("key", "is required (the pair's shared secret, at least 16 bytes)")
-        sy.finish()
-        try:
-            kw["sync"] = SyncConfig(**skw)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(source, "sync", str(exc)) from None
-    if raw_notify is not None:
-        n = _Reader(source, "notify", raw_notify)
+    if raw["vrrp"] is not None:
+        kw.update(_vrrp(source, top, raw, vips))
+    if raw["sync"] is not None:
+        from syncd.config import parse_sync
+        kw["sync"] = parse_sync(Reader(source, "sync", raw["sync"], K.SYNC))
+    if raw["notify"] is not None:
+        n = Reader(source, "notify", raw["notify"], K.NOTIFY)
         notify = {}
-        for state in ("master", "backup", "fault"):
-            argv = n.get(state, list, None)
+        for state, argv in _read_all(n).items():
             if argv is not None:
                 if not argv or not all(isinstance(a, str) for a in argv):
                     n.fail(state, "must be a non-empty list of strings (argv, no shell)")
@@ -300,78 +186,178 @@ def _ha(source: str, top: _Reader, vips: list[str]) -> HAConfig | None:
     return HAConfig(**kw)
 
 
-def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> ServiceConfig:
-    s = _Reader(source, prefix, raw)
-    proto = s.choice("proto", tuple(PROTOS))
-    vip = s.address("vip")
-    family = ipaddress.ip_address(vip).version
-    port = s.get("port", int, lo=1, hi=65535)
-    scheduler = s.get("scheduler", str, "wlc")
-    if scheduler not in sched.names():
-        s.fail("scheduler", f"unknown scheduler {scheduler!r} (known: {', '.join(sched.names())})")
-    flags = tuple(s.get("flags", list, []))
+def _vrrp(source: str, top: Reader, raw: dict, vips: list[str]) -> dict[str, Any]:
+    from ha.vrrp import VrrpConfig
+    v = Reader(source, "vrrp", raw["vrrp"], K.VRRP)
+    if raw["interfaces"] is None:
+        top.fail("interfaces", "is required with [vrrp] (front and back interface names)")
+    got = _read_all(v)
+    peers = tuple(v.address(f"unicast_peers[{j}]", a) for j, a in enumerate(got["unicast_peers"]))
+    v.finish()
     try:
-        sched.create(scheduler, frozenset(flags))
+        vrrp = VrrpConfig(
+            vrid=got["vrid"], priority=got["priority"], advert_interval=got["advert_interval"],
+            addresses=tuple(vips), primary_address=v.address("primary_address"),
+            preempt=got["preempt"], preempt_delay=got["preempt_delay"],
+            nopreempt=got["nopreempt"], unicast_peers=peers)
     except ValueError as exc:
-        s.fail("flags", str(exc))
-    laddrs = s.get("laddrs", list, default_laddrs)
+        raise ConfigError(source, "vrrp", str(exc)) from None
+    return dict(vrrp=vrrp, startup_sync_wait=got["startup_sync_wait"],
+                preempt_yield=got["preempt_yield"])
+
+
+#: which section of the file each HAConfig field comes from
+_HA_SECTION = {"front_if": "interfaces", "back_if": "interfaces", "garp_count": "interfaces",
+               "garp_interval": "interfaces", "vrrp": "vrrp", "startup_sync_wait": "vrrp",
+               "preempt_yield": "vrrp", "sync": "sync", "notify": "notify"}
+
+
+def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
+    """The sections that differ between two configs and that only a restart applies
+    (schema: Section.restart): [interfaces], [vrrp], [sync].  The VIP list the election
+    advertises follows the services and is left out of the comparison."""
+    import dataclasses
+    o, n = old.ha or HAConfig(), new.ha or HAConfig()
+    if (old.ha is None) != (new.ha is None):
+        changed = {"interfaces", "vrrp", "sync"}
+    else:
+        changed = set()
+    for name, section in _HA_SECTION.items():
+        a, b = getattr(o, name), getattr(n, name)
+        if name == "vrrp" and a is not None and b is not None:
+            b = dataclasses.replace(b, addresses=a.addresses)
+        if a != b:
+            changed.add(section)
+    return [s for s in K.restart_sections() if s in changed]
+
+
+def check_reloadable(old: NodeConfig, new: NodeConfig) -> None:
+    """Refuse (ConfigError) a reload that changes a section only a restart applies."""
+    sections = restart_needed(old, new)
+    if sections:
+        raise ConfigError(new.source, ", ".join(f"[{s}]" for s in sections),
+                          "changed, and a reload does not apply it: restart the node "
+                          "(nothing was changed)")
+
+
+def _host_port(r: Reader, name: str, raw: Any, family: int | None = None) -> tuple[str, int]:
+    if not isinstance(raw, str):
+        r.fail(name, f"must be an addr:port string, got {type(raw).__name__}")
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        r.fail(name, f"must be addr:port, got {raw!r}")
+    return r.address(name, host.strip("[]"), family), int(port)
+
+
+def _scheduler(s: Reader) -> tuple[str, tuple[str, ...], tuple[tuple[str, Any], ...]]:
+    """The service's scheduler, loaded by name, its flags and its options (checked
+    against the options the scheduler declared in the schema)."""
+    name = s.take("scheduler")
+    try:
+        options_section = sched.options(name)
+    except LookupError as exc:
+        s.fail("scheduler", str(exc))
+    flags = s.take("flags")
+    for j, f in enumerate(flags):
+        if not isinstance(f, str):
+            s.fail(f"flags[{j}]", f"must be str, got {type(f).__name__}")
+    o = Reader(s.source, s.field("scheduler_options"), s.take("scheduler_options"), options_section)
+    options = {k: v for k, v in _read_all(o).items() if k in o.table}
+    o.finish()
+    try:
+        sched.create(name, frozenset(flags), **options)
+    except ValueError as exc:
+        s.fail("scheduler_options" if options else "flags", str(exc))
+    return name, tuple(flags), tuple(sorted(options.items()))
+
+
+def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> ServiceConfig:
+    s = Reader(source, prefix, raw, K.SERVICE)
+    proto = s.take("proto")
+    vip = s.address("vip", s.take("vip"))
+    family = ipaddress.ip_address(vip).version
+    port = s.take("port")
+    scheduler, flags, options = _scheduler(s)
+    laddrs = s.take("laddrs", default_laddrs)
     if not laddrs:
         s.fail("laddrs", "a FULLNAT service needs at least one laddr (here or top-level laddrs)")
     laddrs = tuple(s.address(f"laddrs[{j}]", a, family) for j, a in enumerate(laddrs))
     reals = []
-    raw_reals = s.get("real_servers", list)
+    raw_reals = s.take("real_servers")
     if not raw_reals:
         s.fail("real_servers", "must list at least one real server")
     for j, rr in enumerate(raw_reals):
-        r = _Reader(source, f"{prefix}.real_servers[{j}]", rr)
+        r = Reader(source, f"{prefix}.real_servers[{j}]", rr, K.REAL_SERVER)
         reals.append(RealServerConfig(
-            addr=r.address("addr", family=family),
-            port=r.get("port", int, port, lo=1, hi=65535),
-            weight=r.get("weight", int, 1, lo=0, hi=65535),
-            u_threshold=r.get("u_threshold", int, 0, lo=0),
-            l_threshold=r.get("l_threshold", int, 0, lo=0),
+            addr=r.address("addr", r.take("addr"), family=family),
+            port=r.take("port", port),
+            weight=r.take("weight"),
+            u_threshold=r.take("u_threshold"),
+            l_threshold=r.take("l_threshold"),
         ))
         r.finish()
-    name = s.get("name", str, "")
-    persistent = s.get("persistent", (bool, float), 0.0)
+    name = s.take("name")
+    persistent = s.take("persistent")
     if persistent is True:
-        persistent = 300.0          # ipvsadm -p with no timeout
+        persistent = K.PERSISTENT_TRUE
     elif persistent is False:
         persistent = 0.0
-    elif persistent < 0:
-        s.fail("persistent", f"must be >= 0 seconds, got {persistent}")
-    persist_netmask = s.get("persist_netmask", int, 32 if family == 4 else 128,
-                            lo=0, hi=32 if family == 4 else 128)
-    ops = s.get("ops", bool, False)
+    host_bits = 32 if family == 4 else 128
+    persist_netmask = s.take("persist_netmask", host_bits)
+    if persist_netmask > host_bits:
+        s.fail("persist_netmask", f"must be <= {host_bits} for an IPv{family} service")
+    ops = s.take("ops")
     if ops and proto != "udp":
         s.fail("ops", "one-packet scheduling is only for UDP services")
     health = None
-    raw_health = s.get("health", dict, None)
+    raw_health = s.take("health")
     if raw_health is not None:
         from director.health import parse_health
         health = parse_health(raw_health, source, f"{prefix}.health")
-    sorry = None
-    raw_sorry = s.get("sorry_server", str, None)
-    if raw_sorry is not None:
-        host, _, sport = raw_sorry.rpartition(":")
-        if not host or not sport.isdigit() or not 0 < int(sport) < 65536:
-            s.fail("sorry_server", f"must be addr:port, got {raw_sorry!r}")
-        sorry = (s.address("sorry_server", host.strip("[]"), family), int(sport))
+    raw_sorry = s.take("sorry_server")
+    sorry = None if raw_sorry is None else _host_port(s, "sorry_server", raw_sorry, family)
     s.finish()
     return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
                          laddrs=laddrs, real_servers=tuple(reals), name=name,
                          persistent=float(persistent), persist_netmask=persist_netmask, ops=ops,
-                         health=health, sorry_server=sorry)
+                         health=health, sorry_server=sorry, scheduler_options=options)
 
 
 def load(path: str | Path) -> NodeConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "(file)", exc.strerror or str(exc)) from None
     try:
-        doc = tomllib.loads(text)
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "(file)", f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "(syntax)", str(exc)) from None
-    return parse(doc, str(path))
+    cfg = parse(doc, str(path))
+    warn_if_exposed(path, cfg)
+    return cfg
+
+
+def secrets_in(cfg: NodeConfig) -> list[str]:
+    """The fields of `cfg` that hold a secret."""
+    held = ["node.api_token"] if cfg.api_token else []
+    if cfg.ha is not None and cfg.ha.sync is not None:
+        held.append("sync.key")
+    return held
+
+
+def warn_if_exposed(path: Path, cfg: NodeConfig) -> bool:
+    """Warn (once per load) when a file holding secrets is readable by other users."""
+    held = secrets_in(cfg)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    if held and mode & (stat.S_IRGRP | stat.S_IROTH):
+        who = "anyone" if mode & stat.S_IROTH else "its group"
+        log.warning("%s: readable by %s (mode %04o) and it holds %s: chmod 600 it",
+                    path, who, stat.S_IMODE(mode), " and ".join(held))
+        return True
+    return False

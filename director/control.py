@@ -13,6 +13,7 @@ import logging
 
 from director.engine import Engine
 from director.health import effective_weight, transition_message
+from schema.keys import WEIGHT
 
 log = logging.getLogger("tandem.control")
 
@@ -51,8 +52,9 @@ class Control:
 
     def set_weight(self, service: str, addr: str, port: int, weight: int) -> dict:
         svc = self._service(service)
-        if not 0 <= weight <= 65535:
-            raise ValueError("weight must be 0..65535")
+        problem = WEIGHT.check(weight)
+        if problem:
+            raise ValueError(f"weight {problem}")
         if not any(d.addr_str == addr and d.port == port for d in svc.dests):
             raise KeyError(f"no real server {addr}:{port} in {service}")
         self.overrides[(svc.name, addr, port)] = weight

@@ -49,9 +49,12 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
-from director.config import ConfigError, ServiceConfig, _Reader
+from schema.core import ConfigError, Reader
+
+if TYPE_CHECKING:
+    from director.config import ServiceConfig
 
 log = logging.getLogger("tandem.health")
 
@@ -91,7 +94,7 @@ class HealthCheckConfig:
 
 def parse_health(table: Any, source: str = "<config>", prefix: str = "health") -> HealthCheckConfig:
     """Validate a health-check sub-table; errors are ConfigError(source, field, problem)."""
-    r = _Reader(source, prefix, table)
+    r = Reader(source, prefix, table)
     kind = r.choice("kind", KINDS)
     for key, only in _KIND_KEYS.items():
         if key in r.table and only != kind:
@@ -367,7 +370,7 @@ class CheckTarget:
         return (self.service_key, self.addr, self.port)
 
 
-def targets_for_service(svc: ServiceConfig, check: HealthCheckConfig) -> list[CheckTarget]:
+def targets_for_service(svc: "ServiceConfig", check: HealthCheckConfig) -> list[CheckTarget]:
     return [CheckTarget(svc.key, svc.proto, svc.vip, svc.port, r.addr, r.port, check)
             for r in svc.real_servers]
 

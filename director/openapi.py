@@ -11,6 +11,8 @@ import copy
 import json as _json
 from typing import Any
 
+from schema.keys import WEIGHT
+
 VERSION = "0.1.0"
 
 
@@ -151,7 +153,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "WeightChange": {
         "type": "object", "required": ["weight"], "additionalProperties": False,
-        "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
+        "properties": {"weight": {"type": "integer", "minimum": WEIGHT.lo, "maximum": WEIGHT.hi}},
     },
     "WeightResult": {
         "type": "object", "required": ["service", "real", "weight"],

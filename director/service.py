@@ -22,7 +22,7 @@ class Service:
         self.family = 4 if len(self.vip) == 4 else 6
         self.dests = [Dest(r.addr, r.port, r.weight, u_threshold=r.u_threshold,
                            l_threshold=r.l_threshold) for r in cfg.real_servers]
-        self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags))
+        self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags), **dict(cfg.scheduler_options))
         self.scheduler.update(self.dests)
         self.persistent = cfg.persistent
         self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
@@ -54,8 +54,9 @@ class Service:
         removed = list(keep.values())
         for d in removed:
             d.available = False
-        if (cfg.scheduler, cfg.flags) != (self.cfg.scheduler, self.cfg.flags):
-            self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags))
+        if (cfg.scheduler, cfg.flags, cfg.scheduler_options) != \
+                (self.cfg.scheduler, self.cfg.flags, self.cfg.scheduler_options):
+            self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags), **dict(cfg.scheduler_options))
         self.dests = new
         self.scheduler.update(new)
         if cfg.laddrs != self.cfg.laddrs or (lport_min, lport_max) != (self.laddrs.lport_min, self.laddrs.lport_max):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from proto.consts import ACK, FIN, RST, SYN
 from proto.consts import (CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK, LISTEN, NONE,
                           SYN_RECV, SYN_SENT, SYNACK, TCP_STATES as STATES, TIME_WAIT)
+from schema.keys import TIMEOUTS
 
 _ABBR = {"sNO": NONE, "sES": ESTABLISHED, "sSS": SYN_SENT, "sSR": SYN_RECV,
          "sFW": FIN_WAIT, "sTW": TIME_WAIT, "sCL": CLOSE, "sCW": CLOSE_WAIT,
@@ -59,15 +60,9 @@ EVENT_OF_FLAGS = tuple(
     for f in range(256)
 )
 
-#: Kernel defaults (seconds), tcp_timeouts[] and udp_timeouts[].
-DEFAULT_TIMEOUTS = {
-    "tcp_none": 2, "tcp_established": 900, "tcp_syn_sent": 120, "tcp_syn_recv": 60,
-    "tcp_fin_wait": 120, "tcp_time_wait": 120, "tcp_close": 10, "tcp_close_wait": 60,
-    "tcp_last_ack": 30, "tcp_listen": 120, "tcp_synack": 120, "udp": 300,
-    # tandem's own: how long a one-packet-scheduled datagram waits for its reply
-    # (the kernel frees OPS entries at once; FULLNAT needs the reply mapping)
-    "udp_ops": 2,
-}
+#: Kernel defaults (seconds), tcp_timeouts[] and udp_timeouts[], and tandem's udp_ops:
+#: declared in the config schema ([timeouts]).
+DEFAULT_TIMEOUTS = TIMEOUTS.defaults()
 
 
 def timeout_table(timeouts: dict[str, float]) -> tuple[float, ...]:

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from proto.arp import ETH_P_ARP, garp_frame
+from schema.keys import INTERFACES
 
 log = logging.getLogger("tandem.takeover")
 
@@ -29,8 +30,8 @@ class TakeoverConfig:
     back_if: str
     vips: tuple[str, ...]
     laddrs: tuple[str, ...]
-    garp_count: int = 3
-    garp_interval: float = 0.05
+    garp_count: int = INTERFACES.default("garp_count")
+    garp_interval: float = INTERFACES.default("garp_interval")
 
 
 def _prefixlen(addr: str) -> int:

@@ -31,8 +31,13 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
+from schema.core import dump_toml
+from schema.keys import INTERFACES, LIMITS, TIMEOUTS
+
 from . import nsutil
 from . import state as st
+
+# dump_toml is the schema's one TOML writer, re-exported here for the lab's callers
 
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
 
@@ -63,17 +68,11 @@ REAL_SERVERS = [
 
 ROLES = ["client", "router", "sw", "a", "b", "rs1", "rs2", "rs3"]
 
-DEFAULT_TIMEOUTS = {
-    "tcp_established": 900,
-    "tcp_syn_recv": 60,
-    "tcp_fin_wait": 120,
-    "tcp_time_wait": 120,
-    "tcp_close": 10,
-    "tcp_close_wait": 60,
-    "tcp_last_ack": 30,
-    "udp": 300,
-}
-DEFAULT_LIMITS = {"max_conns": 1000000, "lport_min": 5000, "lport_max": 65535}
+#: the node's own defaults (schema.keys), written out in the lab's configs
+DEFAULT_TIMEOUTS = TIMEOUTS.defaults()
+DEFAULT_LIMITS = LIMITS.defaults()
+#: the lab's segments are one bridge away: a shorter GARP spacing than the product's
+LAB_GARP_INTERVAL = 0.02
 
 # sanity: every lab address is in 198.18.0.0/15
 for _a in [ROUTER_CLIENT_ADDR, ROUTER_FRONT_ADDR, CLIENT_ADDR, VIP, *LADDRS] + [
@@ -97,53 +96,6 @@ def _venv_bin() -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # node configuration (TOML)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _toml_table(lines: list[str], path: str, table: dict[str, Any], array: bool = False) -> None:
-    scalars = {
-        k: v
-        for k, v in table.items()
-        if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))
-    }
-    lines.append(f"[[{path}]]" if array else f"[{path}]")
-    for k, v in scalars.items():
-        lines.append(f"{k} = {_toml_value(v)}")
-    for k, v in table.items():
-        if isinstance(v, dict):
-            lines.append("")
-            _toml_table(lines, f"{path}.{k}", v)
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                _toml_table(lines, f"{path}.{k}", item, array=True)
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    """A small TOML writer for the node configuration (tables, arrays of tables, scalars)."""
-    lines: list[str] = []
-    for k, v in doc.items():
-        if isinstance(v, dict):
-            if lines:
-                lines.append("")
-            _toml_table(lines, k, v)
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                lines.append("")
-                _toml_table(lines, k, item, array=True)
-        else:
-            lines.insert(0, f"{k} = {_toml_value(v)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def node_config(
@@ -184,7 +136,9 @@ def node_config(
     }
     if ha:
         prio = {"a": 150, "b": 100}[name]
-        cfg["interfaces"] = {"front": "front", "back": "back", "garp_count": 3, "garp_interval": 0.02}
+        cfg["interfaces"] = {"front": "front", "back": "back",
+                             "garp_count": INTERFACES.default("garp_count"),
+                             "garp_interval": LAB_GARP_INTERVAL}
         cfg["vrrp"] = {"vrid": VRID, "priority": prio, "advert_interval": advert_interval,
                        "primary_address": d["front_addr"]}
         cfg["sync"] = {"key": SYNC_KEY, "sync_id": VRID, "mode": "multicast",
@@ -613,6 +567,7 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                 )
                 path = d / f"{name}.toml"
                 path.write_text(dump_toml(cfg))
+                path.chmod(0o600)           # it holds the sync key
                 state["configs"][name] = str(path)
             st.save_state(prefix, state)
             _start_echo_servers(prefix, state, echo_wait)

@@ -1,129 +1,207 @@
-"""Every knob of connection sync, with its default and the reason for it."""
+"""Every knob of connection sync, with the reason for it; the defaults, types and
+ranges are declared once in schema.keys (section [sync])."""
 from __future__ import annotations
 
 import ipaddress
+import math
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from proto.sync import MAC_LEN, MAX_PAYLOAD
+from schema.core import Reader
+from schema.keys import SYNC, SYNC_KEY_MIN_BITS, SYNC_KEY_MIN_BITS_RAW, SYNC_KEY_MIN_BYTES
 
-MODES = ("multicast", "unicast")
+MODES = SYNC["mode"].choices
+_D = SYNC.default
+assert _D("max_payload") == MAX_PAYLOAD, "schema and wire format disagree on the payload size"
 
 
 @dataclass(frozen=True)
 class SyncConfig:
     # -- identity and authentication ----------------------------------------------
-    #: 0..255; a message with another sync id is dropped (counted wrong_sync_id).
+    #: a message with another sync id is dropped (counted wrong_sync_id).
     #: Unlike IPVS, 0 is not "accept all": with a shared key, a mismatch is a mistake.
-    sync_id: int = 0
-    #: HMAC-SHA256 key shared by the pair (>= 16 bytes); not shown in repr().
+    sync_id: int = _D("sync_id")
+    #: HMAC-SHA256 key shared by the pair; not shown in repr().
     key: bytes = field(default=b"", repr=False)
 
     # -- when a connection is sent (ip_vs_sync_conn_needed; see syncd.policy) ------
-    threshold: int = 3              # sync_threshold[0]
-    period: int = 50                # sync_threshold[1]
-    refresh_period: float = 0.0     # sync_refresh_period, seconds (0 = off)
-    retries: int = 0                # sync_retries, 0..3
-    persist_mode: bool = False      # sync_persist_mode
+    threshold: int = _D("threshold")            # sync_threshold[0]
+    period: int = _D("period")                  # sync_threshold[1]
+    refresh_period: float = _D("refresh_period")    # sync_refresh_period (0 = off)
+    retries: int = _D("retries")                # sync_retries
+    persist_mode: bool = _D("persist_mode")     # sync_persist_mode
     #: Send a TCP connection the moment it reaches ESTABLISHED, and at once (not
     #: after flush_delay), besides the threshold packets.  The kernel waits for the
     #: threshold packet; a failover in between loses a connection whose handshake
     #: completed, e.g. a reused client port whose old entry had passed packet 3.
-    on_established: bool = True
+    on_established: bool = _D("on_established")
 
     # -- the sender ------------------------------------------------------------------
     #: Largest datagram payload, MAC included (IPVS sync_maxlen for an IPv4 group).
-    max_payload: int = MAX_PAYLOAD
+    max_payload: int = _D("max_payload")
     #: A partly filled DATA message goes out this long after its first entry
     #: (IPVS_SYNC_SEND_DELAY, HZ/50).
-    flush_delay: float = 0.020
+    flush_delay: float = _D("flush_delay")
     #: With nothing else sent for this long, send a HEARTBEAT carrying the last
     #: seq: it reveals a lost tail of the stream and tells the peer we are alive.
-    heartbeat_interval: float = 0.2
+    heartbeat_interval: float = _D("heartbeat_interval")
     #: Sent DATA datagrams kept for answering NACKs (a ring, per sender).
-    resend_window: int = 4096
+    resend_window: int = _D("resend_window")
     #: The same seq is not re-sent twice within this long (several NACKs for one
     #: loss, e.g. from a periodic re-request crossing the resend).
-    resend_holdoff: float = 0.020
+    resend_holdoff: float = _D("resend_holdoff")
     #: At most this many datagrams are re-sent for one NACK, and at most
     #: resend_rate per second in all (a token bucket holding resend_per_nack):
     #: what is left is asked for again by the peer's periodic re-request, so a
     #: small NACK cannot bring back the whole window or hold the loop.
-    resend_per_nack: int = 256
-    resend_rate: float = 5000.0
+    resend_per_nack: int = _D("resend_per_nack")
+    resend_rate: float = _D("resend_rate")
     #: Bulk resync pace, entries per second, and how often it is fed.
-    bulk_rate: float = 50_000.0
-    bulk_interval: float = 0.010
+    bulk_rate: float = _D("bulk_rate")
+    bulk_interval: float = _D("bulk_interval")
     #: DATA messages built but not yet handed to the socket; past this the oldest
     #: is not transmitted (it stays in the resend window, so the peer's NACK
     #: still repairs it), as IPVS drops past sync_qlen_max but without the silence.
-    max_queue: int = 1024
+    max_queue: int = _D("max_queue")
 
     # -- the receiver ----------------------------------------------------------------
-    #: Still-missing seqs are re-requested this often (not once: pitfall 7) ...
-    nack_interval: float = 0.050
+    #: Still-missing seqs are re-requested this often (not once: a single request
+    #: lost with the data would leave the gap open) ...
+    nack_interval: float = _D("nack_interval")
     #: ... for at most this long; then the receiver asks for a bulk resync instead.
-    gap_give_up: float = 5.0
+    gap_give_up: float = _D("gap_give_up")
     #: An unanswered RESYNC_REQUEST is repeated after this long.
-    resync_retry: float = 1.0
+    resync_retry: float = _D("resync_retry")
     #: How many sync-lag samples are kept for the p50/p99/max report.
-    lag_samples: int = 1024
+    lag_samples: int = _D("lag_samples")
     #: If > 0, a message from a sender epoch not seen before is refused when its
     #: send time is older than this (seconds, wall clock; needs synchronised
     #: clocks) -- protects a freshly started receiver against old replays.
-    max_age: float = 0.0
+    max_age: float = _D("max_age")
 
     # -- transport -------------------------------------------------------------------
-    mode: str = "multicast"
-    group: str = "224.0.0.81"       # IP_VS_SYNC_GROUP
-    port: int = 8848                # IP_VS_SYNC_PORT (the local port in unicast mode)
-    ttl: int = 1
-    #: Multicast: the address of the interface to join and send on.
+    mode: str = _D("mode")
+    group: str = _D("group")                    # IP_VS_SYNC_GROUP
+    port: int = _D("port")                      # IP_VS_SYNC_PORT (the local port in unicast mode)
+    ttl: int = _D("ttl")
+    #: Multicast: the address of the interface to join and send on.  The config
+    #: file must name it (schema: required for multicast); the wildcard here is
+    #: for programs that build a SyncConfig themselves (tests on loopback).
     interface: str = "0.0.0.0"
-    #: Unicast: local address to bind, and the peers' (address, port) pairs.
+    #: Unicast: local address to bind (the config reader fills in the back
+    #: interface's address), and the peers' (address, port) pairs.
     bind: str = "0.0.0.0"
     peers: tuple[tuple[str, int], ...] = ()
     #: SO_SNDBUF / SO_RCVBUF (0 = the system default).
-    sock_buf: int = 1 << 20
+    sock_buf: int = _D("sock_buf")
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise ValueError(f"sync config: {what}")
 
-        need(0 <= self.sync_id <= 255, "sync_id must be 0..255")
         need(isinstance(self.key, bytes), "key must be bytes")
-        need(self.threshold >= 0 and self.period >= 0, "threshold and period must be >= 0")
+        # every range is the schema's
+        for key in SYNC:
+            if key.name in _FIELDS and key.name not in ("key", "peers"):
+                problem = key.check(getattr(self, key.name))
+                need(problem is None, f"{key.name} {problem}")
         need(self.period == 0 or self.threshold < self.period, "threshold must be < period (or period 0)")
-        need(self.refresh_period >= 0, "refresh_period must be >= 0")
-        need(0 <= self.retries <= 3, "retries must be 0..3")
-        need(256 <= self.max_payload <= 65507, "max_payload must be 256..65507")
         need(self.max_payload > MAC_LEN + 200, "max_payload too small")
-        for name in ("flush_delay", "heartbeat_interval", "bulk_interval", "nack_interval",
-                     "gap_give_up", "resync_retry"):
-            need(getattr(self, name) > 0, f"{name} must be > 0")
-        need(self.resend_holdoff >= 0 and self.max_age >= 0, "resend_holdoff and max_age must be >= 0")
-        need(self.resend_window >= 1, "resend_window must be >= 1")
-        need(self.resend_per_nack >= 1 and self.resend_rate > 0, "resend_per_nack must be >= 1, resend_rate > 0")
-        need(self.bulk_rate > 0, "bulk_rate must be > 0")
-        need(self.max_queue >= 1 and self.lag_samples >= 1, "max_queue and lag_samples must be >= 1")
-        need(self.mode in MODES, f"mode must be one of {MODES}")
-        need(0 <= self.port <= 65535 and 1 <= self.ttl <= 255, "port 0..65535, ttl 1..255")
-        need(self.sock_buf >= 0, "sock_buf must be >= 0")
         if self.mode == "multicast":
             need(ipaddress.ip_address(self.group).is_multicast, f"{self.group} is not a multicast group")
             need(ipaddress.ip_address(self.group).version == 4, "only an IPv4 group is supported")
-            ipaddress.ip_address(self.interface)
         else:
-            ipaddress.ip_address(self.bind)
             for host, port in self.peers:
                 ipaddress.ip_address(host)
                 need(0 < port <= 65535, f"peer port {port}")
+
+
+_FIELDS = set(SyncConfig.__dataclass_fields__)
 
 
 def resolve_key(cfg: SyncConfig, key: bytes | None) -> bytes:
     """The HMAC key a sender or receiver uses: `key` if given, else the config's;
     refused when it is too short to be a secret."""
     key = cfg.key if key is None else key
-    if len(key) < 16:
-        raise ValueError("the sync key must be at least 16 bytes")
+    if len(key) < SYNC_KEY_MIN_BYTES:
+        raise ValueError(f"the sync key must be at least {SYNC_KEY_MIN_BYTES} bytes")
     return key
+
+
+def key_strength_bits(key: bytes) -> float:
+    """A rough upper bound of a key's entropy: its length times the Shannon entropy of
+    its byte distribution.  16 x "a" is 0 bits; 16 random bytes about 60; a
+    30-character passphrase of a dozen distinct letters about 100."""
+    if not key:
+        return 0.0
+    counts = Counter(key).values()
+    n = len(key)
+    return n * -sum(c / n * math.log2(c / n) for c in counts)
+
+
+def decode_key(r: Reader, raw: str) -> bytes:
+    """The HMAC key from the config's string: `hex:` and hex digits for raw bytes, else
+    the passphrase's UTF-8 bytes.  Refused (never quoted) when it cannot be a secret."""
+    if raw.startswith("hex:"):
+        digits = raw[4:]
+        try:
+            key = bytes.fromhex(digits)
+        except ValueError:
+            r.fail("key", "'hex:' must be followed by an even number of hex digits "
+                          "(the value is not shown)")
+        kind, bits = "random bytes", SYNC_KEY_MIN_BITS_RAW
+    else:
+        key, kind, bits = raw.encode(), "bytes", SYNC_KEY_MIN_BITS
+    if len(key) < SYNC_KEY_MIN_BYTES:
+        r.fail("key", f"must be at least {SYNC_KEY_MIN_BYTES} {kind}, got {len(key)} "
+                      "(a shared secret; 'hex:...' for raw bytes)")
+    if key_strength_bits(key) < bits:
+        r.fail("key", f"has too little entropy (under {bits} bits: repeated or "
+                      "few distinct characters); use e.g. 'hex:' and 32 random bytes "
+                      "(openssl rand -hex 32)")
+    return key
+
+
+def parse_sync(r: Reader) -> SyncConfig:
+    """[sync] of the config file, read against the schema (r.section is schema SYNC)."""
+    kw: dict[str, Any] = {}
+    for key in r.section:
+        if key.name in r.table or (not key.required and key.default is not None):
+            kw[key.name] = r.take(key)
+    kw["key"] = decode_key(r, r.take("key"))
+    kw["peers"] = tuple(_peer(r, j, p) for j, p in enumerate(kw["peers"]))
+    if kw["mode"] == "multicast":
+        iface = kw.get("interface")
+        if iface is None or ipaddress.ip_address(iface).is_unspecified:
+            r.fail("interface", "is required for a multicast sync: the address of the back "
+                                "interface (without it the kernel picks the interface by route, "
+                                "and connection data could leave on the client side)")
+        if not ipaddress.ip_address(kw["group"]).is_multicast:
+            r.fail("group", f"{kw['group']} is not a multicast group")
+    else:
+        if not kw["peers"]:
+            r.fail("peers", "a unicast sync needs at least one peer (host:port)")
+        if kw.get("bind") is not None and ipaddress.ip_address(kw["bind"]).is_unspecified:
+            r.fail("bind", "must be the back interface's address, not the wildcard (connection "
+                           "data must not leave on the client side)")
+    r.finish()
+    if kw.get("bind") is None:
+        kw.pop("bind", None)        # resolved from the back interface when the node starts
+    kw.pop("interface", None) if kw.get("interface") is None else None
+    try:
+        return SyncConfig(**kw)
+    except ValueError as exc:
+        r.fail("", str(exc))
+
+
+def _peer(r: Reader, j: int, raw: Any) -> tuple[str, int]:
+    name = f"peers[{j}]"
+    if not isinstance(raw, str):
+        r.fail(name, f"must be a host:port string, got {type(raw).__name__}")
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        r.fail(name, f"must be host:port, got {raw!r}")
+    return r.address(name, host.strip("[]")), int(port)

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from director import rules
 from director.api import make_app
-from director.config import ConfigError, NodeConfig, load
+from director.config import ConfigError, NodeConfig, check_reloadable, load
 from director.control import Control
 from director.engine import Engine
 from director.health import HealthChecker, targets_for_service
@@ -271,6 +271,7 @@ class Node:
             raise ConfigError("<none>", "(file)", "the node was not started from a file")
         new = await asyncio.to_thread(load, self.path)
         old = self.cfg
+        check_reloadable(old, new)
         summary = self.engine.reconfigure(new, self.clock())
         self.control.apply_all()
         await self.checker.set_targets(health_targets(self.engine))
@@ -288,6 +289,8 @@ class Node:
                 await self.reload()
             except ConfigError as exc:
                 log.error("node %s: reload refused, nothing changed: %s", self.cfg.name, exc)
+            except Exception:
+                log.exception("node %s: reload failed", self.cfg.name)
         asyncio.get_running_loop().create_task(go())
 
 

@@ -13,11 +13,16 @@ injected (`flow.now`, the `rng` argument).
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import random
+import re
+import sys
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
 from director.dest import Dest
+from schema.core import Key, Section
+from schema.keys import plugin_section, plugins
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,9 @@ class Scheduler:
     name: ClassVar[str] = ""
     #: flags this scheduler understands (ipvsadm -b names)
     known_flags: ClassVar[frozenset[str]] = frozenset()
+    #: its options, settable per service as `scheduler_options` (declared into the
+    #: config schema by @register; defaults and ranges are read from there)
+    option_keys: ClassVar[tuple[Key, ...]] = ()
 
     def __init__(self, flags: frozenset[str] = frozenset(), *,
                  rng: random.Random | None = None, **options) -> None:
@@ -44,7 +52,17 @@ class Scheduler:
             raise ValueError(f"scheduler {self.name!r} does not take flags {sorted(unknown)}")
         self.flags = frozenset(flags)
         self.rng = rng or random.Random(0)
-        self.options = options
+        declared = {k.name: k for k in self.option_keys}
+        for opt, value in options.items():
+            key = declared.get(opt)
+            if key is None:
+                raise ValueError(f"scheduler {self.name!r} has no option {opt!r}"
+                                 f" (it takes: {', '.join(declared) or 'none'})")
+            problem = key.check(value)
+            if problem:
+                raise ValueError(f"{self.name} {opt} {problem}")
+        #: every option, given or default
+        self.options = {**{k.name: k.default for k in self.option_keys}, **options}
         self.dests: list[Dest] = []
 
     def update(self, dests: Sequence[Dest]) -> None:
@@ -57,38 +75,60 @@ class Scheduler:
 
 REGISTRY: dict[str, type[Scheduler]] = {}
 
-# Modules imported on first use so each scheduler stays one file.
-_MODULES = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq",
-            "fo", "ovf", "mh", "twos", "maglev")
+#: a scheduler's name is its module's: director/sched/<name>.py, imported on first use
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def register(cls: type[Scheduler]) -> type[Scheduler]:
+    """Class decorator: the scheduler `cls.name`, with its options declared in the
+    config schema (section scheduler.<name>) so the config reader and the docs know them."""
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no name")
     REGISTRY[cls.name] = cls
+    doc = (sys.modules[cls.__module__].__doc__ or cls.name).strip().splitlines()[0]
+    plugin_section("scheduler", cls.name, doc, cls.option_keys)
     return cls
 
 
-def _load_all() -> None:
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"director.sched.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"director.sched.{mod}":
-                raise
+def load(name: str) -> type[Scheduler]:
+    """The scheduler class called `name`, importing its module on first use."""
+    cls = REGISTRY.get(name)
+    if cls is not None:
+        return cls
+    if isinstance(name, str) and _NAME.match(name) and name in _module_names():
+        importlib.import_module(f"{__name__}.{name}")
+        cls = REGISTRY.get(name)
+        if cls is not None:
+            return cls
+    raise LookupError(f"unknown scheduler {name!r} (known: {', '.join(names())})")
+
+
+def _module_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(REGISTRY)
+    """Every scheduler that can be loaded (the modules of this package)."""
+    return sorted(set(_module_names()) | set(REGISTRY))
+
+
+def options(name: str) -> Section:
+    """The schema section of the scheduler's options (loads the scheduler)."""
+    cls = load(name)
+    return plugins("scheduler")[cls.name]
+
+
+def load_all() -> None:
+    """Import every scheduler (the docs generator lists them all)."""
+    for n in _module_names():
+        load(n)
 
 
 def create(name: str, flags: frozenset[str] | set[str] = frozenset(), **kw) -> Scheduler:
-    _load_all()
     try:
-        cls = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown scheduler {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
+        cls = load(name)
+    except LookupError as exc:
+        raise ValueError(str(exc)) from None
     return cls(frozenset(flags), **kw)
 
 

@@ -11,15 +11,18 @@ OVERLOAD, the connection is refused (None).
 Option: `tab_bits` (4..20, default 8).
 """
 from director.sched import Flow, Scheduler, mult_hash, register
+from schema.core import Key
 
 
 @register
 class DestinationHashing(Scheduler):
     name = "dh"
+    option_keys = (Key("tab_bits", int, 8, lo=4, hi=20,
+                       doc="the table has 2^tab_bits buckets (CONFIG_IP_VS_DH_TAB_BITS)"),)
 
     def __init__(self, flags=frozenset(), **kw):
         super().__init__(flags, **kw)
-        bits = int(self.options.get("tab_bits", 8))
+        bits = self.options["tab_bits"]
         if not 4 <= bits <= 20:
             raise ValueError(f"dh tab_bits must be in 4..20, not {bits}")
         self.size = 1 << bits

@@ -36,13 +36,22 @@ Options: `expiration` (seconds, default 86400), `tab_bits` (default 10).
 from __future__ import annotations
 
 from director.sched import Flow, Scheduler, least, mult_hash, register
+from schema.core import Key
 
 CHECK_EXPIRE_INTERVAL = 60.0
 ENTRY_TIMEOUT = 6 * 60.0
-DEFAULT_EXPIRATION = 24 * 60 * 60.0
 COUNT_FOR_FULL_EXPIRATION = 30
-DEFAULT_TAB_BITS = 10
 MAX_CATCHUP = 4 * COUNT_FOR_FULL_EXPIRATION
+
+#: the options of lblc and lblcr (scheduler_options in the config)
+LOCALITY_OPTIONS = (
+    Key("expiration", float, 24 * 60 * 60.0, unit="s", above=0.0,
+        doc="a full sweep drops entries unused this long (sysctl lblc_expiration)"),
+    Key("tab_bits", int, 10, lo=1, hi=20,
+        doc="the cache has 2^tab_bits buckets (CONFIG_IP_VS_LBLC_TAB_BITS)"),
+)
+DEFAULT_EXPIRATION = LOCALITY_OPTIONS[0].default
+DEFAULT_TAB_BITS = LOCALITY_OPTIONS[1].default
 
 
 def wlc_overhead(d) -> int:
@@ -145,12 +154,12 @@ class _Entry:
 
 class _LocalityScheduler(Scheduler):
     """What lblc and lblcr share: the table, liveness and lblc's overload test."""
+    option_keys = LOCALITY_OPTIONS
 
     def __init__(self, flags=frozenset(), **kw):
         super().__init__(flags, **kw)
         self.table = LocalityTable(
-            float(self.options.get("expiration", DEFAULT_EXPIRATION)),
-            int(self.options.get("tab_bits", DEFAULT_TAB_BITS)))
+            float(self.options["expiration"]), self.options["tab_bits"])
         self._alive: set[int] = set()
 
     def update(self, dests):

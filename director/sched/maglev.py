@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 
 from director.sched import Flow, Scheduler, register, usable
+from schema.core import Key
 
 FALLBACK = "maglev-fallback"
 DEFAULT_TABLE_SIZE = 65537
@@ -98,10 +99,13 @@ def turn_order(weights: list[int], count: int) -> list[int]:
 class Maglev(Scheduler):
     name = "maglev"
     known_flags = frozenset({FALLBACK})
+    option_keys = (Key("table_size", int, DEFAULT_TABLE_SIZE, lo=2,
+                       doc="slots of the lookup table: a prime, at least the number of real "
+                           "servers (more slots, more even shares)"),)
 
     def __init__(self, flags=frozenset(), **kw):
         super().__init__(flags, **kw)
-        size = int(self.options.get("table_size", DEFAULT_TABLE_SIZE))
+        size = self.options["table_size"]
         if not _is_prime(size):
             raise ValueError(f"maglev table_size must be a prime, not {size}")
         self.size = size

@@ -43,6 +43,7 @@ from __future__ import annotations
 from math import gcd
 
 from director.sched import Flow, Scheduler, fold_addr, hashed_pick, register
+from schema.core import Key
 
 FALLBACK = "mh-fallback"   # IP_VS_SVC_F_SCHED1
 PORT = "mh-port"           # IP_VS_SVC_F_SCHED2
@@ -128,10 +129,14 @@ def _dest_key(d) -> tuple:
 class MaglevHashing(Scheduler):
     name = "mh"
     known_flags = frozenset({FALLBACK, PORT})
+    option_keys = (Key("table_size", int, DEFAULT_TABLE_SIZE, choices=(),
+                       shown=str(DEFAULT_TABLE_SIZE),
+                       doc="slots of the lookup table, one of the kernel's primes: "
+                           + " ".join(map(str, PRIMES))),)
 
     def __init__(self, flags=frozenset(), **kw):
         super().__init__(flags, **kw)
-        size = int(self.options.get("table_size", DEFAULT_TABLE_SIZE))
+        size = self.options["table_size"]
         if size not in PRIMES:
             raise ValueError(f"mh table_size must be one of {PRIMES}, not {size}")
         self.size = size

@@ -23,6 +23,7 @@ packet, which tandem never schedules, the kernel uses daddr.)
 Option: `tab_bits` (4..20, default 8).
 """
 from director.sched import GOLDEN_PRIME, Flow, Scheduler, fold_addr, hashed_pick, register
+from schema.core import Key
 
 FALLBACK = "sh-fallback"   # IP_VS_SVC_F_SCHED1
 PORT = "sh-port"           # IP_VS_SVC_F_SCHED2
@@ -31,11 +32,13 @@ PORT = "sh-port"           # IP_VS_SVC_F_SCHED2
 @register
 class SourceHashing(Scheduler):
     name = "sh"
+    option_keys = (Key("tab_bits", int, 8, lo=4, hi=20,
+                       doc="the table has 2^tab_bits buckets (CONFIG_IP_VS_SH_TAB_BITS)"),)
     known_flags = frozenset({FALLBACK, PORT})
 
     def __init__(self, flags=frozenset(), **kw):
         super().__init__(flags, **kw)
-        bits = int(self.options.get("tab_bits", 8))
+        bits = self.options["tab_bits"]
         if not 4 <= bits <= 20:
             raise ValueError(f"sh tab_bits must be in 4..20, not {bits}")
         self.size = 1 << bits

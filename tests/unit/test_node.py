@@ -32,7 +32,7 @@ DOC = {
     "interfaces": {"front": "front0", "back": "back0", "garp_count": 3},
     "vrrp": {"vrid": 51, "priority": 150, "primary_address": "198.18.0.11",
              "startup_sync_wait": 5.0, "preempt_yield": 0.05},
-    "sync": {"key": "k" * 32, "mode": "unicast", "bind": "127.0.0.1", "port": 0,
+    "sync": {"key": "node-test-sync-key-0123456789", "mode": "unicast", "bind": "127.0.0.1", "port": 0,
              "peers": ["127.0.0.1:9"]},
 }
 
@@ -248,10 +248,13 @@ async def test_a_tracked_link_down_is_a_fault_and_up_again_clears_it():
 async def test_reload_runs_iptables_in_a_worker_thread(tmp_path):
     """node.reload used to run iptables (blocking subprocesses) on the event loop that must
     send VRRP adverts on time; now it runs them in a worker thread."""
-    import tomllib  # noqa: F401  (the file below is TOML)
+    import copy
+    from schema.core import dump_toml
     f = Fakes()
     path = tmp_path / "a.toml"
-    path.write_text(_toml(DOC, vip="198.18.0.101"))
+    doc = copy.deepcopy(DOC)
+    doc["services"][0]["vip"] = "198.18.0.101"
+    path.write_text(dump_toml(doc))
     n = node(f, path=str(path))
     await n.start()
     try:
@@ -289,17 +292,3 @@ async def test_stop_before_start_and_twice_is_harmless():
         await n.start()
 
 
-def _toml(doc: dict, vip: str) -> str:
-    s = DOC["services"][0]
-    return f'''[node]
-name = "a"
-api = "{API}"
-tick = 0.01
-
-[[services]]
-proto = "tcp"
-vip = "{vip}"
-port = 80
-laddrs = ["{LADDR}"]
-real_servers = [{{ addr = "{s["real_servers"][0]["addr"]}", port = 8080 }}]
-'''
