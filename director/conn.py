@@ -29,7 +29,7 @@ class Conn:
         "proto", "caddr", "cport", "vaddr", "vport", "laddr", "lport", "daddr", "dport",
         "orig_key", "reply_key", "rw_in", "rw_out", "state", "flags", "dest", "service",
         "expires", "timer_tick", "alive", "created",
-        "in_pkts", "old_state", "sync_endtime", "control",
+        "in_pkts", "old_state", "sync_endtime", "control", "synack_seq",
     )
 
     def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport) -> None:
@@ -52,6 +52,7 @@ class Conn:
         self.old_state = 0
         self.sync_endtime = 0.0
         self.control = None     # the persistence template, if any
+        self.synack_seq = -1    # TCP: the server's SYN-ACK sequence number, once seen
 
     def describe(self) -> dict:
         ip = ipaddress.ip_address
@@ -114,8 +115,15 @@ class Connections:
     def set_state(self, conn: Conn, new: int) -> None:
         """Enter a new state; set_tcp_state's accounting: only the protocol's
         active states count as active."""
-        self.set_inactive(conn, new not in self.protocols[conn.proto].active_states)
+        proto = self.protocols[conn.proto]
+        self.set_inactive(conn, new not in proto.active_states)
         conn.state = new
+        self.table.closing(conn, new in proto.early_drop_states)
+
+    def track_state(self, conn: Conn) -> None:
+        """Note a state set from outside (sync) for early drop."""
+        proto = self.protocols.get(conn.proto)
+        self.table.closing(conn, proto is not None and conn.state in proto.early_drop_states)
 
     @staticmethod
     def set_inactive(conn: Conn, inactive: bool) -> None:
@@ -165,7 +173,8 @@ class Connections:
         return self.table.count >= self.table.max_conns
 
     def early_drop(self) -> bool:
-        """Make room for one new entry; False if nothing may be evicted."""
+        """Make room for one new entry; False if nothing may be evicted
+        (see ConnTable.early_drop_candidate for what may be)."""
         victim = self.table.early_drop_candidate()
         if victim is None:
             return False

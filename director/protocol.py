@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from director import tcp_state
-from proto.consts import (ACK, CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK, NOOUTPUT,
+from proto.consts import (ACK, CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK,
                           RST, SYN, TCP, TCP_STATES, TIME_WAIT, UDP, UDP_STATES)
 
 INPUT, OUTPUT, INPUT_ONLY = tcp_state.INPUT, tcp_state.OUTPUT, tcp_state.INPUT_ONLY
@@ -105,7 +105,7 @@ def registered() -> dict[int, type[Protocol]]:
 
 @register
 class Tcp(Protocol):
-    """TCP: IPVS's state table."""
+    """TCP: IPVS's state table; ASSURED as nf_conntrack's TCP tracker sets it."""
 
     number = TCP
     name = "tcp"
@@ -123,13 +123,30 @@ class Tcp(Protocol):
     # tcp_can_early_drop (nf_conntrack_proto_tcp.c)
     early_drop_states = frozenset((FIN_WAIT, LAST_ACK, TIME_WAIT, CLOSE, CLOSE_WAIT))
 
+    #: how far past the SYN-ACK's sequence number the client's ACK may reach
+    #: and still acknowledge it (data sent with the SYN-ACK, e.g. TCP Fast Open)
+    ACK_WINDOW = 1 << 16
+
     def proves_two_way(self, conn, data: bytes, pkt, inbound: bool, now: float) -> bool:
-        return conn.state == ESTABLISHED
+        """nf_conntrack: ASSURED once a SYN_RECV connection (a SYN-ACK came back
+        from the server) sees the client's ACK and reaches ESTABLISHED.  Here the
+        server's SYN-ACK sequence number is kept, and the client's ACK must
+        acknowledge it (as conntrack's window check would): a spoofed SYN then
+        a blind ACK never make an entry ASSURED, even with the server answering."""
+        flags = pkt.flags
+        if not inbound:
+            if flags & (SYN | ACK | RST) == SYN | ACK:
+                conn.synack_seq = int.from_bytes(data[pkt.l4 + 4:pkt.l4 + 8], "big")
+            return False
+        if conn.synack_seq < 0 or conn.state != ESTABLISHED or flags & (SYN | ACK | RST) != ACK:
+            return False
+        ack = int.from_bytes(data[pkt.l4 + 8:pkt.l4 + 12], "big")
+        return 0 < (ack - conn.synack_seq) % (1 << 32) <= self.ACK_WINDOW
 
 
 @register
 class Udp(Protocol):
-    """UDP: one state."""
+    """UDP: one state; ASSURED as nf_conntrack's UDP tracker sets it."""
 
     number = UDP
     name = "udp"
@@ -140,4 +157,8 @@ class Udp(Protocol):
     one_packet = True
 
     def proves_two_way(self, conn, data: bytes, pkt, inbound: bool, now: float) -> bool:
-        return True
+        """nf_conntrack_udp_packet: ASSURED only when, with a reply already
+        seen, packets still flow UDP_STREAM_AFTER seconds after the first one.
+        A one-shot request/response exchange (DNS) never becomes ASSURED, so it
+        stays evictable from a full table."""
+        return now - conn.created >= UDP_STREAM_AFTER

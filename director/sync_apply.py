@@ -80,6 +80,7 @@ class SyncApplier:
             conn.state = conn.old_state = state
             conn.in_pkts = in_pkts
             self.table.insert(conn, now + timeout)
+            conns.track_state(conn)
             if sync_flags & ASSURED:
                 conns.assure(conn)
             st["created"] += 1
@@ -89,6 +90,7 @@ class SyncApplier:
         if sync_flags & ASSURED:
             conns.assure(conn)
         conn.state = conn.old_state = state
+        conns.track_state(conn)
         conn.in_pkts = in_pkts
         self.table.wheel.refresh(conn, now + timeout)
         st["updated"] += 1

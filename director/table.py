@@ -12,6 +12,9 @@ from typing import Callable, Iterator
 from director.timer import TimerWheel
 from proto.consts import ASSURED
 
+#: percent full above which closing entries may be evicted (nf_conntrack_max95)
+EVICT_CLOSING_ABOVE = 95
+
 
 class ConnTable:
     """Both-tuple index, expiry wheel and the sets early drop picks from."""
@@ -27,6 +30,9 @@ class ConnTable:
         # early drop takes it in O(1), as conntrack's early_drop takes a
         # non-ASSURED entry before refusing a new one.
         self.unassured: dict = {}
+        # Entries in a state their protocol lets early drop take even when
+        # ASSURED (TCP's closing states), oldest first.
+        self.closing_entries: dict = {}
 
     def get(self, key: bytes):
         return self.index.get(key)
@@ -58,6 +64,13 @@ class ConnTable:
         if not conn.flags & ASSURED:
             self.unassured[conn] = None
 
+    def closing(self, conn, closing: bool) -> None:
+        """Mark or unmark an entry as being in a closing (evictable) state."""
+        if closing:
+            self.closing_entries[conn] = None
+        else:
+            self.closing_entries.pop(conn, None)
+
     def assure(self, conn) -> None:
         conn.flags |= ASSURED
         self.unassured.pop(conn, None)
@@ -70,11 +83,20 @@ class ConnTable:
                 del self.index[conn.orig_key]
             self.count -= 1
         self.unassured.pop(conn, None)
+        self.closing_entries.pop(conn, None)
         conn.alive = False
 
     def early_drop_candidate(self):
+        """What to evict for a new entry, as nf_conntrack decides: the oldest
+        entry not ASSURED; or, once the table is over EVICT_CLOSING_ABOVE full,
+        the oldest in a closing state (FIN_WAIT, LAST_ACK, TIME_WAIT, CLOSE,
+        CLOSE_WAIT), ASSURED or not (conntrack's gc evicts those when over 95%
+        of nf_conntrack_max); else None, and the new connection is refused."""
         for conn in self.unassured:
             return conn
+        if self.count * 100 > self.max_conns * EVICT_CLOSING_ABOVE:
+            for conn in self.closing_entries:
+                return conn
         return None
 
     def expire(self, now: float) -> int:

@@ -80,10 +80,13 @@ TIMEOUTS = section("timeouts", "connection timeouts per state; the kernel's IPVS
 
 LIMITS = section("limits", "table and port limits", keys=[
     Key("max_conns", int, 1_000_000, unit="entries", lo=1,
-        doc="size of the connection table. When it is full, the oldest entry that never "
-            "completed its handshake (or, for UDP, never got a reply) is dropped to make room, "
-            "as nf_conntrack's early_drop does. If no such entry exists, the new connection is "
-            "refused and counted as `table_full`"),
+        doc="size of the connection table. When it is full, a new connection evicts the "
+            "oldest entry that is not *assured*, as nf_conntrack's early_drop does; failing that "
+            "(the table being over 95% full), the oldest TCP entry in FIN_WAIT, LAST_ACK, "
+            "TIME_WAIT, CLOSE or CLOSE_WAIT. If neither exists, the new connection is refused "
+            "and counted as `table_full`. A TCP connection is assured once the real server's "
+            "SYN-ACK has been seen and the client's ACK acknowledges it; a UDP flow once, with a "
+            "reply seen, its packets still flow 2 s after the first"),
     Key("lport_min", int, 5000, lo=1024, hi=65535,
         doc="the lowest local port handed out on each laddr"),
     Key("lport_max", int, 65535, lo=1024, hi=65535,
