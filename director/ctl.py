@@ -45,15 +45,16 @@ class Settings:
 
 
 def reconfigure(services: dict, conns: Connections, templates: Templates,
-                old: Settings, cfg: NodeConfig, now: float) -> dict:
+                cfg: NodeConfig, now: float) -> dict:
     """Apply a new, already validated config to `services` in place without
     touching established connections of real servers that stay.
 
     Weights and thresholds change in place; new real servers and services
     join; a removed real server's connections expire now, or are kept
-    until they end (`removed_server_conns = "keep"`); a removed service's
-    connections expire with it.
+    until they end (`removed_server_conns = "keep"`, the value in `cfg`,
+    not the one running); a removed service's connections expire with it.
     """
+    new = Settings.of(cfg, services)
     summary = {"services_added": 0, "services_removed": 0, "servers_removed": 0,
                "conns_expired": 0}
     wanted = {}
@@ -76,7 +77,8 @@ def reconfigure(services: dict, conns: Connections, templates: Templates,
             continue
         removed = svc.reconfigure(sc, cfg.lport_min, cfg.lport_max)
         summary["servers_removed"] += len(removed)
-        if old.expire_removed or cfg.removed_server_conns == "expire":
+        # the new file's own setting decides for the servers it removes
+        if new.expire_removed:
             gone_dests.update(id(d) for d in removed)
     if gone_dests:
         for conn in list(conns.table):

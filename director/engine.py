@@ -254,7 +254,7 @@ class Engine:
 
     def reconfigure(self, cfg: NodeConfig, now: float) -> dict:
         """Apply a new, already validated config (see director.ctl.reconfigure)."""
-        summary = ctl.reconfigure(self.services, self.conns, self.templates, self.settings, cfg, now)
+        summary = ctl.reconfigure(self.services, self.conns, self.templates, cfg, now)
         self._take_settings(cfg)
         return summary
 

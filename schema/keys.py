@@ -52,7 +52,8 @@ NODE = section("node", "the node itself", keys=[
             "(the kernel's expire_quiescent_template)"),
     Key("removed_server_conns", str, "expire", choices=("expire", "keep"),
         doc="what happens to the connections of a real server a reload removes: `expire` "
-            "(they end soon, as the kernel's expire_nodest_conn) or `keep`"),
+            "(they end soon, as the kernel's expire_nodest_conn) or `keep`. A reload that changes "
+            "this key and removes servers applies the new value to them"),
     Key("api_token", str, "", secret=True, shown='"" (changes refused)',
         doc="the bearer token that changing API requests must carry. With none set, changes "
             "are refused"),
