@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from director.engine import Engine
-from director.health import effective_weight, transition_message
+from director.health import effective_weight
 from schema.keys import WEIGHT
 
 log = logging.getLogger("tandem.control")
@@ -69,7 +69,7 @@ class Control:
             return
         key = (svc.name, addr, port)
         (self.down.discard if up else self.down.add)(key)
-        log.info(transition_message(up, svc.cfg.proto, svc.cfg.vip, svc.port, addr, port))
+        # not logged here: the health runner logs each transition once, with its reason
         self.apply(svc)
 
     def health_of(self, svc, d) -> str:
