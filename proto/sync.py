@@ -13,12 +13,15 @@ byte before it.  Fields:
     epoch      int     0..2**64-1, chosen at random when the sending object starts, so a
                        restarted node is told apart from a replay of its old messages
     seq        int     0..2**64-1.  DATA: the data sequence number (1, 2, ... per epoch);
-                       HEARTBEAT: the last DATA seq sent (0 if none); NACK and
-                       RESYNC_REQUEST: a per-epoch control counter of the requester
-                       (1, 2, ...), so a replayed request is recognised
+                       HEARTBEAT: the last DATA seq sent (0 if none); NACK,
+                       RESYNC_REQUEST, CHALLENGE and RESPONSE: a per-epoch control
+                       counter of the node (1, 2, ...), so a replayed one is recognised
     send_time  float   the sender's wall clock, seconds, when the message was built
-                       (a resent DATA message keeps its original time)
-    type       int     DATA 1, HEARTBEAT 2, NACK 3, RESYNC_REQUEST 4
+                       (a resent DATA message keeps its original time).  Only ever
+                       compared with other send times of the same epoch: the pair's
+                       clocks need not agree
+    type       int     DATA 1, HEARTBEAT 2, NACK 3, RESYNC_REQUEST 4, CHALLENGE 5,
+                       RESPONSE 6
     flags      int     DATA only: F_BULK (part of a bulk resync), F_BULK_START (its
                        first message), F_BULK_END (its last); 0 otherwise
     body       DATA:           [entry, ...]                       (see SyncEntry)
@@ -26,6 +29,11 @@ byte before it.  Fields:
                NACK:           [target_node (str), target_epoch (int),
                                 [[first, last], ...]]             (inclusive seq ranges)
                RESYNC_REQUEST: [] (every sender) or [target_node]
+               CHALLENGE:      [target_node, nonce (16 bytes)]  "prove you are alive"
+               RESPONSE:       [target_node, nonce, last_seq, wants_resync]: the
+                               answer to target_node's CHALLENGE, from the live
+                               epoch: its last DATA seq, and whether it wants
+                               target_node's whole table
 
 An entry is the 14-element array
 
@@ -60,16 +68,19 @@ import msgpack
 from proto.consts import SYNC_FLAGS
 
 __all__ = [
-    "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "TYPES",
+    "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "CHALLENGE", "RESPONSE", "TYPES",
+    "NONCE_LEN",
     "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "MAX_DATAGRAM", "REASONS",
     "SyncError", "SyncEntry", "Message", "encode", "decode",
     "pack_entry", "encode_data", "data_budget", "pack_entries", "nack_ranges_per_message",
 ]
 
 VERSION = 1
-DATA, HEARTBEAT, NACK, RESYNC_REQUEST = 1, 2, 3, 4
-TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST)
-TYPE_NAMES = {DATA: "DATA", HEARTBEAT: "HEARTBEAT", NACK: "NACK", RESYNC_REQUEST: "RESYNC_REQUEST"}
+DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE = 1, 2, 3, 4, 5, 6
+TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE)
+TYPE_NAMES = {DATA: "DATA", HEARTBEAT: "HEARTBEAT", NACK: "NACK", RESYNC_REQUEST: "RESYNC_REQUEST",
+              CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE"}
+NONCE_LEN = 16
 F_BULK, F_BULK_START, F_BULK_END = 0x01, 0x02, 0x04
 _ALL_FLAGS = F_BULK | F_BULK_START | F_BULK_END
 
@@ -174,10 +185,13 @@ class Message:
     send_time: float
     flags: int = 0
     entries: list = field(default_factory=list)    # DATA: list[SyncEntry]
-    last_seq: int = 0                              # HEARTBEAT
+    last_seq: int = 0                              # HEARTBEAT, RESPONSE
     ranges: list = field(default_factory=list)     # NACK: list[(first, last)]
-    target: str | None = None                      # NACK (required), RESYNC_REQUEST (None = all)
+    target: str | None = None                      # NACK, CHALLENGE, RESPONSE (required),
+                                                   # RESYNC_REQUEST (None = all)
     target_epoch: int = 0                          # NACK
+    nonce: bytes = b""                             # CHALLENGE, RESPONSE
+    wants: bool = False                            # RESPONSE
     version: int = VERSION
 
     @property
@@ -217,6 +231,12 @@ def _body(msg: Message) -> Any:
         return [msg.target, msg.target_epoch, [[a, b] for a, b in msg.ranges]]
     if t == RESYNC_REQUEST:
         return [] if msg.target is None else [msg.target]
+    if t in (CHALLENGE, RESPONSE):
+        if msg.target is None or len(msg.nonce) != NONCE_LEN:
+            raise ValueError("a CHALLENGE or RESPONSE needs a target node and a 16-byte nonce")
+        if t == CHALLENGE:
+            return [msg.target, msg.nonce]
+        return [msg.target, msg.nonce, msg.last_seq, bool(msg.wants)]
     raise ValueError(f"unknown message type {t}")
 
 
@@ -390,7 +410,7 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
     _int(seq, 0, U64)
     if type(send_time) is not float or not math.isfinite(send_time):
         raise SyncError(MALFORMED)
-    mtype = _int(mtype, 1, 4)
+    mtype = _int(mtype, 1, 6)
     flags = _int(flags, 0, _ALL_FLAGS)
     msg = Message(mtype, sid, node_id, epoch, seq, send_time, flags)
     if mtype != DATA and flags:
@@ -420,11 +440,27 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
                 raise SyncError(MALFORMED)
             out.append((a, b))
         msg.target, msg.target_epoch, msg.ranges = target, _int(target_epoch, 0, U64), out
-    else:   # RESYNC_REQUEST
+    elif mtype == RESYNC_REQUEST:
         if type(body) is not list or len(body) > 1:
             raise SyncError(MALFORMED)
         if body:
-            if type(body[0]) is not str or not 1 <= len(body[0]) <= MAX_NODE_ID:
+            msg.target = _node(body[0])
+    else:   # CHALLENGE, RESPONSE
+        if type(body) is not list or len(body) != (2 if mtype == CHALLENGE else 4):
+            raise SyncError(MALFORMED)
+        msg.target = _node(body[0])
+        if type(body[1]) is not bytes or len(body[1]) != NONCE_LEN:
+            raise SyncError(MALFORMED)
+        msg.nonce = body[1]
+        if mtype == RESPONSE:
+            msg.last_seq = _int(body[2], 0, U64)
+            if type(body[3]) is not bool:
                 raise SyncError(MALFORMED)
-            msg.target = body[0]
+            msg.wants = body[3]
     return msg
+
+
+def _node(v: Any) -> str:
+    if type(v) is not str or not 1 <= len(v) <= MAX_NODE_ID:
+        raise SyncError(MALFORMED)
+    return v

@@ -214,9 +214,11 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
     Key("resync_retry", float, 1.0, unit="s", above=0.0,
         doc="an unanswered resync request is repeated after this long"),
     Key("lag_samples", int, 1024, lo=1, doc="sync-lag samples kept for the p50/p99/max report"),
-    Key("max_age", float, 0.0, unit="s", lo=0.0,
-        doc="if > 0, a message from a sender epoch not seen before is refused when its send "
-            "time is older than this (wall clock)"),
+    Key("max_age", float, 30.0, unit="s", lo=0.0,
+        doc="a resent message sent more than this long before the newest one of its sender "
+            "(by the sender's own clock; the pair's clocks need not agree) is not applied, and "
+            "a bulk resync is asked for instead: a restarted node never applies old state "
+            "from the peer's resend window. Above `gap_give_up`; 0 = off"),
     Key("mode", str, "multicast", choices=("multicast", "unicast"), doc="the transport"),
     Key("group", ADDRESS, "224.0.0.81", doc="multicast: the IPv4 group (IPVS's)"),
     Key("port", int, 8848, lo=0, hi=65535,

@@ -76,9 +76,11 @@ class SyncConfig:
     resync_retry: float = _D("resync_retry")
     #: How many sync-lag samples are kept for the p50/p99/max report.
     lag_samples: int = _D("lag_samples")
-    #: If > 0, a message from a sender epoch not seen before is refused when its
-    #: send time is older than this (seconds, wall clock; needs synchronised
-    #: clocks) -- protects a freshly started receiver against old replays.
+    #: A gap-filling message sent more than this many seconds before the newest
+    #: message of its sender's epoch (both by the sender's own clock: the pair's
+    #: clocks need not agree) is not applied; a bulk resync is asked for instead.
+    #: A resend window can hold messages from long ago, which a receiver that
+    #: has just started must not apply.  Above gap_give_up; 0 = off.
     max_age: float = _D("max_age")
 
     # -- transport -------------------------------------------------------------------
@@ -110,6 +112,7 @@ class SyncConfig:
                 need(problem is None, f"{key.name} {problem}")
         need(self.period == 0 or self.threshold < self.period, "threshold must be < period (or period 0)")
         need(self.max_payload > MAC_LEN + 200, "max_payload too small")
+        need(self.max_age == 0 or self.max_age > self.gap_give_up, "max_age must be 0 or > gap_give_up")
         if self.mode == "multicast":
             need(ipaddress.ip_address(self.group).is_multicast, f"{self.group} is not a multicast group")
             need(ipaddress.ip_address(self.group).version == 4, "only an IPv4 group is supported")

@@ -6,16 +6,29 @@
 
 Every datagram is decoded and authenticated here (proto.sync.decode); DATA and
 HEARTBEAT are handled, NACK and RESYNC_REQUEST go to `on_control(msg, now)`
-(the local SyncSender.on_message), whose answer is returned with ours.
+(the local SyncSender.on_message, see attach()), whose answer is returned with
+ours.
+
+Only messages from a peer's authenticated epoch are used (syncd.auth): anything
+from another epoch is counted (unauthenticated) and answered with a CHALLENGE;
+the peer's RESPONSE proves which epoch is alive, and carries its last DATA seq
+and whether it wants our table.  This node answers challenges with its own
+epoch -- one per node, the sender's, shared by the receiver's control messages
+(attach) -- its sender's last seq, and whether it wants that peer's table.  No
+wall clock is compared across nodes.
 
 Per sender (by node id) the receiver keeps its epoch, the highest seq seen and
 the seqs still missing.  A gap -- in DATA seqs, or between the highest seq and a
 HEARTBEAT's last seq (a lost tail) -- is NACKed at once and then re-requested
 every cfg.nack_interval until filled; a gap older than cfg.gap_give_up, or one
 bigger than the sender's resend window, is abandoned for a bulk resync.  The
-first message of an epoch not seen before makes seqs 1..seq-1 of it missing (so
-a young stream is repaired from the sender's window rather than lost), unless
-that is beyond the window: then a resync is asked for.
+newly authenticated epoch makes seqs 1..last (its RESPONSE's last seq) missing
+(so a young stream is repaired from the sender's window rather than lost),
+unless that is beyond the window: then a resync is asked for.  A gap-filling
+message sent more than cfg.max_age before the newest message of its epoch (by
+the sender's own clock) is not applied: its seq is given up for a bulk resync
+(counted too_old).  The window can hold messages from long ago; a receiver
+that has just (re)started must not apply them.
 
 A gap-filling (older) message may arrive after newer messages about the same
 connection; while gaps are open the receiver remembers, per connection, the seq
@@ -25,20 +38,26 @@ A bulk resync's first message (F_BULK_START) is sealed by the sender before any
 later message, so every seq below it is carried by the bulk: missing seqs below
 it are dropped from the chase (counted forgiven).  Entries of bulk messages go
 to `apply_bulk` (default: `apply`); in production that is engine_apply_bulk,
-which never overwrites a connection this node created itself.
+which never overwrites a connection this node created itself.  Only a bulk
+that answers this node's own request counts as its resync being complete
+(bulks_answered, resync_complete): one whose first message has a seq above the
+sender's last seq as of the RESPONSE that authenticated it (or of our latest
+request), i.e. begun after we asked, and of which nothing is missing.  A
+replayed or older bulk fills in entries but completes nothing.
 
-A new epoch from a sender replaces its state only if its send time is later than
-the last accepted message of the current epoch; otherwise it is a replay.  A seq
-already applied is a replay or duplicate: counted, nothing changes.  Messages
-carrying our own node id are dropped (multicast loopback).
+A seq already applied is a replay or duplicate: counted, nothing changes.
+Messages carrying our own node id are dropped (multicast loopback).
 
 Counters (self.stats): received, data, heartbeats, control (NACK/RESYNC passed to
 the sender), entries_applied, entries_skipped (protocol/state we cannot hold),
 stale_skipped, apply_errors, gaps (gap events), missing_seqs, tail_gaps (found by
 a heartbeat), nacks_sent, resends_received (a seq that filled a gap), forgiven,
-resync_requests, gave_up, bulk_messages, epoch_changes, and per drop reason
-bad_mac, wrong_sync_id, malformed, bad_version, oversize (longer than
-cfg.max_payload: dropped before anything else is looked at), replayed, dropped.
+resync_requests, gave_up, bulk_messages, bulk_ends, bulks_answered,
+epoch_changes, too_old, the syncd.auth counters (unauthenticated,
+challenges_sent, responses_sent, challenges_unanswered, responses_stale,
+authenticated, epochs_refused), and per drop reason bad_mac, wrong_sync_id,
+malformed, bad_version, oversize (longer than cfg.max_payload: dropped before
+anything else is looked at), replayed, dropped.
 self.results counts what `apply` returned; lag() gives p50/p99/max in ms.
 """
 from __future__ import annotations
@@ -52,11 +71,14 @@ from director.conn import SYNCED
 from proto import consts as C, sync as S
 from proto.packet import flow_key
 from proto.sync import Message, SyncEntry, SyncError
+from syncd.auth import EpochAuth
 from syncd.config import SyncConfig, resolve_key
 
 log = logging.getLogger("tandem.syncd")
 
 TCP_STATES, UDP_STATES = len(C.TCP_STATES), len(C.UDP_STATES)
+#: data messages kept per node while its epoch is being challenged
+HOLD = 64
 
 
 def engine_apply(engine) -> Callable[[SyncEntry, float], str]:
@@ -87,20 +109,22 @@ def engine_apply_bulk(engine) -> Callable[[SyncEntry, float], str]:
 
 
 class _Peer:
-    __slots__ = ("epoch", "highest", "missing", "asked", "last_time", "nack_due",
-                 "recent", "want_after", "want_asked", "bulk_seen")
+    __slots__ = ("epoch", "highest", "missing", "asked", "newest_time", "nack_due",
+                 "recent", "want_after", "want_asked", "bulk_seen", "answer_start", "answer_end")
 
     def __init__(self, epoch: int, send_time: float) -> None:
         self.epoch = epoch
         self.highest = 0
-        self.missing: dict[int, float] = {}     # seq -> when it was found missing
+        self.missing: dict[int, float] = {}     # seq -> when it was found missing (ascending)
         self.asked: dict[int, float] = {}       # seq -> when it was last NACKed
-        self.last_time = send_time              # send time of the last accepted message
+        self.newest_time = send_time            # sender's clock when it sent the highest seq
         self.nack_due = float("inf")            # when the earliest missing seq is due again
         self.recent: dict[tuple, int] = {}      # conn key -> seq that set it (while gaps are open)
         self.want_after: int | None = None      # a bulk starting after this seq is wanted
         self.want_asked = 0.0
         self.bulk_seen = float("-inf")          # when a bulk message last arrived
+        self.answer_start = 0                   # first seq of the bulk answering our request
+        self.answer_end = 0                     # ... and its last, while seqs of it are missing
 
 
 class SyncReceiver:
@@ -121,7 +145,9 @@ class SyncReceiver:
         self.epoch = secrets.randbits(64) if epoch is None else epoch
         self.on_control = on_control
         self.wall = wall
+        self.sender = None                          # see attach()
         self.peers: dict[str, _Peer] = {}
+        self._held: dict[str, list[Message]] = {}   # data of an epoch being challenged
         self._ctl_seq = 0
         self._startup_want: float | None = None     # when start() last asked (no peer yet)
         self.lags: deque[float] = deque(maxlen=cfg.lag_samples)
@@ -129,8 +155,22 @@ class SyncReceiver:
             "received", "data", "heartbeats", "control", "entries_applied", "entries_skipped",
             "stale_skipped", "apply_errors", "gaps", "missing_seqs", "tail_gaps", "nacks_sent",
             "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages", "bulk_ends",
-            "epoch_changes",
+            "bulks_answered", "epoch_changes", "too_old",
             "bad_mac", "wrong_sync_id", "malformed", "bad_version", "oversize", "replayed", "dropped"), 0)
+        self.auth = EpochAuth(cfg.nack_interval, cfg.resync_retry, self.stats)
+
+    def attach(self, sender) -> None:
+        """Make this receiver and `sender` (a SyncSender) one node: control
+        messages go to the sender, and both speak with the sender's epoch, which
+        is what this node proves when challenged."""
+        self.sender = sender
+        self.epoch = sender.epoch
+        self.on_control = sender.on_message
+
+    @property
+    def resync_complete(self) -> bool:
+        """A bulk resync answering this node's own request has fully arrived."""
+        return self.stats["bulks_answered"] > 0
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -166,7 +206,12 @@ class SyncReceiver:
         peer.asked.clear()
         peer.nack_due = float("inf")
         peer.recent.clear()
-        peer.want_after = peer.highest
+        # a request still pending is raised, not repeated (the periodic retry
+        # asks again if the bulk that comes began too early)
+        pending = peer.want_after is not None and now < peer.want_asked + self.cfg.resync_retry
+        peer.want_after = max(peer.highest, peer.want_after or 0)
+        if pending:
+            return []
         peer.want_asked = now
         return [self._resync_request(now, node)]
 
@@ -186,55 +231,130 @@ class SyncReceiver:
         except SyncError as exc:
             self.stats[exc.reason] += 1
             return []
-        if msg.node_id == self.node_id:
+        node = msg.node_id
+        if node == self.node_id:
             self.stats["dropped"] += 1          # our own traffic (multicast loopback)
             return []
+        if msg.type == S.CHALLENGE:
+            return self._on_challenge(msg, now)
+        if msg.type == S.RESPONSE:
+            return self._on_response(msg, now)
+        auth = self.auth
+        if not auth.is_current(node, msg.epoch):
+            if msg.type in (S.DATA, S.HEARTBEAT):
+                self._hold(msg)
+            return self._challenge(node, msg.epoch, now)
         if msg.type in (S.NACK, S.RESYNC_REQUEST):
+            if not auth.fresh_control(node, msg.seq):
+                self.stats["replayed"] += 1
+                return []
             self.stats["control"] += 1
             return self.on_control(msg, now) if self.on_control is not None else []
         return self.on_message(msg, now)
 
+    # -- epochs: challenge and response (syncd.auth) ---------------------------------
+
+    def _challenge(self, node: str, epoch: int, now: float) -> list[bytes]:
+        nonce = self.auth.unknown(node, epoch, now)
+        if nonce is None:
+            return []
+        return [self._control(S.CHALLENGE, now, target=node, nonce=nonce)]
+
+    def _hold(self, msg: Message) -> None:
+        """Keep a few data messages of an epoch being challenged: used once its
+        RESPONSE proves it alive, so a stream that starts meanwhile is not lost
+        (nor NACKed).  Only the latest epoch seen per node, at most HOLD."""
+        held = self._held.get(msg.node_id)
+        if held is None or held[0].epoch != msg.epoch:
+            held = self._held[msg.node_id] = []
+        if len(held) < HOLD:
+            held.append(msg)
+
+    def _wants(self, node: str) -> bool:
+        """Whether this node wants `node`'s whole table now."""
+        if self._startup_want is not None:
+            return True
+        peer = self.peers.get(node)
+        return peer is not None and peer.want_after is not None
+
+    def _on_challenge(self, msg: Message, now: float) -> list[bytes]:
+        if msg.target != self.node_id:
+            return []                           # for another node on the group
+        node = msg.node_id
+        out: list[bytes] = []
+        if not self.auth.is_current(node, msg.epoch):
+            # Ask back first: the challenger's answer to us then carries its last
+            # seq from before any bulk our answer makes it start.
+            out += self._challenge(node, msg.epoch, now)
+        if self.auth.may_answer(node, msg.epoch, msg.nonce, now):
+            last = self.sender.seq if self.sender is not None else 0
+            out.append(self._control(S.RESPONSE, now, target=node, nonce=msg.nonce,
+                                     last_seq=last, wants=self._wants(node)))
+        return out
+
+    def _on_response(self, msg: Message, now: float) -> list[bytes]:
+        node = msg.node_id
+        if msg.target != self.node_id or not self.auth.verify(node, msg.nonce):
+            return []
+        new, old = self.auth.accept(node, msg.epoch, msg.seq)
+        if not new:
+            return []
+        cfg = self.cfg
+        out: list[bytes] = []
+        if old is not None:
+            self.stats["epoch_changes"] += 1
+        prev = self.peers.get(node)
+        if self._startup_want is not None:
+            wanted = self._startup_want                 # when we last asked
+        else:
+            wanted = prev.want_asked if prev is not None and prev.want_after is not None else None
+        peer = self.peers[node] = _Peer(msg.epoch, msg.send_time)
+        before = msg.last_seq
+        if wanted is not None:
+            # only a bulk begun after this answer was made answers our request
+            peer.want_after, peer.want_asked = before, wanted
+        # what arrived while it was being challenged, oldest first
+        for m in sorted(self._held.pop(node, ()), key=lambda m: m.seq):
+            if m.epoch != msg.epoch:
+                continue
+            if cfg.max_age and msg.send_time - m.send_time > cfg.max_age:
+                self.stats["too_old"] += 1
+                continue
+            out += self.on_message(m, now)
+        # the epoch's seqs so far: repair them from the window if they can be
+        if before - peer.highest > cfg.resend_window:
+            # too old to repair seq by seq: only a bulk started from here on will do
+            peer.highest = before
+            if peer.want_after is None:
+                self.stats["gave_up"] += 1
+                peer.want_after, peer.want_asked = before, now
+                out.append(self._resync_request(now, node))
+        elif before > peer.highest:
+            out += self._gap(node, peer, before, now)
+        if msg.wants and self.on_control is not None:
+            # its fresh, authenticated request for our table (a replayed
+            # RESYNC_REQUEST can never do this: it answers no nonce)
+            self.stats["control"] += 1
+            out += self.on_control(Message(S.RESYNC_REQUEST, msg.sync_id, node, msg.epoch, msg.seq,
+                                           msg.send_time, target=self.node_id), now)
+        return out
+
+    # -- data ------------------------------------------------------------------------
+
     def on_message(self, msg: Message, now: float) -> list[bytes]:
-        """A decoded, authenticated DATA or HEARTBEAT message."""
+        """A decoded DATA or HEARTBEAT message from its sender's authenticated epoch."""
         node = msg.node_id
         peer = self.peers.get(node)
         out: list[bytes] = []
         if peer is None or msg.epoch != peer.epoch:
-            if peer is not None and msg.send_time <= peer.last_time:
-                self.stats["replayed"] += 1     # an older epoch of that sender
-                return []
-            cfg = self.cfg
-            if cfg.max_age > 0 and self._time(now) - msg.send_time > cfg.max_age:
-                self.stats["replayed"] += 1
-                return []
-            if peer is not None:
-                self.stats["epoch_changes"] += 1
-            peer = self.peers[node] = _Peer(msg.epoch, msg.send_time)
-            if self._startup_want is not None:
-                peer.want_after, peer.want_asked = 0, self._startup_want
-            # the epoch's earlier seqs: repair them from the window if they can be
-            before = msg.seq - 1 if msg.type == S.DATA else msg.last_seq
-            if msg.type == S.DATA and msg.flags & S.F_BULK_START:
-                peer.highest = before           # this bulk carries all of it
-                self.stats["forgiven"] += before
-            elif before > cfg.resend_window:
-                # too old to repair seq by seq: only a bulk started from here on will do
-                peer.highest = before
-                asked = peer.want_after is not None
-                peer.want_after = before
-                if not asked:
-                    self.stats["gave_up"] += 1
-                    peer.want_asked = now
-                    out.append(self._resync_request(now, node))
-            elif before > 0:
-                out += self._gap(node, peer, before, now)
-        else:
-            peer.last_time = max(peer.last_time, msg.send_time)
+            self.stats["dropped"] += 1
+            return out
 
         if msg.type == S.HEARTBEAT:
             self.stats["heartbeats"] += 1
             if msg.last_seq > peer.highest:
                 self.stats["tail_gaps"] += 1
+                peer.newest_time = msg.send_time
                 out += self._gap(node, peer, msg.last_seq, now)
             return out
         if msg.type != S.DATA:
@@ -253,15 +373,27 @@ class SyncReceiver:
                     out += self._gap(node, peer, seq - 1, now)
             if seq > peer.highest:      # (a give-up may have moved it)
                 peer.highest = seq
+            peer.newest_time = msg.send_time
             self._apply(peer, msg, now)
         elif seq in peer.missing:
             del peer.missing[seq]
             del peer.asked[seq]
-            self.stats["resends_received"] += 1
-            self._apply(peer, msg, now)
+            # long older than what we hold of this sender (a window kept from long
+            # ago, answering a receiver that just started): not applied
+            too_old = self.cfg.max_age and peer.newest_time - msg.send_time > self.cfg.max_age
+            if not too_old:
+                self.stats["resends_received"] += 1
+                self._apply(peer, msg, now)
             if not peer.missing:
                 peer.recent.clear()
                 peer.nack_due = float("inf")
+            if too_old:
+                self.stats["too_old"] += 1
+                if peer.want_after is None:
+                    self.stats["gave_up"] += 1
+                    peer.want_after, peer.want_asked = peer.highest, now
+                    out.append(self._resync_request(now, node))
+                return out
         else:
             self.stats["replayed"] += 1
             return out
@@ -285,8 +417,21 @@ class SyncReceiver:
                     peer.nack_due = float("inf")
             if peer.want_after is not None and seq > peer.want_after:
                 peer.want_after = None          # a whole bulk from here on will reach us
-                self._startup_want = None
+                peer.answer_start, peer.answer_end = seq, 0
+        if msg.flags & S.F_BULK_END and peer.answer_start and seq >= peer.answer_start:
+            peer.answer_end = seq
+        if peer.answer_end:
+            self._check_answered(peer)
         return out
+
+    def _check_answered(self, peer: _Peer) -> None:
+        """The bulk answering our request is complete once nothing of it is missing
+        (missing seqs are kept in ascending order: the first is the lowest)."""
+        if peer.missing and next(iter(peer.missing)) <= peer.answer_end:
+            return
+        peer.answer_start = peer.answer_end = 0
+        self.stats["bulks_answered"] += 1
+        self._startup_want = None
 
     def _gap(self, node: str, peer: _Peer, upto: int, now: float) -> list[bytes]:
         """Seqs highest+1..upto are missing: record them and NACK them at once."""

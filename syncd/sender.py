@@ -64,10 +64,10 @@ def engine_source(engine) -> tuple[Snapshot, Callable[[Any, float], SyncEntry | 
 
 class _PeerCtl:
     """Replay state for the control messages of one requesting node."""
-    __slots__ = ("epoch", "seq", "time")
+    __slots__ = ("epoch", "seq")
 
-    def __init__(self, epoch: int, seq: int, time: float) -> None:
-        self.epoch, self.seq, self.time = epoch, seq, time
+    def __init__(self, epoch: int, seq: int) -> None:
+        self.epoch, self.seq = epoch, seq
 
 
 class SyncSender:
@@ -223,19 +223,17 @@ class SyncSender:
         return self._answer_nack(msg.ranges, now)
 
     def _fresh_control(self, msg: Message) -> bool:
-        """Control messages carry a per-epoch counter in seq: refuse replays."""
+        """Control messages carry a per-epoch counter in seq: refuse replays within
+        an epoch.  Which epoch of a node is alive is the receiver's business (it
+        passes on control messages of authenticated epochs only, syncd.auth); a
+        different epoch here is that node's new life."""
         c = self._ctl.get(msg.node_id)
-        if c is None:
-            self._ctl[msg.node_id] = _PeerCtl(msg.epoch, msg.seq, msg.send_time)
+        if c is None or msg.epoch != c.epoch:
+            self._ctl[msg.node_id] = _PeerCtl(msg.epoch, msg.seq)
             return True
-        if msg.epoch == c.epoch:
-            if msg.seq <= c.seq:
-                return False
-        elif msg.send_time <= c.time:
-            return False        # an older epoch of that node, replayed
-        else:
-            c.epoch = msg.epoch
-        c.seq, c.time = msg.seq, max(c.time, msg.send_time)
+        if msg.seq <= c.seq:
+            return False
+        c.seq = msg.seq
         return True
 
     def _answer_nack(self, ranges, now: float) -> list[bytes]:

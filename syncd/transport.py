@@ -97,10 +97,9 @@ class SyncTransport:
         self.cfg = cfg
         self.sender = sender
         self.receiver = receiver
-        if receiver.on_control is None:
-            receiver.on_control = sender.on_message
-        # Send times are wall-clock (the receiver's lag, and its "is this new epoch
-        # later than the old one" test across a reboot); deadlines use `clock`.
+        receiver.attach(sender)                 # one node: one epoch, control to the sender
+        # Send times are wall-clock (the receiver's lag report, and its max_age
+        # test, which compares send times of one sender only); deadlines use `clock`.
         if sender.wall is None:
             sender.wall = wall
         if receiver.wall is None:

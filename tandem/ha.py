@@ -48,8 +48,9 @@ class SyncLink:
 
     @property
     def bulk_done(self) -> bool:
-        """Whether a bulk resync from the peer has completed."""
-        return self.receiver.stats.get("bulk_ends", 0) > 0
+        """Whether a bulk resync answering this node's own request has completed
+        (an older or replayed bulk does not count)."""
+        return self.receiver.resync_complete
 
     def flush(self) -> int:
         """Every pending entry to the peer now; the datagrams sent."""

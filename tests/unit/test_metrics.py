@@ -209,10 +209,13 @@ def test_sync_metrics_come_from_a_real_sync_link_with_declared_kinds():
     fwd = IP(ea.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))
     ea.handle(tcp(fwd.dst, fwd.src, 8080, fwd[TCP].sport, "SA", seq=5000, ack=1001), 0.0)
     ea.handle(tcp(CLIENT, VIP, 40000, 80, "A", seq=1001, ack=5001), 0.0)
-    datagrams = a.sender.poll(1.0)
-    assert datagrams
-    for d in datagrams:
-        b.receiver.on_datagram(d, 1.0)
+    wire = [(b, d) for d in a.sender.poll(1.0)]
+    assert wire
+    for _ in range(50):         # both ways, as on the network: b first challenges a's epoch
+        if not wire:
+            break
+        dst, d = wire.pop(0)
+        wire += [(a if dst is b else b, r) for r in dst.receiver.on_datagram(d, 1.0)]
     assert eb.table.count == 1
     node_b = NodeParts("b", "backup", sync=b)
     stats = node_b.sync_stats()

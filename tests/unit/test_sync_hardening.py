@@ -37,6 +37,20 @@ def data(seq, entries=(), epoch=1, node="a", t=1.0, flags=0, key=KEY):
     return S.encode(Message(S.DATA, 5, node, epoch, seq, t, flags, entries=list(entries)), key)
 
 
+def answer(r: SyncReceiver, out, last=0, epoch=1, node="a", t=0.0, wants=False) -> list[Message]:
+    """Answer the CHALLENGE among r's output as node's live epoch would."""
+    chal = next(m for m in (S.decode(d, KEY, 5) for d in out) if m.type == S.CHALLENGE)
+    resp = Message(S.RESPONSE, 5, node, epoch, 1000, t, target=r.node_id, nonce=chal.nonce,
+                   last_seq=last, wants=wants)
+    return [S.decode(d, KEY, 5) for d in r.on_datagram(S.encode(resp, KEY), t)]
+
+
+def trust(r: SyncReceiver, epoch=1, node="a", last=0, t=0.0) -> list[Message]:
+    """Have r authenticate node's epoch: a message of it is challenged, and answered."""
+    req = S.encode(Message(S.RESYNC_REQUEST, 5, node, epoch, 1, t), KEY)
+    return answer(r, r.on_datagram(req, t), last, epoch, node, t)
+
+
 class Recorder:
     def __init__(self):
         self.applied: list[SyncEntry] = []
@@ -53,10 +67,11 @@ def test_a_datagram_longer_than_max_payload_is_dropped_before_anything_else():
     correctly signed, and counted as oversize."""
     rec = Recorder()
     r = SyncReceiver(CFG, "b", KEY, rec)
+    trust(r)
     big = S.encode(Message(S.DATA, 5, "a", 1, 1, 1.0, entries=[entry(i) for i in range(1000)]), KEY)
     assert len(big) > 40_000
     assert r.on_datagram(big, 0.0) == []
-    assert r.stats["oversize"] == 1 and rec.applied == [] and "a" not in r.peers
+    assert r.stats["oversize"] == 1 and rec.applied == [] and r.peers["a"].highest == 0
     assert r.on_datagram(data(1, [entry(1)]), 0.0) == [] and len(rec.applied) == 1   # a normal one still goes
 
 
@@ -66,8 +81,9 @@ def test_the_mac_is_checked_before_msgpack_decodes_anything(monkeypatch):
     malformed, because it is never parsed)."""
     calls = []
     real = msgpack.unpackb
-    monkeypatch.setattr(S.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
     r = SyncReceiver(CFG, "b", KEY, Recorder())
+    trust(r)
+    monkeypatch.setattr(S.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
     body = msgpack.packb([1, 5, "a", 1, 1, 1.0, 1, 0, [[]] * 600])
     assert r.on_datagram(body + b"\x00" * 32, 0.0) == []                       # well formed, bad MAC
     assert r.on_datagram(b"\x99\x01\x05" + b"\xc1" * 200 + b"\x00" * 32, 0.0) == []   # garbage body
@@ -128,7 +144,8 @@ async def test_unicast_drops_datagrams_from_addresses_that_are_not_peers():
         await _wait_for(lambda: t.stats["not_peer"] == 5)
         assert receiver.stats == start and sender.stats["resync_requests"] == 0
         peer.sendto(S.encode(Message(S.RESYNC_REQUEST, 5, "b", 7, 1, 1.0), KEY), sa.getsockname())
-        await _wait_for(lambda: receiver.stats["control"] >= 1)
+        await _wait_for(lambda: receiver.stats["received"] >= 1)
+        assert receiver.stats["unauthenticated"] == 1        # parsed (and its epoch challenged)
         assert t.stats["not_peer"] == 5
     finally:
         t.close()

@@ -209,9 +209,27 @@ def heartbeat(last, epoch=1, node="a", t=10.0):
     return S.encode(Message(S.HEARTBEAT, 5, node, epoch, last, t, last_seq=last), KEY)
 
 
+def answer(r: SyncReceiver, out, last=0, epoch=1, node="a", t=0.0, wants=False) -> list[Message]:
+    """Answer the CHALLENGE among r's output `out` as node's live epoch would
+    (its last DATA seq `last`); returns r's decoded reply to that RESPONSE."""
+    chal = next(m for m in map(decode, out) if m.type == S.CHALLENGE)
+    assert (chal.target, chal.node_id) == (node, r.node_id)
+    resp = Message(S.RESPONSE, 5, node, epoch, 1000, t, target=r.node_id, nonce=chal.nonce,
+                   last_seq=last, wants=wants)
+    return [decode(d) for d in r.on_datagram(S.encode(resp, KEY), t)]
+
+
+def trust(r: SyncReceiver, epoch=1, node="a", last=0, t=0.0) -> list[Message]:
+    """Have r authenticate node's epoch as the protocol does: a message of it is
+    challenged, and the live node answers."""
+    req = S.encode(Message(S.RESYNC_REQUEST, 5, node, epoch, 1, t), KEY)
+    return answer(r, r.on_datagram(req, t), last, epoch, node, t)
+
+
 def test_gaps_are_nacked_at_once_then_re_requested_then_abandoned_for_a_resync():
     rec = Recorder()
     r = SyncReceiver(CFG, "b", KEY, rec)
+    trust(r)
     assert r.on_datagram(data(1, [entry(1)]), 0.01) == []
     out = [decode(d) for d in r.on_datagram(data(4, [entry(4)]), 0.04)]
     assert [(m.type, m.target, m.target_epoch, m.ranges) for m in out] == [(S.NACK, "a", 1, [(2, 3)])]
@@ -235,6 +253,7 @@ def test_gaps_are_nacked_at_once_then_re_requested_then_abandoned_for_a_resync()
 
 def test_a_heartbeat_reveals_a_lost_tail():
     r = SyncReceiver(CFG, "b", KEY, Recorder())
+    trust(r)
     r.on_datagram(data(1, [entry(1)]), 0.0)
     out = [decode(d) for d in r.on_datagram(heartbeat(3), 0.5)]
     assert [m.ranges for m in out] == [[(2, 3)]]
@@ -244,6 +263,7 @@ def test_a_heartbeat_reveals_a_lost_tail():
 def test_bad_mac_wrong_sync_id_replays_and_own_messages_change_nothing():
     rec = Recorder()
     r = SyncReceiver(CFG, "b", KEY, rec)
+    trust(r)
     good = data(1, [entry(1)])
     r.on_datagram(good, 0.01)
     r.on_datagram(data(2, [entry(2)]), 0.02)
@@ -263,34 +283,46 @@ def test_bad_mac_wrong_sync_id_replays_and_own_messages_change_nothing():
     assert st["nacks_sent"] == 0
 
 
-def test_a_new_epoch_is_a_restart_only_if_newer_than_the_current_one():
+def test_a_new_epoch_is_followed_only_once_it_answers_a_challenge_whatever_the_clocks():
+    """A sender's epoch is accepted because it answers a fresh nonce, never because
+    of its send time (conntrackd's HELLO/HELLO_BACK handshake likewise needs no
+    clock): a replay of an old epoch is refused even when its send time is later,
+    and a restart is followed even when the new process's clock is far behind."""
     rec = Recorder()
     r = SyncReceiver(CFG, "b", KEY, rec)
+    trust(r, epoch=10, t=100.0)
     r.on_datagram(data(1, [entry(1)], epoch=10, t=100.0), 100.0)
     r.on_datagram(data(2, [entry(2)], epoch=10, t=101.0), 101.0)
-    # an old epoch's message (captured earlier) replayed: refused
-    assert r.on_datagram(data(1, [entry(7)], epoch=9, t=50.0), 102.0) == []
-    assert r.stats["replayed"] == 1 and r.peers["a"].epoch == 10
-    # the sender restarted: a new epoch, later send time, seq 1 again
-    r.on_datagram(data(1, [entry(3)], epoch=11, t=200.0), 200.0)
+    # an old epoch's message (captured earlier) replayed, with a later send time:
+    # challenged, and the live node answers with its epoch, 10
+    out = r.on_datagram(data(1, [entry(7)], epoch=9, t=500.0), 102.0)
+    assert [decode(d).type for d in out] == [S.CHALLENGE]
+    assert answer(r, out, last=2, epoch=10, t=102.0) == []
+    assert r.peers["a"].epoch == 10 and r.stats["epochs_refused"] == 1 and r.stats["epoch_changes"] == 0
+    # the sender restarted with its clock 150 s behind: a new epoch, seq 1 again
+    out = r.on_datagram(data(1, [entry(3)], epoch=11, t=-48.0), 200.0)
+    answer(r, out, last=1, epoch=11, t=-48.0)
     assert r.peers["a"].epoch == 11 and r.peers["a"].highest == 1 and r.stats["epoch_changes"] == 1
     # and now the previous epoch is the old one
-    assert r.on_datagram(data(3, [entry(8)], epoch=10, t=102.0), 201.0) == []
+    out = r.on_datagram(data(3, [entry(8)], epoch=10, t=102.0), 201.0)
+    assert all(decode(d).type == S.CHALLENGE for d in out)
     assert [e.cport for e in rec.applied] == [entry(1).cport, entry(2).cport, entry(3).cport]
 
 
 def test_a_new_epoch_first_seen_mid_stream_asks_for_what_came_before():
+    # (the message is held while its epoch is challenged, and used once answered)
     r = SyncReceiver(CFG, "b", KEY, Recorder())
-    out = [decode(d) for d in r.on_datagram(data(40, [entry(1)]), 1.0)]
+    out = answer(r, r.on_datagram(data(40, [entry(1)]), 1.0), last=40, t=1.0)
     assert [m.ranges for m in out] == [[(1, 39)]]
     r2 = SyncReceiver(CFG, "b", KEY, Recorder())
-    out = [decode(d) for d in r2.on_datagram(data(5000, [entry(1)]), 1.0)]
+    out = answer(r2, r2.on_datagram(data(5000, [entry(1)]), 1.0), last=5000, t=1.0)
     assert [(m.type, m.target) for m in out] == [(S.RESYNC_REQUEST, "a")]    # beyond the window
 
 
 def test_an_older_resend_never_overwrites_newer_state():
     rec = Recorder()
     r = SyncReceiver(CFG, "b", KEY, rec)
+    trust(r)
     r.on_datagram(data(1, [entry(1)]), 0.01)
     r.on_datagram(data(3, [entry(5, state=5)]), 0.03)      # seq 2 lost; conn 5 now TIME_WAIT
     r.on_datagram(data(2, [entry(5, state=1), entry(6)]), 0.05)   # the resend: conn 5 ESTABLISHED
@@ -304,7 +336,7 @@ def test_start_asks_for_a_resync_and_repeats_until_a_bulk_begins():
     assert [(m.type, m.target) for m in out] == [(S.RESYNC_REQUEST, None)]
     assert r.poll(0.5) == []
     assert [decode(d).type for d in r.poll(1.0)] == [S.RESYNC_REQUEST]
-    r.on_datagram(data(1, [entry(1)], t=1.1), 1.1)                  # the sender, but no bulk yet
+    answer(r, r.on_datagram(data(1, [entry(1)], t=1.1), 1.1), t=1.1)   # the sender, but no bulk yet
     assert [decode(d).target for d in r.poll(2.0)] == ["a"]
     r.on_datagram(data(2, [entry(2)], flags=S.F_BULK | S.F_BULK_START, t=2.1), 2.1)
     r.on_datagram(data(3, [entry(3)], flags=S.F_BULK | S.F_BULK_END, t=2.2), 2.2)
@@ -314,6 +346,7 @@ def test_start_asks_for_a_resync_and_repeats_until_a_bulk_begins():
 
 def test_lag_is_reported_in_milliseconds():
     r = SyncReceiver(CFG, "b", KEY, Recorder())
+    trust(r)
     for i in range(1, 101):
         r.on_datagram(data(i, [entry(i)], t=i * 1.0), i * 1.0 + i / 1000)
     lag = r.lag()
@@ -351,6 +384,7 @@ class Node:
         self.receiver = SyncReceiver(cfg, name, KEY, engine_apply(self.engine),
                                      apply_bulk=engine_apply_bulk(self.engine),
                                      on_control=self.sender.on_message, epoch=seed)
+        self.receiver.attach(self.sender)       # one node, one epoch (as SyncTransport wires it)
         self.engine.sync_hook = make_hook(SyncPolicy.from_config(cfg), self.engine, self.sender.queue)
 
     def deadline(self) -> float:
@@ -468,9 +502,9 @@ def test_no_loss():
     assert b.receiver.stats["entries_applied"] == a.sender.stats["entries_sent"]
     # one sync per connection on entering ESTABLISHED and one at its 3rd packet, one
     # per close step, and the bulk answering b's start-up request (the few
-    # connections a had by then)
+    # connections a had by then: b's epoch is challenged first, one round trip more)
     assert a.sender.stats["entries_sent"] == 2 * N + N // 10 + N // 20 + a.sender.stats["bulk_entries"]
-    assert a.sender.stats["bulk_entries"] <= 2 * RATE
+    assert a.sender.stats["bulk_entries"] <= 4 * RATE
     assert b.receiver.lag()["max"] <= 25.0                     # flush delay + latency
 
 
@@ -556,6 +590,7 @@ def test_a_past_window_nack_that_a_bulk_already_covers_starts_no_other():
 
 def test_a_bulk_start_forgives_the_older_missing_seqs():
     r = SyncReceiver(CFG, "b", KEY, Recorder())
+    trust(r)
     r.on_datagram(data(1, [entry(1)]), 0.01)
     r.on_datagram(data(3, [entry(3)]), 0.03)             # 2 missing: NACKed
     out = r.on_datagram(data(5, [entry(5)], flags=S.F_BULK | S.F_BULK_START), 0.05)
