@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from director.config import parse
-from lab import topology
+from lab import nsutil, topology
 from lab.testing import REPO_ROOT, client_env, lab_session, require_lab
 
 pytestmark = pytest.mark.lab
@@ -374,6 +374,7 @@ def test_ansible_deploys_the_pair_idempotently_and_it_fails_over():
                     "tandem_source_dir": str(_snapshot_source(tmp / "src")),
                     # the inventory takes the key from the vault only (no public fallback)
                     "vault_tandem_sync_key": topology.SYNC_KEY,
+                    "vault_tandem_api_token": nsutil.LAB_API_TOKEN,
                 }))
 
                 first = _playbook(tmp, env, extra, "first")

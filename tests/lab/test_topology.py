@@ -141,7 +141,8 @@ def test_node_config_written(lab_env):
     path = lab_env["directors"][0]["config"]
     with open(path, "rb") as fh:
         cfg = tomllib.load(fh)
-    assert cfg["node"] == {"name": "a", "api": "198.18.0.11:9100", "queue": 0}
+    assert cfg["node"] == {"name": "a", "api": "198.18.0.11:9100", "queue": 0,
+                           "api_token": nsutil.LAB_API_TOKEN}
     assert [s["proto"] for s in cfg["services"]] == ["tcp", "udp"]
     for s in cfg["services"]:
         assert s["vip"] == "198.18.0.100" and s["port"] == 80
