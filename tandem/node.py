@@ -121,6 +121,7 @@ class Node:
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
         self._http: web.AppRunner | None = None
         self._pump_task: asyncio.Task | None = None
+        self._links: asyncio.Task | None = None
         self._closing = False
         self._phase = "new"
 
@@ -166,6 +167,8 @@ class Node:
             self._closing = True
             if self._pump_task is not None:
                 await asyncio.gather(self._pump_task, return_exceptions=True)
+            if self._links is not None:
+                await asyncio.gather(self._links, return_exceptions=True)
             if len(self.role.inbox):
                 await self.role.step()
             await self.role.close()
@@ -226,13 +229,19 @@ class Node:
             next_tick = now + self.cfg.tick
             self.engine.expire(now)
             self.freezer.maybe_freeze()
-        if self._tracked and now >= next_link and not self._closing:
+        if self._tracked and now >= next_link and not self._closing and self._links_idle:
+            # in the background: a netlink round trip in a thread can take tens of ms on a
+            # loaded machine, and a state change must never wait behind it
             next_link = now + LINK_CHECK_INTERVAL
-            await self._check_links()
+            self._links = asyncio.create_task(self._check_links(), name="link-check")
         if self.role.machine.waiting_for_sync and self.sync is not None and self.sync.bulk_done:
             self.role.post(R.SyncComplete())
         await self.role.step()
         return next_tick, next_link
+
+    @property
+    def _links_idle(self) -> bool:
+        return self._links is None or self._links.done()
 
     async def _check_links(self) -> None:
         try:
