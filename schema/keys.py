@@ -228,9 +228,9 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
         doc="multicast: the address of the interface to join the group and send on (the back "
             "address). Without it the kernel picks the interface by route, so connection data "
             "could leave on the client side; a multicast sync without it is refused"),
-    Key("bind", ADDRESS, None, shown="the back interface's address",
-        doc="unicast: the local address to bind. Not 0.0.0.0: connection data must not leave "
-            "on the client side"),
+    Key("bind", ADDRESS, None, shown="`interface`, else the back interface's address",
+        doc="unicast: the local address to bind. Never the wildcard (refused): connection data "
+            "must not leave on the client side"),
     Key("peers", list, [], doc="unicast: the peers as `host:port`"),
     Key("sock_buf", int, 1 << 20, unit="bytes", lo=0, doc="SO_SNDBUF / SO_RCVBUF (0 = the system's)"),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proto.sync import MAC_LEN, MAX_PAYLOAD
@@ -88,13 +88,13 @@ class SyncConfig:
     group: str = _D("group")                    # IP_VS_SYNC_GROUP
     port: int = _D("port")                      # IP_VS_SYNC_PORT (the local port in unicast mode)
     ttl: int = _D("ttl")
-    #: Multicast: the address of the interface to join and send on.  The config
-    #: file must name it (schema: required for multicast); the wildcard here is
-    #: for programs that build a SyncConfig themselves (tests on loopback).
-    interface: str = "0.0.0.0"
-    #: Unicast: local address to bind (the config reader fills in the back
-    #: interface's address), and the peers' (address, port) pairs.
-    bind: str = "0.0.0.0"
+    #: Multicast: the address of the interface to join and send on.  Required: ""
+    #: (not given) is refused when the socket opens, and the config file must name it.
+    interface: str = ""
+    #: Unicast: local address to bind; "" (not given) is the back interface's
+    #: address, filled in by `with_local_address` when the node starts.  Never the
+    #: wildcard by default: sync data must not leave on the client side.
+    bind: str = ""
     peers: tuple[tuple[str, int], ...] = ()
     #: SO_SNDBUF / SO_RCVBUF (0 = the system default).
     sock_buf: int = _D("sock_buf")
@@ -108,6 +108,8 @@ class SyncConfig:
         # every range is the schema's
         for key in SYNC:
             if key.name in _FIELDS and key.name not in ("key", "peers"):
+                if key.name in _UNSET_OK and getattr(self, key.name) == "":
+                    continue
                 problem = key.check(getattr(self, key.name))
                 need(problem is None, f"{key.name} {problem}")
         need(self.period == 0 or self.threshold < self.period, "threshold must be < period (or period 0)")
@@ -123,6 +125,25 @@ class SyncConfig:
 
 
 _FIELDS = set(SyncConfig.__dataclass_fields__)
+#: fields whose "" means "not given" (see their comments)
+_UNSET_OK = ("interface", "bind")
+
+
+def with_local_address(cfg: SyncConfig, back_if: str, addresses_of) -> SyncConfig:
+    """`cfg` with an unset unicast `bind` filled in: `interface` if given, else the back
+    interface's first address of the peers' family (addresses_of(ifname) -> its
+    addresses, in order)."""
+    if cfg.mode != "unicast" or cfg.bind:
+        return cfg
+    if cfg.interface and not ipaddress.ip_address(cfg.interface).is_unspecified:
+        return replace(cfg, bind=cfg.interface)
+    family = ipaddress.ip_address(cfg.peers[0][0]).version if cfg.peers else 4
+    for addr in addresses_of(back_if):
+        ip = ipaddress.ip_address(addr)
+        if ip.version == family and not ip.is_link_local:
+            return replace(cfg, bind=str(ip))
+    raise ValueError(f"sync.bind is not set and the back interface {back_if!r} has no IPv{family} "
+                     "address to bind the sync socket to: set sync.bind")
 
 
 def resolve_key(cfg: SyncConfig, key: bytes | None) -> bytes:
@@ -191,9 +212,6 @@ def parse_sync(r: Reader) -> SyncConfig:
             r.fail("bind", "must be the back interface's address, not the wildcard (connection "
                            "data must not leave on the client side)")
     r.finish()
-    if kw.get("bind") is None:
-        kw.pop("bind", None)        # resolved from the back interface when the node starts
-    kw.pop("interface", None) if kw.get("interface") is None else None
     try:
         return SyncConfig(**kw)
     except ValueError as exc:

@@ -25,15 +25,27 @@ log = logging.getLogger("tandem.ha")
 HOOK_DRAIN_TIMEOUT = 5.0
 
 
+def interface_addresses(ifname: str) -> list[str]:
+    """The addresses on an interface, primary first (netlink)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        links = ipr.link_lookup(ifname=ifname)
+        if not links:
+            return []
+        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=links[0])]
+
+
 class SyncLink:
     """Connection sync to and from the peer, wired to the engine."""
 
-    def __init__(self, cfg, engine) -> None:
+    def __init__(self, cfg, engine, addresses_of: Callable[[str], list[str]] | None = None) -> None:
+        from syncd.config import with_local_address
         from syncd.policy import SyncPolicy, make_hook
         from syncd.receiver import SyncReceiver, engine_apply, engine_apply_bulk
         from syncd.sender import SyncSender, engine_source
         from syncd.transport import SyncTransport
-        scfg = cfg.ha.sync
+        # an unset unicast bind is the back interface's address, never the wildcard
+        scfg = with_local_address(cfg.ha.sync, cfg.ha.back_if, addresses_of or interface_addresses)
         snapshot, to_entry = engine_source(engine)
         self.sender = SyncSender(scfg, cfg.name, snapshot=snapshot, to_entry=to_entry)
         self.receiver = SyncReceiver(scfg, cfg.name, None, engine_apply(engine),

@@ -463,3 +463,34 @@ def test_every_sync_knob_is_declared_in_the_schema():
     assert fields <= set(SYNC.keys), sorted(fields - set(SYNC.keys))
     for name in fields - {"key", "peers", "interface", "bind"}:
         assert getattr(SyncConfig(), name) == SYNC.default(name), name
+
+
+def _unicast(**sync):
+    doc = with_pair(sync={"mode": "unicast", "peers": ["198.18.2.12:8848"], **sync})
+    doc["sync"].pop("interface", None) if "interface" not in sync else None
+    return parse(doc, "a.toml")
+
+
+def test_a_unicast_sync_binds_the_back_interfaces_address_by_default():
+    """Item 12: the unicast socket bound 0.0.0.0 when `bind` was not given."""
+    from syncd.config import SyncConfig, with_local_address
+    cfg = _unicast()
+    assert cfg.ha.sync.bind == "" and SyncConfig().bind == ""       # not the wildcard
+    seen = []
+
+    def addresses_of(ifname):
+        seen.append(ifname)
+        return ["fe80::1", "198.18.2.11", "198.18.2.100"]
+    got = with_local_address(cfg.ha.sync, cfg.ha.back_if, addresses_of)
+    assert seen == ["back"] and got.bind == "198.18.2.11"
+    assert with_local_address(_unicast(bind="198.18.2.11").ha.sync, "back", None).bind == "198.18.2.11"
+    with pytest.raises(ValueError, match="has no IPv4 address"):
+        with_local_address(cfg.ha.sync, "back", lambda _: ["2001:2::1"])
+
+
+def test_the_sync_link_opens_on_the_back_address():
+    from director.engine import Engine
+    from tandem.ha import SyncLink
+    cfg = _unicast()
+    link = SyncLink(cfg, Engine(cfg, now=0.0), addresses_of=lambda _: ["198.18.2.11"])
+    assert link.transport.cfg.bind == "198.18.2.11"
