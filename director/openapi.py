@@ -28,6 +28,8 @@ _INT = {"type": "integer", "minimum": 0}
 _NUM = {"type": "number"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_NUM_OR_NULL = {"type": "number", "nullable": True}
 _ADDR_PORT = {"type": "string", "description": "addr:port (IPv6 addresses unbracketed)",
               "example": "198.18.2.21:8080"}
 
@@ -58,6 +60,13 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object", "description": "The kernel's NFQUEUE counters (empty off-node).",
                 "properties": {"queue_total": _INT, "queue_dropped": _INT, "user_dropped": _INT},
             },
+            "vrrp": {"nullable": True, "allOf": [_ref("VrrpStatus")],
+                     "description": "the election, null when none runs"},
+            "role_changes": {"type": "array", "description": "the last 10 role changes", "items": {
+                "type": "object", "properties": {
+                    "at": _NUM, "decided": _NUM, "from": _STR, "to": _STR, "reason": _STR}}},
+            "sync": {"type": "object", "required": ["enabled", "applied"],
+                     "properties": {"enabled": _BOOL, "applied": _COUNTS}},
         },
     },
     "ConnCounts": {
@@ -137,19 +146,46 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "SyncStatus": {
-        "type": "object",
-        "description": "The connection-sync daemon: mode and counters (§4.8 of the conventions).",
+        "type": "object", "required": ["enabled", "engine"], "additionalProperties": False,
+        "description": "Connection sync: what the engine applied and, when the node syncs, the "
+                       "sync link's counters (director.status.SyncStats).",
         "properties": {
-            "mode": {"type": "string", "enum": ["master", "backup", "off"]},
-            "sync_id": {"type": "integer", "minimum": 0, "maximum": 255},
-            "peer": {"type": "string", "nullable": True},
-            "sender": {"type": "object", "additionalProperties": {"type": "number"}},
-            "receiver": {"type": "object", "additionalProperties": {"type": "number"}},
-            "apply": {"type": "object", "additionalProperties": {"type": "number"},
-                      "description": "the engine's sync_stats"},
-            "lag_seconds": {"type": "number", "nullable": True},
+            "enabled": _BOOL,
+            "engine": {**_COUNTS, "description": "the engine's sync_stats: entries applied, "
+                                                 "created, updated, replaced, ignored, ..."},
+            "sender": {**_COUNTS, "description": "counters of what this node sends"},
+            "receiver": {**_COUNTS, "description": "counters of what this node receives"},
+            "transport": {**_COUNTS, "description": "the sync socket's counters"},
+            "applied": {**_COUNTS, "description": "received entries by what applying them did"},
+            "missing": {**_INT, "description": "sequence numbers from the peer still missing"},
+            "lag_ms": {
+                "type": "object", "required": ["p50", "p99", "max", "samples"],
+                "description": "apply time minus send time over the recent DATA messages, ms",
+                "properties": {"p50": _NUM_OR_NULL, "p99": _NUM_OR_NULL, "max": _NUM_OR_NULL,
+                               "samples": _INT},
+            },
         },
-        "additionalProperties": True,
+    },
+    "VrrpStatus": {
+        "type": "object", "additionalProperties": False,
+        "required": ["name", "vrid", "state", "priority", "master", "master_priority",
+                     "master_adver_int_ms", "resigned", "fault", "interface", "addresses", "counters"],
+        "description": "The VRRP instance (director.status.VrrpStatus).",
+        "properties": {
+            "name": {"type": "string", "description": "the instance name (keepalived's iname)"},
+            "vrid": {"type": "integer", "minimum": 1, "maximum": 255},
+            "state": {"type": "string", "enum": ["Initialize", "Backup", "Master", "Fault"]},
+            "priority": {"type": "integer", "minimum": 1, "maximum": 255},
+            "master": {"type": "string", "nullable": True,
+                       "description": "the master's address as last heard"},
+            "master_priority": {"type": "integer", "nullable": True},
+            "master_adver_int_ms": _INT,
+            "resigned": _BOOL, "fault": _BOOL,
+            "interface": {"type": "string", "description": "where the adverts go"},
+            "addresses": {"type": "array", "items": _STR, "description": "the VIPs advertised"},
+            "counters": {**_COUNTS, "description": "rx, accepted, tx, became_master, ... and "
+                                                   "drop_<reason> for each dropped advert"},
+        },
     },
     "WeightChange": {
         "type": "object", "required": ["weight"], "additionalProperties": False,
@@ -309,6 +345,8 @@ def schema(name: str) -> dict[str, Any]:
             out = {k: resolve(v) for k, v in node.items() if k not in ("nullable", "example")}
             if node.get("nullable") and "type" in out:
                 out["type"] = [out["type"], "null"]
+            elif node.get("nullable"):              # {nullable, allOf: [$ref]}
+                return {"anyOf": [out, {"type": "null"}]}
             return out
         if isinstance(node, list):
             return [resolve(v) for v in node]

@@ -279,3 +279,37 @@ async def test_a_page_yields_to_the_loop_between_slices_and_survives_the_table_c
     assert during >= 4                  # at least one turn per slice of the walk
     assert page["total"] == len(page["conns"]) <= n
     assert len(page["conns"]) < n       # some expired under the walk and were left out
+
+
+async def test_status_and_sync_answers_with_a_running_election_and_sync_link_match_the_schemas():
+    """The documented shapes are the served ones, with every optional part present (the
+    election, the sync link): the schemas admit no key the contracts do not have."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from tests.unit.test_metrics import sync_node
+    eng, link = sync_node("a", "198.18.3.1", "198.18.3.2")
+    runner = VrrpRunner(VrrpConfig(vrid=51, priority=150, addresses=(VRRP_VIP,), primary_address=ME),
+                        "front")
+    runner.instance.start(0.0)
+    node = NodeParts("a", "backup", sync=link, role_changes=[
+        {"at": 1.0, "decided": 1.0, "from": "init", "to": "backup", "reason": "start"}])
+    async with client_for(eng, node) as client:
+        body = await (await client.get("/status")).json()
+        assert body["vrrp"] is None
+        jsonschema.validate(body, openapi.schema("Status"))
+        node.attach_election(runner, 150)
+        for path, name in (("/status", "Status"), ("/sync", "SyncStatus")):
+            body = await (await client.get(path)).json()
+            jsonschema.validate(body, openapi.schema(name))
+        assert set(body) == set(openapi.schema("SyncStatus")["properties"])
+    async with client_for(driven_engine()) as client:          # a node that does not sync
+        body = await (await client.get("/sync")).json()
+        assert body == {"enabled": False, "engine": body["engine"]}
+        jsonschema.validate(body, openapi.schema("SyncStatus"))
+
+
+def test_the_documented_vrrp_status_is_the_contract():
+    from dataclasses import fields
+
+    from director.status import VrrpStatus
+    doc = openapi.schema("VrrpStatus")
+    assert set(doc["properties"]) == set(doc["required"]) == {f.name for f in fields(VrrpStatus)}
