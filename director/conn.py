@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Mapping
 
+from director.persist import Template
 from director.protocol import Protocol
 from director.table import ConnTable
 from proto.consts import (ASSURED, FLAG_NAMES, INACTIVE, NOOUTPUT, ONE_PACKET, PROTO_NAMES,
@@ -38,7 +39,8 @@ class Conn:
         self.laddr, self.lport, self.daddr, self.dport = laddr, lport, daddr, dport
         self.orig_key = flow_key(proto, caddr, vaddr, cport, vport)
         self.reply_key = flow_key(proto, daddr, laddr, dport, lport)
-        self.rw_in = self.rw_out = None
+        self.rw_in: Rewrite | None = None      # both set by make_rewrites()
+        self.rw_out: Rewrite | None = None
         self.state = 0
         self.flags = NOOUTPUT
         self.dest = None
@@ -51,7 +53,7 @@ class Conn:
         self.in_pkts = 0
         self.old_state = 0
         self.sync_endtime = 0.0
-        self.control = None     # the persistence template, if any
+        self.control: Template | None = None     # the persistence template, if any
         self.synack_seq = -1    # TCP: the server's SYN-ACK sequence number, once seen
 
     def describe(self) -> dict:

@@ -61,7 +61,7 @@ def reconfigure(services: dict, conns: Connections, templates: Templates,
     for sc in cfg.services:
         probe = Service(sc, cfg.lport_min, cfg.lport_max, conns.table.has_key)
         wanted[probe.key] = (sc, probe)
-    gone_dests = set()
+    gone_dests: set[int] = set()
     for key, svc in list(services.items()):
         if key not in wanted:
             gone_dests.update(id(d) for d in svc.dests)

@@ -199,6 +199,7 @@ class Engine:
         conn.sync_endtime = now
         if self.sync_hook is not None:
             self.sync_hook(conn, 1, now)
+        assert conn.rw_in is not None       # made by bind()
         return apply(data, pkt, conn.rw_in)
 
     @staticmethod

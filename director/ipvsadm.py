@@ -111,7 +111,7 @@ def _dest_sort_key(rs: Mapping) -> tuple:
 
 
 def _sorted(services: Iterable[Mapping], nosort: bool) -> list[Mapping]:
-    out = []
+    out: list[Mapping] = []
     for s in services:
         rs = list(s.get("real_servers", []))
         if not nosort:
@@ -296,7 +296,13 @@ def format_rate(services: Any, before: Any = None, seconds: float | None = None,
     ({cps, inpps, outpps, inbps, outbps}; missing = 0).  As in the kernel, the
     *BPS columns are bytes per second.
     """
-    svcs = compute_rates(services, before, seconds) if before is not None else _services(services)
+    svcs: Iterable[Mapping]
+    if before is None:
+        svcs = _services(services)
+    elif seconds is None:
+        raise ValueError("rates from two snapshots need the seconds between them")
+    else:
+        svcs = compute_rates(services, before, seconds)
     out = [_header(single, version, size), _title(RATE_COLUMNS)]
     for s in _sorted(svcs, nosort):
         r = s.get("rates") or {}

@@ -166,7 +166,7 @@ class IpvsCollector(_Source):
                 rows.append((labels, d, svc.name))
         lingering = self._retired.update(d for _, d, _ in rows)
 
-        fams = []
+        fams: list[Metric] = []
         for name, field, doc in _TOTALS:
             total = (sum(getattr(d, field) for _, d, _ in rows)
                      + sum(getattr(d, field) for d in lingering)
@@ -345,7 +345,7 @@ class QueueCollector(_Source):
 
     def families(self, p: str) -> list[Metric]:
         qs = self.stats_fn() or {}
-        fams = []
+        fams: list[Metric] = []
         for key, name, kind, doc in (
             ("queue_dropped", "nfqueue_dropped", CounterMetricFamily,
              "Packets the kernel dropped because our queue was full (queue_dropped)."),

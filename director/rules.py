@@ -25,7 +25,7 @@ def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
 
 
 def rule_specs(addrs: Iterable[str], queue: int) -> list[tuple[int, list[str]]]:
-    specs = []
+    specs: list[tuple[int, list[str]]] = []
     for a in sorted(set(addrs)):
         fam = ipaddress.ip_address(a).version
         specs.append((fam, ["-d", a, "-j", "NOTRACK"]))

@@ -102,7 +102,7 @@ class SyncApplier:
         st = self.stats
         svc = self.services.get((proto, vaddr, vport))
         dest = svc.find_dest(daddr, dport) if svc is not None and svc.persistent else None
-        if dest is None:
+        if svc is None or dest is None:
             st["ignored"] += 1
             return "ignored"
         key = template_key(proto, caddr, svc.persist_mask, vaddr, vport)

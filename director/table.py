@@ -77,10 +77,11 @@ class ConnTable:
 
     def remove(self, conn) -> None:
         """Unhash now (the wheel entry is dropped lazily: `alive` goes False)."""
-        if self.index.get(conn.reply_key) is conn:
-            del self.index[conn.reply_key]
-            if self.index.get(conn.orig_key) is conn:
-                del self.index[conn.orig_key]
+        reply_key, orig_key = conn.reply_key, conn.orig_key
+        if self.index.get(reply_key) is conn:
+            del self.index[reply_key]
+            if self.index.get(orig_key) is conn:
+                del self.index[orig_key]
             self.count -= 1
         self.unassured.pop(conn, None)
         self.closing_entries.pop(conn, None)

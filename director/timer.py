@@ -13,7 +13,7 @@ and `alive` (bool).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 
 class TimerWheel:
@@ -47,12 +47,13 @@ class TimerWheel:
         if self._tick_of(expires) < item.timer_tick:
             self.schedule(item)
 
-    def advance(self, now: float, on_expire: Callable[[object], None]) -> int:
+    def advance(self, now: float, on_expire: Callable[[Any], None]) -> int:
         """Expire every live item whose deadline is <= now; return how many."""
         target = math.floor(now / self.tick)
         if target < self._next:
             return 0
         slots = self._slots
+        due: Iterable[int]
         if target - self._next > len(slots):
             due = sorted(t for t in slots if t <= target)
         else:

@@ -160,6 +160,7 @@ class VrrpRunner:
         self._events = collections.deque()
         self._events_ready = asyncio.Event()
         self._worker = asyncio.create_task(self._callbacks(), name=f"vrrp-{self.cfg.name}-notify")
+        assert self._sock is not None       # open_socket() above
         self._loop.add_reader(self._sock.fileno(), self._readable)
         self._apply(self.instance.start(self.clock()))
 
@@ -245,8 +246,8 @@ class VrrpRunner:
     def _enqueue(self, ev: StateChange | None) -> None:
         q, ready = self._events, self._events_ready
         assert q is not None and ready is not None
-        if ev is not None and len(q) >= CALLBACK_QUEUE_MAX and isinstance(q[-1], StateChange):
-            last = q.pop()
+        if ev is not None and len(q) >= CALLBACK_QUEUE_MAX and isinstance(last := q[-1], StateChange):
+            q.pop()
             ev = StateChange(last.old, ev.new, ev.reason, ev.cause)
             self.stats["callbacks_coalesced"] += 1
         q.append(ev)

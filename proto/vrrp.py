@@ -92,7 +92,7 @@ def _pseudo_sum(src: bytes, dst: bytes, length: int) -> int:
     return pseudo_header_sum(src, dst, IPPROTO_VRRP, length)
 
 
-def checksum_of(message: bytes, src: str, dst: str, form: str = CSUM_PSEUDO) -> int:
+def checksum_of(message: bytes | bytearray, src: str, dst: str, form: str = CSUM_PSEUDO) -> int:
     """The checksum `message` (its checksum field zeroed or not: it is zeroed here) should carry."""
     m = bytearray(message)
     m[6:8] = b"\0\0"

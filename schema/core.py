@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NoReturn
 
 
 class ConfigError(ValueError):
@@ -164,7 +164,7 @@ class Section:
 class Reader:
     """Checked access to one table of the document, naming the field on error."""
 
-    def __init__(self, source: str, prefix: str, table: Any, section: Section | None = None) -> None:
+    def __init__(self, source: str, prefix: str, table: Any, section: Section) -> None:
         self.source, self.prefix, self.section = source, prefix, section
         if not isinstance(table, dict):
             self.fail("", "must be a table")
@@ -174,7 +174,7 @@ class Reader:
     def field(self, key: str) -> str:
         return f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
 
-    def fail(self, key: str, problem: str):
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise ConfigError(self.source, self.field(key), problem)
 
     def has(self, key: str) -> bool:

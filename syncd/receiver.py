@@ -304,6 +304,7 @@ class SyncReceiver:
         if old is not None:
             self.stats["epoch_changes"] += 1
         prev = self.peers.get(node)
+        wanted: float | None
         if self._startup_want is not None:
             wanted = self._startup_want                 # when we last asked
         else:

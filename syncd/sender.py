@@ -95,13 +95,13 @@ class SyncSender:
         self._last_tx: float | None = None
         # bulk resync
         self._bulk: Iterator | None = None
-        self._bulk_to_entry = None
+        self._bulk_to_entry: Callable[[Any, float], SyncEntry | None] | None = None
         self._bulk_first = True
         self._bulk_entries: list[bytes] = []
         self._bulk_size = 0
         self._bulk_tokens = 0.0
         self._bulk_last = 0.0
-        self._bulk_again = None
+        self._bulk_again: tuple[Snapshot | None, Callable[[Any, float], SyncEntry | None] | None] | None = None
         self._bulk_base = -1        # the last seq before the most recent bulk's first message
         self._bulk_burst = max(cfg.bulk_rate * cfg.bulk_interval * 2, 64.0)
         self._ctl: dict[str, _PeerCtl] = {}
@@ -259,7 +259,7 @@ class SyncSender:
                                   float(cfg.resend_per_nack))
         self._resend_last = now
         cap = min(cfg.resend_per_nack, int(self._resend_tokens))
-        out = []
+        out: list[bytes] = []
         hold = cfg.resend_holdoff
         upto = 0
         for first, last in sorted(spans):
@@ -322,9 +322,10 @@ class SyncSender:
         self._bulk_tokens = min(self._bulk_tokens + (now - self._bulk_last) * rate, self._bulk_burst)
         self._bulk_last = now
         it, to_entry, budget = self._bulk, self._bulk_to_entry, self.budget
+        assert it is not None       # called only while a bulk runs
         done = object()
         while self._bulk_tokens >= 1:
-            item = next(it, done)
+            item: Any = next(it, done)
             if item is done:
                 self._seal_bulk(now, end=True)
                 self._bulk = None

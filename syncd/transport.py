@@ -122,6 +122,7 @@ class SyncTransport:
 
     @property
     def local_address(self) -> tuple:
+        assert self._transport is not None, "the transport is not started"
         return self._transport.get_extra_info("sockname")
 
     async def start(self, sock: socket.socket | None = None) -> None:

@@ -110,7 +110,7 @@ class Node:
                                hooks=dict(ha.notify) if ha else {}, sync=self.sync,
                                set_role=self._set_role, start_election=self._start_election,
                                set_fault=self._set_fault, clock=clock)
-        self.vrrp = None
+        self.vrrp: VrrpRunner | None = None
         self.freezer = GcFreezer(self.engine)
         #: what the API and the metrics read (director/status.py)
         self.state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(),
@@ -216,8 +216,9 @@ class Node:
             wake = [next_tick]
             if self._tracked:
                 wake.append(next_link)
-            if self.role.next_deadline() is not None:
-                wake.append(self.role.next_deadline())
+            deadline = self.role.next_deadline()
+            if deadline is not None:
+                wake.append(deadline)
             if self.role.machine.waiting_for_sync:
                 wake.append(self.clock() + SYNC_POLL_INTERVAL)
             await self.role.wait(min(wake) - self.clock())
@@ -262,6 +263,7 @@ class Node:
 
     async def _start_election(self) -> None:
         ha = self.cfg.ha
+        assert ha is not None and ha.vrrp is not None      # the role machine elects only then
         log.info("node %s: %d connections held; election starts", self.cfg.name,
                  self.engine.table.count)
         self.freezer.maybe_freeze(force=True)       # after the initial resync's bulk

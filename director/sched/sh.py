@@ -49,7 +49,7 @@ class SourceHashing(Scheduler):
 
     def update(self, dests):
         super().update(dests)
-        table = [None] * self.size
+        table: list = [None] * self.size
         dl = self.dests
         if dl:
             p = 0

@@ -33,6 +33,7 @@ class PowerOfTwoChoices(Scheduler):
             if c1 is not None and c2 is not None:
                 break
         # r1, r2 <= total - 1 = sum of weights, so both are always found.
+        assert c1 is not None and c2 is not None
         if c2.weight * c1.overhead > c1.weight * c2.overhead:
             return c2
         return c1
