@@ -772,3 +772,57 @@ async def test_runner_resign_and_unicast_targets():
     finally:
         await r.stop()
         fake.close()
+
+
+async def test_runner_hands_changes_on_at_once_and_bounds_the_slow_callback_queue(caplog):
+    """Issue 12 item 2: a lower-priority advert heard by a master used to queue a re-announce
+    and a log line in front of the state-change callbacks (300 adverts delayed a VIP release
+    by 3.2 s).  Now re-announces and state changes reach on_reannounce / on_change at once,
+    nothing is logged per re-announce (the role machine logs them, rate-limited), and the queue
+    in front of a slow on_state_change is bounded: beyond CALLBACK_QUEUE_MAX waiting changes a
+    new one merges into the last, so only the latest wanted state is delivered."""
+    from ha.vrrp_io import CALLBACK_QUEUE_MAX
+    caplog.set_level(logging.INFO, logger="tandem.vrrp")
+    gate = asyncio.Event()
+    slow: list[tuple[State, State]] = []
+    now_changes: list[StateChange] = []
+    claims: list[str] = []
+
+    async def cb(old, new, reason):
+        await gate.wait()
+        slow.append((old, new))
+
+    r = VrrpRunner(cfg(priority=150), "vtd", cb, on_change=now_changes.append,
+                   on_reannounce=claims.append)
+    fake = FakeSock()
+    r._sock, r._ifindex = fake, 7
+    try:
+        await r.start()
+        end = time.monotonic() + 2.0
+        while r.state is not State.MASTER and time.monotonic() < end:
+            await asyncio.sleep(0.005)
+        assert r.state is State.MASTER
+        low = V.encode(adv(100), PEER, GROUP)
+        for _ in range(6):                    # 300 lower-priority adverts, in socket-sized batches
+            for _ in range(50):
+                fake.inject(low, PEER, GROUP)
+            end = time.monotonic() + 2.0
+            want = len(claims) + 50
+            while len(claims) < want and time.monotonic() < end:
+                await asyncio.sleep(0.002)
+        assert len(claims) == 300 and r.counters["reannounced"] == 300
+        assert not any("announcing" in rec.getMessage() for rec in caplog.records)
+        for k in range(40):                   # a burst of changes behind a stuck callback
+            r.set_fault(k % 2 == 0)
+        assert r.state is State.BACKUP        # 40 toggles: fault cleared last
+        assert len(now_changes) == 2 + 40     # Init->Backup, Backup->Master, then each toggle
+        assert len(r._events) <= CALLBACK_QUEUE_MAX and r.stats["callbacks_coalesced"] > 0
+        gate.set()
+        end = time.monotonic() + 2.0
+        while r._events and time.monotonic() < end:
+            await asyncio.sleep(0.005)
+        assert slow[-1][1] is State.BACKUP and len(slow) <= CALLBACK_QUEUE_MAX + 1
+    finally:
+        gate.set()
+        await r.stop(graceful=False)
+        fake.close()
