@@ -39,9 +39,16 @@ class _Budget:
         return self.sock.recv(size)
 
 
+def _bind(queue_num: int, callback: Callable, max_len: int, sock_len: int) -> NetfilterQueue:
+    nfq = NetfilterQueue()
+    nfq.bind(queue_num, callback, max_len=max_len, sock_len=sock_len)
+    return nfq
+
+
 class QueueAdapter:
     def __init__(self, handle: Callable[[bytes, float], bytes | None], queue_num: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 bind: Callable[..., NetfilterQueue] | None = None) -> None:
         self._handle = handle
         self.queue_num = queue_num
         self._clock = clock
@@ -49,10 +56,12 @@ class QueueAdapter:
         self._nfq: NetfilterQueue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.wakeups = 0
+        #: binds the queue: (queue_num, callback, max_len, sock_len) -> a bound NetfilterQueue;
+        #: the node passes its privileged interface's (tandem.kernel), tests a fake
+        self._bind = bind or _bind
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        nfq = NetfilterQueue()
-        nfq.bind(self.queue_num, self._on_packet, max_len=QUEUE_MAXLEN, sock_len=SOCK_RCVBUF)
+        nfq = self._bind(self.queue_num, self._on_packet, QUEUE_MAXLEN, SOCK_RCVBUF)
         self._nfq, self._loop = nfq, loop
         sock = socket.socket(fileno=os.dup(nfq.get_fd()))
         sock.setblocking(False)

@@ -107,7 +107,9 @@ class VrrpRunner:
     def __init__(self, cfg: VrrpConfig, ifname: str, on_state_change: StateCallback | None = None,
                  *, clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[StateChange], None] | None = None,
-                 on_reannounce: Callable[[str], None] | None = None) -> None:
+                 on_reannounce: Callable[[str], None] | None = None,
+                 socket_factory: Callable[[str, VrrpConfig], tuple[socket.socket, int]] | None = None
+                 ) -> None:
         self.cfg = cfg
         self.ifname = ifname
         self.on_state_change = on_state_change
@@ -115,6 +117,8 @@ class VrrpRunner:
         self.on_change = on_change
         self.on_reannounce = on_reannounce
         self.clock = clock
+        #: makes the raw socket: the node passes its privileged interface's (tandem.kernel)
+        self._open_socket = socket_factory or open_vrrp_socket
         self.instance = VrrpInstance(cfg)
         self.stats = dict.fromkeys(("rx_datagrams", "rx_not_ipv4", "tx_datagrams", "tx_errors",
                                     "internal_errors", "callback_errors",
@@ -143,7 +147,7 @@ class VrrpRunner:
     def open_socket(self) -> None:
         """Create the socket now (in the calling thread's network namespace)."""
         if self._sock is None:
-            self._sock, self._ifindex = open_vrrp_socket(self.ifname, self.cfg)
+            self._sock, self._ifindex = self._open_socket(self.ifname, self.cfg)
 
     async def start(self) -> None:
         """Open the socket (unless open_socket() was called), start the instance and the timer."""

@@ -10,7 +10,9 @@ the collector freeze, tracked-link checks, the wait for the peer's bulk resync, 
 machine's events and timers (through `RoleRunner`).  Nothing blocking runs on the loop, which
 also sends VRRP adverts: netlink and iptables go to worker threads.
 
-Everything that touches the kernel is reached through `Edges`, which a test replaces with fakes.
+Everything that touches the kernel goes through one privileged interface, `Edges.kernel`
+(tandem/kernel.py; tests hand in tests/fake_kernel.py); the other edges (the queue adapter, the
+VRRP runner, takeover, sync, health checks) are built around it and a test replaces them too.
 """
 from __future__ import annotations
 
@@ -19,12 +21,11 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
 
-from director import rules
 from director.api import make_app
 from director.config import ConfigError, NodeConfig, check_reloadable, load
 from director.control import Control
@@ -33,9 +34,10 @@ from director.health import HealthChecker, targets_for_service
 from director.nfqueue import QueueAdapter, kernel_queue_stats
 from director.status import NodeParts
 from ha import role as R
-from ha.takeover import Takeover, links_down
+from ha.takeover import Takeover
 from ha.vrrp_io import VrrpRunner
 from tandem.ha import RoleRunner, SyncLink, role_config, takeover_config
+from tandem.kernel import Kernel, LinuxKernel
 
 log = logging.getLogger("tandem.node")
 #: seconds between checks of the tracked interfaces (front and back)
@@ -78,14 +80,13 @@ def health_targets(engine: Engine) -> list:
 
 @dataclass
 class Edges:
-    """What the node does to the kernel, one callable each (the real ones by default)."""
-    queue: Callable[..., Any] = QueueAdapter                 # (handler, queue_num, clock)
+    """The node's edges (the real ones by default).  Every privileged operation is a call on
+    `kernel`; the factories below are handed it (or the part of it they use)."""
+    kernel: Kernel = field(default_factory=LinuxKernel)
+    queue: Callable[..., Any] = QueueAdapter                 # (handler, queue_num, clock, bind=)
     queue_stats: Callable[[int], dict] = kernel_queue_stats
-    install_rules: Callable[[list, int], None] = rules.install
-    remove_rules: Callable[[], None] = rules.remove
-    links_down: Callable[[list], list] = links_down
-    takeover: Callable[..., Any] = Takeover                  # (TakeoverConfig)
-    vrrp: Callable[..., Any] = VrrpRunner                    # (VrrpConfig, ifname, ...)
+    takeover: Callable[..., Any] = Takeover                  # (TakeoverConfig, kernel)
+    vrrp: Callable[..., Any] = VrrpRunner                    # (VrrpConfig, ifname, ..., socket_factory=)
     sync: Callable[..., Any] = SyncLink                      # (NodeConfig, Engine)
     health: Callable[..., Any] = HealthChecker               # (targets, on_change)
 
@@ -99,14 +100,14 @@ class Node:
         self.edges = edges = edges or Edges()
         ha = cfg.ha
         self.engine = Engine(cfg, now=clock())
-        self.adapter = edges.queue(self.engine.handle, cfg.queue, clock)
+        self.adapter = edges.queue(self.engine.handle, cfg.queue, clock, bind=edges.kernel.bind_queue)
         self.sync = edges.sync(cfg, self.engine) if ha and ha.sync else None
         self.control = Control(self.engine)
         self.control.apply_all()
         self.checker = edges.health(health_targets(self.engine), self.control.health_changed)
         tcfg = takeover_config(cfg)
         self.role = RoleRunner(R.RoleMachine(role_config(cfg)), node=cfg.name,
-                               takeover=edges.takeover(tcfg) if tcfg else None,
+                               takeover=edges.takeover(tcfg, edges.kernel) if tcfg else None,
                                hooks=dict(ha.notify) if ha else {}, sync=self.sync,
                                set_role=self._set_role, start_election=self._start_election,
                                set_fault=self._set_fault, clock=clock)
@@ -141,7 +142,7 @@ class Node:
         self.role.post(R.Starting())
         await self.role.step()
         self.adapter.start(loop)
-        await asyncio.to_thread(self.edges.install_rules, cfg.vips + cfg.laddrs, cfg.queue)
+        await asyncio.to_thread(self.edges.kernel.install_rules, cfg.vips + cfg.laddrs, cfg.queue)
         await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()
         await self.checker.start()
         if self.sync is not None:
@@ -175,7 +176,7 @@ class Node:
         finally:
             if self.sync is not None:
                 self.sync.close()
-            await asyncio.to_thread(self.edges.remove_rules)
+            await asyncio.to_thread(self.edges.kernel.remove_rules)
             self.adapter.stop()
             if self._http is not None:
                 await self._http.cleanup()
@@ -246,7 +247,7 @@ class Node:
 
     async def _check_links(self) -> None:
         try:
-            down = await asyncio.to_thread(self.edges.links_down, self._tracked)
+            down = await asyncio.to_thread(self.edges.kernel.links_down, self._tracked)
         except OSError as exc:
             log.warning("link check failed: %s", exc)
             return
@@ -268,7 +269,8 @@ class Node:
                  self.engine.table.count)
         self.freezer.maybe_freeze(force=True)       # after the initial resync's bulk
         self.vrrp = self.edges.vrrp(ha.vrrp, ha.front_if, on_change=self.role.on_vrrp_change,
-                                    on_reannounce=self.role.on_lower_priority_claim)
+                                    on_reannounce=self.role.on_lower_priority_claim,
+                                    socket_factory=self.edges.kernel.open_vrrp_socket)
         self.state.attach_election(self.vrrp, ha.vrrp.priority)
         await self.vrrp.start()
         if self.role.machine.fault:
@@ -287,7 +289,7 @@ class Node:
         self.control.apply_all()
         await self.checker.set_targets(health_targets(self.engine))
         if set(new.vips + new.laddrs) != set(old.vips + old.laddrs):
-            await asyncio.to_thread(self.edges.install_rules, new.vips + new.laddrs, new.queue)
+            await asyncio.to_thread(self.edges.kernel.install_rules, new.vips + new.laddrs, new.queue)
         self.state.api_token = new.api_token
         self.cfg = new
         log.info("node %s: reloaded %s (%s)", new.name, self.path,

@@ -14,6 +14,7 @@ from director.config import parse
 from ha.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpInstance
 from proto.vrrp import Advert
 from tandem.node import Edges, Node
+from tests.fake_kernel import FakeKernel
 
 VIP, LADDR = "198.18.0.100", "198.18.2.100"
 
@@ -52,7 +53,7 @@ class Fakes:
         fakes = self
 
         class Queue:
-            def __init__(self, handle, num, clock) -> None:
+            def __init__(self, handle, num, clock, bind) -> None:
                 pass
 
             def start(self, loop) -> None:
@@ -62,7 +63,7 @@ class Fakes:
                 fakes.ops.append("queue stop")
 
         class Takeover:
-            def __init__(self, cfg) -> None:
+            def __init__(self, cfg, kernel) -> None:
                 self.cfg = cfg
 
             async def acquire(self) -> None:
@@ -96,23 +97,26 @@ class Fakes:
             def describe(self) -> dict:
                 return {}
 
-        def install_rules(addrs, queue) -> None:
-            fakes.threads["install"] = threading.current_thread().name
-            fakes.ops.append(f"rules {' '.join(addrs)}")
+        class Kernel(FakeKernel):
+            def install_rules(self, addrs, queue) -> None:
+                fakes.threads["install"] = threading.current_thread().name
+                fakes.ops.append(f"rules {' '.join(addrs)}")
+                super().install_rules(addrs, queue)
 
-        def remove_rules() -> None:
-            fakes.threads["remove"] = threading.current_thread().name
-            fakes.ops.append("rules removed")
+            def remove_rules(self) -> None:
+                fakes.threads["remove"] = threading.current_thread().name
+                fakes.ops.append("rules removed")
+                super().remove_rules()
 
-        def links_down(names) -> list:
-            return [n for n in names if n in fakes.down]
+            def links_down(self, ifnames) -> list:
+                self.links = {n: n not in fakes.down for n in ifnames}
+                return super().links_down(ifnames)
 
         def vrrp(cfg, ifname, **kw) -> FakeVrrp:
             fakes.vrrp = FakeVrrp(cfg, ifname, fakes.ops, **kw)
             return fakes.vrrp
 
-        return Edges(queue=Queue, queue_stats=lambda q: {}, install_rules=install_rules,
-                     remove_rules=remove_rules, links_down=links_down, takeover=Takeover,
+        return Edges(kernel=Kernel(), queue=Queue, queue_stats=lambda q: {}, takeover=Takeover,
                      vrrp=vrrp, sync=Sync)
 
 
@@ -120,7 +124,7 @@ class FakeVrrp:
     """The VRRP runner without its socket: a real VrrpInstance whose actions are delivered as
     VrrpRunner delivers them; the test fires its timer and hands it adverts."""
 
-    def __init__(self, cfg, ifname, ops, *, on_change, on_reannounce) -> None:
+    def __init__(self, cfg, ifname, ops, *, on_change, on_reannounce, socket_factory) -> None:
         self.cfg, self.ifname = cfg, ifname
         self.instance = VrrpInstance(cfg)
         self.ops, self.on_change, self.on_reannounce = ops, on_change, on_reannounce

@@ -1,0 +1,158 @@
+"""The node's one privileged interface: everything that touches the kernel goes through here.
+
+As seesaw's ncc does for its engine, one object holds every operation that needs
+CAP_NET_ADMIN or CAP_NET_RAW: the NFQUEUE steering rules, the service addresses, link
+state, gratuitous ARPs, binding the NFQUEUE and the raw VRRP socket.  The node builds one
+`LinuxKernel` and hands it (or parts of it) to the adapters; unit tests hand them a fake
+(tests/fake_kernel.py) that records the same calls without root.
+
+What each operation needs of the process, and nothing more (the systemd unit grants only
+these two capabilities, as an unprivileged user; docs/operations.md):
+
+=========================  ==============  ===============================================
+operation                  capability      how
+=========================  ==============  ===============================================
+install/remove rules       CAP_NET_ADMIN   iptables/ip6tables (director/rules.py), run as
+                                           children that inherit the ambient capabilities
+add/delete addresses       CAP_NET_ADMIN   rtnetlink (pyroute2)
+links_down                 none            rtnetlink dump
+announce (gratuitous ARP)  CAP_NET_RAW     AF_PACKET socket bound to the interface
+bind_queue                 CAP_NET_ADMIN   nfnetlink_queue (netfilterqueue)
+open_vrrp_socket           CAP_NET_RAW     raw IP socket, protocol 112, SO_BINDTODEVICE
+=========================  ==============  ===============================================
+
+Every method is blocking (a netlink round trip, a subprocess, a socket call); the async
+callers run the slow ones (rules, addresses, links) in a worker thread, never on the loop
+that sends VRRP adverts.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from typing import Any, Callable, Iterable, Protocol
+
+from proto.arp import ETH_P_ARP, garp_frame
+
+log = logging.getLogger("tandem.kernel")
+
+__all__ = ["Kernel", "LinuxKernel"]
+
+
+class Kernel(Protocol):
+    """The privileged operations a node performs (see the module docstring)."""
+
+    def install_rules(self, addrs: Iterable[str], queue: int) -> None:
+        """Steer traffic for `addrs` into NFQUEUE `queue` (replacing the node's rules)."""
+
+    def remove_rules(self) -> None:
+        """Remove the node's rules; quiet when there are none."""
+
+    def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
+        """Add host addresses (/32, /128) on an interface; idempotent.
+        Raises OSError(ENODEV) when the interface is missing."""
+
+    def del_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
+        """Delete addresses from an interface; idempotent, also for a missing interface."""
+
+    def links_down(self, ifnames: Iterable[str]) -> list[str]:
+        """The interfaces among `ifnames` that are missing or not up."""
+
+    def announce(self, ifname: str, addrs: Iterable[str]) -> int:
+        """One round of gratuitous ARPs for the IPv4 `addrs` on `ifname`; the frames sent.
+        Raises OSError when no frame could be sent."""
+
+    def bind_queue(self, queue: int, callback: Callable[[Any], None], max_len: int,
+                   sock_len: int) -> Any:
+        """Bind NFQUEUE `queue`; returns the bound netfilterqueue.NetfilterQueue."""
+
+    def open_vrrp_socket(self, ifname: str, cfg: Any) -> tuple[socket.socket, int]:
+        """The raw VRRP socket for `cfg` (ha.vrrp.VrrpConfig) on `ifname`, and the ifindex."""
+
+
+def _prefixlen(addr: str) -> int:
+    return 32 if ipaddress.ip_address(addr).version == 4 else 128
+
+
+class LinuxKernel:
+    """The real implementation: iptables, rtnetlink (pyroute2), packet and raw sockets."""
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    def install_rules(self, addrs: Iterable[str], queue: int) -> None:
+        from director import rules
+        rules.install(list(addrs), queue)
+
+    def remove_rules(self) -> None:
+        from director import rules
+        rules.remove()
+
+    # -- addresses and links -------------------------------------------------------------------
+
+    def _change(self, cmd: str, ifname: str, addrs: Iterable[str]) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+        ok_errors = ({errno.EEXIST} if cmd == "add"
+                     else {errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV})
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                if cmd == "add":
+                    raise OSError(errno.ENODEV, f"no interface {ifname}")
+                return
+            for a in addrs:
+                fam = socket.AF_INET if ipaddress.ip_address(a).version == 4 else socket.AF_INET6
+                try:
+                    ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a), family=fam)
+                except NetlinkError as exc:
+                    if exc.code not in ok_errors:
+                        raise
+
+    def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
+        self._change("add", ifname, addrs)
+
+    def del_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
+        self._change("del", ifname, addrs)
+
+    def links_down(self, ifnames: Iterable[str]) -> list[str]:
+        from pyroute2 import IPRoute
+        down = []
+        with IPRoute() as ipr:
+            for name in ifnames:
+                idx = ipr.link_lookup(ifname=name)
+                links = ipr.get_links(*idx) if idx else []
+                if not links or links[0].get("state") != "up":
+                    down.append(name)
+        return down
+
+    # -- gratuitous ARP --------------------------------------------------------------------------
+
+    def announce(self, ifname: str, addrs: Iterable[str]) -> int:
+        v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
+        if not v4:
+            return 0
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        try:
+            s.bind((ifname, ETH_P_ARP))
+            mac = s.getsockname()[4][:6]
+            sent = 0
+            for a in v4:
+                s.send(garp_frame(mac, a))
+                sent += 1
+            return sent
+        finally:
+            s.close()
+
+    # -- sockets ---------------------------------------------------------------------------------
+
+    def bind_queue(self, queue: int, callback: Callable[[Any], None], max_len: int,
+                   sock_len: int) -> Any:
+        from netfilterqueue import NetfilterQueue
+        nfq = NetfilterQueue()
+        nfq.bind(queue, callback, max_len=max_len, sock_len=sock_len)
+        return nfq
+
+    def open_vrrp_socket(self, ifname: str, cfg: Any) -> tuple[socket.socket, int]:
+        from ha.vrrp_io import open_vrrp_socket
+        return open_vrrp_socket(ifname, cfg)

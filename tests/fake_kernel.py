@@ -1,0 +1,136 @@
+"""A fake of the node's privileged interface (tandem.kernel.Kernel) for tests without root.
+
+It keeps the state the real kernel would (addresses per interface, the node's rules, link
+state) and records every call in order, so a test asserts what was asked of the kernel and
+in which order.  `fail` makes the next call of a named operation raise the given OSError, as
+the kernel would (a missing interface, a permission refused).
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Callable, Iterable
+
+
+class FakeQueue:
+    """A bound NFQUEUE: datagrams written to `feed` are the queued packets.
+
+    Mirrors the one part of netfilterqueue.NetfilterQueue the adapter uses: run_socket(sock)
+    reads datagrams from sock until it raises BlockingIOError, and hands each to the callback
+    as a packet with get_payload / accept / drop / set_payload; the verdicts are recorded in
+    `verdicts` as ("accept", bytes) or ("drop", bytes)."""
+
+    def __init__(self, queue: int, callback: Callable[[Any], None]) -> None:
+        self.queue = queue
+        self.callback = callback
+        self._ours, self.feed = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.feed.setblocking(False)
+        self.verdicts: list[tuple[str, bytes]] = []
+        self.bound = True
+
+    def get_fd(self) -> int:
+        return self._ours.fileno()
+
+    def run_socket(self, sock: Any) -> None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            self.callback(_FakePacket(self, data))
+
+    def unbind(self) -> None:
+        self.bound = False
+        self._ours.close()
+        self.feed.close()
+
+
+class _FakePacket:
+    def __init__(self, q: FakeQueue, data: bytes) -> None:
+        self.q, self.data = q, data
+
+    def get_payload(self) -> bytes:
+        return self.data
+
+    def set_payload(self, data: bytes) -> None:
+        self.data = data
+
+    def accept(self) -> None:
+        self.q.verdicts.append(("accept", self.data))
+
+    def drop(self) -> None:
+        self.q.verdicts.append(("drop", self.data))
+
+
+class FakeKernel:
+    """Implements every method of tandem.kernel.Kernel (tests/unit/test_kernel.py checks)."""
+
+    def __init__(self, links: Iterable[str] = ("front", "back")) -> None:
+        self.links: dict[str, bool] = {name: True for name in links}     # name -> up
+        self.addresses: dict[str, set[str]] = {name: set() for name in links}
+        self.rules: tuple[tuple[str, ...], int] | None = None            # (addrs, queue)
+        self.calls: list[tuple[str, Any]] = []
+        self.announced: list[tuple[str, tuple[str, ...]]] = []
+        self.queues: list[FakeQueue] = []
+        self.vrrp_sockets: list[tuple[str, Any]] = []
+        self._fail: dict[str, OSError] = {}
+
+    def fail(self, op: str, exc: OSError) -> None:
+        """The next call of `op` raises `exc`."""
+        self._fail[op] = exc
+
+    def _call(self, op: str, *args: Any) -> None:
+        self.calls.append((op, args))
+        exc = self._fail.pop(op, None)
+        if exc is not None:
+            raise exc
+
+    def install_rules(self, addrs: Iterable[str], queue: int) -> None:
+        addrs = tuple(sorted(set(addrs)))
+        self._call("install_rules", addrs, queue)
+        self.rules = (addrs, queue)
+
+    def remove_rules(self) -> None:
+        self._call("remove_rules")
+        self.rules = None
+
+    def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
+        addrs = tuple(addrs)
+        self._call("add_addresses", ifname, addrs)
+        if ifname not in self.links:
+            raise OSError(errno.ENODEV, f"no interface {ifname}")
+        self.addresses[ifname].update(addrs)
+
+    def del_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
+        addrs = tuple(addrs)
+        self._call("del_addresses", ifname, addrs)
+        self.addresses.get(ifname, set()).difference_update(addrs)
+
+    def links_down(self, ifnames: Iterable[str]) -> list[str]:
+        ifnames = list(ifnames)
+        self._call("links_down", tuple(ifnames))
+        return [n for n in ifnames if not self.links.get(n, False)]
+
+    def announce(self, ifname: str, addrs: Iterable[str]) -> int:
+        addrs = tuple(addrs)
+        self._call("announce", ifname, addrs)
+        if ifname not in self.links:
+            raise OSError(errno.ENODEV, f"no interface {ifname}")
+        v4 = tuple(a for a in addrs if ":" not in a)
+        if v4:
+            self.announced.append((ifname, v4))
+        return len(v4)
+
+    def bind_queue(self, queue: int, callback: Callable[[Any], None], max_len: int,
+                   sock_len: int) -> FakeQueue:
+        self._call("bind_queue", queue, max_len, sock_len)
+        q = FakeQueue(queue, callback)
+        self.queues.append(q)
+        return q
+
+    def open_vrrp_socket(self, ifname: str, cfg: Any) -> tuple[socket.socket, int]:
+        self._call("open_vrrp_socket", ifname)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.setblocking(False)
+        self.vrrp_sockets.append((ifname, theirs))
+        return ours, 1 + list(self.links).index(ifname) if ifname in self.links else 1
