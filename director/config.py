@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -352,10 +353,15 @@ def warn_if_exposed(path: Path, cfg: NodeConfig) -> bool:
     """Warn (once per load) when a file holding secrets is readable by other users."""
     held = secrets_in(cfg)
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError:
         return False
-    if held and mode & (stat.S_IRGRP | stat.S_IROTH):
+    mode = st.st_mode
+    # root:tandem 0640 is how a node running as its own user reads a root-owned file
+    # (docs/operations.md): its group is the node's own, which holds the secrets anyway
+    group_is_ours = st.st_gid == os.getegid() and st.st_uid != os.geteuid()
+    exposed = stat.S_IROTH | (0 if group_is_ours else stat.S_IRGRP)
+    if held and mode & exposed:
         who = "anyone" if mode & stat.S_IROTH else "its group"
         log.warning("%s: readable by %s (mode %04o) and it holds %s: chmod 600 it",
                     path, who, stat.S_IMODE(mode), " and ".join(held))

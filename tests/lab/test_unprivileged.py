@@ -11,6 +11,7 @@ kill and preempt.
 """
 from __future__ import annotations
 
+import os
 import pwd
 import subprocess
 
@@ -55,6 +56,10 @@ def pair():
         # the lab's nodes (first start and every restart) go through setpriv; the echo
         # servers and clients stay as they are
         if name.startswith("node-"):
+            # as the Ansible role installs it: root-owned, readable by the node's group only
+            config = cmd[list(cmd).index("--config") + 1]
+            os.chown(config, 0, user.pw_gid)
+            os.chmod(config, 0o640)
             cmd = unprivileged(list(cmd))
         return real_start(ns, name, cmd, log_path, env_extra)
 

@@ -378,6 +378,23 @@ def test_a_config_readable_by_others_is_warned_about(tmp_path, caplog):
     assert not caplog.records
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_root_owned_config_readable_by_the_nodes_own_group_is_not_warned_about(tmp_path, caplog):
+    """The Ansible role installs the file root:<node's group> 0640 for a node that runs as its
+    own user: that group is the node's, so only 'other' access is an exposure."""
+    f = tmp_path / "n.toml"
+    f.write_text(dump_toml(with_pair()))
+    os.chown(f, 12345, os.getegid())           # owned by someone else, group ours
+    f.chmod(0o640)
+    with caplog.at_level(logging.WARNING, logger="tandem.config"):
+        load(f)
+    assert not caplog.records
+    os.chown(f, 12345, os.getegid() + 1)       # a group that is not ours
+    with caplog.at_level(logging.WARNING, logger="tandem.config"):
+        load(f)
+    assert any("readable by its group" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("sync, field", [
     ({"interface": None}, "sync.interface"),
     ({"interface": "0.0.0.0"}, "sync.interface"),
