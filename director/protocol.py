@@ -19,7 +19,8 @@ from typing import Mapping
 
 from director import tcp_state
 from proto.consts import (ACK, CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK,
-                          RST, SYN, TCP, TCP_STATES, TIME_WAIT, UDP, UDP_STATES)
+                          RST, SYN, TCP, TCP_STATES, TCP_SYNC_STATES, TIME_WAIT, UDP,
+                          UDP_STATES)
 
 INPUT, OUTPUT, INPUT_ONLY = tcp_state.INPUT, tcp_state.OUTPUT, tcp_state.INPUT_ONLY
 
@@ -119,7 +120,7 @@ class Tcp(Protocol):
     new_conn = tuple(bool(f & SYN) and not f & (ACK | RST) for f in range(256))
     reusable_states = frozenset((TIME_WAIT, CLOSE))
     active_states = frozenset((ESTABLISHED,))
-    sync_states = frozenset((ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT, TIME_WAIT))
+    sync_states = TCP_SYNC_STATES
     # tcp_can_early_drop (nf_conntrack_proto_tcp.c)
     early_drop_states = frozenset((FIN_WAIT, LAST_ACK, TIME_WAIT, CLOSE, CLOSE_WAIT))
 

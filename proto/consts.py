@@ -37,6 +37,9 @@ TCP_STATES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_W
               "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK")
 (NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT,
  CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK) = range(len(TCP_STATES))
+#: the TCP states in which a connection is sent to the peer (IPVS syncs these; the
+#: engine's TCP operations and the sync policy both read this one set)
+TCP_SYNC_STATES = frozenset((ESTABLISHED, FIN_WAIT, CLOSE, CLOSE_WAIT, TIME_WAIT))
 #: UDP has one state (IP_VS_UDP_S_NORMAL), shown as "UDP"
 UDP_STATES = ("UDP",)
 #: state names by protocol: a sync entry's state must index its protocol's tuple

@@ -45,14 +45,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from director.protocol import Tcp
-from proto.consts import ESTABLISHED, TCP
+from proto.consts import ESTABLISHED, TCP, TCP_SYNC_STATES
 from proto.sync import SyncEntry
 
 HZ = 1000
 #: needed()'s answer for a change into ESTABLISHED: send, and do not wait to batch
 URGENT = 2
-TCP_SYNC_STATES = Tcp.sync_states
 
 
 class SyncPolicy:

@@ -67,8 +67,8 @@ import secrets
 from collections import deque
 from typing import Callable
 
-from director.conn import SYNCED
 from proto import consts as C, sync as S
+from proto.consts import SYNCED
 from proto.packet import flow_key
 from proto.sync import Message, SyncEntry, SyncError
 from syncd.auth import EpochAuth

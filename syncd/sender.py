@@ -22,8 +22,8 @@ on.  Requests arriving during a bulk are coalesced into one more bulk after it.
 
 `snapshot()` returns an iterable of SyncEntry, or of any objects together with
 `to_entry(obj, now) -> SyncEntry | None`, which is then called as each entry is
-sent, so a slow bulk sends each connection's state as it is at that moment (see
-`engine_source`).
+sent, so a slow bulk sends each connection's state as it is at that moment (the
+node wiring's `engine_source`, tandem/ha.py).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 from proto import sync as S
-from director.persist import Template
 from proto.sync import Message, SyncEntry
 from syncd.config import SyncConfig, resolve_key
 
@@ -43,23 +42,6 @@ _MIN_ENTRY = 40     # the smallest packed entry (IPv4, small numbers) is a littl
 
 def new_epoch() -> int:
     return secrets.randbits(64)
-
-
-def engine_source(engine) -> tuple[Snapshot, Callable[[Any, float], SyncEntry | None]]:
-    """(snapshot, to_entry) for a director Engine: the bulk walks a list of the
-    connections taken at its start and converts each one when it is sent,
-    skipping those that have gone meanwhile."""
-    def snapshot() -> list:
-        return list(engine.templates.by_key.values()) + list(engine.table)
-
-    def to_entry(conn, now: float) -> SyncEntry | None:
-        if not conn.alive:
-            return None
-        if isinstance(conn, Template):
-            return SyncEntry.from_template(conn, now)
-        return SyncEntry.from_conn(conn, now, engine.timeout_of(conn))
-
-    return snapshot, to_entry
 
 
 class _PeerCtl:

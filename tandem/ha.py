@@ -15,9 +15,11 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from director.persist import Template
 from ha import role as R
 from ha.takeover import Takeover, TakeoverConfig
 from ha.vrrp import StateChange
+from proto.sync import SyncEntry
 
 log = logging.getLogger("tandem.ha")
 
@@ -35,6 +37,23 @@ def interface_addresses(ifname: str) -> list[str]:
         return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=links[0])]
 
 
+def engine_source(engine) -> tuple[Callable[[], list], Callable[[Any, float], SyncEntry | None]]:
+    """(snapshot, to_entry) for a director Engine, what a SyncSender's bulk walks: a list of
+    the connections taken at its start, each converted when it is sent, skipping those that
+    have gone meanwhile."""
+    def snapshot() -> list:
+        return list(engine.templates.by_key.values()) + list(engine.table)
+
+    def to_entry(conn, now: float) -> SyncEntry | None:
+        if not conn.alive:
+            return None
+        if isinstance(conn, Template):
+            return SyncEntry.from_template(conn, now)
+        return SyncEntry.from_conn(conn, now, engine.timeout_of(conn))
+
+    return snapshot, to_entry
+
+
 class SyncLink:
     """Connection sync to and from the peer, wired to the engine."""
 
@@ -42,7 +61,7 @@ class SyncLink:
         from syncd.config import with_local_address
         from syncd.policy import SyncPolicy, make_hook
         from syncd.receiver import SyncReceiver, engine_apply, engine_apply_bulk
-        from syncd.sender import SyncSender, engine_source
+        from syncd.sender import SyncSender
         from syncd.transport import SyncTransport
         # an unset unicast bind is the back interface's address, never the wildcard
         scfg = with_local_address(cfg.ha.sync, cfg.ha.back_if, addresses_of or interface_addresses)

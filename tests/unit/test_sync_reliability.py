@@ -20,7 +20,8 @@ from proto.sync import Message, SyncEntry
 from syncd.config import SyncConfig
 from syncd.policy import SyncPolicy, make_hook
 from syncd.receiver import SyncReceiver, engine_apply, engine_apply_bulk
-from syncd.sender import SyncSender, engine_source
+from syncd.sender import SyncSender
+from tandem.ha import engine_source
 from tests.helpers import CLIENT, VIP, make_config, tcp
 
 KEY = b"tandem-sync-test-key-0123456789"

@@ -13,8 +13,9 @@ from director.tcp_state import ESTABLISHED
 from syncd.config import SyncConfig
 from syncd.policy import SyncPolicy, make_hook
 from syncd.receiver import SyncReceiver, engine_apply, engine_apply_bulk
-from syncd.sender import SyncSender, engine_source
+from syncd.sender import SyncSender
 from syncd.transport import SyncTransport, multicast_socket, unicast_socket
+from tandem.ha import engine_source
 from tests.helpers import CLIENT, VIP, make_config, tcp
 
 KEY = b"transport-test-key-0123456789abcdef"
