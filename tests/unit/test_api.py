@@ -313,3 +313,13 @@ def test_the_documented_vrrp_status_is_the_contract():
     from director.status import VrrpStatus
     doc = openapi.schema("VrrpStatus")
     assert set(doc["properties"]) == set(doc["required"]) == {f.name for f in fields(VrrpStatus)}
+
+
+async def test_the_conns_benchmark_runs_and_reads_what_it_asks_for():
+    """bench/api_conns.py (the before/after figures of GET /conns): no timing judged."""
+    from bench import api_conns
+    res = await api_conns.measure(3000, 1)
+    rows = {(q["path"], q["token"]): q for q in res["queries"]}
+    assert rows[("/conns", False)]["total"] == 3000 and rows[("/conns", False)]["returned"] == 100
+    assert rows[("/conns?limit=10000", True)]["returned"] == 3000
+    assert rows[(f"/conns?real={api_conns.REALS[3]}:8080", True)]["total"] == sum(1 for i in range(3000) if i % 16 == 3)
