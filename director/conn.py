@@ -157,7 +157,7 @@ class Connections:
             conn.dest = None
         svc = conn.service
         if svc is not None:
-            svc.laddrs.release(conn.proto, conn.laddr, conn.daddr, conn.dport)
+            svc.laddrs.release(conn.proto, conn.laddr, conn.daddr, conn.dport, conn.lport)
         if conn.control is not None:
             conn.control.n_control -= 1
             conn.control = None

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 
 from director.config import NodeConfig
 from director.conn import Connections
+from director.laddr import PortSpace
 from director.persist import Templates
 from director.service import Service
 
 
-def build_services(cfg: NodeConfig, in_use) -> dict[tuple[int, bytes, int], Service]:
+def build_services(cfg: NodeConfig, ports: PortSpace) -> dict[tuple[int, bytes, int], Service]:
     """Service objects for a config, keyed (proto, vip, port)."""
     services = {}
     for sc in cfg.services:
-        svc = Service(sc, cfg.lport_min, cfg.lport_max, in_use)
+        svc = Service(sc, ports)
         services[svc.key] = svc
     return services
 
@@ -44,7 +45,7 @@ class Settings:
                    expire_removed=cfg.removed_server_conns == "expire")
 
 
-def reconfigure(services: dict, conns: Connections, templates: Templates,
+def reconfigure(services: dict, conns: Connections, templates: Templates, ports: PortSpace,
                 cfg: NodeConfig, now: float) -> dict:
     """Apply a new, already validated config to `services` in place without
     touching established connections of real servers that stay.
@@ -59,7 +60,7 @@ def reconfigure(services: dict, conns: Connections, templates: Templates,
                "conns_expired": 0}
     wanted = {}
     for sc in cfg.services:
-        probe = Service(sc, cfg.lport_min, cfg.lport_max, conns.table.has_key)
+        probe = Service(sc, ports)
         wanted[probe.key] = (sc, probe)
     gone_dests: set[int] = set()
     for key, svc in list(services.items()):
@@ -75,11 +76,13 @@ def reconfigure(services: dict, conns: Connections, templates: Templates,
             services[key] = probe
             summary["services_added"] += 1
             continue
-        removed = svc.reconfigure(sc, cfg.lport_min, cfg.lport_max)
+        removed = svc.reconfigure(sc)
         summary["servers_removed"] += len(removed)
         # the new file's own setting decides for the servers it removes
         if new.expire_removed:
             gone_dests.update(id(d) for d in removed)
+    # the cursors stay; only the counts follow a new range
+    ports.set_range(cfg.lport_min, cfg.lport_max, (c for c in conns.table if c.service is not None))
     if gone_dests:
         for conn in list(conns.table):
             if conn.dest is not None and id(conn.dest) in gone_dests:

@@ -23,7 +23,7 @@ from typing import Callable
 from director import ctl
 from director.config import NodeConfig
 from director.conn import Conn, Connections
-from director.laddr import PortExhausted
+from director.laddr import PortExhausted, PortSpace
 from director.persist import Templates, template_key
 from director.protocol import INPUT, INPUT_ONLY, OUTPUT, make_protocols
 from director.sched import Flow
@@ -64,7 +64,9 @@ class Engine:
         self.index = self.table.index          # the hot path reads the dict directly
         self._refresh = self.table.wheel.refresh
         self.templates = Templates(cfg.tick, now, cfg.expire_quiescent_template)
-        self.services: dict[tuple[int, bytes, int], Service] = ctl.build_services(cfg, self.table.has_key)
+        #: every laddr's port cursor and counts: the node's, kept across reloads
+        self.ports = PortSpace(cfg.lport_min, cfg.lport_max, self.table.has_key)
+        self.services: dict[tuple[int, bytes, int], Service] = ctl.build_services(cfg, self.ports)
         self._sync = SyncApplier(self.conns, self.services, self.templates)
         self.sync_stats = self._sync.stats
         self.apply_synced = self._sync.apply
@@ -255,7 +257,7 @@ class Engine:
 
     def reconfigure(self, cfg: NodeConfig, now: float) -> dict:
         """Apply a new, already validated config (see director.ctl.reconfigure)."""
-        summary = ctl.reconfigure(self.services, self.conns, self.templates, cfg, now)
+        summary = ctl.reconfigure(self.services, self.conns, self.templates, self.ports, cfg, now)
         self._take_settings(cfg)
         return summary
 

@@ -312,16 +312,13 @@ class EngineCollector(_Source):
         used = GaugeMetricFamily(f"{p}_fullnat_laddr_ports_used",
                                  "Local (laddr, lport) pairs held by connections, by laddr.",
                                  labels=("laddr",))
-        conflicts = 0
-        per_laddr: dict[str, int] = {}
-        for svc in list(eng.services.values()):
-            pool = svc.laddrs
-            conflicts += pool.conflicts
-            for a in pool.laddrs:
-                per_laddr.setdefault(str(ipaddress.ip_address(a)), 0)
-            for (_proto, laddr, _daddr, _dport), n in list(pool.used.items()):
-                k = str(ipaddress.ip_address(laddr))
-                per_laddr[k] = per_laddr.get(k, 0) + n
+        # the node's PortSpace: one count per laddr however many services share it
+        laddrs = {a for svc in list(eng.services.values()) for a in svc.laddrs.laddrs}
+        per_laddr = {str(ipaddress.ip_address(a)): 0 for a in laddrs}
+        for (_proto, laddr, _daddr, _dport), n in eng.ports.used(laddrs).items():
+            k = str(ipaddress.ip_address(laddr))
+            per_laddr[k] = per_laddr.get(k, 0) + n
+        conflicts = eng.ports.conflicts
         for k in sorted(per_laddr):
             used.add_metric([k], per_laddr[k])
         fams.append(used)

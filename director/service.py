@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
-
 from director import sched
 from director.config import PROTOS, ServiceConfig
 from director.dest import Dest
-from director.laddr import LaddrPool
+from director.laddr import LaddrPool, PortSpace
 from director.persist import mask_bytes
 
 
 class Service:
-    def __init__(self, cfg: ServiceConfig, lport_min: int, lport_max: int,
-                 in_use: Callable[[bytes], bool]) -> None:
+    def __init__(self, cfg: ServiceConfig, ports: PortSpace) -> None:
         self.cfg = cfg
         self.name = cfg.key
         self.proto = PROTOS[cfg.proto]
@@ -28,14 +25,13 @@ class Service:
         self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
         self.ops = cfg.ops
         self.sorry = Dest(*cfg.sorry_server, 1, name="sorry") if cfg.sorry_server else None
-        self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs],
-                                lport_min, lport_max, in_use)
+        self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs], ports)
 
     @property
     def key(self) -> tuple[int, bytes, int]:
         return (self.proto, self.vip, self.port)
 
-    def reconfigure(self, cfg: ServiceConfig, lport_min: int, lport_max: int) -> list[Dest]:
+    def reconfigure(self, cfg: ServiceConfig) -> list[Dest]:
         """Apply a new config for the same VIP:port; return the dests removed.
 
         Dest objects of real servers that stay are kept (their counters and the
@@ -59,11 +55,10 @@ class Service:
             self.scheduler = sched.create(cfg.scheduler, frozenset(cfg.flags), **dict(cfg.scheduler_options))
         self.dests = new
         self.scheduler.update(new)
-        if cfg.laddrs != self.cfg.laddrs or (lport_min, lport_max) != (self.laddrs.lport_min, self.laddrs.lport_max):
-            pool = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs],
-                             lport_min, lport_max, self.laddrs._in_use)
-            pool.used = self.laddrs.used    # pairs held by live connections stay counted
-            self.laddrs = pool
+        if cfg.laddrs != self.cfg.laddrs:
+            # the node's PortSpace keeps every laddr's cursor and counts
+            self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs],
+                                    self.laddrs.ports)
         if cfg.sorry_server != self.cfg.sorry_server:
             self.sorry = Dest(*cfg.sorry_server, 1, name="sorry") if cfg.sorry_server else None
         self.cfg = cfg

@@ -72,8 +72,7 @@ class SyncApplier:
             conn.flags = sync_flags | SYNCED
             if svc is not None and dest is not None:
                 conns.bind(conn, svc, dest, now)
-                if svc.laddrs.owns(laddr):
-                    svc.laddrs.claim(proto, laddr, daddr, dport)
+                svc.laddrs.claim(proto, laddr, daddr, dport, lport)
             else:
                 conns.keep_unbound(conn, now)
                 st["unbound"] += 1

@@ -92,8 +92,10 @@ LIMITS = section("limits", "table and port limits", keys=[
         doc="the lowest local port handed out on each laddr"),
     Key("lport_max", int, 65535, lo=1024, hi=65535,
         doc="the highest local port. A (laddr, port) pair needs to be unique only per real "
-            "server. Ports are given out round-robin, so a freed pair is reused only after the "
-            "whole range has gone by"),
+            "server. Ports are given out round-robin from one cursor per laddr, shared by every "
+            "service using that laddr and kept across reloads, so a freed pair is reused only "
+            "after the whole range has gone by. Pairs synced from a peer with a port outside "
+            "this range do not count against it"),
 ])
 
 TOP = section("", "top-level keys", keys=[
