@@ -511,3 +511,71 @@ def test_the_sync_link_opens_on_the_back_address():
     cfg = _unicast()
     link = SyncLink(cfg, Engine(cfg, now=0.0), addresses_of=lambda _: ["198.18.2.11"])
     assert link.transport.cfg.bind == "198.18.2.11"
+
+
+# -- through the node (tandem.node.Node with its kernel edges faked) -------------------------
+
+async def _running_node(tmp_path, doc):
+    from tests.unit.test_node import Fakes, node
+    f = Fakes()
+    path = tmp_path / "a.toml"
+    path.write_text(dump_toml(doc))
+    path.chmod(0o600)
+    n = node(f, doc, path=str(path))
+    await n.start()
+    return n, path
+
+
+def _node_doc():
+    from tests.unit.test_node import DOC
+    return copy.deepcopy(DOC)
+
+
+async def test_sighup_with_a_bad_hex_key_logs_the_reason_and_changes_nothing(tmp_path, caplog):
+    """Item 9: SIGHUP logged nothing useful (a ValueError in a task nobody awaited)."""
+    doc = _node_doc()
+    n, path = await _running_node(tmp_path, doc)
+    try:
+        before = n.cfg
+        doc["sync"]["key"] = "hex:" + "zz" * 16
+        doc["services"][0]["real_servers"][0]["weight"] = 7
+        path.write_text(dump_toml(doc))
+        with caplog.at_level(logging.ERROR, logger="tandem.node"):
+            n._on_sighup()
+            for _ in range(200):
+                if caplog.records:
+                    break
+                await asyncio.sleep(0.01)
+        msgs = [r.getMessage() for r in caplog.records]
+        assert any("reload refused" in m and f"{path}: sync.key:" in m for m in msgs), msgs
+        assert not any(r.exc_info for r in caplog.records)
+        assert n.cfg is before
+    finally:
+        await n.stop()
+
+
+@pytest.mark.parametrize("section, change", [
+    ("sync", {"threshold": 5}), ("vrrp", {"priority": 200}), ("interfaces", {"garp_count": 1}),
+])
+async def test_node_reload_refuses_a_change_only_a_restart_applies(tmp_path, section, change):
+    """Item 13: /reload answered changed: true and applied none of [sync], [vrrp],
+    [interfaces]; now the reload is refused, naming them, and nothing else changes either."""
+    doc = _node_doc()
+    n, path = await _running_node(tmp_path, doc)
+    try:
+        before = n.cfg
+        doc[section].update(change)
+        doc["services"][0]["real_servers"][0]["weight"] = 7       # would be applied alone
+        path.write_text(dump_toml(doc))
+        with pytest.raises(ConfigError) as e:
+            await n.reload()
+        assert e.value.field == f"[{section}]" and "restart" in e.value.problem
+        assert n.cfg is before
+        svc = next(iter(n.engine.services.values()))
+        assert svc.dests[0].weight == 1
+        # the same file without the restart-only change reloads
+        doc[section] = _node_doc()[section]
+        path.write_text(dump_toml(doc))
+        assert (await n.reload())["changed"] is True and svc.dests[0].weight == 7
+    finally:
+        await n.stop()
