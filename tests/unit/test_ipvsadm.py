@@ -230,6 +230,13 @@ def test_rate_from_rate_dicts_and_counter_resets():
         I.compute_rates(AFTER, BEFORE, 0)
 
 
+def test_rate_from_two_snapshots_needs_the_interval():
+    """Two snapshots and no seconds between them: a ValueError that says so (it was a
+    TypeError from dividing by None)."""
+    with pytest.raises(ValueError, match="seconds"):
+        I.format_rate(AFTER, BEFORE)
+
+
 # -- -c ----------------------------------------------------------------------------------
 
 def conn(proto, client, vip, real, state, expires, local="198.18.2.100:5000"):
