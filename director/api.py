@@ -157,13 +157,19 @@ class NodeApi:
         except ConfigError as exc:
             return web.json_response({"error": str(exc), "changed": False}, status=400)
 
-    async def conns(self, request: web.Request) -> web.Response:
+    async def conns(self, request: web.Request) -> web.StreamResponse:
         try:
             query = ConnQuery.parse(request.query)
         except BadQuery as exc:
             raise web.HTTPBadRequest(text=f"bad query: {exc}") from None
-        body = await self.pages.page(query, show_clients=_authorised(request, self.node.api_token))
-        return web.Response(text=body, content_type="application/json")
+        parts = await self.pages.page(query, show_clients=_authorised(request, self.node.api_token))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+        resp.content_length = sum(len(p) for p in parts)
+        await resp.prepare(request)
+        for part in parts:          # piece by piece: a large page is never copied whole
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
 
     async def spec(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi.spec())

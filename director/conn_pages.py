@@ -99,9 +99,10 @@ async def _walk(table: Any, query: ConnQuery) -> tuple[list[Any], int]:
 
 
 async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients: bool,
-                  now: float) -> str:
-    """The page's entries as a JSON array, described and encoded in bounded slices."""
-    parts: list[str] = []
+                  now: float) -> list[bytes]:
+    """The page's entries as the pieces of a JSON array's inside, each encoded in its own
+    slice (no step copies the whole page: at 10,000 entries that is ~2.4 MB)."""
+    parts: list[bytes] = []
     for start in range(0, len(page), DESCRIBE_SLICE):
         chunk = []
         for c in page[start:start + DESCRIBE_SLICE]:
@@ -111,9 +112,9 @@ async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients
                 d["client"] = None
             chunk.append(d)
         if chunk:
-            parts.append(json.dumps(chunk)[1:-1])
+            parts.append((("," if parts else "") + json.dumps(chunk)[1:-1]).encode())
         await asyncio.sleep(0)
-    return "[" + ",".join(parts) + "]"
+    return parts
 
 
 class ConnPages:
@@ -124,12 +125,12 @@ class ConnPages:
         self.clock = clock
         self._one_walk = asyncio.Lock()
 
-    async def page(self, query: ConnQuery, show_clients: bool) -> str:
-        """The JSON body of GET /conns."""
+    async def page(self, query: ConnQuery, show_clients: bool) -> list[bytes]:
+        """The JSON body of GET /conns, in pieces to be sent one after the other."""
         async with self._one_walk:
             page, total = await _walk(self.engine.table, query)
             now = self.clock()
             conns = await _encode(page, lambda c: c.describe(), show_clients, now)
         head = json.dumps({"total": total, "offset": query.offset, "limit": query.limit, "now": now,
                            "clients": "shown" if show_clients else "hidden"})
-        return head[:-1] + ', "conns": ' + conns + "}"
+        return [(head[:-1] + ', "conns": [').encode(), *conns, b"]}"]

@@ -275,7 +275,7 @@ async def test_a_page_yields_to_the_loop_between_slices_and_survives_the_table_c
     during = turns - before
     done = True
     await other
-    page = json.loads(body)
+    page = json.loads(b"".join(body))
     assert during >= 4                  # at least one turn per slice of the walk
     assert page["total"] == len(page["conns"]) <= n
     assert len(page["conns"]) < n       # some expired under the walk and were left out
