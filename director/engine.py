@@ -24,6 +24,7 @@ from director import ctl
 from director.config import NodeConfig
 from director.conn import Conn, Connections
 from director.laddr import PortExhausted, PortSpace
+from director.leave import Leave
 from director.persist import Templates, template_key
 from director.protocol import INPUT, INPUT_ONLY, OUTPUT, make_protocols
 from director.sched import Flow
@@ -53,7 +54,8 @@ class Engine:
     def __init__(self, cfg: NodeConfig, now: float = 0.0) -> None:
         self.stats = dict.fromkeys((
             "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
-            "conns_reused", "early_drops", "icmp_errors", "passed_local"), 0)
+            "conns_reused", "early_drops", "icmp_errors", "passed_local",
+            "icmp_unreachable_sent", "icmp_unreachable_suppressed"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         #: per-protocol operations and timeouts, by protocol number
         self.protocols = make_protocols(cfg.timeouts)
@@ -72,6 +74,7 @@ class Engine:
         self.apply_synced = self._sync.apply
         self._take_settings(cfg)
         self._errors_logged = 0
+        self._leave = Leave(now)
         #: called as hook(conn, pkts, now) after every client->VIP packet of a
         #: connection, as ip_vs_in calls ip_vs_sync_conn; syncd decides.
         self.sync_hook: Callable[[Conn, int, float], None] | None = None
@@ -163,8 +166,12 @@ class Engine:
         else:
             dest = self._schedule(svc, pkt, now)
         if dest is None:
+            # ip_vs_leave: refused, and the client told so (ICMP port
+            # unreachable, rate-limited) rather than left to retry for minutes
             self.drops["no_dest"] += 1
-            return None
+            answer = self._leave.answer(data, pkt, now)
+            self.stats["icmp_unreachable_sent" if answer is not None else "icmp_unreachable_suppressed"] += 1
+            return answer
         try:
             laddr, lport = svc.laddrs.allocate(proto, dest.addr, dest.port)
         except PortExhausted:
