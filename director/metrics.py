@@ -35,6 +35,9 @@ There is one collector per source (`collectors()` builds them for a node); each
 reads a typed contract or the engine's own objects at scrape time, and what is a
 counter or a gauge is declared with the contract's fields, not guessed from names.
 
+(Over 400 lines on purpose: every exported name lives in this one file, so a
+dashboard's author reads them all in one place.)
+
 The node-wide IPVS totals are sums over real servers.  So that a reload which
 removes a real server does not make them go backwards (a counter reset to
 rate()), the collector keeps what removed servers had counted.
@@ -67,6 +70,9 @@ BACKEND_LABELS = ("local_address", "local_port", "remote_address", "remote_port"
 
 #: keepalived-exporter's labels for keepalived_vrrp_state.
 VRRP_LABELS = ("iname", "intf", "vrid", "ip_address")
+
+#: a node's role -> keepalived's VRRP_STATE_* number, for a node without an election
+ROLE_STATE = {"init": 0, "backup": 1, "master": 2, "fault": 3}
 
 # node_exporter's help texts for the node-wide counters
 _TOTALS = (
@@ -231,21 +237,37 @@ class NodeCollector(_Source):
 class VrrpCollector(_Source):
     """The election, under keepalived-exporter's names and labels.
 
-    status: () -> VrrpStatus, or None while no election runs (then nothing is exported).
+    status: () -> VrrpStatus, or None while no election runs.
+    role:   () -> (node name, role) for a node without an election (a fixed role, or
+            before the election starts): its state alone, `{iname=<node>}` with the other
+            labels empty, so a dashboard still sees which node is master.  None = nothing.
     """
 
-    def __init__(self, status: Callable[[], VrrpStatus | None], prefix: str = PREFIX) -> None:
+    def __init__(self, status: Callable[[], VrrpStatus | None],
+                 role: Callable[[], tuple[str, str]] | None = None, prefix: str = PREFIX) -> None:
         super().__init__(prefix)
         self.status_fn = status
+        self.role_fn = role
+
+    def _state(self, p: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"{p}_vrrp_state",
+                                 "State of the VRRP instance: 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT.",
+                                 labels=VRRP_LABELS)
 
     def families(self, p: str) -> list[Metric]:
         st = self.status_fn()
         if st is None:
-            return []
+            if self.role_fn is None:
+                return []
+            name, role = self.role_fn()
+            number = ROLE_STATE.get(role)
+            if number is None:
+                return []
+            fam = self._state(p)
+            fam.add_metric([name, "", "", ""], number)
+            return [fam]
         base = [st.name, st.interface, str(st.vrid)]
-        fam = GaugeMetricFamily(f"{p}_vrrp_state",
-                                "State of the VRRP instance: 0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT.",
-                                labels=VRRP_LABELS)
+        fam = self._state(p)
         for vip in st.addresses or ("",):
             fam.add_metric(base + [vip], st.state_number)
         fams: list[Metric] = [fam]
@@ -406,7 +428,8 @@ def collectors(engine, node: "NodeSource", *, health: Callable[[], Mapping[tuple
     return [NodeCollector(node.name, prefix), IpvsCollector(engine, health, prefix),
             EngineCollector(engine, prefix),
             QueueCollector(engine.cfg.queue, queue_stats or node.queue_stats, prefix),
-            VrrpCollector(node.vrrp_status, prefix), SyncCollector(engine, node.sync_stats, prefix)]
+            VrrpCollector(node.vrrp_status, lambda: (node.name, node.status().role), prefix),
+            SyncCollector(engine, node.sync_stats, prefix)]
 
 
 def render(*collectors: Collector) -> tuple[bytes, str]:

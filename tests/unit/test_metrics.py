@@ -112,6 +112,13 @@ def test_vrrp_metrics_come_from_the_running_election_like_keepalived_exporter():
     node = NodeParts("lb1", "init")
     m = scrape(VrrpCollector(node.vrrp_status))
     assert "tandem_vrrp_state" not in m                 # no election attached yet: nothing
+    # a node without an election still says its state, as the collector always did
+    for role, number in (("init", 0), ("backup", 1), ("master", 2), ("fault", 3)):
+        node.set_role(role)
+        m = scrape(*all_of(Engine(make_config()), node))
+        assert m["tandem_vrrp_state"] == {(("iname", "lb1"), ("intf", ""), ("ip_address", ""),
+                                           ("vrid", "")): float(number)}
+        assert "tandem_vrrp_advertisements_received_total" not in m
     node.attach_election(runner, 150)
     inst = runner.instance
     inst.start(0.0)                                     # Backup
