@@ -13,6 +13,9 @@ from typing import Any
 
 from schema.keys import WEIGHT
 
+#: a real server's weight, with the config schema's range
+_WEIGHT = {"type": "integer", "minimum": WEIGHT.lo, "maximum": WEIGHT.hi}
+
 VERSION = "0.1.0"
 
 
@@ -189,12 +192,12 @@ _SCHEMAS: dict[str, Any] = {
     },
     "WeightChange": {
         "type": "object", "required": ["weight"], "additionalProperties": False,
-        "properties": {"weight": {"type": "integer", "minimum": WEIGHT.lo, "maximum": WEIGHT.hi}},
+        "properties": {"weight": _WEIGHT},
     },
     "WeightResult": {
         "type": "object", "required": ["service", "real", "weight"],
         "properties": {"service": _STR, "real": _ADDR_PORT,
-                       "weight": {"type": "integer", "minimum": 0, "maximum": 65535}},
+                       "weight": _WEIGHT},
     },
     "ResignResult": {
         "type": "object", "required": ["resigned", "role"],

@@ -190,14 +190,31 @@ def test_toml_writer_escapes_and_round_trips():
 
 
 def test_one_weight_range_everywhere():
+    """The weight range is the schema's WEIGHT: the config reader, the control path, the API's
+    error and every weight in the OpenAPI document use it; no file states it again."""
     from director import openapi
-    spec = openapi.spec()["components"]["schemas"]["WeightChange"]["properties"]["weight"]
-    assert (spec["minimum"], spec["maximum"]) == (WEIGHT.lo, WEIGHT.hi)
+    from director.control import Control
+    from director.engine import Engine
+
+    def weights(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "weight" and isinstance(v, dict) and "maximum" in v:
+                    yield v
+                yield from weights(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from weights(v)
+    found = list(weights(openapi.spec()))
+    assert len(found) >= 2
+    assert all((w["minimum"], w["maximum"]) == (WEIGHT.lo, WEIGHT.hi) for w in found)
     msg = bad(lambda d: d["services"][0]["real_servers"][0].update(weight=WEIGHT.hi + 1))
     assert f"<= {WEIGHT.hi}" in msg
-    for path in ("director/api.py", "director/control.py", "director/config.py",
-                 "director/openapi.py"):
-        assert "65535" not in (REPO / path).read_text().split("def ")[-1] or path == "director/config.py"
+    control = Control(Engine(parse(GOOD, "a.toml")))
+    with pytest.raises(ValueError, match=f"<= {WEIGHT.hi}"):
+        control.set_weight("tcp/198.18.0.100:80", "198.18.2.21", 8080, WEIGHT.hi + 1)
+    for path in ("director/api.py", "director/control.py", "director/config.py"):
+        assert "65535" not in (REPO / path).read_text(), path
 
 
 # -- schedulers by name, with options --------------------------------------------------------
