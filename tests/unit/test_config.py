@@ -596,3 +596,21 @@ async def test_node_reload_refuses_a_change_only_a_restart_applies(tmp_path, sec
         assert (await n.reload())["changed"] is True and svc.dests[0].weight == 7
     finally:
         await n.stop()
+
+
+def test_config_imports_point_one_way():
+    """syncd's config reads the schema and proto only; no core package imports director
+    (the config reader's [sync]/[vrrp] parsing points from director to them, never back)."""
+    import ast
+    def imported(path):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module.split(".")[0]
+            elif isinstance(node, ast.Import):
+                yield from (a.name.split(".")[0] for a in node.names)
+    runtime = {"director", "syncd", "ha", "tandem", "lab", "bench", "proto", "schema"}
+    assert set(imported(REPO / "syncd/config.py")) & runtime == {"proto", "schema"}
+    for pkg in ("syncd", "ha", "proto", "schema"):
+        for path in (REPO / pkg).rglob("*.py"):
+            assert "director" not in set(imported(path)), path
