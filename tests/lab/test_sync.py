@@ -58,20 +58,25 @@ def sync_of(name: str) -> dict:
 
 
 class Held:
-    """N connections through the VIP, each sending one line a second; the first lines are
-    spread over that second (as an application's would be), not sent in one burst that
+    """N connections through the VIP, each sending one line every 2 s; the first lines are
+    spread over that interval (as an application's would be), not sent in one burst that
     overflows the director's queue.  A context manager: the client is ended (by PID) if
     the test stops early, so no connection outlives its test."""
 
-    #: an echo later than this counts as stalled: generous, as the machine may be busy
-    TIMEOUT = 10.0
+    #: an echo later than this counts as stalled.  These tests judge sync, not the
+    #: director's speed on a busy machine: when a starved director's queue overflows
+    #: (53k drops in one run under a CPU hog), TCP's backoff brings an echo back within
+    #: seven retransmissions (0.2 + 0.4 + ... + 12.8 s), so only a connection that is
+    #: really lost stalls.
+    TIMEOUT = 30.0
+    INTERVAL = 2.0
 
     def __init__(self, n: int, seconds: float) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tandem-sync-"))
         self.ready = self.dir / "ready.json"
         argv = ["ip", "netns", "exec", T.ns_name(PREFIX, "client"), sys.executable, "-m", "lab.client",
                 "hold", "--host", T.VIP, "--port", "80", "--conns", str(n), "--seconds", str(seconds),
-                "--interval", "1.0", "--ready-file", str(self.ready), "--timeout", str(self.TIMEOUT)]
+                "--interval", str(self.INTERVAL), "--ready-file", str(self.ready), "--timeout", str(self.TIMEOUT)]
         self.proc = subprocess.Popen(argv, cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
 
@@ -98,6 +103,21 @@ class Held:
     def result(self) -> dict:
         out, err = self.proc.communicate(timeout=180)
         return json.loads(out.splitlines()[-1])
+
+
+def explain(result: dict) -> str:
+    """Why held connections failed, in one readable block: the client's outcomes and
+    worst gaps, and each director's role changes, drops and queue overflows."""
+    keys = ("ok", "reset", "stalled", "mismatch", "connect_failed", "errors", "max_gap_ms", "worst")
+    lines = [f"client: {json.dumps({k: result.get(k) for k in keys})}"]
+    for name in ("a", "b"):
+        try:
+            st = T.node_status(PREFIX, name, timeout=3.0)
+        except OSError as exc:
+            lines.append(f"{name}: no status ({exc})")
+            continue
+        lines.append(f"{name}: {json.dumps(st)[:3000]}")
+    return "\n".join(lines)
 
 
 def wait_same(limit: float) -> tuple[dict, dict, dict]:
@@ -136,7 +156,7 @@ def test_5000_held_connections_appear_on_b_within_1_s(pair):
         assert len(late) == N and late[-1][0] <= 1.0, \
             f"B had {late[-1][1]} {late[-1][0]:.2f} s after A; p50 {late[N // 2][0]:.3f} s"
         result = held.result()
-        assert result["ok"] == N, result
+        assert result["ok"] == N, explain(result)
 
 
 def test_with_20_percent_of_sync_lost_every_connection_still_arrives(pair):
@@ -150,7 +170,7 @@ def test_with_20_percent_of_sync_lost_every_connection_still_arrives(pair):
             assert after["gaps"] > before["gaps"] and after["nacks_sent"] > before["nacks_sent"], after
             assert sender["resends"] > 0 or after["resync_requests"] > before["resync_requests"], sender
             result = held.result()
-            assert result["ok"] == N, result
+            assert result["ok"] == N, explain(result)
     finally:
         T.sync_loss(PREFIX, 0)
 
@@ -168,7 +188,7 @@ def test_a_restarted_backup_gets_everything_back_within_5_s(pair):
         last = max(born_b[k] for k in a if k in born_b)
         assert last - t0 <= 5.0, f"B held everything {last - t0:.2f} s after it was restarted"
         result = held.result()
-        assert result["ok"] == N, (result, sync_of("b"), T.node_status(PREFIX, "b"))
+        assert result["ok"] == N, explain(result)
 
 
 def _sniff_and_send(bad_key: bytes) -> dict:
