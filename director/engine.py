@@ -42,6 +42,7 @@ DROP_REASONS = P.REASONS + (
     "no_service",     # TCP/UDP to a VIP port no service listens on
     "no_conn",        # matches no connection and cannot open one (TCP without SYN, reply to a laddr)
     "icmp_no_conn",   # an ICMP error about no known connection
+    "icmp_wrong_side",  # an ICMP error about a known connection, addressed to the other side's address
     "no_dest",        # the scheduler found no usable real server
     "no_lport",       # every laddr's port range to that real server is in use
     "table_full",     # at max_conns with nothing to early-drop
@@ -235,8 +236,17 @@ class Engine:
         if conn is None:
             self.drops["icmp_no_conn"] += 1
             return None
+        quoted_to_client = key == conn.orig_key
+        # The outer direction must fit the quoted one, as ip_vs_in_icmp and
+        # ip_vs_out_icmp each handle only errors arriving on their side: an
+        # error about a packet we sent the client is addressed to the VIP, one
+        # about a packet we sent the real server to the laddr.  Any host may
+        # send it (a router on the path), so the source is not checked.
+        if pkt.dst != (conn.vaddr if quoted_to_client else conn.laddr):
+            self.drops["icmp_wrong_side"] += 1
+            return None
         self.stats["icmp_errors"] += 1
-        if key == conn.orig_key:
+        if quoted_to_client:
             # about a packet we sent the client: pass it on to the real server
             return rewrite_icmp_error(data, pkt, conn.laddr, conn.daddr,
                                       conn.daddr, conn.laddr, conn.dport, conn.lport)

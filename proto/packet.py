@@ -52,10 +52,13 @@ BAD_EXT_HEADER = "bad_ext_header"
 REASONS = (TRUNCATED, BAD_VERSION, BAD_IHL, BAD_TOTAL_LENGTH, FRAGMENT,
            BAD_L4_HEADER, UNSUPPORTED_PROTO, BAD_EXT_HEADER)
 
-# Only the errors IPVS treats as related to a connection (ip_vs_in_icmp);
-# redirects and parameter problems are not translated.
+# Only the errors IPVS treats as related to a connection: for IPv4
+# (ip_vs_in_icmp) not redirects or parameter problems; for IPv6
+# (ip_vs_in_icmp_v6) every error type, i.e. everything below 128 that RFC 4443
+# defines.  A parameter problem's pointer is an offset into the quoted packet,
+# which FULLNAT does not move, so it is translated like the others.
 ICMP4_ERRORS = frozenset((3, 4, 11))     # dest unreachable (incl. frag needed), source quench, time exceeded
-ICMP6_ERRORS = frozenset((1, 2, 3))      # dest unreachable, packet too big, time exceeded
+ICMP6_ERRORS = frozenset((1, 2, 3, 4))   # dest unreachable, packet too big, time exceeded, parameter problem
 
 # A chain longer than this is an attack or a bug, not traffic worth balancing.
 MAX_EXT_HEADERS = 8
