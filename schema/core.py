@@ -45,7 +45,7 @@ class Key:
     lo: float | None = None         # inclusive bounds, for numbers
     hi: float | None = None
     above: float | None = None      # exclusive lower bound ("> 0")
-    choices: tuple[str, ...] = ()
+    choices: tuple = ()             # the only values allowed (str or int)
     secret: bool = False            # its value never appears in an error, a repr or a log
     #: how the default reads in the docs when it is not a plain value
     shown: str | None = None
@@ -63,7 +63,7 @@ class Key:
 
     def range_text(self) -> str:
         if self.choices:
-            return " ".join(self.choices)
+            return " ".join(map(str, self.choices))
         lo = self.lo if self.above is None else None
         if lo is not None and self.hi is not None:
             return f"{_num(lo)}..{_num(self.hi)}"
@@ -95,7 +95,7 @@ class Key:
         if self.secret:
             return None
         if self.choices and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}, got {value!r}"
+            return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
                 return f"must be a finite number, got {value}"

@@ -8,7 +8,7 @@ words, where daddr is the packet's destination address (`flow.dst`).  No
 fallback: if the bucket's dest is not available, has weight <= 0 or is
 OVERLOAD, the connection is refused (None).
 
-Option: `tab_bits` (4..20, default 8).
+Option: `tab_bits` (declared in `option_keys`; set per service as `scheduler_options`).
 """
 from director.sched import Flow, Scheduler, mult_hash, register
 from schema.core import Key

@@ -31,7 +31,8 @@ than MAX_CATCHUP checks are overdue (the clock jumped), only the last
 MAX_CATCHUP of them are run; that keeps the cost bounded and can only leave
 an entry in the cache longer than the kernel would, never drop one early.
 
-Options: `expiration` (seconds, default 86400), `tab_bits` (default 10).
+Options: `expiration` and `tab_bits` (LOCALITY_OPTIONS; set per service as
+`scheduler_options`).
 """
 from __future__ import annotations
 

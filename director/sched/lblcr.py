@@ -18,7 +18,7 @@ which decides ties; lastmod changes when a member is added or removed.  The
 table, its hash and its garbage collection are lblc's (`LocalityTable`), with
 sysctl lblcr_expiration (default 24 h) as `expiration`.
 
-Options: `expiration` (seconds, default 86400), `tab_bits` (default 10).
+Options: `expiration` and `tab_bits`, as lblc (set per service as `scheduler_options`).
 """
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ dest.  Slots of the table are spread evenly over dests by share, so the walk
 spreads the refused dest's clients over the others by weight, and it is
 deterministic.
 
-Option: `table_size` (a prime, default 65537; must be >= the number of dests).
+Option: `table_size` (a prime, >= the number of dests; declared in `option_keys`, set per
+service as `scheduler_options`).
 """
 from __future__ import annotations
 

@@ -129,10 +129,8 @@ def _dest_key(d) -> tuple:
 class MaglevHashing(Scheduler):
     name = "mh"
     known_flags = frozenset({FALLBACK, PORT})
-    option_keys = (Key("table_size", int, DEFAULT_TABLE_SIZE, choices=(),
-                       shown=str(DEFAULT_TABLE_SIZE),
-                       doc="slots of the lookup table, one of the kernel's primes: "
-                           + " ".join(map(str, PRIMES))),)
+    option_keys = (Key("table_size", int, DEFAULT_TABLE_SIZE, choices=PRIMES,
+                       doc="slots of the lookup table, one of the kernel's primes"),)
 
     def __init__(self, flags=frozenset(), **kw):
         super().__init__(flags, **kw)

@@ -20,7 +20,7 @@ others.
 (The packet's source address is the client in FULLNAT; for an "inverse"
 packet, which tandem never schedules, the kernel uses daddr.)
 
-Option: `tab_bits` (4..20, default 8).
+Option: `tab_bits` (declared in `option_keys`; set per service as `scheduler_options`).
 """
 from director.sched import GOLDEN_PRIME, Flow, Scheduler, fold_addr, hashed_pick, register
 from schema.core import Key
