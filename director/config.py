@@ -75,6 +75,7 @@ class NodeConfig:
     expire_quiescent_template: bool = _N("expire_quiescent_template")
     removed_server_conns: str = _N("removed_server_conns")
     api_token: str = field(default=_N("api_token"), repr=False)
+    script_user: str = _N("script_user")
     timeouts: dict[str, float] = field(default_factory=K.TIMEOUTS.defaults)
     max_conns: int = _L("max_conns")
     lport_min: int = _L("lport_min")
@@ -105,6 +106,12 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
     host, _, port = api.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         node.fail("api", f"must be host:port, got {api!r}")
+    if n["script_user"]:
+        from director.scripts import lookup
+        try:
+            lookup(n["script_user"])
+        except (KeyError, OverflowError):
+            node.fail("script_user", f"no user {n['script_user']!r} on this host")
     node.finish()
     node_kw = dict(n, api_host=host.strip("[]"), api_port=int(port))
 

@@ -57,6 +57,12 @@ NODE = section("node", "the node itself", keys=[
     Key("api_token", str, "", secret=True, shown='"" (changes refused)',
         doc="the bearer token that changing API requests must carry. With none set, changes "
             "are refused"),
+    Key("script_user", str, "", shown='"" (the node\'s own user)',
+        doc="the user (name or uid) that notify hooks and `command` health checks run as, "
+            "always without the node's capabilities. A node running as root switches to it "
+            "(and its groups) for each script; a node running as its own user (the systemd "
+            "unit) can run scripts only as itself, so it refuses to start with another user "
+            "here. keepalived's `script_user`"),
 ])
 
 TIMEOUTS = section("timeouts", "connection timeouts per state; the kernel's IPVS values", keys=[

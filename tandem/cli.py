@@ -20,7 +20,13 @@ def _node(args: argparse.Namespace) -> int:
     cfg = _load(args.config, "tandem node")
     if cfg is None:
         return 2
+    from director import scripts
     from tandem import node
+    try:
+        scripts.use(scripts.ScriptUser.resolve(cfg.script_user))
+    except scripts.ScriptUserError as exc:
+        print(f"tandem node: bad config: {args.config}: node.script_user: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop
         uvloop.run(node.run(cfg, path=args.config))

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from director import scripts
 from director.persist import Template
 from ha import role as R
 from ha.takeover import Takeover, TakeoverConfig
@@ -98,7 +99,7 @@ class SyncLink:
 
 async def run_hook(argv: tuple[str, ...], state: str, node: str, timeout: float = 10.0) -> None:
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, state, node)
+        proc = await scripts.spawn([*argv, state, node])
         try:
             rc = await asyncio.wait_for(proc.wait(), timeout)
         except asyncio.TimeoutError:

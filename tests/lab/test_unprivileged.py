@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -63,29 +67,39 @@ def pair():
             cmd = unprivileged(list(cmd))
         return real_start(ns, name, cmd, log_path, env_extra)
 
+    # each node's notify hook records who it runs as and what it holds
+    hooks = tempfile.mkdtemp(prefix="tandem-priv-hooks-")
+    os.chown(hooks, user.pw_uid, user.pw_gid)
+    hook = ["/bin/sh", "-c", f"grep -E '^(Uid|Cap)' /proc/self/status > {hooks}/$2-$1", "hook"]
     mp = pytest.MonkeyPatch()
     mp.setattr(lab_state, "start_process", start_process)
     try:
-        with lab_session(PREFIX, node=True, ha=True, advert_interval=0.1) as info:
-            yield info, user
+        with lab_session(PREFIX, node=True, ha=True, advert_interval=0.1,
+                         config_extra={"notify": {"master": hook, "backup": hook}}) as info:
+            yield info, user, Path(hooks)
     finally:
         mp.undo()
+        shutil.rmtree(hooks, ignore_errors=True)
 
 
 def node_credentials(pid: int) -> dict[str, int]:
+    return credentials(f"/proc/{pid}/status")
+
+
+def credentials(path) -> dict[str, int]:
     fields = {}
-    with open(f"/proc/{pid}/status") as fh:
+    with open(path) as fh:
         for line in fh:
             key, _, value = line.partition(":")
             if key in ("Uid", "Gid"):
                 fields[key] = int(value.split()[1])        # effective
-            elif key in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs"):
+            elif key in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh", "NoNewPrivs"):
                 fields[key] = int(value.strip(), 16 if key.startswith("Cap") else 10)
     return fields
 
 
 def test_nodes_run_unprivileged_with_only_net_admin_and_net_raw(pair):
-    info, user = pair
+    info, user, _ = pair
     nodes = [p for p in info["processes"] if p["name"].startswith("node-")]
     assert {p["name"] for p in nodes} == {"node-a", "node-b"}
     for p in nodes:
@@ -111,3 +125,17 @@ def test_unprivileged_pair_forwards_syncs_and_takes_over_then_preempts_again(pai
     restarted = lab_state.load_state(PREFIX)
     a = [p for p in restarted["processes"] if p["name"] == "node-a"][-1]
     assert node_credentials(a["pid"])["Uid"] == pair[1].pw_uid
+
+
+def test_notify_hooks_of_an_unprivileged_node_run_as_its_user_without_its_capabilities(pair):
+    """The node holds CAP_NET_ADMIN and CAP_NET_RAW as ambient capabilities, which a program
+    it starts would inherit; its hooks must get none (director/scripts.py drops them)."""
+    _, user, hooks = pair
+    deadline = time.monotonic() + 20
+    while not {"a-master", "b-backup"} <= {p.name for p in hooks.iterdir()}:
+        assert time.monotonic() < deadline, sorted(p.name for p in hooks.iterdir())
+        time.sleep(0.1)
+    for name in ("a-master", "b-backup"):
+        c = credentials(hooks / name)
+        assert c["Uid"] == user.pw_uid, (name, c)
+        assert c["CapEff"] == c["CapPrm"] == c["CapAmb"] == c["CapInh"] == 0, (name, c)

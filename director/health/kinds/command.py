@@ -7,6 +7,7 @@ import os
 import signal
 from typing import Iterable
 
+from director import scripts
 from director.health.config import HealthCheckConfig, register_kind
 from director.health.probe import ProbeFailed
 from schema.core import Key
@@ -15,8 +16,8 @@ KEYS = (Key("command", list, doc="the program and its arguments (argv, no shell)
 
 
 async def probe_command(argv: Iterable[str], timeout: float) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+    proc = await scripts.spawn(
+        argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
     try:
         code = await asyncio.wait_for(proc.wait(), timeout)
