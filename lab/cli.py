@@ -165,12 +165,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     down.add_argument("--json", action="store_true")
     down.set_defaults(func=cmd_down)
 
+    from .faults import FAULT_TABLE
+    from .plan import DIRECTOR_NAMES
+
     fault = sub.add_parser("fault", help="inject a fault into a director of the pair")
     prefix(fault)
-    fault.add_argument("director", choices=("a", "b"))
-    fault.add_argument("kind", choices=("kill", "link", "stop", "restore"),
-                       help="kill: links down + SIGKILL; link: links down; stop: graceful; "
-                            "restore: links up, node restarted")
+    fault.add_argument("director", choices=DIRECTOR_NAMES)
+    fault.add_argument("kind", choices=tuple(FAULT_TABLE),
+                       help="; ".join(f"{k}: {what}" for k, (what, _steps) in FAULT_TABLE.items()))
     fault.add_argument("--json", action="store_true")
     fault.set_defaults(func=cmd_fault)
 

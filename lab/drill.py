@@ -21,17 +21,16 @@ from lab import topology
 from lab.testing import client_env
 
 REPO = Path(__file__).resolve().parents[1]
-OTHER = {"a": "b", "b": "a"}
 
 
 class LabPair:
     """The lab's pair: faults through `tandem lab fault`, traffic from the client namespace."""
-    faults = ("kill", "link", "stop", "restore")
+    faults = topology.FAULTS
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.vip, self.port = topology.VIP, topology.SERVICE_PORT
-        self.names = ("a", "b")
+        self.names = topology.DIRECTOR_NAMES
 
     def client_argv(self) -> list[str]:
         return ["ip", "netns", "exec", topology.ns_name(self.prefix, "client"),
@@ -146,7 +145,7 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
     old_master = next((n for n, s in before.items() if s.get("role") == "master"), None)
     if target is None:
         target = old_master if fault != "restore" else next(
-            (n for n, s in before.items() if s.get("role") != "master"), "a")
+            (n for n, s in before.items() if s.get("role") != "master"), pair.names[0])
     if target is None:
         raise RuntimeError("no master in the lab to fault (is the pair up?)")
     tmp = Path(tempfile.mkdtemp(prefix="tandem-drill-"))

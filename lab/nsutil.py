@@ -15,9 +15,7 @@ from typing import Any, Callable
 
 from pyroute2 import netns as _netns
 
-#: the api_token of the lab's nodes: http_get sends it, so the lab's reads of /conns
-#: see client addresses (a node hides them from a caller without its token)
-LAB_API_TOKEN = "tandem-lab-api-token"
+from .plan import API_TOKEN as LAB_API_TOKEN  # http_get sends it (see lab.plan)
 
 
 def list_netns() -> list[str]:
@@ -116,3 +114,28 @@ def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, byt
 def http_get(ns: str, host: str, port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
     """HTTP GET from inside ns (status, body)."""
     return in_netns(ns, _http_get, host, port, path, timeout, timeout=timeout * 3 + 1)
+
+
+def outside_event_loop(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """Call fn; from inside a running event loop (an async test), in a helper thread, because
+    pyroute2's synchronous IPRoute runs an event loop of its own."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kw)
+    box: dict[str, Any] = {}
+
+    def runner() -> None:
+        try:
+            box["r"] = fn(*args, **kw)
+        except BaseException as exc:  # handed to the caller
+            box["e"] = exc
+
+    t = threading.Thread(target=runner, name="lab-worker")
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["r"]

@@ -1,0 +1,123 @@
+"""Faults injected into a running pair lab, as a table of steps.
+
+Each fault is a sequence of steps; a step does one thing to one director and may add to
+the result (``at``, the wall-clock time of the fault, is set by the first step that
+changes something the peer can notice).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import netns, nsutil, procs
+from . import state as st
+from .plan import DIRECTORS, SYNC_PORT, director, ns_name
+
+Step = Callable[["_Ctx"], None]
+
+
+class _Ctx:
+    def __init__(self, prefix: str, name: str, state: dict[str, Any], wait: float,
+                 out: dict[str, Any]) -> None:
+        self.prefix, self.name, self.state, self.wait, self.out = prefix, name, state, wait, out
+
+    @property
+    def node(self) -> dict[str, Any] | None:
+        return procs.find(self.state, f"node-{self.name}")
+
+    def running(self) -> bool:
+        rec = self.node
+        return rec is not None and st.process_matches(rec)
+
+
+def _links_down(c: _Ctx) -> None:
+    c.out["at"] = netns.set_links(c.prefix, c.name, False)
+
+
+def _links_up(c: _Ctx) -> None:
+    c.out["at"] = netns.set_links(c.prefix, c.name, True)
+
+
+def _sigkill(c: _Ctx) -> None:
+    if c.running():
+        os.kill(c.node["pid"], signal.SIGKILL)
+        c.out["killed_pid"] = c.node["pid"]
+
+
+def _graceful_stop(c: _Ctx) -> None:
+    c.out["at"] = time.time()
+    if c.node is not None:
+        c.out["stopped"] = st.stop_process(c.node, term_wait=c.wait)
+
+
+def _strip_addresses(c: _Ctx) -> None:
+    netns.strip_service_addresses(c.prefix, c.name)
+
+
+def _start_if_not_running(c: _Ctx) -> None:
+    if not c.running():
+        new = procs.start_node(c.prefix, c.state, Path(c.state["configs"][c.name]), c.wait, c.name)
+        c.out["restarted_pid"] = new["pid"]
+
+
+#: fault -> (what it models, its steps in order)
+FAULT_TABLE: dict[str, tuple[str, tuple[Step, ...]]] = {
+    # a crashed box never says goodbye, and loses its links before its process, so it
+    # cannot answer anything after
+    "kill": ("links down, then SIGKILL", (_links_down, _sigkill)),
+    # the process lives on, sees its links go and enters FAULT
+    "link": ("links down", (_links_down,)),
+    # SIGTERM: priority 0, so the peer takes over after its skew time
+    "stop": ("graceful stop (SIGTERM)", (_graceful_stop,)),
+    # addresses a killed node left are stripped, links up, the node restarted if it is gone
+    "restore": ("links up, node restarted", (_strip_addresses, _links_up, _start_if_not_running)),
+}
+FAULTS = tuple(FAULT_TABLE)
+
+
+def fault(prefix: str, name: str, kind: str, wait: float = 20.0) -> dict[str, Any]:
+    """Inject fault `kind` (see FAULT_TABLE) into director `name` of a running pair lab.
+    Returns what was done, with wall-clock times (time.time()) of each step."""
+    return nsutil.outside_event_loop(_fault, prefix, name, kind, wait)
+
+
+def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
+    if kind not in FAULT_TABLE:
+        raise ValueError(f"fault kind must be one of {', '.join(FAULTS)}, not {kind!r}")
+    director(name)
+    with st.prefix_lock(prefix):
+        state = st.load_state(prefix)
+        if not state or not state.get("ha"):
+            raise RuntimeError(f"no pair lab {prefix!r} is up (tandem lab up first)")
+        out: dict[str, Any] = {"director": name, "fault": kind}
+        ctx = _Ctx(prefix, name, state, wait, out)
+        for step in FAULT_TABLE[kind][1]:
+            step(ctx)
+        st.save_state(prefix, state)
+        return out
+
+
+def sync_loss(prefix: str, percent: int) -> None:
+    """Drop `percent`% of sync datagrams arriving at each director, at random
+    (an nftables numgen rule on the sync path); 0 removes the rule."""
+    if not 0 <= percent <= 100:
+        raise ValueError("percent must be 0..100")
+    for d in DIRECTORS:
+        ns = ns_name(prefix, d["name"])
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tandem_lab_loss"],
+                       capture_output=True)
+        if percent:
+            script = "\n".join([
+                "table inet tandem_lab_loss {",
+                "  chain input {",
+                "    type filter hook input priority 0;",
+                f"    udp dport {SYNC_PORT} numgen random mod 100 < {percent} counter drop",
+                "  }",
+                "}"])
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
+                           check=True, capture_output=True)

@@ -1,0 +1,84 @@
+"""The lab's node configurations: what each director's ``tandem node`` reads.
+
+The defaults and the TOML writer come from the config schema (schema/); this module only
+says what the lab sets differently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from schema.core import dump_toml  # the one TOML writer, re-exported for the lab's callers
+from schema.keys import INTERFACES, LIMITS, TIMEOUTS
+
+from .plan import (API_PORT, API_TOKEN, LADDRS, REAL_SERVERS, RS_PORT, SERVICE_PORT, SYNC_KEY, VIP,
+                   VRID, director)
+
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUTS", "LAB_GARP_INTERVAL", "dump_toml", "node_config",
+           "write_config"]
+
+#: the node's own defaults (schema.keys), written out in the lab's configs
+DEFAULT_TIMEOUTS = TIMEOUTS.defaults()
+DEFAULT_LIMITS = LIMITS.defaults()
+#: the lab's segments are one bridge away: a shorter GARP spacing than the product's
+LAB_GARP_INTERVAL = 0.02
+
+
+def node_config(
+    name: str = "a",
+    *,
+    scheduler: str = "wlc",
+    timeouts: dict[str, float] | None = None,
+    limits: dict[str, int] | None = None,
+    weights: dict[str, int] | None = None,
+    queue: int = 0,
+    extra: dict[str, Any] | None = None,
+    ha: bool = False,
+    advert_interval: float = 0.1,
+    api_token: str = API_TOKEN,
+) -> dict[str, Any]:
+    """The node configuration for director ``name`` as a dict (see dump_toml)."""
+    d = director(name)
+    weights = weights or {}
+    rs = [
+        {"addr": r["addr"], "port": RS_PORT, "weight": int(weights.get(r["name"], 1))}
+        for r in REAL_SERVERS
+    ]
+    cfg: dict[str, Any] = {
+        "node": {"name": name, "api": f"{d['front_addr']}:{API_PORT}", "queue": queue,
+                 "api_token": api_token},
+        "timeouts": {**DEFAULT_TIMEOUTS, **(timeouts or {})},
+        "limits": {**DEFAULT_LIMITS, **(limits or {})},
+        "services": [
+            {
+                "proto": proto,
+                "vip": VIP,
+                "port": SERVICE_PORT,
+                "scheduler": scheduler,
+                "laddrs": list(LADDRS),
+                "real_servers": [dict(x) for x in rs],
+            }
+            for proto in ("tcp", "udp")
+        ],
+    }
+    if ha:
+        cfg["interfaces"] = {"front": "front", "back": "back",
+                             "garp_count": INTERFACES.default("garp_count"),
+                             "garp_interval": LAB_GARP_INTERVAL}
+        cfg["vrrp"] = {"vrid": VRID, "priority": d["priority"], "advert_interval": advert_interval,
+                       "primary_address": d["front_addr"]}
+        cfg["sync"] = {"key": SYNC_KEY, "sync_id": VRID, "mode": "multicast",
+                       "interface": d["back_addr"]}
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> None:
+    """Write a node config readable by its owner only (it holds the sync key and API token)."""
+    path.write_text(dump_toml(cfg))
+    path.chmod(0o600)

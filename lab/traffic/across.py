@@ -1,0 +1,52 @@
+"""Across the fault: what the held connections saw around a drill's fault."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+
+def read_fault(path: str, start: float, start_wall: float) -> float | None:
+    """The fault's wall-clock time from the drill's file, as this process's monotonic time."""
+    try:
+        with open(path) as fh:
+            return start + (float(json.load(fh)["at"]) - start_wall)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def fault_report(args, live, start: float, start_wall: float,
+                 fault_at: float | None) -> dict[str, Any] | None:
+    """Across the fault: when the first connection got an echo again (takeover_ms)
+    and each connection's silence around it (from its last echo before the fault
+    to its first after; a connection that never got one counts to the end)."""
+    if not args.fault_file:
+        return None
+    at = fault_at or read_fault(args.fault_file, start, start_wall)
+    if at is None:
+        return None
+    end = time.monotonic()
+    # An echo the old master had already passed on can land just after the fault;
+    # only a connection silent for longer than its own rhythm was cut, and its
+    # first echo after that came through the new master.
+    cut = max(2.5 * args.interval, 0.05)
+    firsts, gaps = [], []
+    for c in live:
+        if c.across is not None:
+            if c.across[1] - c.across[0] > cut:
+                firsts.append(c.across[1])
+            gaps.append((c.across[1] - c.across[0]) * 1000)
+        else:
+            gaps.append((end - c.last_echo) * 1000 if c.last_echo <= at else 0.0)
+    gaps.sort()
+
+    def pct(p: float) -> float | None:
+        return round(gaps[min(len(gaps) - 1, int(p * len(gaps)))], 1) if gaps else None
+
+    return {
+        "at": start_wall + (at - start),
+        "takeover_ms": round((min(firsts) - at) * 1000, 1) if firsts else None,
+        "interrupted": len(firsts),
+        "gap_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+    }

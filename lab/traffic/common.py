@@ -1,0 +1,85 @@
+"""What every traffic mode shares: limits, the lab-only target check, deadlines, error names."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import resource
+import time
+
+
+LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+MAX_COUNT = 1_000_000
+MAX_CONNS = 20_000
+MAX_BYTES = 10 * 1024**3
+MAX_SECONDS = 3600.0
+MAX_GARBAGE_PER_KIND = 100_000
+
+
+class UsageError(Exception):
+    pass
+
+
+def check_host(host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"{host!r}: an IPv4 address literal is required") from None
+    if ip.version != 4 or not (ip in LAB_NET or ip.is_loopback):
+        raise UsageError(f"{host}: only 198.18.0.0/15 (the lab) or loopback targets are allowed")
+    return host
+
+
+def raise_nofile() -> None:
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def classify(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, BrokenPipeError):
+        return "broken_pipe"
+    if isinstance(exc, (asyncio.IncompleteReadError, EOFError)):
+        return "eof"
+    if isinstance(exc, OSError) and exc.errno:
+        return errno.errorcode.get(exc.errno, f"errno{exc.errno}")
+    return type(exc).__name__
+
+
+def inc(d: dict[str, int], key: str, n: int = 1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+    def op(self, timeout: float) -> float:
+        """Timeout for one operation: never beyond the deadline."""
+        return max(0.001, min(timeout, self.left()))
+
+
+def parse_whoami(reply: str) -> tuple[str, str, int] | None:
+    parts = reply.strip().split(" ")
+    if len(parts) != 2 or ":" not in parts[1]:
+        return None
+    ip, _, port = parts[1].rpartition(":")
+    try:
+        return parts[0], ip, int(port)
+    except ValueError:
+        return None

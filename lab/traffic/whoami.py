@@ -1,0 +1,160 @@
+"""tcp-probe, tcp-whoami and udp-whoami: short exchanges, counted by the real server that answered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from typing import Any
+
+from .common import Deadline, classify, inc, parse_whoami
+
+
+async def tcp_probe(args) -> dict[str, Any]:
+    dl = Deadline(args.deadline)
+    results: dict[str, str] = {}
+    for host in args.host:
+        if dl.expired():
+            results[host] = "deadline"
+            continue
+        try:
+            async with asyncio.timeout(dl.op(args.timeout)):
+                _r, w = await asyncio.open_connection(host, args.port)
+            results[host] = "open"
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+        except ConnectionRefusedError:
+            results[host] = "refused"
+        except Exception as exc:  # noqa: BLE001 - reported
+            results[host] = classify(exc)
+    reachable = {h: r in ("open", "refused") for h, r in results.items()}
+    return {"port": args.port, "results": results, "reachable": reachable}
+
+
+# ---------------------------------------------------------------------------------------------
+# tcp-whoami / udp-whoami
+
+
+class WhoamiStats:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.by_server: dict[str, int] = {}
+        self.peers: dict[str, set[str]] = {}
+        self.local_ports: set[int] = set()
+
+    def record(self, reply: str) -> bool:
+        parsed = parse_whoami(reply)
+        if parsed is None:
+            inc(self.errors, "bad_reply")
+            return False
+        name, ip, _port = parsed
+        self.ok += 1
+        inc(self.by_server, name)
+        self.peers.setdefault(name, set()).add(ip)
+        return True
+
+    def result(self, count: int, failed_key: str, seconds: float) -> dict[str, Any]:
+        return {
+            "count": count,
+            "ok": self.ok,
+            failed_key: count - self.ok,
+            "errors": dict(sorted(self.errors.items())),
+            "by_server": dict(sorted(self.by_server.items())),
+            "peers": {k: sorted(v) for k, v in sorted(self.peers.items())},
+            "distinct_source_ports": len(self.local_ports),
+            "seconds": round(seconds, 3),
+        }
+
+
+async def _run_workers(count: int, concurrency: int, dl: Deadline, one, stats: WhoamiStats):
+    counter = iter(range(count))
+
+    async def worker() -> None:
+        for i in counter:
+            if dl.expired():
+                inc(stats.errors, "deadline")
+                continue
+            await one(i)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))
+
+
+async def _run_paced(count: int, rate: float, stop_file: str | None, dl: Deadline, one,
+                     stats: WhoamiStats) -> int:
+    """Start exchange i at i/rate seconds, each on its own (a slow one does not hold the
+    next back), until `count` are started, the deadline nears or `stop_file` exists;
+    return how many were started, after all of them have ended."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    tasks = []
+    for i in range(count):
+        if dl.expired() or (stop_file and os.path.exists(stop_file)):
+            break
+        await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+        tasks.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*tasks)
+    return len(tasks)
+
+
+async def tcp_whoami(args) -> dict[str, Any]:
+    dl = Deadline(args.deadline)
+    stats = WhoamiStats()
+    t0 = time.monotonic()
+
+    async def one(_i: int) -> None:
+        w = None
+        try:
+            async with asyncio.timeout(dl.op(args.timeout)):
+                r, w = await asyncio.open_connection(args.host, args.port)
+                stats.local_ports.add(w.get_extra_info("sockname")[1])
+                w.write(b"WHOAMI\n")
+                await w.drain()
+                line = await r.readline()
+            if not line:
+                inc(stats.errors, "eof")
+            else:
+                stats.record(line.decode(errors="replace"))
+        except Exception as exc:  # noqa: BLE001 - counted
+            inc(stats.errors, classify(exc))
+        finally:
+            if w is not None:
+                w.close()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(dl.op(args.timeout)):
+                        await w.wait_closed()
+
+    count = args.count
+    if getattr(args, "rate", None):
+        count = await _run_paced(args.count, args.rate, args.stop_file, dl, one, stats)
+    else:
+        await _run_workers(args.count, args.concurrency, dl, one, stats)
+    return stats.result(count, "failed", time.monotonic() - t0)
+
+
+async def udp_whoami(args) -> dict[str, Any]:
+    dl = Deadline(args.deadline)
+    stats = WhoamiStats()
+    loop = asyncio.get_running_loop()
+    t0 = time.monotonic()
+
+    async def one(_i: int) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setblocking(False)
+            s.connect((args.host, args.port))  # fresh socket: a new source port
+            stats.local_ports.add(s.getsockname()[1])
+            await loop.sock_sendall(s, b"WHOAMI\n")
+            async with asyncio.timeout(dl.op(args.timeout)):
+                data = await loop.sock_recv(s, 65535)
+            stats.record(data.decode(errors="replace"))
+        except Exception as exc:  # noqa: BLE001 - counted
+            inc(stats.errors, classify(exc))
+        finally:
+            s.close()
+
+    await _run_workers(args.count, args.concurrency, dl, one, stats)
+    return stats.result(args.count, "lost", time.monotonic() - t0)
