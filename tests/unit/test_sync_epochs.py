@@ -219,3 +219,17 @@ def test_replayed_resync_requests_after_a_sender_restart_start_no_bulk():
         replay(sim, "a", [d])
         advance(sim, 0.3)
     assert a.sender.stats["bulk_runs"] == runs
+
+
+def test_a_refused_epoch_is_warned_about_once(caplog):
+    """A replayed run of a dead process is refused with one warning in the log,
+    however long the replay goes on (each message is only counted)."""
+    r = SyncReceiver(CFG, "b", KEY, Recorder())
+    trust(r, epoch=10)
+    caplog.set_level("WARNING", logger="tandem.syncd")
+    for i in range(1, 200):                     # 4 s of replays of epoch 9, nobody answers
+        r.on_datagram(data(i, [entry(i)], epoch=9, t=i * 0.02), i * 0.02)
+    warnings = [rec for rec in caplog.records if rec.levelname == "WARNING"]
+    assert len(warnings) == 1 and "0000000000000009" in warnings[0].getMessage()
+    assert r.stats["unauthenticated"] == 1 + 199 and r.stats["epochs_refused"] == 1
+    assert r.stats["challenges_sent"] <= 4 / CFG.nack_interval + 1
