@@ -59,6 +59,7 @@ class EpochHandshake:
             return []
         new, old = self.auth.accept(node, msg.epoch, msg.seq)
         if not new:
+            self._held.pop(node, None)          # held from a refused epoch: never used
             return []
         cfg = self.cfg
         out: list[bytes] = []

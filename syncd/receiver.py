@@ -9,7 +9,8 @@ HEARTBEAT are handled, NACK and RESYNC_REQUEST go to `on_control(msg, now)`
 (the local SyncSender.on_message, see attach()), whose answer is returned with
 ours.
 
-Only messages from a peer's authenticated epoch are used (syncd.auth): anything
+Only messages from a peer's authenticated epoch are used (syncd.auth, and
+syncd.handshake for the messages): anything
 from another epoch is counted (unauthenticated) and answered with a CHALLENGE;
 the peer's RESPONSE proves which epoch is alive, and carries its last DATA seq
 and whether it wants our table.  This node answers challenges with its own
