@@ -7,14 +7,42 @@ it uses the receiver's peers, held messages, gap repair and control encoding.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from proto import sync as S
 from proto.sync import Message
+from syncd.auth import EpochAuth
+from syncd.config import SyncConfig
 
 #: data messages kept per node while its epoch is being challenged
 HOLD = 64
 
 
 class EpochHandshake:
+    # what SyncReceiver provides (declared for the type checker)
+    auth: EpochAuth
+    cfg: SyncConfig
+    node_id: str
+    stats: dict[str, int]
+    peers: dict[str, Any]
+    sender: Any
+    on_control: Callable[[Message, float], list[bytes]] | None
+    _held: dict[str, list[Message]]
+    _startup_want: float | None
+    _new_peer: Callable[[int, float], Any]
+
+    def _control(self, mtype: int, now: float, **body: Any) -> bytes:
+        raise NotImplementedError
+
+    def _resync_request(self, now: float, target: str | None) -> bytes:
+        raise NotImplementedError
+
+    def _gap(self, node: str, peer: Any, upto: int, now: float) -> list[bytes]:
+        raise NotImplementedError
+
+    def on_message(self, msg: Message, now: float) -> list[bytes]:
+        raise NotImplementedError
+
     def _challenge(self, node: str, epoch: int, now: float) -> list[bytes]:
         nonce = self.auth.unknown(node, epoch, now)
         if nonce is None:
