@@ -35,6 +35,9 @@ def _summary(info: dict[str, Any]) -> str:
         )
     for rs in info["real_servers"]:
         lines.append(f"  real      {rs['ns']:<16} {rs['addr']}:{rs['port']} (echo)")
+    if info.get("api_token"):
+        lines.append(f"  api token {info['api_token']}  (export T={info['api_token']}: the change "
+                     "requests of docs/operations.md then run as written)")
     lines.append(
         f"  try: ip netns exec {c['ns']} {sys.executable} -m lab.client tcp-whoami "
         f"--host {info['vip']} --port 80 --count 10"
@@ -110,8 +113,9 @@ def cmd_status(args) -> int:
                 if not ok:
                     print(f"  missing namespace {n}")
             for p in result["processes"]:
+                role = f" {p['role'] or 'no answer'}" if "role" in p else ""
                 print(
-                    f"  {p['name']:<10} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}"
+                    f"  {p['name']:<10} pid {p['pid']:<8} {'alive' if p['alive'] else 'DEAD'}{role}"
                     f"  log {p['log']}"
                 )
     return 0 if result["up"] else 1

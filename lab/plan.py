@@ -139,7 +139,7 @@ def describe(prefix: str, node: bool = False, config_path: str | None = None,
         "vip_holder": PREFERRED,
         "ha": bool(ha),
         "vrid": VRID if ha else None,
-        "api_token": api_token if node else None,
+        "api_token": api_token,
         "real_servers": [
             {"name": r["name"], "ns": ns_name(p, r["name"]), "addr": r["addr"], "port": RS_PORT}
             for r in REAL_SERVERS

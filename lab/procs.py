@@ -19,7 +19,14 @@ from .plan import API_PORT, REAL_SERVERS, RS_PORT, director, ns_name
 
 
 def record(state: dict[str, Any], rec: dict[str, Any]) -> None:
-    """Add a started process to the state."""
+    """Add a started process to the state, dropping earlier records of the same name whose
+    process is gone (a node restarted after a kill): the state lists what runs now, not
+    every PID the lab ever had. A record whose process still runs is kept, so it is
+    still stopped by ``down``."""
+    state["processes"] = [
+        p for p in state.get("processes") or []
+        if not (isinstance(p, dict) and p.get("name") == rec["name"] and not st.process_matches(p))
+    ]
     state["processes"].append(rec)
 
 

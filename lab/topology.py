@@ -102,6 +102,7 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                     ha=state["ha"],
                     advert_interval=advert_interval,
                 )
+                token = cfg["node"].get("api_token")   # config_extra may set another
                 path = d / f"{name}.toml"
                 write_config(path, cfg)
                 state["configs"][name] = str(path)
@@ -115,7 +116,8 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                     ranked = sorted(DIRECTORS, key=lambda r: -r["priority"])
                     for rank, row in enumerate(ranked):
                         wait_role(prefix, row["name"], "backup" if rank else "master", node_wait)
-            info = describe(prefix, node=node, configs=state["configs"], ha=state["ha"])
+            info = describe(prefix, node=node, configs=state["configs"], ha=state["ha"],
+                            api_token=token)
             info["processes"] = [
                 {"name": p["name"], "ns": p["ns"], "pid": p["pid"]} for p in state["processes"]
             ]
@@ -179,22 +181,33 @@ def _down(prefix: str, keep_logs: bool = False) -> dict[str, Any]:
 
 
 def status(prefix: str = "tandem") -> dict[str, Any]:
-    """What is there: namespaces present, recorded processes alive, the description."""
+    """What is there: namespaces present, the processes the lab runs (the latest of each
+    name: one killed and restarted is the restarted one) alive or not, each node's role,
+    and the description."""
     st.check_prefix(prefix)
     state = st.load_state(prefix)
     present = set(nsutil.list_netns())
     ns_state = {n: n in present for n in namespaces(prefix)}
-    procs_ = []
+    latest: dict[str, dict[str, Any]] = {}
     for rec in (state or {}).get("processes") or []:
-        procs_.append(
-            {
-                "name": rec.get("name"),
-                "ns": rec.get("ns"),
-                "pid": rec.get("pid"),
-                "alive": st.process_matches(rec),
-                "log": rec.get("log"),
-            }
-        )
+        if isinstance(rec, dict):
+            latest[str(rec.get("name"))] = rec     # recorded in start order: the last one wins
+    procs_ = []
+    for rec in latest.values():
+        entry = {
+            "name": rec.get("name"),
+            "ns": rec.get("ns"),
+            "pid": rec.get("pid"),
+            "alive": st.process_matches(rec),
+            "log": rec.get("log"),
+        }
+        node = str(rec.get("name")).removeprefix("node-")
+        if node in DIRECTOR_NAMES and entry["alive"] and ns_state.get(ns_name(prefix, node)):
+            try:
+                entry["role"] = node_status(prefix, node, timeout=0.5).get("role")
+            except Exception:  # noqa: BLE001 - links down, starting: no role to show
+                entry["role"] = None
+        procs_.append(entry)
     return {
         "prefix": prefix,
         "up": bool(state) and all(ns_state.values()) and all(p["alive"] for p in procs_),

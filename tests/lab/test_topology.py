@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
 from lab import nsutil, state, topology
-from lab.testing import require_lab, run_in
+from lab.testing import REPO_ROOT, client_env, require_lab, run_in
 
 pytestmark = pytest.mark.lab
 
@@ -143,6 +147,8 @@ def test_node_config_written(lab_env):
         cfg = tomllib.load(fh)
     assert cfg["node"] == {"name": "a", "api": "198.18.0.11:9100", "queue": 0,
                            "api_token": nsutil.LAB_API_TOKEN}
+    # the description says it (issue 17, item 4)
+    assert lab_env["api_token"] == nsutil.LAB_API_TOKEN
     assert [s["proto"] for s in cfg["services"]] == ["tcp", "udp"]
     for s in cfg["services"]:
         assert s["vip"] == "198.18.0.100" and s["port"] == 80
@@ -248,3 +254,90 @@ def test_udp_whoami_forms(lab_env):
         assert data == f"{rs['name']} {a['back_addr']}:{port}".encode()
     data, _ = nsutil.in_netns(a["ns"], exchange, b"some bytes\x00\n")
     assert data == b"some bytes\x00\n"
+
+
+# --- the pair through the `tandem lab` command line ------------------------------------------
+
+PAIR = "tlabp"
+
+
+def _tandem(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "tandem"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "tandem.cli"]
+    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout,
+                          env=client_env())
+
+
+@pytest.fixture(scope="module")
+def pair_cli():
+    """The pair brought up by `tandem lab up --json`, taken down by `tandem lab down`."""
+    require_lab()
+    cp = _tandem("lab", "up", "--prefix", PAIR, "--json")
+    try:
+        assert cp.returncode == 0, cp.stderr
+        yield json.loads(cp.stdout)
+    finally:
+        _tandem("lab", "down", "--prefix", PAIR)
+
+
+def _doc_change_requests() -> list[str]:
+    """The curl lines of docs/operations.md's "Change a running node" block."""
+    text = (REPO_ROOT / "docs" / "operations.md").read_text()
+    block = text.split("## Change a running node", 1)[1].split("```", 2)[1]
+    lines, cur = [], ""
+    for ln in block.splitlines():
+        cur += ln.rstrip("\\").strip() + " " if ln.strip() else ""
+        if ln.strip() and not ln.rstrip().endswith("\\"):
+            lines.append(cur.split("#")[0].strip())
+            cur = ""
+    return [ln for ln in lines if ln.startswith("curl")]
+
+
+def test_lab_up_gives_the_pair_an_api_token_the_docs_requests_use(pair_cli):
+    """Issue 17, item 4: `tandem lab up` configured no API token, so every change request of
+    docs/operations.md answered 401 in the lab. The lab's nodes now carry one, `lab up
+    --json` says it as `api_token`, and the documented requests, run as written with
+    T set to it, change the node (weight, drain, reload; resign would hand the pair over)."""
+    token = pair_cli["api_token"]
+    assert token
+    a = next(d for d in pair_cli["directors"] if d["name"] == "a")
+    for d in pair_cli["directors"]:
+        with open(d["config"], "rb") as fh:
+            assert tomllib.load(fh)["node"]["api_token"] == token
+    requests = [r for r in _doc_change_requests() if "/resign" not in r]
+    assert any("/weight" in r for r in requests) and any("/drain" in r for r in requests), requests
+    host = a["api"].removeprefix("http://")
+    for req in requests:
+        cmd = req.replace("NODE:9100", host).replace("curl ", "curl -sS -w '\\n%{http_code}' ", 1)
+        cp = subprocess.run(["ip", "netns", "exec", pair_cli["client"]["ns"], "bash", "-c", cmd],
+                            capture_output=True, text=True, timeout=30, env={**client_env(), "T": token})
+        assert cp.stdout.strip().splitlines()[-1] == "200", (cmd, cp.stdout, cp.stderr)
+    # and without it, the same request is refused
+    cp = subprocess.run(["ip", "netns", "exec", pair_cli["client"]["ns"], "bash", "-c",
+                         requests[0].replace("NODE:9100", host).replace(
+                             "curl ", "curl -sS -o /dev/null -w '%{http_code}' ", 1)],
+                        capture_output=True, text=True, timeout=30, env={**client_env(), "T": "wrong"})
+    assert cp.stdout.strip() == "401", cp.stdout
+    summary = _tandem("lab", "status", "--prefix", PAIR, "--json")
+    assert json.loads(summary.stdout)["info"]["api_token"] == token
+
+
+def test_lab_status_is_up_again_after_kill_and_restore(pair_cli):
+    """Issue 17, item 7: after `lab fault a kill` and `lab fault a restore` the state kept the
+    killed node's PID, so `tandem lab status` said DEGRADED (and exited 1) for good while
+    both nodes ran. It now lists what runs: up, exit 0, one node-a, alive, and each node's
+    role; while a is killed it says DEGRADED and exits 1, as it should."""
+    for fault, want_rc, want in (("kill", 1, "DEGRADED"), ("restore", 0, "up")):
+        cp = _tandem("lab", "fault", "--prefix", PAIR, "a", fault)
+        assert cp.returncode == 0, cp.stderr
+        if fault == "restore":
+            topology.wait_role(PAIR, "a", "master", 20)
+        cp = _tandem("lab", "status", "--prefix", PAIR)
+        assert cp.returncode == want_rc, cp.stdout + cp.stderr
+        assert cp.stdout.startswith(f"lab {PAIR!r}: {want};"), cp.stdout
+    assert "DEAD" not in cp.stdout, cp.stdout
+    st_ = json.loads(_tandem("lab", "status", "--prefix", PAIR, "--json").stdout)
+    nodes = [p for p in st_["processes"] if p["name"].startswith("node-")]
+    assert sorted(p["name"] for p in nodes) == ["node-a", "node-b"], nodes
+    assert all(p["alive"] for p in st_["processes"]), st_["processes"]
+    assert {p["name"]: p["role"] for p in nodes} == {"node-a": "master", "node-b": "backup"}, nodes
