@@ -131,4 +131,5 @@ async def spawn(argv: Iterable[str], **kw: Any) -> asyncio.subprocess.Process:
     """Start a script (argv, no shell) under the current policy; kw as for
     asyncio.create_subprocess_exec."""
     user = current()
-    return await asyncio.create_subprocess_exec(*user.argv(argv), **kw, **user.spawn_kwargs())
+    program, *args = user.argv(argv)
+    return await asyncio.create_subprocess_exec(program, *args, **kw, **user.spawn_kwargs())
