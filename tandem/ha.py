@@ -170,12 +170,14 @@ class RoleRunner:
         self.post(R.LowerPriorityClaim(reason))
 
     async def wait(self, timeout: float) -> None:
-        """Until an event is posted, or timeout seconds."""
+        """Until an event is posted, or timeout seconds; always yields to the loop once."""
         if not self._wake.is_set() and timeout > 0:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
+        else:
+            await asyncio.sleep(0)      # a caller looping on a past deadline never starves the loop
         self._wake.clear()
 
     def next_deadline(self) -> float | None:

@@ -231,11 +231,12 @@ class Node:
             next_tick = now + self.cfg.tick
             self.engine.expire(now)
             self.freezer.maybe_freeze()
-        if self._tracked and now >= next_link and not self._closing and self._links_idle:
-            # in the background: a netlink round trip in a thread can take tens of ms on a
-            # loaded machine, and a state change must never wait behind it
+        if self._tracked and now >= next_link and not self._closing:
             next_link = now + LINK_CHECK_INTERVAL
-            self._links = asyncio.create_task(self._check_links(), name="link-check")
+            if self._links_idle:    # (a check still running: skip this one)
+                # in the background: a netlink round trip in a thread can take tens of ms on
+                # a loaded machine, and a state change must never wait behind it
+                self._links = asyncio.create_task(self._check_links(), name="link-check")
         if self.role.machine.waiting_for_sync and self.sync is not None and self.sync.bulk_done:
             self.role.post(R.SyncComplete())
         await self.role.step()

@@ -296,3 +296,40 @@ async def test_stop_before_start_and_twice_is_harmless():
         await n.start()
 
 
+
+
+async def test_a_slow_link_check_neither_blocks_nor_spins_the_pump():
+    """A tracked-link check is a netlink round trip in a worker thread; on a loaded machine it
+    takes a while.  The pump must go on taking state changes meanwhile (never await it), and
+    must not spin waiting for it either."""
+    f = Fakes()
+    f.bulk_done = True
+    n = node(f)
+    release = threading.Event()
+    kernel = n.edges.kernel
+    slow = kernel.links_down
+
+    def stuck_links_down(names):
+        release.wait(5.0)
+        return slow(names)
+
+    kernel.links_down = stuck_links_down
+    turns = [0]
+    real_turn = n._turn
+
+    async def counted(*a):
+        turns[0] += 1
+        return await real_turn(*a)
+
+    n._turn = counted
+    await n.start()
+    try:
+        assert await until(lambda: f.vrrp is not None)
+        f.vrrp.fire()                              # master, while the first link check hangs
+        assert await until(lambda: "garp" in f.ops)
+        start = turns[0]
+        await asyncio.sleep(0.2)                   # tick 0.01 s: about 20 turns, not thousands
+        assert turns[0] - start < 200
+    finally:
+        release.set()
+        await n.stop()
