@@ -26,7 +26,7 @@ from director.conn import Conn, Connections
 from director.laddr import PortExhausted, PortSpace
 from director.leave import Leave
 from director.persist import Templates, template_key
-from director.protocol import INPUT, INPUT_ONLY, OUTPUT, make_protocols
+from director.protocol import make_protocols
 from director.sched import Flow
 from director.service import Service
 from director.sync_apply import SyncApplier
@@ -35,6 +35,8 @@ from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET
 from proto.fullnat import apply, rewrite_icmp_error
 
 log = logging.getLogger("tandem.engine")
+
+_PROVEN_OR_UNREPLIED = ASSURED | NOOUTPUT
 
 #: Why a packet was dropped.  Parse failures use proto.packet's reason codes.
 DROP_REASONS = P.REASONS + (
@@ -110,15 +112,15 @@ class Engine:
                     self.conns.drop(conn)
                     self.stats["conns_reused"] += 1
                     return self._new(data, pkt, now)
-                new = proto.next[INPUT_ONLY if cflags & NOOUTPUT else INPUT][flags][state]
+                new = proto.next_in[cflags & NOOUTPUT][flags][state]
             else:
                 if cflags & NOOUTPUT:
                     conn.flags = cflags = cflags & ~NOOUTPUT
-                new = proto.next[OUTPUT][flags][state]
+                new = proto.next_out[flags][state]
             if new != state:
                 self.conns.set_state(conn, new)
             # only a connection that has seen a reply can prove it is two-way
-            if not cflags & (ASSURED | NOOUTPUT) and proto.proves_two_way(conn, data, pkt, inbound, now):
+            if not cflags & _PROVEN_OR_UNREPLIED and proto.proves_two_way(conn, data, pkt, inbound, now):
                 self.conns.assure(conn)
             self._refresh(conn, now + (proto.ops_timeout if cflags & ONE_PACKET else proto.timeouts[new]))
             dest = conn.dest

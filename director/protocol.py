@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from director import tcp_state
-from proto.consts import (ACK, CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK,
+from proto.consts import (ACK, CLOSE, CLOSE_WAIT, ESTABLISHED, FIN_WAIT, LAST_ACK, NOOUTPUT,
                           RST, SYN, TCP, TCP_STATES, TCP_SYNC_STATES, TIME_WAIT, UDP,
                           UDP_STATES)
 
@@ -62,6 +62,12 @@ class Protocol:
 
     def __init__(self, timeouts: Mapping[str, float]) -> None:
         self.set_timeouts(timeouts)
+        #: the inbound rows indexed by (connection flags & NOOUTPUT): INPUT
+        #: once a reply was seen, INPUT_ONLY before (saves a branch per packet)
+        rows = [self.next[INPUT]] * (NOOUTPUT + 1)
+        rows[NOOUTPUT] = self.next[INPUT_ONLY]
+        self.next_in = tuple(rows)
+        self.next_out = self.next[OUTPUT]
 
     def set_timeouts(self, timeouts: Mapping[str, float]) -> None:
         """Take the timeouts of a (new) config; connections pick them up at
