@@ -1,0 +1,64 @@
+"""The Ansible role's systemd unit runs the node as its own user with only CAP_NET_ADMIN and
+CAP_NET_RAW, the same credentials the unprivileged lab test gives its nodes."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "ansible/roles/tandem/templates/tandem.service.j2"
+VARS = {"ansible_managed": "managed", "tandem_node_name": "a", "tandem_ctl_max_restarts": 5,
+        "tandem_user": "tandem", "tandem_group": "tandem", "tandem_venv": "/opt/tandem/venv",
+        "tandem_config_file": "/etc/tandem/a.toml", "tandem_stop_wait": 20}
+
+
+def render() -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(TEMPLATE.read_text()).render(**VARS)
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            k, _, v = line.partition("=")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def test_the_unit_runs_as_its_user_with_only_the_two_capabilities():
+    d = directives(render())
+    assert d["User"] == ["tandem"] and d["Group"] == ["tandem"]
+    assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
+    assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
+    assert d["NoNewPrivileges"] == ["yes"]
+    for hardening in ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
+                      "ProtectKernelTunables", "ProtectKernelModules", "RestrictAddressFamilies",
+                      "SystemCallFilter", "RestrictSUIDSGID"):
+        assert hardening in d, hardening
+    # only the xtables-lock step runs as root ("+"), and it runs no tandem code
+    privileged = [v for v in d["ExecStartPre"] if v.startswith("+")]
+    assert len(privileged) == 1 and privileged[0].startswith("+/bin/sh -c 'touch /run/xtables.lock")
+
+
+def test_the_lab_gives_its_unprivileged_nodes_the_units_capabilities():
+    from tests.lab.test_unprivileged import CAPS
+    d = directives(render())
+    unit = {c.removeprefix("CAP_").lower() for c in d["AmbientCapabilities"][0].split()}
+    assert CAPS == "-all," + ",".join(f"+{c}" for c in sorted(unit))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze")
+def test_systemd_accepts_the_unit(tmp_path):
+    unit = tmp_path / "tandem-test.service"
+    unit.write_text(render())
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                       timeout=60)
+    # it may note that the ExecStart binary is missing here; nothing else may be wrong
+    problems = [ln for ln in (r.stdout + r.stderr).splitlines()
+                if ln.strip() and "/opt/tandem/venv" not in ln and "/etc/tandem" not in ln]
+    assert not problems, problems
