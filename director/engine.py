@@ -120,7 +120,8 @@ class Engine:
             if new != state:
                 self.conns.set_state(conn, new)
             # only a connection that has seen a reply can prove it is two-way
-            if not cflags & _PROVEN_OR_UNREPLIED and proto.proves_two_way(conn, data, pkt, inbound, now):
+            if (not cflags & _PROVEN_OR_UNREPLIED and now - conn.created >= proto.assure_after
+                    and proto.proves_two_way(conn, data, pkt, inbound, now)):
                 self.conns.assure(conn)
             self._refresh(conn, now + (proto.ops_timeout if cflags & ONE_PACKET else proto.timeouts[new]))
             dest = conn.dest
