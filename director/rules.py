@@ -20,8 +20,18 @@ def _tool(family: int) -> str:
     return "iptables" if family == 4 else "ip6tables"
 
 
+class RulesError(OSError):
+    """An iptables command failed; the message carries its own words (e.g. iptables-legacy's
+    "can't open lock file /run/xtables.lock: Permission denied" for a node that runs as its
+    own user on a host where the lock was never made readable to it: docs/operations.md)."""
+
+
 def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, check=check)
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        said = " ".join((r.stderr or r.stdout).split()) or "no output"
+        raise RulesError(f"{' '.join(argv)} exited {r.returncode}: {said}")
+    return r
 
 
 def rule_specs(addrs: Iterable[str], queue: int) -> list[tuple[int, list[str]]]:

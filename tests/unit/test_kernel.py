@@ -146,3 +146,15 @@ def test_queue_adapter_handles_at_most_a_batch_per_wakeup():
     assert len(q.verdicts) == total
     assert max(per_wakeup.values()) == BATCH
     assert len(per_wakeup) >= 2
+
+
+def test_a_failing_iptables_command_reports_what_it_said():
+    """A node that cannot run its rules (e.g. iptables-legacy refused its lock file) must say
+    why in its log, not only which command failed."""
+    from director import rules
+    with pytest.raises(rules.RulesError) as exc:
+        rules._run(["/bin/sh", "-c", "echo \"Fatal: can't open lock file /run/xtables.lock: "
+                    "Permission denied\" >&2; exit 4"])
+    assert "exited 4" in str(exc.value)
+    assert "can't open lock file /run/xtables.lock: Permission denied" in str(exc.value)
+    assert rules._run(["/bin/sh", "-c", "exit 1"], check=False).returncode == 1
