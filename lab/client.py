@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-spread", action="store_true",
                    help="every connection sends its first line at once (not spread over one interval)")
     p.add_argument("--fault-file", help="read at the end: {\"at\": wall time of a fault} to time the takeover")
+    p.add_argument("--stop-file", help="stop holding once this file exists (at most --seconds)")
     common(p, timeout=5.0, deadline=0.0)
     p.set_defaults(run=hold)
 
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flows", type=_positive(MAX_CONNS), default=10)
     p.add_argument("--seconds", type=_positive(MAX_SECONDS, float), default=10.0)
     p.add_argument("--interval", type=_positive(60.0, float), default=0.02)
+    p.add_argument("--stop-file", help="stop sending once this file exists (at most --seconds)")
     common(p, timeout=1.0, deadline=0.0)
     p.set_defaults(run=udp_hold)
 

@@ -6,9 +6,12 @@ count of what survived and how long the silence was.  Two times are reported,
 because they differ (docs/failover-pitfalls.md, 1): `vrrp_takeover_ms`, when the new
 master held the addresses, and `takeover_ms`, when the first connection got an
 echo again (what a client sees; TCP's retransmission timer sets most of it).
+Traffic goes on until the roles have settled (a restored preferred director has
+preempted), so a failback's interruption is measured too.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,10 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab import state as st
 from lab import topology
+from lab.drill_report import overlap_ms, plot, table, udp_outage
 from lab.testing import client_env
+from lab.traffic.common import MAX_CONNS, MAX_SECONDS
+
+__all__ = ["run", "table", "plot", "main", "add_parser", "LabPair", "DeployedPair"]
 
 REPO = Path(__file__).resolve().parents[1]
+#: the longest a drill waits after its traffic time for the roles to settle
+SETTLE_WAIT = 30.0
 
 
 class LabPair:
@@ -36,11 +46,22 @@ class LabPair:
         return ["ip", "netns", "exec", topology.ns_name(self.prefix, "client"),
                 sys.executable, "-m", "lab.client"]
 
+    def check(self) -> None:
+        """A clear error when there is no pair lab to drill."""
+        state = st.load_state(self.prefix)
+        if not state or not state.get("ha"):
+            raise RuntimeError(f"no pair lab {self.prefix!r} is up (tandem lab up first)")
+
     def status(self, name: str) -> dict:
         return topology.node_status(self.prefix, name, timeout=0.5)
 
-    def fault(self, name: str, kind: str) -> dict:
-        return topology.fault(self.prefix, name, kind)
+    def fault(self, name: str, kind: str, on_at=None) -> dict:
+        return topology.fault(self.prefix, name, kind, on_at=on_at)
+
+    def expected_master(self, fault: str, target: str) -> str | None:
+        """Who must be master before the drill ends: the preferred director, once restored,
+        preempts (the lab runs with preempt on)."""
+        return target if fault == "restore" and target == topology.PREFERRED else None
 
 
 class DeployedPair:
@@ -57,18 +78,26 @@ class DeployedPair:
     def client_argv(self) -> list[str]:
         return [sys.executable, "-m", "lab.client"]
 
+    def check(self) -> None:
+        pass
+
+    def expected_master(self, fault: str, target: str) -> str | None:
+        return None
+
     def status(self, name: str) -> dict:
         import urllib.request
         with urllib.request.urlopen(f"{self.apis[name]}/status", timeout=1.0) as r:
             return json.loads(r.read())
 
-    def fault(self, name: str, kind: str) -> dict:
+    def fault(self, name: str, kind: str, on_at=None) -> dict:
         import shlex
         import urllib.request
         if kind == "resign":
             req = urllib.request.Request(f"{self.apis[name]}/resign", method="POST", data=b"",
                                          headers={"Authorization": f"Bearer {self.token}"})
             at = time.time()
+            if on_at:
+                on_at(at)
             with urllib.request.urlopen(req, timeout=5.0) as r:
                 r.read()
             return {"at": at}
@@ -76,6 +105,8 @@ class DeployedPair:
             raise ValueError("--fault command needs --fault-command")
         argv = [a.replace("{node}", name) for a in shlex.split(self.command)]
         at = time.time()
+        if on_at:
+            on_at(at)
         subprocess.run(argv, check=True, timeout=60)
         return {"at": at}
 
@@ -106,78 +137,117 @@ def _result(proc: subprocess.Popen, timeout: float) -> dict:
         out, err = proc.communicate()
     lines = [ln for ln in out.splitlines() if ln.strip()]
     if not lines:
-        raise RuntimeError(f"traffic tool printed nothing (rc {proc.returncode}): {err[-1500:]}")
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the traffic tool failed (exit {proc.returncode}): {last}")
     return json.loads(lines[-1])
 
 
-def _overlap_ms(changes: dict[str, list[dict]], since: float) -> float:
-    """Longest time both nodes held the addresses at once, from their own logs."""
-    spans = {}
-    for name, ch in changes.items():
-        held, start = [], None
-        for c in sorted(ch, key=lambda c: c["at"]):
-            if c["to"] == "master" and start is None:
-                start = c["at"]
-            elif c["to"] != "master" and start is not None:
-                held.append((start, c["at"]))
-                start = None
-        if start is not None:
-            held.append((start, float("inf")))
-        spans[name] = [(s, e) for s, e in held if e >= since]
-    worst = 0.0
-    names = sorted(spans)
-    for i, n1 in enumerate(names):
-        for n2 in names[i + 1:]:
-            for s1, e1 in spans[n1]:
-                for s2, e2 in spans[n2]:
-                    worst = max(worst, min(e1, e2) - max(s1, s2))
-    return round(worst * 1000, 1)
+class _Progress:
+    """Progress on stderr: one line rewritten in place on a terminal; elsewhere (a log, a
+    pipe) a plain line per step and per change of roles, never a carriage return."""
+
+    def __init__(self, on: bool, what: str) -> None:
+        self.on, self.what, self.tty, self.last = on, what, sys.stderr.isatty(), ""
+
+    def step(self, text: str) -> None:
+        if self.on and not self.tty:
+            print(f"drill {self.what}: {text}", file=sys.stderr, flush=True)
+
+    def roles(self, since: float, roles: dict[str, dict], names) -> None:
+        if not self.on:
+            return
+        now = "  ".join(f"{n}={roles[n].get('role', '-')}" for n in names)
+        if self.tty:
+            print(f"\rdrill {self.what}: t+{time.time() - since:4.1f} s  {now:<30}", end="",
+                  file=sys.stderr, flush=True)
+        elif now != self.last:
+            self.step(f"t+{time.time() - since:.1f} s  {now}")
+        self.last = now
+
+    def end(self) -> None:
+        if self.on and self.tty:
+            print(file=sys.stderr)
+
+
+def _check_numbers(conns: int, udp_flows: int, duration: float, lead: float,
+                   interval: float) -> None:
+    for ok, what in ((1 <= conns <= MAX_CONNS, f"--conns must be 1..{MAX_CONNS}, not {conns}"),
+                     (0 <= udp_flows <= MAX_CONNS, f"--udp-flows must be 0..{MAX_CONNS}, not {udp_flows}"),
+                     (0 < duration <= MAX_SECONDS / 2, f"--duration must be a positive number of seconds, not {duration}"),
+                     (0 <= lead < duration, f"--lead must be at least 0 and less than --duration, not {lead}"),
+                     (0 < interval <= 60, f"--interval must be in (0, 60] seconds, not {interval}")):
+        if not ok:
+            raise ValueError(what)
 
 
 def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows: int = 0,
         duration: float = 6.0, lead: float = 1.5, target: str | None = None,
         progress: bool = False, interval: float = 0.02, pair=None) -> dict[str, Any]:
-    """One drill against a running pair (the lab's, unless `pair` is given); returns the report."""
+    """One drill against a running pair (the lab's, unless `pair` is given); returns the report.
+    Traffic runs `lead` seconds before the fault and at least `duration - lead` after the
+    fault is done, and on until the roles have settled (bounded by SETTLE_WAIT)."""
     pair = pair or LabPair(prefix)
     if fault not in pair.faults:
         raise ValueError(f"fault must be one of {', '.join(pair.faults)} here, not {fault!r}")
+    if target is not None and target not in pair.names:
+        raise ValueError(f"target must be one of {', '.join(pair.names)}, not {target!r}")
+    _check_numbers(conns, udp_flows, duration, lead, interval)
+    pair.check()
     before = _roles(pair)
     old_master = next((n for n, s in before.items() if s.get("role") == "master"), None)
     if target is None:
         target = old_master if fault != "restore" else next(
             (n for n, s in before.items() if s.get("role") != "master"), pair.names[0])
     if target is None:
-        raise RuntimeError("no master in the lab to fault (is the pair up?)")
+        raise RuntimeError("no master to fault (is the pair up?)")
+    show = _Progress(progress, f"{fault} {target}")
     tmp = Path(tempfile.mkdtemp(prefix="tandem-drill-"))
-    ready, fault_file = tmp / "ready.json", tmp / "fault.json"
+    ready, fault_file, stop = tmp / "ready.json", tmp / "fault.json", tmp / "stop"
+    cap = min(MAX_SECONDS, duration + SETTLE_WAIT + 60)
     hold = _client(pair, "hold", "--host", pair.vip, "--port", pair.port,
-                   "--conns", conns, "--seconds", duration, "--interval", interval,
-                   "--ready-file", ready, "--fault-file", fault_file, "--timeout", 2.0)
+                   "--conns", conns, "--seconds", cap, "--interval", interval,
+                   "--ready-file", ready, "--fault-file", fault_file, "--stop-file", stop,
+                   "--timeout", 2.0)
     udp = None
     if udp_flows:
         udp = _client(pair, "udp-hold", "--host", pair.vip, "--port", pair.port,
-                      "--flows", udp_flows, "--seconds", duration, "--interval", interval)
+                      "--flows", udp_flows, "--seconds", cap, "--interval", interval,
+                      "--stop-file", stop)
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
             if hold.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("connections never opened: " + json.dumps(_result(hold, 5)))
             time.sleep(0.01)
+        t_ready = time.monotonic()
+        show.step(f"{conns} connections open" + (f", {udp_flows} UDP flows" if udp_flows else ""))
         time.sleep(lead)
-        # `at` is taken by the lab the moment before the links drop (or the signal
-        # goes); the traffic tool learns it after, and looks back at its echoes
-        done = pair.fault(target, fault)
-        fault_file.write_text(json.dumps({"at": done["at"]}))
-        end = time.monotonic() + duration + 10
-        while hold.poll() is None and time.monotonic() < end:
-            if progress:
-                r = _roles(pair)
-                print(f"\rdrill {fault} {target}: t+{time.time() - done['at']:4.1f} s  "
-                      + "  ".join(f"{n}={r[n].get('role', '-'):<7}" for n in pair.names),
-                      end="", file=sys.stderr, flush=True)
+
+        def announce(at: float) -> None:
+            # the lab takes `at` the moment before the links drop (or the signal goes);
+            # the traffic tool learns it now and looks back at its echoes
+            fault_file.write_text(json.dumps({"at": at}))
+
+        done = pair.fault(target, fault, on_at=announce)
+        if not fault_file.exists():
+            announce(done["at"])
+        t_done = time.monotonic()
+        show.step("fault done")
+        expect = pair.expected_master(fault, target)
+        give_up = t_done + max(duration - lead, 0.5) + SETTLE_WAIT
+        while hold.poll() is None:
+            r = _roles(pair)
+            show.roles(done["at"], r, pair.names)
+            now = time.monotonic()
+            masters = [n for n in pair.names if r[n].get("role") == "master"]
+            settled = len(masters) == 1 and expect in (None, masters[0])
+            if (now >= t_ready + duration and now >= t_done + max(duration - lead, 0.5)
+                    and settled) or now >= give_up:
+                break
             time.sleep(0.25)
-        if progress:
-            print(file=sys.stderr)
+        stop.touch()
+        show.end()
+        show.step("traffic stopped, waiting for the last echoes")
         res = _result(hold, 15)
         ures = _result(udp, 15) if udp else None
     finally:
@@ -194,12 +264,13 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
         # the faulted node cannot tell us when it let go: without links (kill, link)
         # it cannot forward from the fault on, and a stopped node lets go at once
         changes.setdefault(target, []).append({"at": done["at"], "to": "gone"})
-    vrrp_ms = None
+    took_at = None
     if new_master:
-        took = [c["at"] for c in changes.get(new_master, []) if c["to"] == "master" and c["at"] >= done["at"] - 0.001]
-        vrrp_ms = round((min(took) - done["at"]) * 1000, 1) if took else None
+        took = [c["at"] for c in changes.get(new_master, [])
+                if c["to"] == "master" and c["at"] >= done["at"] - 0.001]
+        took_at = min(took) if took else None
     f = res.get("fault") or {}
-    return {
+    report = {
         "fault": fault,
         "target": target,
         "conns": conns,
@@ -207,56 +278,29 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
         "reset": res.get("reset", 0),
         "stalled": res.get("stalled", 0),
         "takeover_ms": f.get("takeover_ms"),
+        "interrupted": f.get("interrupted", 0),
         "gap_ms": f.get("gap_ms") or {"p50": None, "p99": None, "max": None},
         "udp_flows": udp_flows,
         "udp_lost": ures["lost"] if ures else 0,
         "old_master": old_master,
         "new_master": new_master,
-        "vrrp_takeover_ms": vrrp_ms,
-        "dual_master_ms": _overlap_ms(changes, done["at"] - 1.0),
+        "vrrp_takeover_ms": round((took_at - done["at"]) * 1000, 1) if took_at else None,
+        "dual_master_ms": overlap_ms(changes, done["at"] - 1.0),
         "max_gap_ms": res.get("max_gap_ms"),
+        "worst": res.get("worst", []),
         "fault_at": done["at"],
         "echo_bins_10ms": res.get("echo_bins_10ms", []),
         "hold_started_at": res.get("hold_started_at"),
     }
+    if ures:
+        report.update(udp_outage(ures, done["at"], took_at, interval))
+    return report
 
 
-def table(r: dict[str, Any]) -> str:
-    g = r["gap_ms"]
-    rows = [
-        ("fault", f"{r['fault']} {r['target']}"),
-        ("master", f"{r['old_master']} -> {r['new_master']}"),
-        ("connections", f"{r['survived']}/{r['conns']} survived, {r['reset']} reset, {r['stalled']} stalled"),
-        ("new master holds addresses", f"{r['vrrp_takeover_ms']} ms after the fault"),
-        ("first echo after the fault", f"{r['takeover_ms']} ms"),
-        ("gap per connection", f"p50 {g['p50']} ms, p99 {g['p99']} ms, max {g['max']} ms"),
-        ("two masters at once", f"{r['dual_master_ms']} ms"),
-    ]
-    if r["udp_flows"]:
-        rows.append(("udp", f"{r['udp_flows']} flows, {r['udp_lost']} datagrams lost"))
-    w = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
-
-
-def plot(r: dict[str, Any], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    bins = r["echo_bins_10ms"]
-    t = [k / 100 for k in range(len(bins))]
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    ax.plot(t, bins, lw=0.8)
-    if r.get("hold_started_at"):
-        ax.axvline(r["fault_at"] - r["hold_started_at"], color="red", ls="--",
-                   label=f"{r['fault']} {r['target']}")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("echoes per 10 ms")
-    ax.set_title(f"tandem drill: {r['survived']}/{r['conns']} survived, "
-                 f"first echo {r['takeover_ms']} ms after the fault")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def passed(r: dict[str, Any]) -> bool:
+    """Every connection survived, and no UDP datagram was lost outside the outage window."""
+    return (r["survived"] == r["conns"] and not r["reset"] and not r["stalled"]
+            and not r.get("udp_lost_outside"))
 
 
 def main(args) -> int:
@@ -278,20 +322,41 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"tandem drill: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"tandem drill: {exc}", file=sys.stderr)
+        return 1
     if args.plot:
         plot(r, args.plot)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "echo_bins_10ms"}))
     else:
         print(table(r))
-    ok = r["survived"] == r["conns"] and not r["reset"] and not r["stalled"]
-    return 0 if ok else 1
+    return 0 if passed(r) else 1
+
+
+def _number(kind, low: float, what: str):
+    def conv(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+        return v
+    return conv
 
 
 def add_parser(sub) -> None:
     d = sub.add_parser("drill", help="failover drill against the lab: traffic, a fault, what survived")
+
+    def one_line_error(message: str):
+        # argparse's usage block would hide the one line that says what is wrong
+        print(f"tandem drill: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    d.error = one_line_error  # type: ignore[method-assign]
     d.add_argument("--fault", default="kill",
-                   choices=("kill", "link", "stop", "restore", "resign", "command"),
+                   choices=(*topology.FAULTS, "resign", "command"),
                    help="lab: kill|link|stop|restore; a deployment: resign (through the API) "
                         "or command (--fault-command)")
     d.add_argument("--target", help="director to fault (default: the master; "
@@ -303,12 +368,14 @@ def add_parser(sub) -> None:
     d.add_argument("--token", default="", help="the nodes' api_token (for --fault resign)")
     d.add_argument("--fault-command", default="",
                    help="the operator's fault, run once; {node} is the faulted node's name")
-    d.add_argument("--conns", type=int, default=200)
-    d.add_argument("--interval", type=float, default=0.02,
-                   help="seconds between one connection's messages (default %(default)s)")
-    d.add_argument("--udp-flows", type=int, default=0)
-    d.add_argument("--duration", type=float, default=6.0, help="seconds of traffic")
-    d.add_argument("--lead", type=float, default=1.5, help="seconds of traffic before the fault")
+    d.add_argument("--conns", type=_number(int, 1, "a whole number of 1 or more"), default=200)
+    d.add_argument("--interval", type=_number(float, 0.001, "a number of seconds above 0"),
+                   default=0.02, help="seconds between one connection's messages (default %(default)s)")
+    d.add_argument("--udp-flows", type=_number(int, 0, "a whole number of 0 or more"), default=0)
+    d.add_argument("--duration", type=_number(float, 0.1, "a number of seconds above 0"),
+                   default=6.0, help="seconds of traffic (at least; on until the roles settle)")
+    d.add_argument("--lead", type=_number(float, 0.0, "a number of seconds, 0 or more"),
+                   default=1.5, help="seconds of traffic before the fault")
     d.add_argument("--prefix", default="tandem")
     d.add_argument("--json", action="store_true")
     d.add_argument("--plot", metavar="FILE.png")

@@ -16,15 +16,23 @@ from typing import Any, Callable
 
 from . import netns, nsutil, procs
 from . import state as st
-from .plan import DIRECTORS, SYNC_PORT, director, ns_name
+from .plan import DIRECTORS, SERVICE_PORT, SYNC_PORT, VIP, director, ns_name
 
 Step = Callable[["_Ctx"], None]
 
 
 class _Ctx:
     def __init__(self, prefix: str, name: str, state: dict[str, Any], wait: float,
-                 out: dict[str, Any]) -> None:
+                 out: dict[str, Any], on_at: Callable[[float], None] | None) -> None:
         self.prefix, self.name, self.state, self.wait, self.out = prefix, name, state, wait, out
+        self.on_at = on_at
+
+    def mark(self, at: float) -> None:
+        """The fault happened at `at` (wall clock): said at once, before slower steps
+        (a restarted node's start-up) run."""
+        self.out["at"] = at
+        if self.on_at is not None:
+            self.on_at(at)
 
     @property
     def node(self) -> dict[str, Any] | None:
@@ -36,11 +44,11 @@ class _Ctx:
 
 
 def _links_down(c: _Ctx) -> None:
-    c.out["at"] = netns.set_links(c.prefix, c.name, False)
+    c.mark(netns.set_links(c.prefix, c.name, False))
 
 
 def _links_up(c: _Ctx) -> None:
-    c.out["at"] = netns.set_links(c.prefix, c.name, True)
+    c.mark(netns.set_links(c.prefix, c.name, True))
 
 
 def _sigkill(c: _Ctx) -> None:
@@ -50,13 +58,15 @@ def _sigkill(c: _Ctx) -> None:
 
 
 def _graceful_stop(c: _Ctx) -> None:
-    c.out["at"] = time.time()
+    c.mark(time.time())
     if c.node is not None:
         c.out["stopped"] = st.stop_process(c.node, term_wait=c.wait)
 
 
 def _strip_addresses(c: _Ctx) -> None:
-    netns.strip_service_addresses(c.prefix, c.name)
+    # only a node that is gone left them behind: a running one holds them as master
+    if not c.running():
+        netns.strip_service_addresses(c.prefix, c.name)
 
 
 def _start_if_not_running(c: _Ctx) -> None:
@@ -74,19 +84,23 @@ FAULT_TABLE: dict[str, tuple[str, tuple[Step, ...]]] = {
     "link": ("links down", (_links_down,)),
     # SIGTERM: priority 0, so the peer takes over after its skew time
     "stop": ("graceful stop (SIGTERM)", (_graceful_stop,)),
-    # addresses a killed node left are stripped, links up, the node restarted if it is gone
+    # addresses a killed node left are stripped (not a running node's), links up, the node
+    # restarted if it is gone
     "restore": ("links up, node restarted", (_strip_addresses, _links_up, _start_if_not_running)),
 }
 FAULTS = tuple(FAULT_TABLE)
 
 
-def fault(prefix: str, name: str, kind: str, wait: float = 20.0) -> dict[str, Any]:
+def fault(prefix: str, name: str, kind: str, wait: float = 20.0,
+          on_at: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Inject fault `kind` (see FAULT_TABLE) into director `name` of a running pair lab.
-    Returns what was done, with wall-clock times (time.time()) of each step."""
-    return nsutil.outside_event_loop(_fault, prefix, name, kind, wait)
+    Returns what was done, with the wall-clock time (time.time()) of the fault as `at`;
+    `on_at(at)` is called the moment that time is known."""
+    return nsutil.outside_event_loop(_fault, prefix, name, kind, wait, on_at)
 
 
-def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
+def _fault(prefix: str, name: str, kind: str, wait: float,
+           on_at: Callable[[float], None] | None) -> dict[str, Any]:
     if kind not in FAULT_TABLE:
         raise ValueError(f"fault kind must be one of {', '.join(FAULTS)}, not {kind!r}")
     director(name)
@@ -95,7 +109,7 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
         if not state or not state.get("ha"):
             raise RuntimeError(f"no pair lab {prefix!r} is up (tandem lab up first)")
         out: dict[str, Any] = {"director": name, "fault": kind}
-        ctx = _Ctx(prefix, name, state, wait, out)
+        ctx = _Ctx(prefix, name, state, wait, out, on_at)
         for step in FAULT_TABLE[kind][1]:
             step(ctx)
         st.save_state(prefix, state)
@@ -121,3 +135,23 @@ def sync_loss(prefix: str, percent: int) -> None:
                 "}"])
             subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
                            check=True, capture_output=True)
+
+
+def service_udp_loss(prefix: str, percent: int) -> None:
+    """Drop `percent`% of the client's UDP datagrams to the service at the router, at random
+    (loss that has nothing to do with a failover); 0 removes the rule."""
+    if not 0 <= percent <= 100:
+        raise ValueError("percent must be 0..100")
+    ns = ns_name(prefix, "router")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tandem_lab_udp_loss"],
+                   capture_output=True)
+    if percent:
+        script = "\n".join([
+            "table inet tandem_lab_udp_loss {",
+            "  chain forward {",
+            "    type filter hook forward priority 0;",
+            f"    ip daddr {VIP} udp dport {SERVICE_PORT} numgen random mod 100 < {percent} counter drop",
+            "  }",
+            "}"])
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
+                       check=True, capture_output=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import netns, nsutil, procs
 from . import state as st
-from .faults import FAULT_TABLE, FAULTS, fault, sync_loss
+from .faults import FAULT_TABLE, FAULTS, fault, service_udp_loss, sync_loss
 from .netns import strip_service_addresses
 from .nodeconf import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, dump_toml, node_config, write_config
 from .plan import (API_PORT, API_TOKEN, BACK_NET, CLIENT_ADDR, CLIENT_NET, DIRECTOR_NAMES,
@@ -32,7 +32,7 @@ from .plan import (API_PORT, API_TOKEN, BACK_NET, CLIENT_ADDR, CLIENT_NET, DIREC
 from .procs import node_status, start_node, wait_role
 
 __all__ = [
-    "up", "down", "status", "fault", "sync_loss", "FAULTS", "FAULT_TABLE", "node_config", "dump_toml",
+    "up", "down", "status", "fault", "sync_loss", "service_udp_loss", "FAULTS", "FAULT_TABLE", "node_config", "dump_toml",
     "write_config", "DEFAULT_LIMITS", "DEFAULT_TIMEOUTS", "node_status", "start_node", "wait_role",
     "strip_service_addresses", "describe", "namespaces", "ns_name", "API_PORT", "API_TOKEN",
     "BACK_NET", "CLIENT_ADDR", "CLIENT_NET", "DIRECTOR_NAMES", "DIRECTORS", "FRONT_NET", "LAB_NET",

@@ -16,27 +16,31 @@ def read_fault(path: str, start: float, start_wall: float) -> float | None:
         return None
 
 
+def cut_after(interval: float) -> float:
+    """A silence longer than this cut a connection: an echo the old master had already
+    passed on can land just after the fault, so only a connection silent for longer than
+    its own rhythm was cut, and its first echo after that came through the new master."""
+    return max(2.5 * interval, 0.05)
+
+
 def fault_report(args, live, start: float, start_wall: float,
                  fault_at: float | None) -> dict[str, Any] | None:
-    """Across the fault: when the first connection got an echo again (takeover_ms)
-    and each connection's silence around it (from its last echo before the fault
-    to its first after; a connection that never got one counts to the end)."""
+    """From the fault on: when the first cut connection got an echo again (takeover_ms),
+    how many were cut, and each connection's longest silence that ended after the fault
+    (spanning it in a takeover, or later in a failback, when the restored node preempts;
+    a connection that got no echo after the fault counts to the end)."""
     if not args.fault_file:
         return None
     at = fault_at or read_fault(args.fault_file, start, start_wall)
     if at is None:
         return None
     end = time.monotonic()
-    # An echo the old master had already passed on can land just after the fault;
-    # only a connection silent for longer than its own rhythm was cut, and its
-    # first echo after that came through the new master.
-    cut = max(2.5 * args.interval, 0.05)
     firsts, gaps = [], []
     for c in live:
-        if c.across is not None:
-            if c.across[1] - c.across[0] > cut:
-                firsts.append(c.across[1])
-            gaps.append((c.across[1] - c.across[0]) * 1000)
+        if c.after_gap is not None:
+            gaps.append((c.after_gap[1] - c.after_gap[0]) * 1000)
+            if c.first_cut is not None:
+                firsts.append(c.first_cut)
         else:
             gaps.append((end - c.last_echo) * 1000 if c.last_echo <= at else 0.0)
     gaps.sort()

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from .across import fault_report, read_fault
+from .across import cut_after, fault_report, read_fault
 from .common import Deadline, classify, inc
 
 
@@ -19,7 +19,8 @@ class HoldConn(asyncio.Protocol):
     here as they arrive (no task, future or timer per message)."""
 
     __slots__ = ("i", "transport", "buf", "sent", "recv", "send_times", "last_echo", "max_gap",
-                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "across", "recent")
+                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "after_gap",
+                 "first_cut", "recent")
 
     #: gaps longer than this are remembered (start, end), for takeover timing
     GAP_NOTE = 0.05
@@ -29,6 +30,8 @@ class HoldConn(asyncio.Protocol):
     origin = 0.0
     #: monotonic time of a fault, once the drill has announced it (--fault-file)
     fault_at: float | None = None
+    #: a silence longer than this (seconds) cut the connection; set from --interval
+    cut = 0.05
 
     def __init__(self, i: int):
         self.i = i
@@ -44,10 +47,14 @@ class HoldConn(asyncio.Protocol):
         self.closing = False
         self.lost = asyncio.get_running_loop().create_future()
         self.gaps: list[tuple[float, float]] = []
-        self.across: tuple[float, float] | None = None   # (last echo before, first after) the fault
-        # echo times of the last second or so: the fault's time arrives after the
-        # fault, so the first echo after it is found here, not guessed
-        self.recent: collections.deque[float] = collections.deque(maxlen=64)
+        # the longest silence that ended after the fault (from the echo before it to the
+        # one that ended it), whether it spans the fault (a takeover) or comes later (a
+        # failback, when the restored node preempts); and when the first cut ended
+        self.after_gap: tuple[float, float] | None = None
+        self.first_cut: float | None = None
+        # echo times of the last seconds: the fault's time arrives after the fault,
+        # so the silences since are found here, not guessed
+        self.recent: collections.deque[float] = collections.deque(maxlen=256)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -77,20 +84,27 @@ class HoldConn(asyncio.Protocol):
                 self.gaps.append((self.last_echo, now))
             HoldConn.bins[int((now - HoldConn.origin) * 100)] += 1
             fault_at = HoldConn.fault_at
-            if fault_at is not None and self.across is None and now > fault_at:
-                self.across = (self.last_echo, now)
+            if fault_at is not None and now > fault_at:
+                self._after(self.last_echo, now)
             self.recent.append(now)
             self.last_echo = now
 
+    def _after(self, since: float, now: float) -> None:
+        """A silence from `since` to `now` ended after the fault."""
+        if self.after_gap is None or now - since > self.after_gap[1] - self.after_gap[0]:
+            self.after_gap = (since, now)
+        if self.first_cut is None and now - since > HoldConn.cut:
+            self.first_cut = now
+
     def learn_fault(self, at: float) -> None:
         """The fault's time is known now: look back over the recent echoes."""
-        before = None
+        # with every echo since the start still in `recent`, the first one's silence
+        # began at the start of the hold; otherwise it is unknown and skipped
+        prev = HoldConn.origin if len(self.recent) < (self.recent.maxlen or 0) else None
         for t in self.recent:
-            if t <= at:
-                before = t
-            elif before is not None or len(self.recent) < self.recent.maxlen:
-                self.across = (before if before is not None else t, t)
-                return
+            if prev is not None and t > at:
+                self._after(prev, t)
+            prev = t
 
     def eof_received(self):
         if not self.closing and self.outcome == "connected":
@@ -116,6 +130,8 @@ class HoldConn(asyncio.Protocol):
                 self.max_gap_end = time.time()
             if len(self.gaps) < self.GAPS_KEPT:
                 self.gaps.append((self.last_echo, now))
+            if HoldConn.fault_at is not None and now > HoldConn.fault_at:
+                self._after(self.last_echo, now)
         self.outcome = outcome
         self.closing = True
         if self.transport is not None:
@@ -168,6 +184,7 @@ async def hold(args) -> dict[str, Any]:
     HoldConn.origin = start
     HoldConn.bins.clear()
     HoldConn.fault_at = None
+    HoldConn.cut = cut_after(args.interval)
     stop_at = min(start + args.seconds, start + max(0.0, dl.left() - args.timeout))
     for c in live:
         c.last_echo = start
@@ -191,6 +208,8 @@ async def hold(args) -> dict[str, Any]:
             queue.append((max(due + args.interval, now), c))
         if now >= next_check:
             next_check = now + 0.1
+            if args.stop_file and os.path.exists(args.stop_file):
+                break
             if args.fault_file and HoldConn.fault_at is None:
                 HoldConn.fault_at = read_fault(args.fault_file, start, start_wall)
                 if HoldConn.fault_at is not None:

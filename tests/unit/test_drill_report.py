@@ -1,12 +1,24 @@
-"""The drill's report: its table and its plot (the run itself is a lab test)."""
+"""The drill's report: its table, its plot, its UDP accounting, and its command line's
+errors (the run itself is a lab test, tests/lab/test_drill.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
 from lab import drill
+from lab.drill_report import udp_outage
 
 REPORT = {"fault": "kill", "target": "a", "conns": 200, "survived": 200, "reset": 0, "stalled": 0,
-          "takeover_ms": 468.1, "gap_ms": {"p50": 672.3, "p99": 688.6, "max": 688.8},
+          "takeover_ms": 468.1, "interrupted": 200,
+          "gap_ms": {"p50": 672.3, "p99": 688.6, "max": 688.8},
           "udp_flows": 10, "udp_lost": 30, "old_master": "a", "new_master": "b",
           "vrrp_takeover_ms": 333.7, "dual_master_ms": 0.0, "max_gap_ms": 688.8,
           "fault_at": 1000.5, "hold_started_at": 1000.0,
           "echo_bins_10ms": [100] * 50 + [0] * 60 + [100] * 90}
+
+#: killing the backup: nothing was interrupted, nobody took over
+QUIET = {**REPORT, "target": "b", "takeover_ms": None, "interrupted": 0, "new_master": "a",
+         "vrrp_takeover_ms": None, "gap_ms": {"p50": 20.1, "p99": 24.0, "max": 31.5},
+         "max_gap_ms": 31.5, "udp_flows": 0, "udp_lost": 0}
 
 
 def test_table_names_every_figure():
@@ -16,7 +28,59 @@ def test_table_names_every_figure():
         assert want in t, t
 
 
+def test_table_says_what_happened_instead_of_none():
+    """Issue 17, item 9: killing the backup printed `None ms` for the takeover and the first
+    echo; the table now says what happened."""
+    t = drill.table(QUIET)
+    assert "None" not in t, t
+    assert "no takeover: a stayed master" in t and "no interruption" in t, t
+
+
+def test_table_reports_the_json_figures():
+    """Issue 17, item 10: every figure of the gap and silence rows is the JSON's."""
+    t = drill.table(QUIET)
+    g = QUIET["gap_ms"]
+    assert f"p50 {g['p50']} ms, p99 {g['p99']} ms, max {g['max']} ms" in t, t
+    assert f"longest silence of the run  {QUIET['max_gap_ms']} ms" in t, t
+
+
 def test_plot_writes_a_png(tmp_path):
-    out = tmp_path / "drill.png"
-    drill.plot(REPORT, str(out))
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    for r in (REPORT, QUIET):
+        out = tmp_path / "drill.png"
+        drill.plot(r, str(out))
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_udp_loss_inside_and_outside_the_outage_window():
+    """Issue 17, item 11: loss from the fault to just after the takeover is the outage's;
+    loss elsewhere is a failure, and a flow that got echoes after the window continued."""
+    fault, took = 100.0, 100.4
+    ures = {"lost_runs": [[[50, 69, 99.99, 100.37]],        # the outage: 20 datagrams
+                          [[50, 69, 99.99, 100.37], [200, 201, 103.0, 103.02]],  # + 2 later
+                          [[50, 400, 99.99, 107.0]]],        # never came back
+            "last_answered_sent_at": [107.0, 107.0, 99.97]}
+    out = udp_outage(ures, fault, took, 0.02)
+    assert out["udp_continued"] == 2
+    assert out["udp_lost_outside"] > 2 and out["udp_lost_in_outage"] >= 40, out
+    only_outage = udp_outage({"lost_runs": [ures["lost_runs"][0]],
+                              "last_answered_sent_at": [107.0]}, fault, took, 0.02)
+    assert (only_outage["udp_lost_in_outage"], only_outage["udp_lost_outside"]) == (20, 0)
+
+
+def _drill_cli(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "tandem"
+    return subprocess.run([str(exe), "drill", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_drill_errors_are_one_clear_line():
+    """Issue 17, item 11: `--conns 0`, a bad option or no lab gave a traceback (or a usage
+    block); each is now one line on stderr naming the problem, and a non-zero exit."""
+    for args, want in ((["--conns", "0"], "--conns"),
+                       (["--fault", "bogus"], "invalid choice: 'bogus'"),
+                       (["--interval", "x"], "--interval"),
+                       (["--prefix", "tnolab0", "--conns", "5"], "no pair lab 'tnolab0' is up")):
+        cp = _drill_cli(*args)
+        assert cp.returncode != 0, (args, cp)
+        lines = cp.stderr.strip().splitlines()
+        assert len(lines) == 1 and want in lines[0] and lines[0].startswith("tandem drill: "), (args, cp.stderr)
+        assert "Traceback" not in cp.stderr and not cp.stdout, (args, cp)
