@@ -26,7 +26,7 @@ from director.conn import Conn, Connections
 from director.laddr import PortExhausted, PortSpace
 from director.leave import Leave
 from director.persist import Templates, template_key
-from director.protocol import make_protocols
+from director.protocol import REUSE, make_protocols
 from director.sched import Flow
 from director.service import Service
 from director.sync_apply import SyncApplier
@@ -107,17 +107,17 @@ class Engine:
             cflags = conn.flags
             inbound = pkt.key == conn.orig_key
             if inbound:
-                if proto.new_conn[flags] and state in proto.reusable_states:
-                    # conn_reuse_mode 1: a new SYN on a closing entry is a new connection
-                    self.conns.drop(conn)
-                    self.stats["conns_reused"] += 1
-                    return self._new(data, pkt, now)
                 new = proto.next_in[cflags & NOOUTPUT][flags][state]
             else:
                 if cflags & NOOUTPUT:
                     conn.flags = cflags = cflags & ~NOOUTPUT
                 new = proto.next_out[flags][state]
             if new != state:
+                if new == REUSE:
+                    # conn_reuse_mode 1: a new SYN on a closing entry is a new connection
+                    self.conns.drop(conn)
+                    self.stats["conns_reused"] += 1
+                    return self._new(data, pkt, now)
                 self.conns.set_state(conn, new)
             # only a connection that has seen a reply can prove it is two-way
             if (not cflags & _PROVEN_OR_UNREPLIED and now - conn.created >= proto.assure_after

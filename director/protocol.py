@@ -30,6 +30,10 @@ UDP_STREAM_AFTER = 2.0
 
 _NO_FLAGS = (False,) * 256
 
+#: in `next_in`: not a state, but "this packet starts a new connection over a
+#: closing entry" (conn_reuse_mode 1): the engine drops the entry and reopens
+REUSE = -1
+
 
 class Protocol:
     """One L4 protocol's operations; subclasses fill in the class attributes."""
@@ -67,8 +71,10 @@ class Protocol:
         self.set_timeouts(timeouts)
         #: the inbound rows indexed by (connection flags & NOOUTPUT): INPUT
         #: once a reply was seen, INPUT_ONLY before (saves a branch per packet)
-        rows = [self.next[INPUT]] * (NOOUTPUT + 1)
-        rows[NOOUTPUT] = self.next[INPUT_ONLY]
+        # and with REUSE where a new connection's first packet meets a closing
+        # entry, so the per-packet step needs no separate reuse test
+        rows = [self._with_reuse(self.next[INPUT])] * (NOOUTPUT + 1)
+        rows[NOOUTPUT] = self._with_reuse(self.next[INPUT_ONLY])
         self.next_in = tuple(rows)
         self.next_out = self.next[OUTPUT]
 
@@ -77,6 +83,12 @@ class Protocol:
         their next packet."""
         self.timeouts = tuple(float(timeouts[k]) for k in self.timeout_keys)
         self.ops_timeout = float(timeouts["udp_ops"])
+
+    def _with_reuse(self, row: tuple) -> tuple:
+        return tuple(
+            tuple(REUSE if self.new_conn[f] and s in self.reusable_states else nxt
+                  for s, nxt in enumerate(cells))
+            for f, cells in enumerate(row))
 
     def initial_state(self, flags: int) -> int:
         """The state a new connection enters with its first (client) packet."""
