@@ -104,6 +104,11 @@ class EpochHandshake:
         if wanted is not None:
             # only a bulk begun after this answer was made answers our request
             peer.want_after, peer.want_asked = before, wanted
+            # and that bulk carries the current state of every connection: the
+            # epoch's history is not replayed from the window (it would apply old
+            # incarnations of reused client ports, which the bulk's INACTIVE
+            # entries for the new ones could then not replace)
+            peer.highest = before
         # what arrived while it was being challenged, oldest first
         for m in sorted(self._held.pop(node, ()), key=lambda m: m.seq):
             if m.epoch != msg.epoch:

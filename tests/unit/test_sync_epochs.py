@@ -140,17 +140,19 @@ def test_max_age_has_a_safe_default_and_a_window_kept_from_long_ago_is_not_appli
 
 
 def test_only_a_bulk_begun_after_this_nodes_request_completes_its_initial_resync():
-    """A replayed (or merely older) bulk fills in what it carries but does not make
-    the initial resync "complete": only a bulk whose first message comes after
-    the sender's last seq as of its answer to our challenge does (conntrackd's
-    -n request is likewise answered by a fresh dump of the cache)."""
-    r = SyncReceiver(CFG, "b", KEY, Recorder())
+    """A replayed (or merely older) bulk does not make the initial resync "complete",
+    nor is it applied (a node that asked for the table takes no history from before
+    the answer to its challenge): only a bulk whose first message comes after the
+    sender's last seq as of that answer does (conntrackd's -n request is likewise
+    answered by a fresh dump of the cache)."""
+    rec = Recorder()
+    r = SyncReceiver(CFG, "b", KEY, rec)
     r.start(0.0)
     trust(r, last=12, t=0.1)                               # the live sender is at seq 12
     r.on_datagram(data(10, [entry(10)], flags=S.F_BULK | S.F_BULK_START, t=0.01), 0.1)   # an old
     r.on_datagram(data(11, [entry(11)], flags=S.F_BULK, t=0.02), 0.1)                    # bulk,
     r.on_datagram(data(12, [entry(12)], flags=S.F_BULK | S.F_BULK_END, t=0.03), 0.1)     # replayed
-    assert r.stats["bulk_ends"] == 1 and not r.resync_complete
+    assert r.stats["replayed"] == 3 and rec.applied == [] and not r.resync_complete
     r.on_datagram(data(13, [entry(13)], flags=S.F_BULK | S.F_BULK_START, t=0.2), 0.2)
     assert not r.resync_complete
     r.on_datagram(data(15, [entry(15)], flags=S.F_BULK | S.F_BULK_END, t=0.2), 0.2)

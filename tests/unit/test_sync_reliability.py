@@ -500,7 +500,10 @@ def test_no_loss():
     assert t < 0.6
     assert b.receiver.stats["gaps"] == 0 and b.receiver.stats["nacks_sent"] == 0
     assert a.sender.stats["resends"] == 0
-    assert b.receiver.stats["entries_applied"] == a.sender.stats["entries_sent"]
+    # every entry is applied but those a sent before answering b's start-up challenge:
+    # b asked for the table, so the bulk carries those connections instead
+    unapplied = a.sender.stats["entries_sent"] - b.receiver.stats["entries_applied"]
+    assert 0 <= unapplied <= a.sender.stats["bulk_entries"]
     # one sync per connection on entering ESTABLISHED and one at its 3rd packet, one
     # per close step, and the bulk answering b's start-up request (the few
     # connections a had by then: b's epoch is challenged first, one round trip more)
