@@ -78,6 +78,12 @@ def _prefixlen(addr: str) -> int:
 class LinuxKernel:
     """The real implementation: iptables, rtnetlink (pyroute2), packet and raw sockets."""
 
+    def __init__(self) -> None:
+        #: one packet socket per interface for gratuitous ARP, kept open: closing a packet
+        #: socket waits for an RCU grace period (packet_release -> synchronize_net), tens of
+        #: ms on a busy machine, on the event loop, in the middle of a takeover
+        self._arp: dict[str, tuple[socket.socket, bytes]] = {}
+
     # -- rules ---------------------------------------------------------------------------------
 
     def install_rules(self, addrs: Iterable[str], queue: int) -> None:
@@ -132,17 +138,33 @@ class LinuxKernel:
         v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
         if not v4:
             return 0
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-        try:
-            s.bind((ifname, ETH_P_ARP))
-            mac = s.getsockname()[4][:6]
-            sent = 0
-            for a in v4:
-                s.send(garp_frame(mac, a))
-                sent += 1
-            return sent
-        finally:
-            s.close()
+        for retry in (False, True):
+            s, mac = self._arp_socket(ifname)
+            try:
+                for a in v4:
+                    s.send(garp_frame(mac, a))
+                return len(v4)
+            except OSError:
+                # the interface went away (or came back with another MAC): a fresh socket once
+                self._arp.pop(ifname, None)
+                s.close()
+                if retry:
+                    raise
+        return 0
+
+    def _arp_socket(self, ifname: str) -> tuple[socket.socket, bytes]:
+        got = self._arp.get(ifname)
+        if got is None:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            try:
+                s.bind((ifname, ETH_P_ARP))
+                # a send-only socket: receive nothing, queue nothing
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            except OSError:
+                s.close()
+                raise
+            got = self._arp[ifname] = (s, s.getsockname()[4][:6])
+        return got
 
     # -- sockets ---------------------------------------------------------------------------------
 
