@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab import state as st
 from lab import topology
+from lab.drill_pairs import DeployedPair, LabPair
 from lab.drill_report import overlap_ms, plot, table, udp_outage
 from lab.testing import client_env
 from lab.traffic.common import MAX_CONNS, MAX_SECONDS
@@ -31,84 +31,6 @@ __all__ = ["run", "table", "plot", "main", "add_parser", "LabPair", "DeployedPai
 REPO = Path(__file__).resolve().parents[1]
 #: the longest a drill waits after its traffic time for the roles to settle
 SETTLE_WAIT = 30.0
-
-
-class LabPair:
-    """The lab's pair: faults through `tandem lab fault`, traffic from the client namespace."""
-    faults = topology.FAULTS
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.vip, self.port = topology.VIP, topology.SERVICE_PORT
-        self.names = topology.DIRECTOR_NAMES
-
-    def client_argv(self) -> list[str]:
-        return ["ip", "netns", "exec", topology.ns_name(self.prefix, "client"),
-                sys.executable, "-m", "lab.client"]
-
-    def check(self) -> None:
-        """A clear error when there is no pair lab to drill."""
-        state = st.load_state(self.prefix)
-        if not state or not state.get("ha"):
-            raise RuntimeError(f"no pair lab {self.prefix!r} is up (tandem lab up first)")
-
-    def status(self, name: str) -> dict:
-        return topology.node_status(self.prefix, name, timeout=0.5)
-
-    def fault(self, name: str, kind: str, on_at=None) -> dict:
-        return topology.fault(self.prefix, name, kind, on_at=on_at)
-
-    def expected_master(self, fault: str, target: str) -> str | None:
-        """Who must be master before the drill ends: the preferred director, once restored,
-        preempts (the lab runs with preempt on)."""
-        return target if fault == "restore" and target == topology.PREFERRED else None
-
-
-class DeployedPair:
-    """A real deployment: the nodes' APIs, the VIP; the fault is `resign` through
-    the master's API, or a command of the operator's (`{node}` is replaced by the
-    faulted node's name)."""
-    faults = ("resign", "command")
-
-    def __init__(self, vip: str, port: int, apis: dict[str, str], token: str = "",
-                 command: str = "") -> None:
-        self.vip, self.port, self.apis, self.token, self.command = vip, port, apis, token, command
-        self.names = tuple(apis)
-
-    def client_argv(self) -> list[str]:
-        return [sys.executable, "-m", "lab.client"]
-
-    def check(self) -> None:
-        pass
-
-    def expected_master(self, fault: str, target: str) -> str | None:
-        return None
-
-    def status(self, name: str) -> dict:
-        import urllib.request
-        with urllib.request.urlopen(f"{self.apis[name]}/status", timeout=1.0) as r:
-            return json.loads(r.read())
-
-    def fault(self, name: str, kind: str, on_at=None) -> dict:
-        import shlex
-        import urllib.request
-        if kind == "resign":
-            req = urllib.request.Request(f"{self.apis[name]}/resign", method="POST", data=b"",
-                                         headers={"Authorization": f"Bearer {self.token}"})
-            at = time.time()
-            if on_at:
-                on_at(at)
-            with urllib.request.urlopen(req, timeout=5.0) as r:
-                r.read()
-            return {"at": at}
-        if not self.command:
-            raise ValueError("--fault command needs --fault-command")
-        argv = [a.replace("{node}", name) for a in shlex.split(self.command)]
-        at = time.time()
-        if on_at:
-            on_at(at)
-        subprocess.run(argv, check=True, timeout=60)
-        return {"at": at}
 
 
 def _roles(pair) -> dict[str, dict]:
