@@ -116,42 +116,34 @@ def _fault(prefix: str, name: str, kind: str, wait: float,
         return out
 
 
-def sync_loss(prefix: str, percent: int) -> None:
-    """Drop `percent`% of sync datagrams arriving at each director, at random
-    (an nftables numgen rule on the sync path); 0 removes the rule."""
+def _random_drop(ns: str, table: str, hook: str, match: str, percent: int) -> None:
+    """In namespace `ns`, drop `percent`% of the packets `match` selects at `hook`, at
+    random (an nftables numgen rule in a table of its own); 0 removes the table."""
     if not 0 <= percent <= 100:
         raise ValueError("percent must be 0..100")
-    for d in DIRECTORS:
-        ns = ns_name(prefix, d["name"])
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tandem_lab_loss"],
-                       capture_output=True)
-        if percent:
-            script = "\n".join([
-                "table inet tandem_lab_loss {",
-                "  chain input {",
-                "    type filter hook input priority 0;",
-                f"    udp dport {SYNC_PORT} numgen random mod 100 < {percent} counter drop",
-                "  }",
-                "}"])
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
-                           check=True, capture_output=True)
-
-
-def service_udp_loss(prefix: str, percent: int) -> None:
-    """Drop `percent`% of the client's UDP datagrams to the service at the router, at random
-    (loss that has nothing to do with a failover); 0 removes the rule."""
-    if not 0 <= percent <= 100:
-        raise ValueError("percent must be 0..100")
-    ns = ns_name(prefix, "router")
-    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tandem_lab_udp_loss"],
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", table],
                    capture_output=True)
     if percent:
         script = "\n".join([
-            "table inet tandem_lab_udp_loss {",
-            "  chain forward {",
-            "    type filter hook forward priority 0;",
-            f"    ip daddr {VIP} udp dport {SERVICE_PORT} numgen random mod 100 < {percent} counter drop",
+            f"table inet {table} {{",
+            f"  chain {hook} {{",
+            f"    type filter hook {hook} priority 0;",
+            f"    {match} numgen random mod 100 < {percent} counter drop",
             "  }",
             "}"])
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
                        check=True, capture_output=True)
+
+
+def sync_loss(prefix: str, percent: int) -> None:
+    """Drop `percent`% of sync datagrams arriving at each director; 0 removes the rule."""
+    for d in DIRECTORS:
+        _random_drop(ns_name(prefix, d["name"]), "tandem_lab_loss", "input",
+                     f"udp dport {SYNC_PORT}", percent)
+
+
+def service_udp_loss(prefix: str, percent: int) -> None:
+    """Drop `percent`% of the client's UDP datagrams to the service at the router
+    (loss that has nothing to do with a failover); 0 removes the rule."""
+    _random_drop(ns_name(prefix, "router"), "tandem_lab_udp_loss", "forward",
+                 f"ip daddr {VIP} udp dport {SERVICE_PORT}", percent)
