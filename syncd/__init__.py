@@ -1,1 +1,1 @@
-"""Connection-state sync and VRRP election (see issues 4 and 5)."""
+"""Connection-state sync to the peer, sans-IO sender and receiver with a thin transport (the election is in ha/)."""
