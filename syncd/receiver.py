@@ -60,6 +60,9 @@ authenticated, epochs_refused), and per drop reason bad_mac, wrong_sync_id,
 malformed, bad_version, oversize (longer than cfg.max_payload: dropped before
 anything else is looked at), replayed, dropped.
 self.results counts what `apply` returned; lag() gives p50/p99/max in ms.
+
+(Over ~400 lines on purpose: the gap, bulk and resync rules of one peer's stream
+read together; the epoch handshake is apart, in syncd.handshake.)
 """
 from __future__ import annotations
 
