@@ -194,6 +194,11 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
         doc="also send a TCP connection the moment it enters ESTABLISHED, at once (no flush "
             "delay). The kernel waits for the threshold packet, which a reused client port may "
             "have passed long ago; `false` restores the kernel's rule exactly"),
+    Key("on_syn", bool, True,
+        doc="also send a new TCP connection when its first SYN is scheduled, at once. A client "
+            "whose handshake completed just before the master died (its ACK still queued there) "
+            "then still finds its entry on the backup; the kernel sends nothing before the "
+            "threshold packet. `false` (with `on_established = false`) restores its rule exactly"),
     Key("max_payload", int, 1472, unit="bytes", lo=256, hi=65507,
         doc="the largest datagram payload, MAC included (IPVS `sync_maxlen` for IPv4)"),
     Key("flush_delay", float, 0.020, unit="s", above=0.0,

@@ -37,6 +37,8 @@ class SyncConfig:
     #: threshold packet; a failover in between loses a connection whose handshake
     #: completed, e.g. a reused client port whose old entry had passed packet 3.
     on_established: bool = _D("on_established")
+    #: Send a new TCP connection when its SYN is scheduled (SYN_RECV), at once.
+    on_syn: bool = _D("on_syn")
 
     # -- the sender ------------------------------------------------------------------
     #: Largest datagram payload, MAC included (IPVS sync_maxlen for an IPv4 group).

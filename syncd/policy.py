@@ -33,9 +33,13 @@ sync_endtime with its creation time (Conn.created), which the kernel stores as
 Note that old_state moves only when a send is decided: a connection that became
 ESTABLISHED on packet 2 still has `force` set on packet 3.
 
-tandem departs from the kernel in one place (`on_established`, on by default): a
-change into ESTABLISHED is sent at once and marked URGENT, so the transport sends it
-without waiting for the flush delay.  The kernel lets it wait for the threshold
+tandem departs from the kernel in two places, both on by default.  `on_syn`: a new
+connection is sent when its SYN is scheduled (SYN_RECV), URGENT, so a client whose
+handshake completed just before the master died (its ACK still queued there, never
+processed) finds the entry on the backup, whose TCP table takes that ACK from
+SYN_RECV to ESTABLISHED.  `on_established`: a change into ESTABLISHED is sent at
+once and marked URGENT, so the transport sends it without waiting for the flush
+delay.  The kernel lets it wait for the threshold
 packet, and a connection can reach ESTABLISHED long after that packet: a reused
 client port whose old entry had passed packet 3, or a handshake slower than three
 packets.  A failover in that window loses a connection the client saw open.
@@ -45,7 +49,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from proto.consts import ESTABLISHED, TCP, TCP_SYNC_STATES
+from proto.consts import ESTABLISHED, SYN_RECV, TCP, TCP_SYNC_STATES
 from proto.sync import SyncEntry
 
 HZ = 1000
@@ -55,7 +59,8 @@ URGENT = 2
 
 class SyncPolicy:
     def __init__(self, threshold: int = 3, period: int = 50, refresh_period: float = 0.0,
-                 retries: int = 0, persist_mode: bool = False, on_established: bool = True) -> None:
+                 retries: int = 0, persist_mode: bool = False, on_established: bool = True,
+                 on_syn: bool = True) -> None:
         if threshold < 0 or period < 0:
             raise ValueError("threshold and period must be >= 0")
         if period and threshold >= period:
@@ -70,12 +75,13 @@ class SyncPolicy:
         self.retries = retries
         self.persist_mode = persist_mode
         self.on_established = on_established
+        self.on_syn = on_syn
         self._refresh_j = round(refresh_period * HZ)
 
     @classmethod
     def from_config(cls, cfg) -> "SyncPolicy":
         return cls(cfg.threshold, cfg.period, cfg.refresh_period, cfg.retries, cfg.persist_mode,
-                   cfg.on_established)
+                   cfg.on_established, cfg.on_syn)
 
     @staticmethod
     def _orig(conn) -> int:
@@ -108,6 +114,8 @@ class SyncPolicy:
         elif self.persist_mode and controlled:
             return False
         elif conn.proto == TCP:
+            if state == SYN_RECV and conn.old_state != SYN_RECV and self.on_syn:
+                return self._set(conn, n, True) and URGENT
             if state not in TCP_SYNC_STATES:
                 return False
             force = state != conn.old_state

@@ -134,7 +134,7 @@ def test_templates_travel_with_their_connections_to_the_peer():
     fwd = IP(master.handle(tcp(dst, out.src, 8080, out[TCP].sport, "SA"), 0.0))
     for _ in range(2):
         master.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.1)
-    assert [e.template for e in sent] == [False, True]
+    assert [e.template for e in sent] == [False, True] * 2   # at the SYN and at ESTABLISHED
     for e in sent:
         backup.apply_synced(**e.apply_kwargs(), now=0.2)
     assert len(backup.templates) == 1

@@ -20,7 +20,7 @@ from syncd.policy import SyncPolicy, make_hook
 from tests.helpers import CLIENT, VIP, make_config, tcp, udp
 
 pk = lambda a: ipaddress.ip_address(a).packed
-KernelPolicy = functools.partial(SyncPolicy, on_established=False)
+KernelPolicy = functools.partial(SyncPolicy, on_established=False, on_syn=False)
 
 
 def conn(proto=6, created=0.0) -> Conn:
@@ -240,7 +240,7 @@ def test_entering_established_is_sent_at_once_and_urgent():
     """The kernel (ip_vs_sync_conn_needed) lets a change into ESTABLISHED wait for the
     threshold packet; tandem sends it on the packet that makes the change, URGENT."""
     from syncd.policy import URGENT
-    p, c = SyncPolicy(), conn()
+    p, c = SyncPolicy(on_syn=False), conn()
     assert run(p, c, [SYN_RECV] * 5 + [ESTABLISHED] * 100) == [6, 53, 103]
     c2 = conn()
     c2.state = SYN_RECV
@@ -248,6 +248,20 @@ def test_entering_established_is_sent_at_once_and_urgent():
     c2.state = ESTABLISHED
     assert p.needed(c2, 2, 0.001, 900.0) == URGENT
     assert p.needed(c2, 3, 0.002, 900.0) is True            # the threshold packet, as before
+
+
+def test_a_new_connection_is_sent_when_its_syn_is_scheduled_once_and_urgent():
+    """A client's handshake can complete while its ACK still waits in the dying master's
+    queue; the backup must already hold the entry (SYN_RECV), whose ACK then takes it to
+    ESTABLISHED as IPVS's TCP table does.  The kernel sends nothing before packet 3."""
+    from syncd.policy import URGENT
+    p = SyncPolicy()
+    c = conn()
+    c.state = SYN_RECV
+    assert p.needed(c, 1, 0.0, 60.0) == URGENT
+    assert not p.needed(c, 2, 0.01, 60.0)                      # a retransmitted SYN: once
+    assert run(SyncPolicy(), conn(), [SYN_RECV, ESTABLISHED, ESTABLISHED]) == [1, 2, 3]
+    assert run(SyncPolicy(on_syn=False), conn(), [SYN_RECV, ESTABLISHED, ESTABLISHED]) == [2, 3]
 
 
 def test_a_reused_client_port_that_reaches_established_again_is_sent():
@@ -274,7 +288,7 @@ def test_a_reused_client_port_that_reaches_established_again_is_sent():
         return sends
 
     assert scenario(KernelPolicy()) == []                     # the kernel's rule: not sent
-    assert scenario(SyncPolicy()) == [(62, ESTABLISHED)]
+    assert scenario(SyncPolicy(on_syn=False)) == [(62, ESTABLISHED)]
 
 
 def test_make_hook_passes_urgency_to_the_queue():
@@ -285,4 +299,4 @@ def test_make_hook_passes_urgency_to_the_queue():
     eng.handle(tcp(fwd.dst, fwd.src, 8080, fwd[TCP].sport, "SA"), 0.0)
     for _ in range(2):
         eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 1.0)
-    assert queued == [(2, True), (3, False)]
+    assert queued == [(1, True), (2, True), (3, False)]
