@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from director.conn import Conn, Connections
 from director.persist import Templates, template_key
-from proto.consts import ASSURED, ESTABLISHED, INACTIVE, NOOUTPUT, SYNC_FLAGS, SYNCED
+from proto.consts import (ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, SYN_RECV, SYNC_FLAGS, SYNCED,
+                          TCP, TIME_WAIT)
 from proto.packet import flow_key
 
 #: what `apply` can answer; each has a counter of the same name in `stats`
@@ -50,7 +51,12 @@ class SyncApplier:
         if conn is not None and key != conn.orig_key:
             conn = None     # our laddr:lport seen as a client tuple: not the same flow
         if conn is not None and (conn.daddr, conn.dport, conn.laddr, conn.lport) != (daddr, dport, laddr, lport):
-            if sync_flags & INACTIVE and state != ESTABLISHED:
+            # an expiry notice does not replace a live entry; but a new connection
+            # (SYN_RECV) on a closed one does, as a SYN on TIME_WAIT/CLOSE does on the
+            # master (conn_reuse_mode)
+            new_on_closed = (proto == TCP and state == SYN_RECV
+                             and conn.state in (TIME_WAIT, CLOSE))
+            if sync_flags & INACTIVE and state != ESTABLISHED and not new_on_closed:
                 st["ignored"] += 1
                 return "ignored"
             conns.drop(conn)

@@ -300,3 +300,34 @@ def test_make_hook_passes_urgency_to_the_queue():
     for _ in range(2):
         eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 1.0)
     assert queued == [(1, True), (2, True), (3, False)]
+
+
+def test_a_new_connection_synced_at_its_syn_replaces_the_backups_closed_entry():
+    """On the master a SYN on a TIME_WAIT entry is a new connection (conn_reuse_mode);
+    the backup must take the synced SYN_RECV entry over its own closed copy, though an
+    INACTIVE entry never replaces a live one (ip_vs_proc_conn's rule)."""
+    master, backup = Engine(make_config()), Engine(make_config())
+    sent = []
+    master.sync_hook = make_hook(SyncPolicy(), master, lambda e, now, urgent=False: sent.append(e))
+
+    def to_backup(now):
+        for e in sent:
+            backup.apply_synced(**e.apply_kwargs(), now=now)
+        del sent[:]
+
+    fwd = IP(master.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))
+    rs, laddr, lport = fwd.dst, fwd.src, fwd[TCP].sport
+    master.handle(tcp(rs, laddr, 8080, lport, "SA"), 0.0)
+    master.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.01)
+    master.handle(tcp(CLIENT, VIP, 40000, 80, "FA"), 0.02)
+    master.handle(tcp(rs, laddr, 8080, lport, "FA"), 0.02)
+    master.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.03)                 # TIME_WAIT
+    to_backup(0.05)
+    (old,) = list(backup.table)
+    assert old.state == TIME_WAIT
+    master.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 1.0)                  # the port again
+    (new,) = list(master.table)
+    assert (new.laddr, new.lport) != (old.laddr, old.lport) and new.state == SYN_RECV
+    to_backup(1.0)
+    (got,) = list(backup.table)
+    assert (got.laddr, got.lport, got.state) == (new.laddr, new.lport, SYN_RECV)
