@@ -1,7 +1,7 @@
 """The node's HTTP API (aiohttp): status reads, and changes behind a bearer token.
 
 Reads (GET) are open, except client addresses in GET /conns, which only a caller
-with the token sees; every changing request (POST: weight, drain, resign, reload)
+with the token sees; every changing request (POST: weight, drain, resign, resume, reload)
 needs `Authorization: Bearer <node.api_token>` and is refused with 401 without it,
 or always when no token is configured.  The routes are the table ROUTES; the
 OpenAPI document (director/openapi.py) is tested against it.  What the API reports
@@ -40,6 +40,7 @@ ROUTES = (
     Route("POST", "/services/{service:.+}/real_servers/{real}/weight", "set_weight"),
     Route("POST", "/services/{service:.+}/real_servers/{real}/drain", "drain"),
     Route("POST", "/resign", "resign"),
+    Route("POST", "/resume", "resume"),
     Route("POST", "/reload", "reload"),
 )
 
@@ -144,9 +145,16 @@ class NodeApi:
             raise web.HTTPNotFound(text=str(exc)) from None
 
     async def resign(self, _request: web.Request) -> web.Response:
-        if not self.node.resign():
-            raise web.HTTPConflict(text="no election configured: nothing to resign")
-        return web.json_response({"resigned": True, "role": self.node.status().role})
+        answer = await self.node.resign()
+        if answer is None:
+            raise web.HTTPConflict(text="no election runs: nothing to resign")
+        return web.json_response(answer)
+
+    async def resume(self, _request: web.Request) -> web.Response:
+        answer = await self.node.resume()
+        if answer is None:
+            raise web.HTTPConflict(text="no election runs: nothing to resume")
+        return web.json_response(answer)
 
     async def reload(self, _request: web.Request) -> web.Response:
         from director.config import ConfigError

@@ -201,7 +201,30 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ResignResult": {
         "type": "object", "required": ["resigned", "role"],
-        "properties": {"resigned": _BOOL, "role": _STR},
+        "description": "The node's state after the change (the role machine has carried it out: "
+                       "a resigned master has let the addresses go), and what it will become if "
+                       "nothing else happens.",
+        "properties": {
+            "resigned": {"type": "boolean", "description": "whether the node holds back from "
+                         "preempting (true after /resign, until /resume or until it becomes "
+                         "master again because no peer took over)"},
+            "role": {"type": "string", "description": "the role now: master | backup | fault | init"},
+            "vrrp_state": {"type": "string", "enum": ["Initialize", "Backup", "Master", "Fault"]},
+            "expected": {
+                "type": "object", "required": ["role", "within_ms", "reason"],
+                "description": "the role the election will give the node if nothing else "
+                               "happens; after /resume a higher-priority node takes mastership "
+                               "back by preempting, after its master down timer (and "
+                               "preempt_delay, preempt_yield)",
+                "properties": {
+                    "role": {"type": "string", "enum": ["master", "backup", "fault", "init"]},
+                    "within_ms": {"type": "number", "nullable": True,
+                                  "description": "an upper bound for a change still to come; "
+                                                 "null when the role is already the expected one"},
+                    "reason": _STR,
+                },
+            },
+        },
     },
     "ReloadResult": {
         "type": "object", "required": ["changed"],
@@ -304,7 +327,16 @@ SPEC: dict[str, Any] = {
             "WeightResult", params=_RS_PARAMS),
         "/resign": _change(
             "Give up the master role",
-            "The node stops being VRRP master (priority 0 advert) so the peer takes over.",
+            "The node stops being VRRP master (a priority 0 advert) so the peer takes over after its skew time, and holds back from "
+            "preempting until /resume.  If no peer takes over within the master down interval, "
+            "the node becomes master again (the VIPs are never left without one).  Answers with "
+            "the state after the change.",
+            "ResignResult", not_found=False),
+        "/resume": _change(
+            "End a resignation",
+            "The node preempts again: with the higher priority it takes mastership back after "
+            "its master down timer (`expected` says when, at most).  Idempotent; answers with "
+            "the state now and the one expected.",
             "ResignResult", not_found=False),
         "/reload": _change(
             "Re-read the config file and apply it",
@@ -324,7 +356,7 @@ SPEC: dict[str, Any] = {
 }
 SPEC["paths"]["/reload"]["post"]["responses"]["400"] = _json_response(
     "the file is invalid: nothing changed", _ref("Error"))
-for _path, _why in (("/resign", "no election is configured"),
+for _path, _why in (("/resign", "no election is configured"), ("/resume", "no election is configured"),
                     ("/reload", "the node was not started from a file")):
     SPEC["paths"][_path]["post"]["responses"]["409"] = {"description": _why}
 

@@ -199,6 +199,8 @@ class ElectionSource(Protocol):
 
     def resign(self) -> None: ...
 
+    def resume(self) -> None: ...
+
 
 class SyncSource(Protocol):
     """A running sync link (tandem.ha.SyncLink)."""
@@ -231,7 +233,9 @@ class NodeSource(Protocol):
 
     def queue_stats(self) -> Mapping[str, int]: ...
 
-    def resign(self) -> bool: ...
+    async def resign(self) -> dict | None: ...
+
+    async def resume(self) -> dict | None: ...
 
     async def reload(self) -> dict: ...
 
@@ -253,7 +257,9 @@ class NodeParts:
                  queue_stats: Callable[[], Mapping[str, int]] = dict,
                  control: ControlSource | None = None, sync: SyncSource | None = None,
                  role_changes: list[dict] | None = None, api_token: str = "",
-                 reload: Callable[[], Awaitable[dict]] | None = None) -> None:
+                 reload: Callable[[], Awaitable[dict]] | None = None,
+                 resign: Callable[[], Awaitable[dict | None]] | None = None,
+                 resume: Callable[[], Awaitable[dict | None]] | None = None) -> None:
         self.name = name
         self.control = control
         self.api_token = api_token
@@ -264,6 +270,7 @@ class NodeParts:
         self._sync = sync
         self._role_changes = role_changes if role_changes is not None else []
         self._reload = reload
+        self._resign, self._resume = resign, resume
         self._election: ElectionSource | None = None
         self._priority: int | None = None
 
@@ -292,12 +299,24 @@ class NodeParts:
                           role_changes=tuple(self._role_changes[-10:]),
                           sync_enabled=self._sync is not None)
 
-    def resign(self) -> bool:
-        """Give up mastership; False when no election runs."""
+    async def resign(self) -> dict | None:
+        """Give up mastership; the node's answer (its state after the change), None when no
+        election runs.  The node wiring hands in its own (tandem.node.Node.resign); without
+        it the election is asked directly."""
+        return await self._operator(self._resign, "resign")
+
+    async def resume(self) -> dict | None:
+        """End a resignation: preempt normally again; as resign."""
+        return await self._operator(self._resume, "resume")
+
+    async def _operator(self, wired: Callable[[], Awaitable[dict | None]] | None,
+                        what: str) -> dict | None:
+        if wired is not None:
+            return await wired()
         if self._election is None:
-            return False
-        self._election.resign()
-        return True
+            return None
+        getattr(self._election, what)()
+        return {"resigned": bool(self._election.instance.resigned), "role": self._role}
 
     async def reload(self) -> dict:
         if self._reload is None:

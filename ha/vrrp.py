@@ -9,6 +9,8 @@ Inputs carry the time; outputs are actions for the caller to carry out, in order
     actions = inst.on_timer(now)                                  # at inst.next_deadline() or later
     actions = inst.set_fault(True|False, now)
     actions = inst.resign(now) / inst.resume(now)
+    inst.note_peer(address, resigned=True)                       # what the peer said over sync
+    outlook = inst.outlook(now)                                   # what this instance will become
     actions = inst.shutdown(now)
 
 Actions: `SendAdvert(priority)` (the caller builds it with `inst.advert(priority)` and sends it to
@@ -42,7 +44,16 @@ Rules:
 * shutdown: Master sends priority 0 then -> Initialize; Backup/Fault -> Initialize silently.
 * set_fault(True): -> Fault (a Master sends priority 0 first, so the peer takes over after its
   Skew_Time rather than Master_Down_Interval); set_fault(False): leave Fault as at start.
-* resign: see `VrrpInstance.resign`.
+* resign: see `VrrpInstance.resign`; resume: `VrrpInstance.resume`.
+* A priority-0 advert means "the master is leaving" whether it resigned or stopped (RFC 5798
+  §5.2.4): the advert cannot tell them apart.  The node's sync channel can: the peer says so
+  there (`note_peer(address, resigned=True)`), and a Backup that takes over after a priority 0
+  from a peer noted as resigned says "master resigned" (Cause.PEER_RESIGNED), "master stopped"
+  (Cause.PEER_STOPPED) otherwise, as before.  The note is read when the skew timer expires, so
+  it may arrive just after the priority-0 advert.
+* `last_advert`: (source, priority, time) of the last accepted advert from another router,
+  whatever our state: on a Backup the master's, on a Master the peer's when it ever advertised
+  (a priority 0, a lower-priority claim, or a higher priority that preempted us); None if none.
 
 Receive validation, each failure dropped, counted in `counters["drop_<reason>"]`, never a state
 change, checked in this order: not running (Initialize/Fault: drop_state), own advert (src ==
@@ -70,7 +81,7 @@ from proto import vrrp as P
 from proto.vrrp import Advert, VrrpError
 
 __all__ = ["State", "Cause", "VrrpConfig", "SendAdvert", "StateChange", "Reannounce", "Action",
-           "VrrpInstance", "skew_time", "master_down_interval"]
+           "VrrpInstance", "Outlook", "skew_time", "master_down_interval"]
 
 
 class State(str, enum.Enum):
@@ -99,6 +110,7 @@ class Cause(str, enum.Enum):
     STARTUP = "startup"                  # Initialize -> Backup (or Master as address owner)
     MASTER_DOWN = "master_down"          # Backup: Master_Down_Timer expired, no master heard
     PEER_STOPPED = "peer_stopped"        # Backup: the master sent priority 0, Skew_Time expired
+    PEER_RESIGNED = "peer_resigned"      # the same, and the master said (over sync) it resigned
     PREEMPT = "preempt"                  # Backup: took over from a live lower-priority master,
                                          # which still holds the addresses
     PREEMPTED = "preempted"              # Master: a higher-priority master appeared
@@ -126,6 +138,15 @@ class Reannounce:
 
 
 Action = Union[SendAdvert, StateChange, Reannounce]
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What an instance will be if nothing else happens: `state`, and `within` (s, an upper
+    bound) when that is a change still to come (None: it is so now, or nothing is due)."""
+    state: State
+    within: float | None
+    reason: str
 
 
 def _canon(addr: str) -> str:
@@ -243,6 +264,10 @@ class VrrpInstance:
         self._preempt_at: float | None = None   # preempt_delay running against a lower-priority master
         self._down_reason = ""
         self._down_cause = Cause.MASTER_DOWN
+        self._down_src = ""                     # the master whose priority 0 armed Skew_Time
+        self._resigned_peers: set[str] = set()  # peers that said (over sync) they resigned
+        #: (source, priority, time) of the last accepted advert from another router
+        self.last_advert: tuple[str, int, float] | None = None
 
     # -- read-only views ------------------------------------------------------------------
 
@@ -404,9 +429,51 @@ class VrrpInstance:
 
     def resume(self, now: float) -> list[Action]:
         """End a resignation: preempt normally again (a higher-priority Backup then takes over
-        from a lower-priority master after Master_Down_Interval, or preempt_delay + that)."""
+        from a lower-priority master after Master_Down_Interval, or preempt_delay + that: see
+        `outlook`).  Nothing is sent: a Backup is silent, and the next advert of a lower-priority
+        master is discarded, so the Master_Down_Timer it last armed runs out."""
         self.resigned = False
         return []
+
+    def note_peer(self, address: str, resigned: bool) -> None:
+        """What the router at `address` (its primary address, the source of its adverts) said
+        of itself over the node's own channel (sync): whether it has resigned.  Only changes
+        what a priority 0 from it is called (see the module docstring)."""
+        try:
+            address = _canon(address)
+        except ValueError:
+            return
+        if resigned:
+            self._resigned_peers.add(address)
+        else:
+            self._resigned_peers.discard(address)
+
+    def outlook(self, now: float) -> Outlook:
+        """What this instance will become if nothing else happens (no new router, no fault),
+        for an operator who has just resigned or resumed it."""
+        st = self._state
+        if st is State.MASTER:
+            return Outlook(st, None, "master until a higher priority appears or it resigns")
+        if st is not State.BACKUP or self.master_down_at is None:
+            return Outlook(st, None, "not in the election" if st is State.INITIALIZE else
+                           "in fault until the tracked interfaces are up")
+        left = max(0.0, self.master_down_at - now)
+        if self.master_priority is None:
+            if self.resigned:
+                return Outlook(State.BACKUP, None,
+                               f"resigned: the peer takes over after its skew time; if no master"
+                               f" is heard within {_ms(left)} this node is master again")
+            return Outlook(State.MASTER, left, "no master heard: master down timer")
+        master = f"{self.master_address} (priority {self.master_priority})"
+        if self.resigned:
+            return Outlook(State.BACKUP, None, f"resigned: not preempting master {master}")
+        if self.preempting and self.master_priority < self.cfg.priority:
+            within = self.master_down_interval + self.cfg.preempt_delay
+            return Outlook(State.MASTER, max(left, within),
+                           f"preempting lower priority master {master} (ours {self.cfg.priority})")
+        why = ("preemption is off" if not self.preempting else
+               f"its priority is not below ours ({self.cfg.priority})")
+        return Outlook(State.BACKUP, None, f"backup to master {master}: {why}")
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -417,7 +484,14 @@ class VrrpInstance:
             self.adver_at = now + self.advert_interval
         elif (self._state is State.BACKUP and self.master_down_at is not None
               and now >= self.master_down_at):
-            if self._down_reason:
+            cause = self._down_cause
+            if cause is Cause.PEER_STOPPED:
+                resigned = self._down_src in self._resigned_peers
+                cause = Cause.PEER_RESIGNED if resigned else Cause.PEER_STOPPED
+                reason = (f"priority 0 from {self._down_src} (master "
+                          f"{'resigned' if resigned else 'stopped'}), "
+                          f"skew timer expired ({_ms(self.skew_time)})")
+            elif self._down_reason:
                 reason = self._down_reason
             elif self.cfg.version == 3:
                 reason = (f"master down timer expired (3 x {self.master_adver_int_cs * 10} ms"
@@ -426,7 +500,7 @@ class VrrpInstance:
                 reason = (f"master down timer expired (3 x {self.cfg.advert_interval_cs // 100} s"
                           f" + skew {_ms(self.skew_time)})")
             self.resigned = False
-            self._become_master(out, now, reason, self._down_cause)
+            self._become_master(out, now, reason, cause)
         return out
 
     # -- receive -----------------------------------------------------------------------------------
@@ -491,6 +565,7 @@ class VrrpInstance:
                 self.counters["owner_conflict"] += 1
             return self._drop("owner")
         self.counters["accepted"] += 1
+        self.last_advert = (src, advert.priority, now)
         if advert.priority == 0:
             self.counters["rx_priority0"] += 1
         out: list[Action] = []
@@ -509,8 +584,7 @@ class VrrpInstance:
     def _backup_rx(self, out: list[Action], advert: Advert, src: str, now: float) -> None:
         if advert.priority == 0:
             self.master_down_at = now + self.skew_time
-            self._down_reason = (f"priority 0 from {src} (master stopped), "
-                                 f"skew timer expired ({_ms(self.skew_time)})")
+            self._down_reason, self._down_src = "", src     # said at expiry: see note_peer
             self._down_cause = Cause.PEER_STOPPED
             return
         lower = advert.priority < self.cfg.priority

@@ -207,8 +207,20 @@ class VrrpRunner:
         self._run(self.instance.resign)
 
     def resume(self) -> None:
-        """End a resign: preempt normally again."""
+        """End a resign: preempt normally again (logged in one line, with what comes next)."""
+        was = self.instance.resigned
         self._run(self.instance.resume)
+        if was:
+            log.info("VRRP_Instance(%s) Resuming: preempting again (%s)", self.cfg.name,
+                     self.instance.outlook(self.clock()).reason)
+
+    def note_peer(self, address: str, resigned: bool) -> None:
+        """What the peer at `address` said of itself over sync (VrrpInstance.note_peer)."""
+        self.instance.note_peer(address, resigned)
+
+    def outlook(self):
+        """What the instance will become if nothing else happens (VrrpInstance.outlook)."""
+        return self.instance.outlook(self.clock())
 
     def set_fault(self, on: bool) -> None:
         """Enter (a Master first advertises priority 0) or leave Fault."""

@@ -113,6 +113,23 @@ async def run_hook(argv: tuple[str, ...], state: str, node: str, timeout: float 
         log.warning("notify %s hook %s failed: %s", state, argv[0], exc)
 
 
+def election_answer(instance, role: str, now: float, preempt_yield: float = 0.0) -> dict:
+    """The answer to POST /resign and /resume: the node's state after the change (`role`, the
+    role machine's, and `vrrp_state`) and what it will become if nothing else happens
+    (`expected`: role, within_ms an upper bound or null when nothing is due, and why).
+    `instance` is the ha.vrrp.VrrpInstance; a master-to-be by preemption also waits
+    `preempt_yield` before it takes the addresses."""
+    o = instance.outlook(now)
+    expected = R.role_of(o.state).value
+    within = o.within
+    if within is not None and expected == R.Role.MASTER.value and role != expected:
+        within += preempt_yield
+    return {"resigned": bool(instance.resigned), "role": role, "vrrp_state": instance.state.value,
+            "expected": {"role": expected,
+                         "within_ms": None if within is None else round(within * 1000, 1),
+                         "reason": o.reason}}
+
+
 def takeover_config(cfg) -> TakeoverConfig | None:
     ha = cfg.ha
     if ha is None or not (ha.front_if and ha.back_if):
@@ -153,6 +170,8 @@ class RoleRunner:
         self.changes: list[dict] = []           # the last 50 role changes (the API's role_changes)
         self.stats = dict.fromkeys(("events", "actions", "errors", "flushed"), 0)
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()            # set while nothing waits in the inbox
+        self._idle.set()
         self._announce: asyncio.Task | None = None
         self._hook: asyncio.Task | None = None
 
@@ -161,6 +180,7 @@ class RoleRunner:
     def post(self, ev: R.Event) -> None:
         """Hand an event to the machine (never blocks; the inbox coalesces)."""
         self.inbox.put(ev)
+        self._idle.clear()
         self._wake.set()
 
     def on_vrrp_change(self, change: StateChange) -> None:
@@ -191,6 +211,17 @@ class RoleRunner:
         while (ev := self.inbox.take()) is not None:
             self.stats["events"] += 1
             await self._execute(self.machine.handle(ev, self.clock()))
+        self._idle.set()
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait (at most timeout s) until the pump has carried out every event posted so far,
+        so the role reads as after them; False on timeout.  (A preempt's yield still to run is
+        the machine's timer, not an event: it does not hold this up.)"""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def _execute(self, actions: list[R.Action]) -> None:
         for a in actions:

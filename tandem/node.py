@@ -36,7 +36,7 @@ from director.status import NodeParts
 from ha import role as R
 from ha.takeover import Takeover
 from ha.vrrp_io import VrrpRunner
-from tandem.ha import RoleRunner, SyncLink, role_config, takeover_config
+from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
 
 log = logging.getLogger("tandem.node")
@@ -44,6 +44,8 @@ log = logging.getLogger("tandem.node")
 LINK_CHECK_INTERVAL = 0.2
 #: seconds between looks for the peer's bulk resync while a starting node waits for it
 SYNC_POLL_INTERVAL = 0.01
+#: seconds POST /resign and /resume wait for the role machine to carry out the change
+ELECTION_SETTLE_TIMEOUT = 2.0
 #: freeze the collector's view of long-lived objects every this many new entries
 GC_FREEZE_EVERY = 50_000
 
@@ -118,7 +120,7 @@ class Node:
                                clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
                                control=self.control, sync=self.sync,
                                role_changes=self.role.changes, api_token=cfg.api_token,
-                               reload=self.reload)
+                               reload=self.reload, resign=self.resign, resume=self.resume)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
         self._http: web.AppRunner | None = None
         self._pump_task: asyncio.Task | None = None
@@ -276,6 +278,32 @@ class Node:
         await self.vrrp.start()
         if self.role.machine.fault:
             self.vrrp.set_fault(True)
+
+    # -- the operator's resign and resume ------------------------------------------------------
+
+    async def resign(self) -> dict | None:
+        """Hand mastership to the peer (the VRRP instance sends priority 0 and is Backup at
+        once); answers once the role machine has carried it out (addresses gone), with the
+        state after it.  None when no election runs."""
+        if self.vrrp is None:
+            return None
+        self.vrrp.resign()
+        return await self._election_answer()
+
+    async def resume(self) -> dict | None:
+        """End a resignation: the node preempts again (it may become master after the
+        election's timers: the answer's `expected` says so)."""
+        if self.vrrp is None:
+            return None
+        self.vrrp.resume()
+        return await self._election_answer()
+
+    async def _election_answer(self) -> dict:
+        await self.role.settled(ELECTION_SETTLE_TIMEOUT)
+        ha = self.cfg.ha
+        assert self.vrrp is not None
+        return election_answer(self.vrrp.instance, self.state.status().role, self.clock(),
+                               ha.preempt_yield if ha else 0.0)
 
     # -- reload ---------------------------------------------------------------------------------
 

@@ -412,3 +412,38 @@ async def test_planned_release_sends_pending_sync_entries_before_the_addresses_g
         transport.close()
         peer.close()
         await runner.close()
+
+
+# -- the operator's resign and resume through the node (issue 17 item 2) ------------------------------
+
+async def test_resign_answers_with_the_role_after_the_change_and_resume_undoes_it():
+    """Issue 17 item 2: POST /resign answered with the role before the change (the role machine
+    had not run yet: "master"), and nothing could undo it.  Now the node answers once the role
+    machine has carried the change out (addresses removed: role "backup"), and resume ends the
+    resignation, answering with what the node is and what it expects to become."""
+    from tests.unit.test_node import Fakes, node, until
+    f = Fakes()
+    n = node(f)
+    await n.start()
+    try:
+        f.bulk_done = True
+        assert await until(lambda: f.vrrp is not None and f.vrrp.instance.state is State.BACKUP)
+        f.vrrp.fire()                                    # master down timer: master
+        assert await until(lambda: n.state.status().role == "master")
+        f.ops.clear()
+        answer = await n.state.resign()
+        assert f.vrrp.sent[-1] == 0 and f.ops[-1] == "remove addresses"
+        assert answer["role"] == "backup" and answer["vrrp_state"] == "Backup"
+        assert answer["resigned"] is True and answer["expected"]["role"] == "backup"
+        assert answer["expected"]["within_ms"] is None
+        f.vrrp.advert(100)                               # the peer took over
+        answer = await n.state.resume()
+        assert answer["resigned"] is False and not f.vrrp.instance.resigned
+        assert answer["role"] == "backup" and answer["expected"]["role"] == "master"
+        inst = f.vrrp.instance
+        assert answer["expected"]["within_ms"] == pytest.approx(
+            (inst.master_down_interval + n.cfg.ha.preempt_yield) * 1000, abs=0.1)
+        assert "preempting lower priority master 198.18.0.12 (priority 100)" in \
+            answer["expected"]["reason"]
+    finally:
+        await n.stop()

@@ -161,6 +161,9 @@ class FakeVrrp:
     def resign(self) -> None:
         self._apply(self.instance.resign(time.monotonic()))
 
+    def resume(self) -> None:
+        self._apply(self.instance.resume(time.monotonic()))
+
 
 async def until(pred, timeout: float = 5.0) -> bool:
     """Wait for pred (a bound on a hang, not a timing assertion)."""

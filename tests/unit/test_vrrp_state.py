@@ -826,3 +826,87 @@ async def test_runner_hands_changes_on_at_once_and_bounds_the_slow_callback_queu
         gate.set()
         await r.stop(graceful=False)
         fake.close()
+
+
+# -- resume, the peer's resignation, what an operator is told (issue 17 items 2 and 5) ----------------
+
+def test_priority_zero_from_a_peer_that_said_it_resigned_is_called_a_resignation():
+    """Issue 17 item 2: a priority 0 means "the master is leaving" whether it resigned or stopped
+    (RFC 5798 §5.2.4), so the backup called every one "master stopped".  The peer now says so
+    over sync (`note_peer`), and the takeover line and cause say "resigned"; a peer that said
+    nothing (or withdrew it, as a resumed node does) is still "master stopped", as keepalived
+    says for every priority 0."""
+    i = started(cfg(), 0.0)
+    i.on_advert(adv(150), PEER, 255, 0.1)
+    i.note_peer(PEER, resigned=True)
+    i.on_advert(adv(0), PEER, 255, 0.2)
+    (ch,) = changes(i.on_timer(0.2 + 0.0609375))
+    assert ch.cause is Cause.PEER_RESIGNED
+    assert ch.reason == f"priority 0 from {PEER} (master resigned), skew timer expired (61 ms)"
+    # the note may arrive after the advert (sync and VRRP are two paths): read at expiry
+    j = started(cfg(), 0.0)
+    j.on_advert(adv(150), PEER, 255, 0.1)
+    j.on_advert(adv(0), PEER, 255, 0.2)
+    j.note_peer(PEER, resigned=True)
+    assert changes(j.on_timer(0.3))[0].cause is Cause.PEER_RESIGNED
+    # withdrawn, or another router: stopped
+    for notes in (((PEER, True), (PEER, False)), (("198.18.250.9", True),)):
+        k = started(cfg(), 0.0)
+        for addr, resigned in notes:
+            k.note_peer(addr, resigned)
+        k.on_advert(adv(150), PEER, 255, 0.1)
+        k.on_advert(adv(0), PEER, 255, 0.2)
+        (ch,) = changes(k.on_timer(0.3))
+        assert ch.cause is Cause.PEER_STOPPED and "(master stopped)" in ch.reason
+
+
+def test_outlook_after_resign_and_resume():
+    """What /resign and /resume answer: a resigned node expects to stay backup (or, with no
+    master heard, to be master again only if nobody takes over); after resume, the higher
+    priority expects to preempt the lower-priority master within its master down interval
+    (+ preempt_delay), and then does so."""
+    i = master(cfg(priority=150, preempt_delay=0.5))
+    i.resign(1.0)
+    o = i.outlook(1.0)
+    assert o.state is State.BACKUP and o.within is None and "resigned" in o.reason
+    lower_master_feed(i, 1.07, 2.0)                  # the peer (100) took over
+    o = i.outlook(2.0)
+    assert (o.state, o.within) == (State.BACKUP, None)
+    assert o.reason == f"resigned: not preempting master {PEER} (priority 100)"
+    assert i.resume(2.0) == []                       # a backup stays silent
+    o = i.outlook(2.0)
+    assert o.state is State.MASTER
+    assert o.within == pytest.approx(i.master_down_interval + 0.5)
+    assert o.reason == f"preempting lower priority master {PEER} (priority 100) (ours 150)"
+    became = lower_master_feed(i, 2.0, 6.0)
+    assert became is not None and became - 2.0 <= o.within
+    assert i.outlook(became).state is State.MASTER and i.outlook(became).within is None
+
+
+def test_outlook_of_a_backup_that_will_not_preempt():
+    i = started(cfg(priority=100), 0.0)
+    i.on_advert(adv(150), PEER, 255, 0.1)
+    o = i.outlook(0.1)
+    assert (o.state, o.within) == (State.BACKUP, None) and "not below ours" in o.reason
+    j = started(cfg(priority=150, nopreempt=True), 0.0)
+    j.on_advert(adv(100), PEER, 255, 0.1)
+    assert j.outlook(0.1).state is State.BACKUP and "preemption is off" in j.outlook(0.1).reason
+    k = started(cfg(), 0.0)
+    assert k.outlook(0.1).state is State.MASTER
+    assert k.outlook(0.1).within == pytest.approx(k.master_down_interval - 0.1)
+
+
+def test_last_advert_is_the_last_accepted_one_on_either_side():
+    """Issue 17 item 5: what /status shows as the last advert seen from the peer.  A backup
+    sees the master's every interval; a master sees the peer's only when it advertises (a
+    priority 0, a lower-priority claim): never, for a master whose peer has always been backup."""
+    i = master(cfg(priority=150))
+    assert i.last_advert is None
+    i.on_advert(adv(100), PEER, 64, 1.0)             # dropped (TTL): not seen
+    assert i.last_advert is None
+    i.on_advert(adv(100), PEER, 255, 1.1)
+    assert i.last_advert == (PEER, 100, 1.1) and i.state is State.MASTER
+    j = started(cfg(), 0.0)
+    j.on_advert(adv(150), PEER, 255, 0.1)
+    j.on_advert(adv(150), PEER, 255, 0.2)
+    assert j.last_advert == (PEER, 150, 0.2)
