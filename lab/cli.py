@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -20,7 +21,8 @@ def _kv_float(text: str) -> tuple[str, float]:
 
 
 def _summary(info: dict[str, Any]) -> str:
-    lines = [f"lab {info['prefix']!r} is up (state in {info['state_dir']})"]
+    lines = [f"lab {info['prefix']!r} is up (state and logs in {info['state_dir']}; "
+             "`lab down --keep-logs DIR` keeps the logs)"]
     svc = ", ".join(f"{s['proto']}/{s['port']} -> :{s['rs_port']}" for s in info["services"])
     lines.append(f"  VIP {info['vip']}  services {svc}  laddrs {' '.join(info['laddrs'])}")
     c = info["client"]
@@ -69,7 +71,7 @@ def cmd_up(args) -> int:
 def cmd_down(args) -> int:
     from . import topology
 
-    result = topology.down(args.prefix)
+    result = topology.down(args.prefix, logs_to=getattr(args, "keep_logs", None))
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
     else:
@@ -79,6 +81,9 @@ def cmd_down(args) -> int:
             f"lab {args.prefix!r} down: {len(removed)} namespaces removed, "
             f"{sum(1 for v in stopped.values() if v in ('terminated', 'killed'))} processes stopped"
         )
+        if "logs_kept" in result:
+            print(f"  logs kept in {args.keep_logs}: "
+                  + (" ".join(Path(p).name for p in result["logs_kept"]) or "none (no lab logs)"))
         for sp in result.get("stray_processes") or []:
             print(
                 f"  warning: pid {sp['pid']} ({sp['cmdline']}) was in {sp['ns']} but not recorded;"
@@ -167,6 +172,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop the lab's processes, delete its namespaces")
     prefix(down)
     down.add_argument("--json", action="store_true")
+    down.add_argument("--keep-logs", metavar="DIR",
+                      help="copy the lab's logs (a.log, b.log, rs1.log, ...) into DIR once its "
+                           "processes have stopped (the lab's own copies go with it)")
     down.set_defaults(func=cmd_down)
 
     from .faults import FAULT_TABLE

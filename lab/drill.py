@@ -235,9 +235,23 @@ def main(args) -> int:
         if len(apis) != 2:
             print("tandem drill: a deployment needs --api for both nodes", file=sys.stderr)
             return 2
+        if args.fault in topology.FAULTS:
+            # the lab's faults reach into its namespaces (links, signals); a deployment's
+            # nodes are on other hosts
+            print(f"tandem drill: --fault {args.fault} needs the lab; against a deployment use "
+                  "--fault resign (through the API, with --token) or --fault command "
+                  "(--fault-command)", file=sys.stderr)
+            return 2
+        args.fault = args.fault or ("command" if args.fault_command else "resign")
+        for missing, what in ((args.fault == "resign" and not args.token,
+                               "--fault resign needs --token (the nodes' api_token)"),
+                              (args.fault == "command" and not args.fault_command,
+                               "--fault command needs --fault-command")):
+            if missing:
+                print(f"tandem drill: {what}", file=sys.stderr)
+                return 2
         pair = DeployedPair(args.vip, args.port, apis, args.token, args.fault_command)
-        if args.fault == "kill" and not args.fault_command:
-            args.fault = "resign"
+    args.fault = args.fault or "kill"
     try:
         r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
                 args.target, progress=not args.json, interval=args.interval, pair=pair)
@@ -277,10 +291,10 @@ def add_parser(sub) -> None:
         raise SystemExit(2)
 
     d.error = one_line_error  # type: ignore[method-assign]
-    d.add_argument("--fault", default="kill",
-                   choices=(*topology.FAULTS, "resign", "command"),
-                   help="lab: kill|link|stop|restore; a deployment: resign (through the API) "
-                        "or command (--fault-command)")
+    d.add_argument("--fault", choices=(*topology.FAULTS, "resign", "command"),
+                   help="lab: kill|link|stop|restore (default kill); a deployment (--vip): "
+                        "resign through the API (the default) or command (the default with "
+                        "--fault-command)")
     d.add_argument("--target", help="director to fault (default: the master; "
                                     "for restore, the one that is not)")
     d.add_argument("--vip", help="drill a deployment: its VIP (traffic goes from this host)")

@@ -74,6 +74,15 @@ def remove_state(prefix: str, keep_logs: bool = False) -> None:
     shutil.rmtree(d, ignore_errors=True)
 
 
+def copy_logs(prefix: str, dest: str | Path) -> list[str]:
+    """Copy the lab's logs (``*.log`` of its state directory) into ``dest`` (created if
+    needed); returns the copies' paths."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return [str(shutil.copy2(log, dest / log.name))
+            for log in sorted(state_dir(prefix).glob("*.log"))]
+
+
 @contextlib.contextmanager
 def prefix_lock(prefix: str, timeout: float = 60.0, remove: bool = False):
     """Serialise up/down of one prefix between processes.  flock is released by the kernel if

@@ -129,21 +129,24 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
             raise
 
 
-def down(prefix: str = "tandem", keep_logs: bool = False) -> dict[str, Any]:
+def down(prefix: str = "tandem", keep_logs: bool = False,
+         logs_to: str | Path | None = None) -> dict[str, Any]:
     """Stop the recorded processes, delete the lab's namespaces (if present) and its state.
-    Never raises (errors are reported in the returned dict)."""
+    With `logs_to`, the logs are copied there once the processes have stopped (`logs_kept`
+    lists the copies). Never raises (errors are reported in the returned dict)."""
     try:
         st.check_prefix(prefix)
     except ValueError as exc:
         return {"prefix": prefix, "errors": [str(exc)]}
     try:
         with st.prefix_lock(prefix, remove=not keep_logs):
-            return nsutil.outside_event_loop(_down, prefix, keep_logs)
+            return nsutil.outside_event_loop(_down, prefix, keep_logs, logs_to)
     except Exception as exc:
         return {"prefix": prefix, "errors": [repr(exc)]}
 
 
-def _down(prefix: str, keep_logs: bool = False) -> dict[str, Any]:
+def _down(prefix: str, keep_logs: bool = False,
+          logs_to: str | Path | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"prefix": prefix, "processes": {}, "namespaces": [], "errors": []}
     state = st.load_state(prefix) or {}
     # processes first (they live in the namespaces), latest started first
@@ -154,6 +157,12 @@ def _down(prefix: str, keep_logs: bool = False) -> dict[str, Any]:
         result["processes"][f"{rec.get('name')}:{rec.get('pid')}"] = outcome
         if outcome in ("survived", "error"):
             result["errors"].append(f"process {rec.get('name')} pid {rec.get('pid')}: {outcome}")
+    if logs_to is not None:
+        # after the stop, so a node's last line (what became of its connections) is in
+        try:
+            result["logs_kept"] = st.copy_logs(prefix, logs_to)
+        except OSError as exc:
+            result["errors"].append(f"keeping the logs in {logs_to}: {exc}")
     names = namespaces(prefix)
     for n in state.get("namespaces") or []:
         if isinstance(n, str) and n.startswith(f"{prefix}-") and n not in names:

@@ -40,7 +40,11 @@ NODE = section("node", "the node itself", keys=[
     Key("queue", int, 0, lo=0, hi=65535,
         doc="NFQUEUE number the node binds; its iptables rules steer VIP and laddr traffic there"),
     Key("role", str, "master", choices=("master", "backup"),
-        doc="the fixed role to use until the VRRP election runs"),
+        doc="the node's role when there is no election (no `[vrrp]`), kept for good: `master` "
+            "holds the VIPs and laddrs (added at start when `[interfaces]` names the interfaces) "
+            "and announces them, `backup` holds none; either forwards what reaches it and runs "
+            "its notify hook once at start. With `[vrrp]` this key is ignored: the node starts "
+            "as `init` and the election decides"),
     Key("verify_checksums", str, "new", choices=("new", "all", "none"),
         doc="which packets have their L4 checksum verified: `new` (those that would open a "
             "connection), `all`, or `none`. A bad checksum on an established flow stays bad "
@@ -131,7 +135,7 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
         doc="the prefix length that groups client addresses for persistence"),
     Key("ops", bool, False, doc="one-packet scheduling: each UDP datagram is scheduled by itself"),
     Key("sorry_server", str, None, shown="none", doc="`addr:port` to use when no real server is up"),
-    Key("health", dict, None, shown="none", doc="the health check (see Health checks below)"),
+    Key("health", dict, None, shown="none", doc="the health check (see Health-check kinds below)"),
 ])
 #: `persistent = true`, as `ipvsadm -p` with no timeout
 PERSISTENT_TRUE = 300.0

@@ -15,9 +15,9 @@ DOC = ROOT / "docs" / "configuration.md"
 
 def rendered() -> str:
     sys.path.insert(0, str(ROOT))
-    import director.health  # noqa: F401  (its kinds register their keys)
-    from director import sched
+    from director import health, sched
     from schema import docs
+    health.load_all_kinds()     # each kind registers its keys when it loads
     sched.load_all()
     return docs.render()
 

@@ -113,7 +113,8 @@ def engine_apply_bulk(engine) -> Callable[[SyncEntry, float], str]:
 
 class _Peer:
     __slots__ = ("epoch", "highest", "missing", "asked", "newest_time", "nack_due",
-                 "recent", "want_after", "want_asked", "bulk_seen", "answer_start", "answer_end")
+                 "recent", "want_after", "want_asked", "bulk_seen", "answer_start", "answer_end",
+                 "heard")
 
     def __init__(self, epoch: int, send_time: float) -> None:
         self.epoch = epoch
@@ -128,6 +129,7 @@ class _Peer:
         self.bulk_seen = float("-inf")          # when a bulk message last arrived
         self.answer_start = 0                   # first seq of the bulk answering our request
         self.answer_end = 0                     # ... and its last, while seqs of it are missing
+        self.heard = float("-inf")              # our `now` at its last DATA or HEARTBEAT
 
 
 class SyncReceiver(EpochHandshake):
@@ -267,6 +269,7 @@ class SyncReceiver(EpochHandshake):
         if peer is None or msg.epoch != peer.epoch:
             self.stats["dropped"] += 1
             return out
+        peer.heard = now
 
         if msg.type == S.HEARTBEAT:
             self.stats["heartbeats"] += 1

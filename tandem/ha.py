@@ -26,6 +26,9 @@ log = logging.getLogger("tandem.ha")
 
 #: how long a stopping node waits for a notify hook still running
 HOOK_DRAIN_TIMEOUT = 5.0
+#: a peer heard from (DATA or HEARTBEAT) within this many of our heartbeat intervals is live,
+#: as VRRP's master-down interval is three adverts (an idle sender heartbeats every interval)
+PEER_LIVE_HEARTBEATS = 3
 
 
 def interface_addresses(ifname: str) -> list[str]:
@@ -90,6 +93,19 @@ class SyncLink:
 
     def close(self) -> None:
         self.transport.close()
+
+    def last_heard(self) -> tuple[str, float] | None:
+        """(name, seconds ago) of the peer heard from (DATA or HEARTBEAT) most recently."""
+        heard = {name: p.heard for name, p in self.receiver.peers.items()}
+        if not heard:
+            return None
+        name = max(heard, key=heard.__getitem__)
+        return name, self.transport.clock() - heard[name]
+
+    @property
+    def live_within(self) -> float:
+        """Seconds: a peer heard within this long is live."""
+        return PEER_LIVE_HEARTBEATS * self.sender.cfg.heartbeat_interval
 
     def describe(self) -> dict:
         return {"sender": dict(self.sender.stats), "receiver": dict(self.receiver.stats),

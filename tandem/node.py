@@ -176,6 +176,7 @@ class Node:
                 await self.role.step()
             await self.role.close()
         finally:
+            fate = self._connections_fate()
             if self.sync is not None:
                 self.sync.close()
             await asyncio.to_thread(self.edges.kernel.remove_rules)
@@ -183,8 +184,20 @@ class Node:
             if self._http is not None:
                 await self._http.cleanup()
             self._phase = "stopped"
-            log.info("node %s: stopped (%d connections dropped with it)", self.cfg.name,
-                     self.engine.table.count)
+            log.info("node %s: stopped%s", self.cfg.name, fate)
+
+    def _connections_fate(self) -> str:
+        """What becomes of the table on a stop: a live peer has it (sync runs all the time,
+        and leaving master flushed it) and carries it on, else it goes with this node."""
+        n, sync = self.engine.table.count, self.sync
+        if sync is None:
+            return f" ({n} connections dropped with it)"
+        heard = sync.last_heard()
+        if heard is not None and heard[1] <= sync.live_within:
+            return (f"; its {n} connections were synced to peer {heard[0]} "
+                    f"(last heard {heard[1]:.1f} s ago)")
+        why = f"peer {heard[0]} last heard {heard[1]:.1f} s ago" if heard else "no peer heard"
+        return f" ({n} connections dropped with it: {why})"
 
     async def run_until_signalled(self) -> None:
         """start(); run until SIGTERM or SIGINT (SIGHUP reloads the file); stop()."""

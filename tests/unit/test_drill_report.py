@@ -84,3 +84,24 @@ def test_drill_errors_are_one_clear_line():
         lines = cp.stderr.strip().splitlines()
         assert len(lines) == 1 and want in lines[0] and lines[0].startswith("tandem drill: "), (args, cp.stderr)
         assert "Traceback" not in cp.stderr and not cp.stdout, (args, cp)
+
+
+def test_drill_of_a_deployment_refuses_the_labs_faults_in_one_line():
+    """Issue 17, item 14: against a deployment (`--vip`, `--api`) an explicit `--fault kill`
+    silently became a resign, and `--fault-command` without `--fault command` was refused as
+    fault 'kill'. The lab's faults reach into its namespaces, so each is refused with one line
+    saying what a deployment offers; resign needs the token, command its command; with
+    `--fault-command` alone the fault is `command`. (Loopback only: nothing is drilled.)"""
+    dep = ["--vip", "127.0.0.1", "--port", "9", "--api", "a=http://127.0.0.1:9",
+           "--api", "b=http://127.0.0.1:9", "--conns", "1"]
+    for args, want in ((["--fault", "kill", "--token", "t"], "--fault kill needs the lab"),
+                       (["--fault", "stop", "--token", "t"], "--fault stop needs the lab"),
+                       ([], "--fault resign needs --token"),
+                       (["--fault", "command"], "--fault command needs --fault-command")):
+        cp = _drill_cli(*dep, *args)
+        assert cp.returncode == 2, (args, cp)
+        lines = cp.stderr.strip().splitlines()
+        assert len(lines) == 1 and want in lines[0], (args, cp.stderr)
+    # --fault-command alone: the fault is the command (here one that fails at once)
+    cp = _drill_cli(*dep, "--fault-command", "false", "--json")
+    assert "not 'kill'" not in cp.stderr and "Traceback" not in cp.stderr, cp.stderr

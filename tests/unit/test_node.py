@@ -12,6 +12,7 @@ import pytest
 
 from director.config import parse
 from ha.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpInstance
+from proto.consts import ESTABLISHED
 from proto.vrrp import Advert
 from tandem.node import Edges, Node
 from tests.fake_kernel import FakeKernel
@@ -96,6 +97,11 @@ class Fakes:
 
             def describe(self) -> dict:
                 return {}
+
+            def last_heard(self) -> None:
+                return None             # no peer ever heard
+
+            live_within = 0.6
 
         class Kernel(FakeKernel):
             def install_rules(self, addrs, queue) -> None:
@@ -336,3 +342,52 @@ async def test_a_slow_link_check_neither_blocks_nor_spins_the_pump():
     finally:
         release.set()
         await n.stop()
+
+
+async def test_a_graceful_stop_says_the_live_peer_has_the_connections(caplog):
+    """Issue 17, item 14: a graceful stop logged "N connections dropped with it" even with a
+    live peer holding them through sync (as an IPVS backup carries on the connections the
+    master's sync daemon sent it). Two nodes with real sync links on loopback: a's stop says
+    its connections were synced to peer b; b, whose peer has gone silent, and a node whose
+    peer never answered, say their connections are dropped, and why."""
+    import dataclasses
+
+    from tandem.ha import SyncLink
+    pa, pb = free_port(), free_port()
+
+    def doc(name: str, port: int, peer: int) -> dict:
+        return {**DOC, "node": {**DOC["node"], "name": name, "api": f"127.0.0.1:{free_port()}"},
+                "sync": {**DOC["sync"], "port": port, "peers": [f"127.0.0.1:{peer}"]}}
+
+    def real_sync(fakes: Fakes) -> Edges:
+        return dataclasses.replace(fakes.edges(), sync=SyncLink)
+
+    a = Node(parse(doc("a", pa, pb), "a.toml"), edges=real_sync(Fakes()))
+    b = Node(parse(doc("b", pb, pa), "b.toml"), edges=real_sync(Fakes()))
+    lonely = Node(parse(doc("c", free_port(), free_port()), "c.toml"), edges=real_sync(Fakes()))
+    caplog.set_level("INFO", logger="tandem.node")
+    for n in (a, b, lonely):
+        await n.start()
+    try:
+        ip = lambda a: socket.inet_aton(a)        # noqa: E731
+        a.engine.apply_synced(proto=6, state=ESTABLISHED, flags=0, caddr=ip("198.18.1.10"),
+                              cport=40000, vaddr=ip(VIP), vport=80, laddr=ip(LADDR), lport=5000,
+                              daddr=ip("198.18.2.21"), dport=8080, timeout=900.0,
+                              now=time.monotonic())
+        assert a.engine.table.count == 1
+        assert await until(lambda: a.sync.last_heard() is not None
+                           and b.sync.last_heard() is not None)
+        await a.stop()
+        a_says = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node a: stopped")]
+        assert len(a_says) == 1 and "its 1 connections were synced to peer b (last heard" in a_says[0], a_says
+        assert "dropped" not in a_says[0], a_says
+        # b hears nothing from a any more: once that is longer than three heartbeats, its
+        # stop says its connections go with it
+        assert await until(lambda: b.sync.last_heard()[1] > b.sync.live_within)
+    finally:
+        for n in (a, b, lonely):
+            await n.stop()
+    says = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records
+            if " stopped" in r.getMessage()}
+    assert "dropped with it: peer a last heard" in says["node b"], says
+    assert says["node c"] == "node c: stopped (0 connections dropped with it: no peer heard)", says

@@ -12,7 +12,13 @@ from director.health.config import HealthCheckConfig, register_kind
 from director.health.probe import ProbeFailed
 from schema.core import Key
 
-KEYS = (Key("command", list, doc="the program and its arguments (argv, no shell)"),)
+KEYS = (Key("command", list,
+            doc="the program and its arguments (argv, no shell), e.g. `[\"/usr/local/bin/check-db\", "
+                "\"{addr}\", \"{port}\"]`: in every argument `{addr}` becomes the real server's "
+                "address (IPv6 without brackets) and `{port}` the probed port (the check's `port`, "
+                "else the real server's). Exit status 0 means up; any other, or no exit within "
+                "`timeout` (the program and its children are killed), means down. It runs as "
+                "`[node] script_user`, without the node's capabilities"),)
 
 
 async def probe_command(argv: Iterable[str], timeout: float) -> str:
