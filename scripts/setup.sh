@@ -12,6 +12,8 @@ APT_PACKAGES=(
   libnetfilter-queue-dev libnfnetlink-dev build-essential
   python3-venv python3-dev
   keepalived
+  # conntrack-tools: `conntrack -L` reads the kernel table next to proto/ctnetlink (lab test)
+  conntrack
   # the Ansible lab test (tests/lab/test_ansible.py): an sshd per director
   # namespace, and python3-apt for ansible.builtin.apt on the targets
   openssh-server python3-apt
