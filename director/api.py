@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from typing import Callable, NamedTuple
 
 from aiohttp import web
 
 from director import openapi
-from director.conn_pages import BadQuery, ConnPages, ConnQuery
+from director.conn_pages import BadQuery, ConnPages, ConnQuery, parse_addr_port
 from director.engine import Engine
 from director.metrics import collectors, render
 from director.status import ControlSource, NodeSource, NoReload
 from schema.keys import WEIGHT
+
+log = logging.getLogger("tandem.api")
 
 
 class Route(NamedTuple):
@@ -54,10 +57,59 @@ def _loads_flat(text: str):
         raise ValueError("JSON nested too deeply") from None
 
 
+def _words(exc: BaseException) -> str:
+    """An exception's message as written (str(KeyError) is the repr of its argument)."""
+    return str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+
+
 def _authorised(request: web.Request, token: str) -> bool:
     given = request.headers.get("Authorization", "")
     return bool(token) and given.startswith("Bearer ") and \
         hmac.compare_digest(given[7:].encode(), token.encode())
+
+
+def error_response(status: int, error: str, headers: dict | None = None) -> web.Response:
+    """The body of every error the API answers, as /openapi.json declares it (`Error`):
+    one line in the operator's language, never a Python repr or a traceback."""
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+#: the largest request body taken (aiohttp's default; a change request is a few bytes)
+MAX_BODY = 1 << 20
+#: the headers of an aiohttp error that still mean something on the JSON answer
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+def _problem(request: web.Request, exc: web.HTTPException) -> str:
+    """What a handler (or aiohttp itself) said about an error, in words."""
+    text = (exc.text or "").strip()
+    if text and text != f"{exc.status}: {exc.reason}":
+        return text                 # a handler's own message
+    if exc.status == 404:
+        return f"no such path: {request.path}"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return f"{request.method} is not allowed on {request.path}" + (
+            f" (allowed: {allowed.replace(',', ', ')})" if allowed else "")
+    if exc.status == 413:
+        return f"the request body is too large (at most {MAX_BODY} bytes)"
+    return exc.reason
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error as an `Error` body: a handler's HTTPException (its text becomes the
+    message), aiohttp's own 404/405/413, and anything unexpected (500, logged here)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
+        return error_response(exc.status, _problem(request, exc), headers)
+    except Exception:
+        log.exception("API: %s %s failed", request.method, request.path)
+        return error_response(500, "internal error: the node's log has the details")
 
 
 class NodeApi:
@@ -118,31 +170,35 @@ class NodeApi:
         if self.node.control is None:
             raise web.HTTPConflict(text="this node takes no operator changes")
         service = request.match_info["service"]
-        addr, _, port = request.match_info["real"].rpartition(":")
-        if not addr or not port.isdigit():
-            raise web.HTTPBadRequest(text="real server must be addr:port")
-        return self.node.control, service, addr.strip("[]"), int(port)
+        try:
+            addr, port = parse_addr_port(request.match_info["real"])
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"real server: {exc}") from None
+        return self.node.control, service, addr, port
 
     async def set_weight(self, request: web.Request) -> web.Response:
         control, service, addr, port = self._target(request)
         try:
             body = await request.json(loads=_loads_flat)
             weight = body.get("weight") if isinstance(body, dict) else None
+            surplus = sorted(set(body) - {"weight"}) if isinstance(body, dict) else []
+            if surplus:
+                raise ValueError(f"unknown key {json.dumps(surplus[0])}")
             if not isinstance(weight, int) or isinstance(weight, bool):
                 raise ValueError("weight must be an integer")
             return web.json_response(control.set_weight(service, addr, port, weight))
         except KeyError as exc:
-            raise web.HTTPNotFound(text=str(exc)) from None
+            raise web.HTTPNotFound(text=_words(exc)) from None
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(
-                text=f"body must be {{\"weight\": {WEIGHT.range_text()}}}: {exc}") from None
+                text=f"body must be {{\"weight\": {WEIGHT.range_text()}}}: {_words(exc)}") from None
 
     async def drain(self, request: web.Request) -> web.Response:
         control, service, addr, port = self._target(request)
         try:
             return web.json_response(control.set_weight(service, addr, port, 0))
         except KeyError as exc:
-            raise web.HTTPNotFound(text=str(exc)) from None
+            raise web.HTTPNotFound(text=_words(exc)) from None
 
     async def resign(self, _request: web.Request) -> web.Response:
         answer = await self.node.resign()
@@ -169,7 +225,7 @@ class NodeApi:
         try:
             query = ConnQuery.parse(request.query)
         except BadQuery as exc:
-            raise web.HTTPBadRequest(text=f"bad query: {exc}") from None
+            raise web.HTTPBadRequest(text=f"bad query: {_words(exc)}") from None
         parts = await self.pages.page(query, show_clients=_authorised(request, self.node.api_token))
         resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
         resp.content_length = sum(len(p) for p in parts)
@@ -188,14 +244,15 @@ def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time
     """The API of one node; `clock` is the one the engine's expiry times are on."""
     @web.middleware
     async def changes_need_token(request: web.Request, handler):
-        if request.method not in ("GET", "HEAD") and not _authorised(request, node.api_token):
+        routed = request.match_info.http_exception is None     # else: 404/405 first
+        if routed and request.method not in ("GET", "HEAD") and not _authorised(request, node.api_token):
             return web.json_response(
                 {"error": "a changing request needs 'Authorization: Bearer <api_token>'"
                           + ("" if node.api_token else " (no api_token is configured: changes are off)")},
                 status=401, headers={"WWW-Authenticate": 'Bearer realm="tandem"'})
         return await handler(request)
 
-    app = web.Application(middlewares=[changes_need_token])
+    app = web.Application(middlewares=[json_errors, changes_need_token], client_max_size=MAX_BODY)
     api = NodeApi(engine, node, clock)
     for route in ROUTES:
         handler = getattr(api, route.handler)

@@ -32,7 +32,32 @@ DEFAULT_LIMIT = 100
 
 
 class BadQuery(ValueError):
-    """A query parameter that cannot be used."""
+    """A query parameter that cannot be used: `PARAM: PROBLEM`."""
+
+
+def parse_addr_port(text: str) -> tuple[str, int]:
+    """`addr:port` ([v6]:port or v6:port) -> (the address as written canonically, port);
+    ValueError in words when it is not one."""
+    addr, _, port = text.rpartition(":")
+    if not text:
+        raise ValueError("must be addr:port, got an empty value")
+    if not addr or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be addr:port with a port 1..65535, got {json.dumps(text)}")
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]"))
+    except ValueError:
+        raise ValueError(f"{json.dumps(addr)} is not an IP address") from None
+    return str(ip), int(port)
+
+
+def _int_param(q: Any, name: str, default: int) -> int:
+    """A non-negative integer query parameter, as /openapi.json declares it."""
+    raw = q.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadQuery(f"{name}: must be an integer >= 0, got {json.dumps(raw)}")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -46,19 +71,22 @@ class ConnQuery:
 
     @classmethod
     def parse(cls, q: Any) -> "ConnQuery":
-        try:
-            limit = min(int(q.get("limit", DEFAULT_LIMIT)), MAX_LIMIT)
-            offset = int(q.get("offset", 0))
-            real = q.get("real")
-            real_key = None
-            if real:
-                addr, _, port = real.rpartition(":")
-                real_key = (ipaddress.ip_address(addr.strip("[]")).packed, int(port))
-        except ValueError as exc:
-            raise BadQuery(str(exc)) from None
-        if limit < 0 or offset < 0:
-            raise BadQuery("limit and offset must be >= 0")
-        return cls(limit, offset, q.get("service") or None, real_key)
+        """The query, checked against the limits /openapi.json declares (BadQuery)."""
+        # a larger limit is served as MAX_LIMIT, and the answer's `limit` says so
+        limit = min(_int_param(q, "limit", DEFAULT_LIMIT), MAX_LIMIT)
+        offset = _int_param(q, "offset", 0)
+        service = q.get("service")
+        if service is not None and not service:
+            raise BadQuery("service: must be a service name, got an empty value")
+        real = q.get("real")
+        real_key = None
+        if real is not None:
+            try:
+                addr, port = parse_addr_port(real)
+            except ValueError as exc:
+                raise BadQuery(f"real: {exc}") from None
+            real_key = (ipaddress.ip_address(addr).packed, port)
+        return cls(limit, offset, service, real_key)
 
     @property
     def filtered(self) -> bool:

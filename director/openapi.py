@@ -11,6 +11,7 @@ import copy
 import json as _json
 from typing import Any
 
+from director.conn_pages import DEFAULT_LIMIT, MAX_LIMIT
 from schema.keys import WEIGHT
 
 #: a real server's weight, with the config schema's range
@@ -39,7 +40,10 @@ _ADDR_PORT = {"type": "string", "description": "addr:port (IPv6 addresses unbrac
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error"],
-        "properties": {"error": _STR, "detail": _STR},
+        "description": "Every error answer: `error` is one line saying what was wrong "
+                       "(`PARAM: PROBLEM` for a bad parameter, `FILE: FIELD: PROBLEM` for a bad "
+                       "config file), never a secret or a traceback.",
+        "properties": {"error": {"type": "string", "minLength": 1}, "detail": _STR},
     },
     "Status": {
         "type": "object",
@@ -238,6 +242,8 @@ _SCHEMAS: dict[str, Any] = {
 _UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 _NOT_FOUND = {"$ref": "#/components/responses/NotFound"}
 _BAD_REQUEST = {"$ref": "#/components/responses/BadRequest"}
+_CONFLICT = {"$ref": "#/components/responses/Conflict"}
+_TOO_LARGE = {"$ref": "#/components/responses/TooLarge"}
 
 _RS_PARAMS = [
     {"name": "service", "in": "path", "required": True, "schema": _STR,
@@ -254,13 +260,15 @@ def _change(summary: str, description: str, result: str, *, body: dict | None = 
         "summary": summary, "description": description,
         "security": [{"bearerAuth": []}],
         "responses": {"200": _json_response("done", _ref(result)),
-                      "401": _UNAUTHORIZED},
+                      "401": _UNAUTHORIZED, "409": _CONFLICT},
     }
     if params:
         op["parameters"] = params
+        op["responses"]["400"] = _BAD_REQUEST
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         op["responses"]["400"] = _BAD_REQUEST
+        op["responses"]["413"] = _TOO_LARGE
     if not_found:
         op["responses"]["404"] = _NOT_FOUND
     return {"post": op}
@@ -290,12 +298,16 @@ SPEC: dict[str, Any] = {
                            "addresses need the API token (`Authorization: Bearer <token>`); "
                            "without it every entry is there with `client` null.",
             "parameters": [
-                {"name": "service", "in": "query", "required": False, "schema": _STR,
+                {"name": "service", "in": "query", "required": False,
+                 "schema": {"type": "string", "minLength": 1},
                  "description": "only connections of this service (its name)"},
-                {"name": "real", "in": "query", "required": False, "schema": _STR,
-                 "description": "only connections to this real server, addr:port"},
+                {"name": "real", "in": "query", "required": False,
+                 "schema": {"type": "string", "pattern": r"^\[?[0-9A-Fa-f:.]+\]?:[0-9]{1,5}$"},
+                 "description": "only connections to this real server, addr:port ([v6]:port)"},
                 {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 100}},
+                 "schema": {"type": "integer", "minimum": 0, "default": DEFAULT_LIMIT},
+                 "description": f"at most {MAX_LIMIT} entries: a larger limit is served as "
+                                f"{MAX_LIMIT}, and the answer's `limit` says so"},
                 {"name": "offset", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 0, "default": 0}},
             ],
@@ -350,6 +362,10 @@ SPEC: dict[str, Any] = {
             "Unauthorized": _json_response("no or wrong bearer token", _ref("Error")),
             "NotFound": _json_response("no such service or real server", _ref("Error")),
             "BadRequest": _json_response("invalid request", _ref("Error")),
+            "Conflict": _json_response("the node cannot take this change now (the error "
+                                       "says why)", _ref("Error")),
+            "TooLarge": _json_response("the request body is too large", _ref("Error")),
+            "InternalError": _json_response("a fault of the node (logged there)", _ref("Error")),
         },
         "schemas": _SCHEMAS,
     },
@@ -358,7 +374,10 @@ SPEC["paths"]["/reload"]["post"]["responses"]["400"] = _json_response(
     "the file is invalid: nothing changed", _ref("Error"))
 for _path, _why in (("/resign", "no election is configured"), ("/resume", "no election is configured"),
                     ("/reload", "the node was not started from a file")):
-    SPEC["paths"][_path]["post"]["responses"]["409"] = {"description": _why}
+    SPEC["paths"][_path]["post"]["responses"]["409"] = _json_response(_why, _ref("Error"))
+for _ops in SPEC["paths"].values():         # a fault of the node answers an Error too
+    for _op in _ops.values():
+        _op["responses"].setdefault("500", {"$ref": "#/components/responses/InternalError"})
 
 
 def spec() -> dict[str, Any]:
