@@ -21,7 +21,8 @@ from director import openapi
 from director.conn_pages import BadQuery, ConnPages, ConnQuery, parse_addr_port
 from director.engine import Engine
 from director.metrics import collectors, render
-from director.status import ControlSource, NodeSource, NoReload
+from director.status import (ControlSource, EpochClock, HealthCheckStatus, NodeSource, NoReload,
+                             is_scheduled)
 from schema.keys import WEIGHT
 
 log = logging.getLogger("tandem.api")
@@ -115,10 +116,12 @@ async def json_errors(request: web.Request, handler):
 class NodeApi:
     """The handlers of one node's API, by the names ROUTES gives them."""
 
-    def __init__(self, engine: Engine, node: NodeSource, clock: Callable[[], float]) -> None:
+    def __init__(self, engine: Engine, node: NodeSource, clock: Callable[[], float],
+                 wall: Callable[[], float] = time.time) -> None:
         self.engine, self.node = engine, node
+        self.epoch = EpochClock(clock, wall)     # every time served: epoch seconds
         self.sources = collectors(engine, node, health=self.health)
-        self.pages = ConnPages(engine, clock)
+        self.pages = ConnPages(engine, clock, self.epoch)
 
     def health(self) -> dict:
         control = self.node.control
@@ -155,14 +158,18 @@ class NodeApi:
         return web.Response(body=data, headers={"Content-Type": ctype})
 
     async def services(self, _request: web.Request) -> web.Response:
-        control = self.node.control
+        control, checks = self.node.control, self.node.health
+        offset = self.epoch.offset()
         out = []
         for svc in self.engine.services.values():
             d = svc.describe()
             for rs, dest in zip(d["real_servers"], svc.dests):
                 rs["health"] = control.health_of(svc, dest) if control else "unchecked"
-                rs["scheduled"] = dest in svc.scheduler.dests
+                rs["scheduled"] = is_scheduled(svc, dest)
                 rs["forward"] = "FullNat"
+                result = checks.result(svc.name, dest.addr_str, dest.port) if checks else None
+                rs["health_check"] = (None if result is None else
+                                      HealthCheckStatus.of(result, self.epoch, offset).to_json())
             out.append(d)
         return web.json_response({"services": out})
 
@@ -239,9 +246,10 @@ class NodeApi:
         return web.json_response(openapi.spec())
 
 
-def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time.monotonic
-             ) -> web.Application:
-    """The API of one node; `clock` is the one the engine's expiry times are on."""
+def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time.monotonic,
+             wall: Callable[[], float] = time.time) -> web.Application:
+    """The API of one node; `clock` is the one the engine's expiry times are on, `wall` the
+    epoch clock every time it serves is given in."""
     @web.middleware
     async def changes_need_token(request: web.Request, handler):
         routed = request.match_info.http_exception is None     # else: 404/405 first
@@ -253,7 +261,7 @@ def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time
         return await handler(request)
 
     app = web.Application(middlewares=[json_errors, changes_need_token], client_max_size=MAX_BODY)
-    api = NodeApi(engine, node, clock)
+    api = NodeApi(engine, node, clock, wall)
     for route in ROUTES:
         handler = getattr(api, route.handler)
         if route.method == "GET":

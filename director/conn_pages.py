@@ -12,6 +12,10 @@ filtered one.  One walk runs at a time; other requests wait for it without block
 
 Client addresses are personal data: without the API token a page carries the
 connections with `client` set to null (see docs/operations.md).
+
+Times: the table's `expires` and `created` are on the engine's monotonic clock; a page
+gives them, and its `now`, in epoch seconds (director.status.EpochClock, one offset for the
+whole page), and `expires_in` in seconds left, to the ms.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import itertools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from director.status import EpochClock
 
 #: index entries examined between two yields to the loop (~0.5 ms of Python work)
 WALK_SLICE = 2048
@@ -127,7 +133,7 @@ async def _walk(table: Any, query: ConnQuery) -> tuple[list[Any], int]:
 
 
 async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients: bool,
-                  now: float) -> list[bytes]:
+                  now: float, offset: float) -> list[bytes]:
     """The page's entries as the pieces of a JSON array's inside, each encoded in its own
     slice (no step copies the whole page: at 10,000 entries that is ~2.4 MB)."""
     parts: list[bytes] = []
@@ -136,6 +142,8 @@ async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients
         for c in page[start:start + DESCRIBE_SLICE]:
             d = describe(c)
             d["expires_in"] = round(d["expires"] - now, 3)
+            d["expires"] = round(d["expires"] + offset, 3)
+            d["created"] = round(d["created"] + offset, 3)
             if not show_clients:
                 d["client"] = None
             chunk.append(d)
@@ -148,17 +156,19 @@ async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients
 class ConnPages:
     """Serves pages of one engine's table, one walk at a time."""
 
-    def __init__(self, engine: Any, clock: Callable[[], float]) -> None:
+    def __init__(self, engine: Any, clock: Callable[[], float], epoch: EpochClock | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.epoch = epoch or EpochClock(clock)
         self._one_walk = asyncio.Lock()
 
     async def page(self, query: ConnQuery, show_clients: bool) -> list[bytes]:
         """The JSON body of GET /conns, in pieces to be sent one after the other."""
         async with self._one_walk:
             page, total = await _walk(self.engine.table, query)
-            now = self.clock()
-            conns = await _encode(page, lambda c: c.describe(), show_clients, now)
-        head = json.dumps({"total": total, "offset": query.offset, "limit": query.limit, "now": now,
+            now, offset = self.clock(), self.epoch.offset()
+            conns = await _encode(page, lambda c: c.describe(), show_clients, now, offset)
+        head = json.dumps({"total": total, "offset": query.offset, "limit": query.limit,
+                           "now": round(now + offset, 3),
                            "clients": "shown" if show_clients else "hidden"})
         return [(head[:-1] + ', "conns": [').encode(), *conns, b"]}"]

@@ -333,9 +333,10 @@ def format_conns(conns: Any, now: float | None = None, *, local: bool = False) -
     """`ipvsadm -L -n -c`.
 
     Time left is the entry's `expires_in` if present, else `expires - now`
-    with `now` from the argument or the body's `now` (the node's clock, the one
-    `expires` is on).  `local`: add FULLNAT's laddr:lport as a column before
-    the destination (not in ipvsadm).
+    with `now` from the argument or the body's `now` (both epoch seconds, to the
+    ms: the difference is rounded to the ms before whole seconds are taken).
+    `local`: add FULLNAT's laddr:lport as a column before the destination (not
+    in ipvsadm).
     """
     if now is None and isinstance(conns, Mapping) and conns.get("now") is not None:
         now = float(conns["now"])
@@ -349,7 +350,7 @@ def format_conns(conns: Any, now: float | None = None, *, local: bool = False) -
         if c.get("expires_in") is not None:
             left = float(c["expires_in"])
         else:
-            left = float(c.get("expires", 0)) - (now or 0.0)
+            left = round(float(c.get("expires", 0)) - (now or 0.0), 3)
         proto = str(c.get("proto", "")).upper()
         state = str(c.get("state", "")) if proto == "TCP" else proto
         # the API leaves the client out unless asked with its token (--token)
@@ -465,9 +466,7 @@ def run(args: argparse.Namespace) -> int:
             body = _fetch_all_conns(args)
             now = body.get("now")
             if now is None and not any("expires_in" in c for c in body["conns"]):
-                # expires is on the node's CLOCK_MONOTONIC; on the node itself
-                # (the default API address) ours is the same clock
-                now = time.monotonic()
+                now = time.time()       # expires is in epoch seconds (an older node: monotonic)
             sys.stdout.write(format_conns(body, now, local=args.local))
             return 0
         if args.rate:

@@ -36,6 +36,19 @@ _COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimu
 _NUM_OR_NULL = {"type": "number", "nullable": True}
 _ADDR_PORT = {"type": "string", "description": "addr:port (IPv6 addresses unbracketed)",
               "example": "198.18.2.21:8080"}
+#: the one rule for times (docs/operations.md, "Times"): an instant is epoch seconds, UTC, to
+#: the ms; a duration says its unit in its name (`_s`, `_ms`, `expires_in` in seconds)
+TIMES = ("Every instant the API reports is epoch seconds (UTC, to the ms), converted from the "
+         "node's monotonic clock when the answer is built; durations carry their unit.")
+
+
+def _epoch(what: str, nullable: bool = False) -> dict:
+    out: dict[str, Any] = {"type": "number", "description": f"{what}: epoch seconds, UTC, to the ms",
+                           "example": 1796337029.093}
+    if nullable:
+        out["nullable"] = True
+    return out
+
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -53,7 +66,7 @@ _SCHEMAS: dict[str, Any] = {
             "role": {"type": "string", "description": "master | backup | fault | init (VRRP state)"},
             "priority": {"type": "integer", "nullable": True},
             "peer": {"type": "string", "nullable": True},
-            "uptime_s": _NUM,
+            "uptime_s": {"type": "number", "description": "seconds since the node started, to the ms"},
             "conns": _ref("ConnCounts"),
             "engine": {
                 "type": "object",
@@ -71,7 +84,9 @@ _SCHEMAS: dict[str, Any] = {
                      "description": "the election, null when none runs"},
             "role_changes": {"type": "array", "description": "the last 10 role changes", "items": {
                 "type": "object", "properties": {
-                    "at": _NUM, "decided": _NUM, "from": _STR, "to": _STR, "reason": _STR}}},
+                    "at": _epoch("when the addresses changed hands"),
+                    "decided": _epoch("when the election decided the change"),
+                    "from": _STR, "to": _STR, "reason": _STR}}},
             "sync": {"type": "object", "required": ["enabled", "applied"],
                      "properties": {"enabled": _BOOL, "applied": _COUNTS}},
         },
@@ -93,8 +108,38 @@ _SCHEMAS: dict[str, Any] = {
                         "description": "the forwarding method, as ipvsadm names it (always FullNat)"},
             "health": {"type": "string", "enum": ["up", "down", "unchecked"],
                        "description": "the health check's verdict; unchecked when the service has none"},
-            "scheduled": {"type": "boolean", "description": "offered to the scheduler now (false when "
-                          "removed by a failed check, or while the sorry server stands in)"},
+            "scheduled": {"type": "boolean", "description": "the scheduler may give it new "
+                          "connections now: false when its check has it down, when drained or "
+                          "at weight 0, and while the sorry server stands in (OVERLOAD is "
+                          "`overloaded`)"},
+            "health_check": {"nullable": True, "allOf": [_ref("HealthCheck")],
+                             "description": "its health check's result; null when the service "
+                                            "has no check"},
+        },
+    },
+    "HealthCheck": {
+        "type": "object", "additionalProperties": False,
+        "required": ["kind", "state", "since", "last_check", "last_ok", "detail", "rise", "fall",
+                     "ok_streak", "fail_streak", "checks", "changes"],
+        "description": "One real server's health check (director.status.HealthCheckStatus).",
+        "properties": {
+            "kind": {"type": "string", "description": "tcp, http, udp, command or a plug-in's"},
+            "state": {"type": "string", "enum": ["up", "down"],
+                      "description": "the verdict after rise/fall"},
+            "since": _epoch("the last transition, or when checking began if none yet"),
+            "last_check": _epoch("when the last probe ended; null before the first", True),
+            "last_ok": {"type": "boolean", "nullable": True,
+                        "description": "the last probe's own result, before rise/fall"},
+            "detail": {"type": "string", "description": "the last probe's detail, as the log "
+                       "line gives it (\"HTTP status 503\", \"Connection refused\", \"timed out after 1s\")"},
+            "rise": {"type": "integer", "minimum": 1,
+                     "description": "successes in a row that bring a down server up"},
+            "fall": {"type": "integer", "minimum": 1,
+                     "description": "failures in a row that take an up server down"},
+            "ok_streak": {**_INT, "description": "successes in a row so far (counted while down)"},
+            "fail_streak": {**_INT, "description": "failures in a row so far (counted while up)"},
+            "checks": {**_INT, "description": "probes run"},
+            "changes": {**_INT, "description": "up/down transitions"},
         },
     },
     "Service": {
@@ -137,8 +182,10 @@ _SCHEMAS: dict[str, Any] = {
                                "SYNACK", "UDP"]},
             "flags": {"type": "array", "items": {
                 "type": "string", "enum": ["inactive", "nooutput", "synced", "assured", "one_packet"]}},
-            "expires": {"type": "number", "description": "expiry time on the node's monotonic clock"},
-            "expires_in": {"type": "number", "description": "seconds left"},
+            "expires": _epoch("when it expires unless refreshed (before issue 17: the node's "
+                              "monotonic clock)"),
+            "expires_in": {"type": "number", "description": "seconds left, to the ms"},
+            "created": _epoch("when the entry was made on this node (synced: when it arrived)"),
         },
     },
     "ConnPage": {
@@ -146,7 +193,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "total": {"type": "integer", "minimum": 0, "description": "connections matching the filter"},
             "offset": _INT, "limit": _INT,
-            "now": {"type": "number", "description": "the node's clock, that of `expires`"},
+            "now": _epoch("when the page was built (before issue 17: the node's monotonic clock)"),
             "clients": {"type": "string", "enum": ["shown", "hidden"],
                         "description": "whether `client` is filled (only with the API token)"},
             "conns": {"type": "array", "items": _ref("Conn")},
@@ -167,7 +214,8 @@ _SCHEMAS: dict[str, Any] = {
             "missing": {**_INT, "description": "sequence numbers from the peer still missing"},
             "lag_ms": {
                 "type": "object", "required": ["p50", "p99", "max", "samples"],
-                "description": "apply time minus send time over the recent DATA messages, ms",
+                "description": "apply time minus send time over the recent DATA messages, ms to "
+                               "0.1 (meaningful only with synchronised clocks)",
                 "properties": {"p50": _NUM_OR_NULL, "p99": _NUM_OR_NULL, "max": _NUM_OR_NULL,
                                "samples": _INT},
             },
@@ -280,7 +328,7 @@ SPEC: dict[str, Any] = {
         "title": "tandem node API",
         "version": VERSION,
         "description": "Status and control of one tandem director node (FULLNAT L4 load balancer). "
-                       "GETs are open; POSTs need a bearer token.",
+                       "GETs are open; POSTs need a bearer token. " + TIMES,
     },
     "servers": [{"url": "http://127.0.0.1:9100"}],
     "paths": {

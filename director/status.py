@@ -11,13 +11,21 @@ unit tests build every contract from the real objects, so a renamed counter
 fails a test instead of silently leaving a metric at nothing.
 
 This module imports no runtime code: the parts it reads (VRRP runner, sync link,
-operator control) are described by Protocols.
+operator control, health checks) are described by Protocols.
+
+**One clock for the operator.**  The cores run on the injected monotonic clock and keep
+their instants on it; every time the API reports is turned into epoch seconds (UTC, to
+the ms) here, by `EpochClock`, when the answer is built, and human output shows it as
+ISO 8601 UTC (`iso_utc`).  Durations stay durations (`uptime_s`, `expires_in`,
+`lag_ms`), rounded to what can be measured: seconds to the ms, milliseconds to 0.1
+(the sync lag is rounded where it is measured, syncd.receiver).
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 COUNTER = "counter"
@@ -36,6 +44,38 @@ def gauge(doc: str, name: str, default: Any = dataclasses.MISSING) -> Any:
 def metric_fields(obj: Any) -> list[tuple[dataclasses.Field, Any]]:
     """(field, value) for every field of a contract that declares a metric kind."""
     return [(f, getattr(obj, f.name)) for f in dataclasses.fields(obj) if "kind" in f.metadata]
+
+
+# -- time -----------------------------------------------------------------------------------
+
+class EpochClock:
+    """The one conversion from the node's monotonic clock to epoch seconds.
+
+    The offset is read again for each answer (`offset()`), so a wall clock stepped after
+    the node started (NTP's first sync at boot) shows at once; one answer converts all its
+    instants with the same offset, so they agree with each other to the ms.
+    """
+
+    def __init__(self, mono: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self._mono, self._wall = mono, wall
+
+    def offset(self) -> float:
+        """Epoch seconds minus monotonic seconds, now."""
+        return self._wall() - self._mono()
+
+    def epoch(self, t: float, offset: float | None = None) -> float:
+        """A monotonic instant as epoch seconds, to the ms."""
+        return round(t + (self.offset() if offset is None else offset), 3)
+
+    def now(self) -> float:
+        return round(self._wall(), 3)
+
+
+def iso_utc(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the ms, for human output: 2026-12-03T22:10:45.123Z."""
+    at = datetime.fromtimestamp(epoch, timezone.utc)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- VRRP -----------------------------------------------------------------------------------
@@ -175,6 +215,46 @@ class SyncStats:
         return out
 
 
+# -- services: health checks and scheduling ---------------------------------------------------
+
+@dataclass(frozen=True)
+class HealthCheckStatus:
+    """One real server's health check as GET /services reports it (`health_check`): the
+    checker's CheckResult (director.health.runner) with its instants in epoch seconds."""
+
+    kind: str                   # tcp | http | udp | command | a plug-in's name
+    state: str                  # up | down: the verdict after rise/fall
+    since: float                # epoch s: the last transition, or when checking began
+    last_check: float | None    # epoch s: when the last probe ended (None before the first)
+    last_ok: bool | None        # the last probe's own result (before rise/fall)
+    detail: str                 # the last probe's detail: "HTTP 503", "Connection refused", ...
+    rise: int
+    fall: int
+    ok_streak: int              # successes in a row so far, counted while down (up at `rise`)
+    fail_streak: int            # failures in a row so far, counted while up (down at `fall`)
+    checks: int
+    changes: int
+
+    @classmethod
+    def of(cls, result: Any, epoch: EpochClock, offset: float | None = None) -> "HealthCheckStatus":
+        """From a CheckResult; a field the contract does not know raises."""
+        r = dataclasses.asdict(result)
+        offset = epoch.offset() if offset is None else offset
+        up, last = r.pop("up"), r.pop("last_check")
+        return cls(state="up" if up else "down", since=epoch.epoch(r.pop("since"), offset),
+                   last_check=None if last is None else epoch.epoch(last, offset), **r)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def is_scheduled(svc: Any, dest: Any) -> bool:
+    """Whether the scheduler may give the real server new connections now: in its list and
+    weight above 0.  A drained server (weight 0), one its check took down (weight 0, or out
+    of the list with action "remove") and one the sorry server stands in for are not."""
+    return dest.weight > 0 and dest in svc.scheduler.dests
+
+
 # -- the node -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -216,11 +296,18 @@ class ControlSource(Protocol):
     def health_of(self, svc: Any, dest: Any) -> str: ...
 
 
+class HealthSource(Protocol):
+    """The running health checks (director.health.HealthChecker)."""
+
+    def result(self, service_key: str, addr: str, port: int) -> Any | None: ...
+
+
 class NodeSource(Protocol):
     """What the API and the metrics read from a node and ask of it."""
 
     name: str
     control: ControlSource | None
+    health: HealthSource | None
 
     @property
     def api_token(self) -> str: ...
@@ -254,14 +341,18 @@ class NodeParts:
 
     def __init__(self, name: str, role: str, *, started: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
                  queue_stats: Callable[[], Mapping[str, int]] = dict,
                  control: ControlSource | None = None, sync: SyncSource | None = None,
+                 health: HealthSource | None = None,
                  role_changes: list[dict] | None = None, api_token: str = "",
                  reload: Callable[[], Awaitable[dict]] | None = None,
                  resign: Callable[[], Awaitable[dict | None]] | None = None,
                  resume: Callable[[], Awaitable[dict | None]] | None = None) -> None:
         self.name = name
         self.control = control
+        self.health = health
+        self.epoch = EpochClock(clock, wall)
         self.api_token = api_token
         self._role = role
         self._clock = clock
@@ -296,8 +387,15 @@ class NodeParts:
             peer = vrrp.master          # a backup names the master it hears
         return NodeStatus(node=self.name, role=self._role, priority=self._priority, peer=peer,
                           uptime_s=round(self._clock() - self._started, 3), vrrp=vrrp,
-                          role_changes=tuple(self._role_changes[-10:]),
+                          role_changes=self._recent_role_changes(),
                           sync_enabled=self._sync is not None)
+
+    def _recent_role_changes(self) -> tuple[Mapping[str, Any], ...]:
+        """The last 10, their instants (`at`, `decided`: monotonic) in epoch seconds."""
+        offset = self.epoch.offset()
+        return tuple({**c, "at": self.epoch.epoch(c["at"], offset),
+                      "decided": self.epoch.epoch(c["decided"], offset)}
+                     for c in self._role_changes[-10:])
 
     async def resign(self) -> dict | None:
         """Give up mastership; the node's answer (its state after the change), None when no

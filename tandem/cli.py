@@ -80,10 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _UtcFormatter(logging.Formatter):
+    """Stamps a line with its time in ISO 8601 UTC to the ms, as human output shows the
+    API's epoch seconds (director.status.iso_utc)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        from director.status import iso_utc
+        return iso_utc(record.created)
+
+
+def log_formatter() -> logging.Formatter:
+    """`2026-12-03T22:30:29.093Z tandem.health INFO Removing service ...`"""
+    return _UtcFormatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     return args.func(args)
 
 

@@ -268,9 +268,9 @@ class RoleRunner:
                 self.stats["flushed"] += self.sync.flush()
         elif isinstance(a, R.RoleSet):
             self.set_role(a.new.value)
-            now = time.time()
-            # `at`: when the addresses actually changed hands (what a drill compares)
-            self.changes.append({"at": now, "decided": now - (self.clock() - a.decided),
+            # `at`: when the addresses actually changed hands (what a drill compares); both on
+            # the monotonic clock, shown in epoch seconds by the status layer (director.status)
+            self.changes.append({"at": self.clock(), "decided": a.decided,
                                  "from": a.old.value, "to": a.new.value, "reason": a.reason})
             del self.changes[:-50]
         elif isinstance(a, R.RunHook):

@@ -118,7 +118,7 @@ class Node:
         #: what the API and the metrics read (director/status.py)
         self.state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(),
                                clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
-                               control=self.control, sync=self.sync,
+                               control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
                                reload=self.reload, resign=self.resign, resume=self.resume)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]

@@ -12,7 +12,8 @@
   the scheduler's list).  When every real server is down (`needs_sorry_server`) the
   service's sorry server, if any, takes new connections.
 * `probe`: one probe through its kind, bounded by the check's timeout.
-* `runner`: `HealthChecker`, the asyncio tasks; it logs each transition once.
+* `runner`: `HealthChecker`, the asyncio tasks; it logs each transition once, and keeps
+  each server's `CheckResult` (verdict, last detail, since when, rise/fall streaks) for the API.
 
 A check is configured per service (it applies to all its real servers) as a TOML
 sub-table, e.g.
@@ -24,11 +25,11 @@ sub-table, e.g.
 from director.health.config import (HealthCheckConfig, Kind, kind_names, load_all_kinds,
                                     load_kind, parse_health, register_kind)
 from director.health.probe import ProbeFailed, run_probe
-from director.health.runner import CheckTarget, HealthChecker, targets_for_service
+from director.health.runner import CheckResult, CheckTarget, HealthChecker, targets_for_service
 from director.health.state import (HealthState, effective_weight, needs_sorry_server,
                                    transition_message)
 
-__all__ = ["CheckTarget", "HealthCheckConfig", "HealthChecker", "HealthState", "Kind",
-           "ProbeFailed", "effective_weight", "kind_names", "load_all_kinds", "load_kind",
+__all__ = ["CheckResult", "CheckTarget", "HealthCheckConfig", "HealthChecker", "HealthState",
+           "Kind", "ProbeFailed", "effective_weight", "kind_names", "load_all_kinds", "load_kind",
            "needs_sorry_server", "parse_health", "register_kind", "run_probe",
            "targets_for_service", "transition_message"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from director.health.config import HealthCheckConfig, load_kind
 
@@ -23,6 +24,7 @@ async def run_probe(check: HealthCheckConfig, addr: str, port: int) -> tuple[boo
     except ProbeFailed as exc:
         return False, str(exc)
     except OSError as exc:
-        return False, exc.strerror or str(exc)
+        # the errno's text: asyncio's refused connect says "Connect call failed (addr, port)"
+        return False, os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
     except (ValueError, UnicodeError) as exc:
         return False, f"bad answer: {exc}"

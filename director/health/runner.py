@@ -11,10 +11,14 @@ here, once, in one line as keepalived logs it:
 
 A reload (`set_targets`) keeps the state (streaks, up/down, counters) of every target whose
 check is unchanged; only new or changed ones start afresh.
+
+Its times are on the injected monotonic clock; what the operator reads (GET /services) turns
+them into epoch seconds in one place, director.status.EpochClock.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -52,16 +56,39 @@ def targets_for_service(svc: "ServiceConfig", check: HealthCheckConfig) -> list[
             for r in svc.real_servers]
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """What one real server's check says now; times on the checker's monotonic clock."""
+    kind: str
+    up: bool
+    since: float                # the last transition, or when checking began (initial state)
+    last_check: float | None    # when the last probe ended; None before the first
+    last_ok: bool | None
+    detail: str                 # the last probe's one-line detail ("HTTP 503", "timed out ...")
+    rise: int                   # successes in a row that bring a down server up
+    fall: int                   # failures in a row that take an up server down
+    ok_streak: int              # successes in a row so far (counted while down)
+    fail_streak: int            # failures in a row so far (counted while up)
+    checks: int
+    changes: int
+
+
 @dataclass
 class _Tracked:
     target: CheckTarget
     state: HealthState
+    since: float                            # the last transition, or when tracking began
     task: asyncio.Task | None = None
-    last_check: float | None = None         # wall clock
+    last_check: float | None = None
     last_detail: str = ""
     last_ok: bool | None = None
-    last_change: float | None = None
     running: int = 0                        # probes in flight (never > 1)
+
+    def result(self) -> CheckResult:
+        st = self.state
+        return CheckResult(self.target.check.kind, st.up, self.since, self.last_check,
+                           self.last_ok, self.last_detail, st.rise, st.fall, st.ok_streak,
+                           st.fail_streak, st.checks, st.changes)
 
 
 OnChange = Callable[[str, str, int, bool], Any]
@@ -77,11 +104,10 @@ class HealthChecker:
     """
 
     def __init__(self, targets: Iterable[CheckTarget], on_change: OnChange | None = None, *,
-                 probe: Probe | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 probe: Probe | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.on_change = on_change
         self._probe = probe or (lambda t: run_probe(t.check, t.addr, t.port))
-        self._clock, self._wall = clock, wall
+        self._clock = clock
         self._tracked: dict[tuple[str, str, int], _Tracked] = {}
         self._running = False
         self._pending_callbacks: set[asyncio.Task] = set()
@@ -89,7 +115,8 @@ class HealthChecker:
             self._add(t)
 
     def _add(self, t: CheckTarget) -> None:
-        self._tracked[t.key] = _Tracked(t, HealthState(t.check.rise, t.check.fall, t.check.initial))
+        self._tracked[t.key] = _Tracked(t, HealthState(t.check.rise, t.check.fall, t.check.initial),
+                                        since=self._clock())
 
     # -- life cycle --
 
@@ -152,15 +179,16 @@ class HealthChecker:
         tr = self._tracked.get((service_key, addr, port))
         return None if tr is None else tr.state.up
 
+    def result(self, service_key: str, addr: str, port: int) -> CheckResult | None:
+        """The check of one real server as it stands; None when it has none."""
+        tr = self._tracked.get((service_key, addr, port))
+        return None if tr is None else tr.result()
+
     def status(self) -> list[dict]:
-        now = self._wall()
-        return [{
-            "service": tr.target.service_key, "addr": tr.target.addr, "port": tr.target.port,
-            "kind": tr.target.check.kind, "up": tr.state.up, "last_ok": tr.last_ok,
-            "last_check": tr.last_check, "last_detail": tr.last_detail,
-            "lastchg_seconds": None if tr.last_change is None else round(now - tr.last_change, 3),
-            "checks": tr.state.checks, "changes": tr.state.changes,
-        } for tr in self._tracked.values()]
+        """Every target's result with its service, addr and port (monotonic times)."""
+        return [{"service": tr.target.service_key, "addr": tr.target.addr,
+                 "port": tr.target.port, **dataclasses.asdict(tr.result())}
+                for tr in self._tracked.values()]
 
     # -- the per-server loop --
 
@@ -175,10 +203,10 @@ class HealthChecker:
                 ok, detail = False, f"probe error: {exc!r}"
             finally:
                 tr.running -= 1
-            tr.last_check, tr.last_ok, tr.last_detail = self._wall(), ok, detail
+            tr.last_check, tr.last_ok, tr.last_detail = self._clock(), ok, detail
             changed = tr.state.record(ok)
             if changed is not None:
-                tr.last_change = tr.last_check
+                tr.since = tr.last_check
                 log.info("%s (%s check: %s)", transition_message(changed, t.proto, t.vip, t.vport,
                                                                  t.addr, t.port),
                          t.check.kind, detail)

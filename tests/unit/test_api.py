@@ -210,7 +210,8 @@ async def test_conns_without_the_token_hide_client_addresses_and_keep_every_key(
                 assert clients == {None}
             for c in body["conns"]:
                 assert c["vip"] == f"{VIP}:80" and c["real"].startswith("198.18.2.2")
-                assert c["expires_in"] == c["expires"]          # the app's clock stands at 0
+                # expires is epoch seconds, as `now` is (issue 17 item 8: it was monotonic)
+                assert abs(c["expires"] - (body["now"] + c["expires_in"])) < 0.002
     # with no token configured, nobody sees them
     async with client_for(eng) as client:
         body = await (await client.get("/conns", headers={"Authorization": "Bearer "})).json()

@@ -343,7 +343,9 @@ TOKEN = "ipvsadm-test-token"
 
 
 async def serve(eng: Engine):
-    runner = web.AppRunner(make_app(eng, NodeParts("t", "master", api_token=TOKEN)), access_log=None)
+    # the engine was driven at t=0: the app's monotonic clock stands there too
+    runner = web.AppRunner(make_app(eng, NodeParts("t", "master", api_token=TOKEN), clock=lambda: 0.0),
+                           access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -378,15 +380,12 @@ UDP  198.18.0.100:80 rr
 -a -t 198.18.0.100:80 -r 198.18.2.22:8080 -b -w 1
 -a -t 198.18.0.100:80 -r 198.18.2.23:8080 -b -w 1
 """)
-        # this engine's clock stands at 0, not at the process's monotonic time that
-        # `main -c` falls back on, so format the API's answer with now=0 ourselves
+        # expires and now are epoch seconds (issue 17 item 8); without expires_in the time
+        # left is expires - now, both from the same answer
         body = await asyncio.to_thread(I.fetch, url, "/conns", token=TOKEN)
-        # the API also says its own clock (now, expires_in); this engine's clock is a
-        # fake one, so drop those and format against it explicitly
-        body.pop("now", None)
         for c in body["conns"]:
             c.pop("expires_in", None)
-        assert I.format_conns(body, now=0.0) == text("""
+        assert I.format_conns(body) == text("""
 IPVS connection entries
 pro expire state       source             virtual            destination
 TCP 15:00  ESTABLISHED 198.18.1.10:40000  198.18.0.100:80    198.18.2.21:8080
