@@ -407,6 +407,50 @@ class ApiError(Exception):
     pass
 
 
+def vip_port(text: str) -> tuple[str, int]:
+    """-t/-u VIP:PORT ([v6]:port), as ipvsadm takes it; the argument is blamed otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"must be VIP:PORT ([v6]:port for IPv6) with a port "
+                                         f"1..65535, got {text!r}")
+    try:
+        return str(ipaddress.ip_address(host.strip("[]"))), int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{host!r} is not an IP address (in {text!r})") from None
+
+
+def api_url(text: str) -> str:
+    """--api URL: http(s)://host[:port] of a node's API."""
+    u = urllib.parse.urlsplit(text)
+    try:
+        port_ok = u.port is None or u.port > 0
+    except ValueError:
+        port_ok = False
+    if u.scheme not in ("http", "https") or not u.hostname or not port_ok:
+        raise argparse.ArgumentTypeError(f"must be http://HOST:PORT (the node's `api`), got {text!r}")
+    return text
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _api_says(exc: urllib.error.HTTPError) -> str:
+    """The API's own words in an error answer (its `Error` body), if it sent them."""
+    try:
+        said = json.loads(exc.read().decode()).get("error")
+    except (ValueError, AttributeError, OSError):
+        return ""
+    return f": {said}" if isinstance(said, str) and said else ""
+
+
 def fetch(api: str, path: str, query: Mapping[str, Any] | None = None, *, timeout: float = 5.0,
           token: str | None = None) -> Any:
     url = api.rstrip("/") + path
@@ -419,7 +463,7 @@ def fetch(api: str, path: str, query: Mapping[str, Any] | None = None, *, timeou
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode())
     except urllib.error.HTTPError as exc:
-        raise ApiError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise ApiError(f"{url}: HTTP {exc.code} {exc.reason}{_api_says(exc)}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ApiError(f"cannot reach the node's API at {url}: {reason}") from None
@@ -444,7 +488,7 @@ def _select(services: list, args) -> tuple[list, bool]:
     if not wanted:
         return services, False
     proto = "tcp" if args.tcp_service else "udp"
-    addr, port = _split_addrport(wanted)
+    addr, port = wanted
     ip = ipaddress.ip_address(addr)
     hit = [s for s in services if str(s["proto"]).lower() == proto
            and ipaddress.ip_address(s["vip"]) == ip and int(s["port"]) == port]
@@ -493,7 +537,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"tandem ipvsadm: {exc}", file=sys.stderr)
         return 1
     except (KeyError, TypeError, ValueError) as exc:
-        print(f"tandem ipvsadm: unexpected API answer: {exc!r}", file=sys.stderr)
+        what = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else \
+            (str(exc.args[0]) if exc.args else type(exc).__name__)
+        print(f"tandem ipvsadm: unexpected answer from the API at {args.api}: {what}",
+              file=sys.stderr)
         return 1
 
 
@@ -510,20 +557,22 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     shape.add_argument("--rate", action="store_true", help="per-second rates (two snapshots)")
     shape.add_argument("-c", "--connection", action="store_true", help="the connection table")
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("-t", "--tcp-service", metavar="VIP:PORT", help="only this TCP service")
-    sel.add_argument("-u", "--udp-service", metavar="VIP:PORT", help="only this UDP service")
+    sel.add_argument("-t", "--tcp-service", metavar="VIP:PORT", type=vip_port,
+                     help="only this TCP service")
+    sel.add_argument("-u", "--udp-service", metavar="VIP:PORT", type=vip_port,
+                     help="only this UDP service")
     p.add_argument("--exact", action="store_true", help="expand numbers (no K/M/G rounding)")
     p.add_argument("--nosort", action="store_true", help="keep the API's order")
     p.add_argument("--local", action="store_true", help="with -c: add FULLNAT's local address column")
     p.add_argument("--laddrs", action="store_true", help="with -S: add -P lines for local addresses")
     p.add_argument("--fullnat-as-masq", action="store_true",
                    help="with -S: print FULLNAT real servers with -m (mainline ipvsadm -R) not -b")
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
                    help="with --rate: seconds between the two snapshots (default 1)")
-    p.add_argument("--api", default=DEFAULT_API, metavar="URL",
+    p.add_argument("--api", default=DEFAULT_API, metavar="URL", type=api_url,
                    help=f"the node's status API (default {DEFAULT_API})")
     p.add_argument("--token", default=None, help="bearer token, if the API wants one")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="HTTP timeout")
+    p.add_argument("--timeout", type=seconds, default=5.0, metavar="S", help="HTTP timeout")
     p.set_defaults(func=run)
     return p
 
