@@ -76,6 +76,7 @@ class NodeConfig:
     removed_server_conns: str = _N("removed_server_conns")
     api_token: str = field(default=_N("api_token"), repr=False)
     script_user: str = _N("script_user")
+    state_dir: str = _N("state_dir")
     timeouts: dict[str, float] = field(default_factory=K.TIMEOUTS.defaults)
     max_conns: int = _L("max_conns")
     lport_min: int = _L("lport_min")

@@ -14,14 +14,17 @@ byte before it.  Fields:
                        restarted node is told apart from a replay of its old messages
     seq        int     0..2**64-1.  DATA: the data sequence number (1, 2, ... per epoch);
                        HEARTBEAT: the last DATA seq sent (0 if none); NACK,
-                       RESYNC_REQUEST, CHALLENGE and RESPONSE: a per-epoch control
+                       RESYNC_REQUEST, CHALLENGE, RESPONSE and OVERRIDES: a per-epoch control
                        counter of the node (1, 2, ...), so a replayed one is recognised
     send_time  float   the sender's wall clock, seconds, when the message was built
                        (a resent DATA message keeps its original time).  Only ever
                        compared with other send times of the same epoch: the pair's
                        clocks need not agree
     type       int     DATA 1, HEARTBEAT 2, NACK 3, RESYNC_REQUEST 4, CHALLENGE 5,
-                       RESPONSE 6
+                       RESPONSE 6, OVERRIDES 7.  A type this version does not know
+                       is counted as malformed and ignored (after the MAC check), so
+                       a receiver older than OVERRIDES ignores those, and a newer
+                       peer's kinds are ignored here
     flags      int     DATA only: F_BULK (part of a bulk resync), F_BULK_START (its
                        first message), F_BULK_END (its last); 0 otherwise
     body       DATA:           [entry, ...]                       (see SyncEntry)
@@ -34,6 +37,12 @@ byte before it.  Fields:
                                answer to target_node's CHALLENGE, from the live
                                epoch: its last DATA seq, and whether it wants
                                target_node's whole table
+               OVERRIDES:      [override, ...]: operator weight/drain overrides, each
+                               [service (str), addr (str, canonical), port, gen (int),
+                                by (str), set_at (float, epoch s), weight (int, the weight range,
+                                or nil: cleared), drain (bool)]; seq is the control
+                               counter.  State, not operations: the receiver keeps, per
+                               (service, addr, port), the entry with the larger (gen, by)
 
 An entry is the 14-element array
 
@@ -68,7 +77,8 @@ import msgpack
 from proto.consts import SYNC_FLAGS
 
 __all__ = [
-    "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "CHALLENGE", "RESPONSE", "TYPES",
+    "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "CHALLENGE", "RESPONSE", "OVERRIDES",
+    "TYPES", "pack_overrides",
     "NONCE_LEN",
     "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "MAX_DATAGRAM", "REASONS",
     "SyncError", "SyncEntry", "Message", "encode", "decode",
@@ -76,10 +86,10 @@ __all__ = [
 ]
 
 VERSION = 1
-DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE = 1, 2, 3, 4, 5, 6
-TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE)
+DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, OVERRIDES = 1, 2, 3, 4, 5, 6, 7
+TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, OVERRIDES)
 TYPE_NAMES = {DATA: "DATA", HEARTBEAT: "HEARTBEAT", NACK: "NACK", RESYNC_REQUEST: "RESYNC_REQUEST",
-              CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE"}
+              CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE", OVERRIDES: "OVERRIDES"}
 NONCE_LEN = 16
 F_BULK, F_BULK_START, F_BULK_END = 0x01, 0x02, 0x04
 _ALL_FLAGS = F_BULK | F_BULK_START | F_BULK_END
@@ -192,6 +202,7 @@ class Message:
     target_epoch: int = 0                          # NACK
     nonce: bytes = b""                             # CHALLENGE, RESPONSE
     wants: bool = False                            # RESPONSE
+    overrides: list = field(default_factory=list)  # OVERRIDES: list[list] (Override.to_list)
     version: int = VERSION
 
     @property
@@ -237,6 +248,8 @@ def _body(msg: Message) -> Any:
         if t == CHALLENGE:
             return [msg.target, msg.nonce]
         return [msg.target, msg.nonce, msg.last_seq, bool(msg.wants)]
+    if t == OVERRIDES:
+        return [list(o) for o in msg.overrides]
     raise ValueError(f"unknown message type {t}")
 
 
@@ -275,6 +288,28 @@ def nack_ranges_per_message(node_id: str, target: str, max_payload: int = MAX_PA
     fixed = (1 + 1 + 2 + len(msgpack.packb(node_id)) + 9 + 9 + 9 + 1 + 1
              + 1 + len(msgpack.packb(target)) + 9 + 3 + MAC_LEN)
     return max(1, (max_payload - fixed) // 19)
+
+
+def pack_overrides(items: Iterable[list], node_id: str,
+                   max_payload: int = MAX_PAYLOAD) -> list[list[list]]:
+    """Split override entries into bodies that each fit one OVERRIDES message."""
+    fixed = 1 + 1 + 2 + len(msgpack.packb(node_id)) + 9 + 9 + 9 + 1 + 1 + 3 + MAC_LEN
+    budget = max_payload - fixed
+    out: list[list[list]] = []
+    cur: list[list] = []
+    size = 0
+    for item in items:
+        n = len(msgpack.packb(item, use_bin_type=True))
+        if n > budget:
+            raise ValueError("an override does not fit in max_payload")
+        if cur and size + n > budget:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(item)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
 
 
 def pack_entries(header: dict, entries: Iterable[SyncEntry], key: bytes,
@@ -410,7 +445,7 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
     _int(seq, 0, U64)
     if type(send_time) is not float or not math.isfinite(send_time):
         raise SyncError(MALFORMED)
-    mtype = _int(mtype, 1, 6)
+    mtype = _int(mtype, 1, OVERRIDES)
     flags = _int(flags, 0, _ALL_FLAGS)
     msg = Message(mtype, sid, node_id, epoch, seq, send_time, flags)
     if mtype != DATA and flags:
@@ -445,6 +480,10 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
             raise SyncError(MALFORMED)
         if body:
             msg.target = _node(body[0])
+    elif mtype == OVERRIDES:
+        if type(body) is not list:
+            raise SyncError(MALFORMED)
+        msg.overrides = [_override(o) for o in body]
     else:   # CHALLENGE, RESPONSE
         if type(body) is not list or len(body) != (2 if mtype == CHALLENGE else 4):
             raise SyncError(MALFORMED)
@@ -458,6 +497,26 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
                 raise SyncError(MALFORMED)
             msg.wants = body[3]
     return msg
+
+
+def _override(v: Any) -> list:
+    """One override's fields, typed (the director checks what they mean)."""
+    if type(v) is not list or len(v) != 8:
+        raise SyncError(MALFORMED)
+    service, addr, port, gen, by, set_at, weight, drain = v
+    if type(service) is not str or not 1 <= len(service) <= 256 or type(addr) is not str \
+            or not 1 <= len(addr) <= 64:
+        raise SyncError(MALFORMED)
+    _int(port, 1, 65535)
+    _int(gen, 0, U64)
+    _node(by)
+    if type(set_at) is not float or not math.isfinite(set_at):
+        raise SyncError(MALFORMED)
+    if weight is not None:
+        _int(weight, 0, U64)          # (its range is the director's to check)
+    if type(drain) is not bool:
+        raise SyncError(MALFORMED)
+    return v
 
 
 def _node(v: Any) -> str:

@@ -61,6 +61,11 @@ NODE = section("node", "the node itself", keys=[
     Key("api_token", str, "", secret=True, shown='"" (changes refused)',
         doc="the bearer token that changing API requests must carry. With none set, changes "
             "are refused"),
+    Key("state_dir", str, "/var/lib/tandem",
+        doc="the directory of the node's state file `overrides.json`: the operator's weight "
+            "and drain overrides, kept across a restart (written atomically on each change, "
+            "read at start). `\"\"` keeps them in memory only. The Ansible role's unit lets "
+            "the node write here (systemd `StateDirectory=tandem`)"),
     Key("script_user", str, "", shown='"" (the node\'s own user)',
         doc="the user (name or uid) that notify hooks and `command` health checks run as, "
             "always without the node's capabilities. A node running as root switches to it "
@@ -236,6 +241,10 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "(by the sender's own clock; the pair's clocks need not agree) is not applied, and "
             "a bulk resync is asked for instead: a restarted node never applies old state "
             "from the peer's resend window. Above `gap_give_up`; 0 = off"),
+    Key("overrides_interval", float, 1.0, unit="s", above=0.0,
+        doc="how often the operator's overrides (weights, drains and their clears) are sent "
+            "to the peer again, besides at once on each change and when the peer (re)starts: "
+            "a lost message is made good within this long"),
     Key("mode", str, "multicast", choices=("multicast", "unicast"), doc="the transport"),
     Key("group", ADDRESS, "224.0.0.81", doc="multicast: the IPv4 group (IPVS's)"),
     Key("port", int, 8848, lo=0, hi=65535,

@@ -84,6 +84,9 @@ class SyncConfig:
     #: A resend window can hold messages from long ago, which a receiver that
     #: has just started must not apply.  Above gap_give_up; 0 = off.
     max_age: float = _D("max_age")
+    #: The operator's overrides are sent again this often (and at once on a change,
+    #: and to a peer whose new epoch was just authenticated): a lost one is made good.
+    overrides_interval: float = _D("overrides_interval")
 
     # -- transport -------------------------------------------------------------------
     mode: str = _D("mode")

@@ -58,7 +58,7 @@ epoch_changes, too_old, the syncd.auth counters (unauthenticated,
 challenges_sent, responses_sent, challenges_unanswered, responses_stale,
 authenticated, epochs_refused), and per drop reason bad_mac, wrong_sync_id,
 malformed, bad_version, oversize (longer than cfg.max_payload: dropped before
-anything else is looked at), replayed, dropped.
+anything else is looked at), replayed, dropped; overrides (OVERRIDES messages passed to on_overrides).
 self.results counts what `apply` returned; lag() gives p50/p99/max in ms.
 
 (Over ~400 lines on purpose: the gap, bulk and resync rules of one peer's stream
@@ -149,6 +149,10 @@ class SyncReceiver(EpochHandshake):
         self.results: dict = {}
         self.epoch = secrets.randbits(64) if epoch is None else epoch
         self.on_control = on_control
+        #: OVERRIDES messages of authenticated epochs go here (syncd.overrides.OverrideLink),
+        #: and on_peer_epoch(node, now) is told when a peer's new epoch is authenticated
+        self.on_overrides: Callable[[Message, float], list[bytes]] | None = None
+        self.on_peer_epoch: Callable[[str, float], list[bytes]] | None = None
         self.wall = wall
         self.sender = None                          # see attach()
         self.peers: dict[str, _Peer] = {}
@@ -161,7 +165,7 @@ class SyncReceiver(EpochHandshake):
             "stale_skipped", "apply_errors", "gaps", "missing_seqs", "tail_gaps", "nacks_sent",
             "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages", "bulk_ends",
             "bulks_answered", "epoch_changes", "too_old",
-            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "oversize", "replayed", "dropped"), 0)
+            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "oversize", "replayed", "dropped", "overrides"), 0)
         self.auth = EpochAuth(cfg.nack_interval, cfg.resync_retry, self.stats)
 
     def attach(self, sender) -> None:
@@ -245,7 +249,11 @@ class SyncReceiver(EpochHandshake):
         if msg.type == S.CHALLENGE:
             return self._on_challenge(msg, now)
         if msg.type == S.RESPONSE:
-            return self._on_response(msg, now)
+            before = self.peers.get(node)
+            out = self._on_response(msg, now)
+            if self.on_peer_epoch is not None and self.peers.get(node) is not before:
+                out += self.on_peer_epoch(node, now)
+            return out
         auth = self.auth
         if not auth.is_current(node, msg.epoch):
             if msg.type in (S.DATA, S.HEARTBEAT):
@@ -257,6 +265,11 @@ class SyncReceiver(EpochHandshake):
                 return []
             self.stats["control"] += 1
             return self.on_control(msg, now) if self.on_control is not None else []
+        if msg.type == S.OVERRIDES:
+            # state, not a stream: a replay within the epoch can only bring an entry
+            # that is not newer than ours, which changes nothing
+            self.stats["overrides"] += 1
+            return self.on_overrides(msg, now) if self.on_overrides is not None else []
         return self.on_message(msg, now)
 
     # -- data ------------------------------------------------------------------------

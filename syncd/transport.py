@@ -23,7 +23,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from proto.sync import SyncEntry
 from syncd.config import SyncConfig
@@ -119,6 +119,8 @@ class SyncTransport:
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        #: the operator's overrides on this channel (syncd.overrides.OverrideLink), if carried
+        self.overrides: Any = None
 
     @property
     def local_address(self) -> tuple:
@@ -158,6 +160,12 @@ class SyncTransport:
         self._send(out)
         self._arm()
         return len(out)
+
+    def send_overrides(self, items: list[list]) -> None:
+        """Overrides changed here: to the peer now (and again with every periodic send)."""
+        if self.overrides is not None:
+            self._send(self.overrides.changed(items, self.clock()))
+            self._arm()
 
     # -- the driver ------------------------------------------------------------------
 
@@ -203,7 +211,10 @@ class SyncTransport:
         self.stats["polls"] += 1
         now = self.clock()
         try:
-            self._send(self.sender.poll(now) + self.receiver.poll(now))
+            out = self.sender.poll(now) + self.receiver.poll(now)
+            if self.overrides is not None:
+                out += self.overrides.poll(now)
+            self._send(out)
         except Exception:
             self.stats["internal_errors"] += 1
             log.exception("sync: poll failed")
@@ -214,6 +225,8 @@ class SyncTransport:
         if self._loop is None or self._transport is None:
             return
         deadline = min(self.sender.next_deadline(), self.receiver.next_deadline())
+        if self.overrides is not None:
+            deadline = min(deadline, self.overrides.next_deadline())
         if deadline == float("inf") or deadline >= self._timer_at:
             return
         if self._timer is not None:

@@ -76,6 +76,7 @@ class SyncLink:
         self.transport = SyncTransport(scfg, self.sender, self.receiver)
         engine.sync_hook = make_hook(SyncPolicy.from_config(scfg), engine, self.transport.queue)
         self.started = 0.0
+        self.overrides: Any = None          # syncd.overrides.OverrideLink, once carried
 
     async def start(self) -> None:
         self.started = time.monotonic()
@@ -86,6 +87,17 @@ class SyncLink:
         """Whether a bulk resync answering this node's own request has completed
         (an older or replayed bulk does not count)."""
         return self.receiver.resync_complete
+
+    def carry_overrides(self, entries: Callable[[], list[list]],
+                        apply: Callable[[str, list[list]], None]) -> None:
+        """Carry the operator's overrides to and from the peer (syncd.overrides)."""
+        from syncd.overrides import OverrideLink
+        self.transport.overrides = self.overrides = OverrideLink(
+            self.receiver, entries=entries, apply=apply,
+            interval=self.transport.cfg.overrides_interval)
+
+    def send_overrides(self, items: list[list]) -> None:
+        self.transport.send_overrides(items)
 
     def flush(self) -> int:
         """Every pending entry to the peer now; the datagrams sent."""

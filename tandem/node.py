@@ -32,12 +32,14 @@ from director.control import Control
 from director.engine import Engine
 from director.health import HealthChecker, targets_for_service
 from director.nfqueue import QueueAdapter, kernel_queue_stats
+from director.overrides import BadOverride, Override, Overrides
 from director.status import NodeParts
 from ha import role as R
 from ha.takeover import Takeover
 from ha.vrrp_io import VrrpRunner
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
+from tandem.state_file import StateFile, load as load_overrides, path_in
 
 log = logging.getLogger("tandem.node")
 #: seconds between checks of the tracked interfaces (front and back)
@@ -104,8 +106,14 @@ class Node:
         self.engine = Engine(cfg, now=clock())
         self.adapter = edges.queue(self.engine.handle, cfg.queue, clock, bind=edges.kernel.bind_queue)
         self.sync = edges.sync(cfg, self.engine) if ha and ha.sync else None
-        self.control = Control(self.engine)
+        # the operator's overrides: from the state file, to and from the peer
+        self.state_file = StateFile(path_in(cfg.state_dir))
+        self.overrides = Overrides(cfg.name, load_overrides(self.state_file.path))
+        self.control = Control(self.engine, self.overrides, on_change=self._overrides_changed)
         self.control.apply_all()
+        if self.sync is not None and hasattr(self.sync, "carry_overrides"):
+            self.sync.carry_overrides(lambda: [o.to_list() for o in self.overrides.entries()],
+                                      self._overrides_from_peer)
         self.checker = edges.health(health_targets(self.engine), self.control.health_changed)
         tcfg = takeover_config(cfg)
         self.role = RoleRunner(R.RoleMachine(role_config(cfg)), node=cfg.name,
@@ -179,6 +187,7 @@ class Node:
             fate = self._connections_fate()
             if self.sync is not None:
                 self.sync.close()
+            await self.state_file.drain()
             await asyncio.to_thread(self.edges.kernel.remove_rules)
             self.adapter.stop()
             if self._http is not None:
@@ -318,6 +327,24 @@ class Node:
         return election_answer(self.vrrp.instance, self.state.status().role, self.clock(),
                                ha.preempt_yield if ha else 0.0)
 
+    # -- the operator's overrides ------------------------------------------------------------
+
+    def _overrides_changed(self, changed: list[Override]) -> None:
+        """A change made through this node's API: keep it, and tell the peer."""
+        self.state_file.save_soon(self.overrides.dumps())
+        if self.sync is not None and hasattr(self.sync, "send_overrides"):
+            self.sync.send_overrides([o.to_list() for o in changed])
+
+    def _overrides_from_peer(self, peer: str, items: list[list]) -> None:
+        entries = []
+        for item in items:
+            try:
+                entries.append(Override.from_list(item))
+            except BadOverride as exc:
+                log.warning("peer %s: an override that makes no sense, ignored: %s", peer, exc)
+        if self.control.from_peer(peer, entries):
+            self.state_file.save_soon(self.overrides.dumps())
+
     # -- reload ---------------------------------------------------------------------------------
 
     async def reload(self) -> dict:
@@ -333,6 +360,11 @@ class Node:
         if set(new.vips + new.laddrs) != set(old.vips + old.laddrs):
             await asyncio.to_thread(self.edges.kernel.install_rules, new.vips + new.laddrs, new.queue)
         self.state.api_token = new.api_token
+        if new.state_dir != old.state_dir:
+            self.state_file.path = path_in(new.state_dir)
+            self.state_file.save_soon(self.overrides.dumps())
+        for line in self.control.file_conflicts():
+            log.info("node %s: reload: %s", new.name, line)
         self.cfg = new
         log.info("node %s: reloaded %s (%s)", new.name, self.path,
                  ", ".join(f"{k} {v}" for k, v in summary.items()))
