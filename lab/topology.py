@@ -102,6 +102,8 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                     ha=state["ha"],
                     advert_interval=advert_interval,
                 )
+                # each node's state file (its operator overrides) in the lab's own directory
+                cfg["node"].setdefault("state_dir", str(d / f"{name}-state"))
                 token = cfg["node"].get("api_token")   # config_extra may set another
                 path = d / f"{name}.toml"
                 write_config(path, cfg)

@@ -64,7 +64,8 @@ NODE = section("node", "the node itself", keys=[
     Key("state_dir", str, "/var/lib/tandem",
         doc="the directory of the node's state file `overrides.json`: the operator's weight "
             "and drain overrides, kept across a restart (written atomically on each change, "
-            "read at start). `\"\"` keeps them in memory only. The Ansible role's unit lets "
+            "read at start; a changed value takes effect at the next start). `\"\"` keeps them in "
+            "memory only. The Ansible role's unit lets "
             "the node write here (systemd `StateDirectory=tandem`)"),
     Key("script_user", str, "", shown='"" (the node\'s own user)',
         doc="the user (name or uid) that notify hooks and `command` health checks run as, "

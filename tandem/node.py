@@ -361,8 +361,8 @@ class Node:
             await asyncio.to_thread(self.edges.kernel.install_rules, new.vips + new.laddrs, new.queue)
         self.state.api_token = new.api_token
         if new.state_dir != old.state_dir:
-            self.state_file.path = path_in(new.state_dir)
-            self.state_file.save_soon(self.overrides.dumps())
+            log.warning("node %s: reload: [node] state_dir changed: the state file stays %s "
+                        "until the next start", new.name, self.state_file.path)
         for line in self.control.file_conflicts():
             log.info("node %s: reload: %s", new.name, line)
         self.cfg = new
