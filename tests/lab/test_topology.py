@@ -341,3 +341,31 @@ def test_lab_status_is_up_again_after_kill_and_restore(pair_cli):
     assert sorted(p["name"] for p in nodes) == ["node-a", "node-b"], nodes
     assert all(p["alive"] for p in st_["processes"]), st_["processes"]
     assert {p["name"]: p["role"] for p in nodes} == {"node-a": "master", "node-b": "backup"}, nodes
+
+
+def test_last_a_graceful_stop_and_lab_down_keeping_the_logs(pair_cli, tmp_path):
+    """Issue 17, item 14 (runs last: it takes the module's pair down). A graceful stop of the
+    master logged "N connections dropped with it" while its peer, synced, carried them on;
+    and `tandem lab down` deleted the logs that said so, with no way to keep them. Now a's
+    stop line says its connections were synced to peer b, and `lab down --keep-logs DIR`
+    copies every log there after the processes have stopped (b's own stop line is in)."""
+    client = pair_cli["client"]["ns"]
+    res = run_in(client, "tcp-whoami", "--host", topology.VIP, "--port", topology.SERVICE_PORT,
+                 "--count", 20, timeout=60)
+    assert res["ok"] == 20, res
+    cp = _tandem("lab", "fault", "--prefix", PAIR, "a", "stop")
+    assert cp.returncode == 0, cp.stderr
+    topology.wait_role(PAIR, "b", "master", 20)
+    kept = tmp_path / "kept"
+    cp = _tandem("lab", "down", "--prefix", PAIR, "--keep-logs", str(kept))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert f"logs kept in {kept}: a.log b.log rs1.log rs2.log rs3.log" in cp.stdout, cp.stdout
+    assert not state.state_dir(PAIR).exists()
+    assert not set(topology.namespaces(PAIR)) & set(nsutil.list_netns())
+    a_stop = [ln for ln in (kept / "a.log").read_text().splitlines() if "node a: stopped" in ln]
+    assert len(a_stop) == 1, a_stop
+    assert "connections were synced to peer b (last heard" in a_stop[0], a_stop
+    assert "dropped" not in a_stop[0] and "its 0 connections" not in a_stop[0], a_stop
+    b_log = (kept / "b.log").read_text()
+    assert "Entering MASTER STATE" in b_log and "node b: stopped" in b_log, b_log[-2000:]
+    assert "listening" in (kept / "rs1.log").read_text()
