@@ -14,7 +14,7 @@ PREFIX = "tandem"
 def _table(rows: list[tuple], header: tuple) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" if i != 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return "\n".join(fmt.format(*map(str, r)) for r in [header, *rows])
+    return "\n".join(fmt.format(*map(str, r)).rstrip() for r in [header, *rows])
 
 
 def _node_status(info: dict) -> dict:
@@ -50,10 +50,12 @@ def traffic_table(info: dict, tcp_count: int = 300, udp_count: int = 300) -> int
     return 1 if failed or client_seen else 0
 
 
-def main() -> int:
+def main(prefix: str = PREFIX) -> int:
     from lab import drill
+    # a line as soon as it is known, also into a pipe or a file (`make demo | tee demo.log`)
+    sys.stdout.reconfigure(line_buffering=True)     # type: ignore[union-attr]
     try:
-        info = topology.up(PREFIX, node=True, scheduler="rr")
+        info = topology.up(prefix, node=True, scheduler="rr")
     except Exception as exc:      # a failed up has already cleaned up after itself
         print(f"lab up failed: {exc}", file=sys.stderr)
         return 1
@@ -67,11 +69,11 @@ def main() -> int:
                           ("failback drill: director a is restored and preempts",
                            dict(fault="restore", target="a"))):
             print(f"\n{title}; 200 connections, one message each 20 ms")
-            r = drill.run(PREFIX, conns=200, duration=4.0, lead=1.0, **kw)
+            r = drill.run(prefix, conns=200, duration=4.0, lead=1.0, **kw)
             print(drill.table(r))
             if (r["survived"], r["reset"], r["stalled"]) != (r["conns"], 0, 0):
                 rc = 1
         return rc
     finally:
-        topology.down(PREFIX)
+        topology.down(prefix)
         print("\nlab down")

@@ -116,8 +116,9 @@ def plot(r: dict[str, Any], path: str) -> None:
     ax.set_ylabel("echoes per 10 ms")
     echo = (f"first echo {r['takeover_ms']} ms after the fault" if r.get("takeover_ms") is not None
             else "no interruption")
-    ax.set_title(f"tandem drill: {r['survived']}/{r['conns']} survived, {echo}")
+    title = f"tandem drill: {r['survived']}/{r['conns']} survived, {echo}"
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Title": title})     # the PNG says it in text too
     plt.close(fig)

@@ -46,7 +46,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lab import demo
-    return demo.main()
+    return demo.main(args.prefix)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.set_defaults(func=_check)
     d = sub.add_parser("demo", help="lab up, traffic through the VIP, a table of who served it, lab down")
+    d.add_argument("--prefix", default="tandem", help="the lab's namespace prefix (default %(default)s)")
     d.set_defaults(func=_demo)
     try:
         from lab import cli as lab_cli

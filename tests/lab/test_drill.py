@@ -18,6 +18,37 @@ pytestmark = pytest.mark.lab
 PREFIX = "tdr"
 
 
+def _tandem(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The CLI with stdout and stderr piped (not a terminal), as in a log or CI."""
+    exe = Path(sys.executable).parent / "tandem"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                          env=client_env())
+
+
+def _png_title(path: Path) -> str:
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.text["Title"]
+
+
+def test_the_demo_says_what_happened_in_plain_lines():
+    """Issue 17, done-when: `make demo`'s output contains no `None`. The demo (its own lab,
+    traffic, a kill drill and a failback drill) through `tandem demo`, its output piped: no
+    None, no traceback, no carriage return, each part in order and the lab down at the end.
+    (First in this module: it runs before the module's pair is up.)"""
+    require_lab()
+    cp = _tandem("demo", "--prefix", "tdemo", timeout=300)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 0, out
+    assert "None" not in out and "Traceback" not in out and "\r" not in out, out
+    parts = ["lab up: VIP", "proto  real server  served  peer addresses seen\n",
+             "tcp: 300 ok, 0 failed", "kill drill:", "200/200 survived, 0 reset, 0 stalled",
+             "failback drill:", "master                      b -> a", "\nlab down\n"]
+    at = [cp.stdout.find(p) for p in parts]
+    assert all(i >= 0 for i in at) and at == sorted(at), (at, cp.stdout)
+    assert cp.stdout.count("first echo after the fault") == 2, cp.stdout
+
+
 @pytest.fixture(scope="module")
 def pair():
     require_lab()
@@ -26,10 +57,7 @@ def pair():
 
 
 def _drill(*args: str) -> subprocess.CompletedProcess:
-    """The CLI with stdout and stderr piped (not a terminal), as in a log or CI."""
-    exe = Path(sys.executable).parent / "tandem"
-    return subprocess.run([str(exe), "drill", "--prefix", PREFIX, *args], capture_output=True,
-                          text=True, timeout=180, env=client_env())
+    return _tandem("drill", "--prefix", PREFIX, *args)
 
 
 def _back_to_a_master():
@@ -101,4 +129,27 @@ def test_udp_flows_continue_and_loss_outside_the_outage_fails_the_drill(pair):
         assert "outside it" in cp.stdout and ", 0 outside it" not in cp.stdout, cp.stdout
     finally:
         topology.service_udp_loss(PREFIX, 0)
+        _back_to_a_master()
+
+
+def test_stop_and_restore_print_what_happened_in_the_table_and_the_plot(pair, tmp_path):
+    """Issue 17, item 9: the first echo after a stop or a restore printed `None ms` when no
+    connection was interrupted, and the plot's title said `None` too. Through the command
+    line, piped: a graceful stop of the master and the failback that restores it print a
+    figure or what happened on every row, and each plot's title (kept in the PNG's text)
+    says the same, never None."""
+    try:
+        for fault in ("stop", "restore"):
+            png = tmp_path / f"{fault}.png"
+            cp = _drill("--fault", fault, "--target", "a", "--conns", "40", "--duration", "3",
+                        "--lead", "1", "--plot", str(png))
+            assert cp.returncode == 0, cp.stdout + cp.stderr
+            assert "None" not in cp.stdout and "\r" not in cp.stderr, cp.stdout + cp.stderr
+            row = next(ln for ln in cp.stdout.splitlines() if "first echo after the fault" in ln)
+            assert row.rstrip().endswith(("interrupted)", "no interruption", " ms")), row
+            title = _png_title(png)
+            assert title.startswith("tandem drill: 40/40 survived, ") and "None" not in title, title
+            want = "no interruption" if row.rstrip().endswith("no interruption") else "first echo"
+            assert want in title, (row, title)
+    finally:
         _back_to_a_master()
