@@ -137,6 +137,7 @@ class NodeApi:
             "role": st.role,
             "priority": st.priority,
             "peer": st.peer,
+            "peer_status": st.peer_status.to_json() if st.peer_status is not None else None,
             "uptime_s": st.uptime_s,
             "conns": engine.conn_counts(),
             "engine": {**engine.stats, "drops": {k: v for k, v in engine.drops.items() if v}},

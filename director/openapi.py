@@ -65,7 +65,11 @@ _SCHEMAS: dict[str, Any] = {
             "node": _STR,
             "role": {"type": "string", "description": "master | backup | fault | init (VRRP state)"},
             "priority": {"type": "integer", "nullable": True},
-            "peer": {"type": "string", "nullable": True},
+            "peer": {"type": "string", "nullable": True,
+                     "description": "the peer's address (peer_status.address), on either role"},
+            "peer_status": {"nullable": True, "allOf": [_ref("PeerStatus")],
+                            "description": "the peer as this node knows it; null when the node "
+                                           "neither elects nor syncs"},
             "uptime_s": {"type": "number", "description": "seconds since the node started, to the ms"},
             "conns": _ref("ConnCounts"),
             "engine": {
@@ -240,6 +244,56 @@ _SCHEMAS: dict[str, Any] = {
             "addresses": {"type": "array", "items": _STR, "description": "the VIPs advertised"},
             "counters": {**_COUNTS, "description": "rx, accepted, tx, became_master, ... and "
                                                    "drop_<reason> for each dropped advert"},
+        },
+    },
+    "PeerStatus": {
+        "type": "object", "additionalProperties": False,
+        "required": ["address", "address_from", "node", "role", "role_from", "priority", "resigned",
+                     "last_advert", "last_advert_note", "sync"],
+        "description": "The other node of the pair (director.status.PeerStatus).  Each field comes "
+                       "from the best source there is: what the peer says of itself over sync "
+                       "(sent on every change and each second), the VRRP adverts heard from it, "
+                       "the config (one unicast peer); null when none gives it.",
+        "properties": {
+            "address": {"type": "string", "nullable": True,
+                        "description": "its VRRP address (the source of its adverts)"},
+            "address_from": {"type": "string", "nullable": True,
+                             "enum": ["sync", "advert", "config", None]},
+            "node": {"type": "string", "nullable": True, "description": "its node name (sync)"},
+            "role": {"type": "string", "nullable": True,
+                     "description": "master | backup | fault | init"},
+            "role_from": {"type": "string", "nullable": True, "enum": ["sync", "advert", None],
+                          "description": "advert: a backup without sync names the master it hears"},
+            "priority": {"type": "integer", "nullable": True},
+            "resigned": {"type": "boolean", "nullable": True,
+                         "description": "it said over sync that it has resigned"},
+            "last_advert": {
+                "type": "object", "nullable": True, "required": ["from", "priority", "at", "age_s"],
+                "description": "the last VRRP advert this node accepted from another router.  A "
+                               "backup hears the master's every interval; a master hears one "
+                               "only when the peer advertises (a priority 0 when it leaves, a "
+                               "claim, a higher priority that preempts): null, with "
+                               "last_advert_note, for a master whose peer has only been backup",
+                "properties": {"from": _STR, "priority": {"type": "integer", "minimum": 0},
+                               "at": {"type": "number", "description": "epoch seconds"},
+                               "age_s": _NUM}},
+            "last_advert_note": {"type": "string", "nullable": True,
+                                 "description": "why last_advert is null"},
+            "sync": {
+                "type": "object", "nullable": True,
+                "required": ["state", "last_heard_s", "missing"],
+                "description": "the sync link to it; null when this node does not sync",
+                "properties": {
+                    "state": {"type": "string", "enum": ["ok", "repairing", "silent", "none"],
+                              "description": "none: no peer proven alive yet; silent: nothing "
+                                             "for 3 heartbeat intervals; repairing: sequence "
+                                             "numbers missing or a bulk resync awaited"},
+                    "last_heard_s": {"type": "number", "nullable": True,
+                                     "description": "seconds since its last message"},
+                    "missing": _INT,
+                    "lag_ms": {"type": "object", "properties": {
+                        "p50": _NUM_OR_NULL, "p99": _NUM_OR_NULL, "max": _NUM_OR_NULL}},
+                }},
         },
     },
     "WeightChange": {

@@ -15,13 +15,14 @@ byte before it.  Fields:
     seq        int     0..2**64-1.  DATA: the data sequence number (1, 2, ... per epoch);
                        HEARTBEAT: the last DATA seq sent (0 if none); NACK,
                        RESYNC_REQUEST, CHALLENGE, RESPONSE and OVERRIDES: a per-epoch control
-                       counter of the node (1, 2, ...), so a replayed one is recognised
+                       counter of the node (1, 2, ...), so a replayed one is recognised;
+                       STATE: a per-epoch counter of its own (1, 2, ...), likewise
     send_time  float   the sender's wall clock, seconds, when the message was built
                        (a resent DATA message keeps its original time).  Only ever
                        compared with other send times of the same epoch: the pair's
                        clocks need not agree
     type       int     DATA 1, HEARTBEAT 2, NACK 3, RESYNC_REQUEST 4, CHALLENGE 5,
-                       RESPONSE 6, OVERRIDES 7.  A type this version does not know
+                       RESPONSE 6, OVERRIDES 7, STATE 8.  A type this version does not know
                        is counted as malformed and ignored (after the MAC check), so
                        a receiver older than OVERRIDES ignores those, and a newer
                        peer's kinds are ignored here
@@ -43,6 +44,12 @@ byte before it.  Fields:
                                 or nil: cleared), drain (bool)]; seq is the control
                                counter.  State, not operations: the receiver keeps, per
                                (service, addr, port), the entry with the larger (gen, by)
+               STATE:          [role (str, 1..16: master, backup, fault, init),
+                                priority (int 0..255, 0: no election),
+                                address (str: its VRRP address, "" if none),
+                                resigned (bool)]: what the node is in the pair, sent
+                               on every change and repeated; how a peer tells a
+                               resignation from a stop (both send VRRP priority 0)
 
 An entry is the 14-element array
 
@@ -68,6 +75,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -78,6 +86,7 @@ from proto.consts import SYNC_FLAGS
 
 __all__ = [
     "VERSION", "DATA", "HEARTBEAT", "NACK", "RESYNC_REQUEST", "CHALLENGE", "RESPONSE", "OVERRIDES",
+    "STATE",
     "TYPES", "pack_overrides",
     "NONCE_LEN",
     "F_BULK", "F_BULK_START", "F_BULK_END", "MAC_LEN", "MAX_PAYLOAD", "MAX_DATAGRAM", "REASONS",
@@ -86,10 +95,11 @@ __all__ = [
 ]
 
 VERSION = 1
-DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, OVERRIDES = 1, 2, 3, 4, 5, 6, 7
-TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, OVERRIDES)
+DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, OVERRIDES, STATE = 1, 2, 3, 4, 5, 6, 7, 8
+TYPES = (DATA, HEARTBEAT, NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, OVERRIDES, STATE)
 TYPE_NAMES = {DATA: "DATA", HEARTBEAT: "HEARTBEAT", NACK: "NACK", RESYNC_REQUEST: "RESYNC_REQUEST",
-              CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE", OVERRIDES: "OVERRIDES"}
+              CHALLENGE: "CHALLENGE", RESPONSE: "RESPONSE", OVERRIDES: "OVERRIDES", STATE: "STATE"}
+MAX_ROLE = 16
 NONCE_LEN = 16
 F_BULK, F_BULK_START, F_BULK_END = 0x01, 0x02, 0x04
 _ALL_FLAGS = F_BULK | F_BULK_START | F_BULK_END
@@ -203,6 +213,10 @@ class Message:
     nonce: bytes = b""                             # CHALLENGE, RESPONSE
     wants: bool = False                            # RESPONSE
     overrides: list = field(default_factory=list)  # OVERRIDES: list[list] (Override.to_list)
+    role: str = ""                                 # STATE
+    priority: int = 0                              # STATE
+    address: str = ""                              # STATE
+    resigned: bool = False                         # STATE
     version: int = VERSION
 
     @property
@@ -250,6 +264,8 @@ def _body(msg: Message) -> Any:
         return [msg.target, msg.nonce, msg.last_seq, bool(msg.wants)]
     if t == OVERRIDES:
         return [list(o) for o in msg.overrides]
+    if t == STATE:
+        return [msg.role, msg.priority, msg.address, bool(msg.resigned)]
     raise ValueError(f"unknown message type {t}")
 
 
@@ -445,7 +461,7 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
     _int(seq, 0, U64)
     if type(send_time) is not float or not math.isfinite(send_time):
         raise SyncError(MALFORMED)
-    mtype = _int(mtype, 1, OVERRIDES)
+    mtype = _int(mtype, 1, STATE)
     flags = _int(flags, 0, _ALL_FLAGS)
     msg = Message(mtype, sid, node_id, epoch, seq, send_time, flags)
     if mtype != DATA and flags:
@@ -475,6 +491,14 @@ def _decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int) -> Messag
                 raise SyncError(MALFORMED)
             out.append((a, b))
         msg.target, msg.target_epoch, msg.ranges = target, _int(target_epoch, 0, U64), out
+    elif mtype == STATE:
+        if type(body) is not list or len(body) != 4:
+            raise SyncError(MALFORMED)
+        role, priority, address, resigned = body
+        if type(role) is not str or not 1 <= len(role) <= MAX_ROLE or type(resigned) is not bool \
+                or type(address) is not str or (address and not _is_ip(address)):
+            raise SyncError(MALFORMED)
+        msg.role, msg.priority, msg.address, msg.resigned = role, _int(priority, 0, 255), address, resigned
     elif mtype == RESYNC_REQUEST:
         if type(body) is not list or len(body) > 1:
             raise SyncError(MALFORMED)
@@ -517,6 +541,11 @@ def _override(v: Any) -> list:
     if type(drain) is not bool:
         raise SyncError(MALFORMED)
     return v
+def _is_ip(v: str) -> bool:
+    try:
+        return len(v) <= 45 and ipaddress.ip_address(v) is not None
+    except ValueError:
+        return False
 
 
 def _node(v: Any) -> str:

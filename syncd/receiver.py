@@ -4,8 +4,8 @@
     out = receiver.on_datagram(raw, now)   # every datagram from the socket
     out = receiver.poll(now)               # at receiver.next_deadline() or later
 
-Every datagram is decoded and authenticated here (proto.sync.decode); DATA and
-HEARTBEAT are handled, NACK and RESYNC_REQUEST go to `on_control(msg, now)`
+Every datagram is decoded and authenticated here (proto.sync.decode); DATA,
+HEARTBEAT and STATE are handled, NACK and RESYNC_REQUEST go to `on_control(msg, now)`
 (the local SyncSender.on_message, see attach()), whose answer is returned with
 ours.
 
@@ -46,7 +46,11 @@ sender's last seq as of the RESPONSE that authenticated it (or of our latest
 request), i.e. begun after we asked, and of which nothing is missing.  A
 replayed or older bulk fills in entries but completes nothing.
 
-A seq already applied is a replay or duplicate: counted, nothing changes.
+A seq already applied is a replay or duplicate: counted, nothing changes.  A
+STATE (what the peer is in the pair) is kept per peer (`peer.state`, with when
+it came) and handed to `on_state(node, msg)`, only from the authenticated epoch
+and only with a counter above the last one used (a replayed one is counted
+replayed).
 Messages carrying our own node id are dropped (multicast loopback).
 
 Counters (self.stats): received, data, heartbeats, control (NACK/RESYNC passed to
@@ -114,7 +118,7 @@ def engine_apply_bulk(engine) -> Callable[[SyncEntry, float], str]:
 class _Peer:
     __slots__ = ("epoch", "highest", "missing", "asked", "newest_time", "nack_due",
                  "recent", "want_after", "want_asked", "bulk_seen", "answer_start", "answer_end",
-                 "heard")
+                 "heard", "state", "state_seq", "state_at")
 
     def __init__(self, epoch: int, send_time: float) -> None:
         self.epoch = epoch
@@ -129,7 +133,10 @@ class _Peer:
         self.bulk_seen = float("-inf")          # when a bulk message last arrived
         self.answer_start = 0                   # first seq of the bulk answering our request
         self.answer_end = 0                     # ... and its last, while seqs of it are missing
-        self.heard = float("-inf")              # our `now` at its last DATA or HEARTBEAT
+        self.heard = float("-inf")              # our `now` at its last DATA, HEARTBEAT or STATE
+        self.state: Message | None = None       # its latest STATE (role, priority, ...)
+        self.state_seq = 0
+        self.state_at = 0.0                     # when that arrived
 
 
 class SyncReceiver(EpochHandshake):
@@ -153,6 +160,8 @@ class SyncReceiver(EpochHandshake):
         #: and on_peer_epoch(node, now) is told when a peer's new epoch is authenticated
         self.on_overrides: Callable[[Message, float], list[bytes]] | None = None
         self.on_peer_epoch: Callable[[str, float], list[bytes]] | None = None
+        #: called with (node, STATE message) for each fresh STATE of an authenticated peer
+        self.on_state: Callable[[str, Message], None] | None = None
         self.wall = wall
         self.sender = None                          # see attach()
         self.peers: dict[str, _Peer] = {}
@@ -165,7 +174,8 @@ class SyncReceiver(EpochHandshake):
             "stale_skipped", "apply_errors", "gaps", "missing_seqs", "tail_gaps", "nacks_sent",
             "resends_received", "forgiven", "resync_requests", "gave_up", "bulk_messages", "bulk_ends",
             "bulks_answered", "epoch_changes", "too_old",
-            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "oversize", "replayed", "dropped", "overrides"), 0)
+            "bad_mac", "wrong_sync_id", "malformed", "bad_version", "oversize", "replayed", "dropped", "overrides",
+            "states"), 0)
         self.auth = EpochAuth(cfg.nack_interval, cfg.resync_retry, self.stats)
 
     def attach(self, sender) -> None:
@@ -270,7 +280,24 @@ class SyncReceiver(EpochHandshake):
             # that is not newer than ours, which changes nothing
             self.stats["overrides"] += 1
             return self.on_overrides(msg, now) if self.on_overrides is not None else []
+        if msg.type == S.STATE:
+            return self._on_state(msg, now)
         return self.on_message(msg, now)
+
+    def _on_state(self, msg: Message, now: float) -> list[bytes]:
+        peer = self.peers.get(msg.node_id)
+        if peer is None or msg.epoch != peer.epoch:
+            self.stats["dropped"] += 1
+            return []
+        peer.heard = now
+        if msg.seq <= peer.state_seq:
+            self.stats["replayed"] += 1
+            return []
+        self.stats["states"] += 1
+        peer.state, peer.state_seq, peer.state_at = msg, msg.seq, now
+        if self.on_state is not None:
+            self.on_state(msg.node_id, msg)
+        return []
 
     # -- data ------------------------------------------------------------------------
 

@@ -20,6 +20,11 @@ as ordinary sequenced DATA messages flagged F_BULK (so its own losses are
 repaired the same way), paced at cfg.bulk_rate entries/s while normal sync goes
 on.  Requests arriving during a bulk are coalesced into one more bulk after it.
 
+`state(role, priority, address, resigned, now)` sets what this node is in the pair
+and returns its STATE message to send at once; poll repeats it every STATE_INTERVAL,
+so a peer that (re)starts learns it too.  The peer tells a resignation from a stop
+by it (both send VRRP priority 0), and shows the role on its /status.
+
 `snapshot()` returns an iterable of SyncEntry, or of any objects together with
 `to_entry(obj, now) -> SyncEntry | None`, which is then called as each entry is
 sent, so a slow bulk sends each connection's state as it is at that moment (the
@@ -38,6 +43,8 @@ from syncd.config import SyncConfig, resolve_key
 Snapshot = Callable[[], Iterable[Any]]
 
 _MIN_ENTRY = 40     # the smallest packed entry (IPv4, small numbers) is a little over this
+#: seconds between repeats of this node's STATE message (sent at once on every change)
+STATE_INTERVAL = 1.0
 
 
 def new_epoch() -> int:
@@ -89,10 +96,13 @@ class SyncSender:
         self._ctl: dict[str, _PeerCtl] = {}
         self._resend_tokens = float(cfg.resend_per_nack)
         self._resend_last = 0.0
+        self._state: tuple[str, int, str, bool] | None = None   # see state()
+        self._state_seq = 0
+        self._state_tx = float("-inf")
         self.stats = dict.fromkeys((
             "sent", "entries_sent", "entries_queued", "resends", "resends_held_off",
             "resends_capped", "heartbeats", "bulk_runs", "bulk_entries", "nacks_received", "nacks_past_window",
-            "resync_requests", "control_replayed", "queue_drops"), 0)
+            "resync_requests", "control_replayed", "queue_drops", "states"), 0)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -152,7 +162,25 @@ class SyncSender:
             self._last_tx = now
         elif self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
             out.append(self.heartbeat(now))
+        if self._state is not None and now >= self._state_tx + STATE_INTERVAL:
+            out.append(self._state_message(now))
         return out
+
+    def state(self, role: str, priority: int, address: str, resigned: bool, now: float) -> bytes:
+        """What this node is in the pair, from now on (repeated by poll); its STATE message,
+        to send at once."""
+        self._state = (role, priority, address, resigned)
+        return self._state_message(now)
+
+    def _state_message(self, now: float) -> bytes:
+        assert self._state is not None
+        role, priority, address, resigned = self._state
+        self._state_seq += 1
+        self._state_tx = now
+        self.stats["states"] += 1
+        return S.encode(Message(S.STATE, self.cfg.sync_id, self.node_id, self.epoch,
+                                self._state_seq, self._time(now), role=role, priority=priority,
+                                address=address, resigned=resigned), self.key)
 
     def flush(self, now: float) -> list[bytes]:
         """Every pending entry, now: the open message sealed, and all sealed ones not yet sent
@@ -180,6 +208,8 @@ class SyncSender:
             d = min(d, self._pending_since + self.cfg.flush_delay)
         if self._bulk is not None:
             d = min(d, self._bulk_last + self.cfg.bulk_interval)
+        if self._state is not None:
+            d = min(d, self._state_tx + STATE_INTERVAL)
         return d
 
     @property

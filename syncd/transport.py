@@ -154,6 +154,11 @@ class SyncTransport:
         self.sender.queue(entry, self.clock() if now is None else now, urgent)
         self._arm()
 
+    def state(self, role: str, priority: int, address: str, resigned: bool) -> None:
+        """Tell the peer what this node is in the pair, now (SyncSender.state; repeated)."""
+        self._send([self.sender.state(role, priority, address, resigned, self.clock())])
+        self._arm()
+
     def flush(self) -> int:
         """Send every pending entry now (see SyncSender.flush); returns the datagrams sent."""
         out = self.sender.flush(self.clock())

@@ -119,6 +119,56 @@ class SyncLink:
         """Seconds: a peer heard within this long is live."""
         return PEER_LIVE_HEARTBEATS * self.sender.cfg.heartbeat_interval
 
+    def announce(self, role: str, priority: int, address: str, resigned: bool) -> None:
+        """Tell the peer what this node is in the pair (a STATE message, now and repeated)."""
+        self.transport.state(role, priority, address, resigned)
+
+    def on_peer_state(self, callback: Callable[[str, Any], None]) -> None:
+        """callback(node, STATE message) for each fresh STATE from the peer."""
+        self.receiver.on_state = callback
+
+    def peer_state(self) -> Any:
+        """The peer's latest STATE message (role, priority, address, resigned), or None."""
+        peer = self._peer()
+        return peer[1].state if peer is not None else None
+
+    def _peer(self) -> tuple[str, Any] | None:
+        """(node, receiver's record) of the peer heard last (a pair has one)."""
+        heard = [(p.heard, n, p) for n, p in self.receiver.peers.items() if p.heard > float("-inf")]
+        if not heard:
+            return None
+        _, node, peer = max(heard, key=lambda h: h[0])
+        return node, peer
+
+    def peer_view(self) -> dict:
+        """The peer as sync knows it, for /status: its node name and what it last said of itself
+        (role, priority, address, resigned), and the link's health: `state` none (no peer
+        proven alive yet), silent (not live: nothing for PEER_LIVE_HEARTBEATS intervals), repairing (sequence
+        numbers missing, or a bulk resync awaited) or ok."""
+        now = self.transport.clock()
+        lag = {k: (None if v is None else round(v, 1)) for k, v in self.receiver.lag().items()
+               if k != "samples"}
+        peer = self._peer()
+        if peer is None:
+            return {"node": None, "said": None, "sync": {"state": "none", "last_heard_s": None,
+                                                         "missing": 0, "lag_ms": lag}}
+        node, p = peer
+        heard = now - p.heard
+        if heard > self.live_within:
+            health = "silent"
+        elif p.missing or p.want_after is not None:
+            health = "repairing"
+        else:
+            health = "ok"
+        said = None
+        if p.state is not None:
+            st = p.state
+            said = {"role": st.role, "priority": st.priority or None, "address": st.address or None,
+                    "resigned": st.resigned, "age_s": round(now - p.state_at, 3)}
+        return {"node": node, "said": said,
+                "sync": {"state": health, "last_heard_s": round(heard, 3),
+                         "missing": len(p.missing), "lag_ms": lag}}
+
     def describe(self) -> dict:
         return {"sender": dict(self.sender.stats), "receiver": dict(self.receiver.stats),
                 "transport": dict(self.transport.stats), "lag_ms": self.receiver.lag(),

@@ -36,6 +36,7 @@ from director.overrides import BadOverride, Override, Overrides
 from director.status import NodeParts
 from ha import role as R
 from ha.takeover import Takeover
+from ha.vrrp import State
 from ha.vrrp_io import VrrpRunner
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
@@ -129,6 +130,8 @@ class Node:
                                control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
                                reload=self.reload, resign=self.resign, resume=self.resume)
+        if self.sync is not None:
+            self.sync.on_peer_state(self._on_peer_state)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
         self._http: web.AppRunner | None = None
         self._pump_task: asyncio.Task | None = None
@@ -282,6 +285,22 @@ class Node:
 
     def _set_role(self, role: str) -> None:
         self.state.set_role(role)
+        self._announce()
+
+    def _announce(self, resigned: bool | None = None) -> None:
+        """Tell the peer over sync what this node is (role, priority, VRRP address, resigned):
+        how it tells our resignation from a stop, and what its /status shows of us."""
+        if self.sync is None:
+            return
+        vcfg = self.cfg.ha.vrrp if self.cfg.ha else None
+        if resigned is None:
+            resigned = self.vrrp is not None and self.vrrp.instance.resigned
+        self.sync.announce(self.state.status().role, vcfg.priority if vcfg else 0,
+                           vcfg.primary_address if vcfg else "", resigned)
+
+    def _on_peer_state(self, node: str, said) -> None:
+        if self.vrrp is not None and said.address:
+            self.vrrp.instance.note_peer(said.address, said.resigned)
 
     def _set_fault(self, on: bool) -> None:
         if self.vrrp is not None:
@@ -297,6 +316,9 @@ class Node:
                                     on_reannounce=self.role.on_lower_priority_claim,
                                     socket_factory=self.edges.kernel.open_vrrp_socket)
         self.state.attach_election(self.vrrp, ha.vrrp.priority)
+        said = self.sync.peer_state() if self.sync is not None else None
+        if said is not None:
+            self._on_peer_state("", said)
         await self.vrrp.start()
         if self.role.machine.fault:
             self.vrrp.set_fault(True)
@@ -309,7 +331,10 @@ class Node:
         state after it.  None when no election runs."""
         if self.vrrp is None:
             return None
+        if self.vrrp.instance.state is State.MASTER and not self.vrrp.instance.is_owner:
+            self._announce(resigned=True)       # before the priority 0: the peer's takeover says so
         self.vrrp.resign()
+        self._announce()
         return await self._election_answer()
 
     async def resume(self) -> dict | None:
@@ -318,6 +343,7 @@ class Node:
         if self.vrrp is None:
             return None
         self.vrrp.resume()
+        self._announce()
         return await self._election_answer()
 
     async def _election_answer(self) -> dict:

@@ -324,3 +324,11 @@ async def test_the_conns_benchmark_runs_and_reads_what_it_asks_for():
     assert rows[("/conns", False)]["total"] == 3000 and rows[("/conns", False)]["returned"] == 100
     assert rows[("/conns?limit=10000", True)]["returned"] == 3000
     assert rows[(f"/conns?real={api_conns.REALS[3]}:8080", True)]["total"] == sum(1 for i in range(3000) if i % 16 == 3)
+
+
+def test_the_documented_peer_status_is_the_contract():
+    from dataclasses import fields
+
+    from director.status import PeerStatus
+    doc = openapi.schema("PeerStatus")
+    assert set(doc["properties"]) == set(doc["required"]) == {f.name for f in fields(PeerStatus)}

@@ -447,3 +447,113 @@ async def test_resign_answers_with_the_role_after_the_change_and_resume_undoes_i
             answer["expected"]["reason"]
     finally:
         await n.stop()
+
+
+# -- what each node of the pair shows of the other (issue 17 item 5) ----------------------------------
+
+def _wire(a, b, first: list, now: float) -> None:
+    """Deliver datagrams both ways between two SyncLinks until nothing more is sent."""
+    wire = [(b, d) for d in first]
+    for _ in range(100):
+        if not wire:
+            return
+        dst, d = wire.pop(0)
+        wire += [(a if dst is b else b, r) for r in dst.receiver.on_datagram(d, now)]
+    raise AssertionError("the exchange does not settle")
+
+
+async def test_status_shows_the_peer_on_the_master_too():
+    """Issue 17 item 5: `/status` promised `peer`, but a master always said null (only a backup
+    named the master it heard).  Now both nodes show the peer's address, role, priority, the
+    last advert seen from it (on a master: none, with the reason) and the sync link's health;
+    the role and the master's view of the peer's address come from what the peer says of
+    itself over sync (real SyncLinks, real VRRP instances, the real API)."""
+    import time
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from director.api import make_app
+    from director.status import NodeParts
+    from ha.vrrp_io import VrrpRunner
+    from proto import vrrp as V
+    from tests.unit.test_metrics import sync_node
+
+    A, B, VIP = "198.18.250.11", "198.18.250.12", "198.18.250.100"
+    ea, a = sync_node("a", "198.18.3.1", "198.18.3.2")
+    eb, b = sync_node("b", "198.18.3.2", "198.18.3.1")
+    ra = VrrpRunner(VrrpConfig(vrid=51, priority=150, addresses=(VIP,), primary_address=A), "front")
+    rb = VrrpRunner(VrrpConfig(vrid=51, priority=100, addresses=(VIP,), primary_address=B), "front")
+    now = time.monotonic()
+    ra.instance.start(now)
+    ra.instance.on_timer(ra.instance.next_deadline())                  # a: master
+    rb.instance.start(now)
+    rb.instance.on_advert(V.Advert(51, 150, 10, (VIP,)), A, 255, now)  # b hears a: backup
+    _wire(a, b, a.sender.poll(now) + b.sender.poll(now), now)          # epochs proven
+    _wire(a, b, [a.sender.state("master", 150, A, False, now)], now)
+    _wire(b, a, [b.sender.state("backup", 100, B, False, now)], now)
+    na, nb = NodeParts("a", "master", sync=a), NodeParts("b", "backup", sync=b)
+    na.attach_election(ra, 150)
+    nb.attach_election(rb, 100)
+
+    async def status(node):
+        async with TestClient(TestServer(make_app(ea, node))) as client:
+            return await (await client.get("/status")).json()
+
+    sa, sb = await status(na), await status(nb)
+    assert sa["peer"] == B and sb["peer"] == A
+    jsonschema = pytest.importorskip("jsonschema")
+    from director import openapi
+    for body in (sa, sb):
+        jsonschema.validate(body, openapi.schema("Status"))
+    pa, pb = sa["peer_status"], sb["peer_status"]
+    assert (pa["address"], pa["address_from"], pa["node"], pa["role"], pa["role_from"],
+            pa["priority"], pa["resigned"]) == (B, "sync", "b", "backup", "sync", 100, False)
+    assert pa["last_advert"] is None and "a backup does not advertise" in pa["last_advert_note"]
+    assert pa["sync"]["state"] == "ok" and pa["sync"]["missing"] == 0
+    assert (pb["address"], pb["role"], pb["priority"], pb["node"]) == (A, "master", 150, "a")
+    assert pb["last_advert"]["from"] == A and pb["last_advert"]["priority"] == 150
+    assert pb["last_advert_note"] is None and pb["sync"]["state"] == "ok"
+    assert abs(pb["last_advert"]["at"] - time.time()) < 60          # epoch seconds, not monotonic
+    # a replayed older STATE changes nothing; a newer one does
+    old = a.sender.state("master", 150, A, True, now)
+    _wire(a, b, [a.sender.state("master", 150, A, False, now)], now)
+    before = b.receiver.stats["replayed"]
+    _wire(a, b, [old], now)
+    assert b.receiver.stats["replayed"] == before + 1
+    assert (await status(nb))["peer_status"]["resigned"] is False
+    # without sync, a backup still names the master it hears, from its adverts
+    nc = NodeParts("c", "backup")
+    nc.attach_election(rb, 100)
+    pc = (await status(nc))["peer_status"]
+    assert (pc["address"], pc["role"], pc["role_from"], pc["priority"], pc["sync"]) == \
+        (A, "master", "advert", 150, None)
+
+
+async def test_the_node_calls_a_priority_0_from_a_peer_that_said_it_resigned_a_resignation():
+    """Issue 17 item 2, the wiring: what the peer says over sync reaches the election, so the
+    takeover after its priority 0 is logged and recorded as a resignation, not a stop; and this
+    node tells the peer its own state (before its priority 0 when it resigns)."""
+    from proto.sync import Message
+    from proto import sync as S
+    from tests.unit.test_node import Fakes, node, until
+    f = Fakes()
+    n = node(f)
+    await n.start()
+    try:
+        f.bulk_done = True
+        assert await until(lambda: f.vrrp is not None and f.vrrp.instance.state is State.BACKUP)
+        f.vrrp.advert(200)                               # the peer (.12) is master
+        f.peer_state_cb("b", Message(S.STATE, 51, "b", 1, 1, 0.0, role="master", priority=200,
+                                     address="198.18.0.12", resigned=True))
+        f.vrrp.advert(0)
+        f.vrrp.fire()
+        assert await until(lambda: n.state.status().role == "master")
+        assert n.state.status().role_changes[-1]["reason"] == \
+            "priority 0 from 198.18.0.12 (master resigned), skew timer expired (41 ms)"
+        assert f.announced[-1] == ("master", 150, "198.18.0.11", False)
+        f.announced.clear()
+        await n.state.resign()
+        assert f.announced[0] == ("master", 150, "198.18.0.11", True)   # before the priority 0
+        assert f.announced[-1] == ("backup", 150, "198.18.0.11", True)
+    finally:
+        await n.stop()

@@ -49,6 +49,8 @@ class Fakes:
         self.bulk_done = False
         self.vrrp: FakeVrrp | None = None
         self.pending_sync = 0
+        self.announced: list[tuple] = []           # STATE messages sent to the peer
+        self.peer_state_cb = None
 
     def edges(self) -> Edges:
         fakes = self
@@ -103,6 +105,18 @@ class Fakes:
 
             live_within = 0.6
 
+            def announce(self, role, priority, address, resigned) -> None:
+                fakes.announced.append((role, priority, address, resigned))
+
+            def on_peer_state(self, callback) -> None:
+                fakes.peer_state_cb = callback
+
+            def peer_state(self):
+                return None
+
+            def peer_view(self) -> dict:
+                return {"node": None, "said": None, "sync": {"state": "none"}}
+
         class Kernel(FakeKernel):
             def install_rules(self, addrs, queue) -> None:
                 fakes.threads["install"] = threading.current_thread().name
@@ -129,6 +143,8 @@ class Fakes:
 class FakeVrrp:
     """The VRRP runner without its socket: a real VrrpInstance whose actions are delivered as
     VrrpRunner delivers them; the test fires its timer and hands it adverts."""
+
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, cfg, ifname, ops, *, on_change, on_reannounce, socket_factory) -> None:
         self.cfg, self.ifname = cfg, ifname

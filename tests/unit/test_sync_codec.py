@@ -42,6 +42,9 @@ MESSAGES = [
     Message(S.NACK, target="dir-b", target_epoch=99, ranges=[(1, 1), (5, 9), (2**63, 2**64 - 1)], **header(seq=3)),
     Message(S.RESYNC_REQUEST, **header(seq=1)),
     Message(S.RESYNC_REQUEST, target="dir-b", **header(seq=2, sync_id=0, node_id="ü" * 64)),
+    Message(S.STATE, role="backup", priority=150, address="198.18.0.11", resigned=True,
+            **header(seq=1)),
+    Message(S.STATE, role="init", priority=0, address="", resigned=False, **header(seq=2)),
 ]
 
 
@@ -161,6 +164,12 @@ GOOD_ENTRY = entry().to_wire()
     [1, 7, "a", 1, 1, 1.0, 3, 0, ["b", 1, [[0, 4]]]],               # seq 0
     [1, 7, "a", 1, 1, 1.0, 3, 0, [1, 1, [[1, 4]]]],                 # target not a string
     [1, 7, "a", 1, 1, 1.0, 4, 0, ["b", "c"]],                       # two targets
+    [1, 7, "a", 1, 1, 1.0, 8, 0, ["backup", 100, "198.18.0.1"]],    # STATE: 3 fields
+    [1, 7, "a", 1, 1, 1.0, 8, 0, ["", 100, "198.18.0.1", False]],   # STATE: empty role
+    [1, 7, "a", 1, 1, 1.0, 8, 0, ["backup", 256, "198.18.0.1", False]],  # STATE: priority
+    [1, 7, "a", 1, 1, 1.0, 8, 0, ["backup", 100, "eth0", False]],   # STATE: not an address
+    [1, 7, "a", 1, 1, 1.0, 8, 0, ["backup", 100, "198.18.0.1", 1]],  # STATE: resigned not bool
+    [1, 7, "a", 1, 1, 1.0, 9, 0, []],                               # unknown type (9)
     {"version": 1},
 ])
 def test_signed_but_ill_formed_messages_are_malformed(obj):
