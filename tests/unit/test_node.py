@@ -115,7 +115,9 @@ class Fakes:
                 return None
 
             def peer_view(self) -> dict:
-                return {"node": None, "said": None, "sync": {"state": "none"}}
+                return {"node": None, "said": None, "sync": {
+                    "state": "none", "last_heard_s": None, "missing": 0,
+                    "lag_ms": {"p50": None, "p99": None, "max": None}}}
 
         class Kernel(FakeKernel):
             def install_rules(self, addrs, queue) -> None:
