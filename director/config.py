@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from director import config_rules as rules
 from director import sched
 from proto.consts import PROTOS
 from schema import keys as K
@@ -107,6 +108,8 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
     host, _, port = api.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         node.fail("api", f"must be host:port, got {api!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        node.fail("api", f"an IPv6 address is written [addr]:port, got {api!r}")
     if n["script_user"]:
         from director.scripts import lookup
         try:
@@ -139,6 +142,7 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
             raise ConfigError(source, f"services[{i}]", f"duplicate service {k[0]} {k[1]}:{k[2]}")
         seen.add(k)
     vips = sorted({sv.vip for sv in services})
+    rules.laddrs_are_not_vips(source, raw_services, services)
     ha = _ha(source, top, vips)
     top.finish()
     return NodeConfig(**node_kw, timeouts=timeouts, **limits,
@@ -174,6 +178,7 @@ def _ha(source: str, top: Reader, vips: list[str]) -> HAConfig | None:
     if raw["interfaces"] is not None:
         i = Reader(source, "interfaces", raw["interfaces"], K.INTERFACES)
         got = _read_all(i)
+        rules.interface_names(i, got)
         kw.update(front_if=got["front"], back_if=got["back"], garp_count=got["garp_count"],
                   garp_interval=got["garp_interval"])
         i.finish()
@@ -201,16 +206,20 @@ def _vrrp(source: str, top: Reader, raw: dict, vips: list[str]) -> dict[str, Any
     if raw["interfaces"] is None:
         top.fail("interfaces", "is required with [vrrp] (front and back interface names)")
     got = _read_all(v)
+    primary = v.address("primary_address")
     peers = tuple(v.address(f"unicast_peers[{j}]", a) for j, a in enumerate(got["unicast_peers"]))
+    rules.vrrp(v, primary, peers, vips, got["advert_interval"])
     v.finish()
     try:
         vrrp = VrrpConfig(
             vrid=got["vrid"], priority=got["priority"], advert_interval=got["advert_interval"],
-            addresses=tuple(vips), primary_address=v.address("primary_address"),
+            addresses=tuple(vips), primary_address=primary,
             preempt=got["preempt"], preempt_delay=got["preempt_delay"],
             nopreempt=got["nopreempt"], unicast_peers=peers)
-    except ValueError as exc:
-        raise ConfigError(source, "vrrp", str(exc)) from None
+    except ValueError as exc:          # one of its own checks that the schema has not made
+        word = str(exc).split(" ", 1)[0]
+        field = word if word in K.VRRP else "primary_address"
+        v.fail(field, str(exc))
     return dict(vrrp=vrrp, startup_sync_wait=got["startup_sync_wait"],
                 preempt_yield=got["preempt_yield"])
 
@@ -267,9 +276,7 @@ def _scheduler(s: Reader) -> tuple[str, tuple[str, ...], tuple[tuple[str, Any], 
     except LookupError as exc:
         s.fail("scheduler", str(exc))
     flags = s.take("flags")
-    for j, f in enumerate(flags):
-        if not isinstance(f, str):
-            s.fail(f"flags[{j}]", f"must be str, got {type(f).__name__}")
+    rules.flags(s, name, flags, sched.load(name).known_flags)
     o = Reader(s.source, s.field("scheduler_options"), s.take("scheduler_options"), options_section)
     options = {k: v for k, v in _read_all(o).items() if k in o.table}
     o.finish()
@@ -290,7 +297,7 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
     laddrs = s.take("laddrs", default_laddrs)
     if not laddrs:
         s.fail("laddrs", "a FULLNAT service needs at least one laddr (here or top-level laddrs)")
-    laddrs = tuple(s.address(f"laddrs[{j}]", a, family) for j, a in enumerate(laddrs))
+    laddrs = rules.laddrs(s, laddrs, family)
     reals = []
     raw_reals = s.take("real_servers")
     if not raw_reals:
@@ -305,6 +312,7 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
             l_threshold=r.take("l_threshold"),
         ))
         r.finish()
+    rules.real_servers_once(s, reals, family)
     name = s.take("name")
     persistent = s.take("persistent")
     if persistent is True:

@@ -131,8 +131,10 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
                                "`sh-port`, `mh-fallback`, `mh-port`, `maglev-fallback`"),
     Key("laddrs", list, shown="top-level `laddrs`",
         doc="the FULLNAT local addresses: the source address real servers see. They must be "
-            "the same family as the VIP"),
-    Key("real_servers", list, doc="the real servers, as `[[services.real_servers]]` tables"),
+            "the same family as the VIP, each listed once, and none may be a VIP (of any "
+            "service)"),
+    Key("real_servers", list, doc="the real servers, as `[[services.real_servers]]` tables; "
+                                  "each `addr`:`port` once"),
     Key("name", str, "", shown="`proto/vip:port`", doc="the name used in the API and in metrics"),
     Key("persistent", (bool, float), 0.0, unit="s", lo=0.0,
         doc="while a client's pin is valid, its connections go to the same real server "
@@ -159,8 +161,10 @@ REAL_SERVER = section("services.real_servers", "one real server of a service", k
 ])
 
 INTERFACES = section("interfaces", "the pair's two interfaces", restart=True, keys=[
-    Key("front", str, doc="the interface that gets the VIPs (and carries VRRP)"),
-    Key("back", str, doc="the interface that gets the laddrs (towards the real servers)"),
+    Key("front", str, doc="the name of the interface that gets the VIPs (and carries VRRP), "
+                          "e.g. `eth0`"),
+    Key("back", str, doc="the name of the interface that gets the laddrs (towards the real "
+                         "servers)"),
     Key("garp_count", int, 3, lo=0, hi=100,
         doc="how many gratuitous ARPs to send on each segment on becoming master"),
     Key("garp_interval", float, 0.05, unit="s", lo=0.0, hi=10.0, doc="the time between them"),
@@ -171,14 +175,16 @@ VRRP = section("vrrp", "the election (VRRPv3, RFC 5798; every service VIP is adv
     Key("vrid", int, lo=1, hi=255, doc="the virtual router id, the same on both nodes"),
     Key("priority", int, 100, lo=1, hi=255,
         doc="255 means address owner. The higher priority becomes master"),
-    Key("advert_interval", float, 0.1, unit="s", lo=0.01, hi=40.95, doc="in 10 ms steps"),
+    Key("advert_interval", float, 0.1, unit="s", lo=0.01, hi=40.95,
+        doc="in 10 ms steps (VRRPv3 carries centiseconds)"),
     Key("primary_address", ADDRESS,
         doc="this node's own address on `front`: the advert source and the tie-breaker"),
     Key("preempt", bool, True, doc="a higher-priority backup takes over from a live "
                                    "lower-priority master"),
     Key("preempt_delay", float, 0.0, unit="s", lo=0.0, doc="the wait before preempting"),
     Key("nopreempt", bool, False, doc="never take over from a live master"),
-    Key("unicast_peers", list, [], doc="send adverts to these addresses instead of 224.0.0.18"),
+    Key("unicast_peers", list, [], doc="send adverts to these addresses instead of 224.0.0.18; "
+                                       "of the family of `primary_address`"),
     Key("startup_sync_wait", float, 1.0, unit="s", lo=0.0, hi=60.0,
         doc="how long a starting node waits for the peer's bulk resync before it may become "
             "master, so it never takes over with an empty table"),
@@ -252,8 +258,8 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
         doc="the group's port, or the local port in unicast mode (IPVS's)"),
     Key("ttl", int, 1, lo=1, hi=255, doc="multicast TTL"),
     Key("interface", ADDRESS, None, shown="required for multicast",
-        doc="multicast: the address of the interface to join the group and send on (the back "
-            "address). Without it the kernel picks the interface by route, so connection data "
+        doc="multicast: the IPv4 address (not the name) of the interface to join the group and "
+            "send on (the back address). Without it the kernel picks the interface by route, so connection data "
             "could leave on the client side; a multicast sync without it is refused"),
     Key("bind", ADDRESS, None, shown="`interface`, else the back interface's address",
         doc="unicast: the local address to bind. Never the wildcard (refused): connection data "

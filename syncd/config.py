@@ -105,28 +105,42 @@ class SyncConfig:
     sock_buf: int = _D("sock_buf")
 
     def __post_init__(self) -> None:
-        def need(ok: bool, what: str) -> None:
+        def need(ok: bool, field: str, problem: str) -> None:
             if not ok:
-                raise ValueError(f"sync config: {what}")
+                raise SyncConfigError(field, problem)
 
-        need(isinstance(self.key, bytes), "key must be bytes")
+        need(isinstance(self.key, bytes), "key", "must be bytes")
         # every range is the schema's
         for key in SYNC:
             if key.name in _FIELDS and key.name not in ("key", "peers"):
                 if key.name in _UNSET_OK and getattr(self, key.name) == "":
                     continue
                 problem = key.check(getattr(self, key.name))
-                need(problem is None, f"{key.name} {problem}")
-        need(self.period == 0 or self.threshold < self.period, "threshold must be < period (or period 0)")
-        need(self.max_payload > MAC_LEN + 200, "max_payload too small")
-        need(self.max_age == 0 or self.max_age > self.gap_give_up, "max_age must be 0 or > gap_give_up")
+                need(problem is None, key.name, str(problem))
+        need(self.period == 0 or self.threshold < self.period, "threshold",
+             f"must be < period ({self.period}) unless period is 0, got {self.threshold}")
+        need(self.max_payload > MAC_LEN + 200, "max_payload", f"must be > {MAC_LEN + 200}")
+        need(self.max_age == 0 or self.max_age > self.gap_give_up, "max_age",
+             f"must be 0 (off) or > gap_give_up ({self.gap_give_up:g}), got {self.max_age:g}")
         if self.mode == "multicast":
-            need(ipaddress.ip_address(self.group).is_multicast, f"{self.group} is not a multicast group")
-            need(ipaddress.ip_address(self.group).version == 4, "only an IPv4 group is supported")
+            group = ipaddress.ip_address(self.group)
+            need(group.version == 4, "group", f"{self.group} is IPv6: only an IPv4 group is supported")
+            need(group.is_multicast, "group", f"{self.group} is not a multicast group")
+            if self.interface:
+                need(ipaddress.ip_address(self.interface).version == 4, "interface",
+                     f"{self.interface} is IPv6: the IPv4 group is joined on an IPv4 address")
         else:
-            for host, port in self.peers:
+            for j, (host, port) in enumerate(self.peers):
                 ipaddress.ip_address(host)
-                need(0 < port <= 65535, f"peer port {port}")
+                need(0 < port <= 65535, f"peers[{j}]", f"port must be 1..65535, got {port}")
+
+
+class SyncConfigError(ValueError):
+    """A SyncConfig that cannot work: the field (as [sync] names it) and the problem."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"sync.{field}: {problem}")
+        self.field, self.problem = field, problem
 
 
 _FIELDS = set(SyncConfig.__dataclass_fields__)
@@ -194,9 +208,23 @@ def decode_key(r: Reader, raw: str) -> bytes:
     return key
 
 
+def _not_an_interface_name(r: Reader, name: str) -> None:
+    """`interface`/`bind` take the back interface's address: an interface's name there (as
+    ipvsadm's --mcast-interface or keepalived's lvs_sync_daemon take one) is named as such."""
+    raw = r.table.get(name)
+    if isinstance(raw, str):
+        try:
+            ipaddress.ip_address(raw)
+        except ValueError:
+            r.fail(name, f"must be the back interface's IP address, not its name or a host name "
+                         f"(got {raw!r}; [interfaces] back names the interface)")
+
+
 def parse_sync(r: Reader) -> SyncConfig:
     """[sync] of the config file, read against the schema (r.section is schema SYNC)."""
     kw: dict[str, Any] = {}
+    _not_an_interface_name(r, "interface")
+    _not_an_interface_name(r, "bind")
     for key in r.section:
         if key.name in r.table or (not key.required and key.default is not None):
             kw[key.name] = r.take(key)
@@ -219,8 +247,8 @@ def parse_sync(r: Reader) -> SyncConfig:
     r.finish()
     try:
         return SyncConfig(**kw)
-    except ValueError as exc:
-        r.fail("", str(exc))
+    except SyncConfigError as exc:
+        r.fail(exc.field, exc.problem)
 
 
 def _peer(r: Reader, j: int, raw: Any) -> tuple[str, int]:
