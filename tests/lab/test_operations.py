@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -68,14 +70,37 @@ def echo_record(name: str) -> dict:
     return [p for p in state["processes"] if p["name"] == f"echo-{name}"][-1]
 
 
+def node_log_lines(name: str, text: str) -> list[str]:
+    state = st.load_state(PREFIX)
+    rec = [p for p in state["processes"] if p["name"] == f"node-{name}"][-1]
+    return [ln for ln in Path(rec["log"]).read_text().splitlines() if text in ln]
+
+
+ISO_UTC = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
+
+
+def logged_at(line: str) -> float:
+    """The epoch seconds of a log line's ISO 8601 UTC stamp."""
+    m = ISO_UTC.match(line)
+    assert m, line
+    return datetime.fromisoformat(m.group(1)).replace(tzinfo=timezone.utc).timestamp()
+
+
 def test_a_stopped_real_server_leaves_scheduling_within_fall_x_interval_and_returns(pair):
+    """Also (issue 17 item 6): /services says why, as keepalived's log line does (`Removing
+    service [rs]:tcp:8080 from VS ... (tcp check: Connection refused)`, once per transition):
+    the check's kind, verdict, detail, since when (epoch seconds, the log line's moment) and
+    rise/fall; and `scheduled` is false while the server is down."""
     rs2 = next(r for r in T.REAL_SERVERS if r["name"] == "rs2")["addr"]
     assert real("tcp", rs2)["health"] == "up"
+    first = real("tcp", rs2)["health_check"]
+    assert first["state"] == "up" and first["kind"] == "tcp" and first["detail"] == "connected"
     held = subprocess.Popen(["ip", "netns", "exec", T.ns_name(PREFIX, "client"), sys.executable, "-m",
                              "lab.client", "hold", "--host", T.VIP, "--port", "80", "--conns", "60",
                              "--seconds", "8", "--interval", "0.1"],
                             cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
+    stopped_at = time.time()
     st.stop_process(echo_record("rs2"))
     t0 = time.monotonic()
     while real("tcp", rs2)["health"] != "down":
@@ -85,6 +110,15 @@ def test_a_stopped_real_server_leaves_scheduling_within_fall_x_interval_and_retu
     assert took <= FALL * INTERVAL + 0.3, f"out of scheduling after {took:.2f} s"
     r = real("tcp", rs2)
     assert r["weight"] == 0 and r["health"] == "down"
+    assert r["scheduled"] is False                      # weight 0: no new connections
+    hc = r["health_check"]
+    assert hc["kind"] == "tcp" and hc["state"] == "down" and hc["last_ok"] is False
+    assert hc["detail"] == "Connection refused", hc
+    assert (hc["rise"], hc["fall"]) == (RISE, FALL) and hc["changes"] == first["changes"] + 1
+    assert stopped_at <= hc["since"] <= hc["last_check"] <= time.time()
+    (removing,) = node_log_lines("a", f"Removing service [{rs2}]:tcp:{T.RS_PORT} ")
+    assert removing.endswith("(tcp check: Connection refused)"), removing
+    assert abs(logged_at(removing) - hc["since"]) < 0.5     # one clock: the log's and the API's
     from prometheus_client.parser import text_string_to_metric_families
     samples = {(smp.name, smp.labels.get("remote_address"), smp.labels.get("proto")): smp.value
                for fam in text_string_to_metric_families(api("/metrics")[1]) for smp in fam.samples}
@@ -105,7 +139,11 @@ def test_a_stopped_real_server_leaves_scheduling_within_fall_x_interval_and_retu
     while real("tcp", rs2)["health"] != "up":
         assert time.monotonic() - t1 < 10, "never came back"
         time.sleep(0.05)
-    assert real("tcp", rs2)["weight"] == 1
+    back = real("tcp", rs2)
+    assert back["weight"] == 1 and back["scheduled"] is True
+    assert back["health_check"]["state"] == "up" and back["health_check"]["since"] > hc["since"]
+    assert len(node_log_lines("a", f"Adding service [{rs2}]:tcp:{T.RS_PORT} ")) == 1
+    assert len(node_log_lines("a", f"Removing service [{rs2}]:tcp:{T.RS_PORT} ")) == 1
 
 
 def test_metrics_parse_with_prometheus_clients_parser(pair):
