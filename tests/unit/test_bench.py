@@ -216,3 +216,31 @@ def test_generator_refuses_non_lab_targets():
     from bench import cgen
     with pytest.raises(ValueError):
         cgen.run_gen("nowhere", "udp", dst="8.8.8.8", seconds=1)
+
+
+def test_compare_shows_every_figure_once_with_a_verdict(tmp_path):
+    from bench import compare
+
+    def res(pps, lag, drops=0):
+        r = fake_result(forward_pps=pps)
+        r["results"] = {"nfq": {"forward_pps": pps, "tandem": {"pps": pps, "generator": {"sent": 9}},
+                                "activity_before": {"loadavg": [1.5, 1, 1], "calibration_ns": 120}},
+                        "sync": {"sync_lag_p99_ms": lag, "drops": drops, "flows": 64, "ok": True}}
+        return r
+
+    before = [res(100, 5.0), res(110, 7.0)]
+    after = [res(105, 9.0, drops=1), res(108, 9.5, drops=2)]
+    path = tmp_path / "make-output.json"        # make's own lines come first
+    path.write_text(".venv/bin/tandem bench --json\n" + json.dumps(before[0]))
+    assert compare.load(path)["forward_pps"] == 100
+    got = {p: (b, a, v) for p, b, a, v in compare.rows(before, after)}
+    assert got["forward_pps"] == ([100, 110], [105, 108], "within noise")
+    assert "results.nfq.forward_pps" not in got                 # shown once, at the top
+    assert got["results.nfq.tandem.pps"][2] == "within noise"
+    assert got["results.sync.sync_lag_p99_ms"][2] == "outside: +54.2 %"
+    assert got["results.sync.drops"][2] == "outside: 0 -> 1.5"
+    assert not any(".generator." in p or p.endswith(".flows") or "activity" in p for p in got)
+    assert "results.sync.ok" not in got                         # booleans are not figures
+    md = compare.markdown(before, after)
+    assert "| `forward_pps` | 100 | 110 | 105 | 108 | within noise |" in md
+    assert "| load average, 1 min, over the run | 1.5–1.5 |" in md
