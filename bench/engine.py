@@ -247,8 +247,8 @@ def memory_breakdown(n: int = 20_000) -> dict[str, Any]:
     c = next(iter(eng.table))
     size = sys.getsizeof
     parts = {
-        "Conn (25 slots)": size(c),
-        "2 x Rewrite (6 slots)": size(c.rw_in) + size(c.rw_out),
+        f"Conn ({len(type(c).__slots__)} slots)": size(c),
+        f"2 x Rewrite ({len(type(c.rw_in).__slots__)} slots)": size(c.rw_in) + size(c.rw_out),
         "Rewrite bytes (addrs, ports) x2": size(c.rw_in.addrs) + size(c.rw_in.ports)
                                            + size(c.rw_out.addrs) + size(c.rw_out.ports),
         "2 keys (13-byte bytes)": size(c.orig_key) + size(c.reply_key),

@@ -38,6 +38,8 @@ KEYS = {
     "sync_entries_per_s": "sync", "sync_lag_p99_ms": "sync",
     "takeover_ms_p50": "takeover", "takeover_ms_max": "takeover",
     "takeover_ms_p50_10ms": "takeover", "takeover_ms_max_10ms": "takeover",
+    "takeover_ms_max_10ms_sync_loss": "takeover", "vrrp_takeover_ms_max": "takeover",
+    "vrrp_takeover_ms_max_10ms": "takeover", "gap_ms_max": "takeover",
 }
 
 #: name -> (op, bound): the targets from the benchmark issue; None = report only

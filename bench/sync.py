@@ -3,8 +3,14 @@ the backup and the sync lag it reports.
 
 The pair lab (A master, B backup), a tiny C line server on each real server's
 port 8081, and the C generator opening RATE short connections/s through the VIP
-(connect, WHOAMI, reply, close: each connection is synced ~3 times, at
-ESTABLISHED with its third packet and at each closing state change).  B's
+(connect, WHOAMI, reply, close, client first).  With the default [sync] settings
+each such connection is sent 5 times: when its SYN is scheduled (`on_syn`, urgent),
+when it enters ESTABLISHED (`on_established`, urgent), on its 3rd inbound packet
+(the kernel's threshold), and at its two closing state changes (CLOSE_WAIT on the
+client's FIN, TIME_WAIT on the server's); the kernel's rule alone sends the last 3.
+`entries_per_conn` is the measured ratio.  Last, B is stopped and restarted with A's
+table full: `resync_s` is how long until it holds as many connections as A again
+(the restarted-backup test in tests/lab/test_sync.py judges only that it does).  B's
 `/sync` is read before and after a steady window: `sync_entries_per_s` is its
 receiver's entries_applied advance over the window, `sync_lag_p99_ms` the p99 of
 its lag samples (apply time - the message's send time, wall clock, same box), one
@@ -23,6 +29,30 @@ from bench import cgen, common
 from bench.conn_rate import PORT, _services
 
 PREFIX = "tbsync"
+
+
+#: how long the restarted backup may take to hold A's table before the figure is "none"
+RESYNC_WAIT = 30.0
+
+
+def _resync(prefix: str, topology) -> dict[str, Any]:
+    """B stopped and restarted with A's table full (the load's connections, most in
+    TIME_WAIT): seconds from the restart until B holds as many connections as A, as a
+    restarted backup gets them, by the bulk it asks for."""
+    topology.fault(prefix, "b", "stop")
+    t0 = time.monotonic()
+    topology.fault(prefix, "b", "restore")
+    a = b = None
+    while time.monotonic() - t0 < RESYNC_WAIT:
+        try:
+            b = common.status(prefix, "b", timeout=2.0)["conns"]["total"]
+            a = common.status(prefix, "a", timeout=2.0)["conns"]["total"]
+        except Exception:  # noqa: BLE001 - B still starting
+            b = None
+        if b is not None and a is not None and b >= a:
+            return {"resync_s": round(time.monotonic() - t0, 2), "resync_conns": b}
+        time.sleep(0.05)
+    return {"resync_s": None, "resync_conns": b, "resync_conns_a": a}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -65,6 +95,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             th.join(seconds + 20)
             a_status = common.status(PREFIX, "a", timeout=2.0)
             b_status = common.status(PREFIX, "b", timeout=2.0)
+            resync = _resync(PREFIX, topology)
         finally:
             for p in servers:
                 cgen.stop(p)
@@ -82,6 +113,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "sync_entry_delay_p99_ms_bound": round(lag["p99"] + flush_ms, 2) if lag["p99"] is not None else None,
         "lag_samples": lag["samples"],
         "data_messages_in_window": data_msgs,
+        "entries_per_conn": round(((rb2["entries_applied"] - rb1["entries_applied"]) / dt)
+                                  / box["gen"]["cps"], 2) if (box.get("gen") or {}).get("cps") else None,
         "entries_per_message": round((rb2["entries_applied"] - rb1["entries_applied"]) / data_msgs, 1)
                                if data_msgs else None,
         "window_s": round(dt, 2),
@@ -89,6 +122,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "receiver_b": {k: rb2.get(k, 0) - rb1.get(k, 0) for k in rb2 if isinstance(rb2.get(k), int)},
         "missing_on_b": b2.get("missing"),
         "conns_a": a_status.get("conns"), "conns_b": b_status.get("conns"),
+        **resync,
         "load": box.get("gen"), "load_error": box.get("error"),
         "seconds": round(time.monotonic() - t0, 1),
     })

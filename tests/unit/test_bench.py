@@ -244,3 +244,37 @@ def test_compare_shows_every_figure_once_with_a_verdict(tmp_path):
     md = compare.markdown(before, after)
     assert "| `forward_pps` | 100 | 110 | 105 | 108 | within noise |" in md
     assert "| load average, 1 min, over the run | 1.5–1.5 |" in md
+
+
+def test_takeover_master_down_and_what_a_drill_measured():
+    from bench import takeover as tb
+    assert tb.master_down_ms(0.1) == 360.9           # 3 x 100 ms + (256 - 100) x 100 / 256 ms
+    assert tb.master_down_ms(0.01) == 36.1
+    ok = {"fault_at": 10.0, "hold_started_at": 9.0, "takeover_ms": 320.0, "vrrp_takeover_ms": 300.0}
+    assert tb._valid(ok, 3.5) == (None, 1.0)
+    late = dict(ok, fault_at=12.0)
+    assert "too late" in tb._valid(late, 3.5)[0]
+    assert "too late" in tb._valid(dict(ok, takeover_ms=None), 3.5)[0]
+    # an echo "through the new master" before it held the addresses is no takeover
+    early = dict(ok, takeover_ms=4.8, vrrp_takeover_ms=313.5)
+    assert "before the new master held the addresses" in tb._valid(early, 3.5)[0]
+
+
+def test_render_takeover_variants_side_by_side_with_master_down_and_set_aside():
+    res = fake_result()
+    drill = {"drills": 2, "takeover_ms": [300.0, 400.0], "takeover_ms_p50": 350.0,
+             "takeover_ms_max": 400.0, "master_down_ms": 360.9, "gap_ms_p99_max": 410.0,
+             "gap_ms_max": 420.0}
+    res["results"] = {"takeover": {
+        "advert_100ms": drill,
+        "advert_10ms": dict(drill, master_down_ms=36.1, set_aside=[
+            {"set_aside": "first echo before the new master held the addresses (a starved client)",
+             "fault_offset_s": 1.0, "takeover_ms": 4.8, "vrrp_takeover_ms": 313.5}]),
+        "advert_10ms_sync_loss": dict(drill, drills=1),
+    }, "sync": {"entries_per_conn": 4.98, "load": {"cps": 1402.0}}}
+    text = report.render(res)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 10 ms") or ln.startswith("| 100 ms")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 100 ms (default)", "| 10 ms", "| 10 ms, 20 % sync lost"]
+    assert "| 360.9 |" in rows[0] and "| 36.1 |" in rows[1] and "410.0 / 420.0" in rows[0]
+    assert "a starved client" in text and "takeover 4.8, VRRP 313.5" in text
+    assert "| entries per new connection (entries/s over achieved connections/s) | 4.98 |" in text
