@@ -161,8 +161,8 @@ def with_local_address(cfg: SyncConfig, back_if: str, addresses_of) -> SyncConfi
         ip = ipaddress.ip_address(addr)
         if ip.version == family and not ip.is_link_local:
             return replace(cfg, bind=str(ip))
-    raise ValueError(f"sync.bind is not set and the back interface {back_if!r} has no IPv{family} "
-                     "address to bind the sync socket to: set sync.bind")
+    raise SyncConfigError("bind", f"is not set, and the back interface {back_if!r} has no "
+                                  f"IPv{family} address to bind the sync socket to: set sync.bind")
 
 
 def resolve_key(cfg: SyncConfig, key: bytes | None) -> bytes:

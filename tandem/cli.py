@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any, Callable, Coroutine
 
 
 def _load(path: str, who: str):
@@ -27,12 +28,19 @@ def _node(args: argparse.Namespace) -> int:
     except scripts.ScriptUserError as exc:
         print(f"tandem node: bad config: {args.config}: node.script_user: {exc}", file=sys.stderr)
         return 2
+    from syncd.config import SyncConfigError
+    run: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
-        uvloop.run(node.run(cfg, path=args.config))
+        run = uvloop.run
     except ImportError:
         import asyncio
-        asyncio.run(node.run(cfg, path=args.config))
+        run = asyncio.run
+    try:
+        run(node.run(cfg, path=args.config))
+    except SyncConfigError as exc:      # known only on this host: the back interface's address
+        print(f"tandem node: bad config: {args.config}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

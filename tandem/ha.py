@@ -32,13 +32,21 @@ PEER_LIVE_HEARTBEATS = 3
 
 
 def interface_addresses(ifname: str) -> list[str]:
-    """The addresses on an interface, primary first (netlink)."""
+    """The addresses on an interface, primary first (netlink).  In a worker thread: pyroute2's
+    IPRoute runs an event loop of its own, which cannot start inside the node's (the node
+    builds its sync link, and so calls this, on its loop, before the election starts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        links = ipr.link_lookup(ifname=ifname)
-        if not links:
-            return []
-        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=links[0])]
+
+    def lookup() -> list[str]:
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                return []
+            return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=links[0])]
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(lookup).result()
 
 
 def engine_source(engine) -> tuple[Callable[[], list], Callable[[Any, float], SyncEntry | None]]:

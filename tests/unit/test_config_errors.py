@@ -295,3 +295,73 @@ def test_every_case_is_a_toml_file_an_operator_could_write():
         if "syntax" not in _:
             tomllib.loads(text)
     assert len(CASES) >= 40
+
+
+def _in_own_netns() -> None:
+    import os
+    import shutil
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a throwaway network namespace")
+
+
+def _unicast_file(tmp_path: Path, back: str) -> Path:
+    f = tmp_path / "a.toml"
+    f.write_text(edit('interface = "198.18.2.11"', 'mode = "unicast"\npeers = ["198.18.2.12:8848"]')
+                 .replace('back = "back"', f'back = "{back}"')
+                 .replace('api = "198.18.0.11:9100"', 'api = "127.0.0.1:9100"')
+                 .replace('name = "a"', f'name = "a"\nstate_dir = "{tmp_path}"'))
+    f.chmod(0o600)
+    return f
+
+
+def test_node_start_names_a_sync_bind_it_cannot_find(tmp_path):
+    """`tandem node` with a unicast sync and no `bind`: the back interface's address is
+    looked up at start; when it has none the node stops there with FILE: FIELD: PROBLEM
+    and exit 2 (before: a traceback, see the next test).  Run in a network namespace of its
+    own (unshare -n), so a node that went further would touch nothing of this host."""
+    import subprocess
+    import sys
+    _in_own_netns()
+    f = _unicast_file(tmp_path, "tdm-none0")
+    got = subprocess.run(["unshare", "--net", sys.executable, "-m", "tandem.cli", "node",
+                          "--config", str(f)], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2, got.stderr
+    line = got.stderr.splitlines()[-1]
+    prefix = "tandem node: bad config: "
+    assert line.startswith(prefix) and "Traceback" not in got.stderr
+    judge(f, line[len(prefix):], "sync.bind: is not set, and the back interface 'tdm-none0' has "
+                                 "no IPv4 address to bind the sync socket to: set sync.bind")
+
+
+def test_node_starts_with_a_unicast_sync_bound_to_the_back_interfaces_address(tmp_path):
+    """The documented default of `sync.bind` (the back interface's address) works: before,
+    looking it up ran pyroute2's IPRoute on the node's running loop ("this event loop is
+    already running"), so such a node never started."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    _in_own_netns()
+    f = _unicast_file(tmp_path, "back")
+    setup = ("ip link set lo up && "
+             "ip link add back type veth peer name backp && ip link set backp up && "
+             "ip addr add 198.18.2.11/24 dev back && ip link set back up && "
+             "ip link add front type veth peer name frontp && ip link set frontp up && "
+             "ip addr add 198.18.0.11/24 dev front && ip link set front up && "
+             f"exec {sys.executable} -m tandem.cli node --config {f}")
+    node = subprocess.Popen(["unshare", "--net", "sh", "-c", setup], stderr=subprocess.PIPE,
+                            text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and node.poll() is None:
+            line = node.stderr.readline()
+            lines.append(line)
+            if "node a: up" in line:
+                break
+    finally:
+        node.send_signal(signal.SIGTERM)
+        _, rest = node.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert any("node a: up" in x and "syncing" in x for x in lines), log
+    assert "Traceback" not in log and "bad config" not in log
