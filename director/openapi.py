@@ -275,7 +275,7 @@ _SCHEMAS: dict[str, Any] = {
                                "claim, a higher priority that preempts): null, with "
                                "last_advert_note, for a master whose peer has only been backup",
                 "properties": {"from": _STR, "priority": {"type": "integer", "minimum": 0},
-                               "at": {"type": "number", "description": "epoch seconds"},
+                               "at": _epoch("when it was accepted"),
                                "age_s": _NUM}},
             "last_advert_note": {"type": "string", "nullable": True,
                                  "description": "why last_advert is null"},

@@ -142,7 +142,8 @@ async def test_services_give_each_servers_check_result_and_down_or_drained_is_no
 
 async def test_every_time_an_operator_reads_is_epoch_seconds_on_one_clock():
     """keepalived reports instants as epoch seconds (its JSON's last_transition), and so does
-    every time in the API now: /status role_changes (`at`, `decided`), /conns `now`, `expires`
+    every time in the API now: /status role_changes (`at`, `decided`) and the peer's last
+    advert (`at`), /conns `now`, `expires`
     and `created`, /services health_check `since` and `last_check`, all within the test's own
     wall-clock window, with `expires = now + expires_in` (before, /conns was on the node's
     monotonic clock while role_changes were epoch)."""
@@ -153,6 +154,7 @@ async def test_every_time_an_operator_reads_is_epoch_seconds_on_one_clock():
         async with running(node_doc(api, [port])) as (n, f):
             f.bulk_done = True
             assert await until(lambda: f.vrrp is not None and n.state.status().role == "backup")
+            f.vrrp.advert(200)                  # a master heard: peer_status.last_advert
             f.vrrp.fire()
             assert await until(lambda: n.state.status().role == "master")
             assert n.engine.handle(tcp(CLIENT, VIP, 40000, 80, "S"), n.clock()) is not None
@@ -163,6 +165,7 @@ async def test_every_time_an_operator_reads_is_epoch_seconds_on_one_clock():
     for i, c in enumerate(status["role_changes"]):
         instants[f"role_changes[{i}].at"] = c["at"]
         instants[f"role_changes[{i}].decided"] = c["decided"]
+    instants["peer_status.last_advert.at"] = status["peer_status"]["last_advert"]["at"]
     instants["conns.now"] = conns["now"]
     (c,) = conns["conns"]
     instants["conns[0].created"] = c["created"]
