@@ -18,7 +18,11 @@ Reason codes (Malformed.reason) and what they mean here:
                      version of the outer packet)
   bad_ihl            IPv4 IHL < 5
   bad_total_length   IPv4 total length < IHL*4
-  fragment           a fragment other than the first (no L4 header in it)
+  fragment           an IP fragment, first or not.  The kernel reassembles before
+                     the queue (director/rules.py), so one reaching parse() means
+                     reassembly is off; a first fragment alone is half a datagram,
+                     a later one has no ports.  (An ICMP error may still quote a
+                     first fragment: that is the packet the error is about.)
   bad_l4_header      TCP/UDP/ICMP header does not fit in the IP payload or has
                      an impossible length field
   unsupported_proto  L4 protocol other than TCP, UDP, ICMP (IPv4), ICMPv6 (IPv6),
@@ -170,7 +174,6 @@ def parse(buf: bytes) -> Packet:
     if not n:
         raise Malformed(TRUNCATED)
     v = buf[0] >> 4
-    first_frag = False
     if v == 4:
         if n < 20:
             raise Malformed(TRUNCATED)
@@ -182,9 +185,8 @@ def parse(buf: bytes) -> Packet:
             raise Malformed(BAD_TOTAL_LENGTH)
         if end > n:
             raise Malformed(TRUNCATED)
-        if frag & 0x1FFF:
+        if frag & 0x3FFF:            # more fragments (MF), or an offset
             raise Malformed(FRAGMENT)
-        first_frag = frag & 0x2000   # MF: a UDP length beyond this fragment is expected
         if proto != TCP and proto != UDP and proto != ICMP:
             raise Malformed(UNSUPPORTED_PROTO)
         src = buf[12:16]
@@ -200,6 +202,8 @@ def parse(buf: bytes) -> Packet:
         l4 = 40
         if proto != TCP and proto != UDP and proto != ICMPV6:
             l4, proto, first_frag = _walk6(buf, 40, proto, end)
+            if first_frag:
+                raise Malformed(FRAGMENT)
         src = buf[8:24]
         dst = buf[24:40]
         addrs = buf[8:40]
@@ -220,7 +224,7 @@ def parse(buf: bytes) -> Packet:
         if room < 8:
             raise Malformed(BAD_L4_HEADER)
         sport, dport, ulen = _HHH.unpack_from(buf, l4)
-        if ulen < 8 or (ulen > room and not first_frag):
+        if ulen < 8 or ulen > room:
             raise Malformed(BAD_L4_HEADER)
         return Packet(v, UDP, 0, l4, end, src, dst, sport, dport, 0, -1, -1, None,
                       _PROTO_BYTE[UDP] + addrs + buf[l4:l4 + 4])

@@ -170,10 +170,8 @@ class LinuxKernel:
 
     def bind_queue(self, queue: int, callback: Callable[[Any], None], max_len: int,
                    sock_len: int) -> Any:
-        from netfilterqueue import NetfilterQueue
-        nfq = NetfilterQueue()
-        nfq.bind(queue, callback, max_len=max_len, sock_len=sock_len)
-        return nfq
+        from director.nfqueue import bind_queue      # with a copy range for whole packets
+        return bind_queue(queue, callback, max_len, sock_len)
 
     def open_vrrp_socket(self, ifname: str, cfg: Any) -> tuple[socket.socket, int]:
         from ha.vrrp_io import open_vrrp_socket

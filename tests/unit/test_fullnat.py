@@ -4,7 +4,7 @@ import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, IPOption_NOP, TCPerror, UDPerror, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, IPOption_NOP, TCPerror, UDPerror
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPerror6, IPv6,
     IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting,
@@ -180,27 +180,24 @@ def test_trailing_bytes_are_dropped():
 
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_first_fragment_gets_the_checksum_of_the_whole_rewritten_datagram(fam):
-    # The L4 checksum covers the whole datagram; the incremental update must
-    # produce exactly what rewriting the unfragmented datagram would.
-    payload = bytes(range(200))
+@pytest.mark.parametrize("size", [3000, 65507 - 20])
+def test_a_reassembled_datagram_of_any_size_gets_the_checksum_of_a_fresh_one(fam, size):
+    """The kernel reassembles fragments before the queue, so the engine rewrites datagrams up
+    to the IP maximum (65,535 bytes): every checksum after the incremental update must equal
+    scapy's recomputation over the whole datagram."""
+    payload = bytes(i * 7 & 0xFF for i in range(size))
     if fam == 4:
         whole = IP(src="10.0.0.1", dst="10.0.0.2", id=7) / UDP(sport=1111, dport=53) / payload
-        first = raw(fragment(whole, fragsize=64)[0])
+        new = (packed("10.9.9.9"), packed("10.8.8.8"))
     else:
-        base = IPv6(src="2001:db8::1", dst="2001:db8::2")
-        whole = base / UDP(sport=1111, dport=53) / payload
-        udp_whole = raw(whole)[40:]          # checksum over the whole datagram
-        first = raw(base / IPv6ExtHdrFragment(offset=0, m=1, id=9, nh=17) / Raw(udp_whole[:64]))
-    new = (packed("10.9.9.9" if fam == 4 else "2001:db8::99"), packed("10.8.8.8" if fam == 4 else "2001:db8::88"))
-    wbuf = raw(whole)
-    wp, fp = parse(wbuf), parse(first)
-    assert fp.proto == 17
-    args = (fam, 17, wp.src, wp.dst, 1111, 53, new[0], new[1], 2222, 5353)
-    w_out = apply(wbuf, wp, Rewrite(*args))
-    f_out = apply(first, fp, Rewrite(*args))
-    assert w_out == scapy_recomputed(w_out, False)
-    assert f_out[fp.l4:fp.l4 + 8] == w_out[wp.l4:wp.l4 + 8]
+        whole = IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=1111, dport=53) / payload
+        new = (packed("2001:db8::99"), packed("2001:db8::88"))
+    buf = raw(whole)
+    assert len(buf) <= 65535 + (40 if fam == 6 else 0)
+    pkt = parse(buf)
+    out = apply(buf, pkt, Rewrite(fam, 17, pkt.src, pkt.dst, 1111, 53, new[0], new[1], 2222, 5353))
+    assert out == scapy_recomputed(out, False)
+    assert out[-size:] == payload and l4_checksum_ok(out, parse(out))
 
 
 def test_misuse_raises_value_error():
