@@ -51,11 +51,42 @@ ROUTES = (
 
 def _loads_flat(text: str):
     """json.loads for a small request body: nesting too deep for the parser's recursion
-    is a bad request (ValueError), not an internal error."""
+    is a bad request (ValueError), not an internal error; both in words."""
     try:
         return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
+#: JSON's names of the types a body's values can have
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer",
+               float: "a number", bool: "a boolean", type(None): "null"}
+
+
+async def json_object(request: web.Request, allowed: tuple[str, ...]) -> dict:
+    """The request's body as a JSON object with no key outside `allowed` (the schema's
+    additionalProperties: false); ValueError in words otherwise."""
+    try:
+        body = await request.json(loads=_loads_flat)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"must be a JSON object, got {_JSON_TYPES.get(type(body), 'something else')}")
+    surplus = sorted(set(body) - set(allowed))
+    if surplus:
+        raise ValueError(f"unknown key {json.dumps(surplus[0])}")
+    return body
+
+
+def json_integer(body: dict, key: str) -> int:
+    value = body.get(key)
+    if key not in body:
+        raise ValueError(f"{key} is missing")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be an integer, got {_JSON_TYPES.get(type(value), 'something else')}")
+    return value
 
 
 def _words(exc: BaseException) -> str:
@@ -187,13 +218,7 @@ class NodeApi:
     async def set_weight(self, request: web.Request) -> web.Response:
         control, service, addr, port = self._target(request)
         try:
-            body = await request.json(loads=_loads_flat)
-            weight = body.get("weight") if isinstance(body, dict) else None
-            surplus = sorted(set(body) - {"weight"}) if isinstance(body, dict) else []
-            if surplus:
-                raise ValueError(f"unknown key {json.dumps(surplus[0])}")
-            if not isinstance(weight, int) or isinstance(weight, bool):
-                raise ValueError("weight must be an integer")
+            weight = json_integer(await json_object(request, ("weight",)), "weight")
             return web.json_response(control.set_weight(service, addr, port, weight))
         except KeyError as exc:
             raise web.HTTPNotFound(text=_words(exc)) from None

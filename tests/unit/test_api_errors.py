@@ -86,7 +86,7 @@ def schema_violations(schema: dict) -> list[str]:
 
 def body_violations(schema: dict) -> list[bytes]:
     """Request bodies its schema refuses (besides ones that are not JSON)."""
-    out = [b"", b"{", b"[]", b"null", b"[" * 100_000 + b"]" * 100_000]
+    out = [b"", b"{", b"[]", b"null", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000]
     props = schema.get("properties", {})
     if schema.get("required"):
         out.append(b"{}")
@@ -236,7 +236,13 @@ async def test_change_errors_say_what_was_wrong_in_words():
                 (f"{rs}/{RS[0]}:8080/weight", {"weight": -1}, 400,
                  'body must be {"weight": 0..65535}: weight must be >= 0, got -1'),
                 (f"{rs}/{RS[0]}:8080/weight", {"weight": 1, "wieght": 2}, 400,
-                 'body must be {"weight": 0..65535}: unknown key "wieght"')):
+                 'body must be {"weight": 0..65535}: unknown key "wieght"'),
+                (f"{rs}/{RS[0]}:8080/weight", {}, 400,
+                 'body must be {"weight": 0..65535}: weight is missing'),
+                (f"{rs}/{RS[0]}:8080/weight", {"weight": "5"}, 400,
+                 'body must be {"weight": 0..65535}: weight must be an integer, got a string'),
+                (f"{rs}/{RS[0]}:8080/weight", [5], 400,
+                 'body must be {"weight": 0..65535}: must be a JSON object, got an array')):
             resp = await client.post(path, json=body, headers=AUTH)
             assert resp.status == status, path
             assert await resp.json() == {"error": want}
