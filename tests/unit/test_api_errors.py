@@ -261,3 +261,21 @@ def test_every_error_status_is_declared_with_an_error_body():
                 assert schema == ERROR, (path, method, status)
         assert "500" in op["responses"], (path, method)
     assert copy.deepcopy(DOC) == openapi.spec()
+
+
+async def test_a_fault_in_the_node_answers_a_declared_500_and_is_logged(caplog):
+    """A handler that fails (here: the sync link's counters raise) answers the `Error`
+    body with 500, which every operation declares; the traceback goes to the node's log,
+    never to the caller."""
+    class BrokenSync(NodeParts):
+        def sync_stats(self):
+            raise RuntimeError("sync counters exploded: secret-internal-detail")
+
+    async with TestClient(TestServer(make_app(engine(), BrokenSync("t", "master")))) as client:
+        c = Checker(client)
+        op = next(op for path, method, op in OPS if path == "/sync")
+        with caplog.at_level("ERROR", logger="tandem.api"):
+            assert await c.send("get", "/sync", op, "/sync") == 500
+            body = await (await client.get("/sync")).json()
+    assert body == {"error": "internal error: the node's log has the details"}
+    assert any(r.exc_info and "GET /sync" in r.getMessage() for r in caplog.records)
