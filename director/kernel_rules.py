@@ -1,0 +1,224 @@
+"""The rules of `forwarding = "kernel"` services: the engine schedules, the kernel forwards.
+
+The first packet of a new flow to a kernel-mode service goes to NFQUEUE.  The engine
+schedules it and gives it back with a mark that names the chosen binding (real server,
+port, laddr).  From then on the kernel's conntrack NAT forwards both directions:
+
+    conntrack (-200)
+    ip/ip6 mangle PREROUTING (-150): chain TANDEM_NEW, iptables-nft
+        -d VIP -p P --dport PORT -m conntrack --ctstate NEW ! --ctstatus CONFIRMED
+        -j NFQUEUE --queue-num Q                       only a flow's first packet
+    inet tandem new_flow (-120): ct state new, to a service, with one of our marks
+        -> ct mark set meta mark                       the engine's choice, kept by the flow
+    inet tandem to_real (dstnat): dnat to ct mark map @dnat4/@dnat6 (real server, port)
+    inet tandem to_laddr (srcnat): flows to a VIP: snat to ct mark map @snat4/@snat6 (laddr)
+    inet tandem guard (input): drop what is still addressed to a service or a laddr
+
+The queue rule is an iptables-nft rule because this kernel has no nftables `queue`
+expression (CONFIG_NFT_QUEUE is not set; `queue num` fails with "No such file or
+directory").  Only flows not yet confirmed are queued, so a retransmitted SYN of a flow
+already bound is not scheduled again.  The guard matters: a packet the engine dropped or
+left unmarked would otherwise reach the director's own stack, which answers with RST.
+
+Everything lives in the table `inet tandem` and the chain `TANDEM_NEW` (with one jump to
+it) of the mangle tables: loading replaces the table in one `nft -f` transaction, the
+chain in one `iptables-nft-restore --noflush`; removal deletes exactly those.  Entries
+already in conntrack keep their NAT binding across a reload, as the NAT lives in conntrack.
+
+`ruleset()` and `queue_rules()` are pure (their text is unit-tested); `install()`,
+`remove()` and `queue_counters()` are the thin adapter.  docs/kernel-fast-path.md says
+which kernel facts this relies on.
+"""
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Iterable
+
+TABLE = "tandem"
+QUEUE_CHAIN = "TANDEM_NEW"
+#: tandem's marks: MARK_BASE | index (index < 2**16), so a mark set by someone else never
+#: selects a binding (the new_flow rule checks the prefix)
+MARK_BASE = 0x54440000
+MARK_PREFIX_MASK = 0xFFFF0000
+NEW_FLOW_PRIORITY = -120      # after mangle (-150, the queue), before dstnat (-100)
+_PROTO_NAMES = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
+
+
+class KernelRulesError(OSError):
+    """nft or iptables refused the rules; the message carries the tool's own words."""
+
+
+@dataclass(frozen=True)
+class KernelService:
+    """A service forwarded by the kernel: VIP:port/proto and its laddrs."""
+    vip: str
+    proto: str          # "tcp" | "udp"
+    port: int
+    laddrs: tuple[str, ...]
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.vip).version
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a mark stands for: DNAT to rs_addr:rs_port, SNAT to laddr."""
+    mark: int
+    rs_addr: str
+    rs_port: int
+    laddr: str
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.rs_addr).version
+
+
+class Marks:
+    """Marks for bindings, stable for the node's life: a mark once given never names
+    another binding, as flows in conntrack may still carry it."""
+
+    def __init__(self) -> None:
+        self._by_binding: dict[tuple[str, int, str], Binding] = {}
+
+    def mark_for(self, rs_addr: str, rs_port: int, laddr: str) -> int:
+        key = (str(ipaddress.ip_address(rs_addr)), rs_port, str(ipaddress.ip_address(laddr)))
+        b = self._by_binding.get(key)
+        if b is None:
+            if len(self._by_binding) > 0xFFFF:
+                raise KernelRulesError("no mark left: 65536 bindings in use")
+            b = Binding(MARK_BASE | (len(self._by_binding) + 1), *key)
+            self._by_binding[key] = b
+        return b.mark
+
+    def bindings(self) -> list[Binding]:
+        return sorted(self._by_binding.values(), key=lambda b: b.mark)
+
+
+def _proto(s: KernelService) -> str:
+    try:
+        return _PROTO_NAMES[s.proto]
+    except KeyError:
+        raise KernelRulesError(f"service {s.vip}:{s.port}: protocol {s.proto!r} is not tcp or udp") from None
+
+
+def _elements(items: Iterable[str]) -> str:
+    items = sorted(set(items))
+    return f"\n\t\telements = {{ {', '.join(items)} }}" if items else ""
+
+
+def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding]) -> str:
+    """The nft script that replaces `inet tandem` atomically (create, delete, define)."""
+    services, bindings = list(services), list(bindings)
+    out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    for fam, ip, addr_t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
+        svcs = [s for s in services if s.family == fam]
+        binds = [b for b in bindings if b.family == fam]
+        out += [
+            f"\tset svc{fam} {{\n\t\ttype {addr_t} . inet_proto . inet_service"
+            + _elements(f"{s.vip} . {_proto(s)} . {s.port}" for s in svcs) + "\n\t}",
+            f"\tset vip{fam} {{\n\t\ttype {addr_t}" + _elements(s.vip for s in svcs) + "\n\t}",
+            f"\tset laddr{fam} {{\n\t\ttype {addr_t}"
+            + _elements(a for s in svcs for a in s.laddrs) + "\n\t}",
+            f"\tmap dnat{fam} {{\n\t\ttype mark : {addr_t} . inet_service"
+            + _elements(f"0x{b.mark:08x} : {b.rs_addr} . {b.rs_port}" for b in binds) + "\n\t}",
+            f"\tmap snat{fam} {{\n\t\ttype mark : {addr_t}"
+            + _elements(f"0x{b.mark:08x} : {b.laddr}" for b in binds) + "\n\t}",
+        ]
+    svc = {fam: f"{ip} daddr . meta l4proto . th dport @svc{fam}" for fam, ip in ((4, "ip"), (6, "ip6"))}
+    ours = f"meta mark & 0x{MARK_PREFIX_MASK:08x} == 0x{MARK_BASE:08x}"
+    out += [
+        f"\tchain new_flow {{\n\t\ttype filter hook prerouting priority {NEW_FLOW_PRIORITY}; policy accept;",
+        *(f"\t\tct state new {svc[f]} {ours} ct mark set meta mark" for f in (4, 6)),
+        "\t}",
+        "\tchain to_real {\n\t\ttype nat hook prerouting priority dstnat; policy accept;",
+        *(f"\t\tmeta l4proto {{ tcp, udp }} {svc[f]} dnat {ip} to ct mark map @dnat{f}"
+          for f, ip in ((4, "ip"), (6, "ip6"))),
+        "\t}",
+        "\tchain to_laddr {\n\t\ttype nat hook postrouting priority srcnat; policy accept;",
+        *(f"\t\tct original {ip} daddr @vip{f} snat {ip} to ct mark map @snat{f}"
+          for f, ip in ((4, "ip"), (6, "ip6"))),
+        "\t}",
+        "\tchain guard {\n\t\ttype filter hook input priority filter; policy accept;",
+        *(f"\t\t{svc[f]} drop" for f in (4, 6)),
+        *(f"\t\t{ip} daddr @laddr{f} meta l4proto {{ tcp, udp }} drop"
+          for f, ip in ((4, "ip"), (6, "ip6"))),
+        "\t}",
+        "}",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def queue_rules(services: Iterable[KernelService], queue: int, family: int) -> str:
+    """iptables-nft-restore --noflush input: the mangle chain that queues first packets."""
+    lines = ["*mangle", f":{QUEUE_CHAIN} - [0:0]", f"-F {QUEUE_CHAIN}"]
+    plen = 32 if family == 4 else 128
+    for s in sorted((s for s in services if s.family == family),
+                    key=lambda s: (s.vip, s.proto, s.port)):
+        proto = _proto(s)
+        lines.append(f"-A {QUEUE_CHAIN} -d {s.vip}/{plen} -p {proto} -m {proto} --dport {s.port}"
+                     f" -m conntrack --ctstate NEW ! --ctstatus CONFIRMED"
+                     f" -j NFQUEUE --queue-num {queue}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# -- the adapter ------------------------------------------------------------------------------
+
+def _tool(family: int, restore: bool = False) -> str:
+    base = "iptables" if family == 4 else "ip6tables"
+    name = f"{base}-nft{'-restore' if restore else ''}"
+    return name if shutil.which(name) else f"{base}{'-restore' if restore else ''}"
+
+
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        said = " ".join((r.stderr or r.stdout).split()) or "no output"
+        raise KernelRulesError(f"{' '.join(argv)} exited {r.returncode}: {said}")
+    return r
+
+
+def install(services: Iterable[KernelService], bindings: Iterable[Binding], queue: int) -> None:
+    """Load (or reload) the table and the queue chains; each step is atomic on its own."""
+    services = list(services)
+    _run(["nft", "-f", "-"], stdin=ruleset(services, bindings))
+    for fam in (4, 6):
+        _run([_tool(fam, restore=True), "--noflush", "-w"], stdin=queue_rules(services, queue, fam))
+        tool = [_tool(fam), "-w", "-t", "mangle"]
+        if _run([*tool, "-C", "PREROUTING", "-j", QUEUE_CHAIN], check=False).returncode != 0:
+            _run([*tool, "-I", "PREROUTING", "1", "-j", QUEUE_CHAIN])
+
+
+def remove() -> None:
+    """Delete the table, the jumps and the chains; quiet when they are not there."""
+    _run(["nft", "-f", "-"], stdin=f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n", check=False)
+    for fam in (4, 6):
+        tool = _tool(fam)
+        while _run([tool, "-w", "-t", "mangle", "-D", "PREROUTING", "-j", QUEUE_CHAIN],
+                   check=False).returncode == 0:
+            pass
+        _run([tool, "-w", "-t", "mangle", "-F", QUEUE_CHAIN], check=False)
+        _run([tool, "-w", "-t", "mangle", "-X", QUEUE_CHAIN], check=False)
+
+
+def queue_counters(text: str | None = None) -> dict[int, dict[str, int]]:
+    """The kernel's NFQUEUE counters by queue number, from /proc/net/netfilter/nfnetlink_queue:
+    `queued` (packets handed to user space so far), `waiting`, `dropped` (queue full),
+    `user_dropped` (socket buffer full)."""
+    if text is None:
+        try:
+            with open("/proc/net/netfilter/nfnetlink_queue") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return {}
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 8:
+            out[int(f[0])] = {"waiting": int(f[2]), "dropped": int(f[5]),
+                              "user_dropped": int(f[6]), "queued": int(f[7])}
+    return out

@@ -1,0 +1,104 @@
+"""director.kernel_rules: the generated nftables and iptables-nft text, the mark allocator
+and the reading of the kernel's queue counters (the lab test loads the same text)."""
+from __future__ import annotations
+
+import pytest
+
+from director import kernel_rules as k
+
+V4 = k.KernelService("198.18.0.100", "tcp", 80, ("198.18.2.100", "198.18.2.101"))
+V6 = k.KernelService("2001:2::100", "udp", 53, ("2001:2:1::100",))
+
+
+def _marks() -> k.Marks:
+    m = k.Marks()
+    m.mark_for("198.18.2.21", 8080, "198.18.2.100")
+    m.mark_for("2001:2:1::21", 5353, "2001:2:1::100")
+    return m
+
+
+def _block(text: str, head: str) -> list[str]:
+    """The lines of the block that starts with `head` (a set, map or chain)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == head + " {")
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "}")
+    return [line.strip() for line in lines[start + 1:end]]
+
+
+def test_table_is_replaced_in_one_transaction():
+    text = k.ruleset([V4], [])
+    assert text.splitlines()[:3] == ["table inet tandem {}", "delete table inet tandem",
+                                    "table inet tandem {"]
+    assert text.count("table inet tandem {\n") == 1
+
+
+def test_sets_and_maps_of_both_families():
+    text = k.ruleset([V4, V6], _marks().bindings())
+    assert _block(text, "set svc4")[1] == "elements = { 198.18.0.100 . tcp . 80 }"
+    assert _block(text, "set svc6")[1] == "elements = { 2001:2::100 . udp . 53 }"
+    assert _block(text, "set laddr4")[1] == "elements = { 198.18.2.100, 198.18.2.101 }"
+    assert _block(text, "map dnat4") == ["type mark : ipv4_addr . inet_service",
+                                         "elements = { 0x54440001 : 198.18.2.21 . 8080 }"]
+    assert _block(text, "map snat6")[1] == "elements = { 0x54440002 : 2001:2:1::100 }"
+
+
+def test_empty_family_has_no_elements_line():
+    text = k.ruleset([V4], [])
+    assert _block(text, "set svc6") == ["type ipv6_addr . inet_proto . inet_service"]
+    assert _block(text, "map dnat4") == ["type mark : ipv4_addr . inet_service"]
+
+
+def test_chains():
+    text = k.ruleset([V4, V6], _marks().bindings())
+    new_flow = _block(text, "chain new_flow")
+    assert new_flow[0] == "type filter hook prerouting priority -120; policy accept;"
+    assert new_flow[1] == ("ct state new ip daddr . meta l4proto . th dport @svc4 "
+                           "meta mark & 0xffff0000 == 0x54440000 ct mark set meta mark")
+    assert _block(text, "chain to_real")[1:] == [
+        "meta l4proto { tcp, udp } ip daddr . meta l4proto . th dport @svc4 dnat ip to ct mark map @dnat4",
+        "meta l4proto { tcp, udp } ip6 daddr . meta l4proto . th dport @svc6 dnat ip6 to ct mark map @dnat6"]
+    assert _block(text, "chain to_laddr")[0].endswith("hook postrouting priority srcnat; policy accept;")
+    assert "ct original ip daddr @vip4 snat ip to ct mark map @snat4" in _block(text, "chain to_laddr")
+    guard = _block(text, "chain guard")
+    assert guard[0] == "type filter hook input priority filter; policy accept;"
+    assert "ip daddr . meta l4proto . th dport @svc4 drop" in guard
+    assert "ip6 daddr @laddr6 meta l4proto { tcp, udp } drop" in guard
+
+
+def test_queue_rules_per_family():
+    assert k.queue_rules([V4, V6], 3, 4).splitlines() == [
+        "*mangle", ":TANDEM_NEW - [0:0]", "-F TANDEM_NEW",
+        "-A TANDEM_NEW -d 198.18.0.100/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW"
+        " ! --ctstatus CONFIRMED -j NFQUEUE --queue-num 3",
+        "COMMIT"]
+    six = k.queue_rules([V4, V6], 3, 6).splitlines()
+    assert six[3].startswith("-A TANDEM_NEW -d 2001:2::100/128 -p udp -m udp --dport 53 ")
+    assert k.queue_rules([V4], 3, 6).splitlines() == ["*mangle", ":TANDEM_NEW - [0:0]",
+                                                      "-F TANDEM_NEW", "COMMIT"]
+
+
+def test_marks_are_stable_and_never_reused():
+    m = k.Marks()
+    a = m.mark_for("198.18.2.21", 8080, "198.18.2.100")
+    b = m.mark_for("198.18.2.22", 8080, "198.18.2.100")
+    assert a == k.MARK_BASE | 1 and b == k.MARK_BASE | 2
+    assert m.mark_for("198.18.2.21", 8080, "198.18.2.100") == a
+    assert m.mark_for("2001:2:1:0::21", 8080, "2001:2:1::100") == m.mark_for("2001:2:1::21", 8080,
+                                                                                 "2001:2:1::100")
+    assert [x.mark for x in m.bindings()] == [a, b, k.MARK_BASE | 3]
+    assert all(x & k.MARK_PREFIX_MASK == k.MARK_BASE for x in (a, b))
+
+
+def test_queue_counters():
+    text = "    7  12345     0 2 65531     3     4       42  1\n    9  1 5 2 65531 0 0 7 1\n"
+    assert k.queue_counters(text) == {
+        7: {"waiting": 0, "dropped": 3, "user_dropped": 4, "queued": 42},
+        9: {"waiting": 5, "dropped": 0, "user_dropped": 0, "queued": 7}}
+
+
+def test_unknown_protocol_is_refused():
+    bad = k.KernelService("198.18.0.100", "sctp", 80, ("198.18.2.100",))
+    with pytest.raises(k.KernelRulesError, match="198.18.0.100:80: protocol 'sctp'"):
+        k.ruleset([bad], [])
+    with pytest.raises(k.KernelRulesError):
+        k.queue_rules([bad], 1, 4)
