@@ -211,14 +211,14 @@ def queue_counters(text: str | None = None) -> dict[int, dict[str, int]]:
     `user_dropped` (socket buffer full)."""
     if text is None:
         try:
-            with open("/proc/net/netfilter/nfnetlink_queue") as f:
-                text = f.read()
+            with open("/proc/net/netfilter/nfnetlink_queue") as proc:
+                text = proc.read()
         except FileNotFoundError:
             return {}
     out = {}
     for line in text.splitlines():
-        f = line.split()
-        if len(f) >= 8:
-            out[int(f[0])] = {"waiting": int(f[2]), "dropped": int(f[5]),
-                              "user_dropped": int(f[6]), "queued": int(f[7])}
+        col = line.split()
+        if len(col) >= 8:
+            out[int(col[0])] = {"waiting": int(col[2]), "dropped": int(col[5]),
+                                "user_dropped": int(col[6]), "queued": int(col[7])}
     return out
