@@ -142,7 +142,7 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
             raise ConfigError(source, f"services[{i}]", f"duplicate service {k[0]} {k[1]}:{k[2]}")
         seen.add(k)
     vips = sorted({sv.vip for sv in services})
-    rules.laddrs_are_not_vips(source, raw_services, services)
+    rules.addresses_keep_their_roles(source, raw_services, services)
     ha = _ha(source, top, vips)
     top.finish()
     return NodeConfig(**node_kw, timeouts=timeouts, **limits,

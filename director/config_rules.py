@@ -77,19 +77,32 @@ def real_servers_once(s: Reader, reals: list, family: int) -> None:
         seen[key] = j
 
 
-def laddrs_are_not_vips(source: str, raw: list, services: list) -> None:
-    """A laddr is the source real servers answer to: a VIP there would send their replies
-    to the clients' address, so none may be one (of any service)."""
+def addresses_keep_their_roles(source: str, raw: list, services: list) -> None:
+    """A laddr is the source real servers answer to, a real server is where the director
+    sends: a VIP in either place would send the traffic back to the director (replies to the
+    clients' address, or a loop), and a laddr that is a real server's address would be
+    answered by that server itself.  So none is used in another role, in any service."""
     vip_of: dict[str, str] = {}
+    real_of: dict[str, str] = {}
     for i, sv in enumerate(services):
         vip_of.setdefault(sv.vip, f"services[{i}].vip")
+        for k, rs in enumerate(sv.real_servers):
+            real_of.setdefault(rs.addr, f"services[{i}].real_servers[{k}].addr")
     for i, sv in enumerate(services):
         own = isinstance(raw[i], dict) and "laddrs" in raw[i]
         for j, a in enumerate(sv.laddrs):
+            where = f"services[{i}].laddrs[{j}]" if own else f"laddrs[{j}]"
             if a in vip_of:
-                where = f"services[{i}].laddrs[{j}]" if own else f"laddrs[{j}]"
                 raise ConfigError(source, where, f"{a} is a VIP ({vip_of[a]}): a laddr must be "
                                                  "an address of its own")
+            if a in real_of:
+                raise ConfigError(source, where, f"{a} is a real server ({real_of[a]}): a laddr "
+                                                 "must be an address of its own")
+        for k, rs in enumerate(sv.real_servers):
+            if rs.addr in vip_of:
+                raise ConfigError(source, f"services[{i}].real_servers[{k}].addr",
+                                  f"{rs.addr} is a VIP ({vip_of[rs.addr]}): the director would "
+                                  "send the traffic to itself")
 
 
 def vrrp(v: Reader, primary: str, peers: tuple[str, ...], vips: list[str],

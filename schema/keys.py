@@ -131,8 +131,8 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
                                "`sh-port`, `mh-fallback`, `mh-port`, `maglev-fallback`"),
     Key("laddrs", list, shown="top-level `laddrs`",
         doc="the FULLNAT local addresses: the source address real servers see. They must be "
-            "the same family as the VIP, each listed once, and none may be a VIP (of any "
-            "service)"),
+            "the same family as the VIP, each listed once, and none may be a VIP or a real "
+            "server's address (of any service)"),
     Key("real_servers", list, doc="the real servers, as `[[services.real_servers]]` tables; "
                                   "each `addr`:`port` once"),
     Key("name", str, "", shown="`proto/vip:port`", doc="the name used in the API and in metrics"),

@@ -143,6 +143,12 @@ CASES = [
     ("top-level laddr is a VIP",
      'laddrs = ["198.18.0.100"]\n' + edit(LADDRS + "\n", ""),
      "laddrs[0]: 198.18.0.100 is a VIP (services[0].vip): a laddr must be an address of its own"),
+    ("laddr is a real server", edit(LADDRS, 'laddrs = ["198.18.2.100", "198.18.2.22"]'),
+     "services[0].laddrs[1]: 198.18.2.22 is a real server (services[0].real_servers[1].addr): "
+     "a laddr must be an address of its own"),
+    ("real server is the VIP", edit('addr = "198.18.2.22"', 'addr = "198.18.0.100"'),
+     "services[0].real_servers[1].addr: 198.18.0.100 is a VIP (services[0].vip): the director "
+     "would send the traffic to itself"),
     ("duplicate service", BASE + SERVICE, "services[1]: duplicate service tcp 198.18.0.100:80"),
     ("duplicate real server", edit('addr = "198.18.2.22"', 'addr = "198.18.2.21"'),
      "services[0].real_servers[1]: 198.18.2.21:8080 is listed twice (real_servers[0])"),
