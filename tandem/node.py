@@ -202,6 +202,8 @@ class Node:
         """What becomes of the table on a stop: a live peer has it (sync runs all the time,
         and leaving master flushed it) and carries it on, else it goes with this node."""
         n, sync = self.engine.table.count, self.sync
+        if not n:
+            return " (no connections)"
         if sync is None:
             return f" ({n} connections dropped with it)"
         heard = sync.last_heard()

@@ -12,10 +12,10 @@ import pytest
 
 from director.config import parse
 from ha.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpInstance
-from proto.consts import ESTABLISHED
 from proto.vrrp import Advert
 from tandem.node import Edges, Node
 from tests.fake_kernel import FakeKernel
+from tests.helpers import tcp
 
 VIP, LADDR = "198.18.0.100", "198.18.2.100"
 
@@ -387,12 +387,12 @@ async def test_a_graceful_stop_says_the_live_peer_has_the_connections(caplog):
     for n in (a, b, lonely):
         await n.start()
     try:
-        ip = lambda a: socket.inet_aton(a)        # noqa: E731
-        a.engine.apply_synced(proto=6, state=ESTABLISHED, flags=0, caddr=ip("198.18.1.10"),
-                              cport=40000, vaddr=ip(VIP), vport=80, laddr=ip(LADDR), lport=5000,
-                              daddr=ip("198.18.2.21"), dport=8080, timeout=900.0,
-                              now=time.monotonic())
-        assert a.engine.table.count == 1
+        # a client's SYN through a's engine, and one through the lonely node's: sync sends a
+        # new connection at once, so b holds a's
+        for n in (a, lonely):
+            assert n.engine.handle(tcp("198.18.1.10", VIP, 40000, 80, "S"), time.monotonic())
+        assert await until(lambda: b.engine.table.count == 1)
+        assert [n.engine.table.count for n in (a, b, lonely)] == [1, 1, 1]
         assert await until(lambda: a.sync.last_heard() is not None
                            and b.sync.last_heard() is not None)
         await a.stop()
@@ -408,4 +408,4 @@ async def test_a_graceful_stop_says_the_live_peer_has_the_connections(caplog):
     says = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records
             if " stopped" in r.getMessage()}
     assert "dropped with it: peer a last heard" in says["node b"], says
-    assert says["node c"] == "node c: stopped (0 connections dropped with it: no peer heard)", says
+    assert says["node c"] == "node c: stopped (1 connections dropped with it: no peer heard)", says
