@@ -261,8 +261,11 @@ class SyncReceiver(EpochHandshake):
         if msg.type == S.RESPONSE:
             before = self.peers.get(node)
             out = self._on_response(msg, now)
-            if self.on_peer_epoch is not None and self.peers.get(node) is not before:
-                out += self.on_peer_epoch(node, now)
+            if self.peers.get(node) is not before:
+                if self.sender is not None:     # our STATE, at once, to a newly proven epoch
+                    out += self.sender.state_again(now)
+                if self.on_peer_epoch is not None:
+                    out += self.on_peer_epoch(node, now)
             return out
         auth = self.auth
         if not auth.is_current(node, msg.epoch):

@@ -172,6 +172,11 @@ class SyncSender:
         self._state = (role, priority, address, resigned)
         return self._state_message(now)
 
+    def state_again(self, now: float) -> list[bytes]:
+        """The STATE message now, if one is set (for a peer whose epoch was just proven:
+        one it sent before could not be used)."""
+        return [] if self._state is None else [self._state_message(now)]
+
     def _state_message(self, now: float) -> bytes:
         assert self._state is not None
         role, priority, address, resigned = self._state

@@ -36,7 +36,7 @@ from director.overrides import BadOverride, Override, Overrides
 from director.status import NodeParts
 from ha import role as R
 from ha.takeover import Takeover
-from ha.vrrp import State
+from ha.vrrp import Cause, State
 from ha.vrrp_io import VrrpRunner
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
@@ -328,13 +328,24 @@ class Node:
     # -- the operator's resign and resume ------------------------------------------------------
 
     async def resign(self) -> dict | None:
-        """Hand mastership to the peer (the VRRP instance sends priority 0 and is Backup at
-        once); answers once the role machine has carried it out (addresses gone), with the
-        state after it.  None when no election runs."""
+        """Hand mastership to the peer; answers once it is carried out, with the state after
+        it.  None when no election runs.
+
+        A master lets its addresses go first (the role machine's release: sync flushed, VIPs
+        and laddrs removed) and only then advertises priority 0, after which the peer takes
+        over within its skew time: never both holding the addresses, at the price of a gap of
+        the release plus the peer's skew (a netlink removal on a loaded host can take longer
+        than the skew, so the other order let the two overlap).  Before either, it tells the
+        peer over sync that it resigns, so the peer's takeover says so."""
         if self.vrrp is None:
             return None
-        if self.vrrp.instance.state is State.MASTER and not self.vrrp.instance.is_owner:
-            self._announce(resigned=True)       # before the priority 0: the peer's takeover says so
+        inst = self.vrrp.instance
+        if inst.state is State.MASTER and not inst.is_owner:
+            self._announce(resigned=True)
+            self.role.post(R.StateChanged(R.Role.BACKUP, Cause.RESIGNED,
+                                          "resigned by operator (addresses released, then "
+                                          "priority 0)"))
+            await self.role.settled(ELECTION_SETTLE_TIMEOUT)
         self.vrrp.resign()
         self._announce()
         return await self._election_answer()

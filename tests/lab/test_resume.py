@@ -55,8 +55,9 @@ def wait_roles(a: str, b: str, what: str, timeout: float = 15.0) -> tuple[dict, 
     end = time.monotonic() + timeout
     while True:
         sa, sb = status("a"), status("b")
-        if (sa["role"], sb["role"]) == (a, b) and \
-                (sa["peer_status"] or {}).get("role") == b and (sb["peer_status"] or {}).get("role") == a:
+        pa, pb = sa.get("peer_status") or {}, sb.get("peer_status") or {}
+        if (sa["role"], sb["role"]) == (a, b) and (pa.get("role"), pb.get("role")) == (b, a) \
+                and pa.get("role_from") == pb.get("role_from") == "sync":
             return sa, sb
         assert time.monotonic() < end, f"{what}: a {sa['role']}, b {sb['role']}; " \
                                        f"a sees {sa.get('peer_status')}, b sees {sb.get('peer_status')}"
@@ -74,6 +75,12 @@ def test_both_nodes_show_the_peer_address_role_priority_last_advert_and_sync(pai
     health) and says it has seen no advert from b, and why (a backup does not advertise); b
     (backup) names a, with a's last advert, seen at most an advert interval or so ago."""
     sa, sb = wait_roles("master", "backup", "the pair comes up")
+    end = time.monotonic() + 10
+    while sb["peer_status"]["last_advert"] is None:      # b's first advert from a, after its start
+        assert time.monotonic() < end and sb["peer_status"]["last_advert_note"] == \
+            "none received since this node started: no master heard", sb["peer_status"]
+        time.sleep(0.05)
+        sa, sb = status("a"), status("b")
     assert sa["peer"] == ADDR["b"] and sb["peer"] == ADDR["a"]
     pa, pb = sa["peer_status"], sb["peer_status"]
     assert (pa["address"], pa["address_from"], pa["node"], pa["role"], pa["priority"],

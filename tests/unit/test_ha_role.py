@@ -431,8 +431,12 @@ async def test_resign_answers_with_the_role_after_the_change_and_resume_undoes_i
         f.vrrp.fire()                                    # master down timer: master
         assert await until(lambda: n.state.status().role == "master")
         f.ops.clear()
+        at_priority_0: list[list[str]] = []
+        resign = f.vrrp.resign
+        f.vrrp.resign = lambda: (at_priority_0.append(list(f.ops)), resign())
         answer = await n.state.resign()
         assert f.vrrp.sent[-1] == 0 and f.ops[-1] == "remove addresses"
+        assert at_priority_0 == [f.ops]          # the addresses went before the priority 0
         assert answer["role"] == "backup" and answer["vrrp_state"] == "Backup"
         assert answer["resigned"] is True and answer["expected"]["role"] == "backup"
         assert answer["expected"]["within_ms"] is None
@@ -557,3 +561,28 @@ async def test_the_node_calls_a_priority_0_from_a_peer_that_said_it_resigned_a_r
         assert f.announced[-1] == ("backup", 150, "198.18.0.11", True)
     finally:
         await n.stop()
+
+
+def test_a_state_sent_before_the_peer_knew_our_epoch_reaches_it_when_the_epoch_is_proven():
+    """A STATE from an epoch the receiver has not authenticated yet cannot be used (it is not
+    held, unlike DATA); the sender sends it again as soon as the peer's challenge is answered,
+    so a starting pair knows each other's role at once, not a STATE_INTERVAL later."""
+    import time
+
+    from tests.unit.test_metrics import sync_node
+    _, a = sync_node("a", "198.18.3.1", "198.18.3.2")
+    _, b = sync_node("b", "198.18.3.2", "198.18.3.1")
+    now = time.monotonic()
+    first = a.sender.state("master", 150, "198.18.250.11", False, now)
+    challenge = b.receiver.on_datagram(first, now)       # unknown epoch: challenged, not used
+    assert challenge and b.peer_state() is None
+    wire = [(a, d) for d in challenge]                   # the challenge, answered ...
+    for _ in range(100):
+        if not wire:
+            break
+        dst, d = wire.pop(0)
+        wire += [(a if dst is b else b, r) for r in dst.receiver.on_datagram(d, now)]
+    said = b.peer_state()                                # ... and the STATE again at once
+    assert (said.role, said.priority, said.address, said.resigned) == \
+        ("master", 150, "198.18.250.11", False)
+    assert a.sender.stats["states"] == 2
