@@ -1,7 +1,8 @@
 """The node's HTTP API (aiohttp): status reads, and changes behind a bearer token.
 
 Reads (GET) are open, except client addresses in GET /conns, which only a caller
-with the token sees; every changing request (POST: weight, drain, resign, resume, reload)
+with the token sees; every changing request (POST: weight, drain, resign, resume, reload;
+DELETE: an override)
 needs `Authorization: Bearer <node.api_token>` and is refused with 401 without it,
 or always when no token is configured.  The routes are the table ROUTES; the
 OpenAPI document (director/openapi.py) is tested against it.  What the API reports
@@ -43,6 +44,7 @@ ROUTES = (
     Route("GET", "/openapi.json", "spec"),
     Route("POST", "/services/{service:.+}/real_servers/{real}/weight", "set_weight"),
     Route("POST", "/services/{service:.+}/real_servers/{real}/drain", "drain"),
+    Route("DELETE", "/services/{service:.+}/real_servers/{real}/override", "clear_override"),
     Route("POST", "/resign", "resign"),
     Route("POST", "/resume", "resume"),
     Route("POST", "/reload", "reload"),
@@ -199,6 +201,8 @@ class NodeApi:
                 rs["health"] = control.health_of(svc, dest) if control else "unchecked"
                 rs["scheduled"] = is_scheduled(svc, dest)
                 rs["forward"] = "FullNat"
+                rs["config_weight"] = svc.config_weight(dest)
+                rs["override"] = control.override_of(svc, dest) if control else None
                 result = checks.result(svc.name, dest.addr_str, dest.port) if checks else None
                 rs["health_check"] = (None if result is None else
                                       HealthCheckStatus.of(result, self.epoch, offset).to_json())
@@ -229,7 +233,14 @@ class NodeApi:
     async def drain(self, request: web.Request) -> web.Response:
         control, service, addr, port = self._target(request)
         try:
-            return web.json_response(control.set_weight(service, addr, port, 0))
+            return web.json_response(control.drain(service, addr, port))
+        except KeyError as exc:
+            raise web.HTTPNotFound(text=_words(exc)) from None
+
+    async def clear_override(self, request: web.Request) -> web.Response:
+        control, service, addr, port = self._target(request)
+        try:
+            return web.json_response(control.clear(service, addr, port))
         except KeyError as exc:
             raise web.HTTPNotFound(text=_words(exc)) from None
 

@@ -25,6 +25,10 @@ FULLNAT is:
   (`--fullnat-as-masq`) prints masquerading instead, which mainline restores
   as NAT, the nearest thing it has.  Note mainline's own clash: on `-A`, `-b`
   is --sched-flags, and that is what it means in our `-A` lines too.
+* A real server whose weight is an operator's override (the API's weight or
+  drain, which beats the config file until cleared) gets a sixth field after
+  InActConn in `-L`: `override: drain by a (file 1)` or `override: weight 3 by
+  b (file 1)`.  The five columns before it are ipvsadm's.
 * Addresses are always numeric (`-n` is accepted and changes nothing).
 * Services and real servers are sorted by (family, protocol, address, port)
   numerically.  ipvsadm's comparator subtracts two unsigned addresses into an
@@ -223,10 +227,23 @@ def format_list(services: Any, *, version: str = IPVS_VERSION, size: int = CONN_
             line += " ops"
         out.append(line + "\n")
         for rs in s["real_servers"]:
-            out.append("  -> %-28s %-7s %-6d %-10u %-10u\n" % (
+            line = "  -> %-28s %-7s %-6d %-10u %-10u" % (
                 _dest_name(s, rs), forward_name(rs), int(rs.get("weight", 0)),
-                int(rs.get("active", 0)), int(rs.get("inactive", 0))))
+                int(rs.get("active", 0)), int(rs.get("inactive", 0)))
+            mark = override_mark(rs)
+            out.append(line + (" " + mark if mark else "") + "\n")
     return "".join(out)
+
+
+def override_mark(rs: Mapping) -> str:
+    """After ipvsadm's five columns (so its parsers still read them), what decides the
+    weight when the operator does, not the file: `override: drain by a (file 1)`."""
+    o = rs.get("override")
+    if not o:
+        return ""
+    what = "drain" if o.get("drain") else f"weight {o.get('weight')}"
+    file = rs.get("config_weight")
+    return f"override: {what} by {o.get('by')}" + ("" if file is None else f" (file {file})")
 
 
 # -- --stats and --rate -------------------------------------------------------------------

@@ -119,6 +119,21 @@ _SCHEMAS: dict[str, Any] = {
             "health_check": {"nullable": True, "allOf": [_ref("HealthCheck")],
                              "description": "its health check's result; null when the service "
                                             "has no check"},
+            "config_weight": {**_WEIGHT, "description": "the weight the config file gives it"},
+            "override": {"nullable": True, "allOf": [_ref("Override")],
+                         "description": "the operator's override in force (it beats the file "
+                                        "until cleared); null when none"},
+        },
+    },
+    "Override": {
+        "type": "object", "additionalProperties": False,
+        "required": ["weight", "drain", "set_at", "by"],
+        "description": "an operator's weight or drain, the same on both nodes of the pair",
+        "properties": {
+            "weight": _WEIGHT,
+            "drain": {"type": "boolean", "description": "set by /drain (weight 0)"},
+            "set_at": {"type": "number", "description": "when it was set, epoch seconds"},
+            "by": {"type": "string", "description": "the node it was set on"},
         },
     },
     "HealthCheck": {
@@ -303,7 +318,11 @@ _SCHEMAS: dict[str, Any] = {
     "WeightResult": {
         "type": "object", "required": ["service", "real", "weight"],
         "properties": {"service": _STR, "real": _ADDR_PORT,
-                       "weight": _WEIGHT},
+                       "weight": {**_WEIGHT, "description": "the override's weight, or the "
+                                  "file's once the override is cleared"},
+                       "override": {"nullable": True, "allOf": [_ref("Override")]},
+                       "cleared": {"type": "boolean", "description": "DELETE .../override: "
+                                   "whether an override was in force"}},
     },
     "ResignResult": {
         "type": "object", "required": ["resigned", "role"],
@@ -357,7 +376,7 @@ _RS_PARAMS = [
 
 
 def _change(summary: str, description: str, result: str, *, body: dict | None = None, params=None,
-            not_found: bool = True) -> dict:
+            not_found: bool = True, method: str = "post") -> dict:
     op: dict[str, Any] = {
         "summary": summary, "description": description,
         "security": [{"bearerAuth": []}],
@@ -373,7 +392,7 @@ def _change(summary: str, description: str, result: str, *, body: dict | None = 
         op["responses"]["413"] = _TOO_LARGE
     if not_found:
         op["responses"]["404"] = _NOT_FOUND
-    return {"post": op}
+    return {method: op}
 
 
 SPEC: dict[str, Any] = {
@@ -382,7 +401,7 @@ SPEC: dict[str, Any] = {
         "title": "tandem node API",
         "version": VERSION,
         "description": "Status and control of one tandem director node (FULLNAT L4 load balancer). "
-                       "GETs are open; POSTs need a bearer token. " + TIMES,
+                       "GETs are open; POSTs and DELETEs need a bearer token. " + TIMES,
     },
     "servers": [{"url": "http://127.0.0.1:9100"}],
     "paths": {
@@ -432,13 +451,21 @@ SPEC: dict[str, Any] = {
         }},
         "/services/{service}/real_servers/{addr_port}/weight": _change(
             "Set a real server's weight",
-            "0 makes it quiescent: no new connections, established ones carry on.",
+            "0 makes it quiescent: no new connections, established ones carry on.  The "
+            "weight is an operator override: it applies on both nodes of the pair, survives "
+            "a restart (the state file) and beats the config file until cleared "
+            "(DELETE .../override).",
             "WeightResult", body=_ref("WeightChange"), params=_RS_PARAMS),
         "/services/{service}/real_servers/{addr_port}/drain": _change(
             "Drain a real server",
-            "Weight 0 until set again; established connections carry on (an LVS quiescent "
-            "server, HAProxy's `drain`).",
+            "Weight 0 until set again or cleared; established connections carry on (an LVS "
+            "quiescent server, HAProxy's `drain`).  An override, as /weight.",
             "WeightResult", params=_RS_PARAMS),
+        "/services/{service}/real_servers/{addr_port}/override": _change(
+            "Clear the operator's override",
+            "The file's weight applies again, on both nodes of the pair.  Answers `cleared`: "
+            "whether an override was in force.",
+            "WeightResult", params=_RS_PARAMS, method="delete"),
         "/resign": _change(
             "Give up the master role",
             "The node stops being VRRP master (a priority 0 advert) so the peer takes over after its skew time, and holds back from "

@@ -49,6 +49,7 @@ def test_openapi_paths_have_responses_and_refs_resolve():
     want = {("get", "/status"), ("get", "/services"), ("get", "/conns"), ("get", "/sync"),
             ("get", "/metrics"), ("get", "/openapi.json"), ("post", "/services/{service}/real_servers/{addr_port}/weight"),
             ("post", "/services/{service}/real_servers/{addr_port}/drain"),
+            ("delete", "/services/{service}/real_servers/{addr_port}/override"),
             ("post", "/resign"), ("post", "/resume"), ("post", "/reload")}
     have = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert have == want
