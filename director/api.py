@@ -178,6 +178,7 @@ class NodeApi:
             "vrrp": st.vrrp.to_json() if st.vrrp is not None else None,
             "role_changes": [dict(c) for c in st.role_changes],
             "sync": {"enabled": st.sync_enabled, "applied": dict(engine.sync_stats)},
+            "forwarding": {svc.name: svc.forwarding for svc in engine.services.values()},
         })
 
     async def sync(self, _request: web.Request) -> web.Response:

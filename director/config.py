@@ -58,6 +58,7 @@ class ServiceConfig:
     sorry_server: tuple[str, int] | None = None   # used when no real server is up
     #: the scheduler's options (schema section scheduler.<name>), as (key, value) pairs
     scheduler_options: tuple[tuple[str, Any], ...] = ()
+    forwarding: str = "engine"     # "engine" | "kernel" (docs/kernel-fast-path.md)
 
     @property
     def key(self) -> str:
@@ -333,11 +334,16 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
         health = parse_health(raw_health, source, f"{prefix}.health")
     raw_sorry = s.take("sorry_server")
     sorry = None if raw_sorry is None else _host_port(s, "sorry_server", raw_sorry, family)
+    forwarding = s.take("forwarding")
+    if forwarding == "kernel":
+        s.fail("forwarding", '"kernel" is not available yet: the node does not install the '
+                             'kernel-mode rules (director/kernel_rules.py); use "engine"')
     s.finish()
     return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
                          laddrs=laddrs, real_servers=tuple(reals), name=name,
                          persistent=float(persistent), persist_netmask=persist_netmask, ops=ops,
-                         health=health, sorry_server=sorry, scheduler_options=options)
+                         health=health, sorry_server=sorry, scheduler_options=options,
+                         forwarding=forwarding)
 
 
 def load(path: str | Path) -> NodeConfig:

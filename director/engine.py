@@ -1,7 +1,10 @@
 """The sans-IO FULLNAT engine's packet path (ip_vs_core.c): (packet bytes, now) -> verdict.
 
-`handle` returns None to drop, the same object to accept unchanged, or new
-bytes to accept rewritten.  Everything it needs to know about time arrives as
+`handle` returns None to drop, the same object to accept unchanged, new
+bytes to accept rewritten, or a `Mark` to accept unchanged with that packet mark: the
+first packet of a flow to a `forwarding = "kernel"` service, whose mark names the binding
+(real server, laddr) the kernel's NAT then applies to the whole flow
+(director.kernel_rules).  Everything it needs to know about time arrives as
 `now`; it performs no I/O and reads no clock, so the NFQUEUE adapter, the
 tests and the benchmarks drive the very same object.
 
@@ -17,12 +20,14 @@ reconfiguration (director.ctl).
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from director import ctl
 from director.config import NodeConfig
 from director.conn import Conn, Connections
+from director.kernel_rules import Marks
 from director.laddr import PortExhausted, PortSpace
 from director.leave import Leave
 from director.persist import Templates, template_key
@@ -53,12 +58,17 @@ DROP_REASONS = P.REASONS + (
 )
 
 
+class Mark(NamedTuple):
+    """Verdict: accept the packet unchanged with this mark (kernel forwarding)."""
+    mark: int
+
+
 class Engine:
     def __init__(self, cfg: NodeConfig, now: float = 0.0) -> None:
         self.stats = dict.fromkeys((
             "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
             "conns_reused", "early_drops", "icmp_errors", "passed_local",
-            "icmp_unreachable_sent", "icmp_unreachable_suppressed"), 0)
+            "icmp_unreachable_sent", "icmp_unreachable_suppressed", "kernel_handoffs"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         #: per-protocol operations and timeouts, by protocol number
         self.protocols = make_protocols(cfg.timeouts)
@@ -78,13 +88,15 @@ class Engine:
         self._take_settings(cfg)
         self._errors_logged = 0
         self._leave = Leave(now)
+        #: the marks of kernel-mode bindings; the node loads the same ones into the kernel
+        self.marks = Marks()
         #: called as hook(conn, pkts, now) after every client->VIP packet of a
         #: connection, as ip_vs_in calls ip_vs_sync_conn; syncd decides.
         self.sync_hook: Callable[[Conn, int, float], None] | None = None
 
     # -- the packet path -------------------------------------------------------
 
-    def handle(self, data: bytes, now: float) -> bytes | None:
+    def handle(self, data: bytes, now: float) -> bytes | Mark | None:
         self.stats["packets"] += 1
         try:
             pkt = P.parse(data)
@@ -146,7 +158,7 @@ class Engine:
                 log.exception("engine error on a %d-byte packet (dropped)", len(data))
             return None
 
-    def _new(self, data: bytes, pkt, now: float) -> bytes | None:
+    def _new(self, data: bytes, pkt, now: float) -> bytes | Mark | None:
         proto = pkt.proto
         svc = self.services.get((proto, pkt.dst, pkt.dport))
         if svc is None:
@@ -176,6 +188,8 @@ class Engine:
             answer = self._leave.answer(data, pkt, now)
             self.stats["icmp_unreachable_sent" if answer is not None else "icmp_unreachable_suppressed"] += 1
             return answer
+        if svc.forwarding == "kernel":
+            return self._hand_to_kernel(data, pkt, svc, dest, template, now)
         try:
             laddr, lport = svc.laddrs.allocate(proto, dest.addr, dest.port)
         except PortExhausted:
@@ -214,6 +228,27 @@ class Engine:
             self.sync_hook(conn, 1, now)
         assert conn.rw_in is not None       # made by bind()
         return apply(data, pkt, conn.rw_in)
+
+    def _hand_to_kernel(self, data: bytes, pkt, svc: Service, dest, template, now: float) -> Mark | None:
+        """A new flow of a kernel-mode service: the same scheduling, persistence and
+        accounting of the choice as an engine-mode flow, but no table entry: the verdict's
+        mark tells the kernel's NAT the real server and the laddr (it picks the lport)."""
+        try:
+            laddr = svc.laddrs.pick(dest.addr)
+        except PortExhausted:
+            self.drops["no_lport"] += 1
+            return None
+        if svc.persistent:
+            if template is None:
+                tkey = template_key(pkt.proto, pkt.src, svc.persist_mask, pkt.dst, pkt.dport)
+                self.templates.create(tkey, pkt.src, dest, svc, now, svc.persistent)
+            else:
+                self.templates.touch(template, now, svc.persistent)
+        dest.conns_total += 1
+        dest.packets_in += 1
+        dest.bytes_in += len(data)
+        self.stats["kernel_handoffs"] += 1
+        return Mark(self.marks.mark_for(dest.addr_str, dest.port, str(ipaddress.ip_address(laddr))))
 
     @staticmethod
     def _schedule(svc: Service, pkt, now: float):

@@ -197,6 +197,17 @@ class LaddrPool:
                 return laddr, port
         raise PortExhausted
 
+    def pick(self, daddr: bytes) -> bytes:
+        """The next laddr round-robin of daddr's family, without a port (kernel mode: the
+        kernel's SNAT chooses the port)."""
+        n = len(self.laddrs)
+        for i in range(n):
+            laddr = self.laddrs[(self._next_laddr + i) % n]
+            if len(laddr) == len(daddr):
+                self._next_laddr = (self._next_laddr + i + 1) % n
+                return laddr
+        raise PortExhausted
+
     def claim(self, proto: int, laddr: bytes, daddr: bytes, dport: int, lport: int) -> None:
         self.ports.claim(proto, laddr, daddr, dport, lport)
 

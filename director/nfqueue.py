@@ -26,6 +26,8 @@ from typing import Callable
 
 from netfilterqueue import NetfilterQueue
 
+from director.engine import Mark
+
 QUEUE_MAXLEN = 8192                 # packets the kernel may hold for us
 SOCK_RCVBUF = 16 * 1024 * 1024      # room for bursts between wake-ups
 BATCH = 256                         # packets per wake-up (~3 ms) before other work runs
@@ -100,7 +102,7 @@ _bind = bind_queue
 
 
 class QueueAdapter:
-    def __init__(self, handle: Callable[[bytes, float], bytes | None], queue_num: int,
+    def __init__(self, handle: Callable[[bytes, float], bytes | Mark | None], queue_num: int,
                  clock: Callable[[], float] = time.monotonic,
                  bind: Callable[..., NetfilterQueue] | None = None) -> None:
         self._handle = handle
@@ -136,6 +138,9 @@ class QueueAdapter:
         if out is None:
             pkt.drop()
         elif out is data:
+            pkt.accept()
+        elif out.__class__ is Mark:
+            pkt.set_mark(out.mark)
             pkt.accept()
         else:
             pkt.set_payload(out)

@@ -76,7 +76,8 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "description": "Engine counters (packets, forwarded_in, forwarded_out, conns_new, "
                                "conns_expired, conns_reused, early_drops, icmp_errors, "
-                               "passed_local) and the non-zero drop reasons.",
+                               "passed_local, kernel_handoffs: new flows of kernel-mode services "
+                               "handed to the kernel with a mark) and the non-zero drop reasons.",
                 "properties": {"drops": {"type": "object", "additionalProperties": _INT}},
                 "additionalProperties": True,
             },
@@ -93,6 +94,10 @@ _SCHEMAS: dict[str, Any] = {
                     "from": _STR, "to": _STR, "reason": _STR}}},
             "sync": {"type": "object", "required": ["enabled", "applied"],
                      "properties": {"enabled": _BOOL, "applied": _COUNTS}},
+            "forwarding": {"type": "object", "description": "each service's forwarding mode by "
+                           "name: engine (every packet through the node) or kernel (the node "
+                           "schedules new flows, the kernel's NAT forwards them)",
+                           "additionalProperties": {"type": "string", "enum": ["engine", "kernel"]}},
         },
     },
     "ConnCounts": {
@@ -180,6 +185,8 @@ _SCHEMAS: dict[str, Any] = {
             "persistent": {"type": "number", "minimum": 0, "description": "seconds; 0 = not persistent"},
             "persist_netmask": {"type": "integer", "minimum": 0, "maximum": 128},
             "ops": _BOOL,
+            "forwarding": {"type": "string", "enum": ["engine", "kernel"],
+                           "description": "who forwards the service's packets (config `forwarding`)"},
             "real_servers": {"type": "array", "items": _ref("RealServer")},
         },
     },

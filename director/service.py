@@ -26,6 +26,7 @@ class Service:
         self.ops = cfg.ops
         self.sorry = Dest(*cfg.sorry_server, 1, name="sorry") if cfg.sorry_server else None
         self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs], ports)
+        self.forwarding = cfg.forwarding
 
     @property
     def key(self) -> tuple[int, bytes, int]:
@@ -66,6 +67,7 @@ class Service:
         self.persistent = cfg.persistent
         self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
         self.ops = cfg.ops
+        self.forwarding = cfg.forwarding
         return removed
 
     def find_dest(self, addr: bytes, port: int) -> Dest | None:
@@ -90,7 +92,7 @@ class Service:
             "sorry_server": (f"{self.sorry.addr_str}:{self.sorry.port}" if self.sorry else None),
             "sorry_in_use": bool(self.sorry and self.sorry in self.scheduler.dests),
             "persistent": self.persistent, "persist_netmask": self.cfg.persist_netmask,
-            "ops": self.ops,
+            "ops": self.ops, "forwarding": self.forwarding,
             "real_servers": [{
                 "addr": d.addr_str, "port": d.port, "weight": d.weight,
                 "active": d.active, "inactive": d.inactive, "overloaded": d.overloaded,

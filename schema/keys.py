@@ -142,6 +142,11 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
     Key("persist_netmask", int, shown="32 / 128", lo=0, hi=128,
         doc="the prefix length that groups client addresses for persistence"),
     Key("ops", bool, False, doc="one-packet scheduling: each UDP datagram is scheduled by itself"),
+    Key("forwarding", str, "engine", choices=("engine", "kernel"),
+        doc="who forwards the service's packets: `engine` (every packet through the node's engine, "
+            "in user space) or `kernel` (the node schedules each new flow, the kernel's conntrack "
+            "NAT forwards the rest: docs/kernel-fast-path.md). `kernel` is refused for now: "
+            "the node does not install its rules yet"),
     Key("sorry_server", str, None, shown="none", doc="`addr:port` to use when no real server is up"),
     Key("health", dict, None, shown="none", doc="the health check (see Health-check kinds below)"),
 ])
