@@ -276,6 +276,7 @@ async def test_reload_through_the_api_answers_each_error_and_changes_nothing(tmp
     jsonschema = pytest.importorskip("jsonschema")
     from tests.unit.test_config import _node_doc, _running_node
     doc = _node_doc()
+    doc["node"]["state_dir"] = str(tmp_path / "state")     # not the host's /var/lib/tandem
     n, path = await _running_node(tmp_path, doc)
     token = "reload-test-token"
     n.state.api_token = token
