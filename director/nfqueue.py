@@ -74,16 +74,24 @@ def config_message(queue_num: int, copy_range: int = COPY_RANGE) -> bytes:
 
 
 def set_copy_range(fd: int, queue_num: int, copy_range: int = COPY_RANGE,
-                   path: str = "/proc/net/netfilter/nfnetlink_queue") -> None:
+                   path: str = "/proc/net/netfilter/nfnetlink_queue") -> bool:
     """Set the copy range of the queue bound on netlink socket `fd` (only the socket that
-    bound a queue may configure it), then read it back from the kernel's queue list;
-    OSError if the kernel did not take it."""
+    bound a queue may configure it), then read it back from the kernel's queue list: True
+    when it is confirmed, OSError when the kernel holds another.  False when the list cannot
+    be read: it is root's (mode 0440), and a node running as its own user with only
+    CAP_NET_ADMIN trusts the kernel, which takes this message from the socket that bound the
+    queue exactly as it took the bind (a refusal would come back as a netlink error that
+    netfilterqueue's reader skips)."""
     with socket.socket(fileno=os.dup(fd)) as s:
         s.send(config_message(queue_num, copy_range))
-    got = queue_copy_range(queue_num, path)
+    try:
+        got = queue_copy_range(queue_num, path)
+    except PermissionError:
+        return False
     if got != copy_range:
         raise OSError(f"NFQUEUE {queue_num}: copy range is {got}, not {copy_range}: "
                       "larger packets would reach the engine cut short")
+    return True
 
 
 def bind_queue(queue_num: int, callback: Callable, max_len: int, sock_len: int) -> NetfilterQueue:
@@ -158,13 +166,16 @@ class QueueAdapter:
 
 
 def queue_copy_range(queue_num: int, path: str = "/proc/net/netfilter/nfnetlink_queue") -> int | None:
-    """The copy range the kernel holds for our queue (the list's fifth column), or None."""
+    """The copy range the kernel holds for our queue (the list's fifth column), or None;
+    PermissionError when the list is not ours to read."""
     try:
         with open(path) as f:
             for line in f:
                 v = line.split()
                 if len(v) >= 5 and int(v[0]) == queue_num:
                     return int(v[4])
+    except PermissionError:
+        raise
     except (OSError, ValueError):
         pass
     return None

@@ -106,7 +106,7 @@ def _proc(tmp_path, queue: int, copy_range: int):
 def test_set_copy_range_sends_the_config_on_the_queue_socket_and_checks_the_kernel_took_it(tmp_path):
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, kernel:
-        set_copy_range(ours.fileno(), 4, path=_proc(tmp_path, 4, COPY_RANGE))
+        assert set_copy_range(ours.fileno(), 4, path=_proc(tmp_path, 4, COPY_RANGE)) is True
         assert kernel.recv(1 << 16) == config_message(4)
         assert queue_copy_range(4, _proc(tmp_path, 4, 4016)) == 4016
         with pytest.raises(OSError, match="copy range is 4016, not 65531"):
@@ -152,3 +152,18 @@ def test_a_fragment_that_reaches_the_queue_is_dropped_counted_and_exported(famil
     drops = {s.labels["reason"]: s.value for fam in text_string_to_metric_families(body.decode())
              for s in fam.samples if s.name == "tandem_engine_drops_total"}
     assert drops["fragment"] == len(frags)
+
+
+def test_a_node_that_may_not_read_the_queue_list_still_sets_the_range_and_starts(tmp_path, monkeypatch):
+    """/proc/net/netfilter/nfnetlink_queue is root's (0440): a node running as its own user
+    with CAP_NET_ADMIN sends the configuration all the same and trusts the kernel."""
+    import director.nfqueue as nfqueue
+
+    def refused(path, *_a, **_k):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(nfqueue, "open", refused, raising=False)   # root reads anything
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, kernel:
+        assert set_copy_range(ours.fileno(), 4, path=_proc(tmp_path, 4, 4016)) is False
+        assert kernel.recv(1 << 16) == config_message(4)
