@@ -3,8 +3,8 @@ checked reader and the one TOML writer (schema.core), the reference docs (schema
 
 This package imports no runtime code; runtime code and plug-ins import it.
 """
-from schema.core import ADDRESS, REQUIRED, ConfigError, Key, Reader, Section, dump_toml, toml_value
+from schema.core import ADDRESS, REQUIRED, ConfigError, FieldError, Key, Reader, Section, dump_toml, toml_value
 from schema.keys import SECTIONS, plugin_section, plugins, restart_sections
 
-__all__ = ["ADDRESS", "REQUIRED", "ConfigError", "Key", "Reader", "Section", "SECTIONS",
+__all__ = ["ADDRESS", "REQUIRED", "ConfigError", "FieldError", "Key", "Reader", "Section", "SECTIONS",
            "dump_toml", "plugin_section", "plugins", "restart_sections", "toml_value"]

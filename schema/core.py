@@ -20,6 +20,23 @@ class ConfigError(ValueError):
         self.source, self.field, self.problem = source, field, problem
 
 
+class FieldError(ValueError):
+    """A problem of one key found after the file was read (when the node starts, on this
+    host: an address it cannot listen on, an interface without an address).  Whoever knows
+    the file reports it as `FILE: FIELD: PROBLEM`; `path` is the key's full path."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError in words: the system's text for its errno (uvloop's strerror also
+    carries a Python tuple of the address)."""
+    import os
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 class _Required:
     def __repr__(self) -> str:
         return "required"

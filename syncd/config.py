@@ -2,6 +2,7 @@
 ranges are declared once in schema.keys (section [sync])."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 from collections import Counter
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proto.sync import MAC_LEN, MAX_PAYLOAD
-from schema.core import Reader
+from schema.core import FieldError, Reader, os_reason
 from schema.keys import SYNC, SYNC_KEY_MIN_BITS, SYNC_KEY_MIN_BITS_RAW, SYNC_KEY_MIN_BYTES
 
 MODES = SYNC["mode"].choices
@@ -135,12 +136,12 @@ class SyncConfig:
                 need(0 < port <= 65535, f"peers[{j}]", f"port must be 1..65535, got {port}")
 
 
-class SyncConfigError(ValueError):
+class SyncConfigError(FieldError):
     """A SyncConfig that cannot work: the field (as [sync] names it) and the problem."""
 
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"sync.{field}: {problem}")
-        self.field, self.problem = field, problem
+        super().__init__(f"sync.{field}", problem)
+        self.field = field
 
 
 _FIELDS = set(SyncConfig.__dataclass_fields__)
@@ -163,6 +164,16 @@ def with_local_address(cfg: SyncConfig, back_if: str, addresses_of) -> SyncConfi
             return replace(cfg, bind=str(ip))
     raise SyncConfigError("bind", f"is not set, and the back interface {back_if!r} has no "
                                   f"IPv{family} address to bind the sync socket to: set sync.bind")
+
+
+def socket_error(cfg: SyncConfig, exc: OSError) -> SyncConfigError:
+    """The key to blame when the sync socket cannot be opened on this host, and why."""
+    why = os_reason(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return SyncConfigError("port", f"{cfg.port} is in use on this host ({why})")
+    if cfg.mode == "multicast":
+        return SyncConfigError("interface", f"cannot join {cfg.group} on {cfg.interface} ({why})")
+    return SyncConfigError("bind", f"cannot bind the sync socket to {cfg.bind}:{cfg.port} ({why})")
 
 
 def resolve_key(cfg: SyncConfig, key: bytes | None) -> bytes:

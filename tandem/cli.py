@@ -28,7 +28,7 @@ def _node(args: argparse.Namespace) -> int:
     except scripts.ScriptUserError as exc:
         print(f"tandem node: bad config: {args.config}: node.script_user: {exc}", file=sys.stderr)
         return 2
-    from syncd.config import SyncConfigError
+    from schema.core import FieldError
     run: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
@@ -38,8 +38,8 @@ def _node(args: argparse.Namespace) -> int:
         run = asyncio.run
     try:
         run(node.run(cfg, path=args.config))
-    except SyncConfigError as exc:      # known only on this host: the back interface's address
-        print(f"tandem node: bad config: {args.config}: {exc}", file=sys.stderr)
+    except FieldError as exc:       # found on this host: an address it cannot use
+        print(f"tandem node: bad config: {args.config}: {exc.path}: {exc.problem}", file=sys.stderr)
         return 2
     return 0
 

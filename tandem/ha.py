@@ -87,8 +87,12 @@ class SyncLink:
         self.overrides: Any = None          # syncd.overrides.OverrideLink, once carried
 
     async def start(self) -> None:
+        from syncd.config import socket_error
         self.started = time.monotonic()
-        await self.transport.start()
+        try:
+            await self.transport.start()
+        except OSError as exc:          # the config's addresses, on this host: say which key
+            raise socket_error(self.transport.cfg, exc) from None
 
     @property
     def bulk_done(self) -> bool:

@@ -38,6 +38,7 @@ from ha import role as R
 from ha.takeover import Takeover
 from ha.vrrp import Cause, State
 from ha.vrrp_io import VrrpRunner
+from schema.core import FieldError, os_reason
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
 from tandem.state_file import StateFile, load as load_overrides, path_in
@@ -156,7 +157,11 @@ class Node:
         await self.role.step()
         self.adapter.start(loop)
         await asyncio.to_thread(self.edges.kernel.install_rules, cfg.vips + cfg.laddrs, cfg.queue)
-        await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()
+        try:
+            await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()
+        except OSError as exc:          # the config's address, on this host: say which key
+            raise FieldError("node.api", f"cannot listen on {cfg.api_host}:{cfg.api_port} "
+                                         f"({os_reason(exc)})") from None
         await self.checker.start()
         if self.sync is not None:
             await self.sync.start()

@@ -311,14 +311,54 @@ def _in_own_netns() -> None:
         pytest.skip("needs root and unshare(1) for a throwaway network namespace")
 
 
-def _unicast_file(tmp_path: Path, back: str) -> Path:
+#: the lab's two interfaces, with this node's addresses, in a throwaway namespace
+LINKS = ("ip link set lo up && "
+         "ip link add back type veth peer name backp && ip link set backp up && "
+         "ip addr add 198.18.2.11/24 dev back && ip link set back up && "
+         "ip link add front type veth peer name frontp && ip link set frontp up && "
+         "ip addr add 198.18.0.11/24 dev front && ip link set front up && ")
+
+
+def _pair_file(tmp_path: Path, text: str) -> Path:
     f = tmp_path / "a.toml"
-    f.write_text(edit('interface = "198.18.2.11"', 'mode = "unicast"\npeers = ["198.18.2.12:8848"]')
-                 .replace('back = "back"', f'back = "{back}"')
-                 .replace('api = "198.18.0.11:9100"', 'api = "127.0.0.1:9100"')
-                 .replace('name = "a"', f'name = "a"\nstate_dir = "{tmp_path}"'))
+    f.write_text(text.replace('api = "198.18.0.11:9100"', 'api = "127.0.0.1:9100"', 1)
+                 .replace('name = "a"', f'name = "a"\nstate_dir = "{tmp_path}"', 1))
     f.chmod(0o600)
     return f
+
+
+def _unicast_file(tmp_path: Path, back: str) -> Path:
+    return _pair_file(tmp_path, edit('interface = "198.18.2.11"',
+                                     'mode = "unicast"\npeers = ["198.18.2.12:8848"]')
+                      .replace('back = "back"', f'back = "{back}"'))
+
+
+@pytest.mark.parametrize("text, want", [
+    (edit('api = "198.18.0.11:9100"', 'api = "198.18.0.99:9100"'),
+     "node.api: cannot listen on 198.18.0.99:9100 (Cannot assign requested address)"),
+    (in_sync('interface = "198.18.2.99"'),
+     "sync.interface: cannot join 224.0.0.81 on 198.18.2.99 (No such device)"),
+    (in_sync('mode = "unicast"\npeers = ["198.18.2.12:8848"]\nbind = "198.18.2.99"'),
+     "sync.bind: cannot bind the sync socket to 198.18.2.99:8848 (Cannot assign requested "
+     "address)"),
+], ids=["api", "multicast interface", "unicast bind"])
+def test_node_start_names_an_address_this_host_does_not_have(tmp_path, text, want):
+    """A file that is valid but names an address the host does not have: the node stops at
+    start with FILE: FIELD: PROBLEM and exit 2, having undone what it did (before: an
+    OSError traceback naming no key)."""
+    import subprocess
+    import sys
+    _in_own_netns()
+    f = _pair_file(tmp_path, text.replace('api = "198.18.0.11:9100"', 'api = "127.0.0.1:9100"'))
+    got = subprocess.run(["unshare", "--net", "sh", "-c",
+                          LINKS + f"exec {sys.executable} -m tandem.cli node --config {f}"],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2, got.stderr
+    line = got.stderr.splitlines()[-1]
+    prefix = "tandem node: bad config: "
+    assert line.startswith(prefix) and "Traceback" not in got.stderr, got.stderr
+    judge(f, line[len(prefix):], want)
+    assert "stopped" in got.stderr
 
 
 def test_node_start_names_a_sync_bind_it_cannot_find(tmp_path):
@@ -350,12 +390,7 @@ def test_node_starts_with_a_unicast_sync_bound_to_the_back_interfaces_address(tm
     import time
     _in_own_netns()
     f = _unicast_file(tmp_path, "back")
-    setup = ("ip link set lo up && "
-             "ip link add back type veth peer name backp && ip link set backp up && "
-             "ip addr add 198.18.2.11/24 dev back && ip link set back up && "
-             "ip link add front type veth peer name frontp && ip link set frontp up && "
-             "ip addr add 198.18.0.11/24 dev front && ip link set front up && "
-             f"exec {sys.executable} -m tandem.cli node --config {f}")
+    setup = LINKS + f"exec {sys.executable} -m tandem.cli node --config {f}"
     node = subprocess.Popen(["unshare", "--net", "sh", "-c", setup], stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []
