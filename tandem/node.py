@@ -172,14 +172,17 @@ class Node:
         self._phase = "running"
 
     async def stop(self) -> None:
-        """A planned stop: the election leaves (a master advertises priority 0), the role
-        machine flushes sync and removes the addresses, then the rest is taken down."""
+        """A planned stop: a master lets its addresses go (sync flushed first), then the
+        election leaves (priority 0: the peer takes over after its skew), then the rest is
+        taken down; see `_release_before_priority_zero` for why in that order."""
         if self._phase in ("new", "stopped", "stopping"):
             self._phase = "stopped"
             return
         self._phase = "stopping"
         try:
             await self.checker.stop()
+            await self._release_before_priority_zero(
+                Cause.SHUTDOWN, "stopping (addresses released, then priority 0)")
             if self.vrrp is not None:
                 await self.vrrp.stop(graceful=True)   # priority 0: the peer takes over after its skew
             self.role.post(R.Stopping())
@@ -336,24 +339,34 @@ class Node:
         """Hand mastership to the peer; answers once it is carried out, with the state after
         it.  None when no election runs.
 
-        A master lets its addresses go first (the role machine's release: sync flushed, VIPs
-        and laddrs removed) and only then advertises priority 0, after which the peer takes
-        over within its skew time: never both holding the addresses, at the price of a gap of
-        the release plus the peer's skew (a netlink removal on a loaded host can take longer
-        than the skew, so the other order let the two overlap).  Before either, it tells the
-        peer over sync that it resigns, so the peer's takeover says so."""
+        A master lets its addresses go before its priority 0 (`_release_before_priority_zero`);
+        before both, it tells the peer over sync that it resigns, so the peer's takeover says
+        so."""
         if self.vrrp is None:
             return None
         inst = self.vrrp.instance
         if inst.state is State.MASTER and not inst.is_owner:
             self._announce(resigned=True)
-            self.role.post(R.StateChanged(R.Role.BACKUP, Cause.RESIGNED,
-                                          "resigned by operator (addresses released, then "
-                                          "priority 0)"))
-            await self.role.settled(ELECTION_SETTLE_TIMEOUT)
+        await self._release_before_priority_zero(
+            Cause.RESIGNED, "resigned by operator (addresses released, then priority 0)")
         self.vrrp.resign()
         self._announce()
         return await self._election_answer()
+
+    async def _release_before_priority_zero(self, cause: Cause, reason: str) -> None:
+        """A master leaving on purpose (resign, stop) lets its addresses go (the role
+        machine's release: sync flushed, VIPs and laddrs removed) before its VRRP instance
+        advertises priority 0, after which the peer takes over within its skew time: the
+        two never hold the addresses at once, at the price of a gap of the release plus the
+        peer's skew (a netlink removal on a loaded host can take longer than the skew, so
+        the other order let the two overlap: two masters for 7-21 ms in drills).  Nothing
+        for a backup, a node without election, or the address owner (which keeps them)."""
+        if self.vrrp is None:
+            return
+        inst = self.vrrp.instance
+        if inst.state is State.MASTER and not inst.is_owner:
+            self.role.post(R.StateChanged(R.Role.BACKUP, cause, reason))
+            await self.role.settled(ELECTION_SETTLE_TIMEOUT)
 
     async def resume(self) -> dict | None:
         """End a resignation: the node preempts again (it may become master after the

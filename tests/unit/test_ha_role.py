@@ -453,6 +453,42 @@ async def test_resign_answers_with_the_role_after_the_change_and_resume_undoes_i
         await n.stop()
 
 
+async def test_a_stopping_master_lets_its_addresses_go_before_its_priority_0():
+    """A graceful stop advertised priority 0 first and removed the addresses after (in a worker
+    thread): under load the peer, taking over within its skew time, held them while this node
+    still did (two masters, as resign had).  Now a stop releases as resign does: sync flushed,
+    addresses removed, then priority 0 (keepalived's master also sends its priority 0 as it
+    goes; the peer then takes over after Skew_Time, RFC 5798 6.4.3)."""
+    from tests.unit.test_node import Fakes, node, until
+    f = Fakes()
+    n = node(f)
+    await n.start()
+    stopped = False
+    try:
+        f.bulk_done = True
+        assert await until(lambda: f.vrrp is not None and f.vrrp.instance.state is State.BACKUP)
+        f.vrrp.fire()                                    # master down timer: master
+        assert await until(lambda: n.state.status().role == "master")
+        f.ops.clear()
+        at_election_stop: list[list[str]] = []
+        stop = f.vrrp.stop
+
+        async def recording_stop(graceful: bool = True) -> None:
+            at_election_stop.append(list(f.ops))
+            await stop(graceful)
+        f.vrrp.stop = recording_stop
+        await n.stop()
+        stopped = True
+        assert f.vrrp.sent[-1] == 0                      # it did say it was leaving
+        assert at_election_stop and "remove addresses" in at_election_stop[0], (at_election_stop, f.ops)
+        before = at_election_stop[0]
+        flush = next(i for i, op in enumerate(before) if op.startswith("sync flush"))
+        assert flush < before.index("remove addresses"), before
+    finally:
+        if not stopped:
+            await n.stop()
+
+
 # -- what each node of the pair shows of the other (issue 17 item 5) ----------------------------------
 
 def _wire(a, b, first: list, now: float) -> None:

@@ -219,7 +219,8 @@ async def test_start_then_stop_in_the_documented_order():
     finally:
         f.pending_sync = 2
         await n.stop()
-    assert f.ops[7:] == ["election stop", "sync flush 2", "remove addresses", "remove addresses",
+    # the addresses go before the election's priority 0 (docs/architecture.md, "Stopping")
+    assert f.ops[7:] == ["sync flush 2", "remove addresses", "election stop", "remove addresses",
                          "sync close", "rules removed", "queue stop"]
     assert f.vrrp.sent[-1] == 0                    # the peer takes over after its skew
     assert n.state.status().role == "init"
