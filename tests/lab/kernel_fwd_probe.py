@@ -7,6 +7,11 @@ one JSON line and exits by itself (every loop is bounded in count and time).
                                       prints how many packets it saw, by TCP source port
     client VIP PORT CONNS ROUNDS SPORT  CONNS echo connections of ROUNDS messages each, then
                                       one connection from SPORT that must not be forwarded
+    paused VIP PORT BULK              one connection: 20 round trips, then a line on stdout and
+                                      a wait for a line on stdin, then 20 more and BULK bytes
+    reinject                          (director) dump our marked entries, delete them and
+                                      create them again from the dump with NAT, as a backup
+                                      injects synced connections
 """
 from __future__ import annotations
 
@@ -102,11 +107,83 @@ def client(vip: str, port: int, conns: int, rounds: int, unmarked_sport: int) ->
     print(json.dumps({"conns": results, "unmarked": unmarked}), flush=True)
 
 
+def _rounds(s: socket.socket, tag: str, n: int) -> int:
+    ok = 0
+    for r in range(n):
+        msg = f"{tag}{r};".encode()
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            chunk = s.recv(len(msg) - len(got))
+            if not chunk:
+                return ok
+            got += chunk
+        ok += got == msg
+    return ok
+
+
+def paused(vip: str, port: int, bulk: int) -> None:
+    s = socket.create_connection((vip, port), timeout=10)
+    before = _rounds(s, "a", 20)
+    print(json.dumps({"sport": s.getsockname()[1], "before": before}), flush=True)
+    sys.stdin.readline()
+    after = _rounds(s, "b", 20)
+    sent = received = 0
+    block = bytes(range(256)) * 256          # 64 KiB
+    echoed_ok = True
+    while sent < bulk:
+        s.sendall(block)
+        sent += len(block)
+        got = b""
+        while len(got) < len(block):
+            chunk = s.recv(len(block) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        received += len(got)
+        echoed_ok = echoed_ok and got == block
+    s.close()
+    print(json.dumps({"after": after, "bulk_sent": sent, "bulk_received": received,
+                      "bulk_ok": echoed_ok}), flush=True)
+
+
+def reinject() -> None:
+    from director.ct_events import dump
+    from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+    from proto import ctnetlink as c
+
+    ours = [e for e in dump() if (e.mark or 0) & MARK_PREFIX_MASK == MARK_BASE]
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, c.NETLINK_NETFILTER)
+    sock.bind((0, 0))
+    errors = []
+    for seq, e in enumerate(ours, 1):
+        assert e.orig is not None and e.reply is not None
+        for req in (c.delete_request(e.orig, 2 * seq),
+                    c.new_request(c.injection(e.orig, c.NatRange(e.reply.src, e.reply.sport),
+                                              c.NatRange(e.reply.dst, e.reply.dport), 300,
+                                              tcp_state=e.tcp.state if e.tcp else None,
+                                              mark=e.mark), 2 * seq + 1)):
+            sock.send(req)
+            errors += [m.errno for m in c.decode(sock.recv(65536)) if isinstance(m, c.Ack)]
+    after = [e for e in dump() if (e.mark or 0) & MARK_PREFIX_MASK == MARK_BASE]
+    print(json.dumps({"entries": len(ours), "errnos": errors,
+                      "same_tuples": sorted(map(str, [(e.orig, e.reply) for e in ours]))
+                      == sorted(map(str, [(e.orig, e.reply) for e in after])),
+                      # the kernel may give a new entry the id of the old one; the timeout
+                      # tells them apart (ESTABLISHED's 5 days before, the injected 300 s after)
+                      "timeouts_before": [e.timeout for e in ours],
+                      "timeouts_after": [e.timeout for e in after]}))
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     if cmd == "echo":
         echo(args[0], int(args[1]), float(args[2]))
     elif cmd == "queue":
         queue(int(args[0]), int(args[1], 0), int(args[2]), float(args[3]))
+    elif cmd == "paused":
+        paused(args[0], int(args[1]), int(args[2]))
+    elif cmd == "reinject":
+        reinject()
     else:
         client(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))

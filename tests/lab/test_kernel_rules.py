@@ -117,3 +117,37 @@ def test_reload_and_exact_removal(namespaces):
     assert "tandem" not in tables and "table inet other" in tables
     assert "TANDEM_NEW" not in sh([D, "iptables-nft", "-t", "mangle", "-S"]).stdout
     assert "TANDEM_NEW" not in sh([D, "ip6tables-nft", "-t", "mangle", "-S"]).stdout
+
+
+def test_reinjected_entry_carries_an_established_flow(namespaces):
+    """As a backup will inject synced connections: mid-connection, the flow's conntrack entry
+    is deleted and created again through ctnetlink from the ORIGINAL tuple with DNAT to the
+    real server, SNAT to laddr:lport, its TCP state, BE_LIBERAL and its mark.  The connection
+    goes on (20 more round trips and 4 MiB echoed) without one more packet queued: the new
+    entry is the flow's, NAT included, and window tracking does not stall it."""
+    py(D, RULES)
+    echo = start(R, "echo", RS, "8080", "14")
+    listener = start(D, "queue", str(QUEUE), hex(MARK), str(UNMARKED_SPORT), "12")
+    client = subprocess.Popen(["ip", "netns", "exec", C, sys.executable, PROBE, "paused", VIP, "80",
+                               str(4 << 20)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(client.stdout.readline())
+        injected = json.loads(py(D, f"import runpy, sys; sys.argv = ['p', 'reinject']; "
+                                    f"runpy.run_path({PROBE!r}, run_name='__main__')"))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        second = json.loads(client.communicate(timeout=60)[0].splitlines()[-1])
+    finally:
+        if client.poll() is None:
+            client.kill()
+        seen = json.loads(listener.communicate(timeout=40)[0].splitlines()[-1])["by_sport"]
+        peers = json.loads(echo.communicate(timeout=40)[0].splitlines()[-1])["peers"]
+    assert first["before"] == 20
+    assert injected["entries"] == 1 and injected["errnos"] == [0, 0]
+    assert injected["same_tuples"]
+    assert injected["timeouts_before"][0] > 300 >= injected["timeouts_after"][0]
+    assert second["after"] == 20 and second["bulk_ok"]
+    assert second["bulk_received"] == second["bulk_sent"] == 4 << 20
+    assert seen == {str(first["sport"]): 1}
+    assert peers == [LADDR]
