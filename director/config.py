@@ -250,11 +250,23 @@ def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
     return [s for s in K.restart_sections() if s in changed]
 
 
+#: the NodeConfig fields of each [node] key that only a restart applies (schema: Key.restart)
+_NODE_FIELDS = {"api": ("api_host", "api_port")}
+
+
+def restart_keys(old: NodeConfig, new: NodeConfig) -> list[str]:
+    """The [node] keys that differ and that only a restart applies: the node's name, the
+    API's address, the queue, the fixed role, the script user."""
+    elected = new.ha is not None and new.ha.vrrp is not None     # node.role is not used then
+    return [f"node.{k.name}" for k in K.NODE if k.restart and not (k.name == "role" and elected)
+            if any(getattr(old, f) != getattr(new, f) for f in _NODE_FIELDS.get(k.name, (k.name,)))]
+
+
 def check_reloadable(old: NodeConfig, new: NodeConfig) -> None:
-    """Refuse (ConfigError) a reload that changes a section only a restart applies."""
-    sections = restart_needed(old, new)
-    if sections:
-        raise ConfigError(new.source, ", ".join(f"[{s}]" for s in sections),
+    """Refuse (ConfigError) a reload that changes a key or a section only a restart applies."""
+    changed = restart_keys(old, new) + [f"[{s}]" for s in restart_needed(old, new)]
+    if changed:
+        raise ConfigError(new.source, ", ".join(changed),
                           "changed, and a reload does not apply it: restart the node "
                           "(nothing was changed)")
 

@@ -64,6 +64,8 @@ class Key:
     above: float | None = None      # exclusive lower bound ("> 0")
     choices: tuple = ()             # the only values allowed (str or int)
     secret: bool = False            # its value never appears in an error, a repr or a log
+    #: a change takes effect only on a restart (a reload that changes it is refused)
+    restart: bool = False
     #: how the default reads in the docs when it is not a plain value
     shown: str | None = None
 

@@ -38,8 +38,9 @@ def _row(k: Key) -> str:
     default = k.default_text()
     if not k.required and k.shown is None:
         default = f"`{default}`"
+    doc = k.doc + (". A reload that changes it is refused: restart the node" if k.restart else "")
     return (f"| `{k.name}` | {k.type_name()} | {_cell(default)} | {k.unit} | "
-            f"{_cell(k.range_text())} | {_cell(k.doc)} |")
+            f"{_cell(k.range_text())} | {_cell(doc)} |")
 
 
 def table(section: Section) -> list[str]:

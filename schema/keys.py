@@ -34,12 +34,12 @@ def section(path: str, doc: str = "", *, restart: bool = False, keys=()) -> Sect
 
 
 NODE = section("node", "the node itself", keys=[
-    Key("name", str, doc="the node's name, shown in logs and `/status`"),
-    Key("api", str, "127.0.0.1:9100",
+    Key("name", str, restart=True, doc="the node's name, shown in logs and `/status`"),
+    Key("api", str, "127.0.0.1:9100", restart=True,
         doc="`host:port` the HTTP API listens on (the management address)"),
-    Key("queue", int, 0, lo=0, hi=65535,
+    Key("queue", int, 0, lo=0, hi=65535, restart=True,
         doc="NFQUEUE number the node binds; its iptables rules steer VIP and laddr traffic there"),
-    Key("role", str, "master", choices=("master", "backup"),
+    Key("role", str, "master", choices=("master", "backup"), restart=True,
         doc="the node's role when there is no election (no `[vrrp]`), kept for good: `master` "
             "holds the VIPs and laddrs (added at start when `[interfaces]` names the interfaces) "
             "and announces them, `backup` holds none; either forwards what reaches it and runs "
@@ -67,7 +67,7 @@ NODE = section("node", "the node itself", keys=[
             "read at start; a changed value takes effect at the next start). `\"\"` keeps them in "
             "memory only. The Ansible role's unit lets "
             "the node write here (systemd `StateDirectory=tandem`)"),
-    Key("script_user", str, "", shown='"" (the node\'s own user)',
+    Key("script_user", str, "", restart=True, shown='"" (the node\'s own user)',
         doc="the user (name or uid) that notify hooks and `command` health checks run as, "
             "always without the node's capabilities. A node running as root switches to it "
             "(and its groups) for each script; a node running as its own user (the systemd "

@@ -222,8 +222,9 @@ CASES = [
 ]
 
 #: FILE: FIELD: PROBLEM, FIELD being a key's path (services[0].real_servers[1].weight), a
-#: section list ([vrrp], [sync]) or (file) / (syntax)
-FIELD = r"(\(file\)|\(syntax\)|\[\w+\](, \[\w+\])*|[a-z_]+(\[\d+\])*(\.[a-z_]+(\[\d+\])*)*)"
+#: list of keys and sections a reload cannot change (node.api, [sync]), or (file) / (syntax)
+_ITEM = r"(\[\w+\]|[a-z_]+(\[\d+\])*(\.[a-z_]+(\[\d+\])*)*)"
+FIELD = rf"(\(file\)|\(syntax\)|{_ITEM}(, {_ITEM})*)"
 FORM = re.compile(rf"^(?P<file>[^:\n]+): (?P<field>{FIELD}): (?P<problem>[^\n]+)$")
 
 
@@ -292,6 +293,38 @@ async def test_reload_through_the_api_answers_each_error_and_changes_nothing(tmp
                 assert body["changed"] is False
                 judge(path, body["error"], want)
                 assert n.cfg is before
+    finally:
+        await n.stop()
+
+
+@pytest.mark.parametrize("change, want", [
+    ({"node": {"api": "127.0.0.1:1"}}, "node.api"),
+    ({"node": {"queue": 7}}, "node.queue"),
+    ({"node": {"name": "b"}, "sync": {"threshold": 5}}, "node.name, [sync]"),
+], ids=["api", "queue", "name and sync"])
+async def test_reload_refuses_node_keys_only_a_restart_applies(tmp_path, change, want):
+    """A reload that changed node.api, node.queue or node.name answered 200 and applied
+    none of them (the API stayed where it was; a new queue number would even have steered
+    the VIPs' traffic, on the next rule change, to a queue nobody reads).  Now it is refused
+    as the restart-only sections are, naming the keys, and nothing changes."""
+    from schema.core import dump_toml
+    from tests.unit.test_config import _node_doc, _running_node
+    doc = _node_doc()
+    doc["node"]["state_dir"] = str(tmp_path / "state")
+    n, path = await _running_node(tmp_path, doc)
+    n.state.api_token = token = "reload-test-token"
+    before = n.cfg
+    try:
+        for section, values in change.items():
+            doc[section] = {**doc[section], **values}
+        path.write_text(dump_toml(doc))
+        async with TestClient(TestServer(make_app(n.engine, n.state))) as client:
+            resp = await client.post("/reload", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status == 400
+            body = await resp.json()
+        judge(path, body["error"], f"{want}: changed, and a reload does not apply it: restart "
+                                   "the node (nothing was changed)")
+        assert n.cfg is before
     finally:
         await n.stop()
 
