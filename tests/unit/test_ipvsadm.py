@@ -430,3 +430,20 @@ def test_add_parser_registers_the_subcommand():
 def test_sample_services_json_matches_the_openapi_schema():
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(SERVICES, openapi.schema("ServiceList"))
+
+
+def test_an_overridden_weight_is_marked_after_ipvsadms_five_columns():
+    from director.ipvsadm import format_list
+    rs = [{"addr": "198.18.2.21", "port": 8080, "weight": 1, "active": 0, "inactive": 0,
+           "config_weight": 1, "override": None},
+          {"addr": "198.18.2.22", "port": 8080, "weight": 0, "active": 3, "inactive": 1,
+           "config_weight": 1, "override": {"weight": 0, "drain": True, "by": "a", "set_at": 1.0}},
+          {"addr": "198.18.2.23", "port": 8080, "weight": 3, "active": 0, "inactive": 0,
+           "config_weight": 2, "override": {"weight": 3, "drain": False, "by": "b", "set_at": 1.0}}]
+    out = format_list([{"proto": "tcp", "vip": "198.18.0.100", "port": 80, "scheduler": "wlc",
+                        "flags": [], "persistent": 0, "real_servers": rs}]).splitlines()
+    assert out[4] == "  -> 198.18.2.21:8080             FullNat 1      0          0         "
+    assert out[5] == ("  -> 198.18.2.22:8080             FullNat 0      3          1          "
+                      "override: drain by a (file 1)")
+    assert out[6].endswith(" override: weight 3 by b (file 2)")
+    assert out[6].split()[:6] == ["->", "198.18.2.23:8080", "FullNat", "3", "0", "0"]
