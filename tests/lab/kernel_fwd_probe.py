@@ -1,10 +1,11 @@
 """Processes for tests/lab/test_kernel_rules.py, each run in its own namespace; each prints
 one JSON line and exits by itself (every loop is bounded in count and time).
 
-    echo   ADDR PORT SECONDS          TCP echo server; prints the peers it saw
-    queue  NUM MARK SPORT SECONDS     NFQUEUE listener: accepts each packet with MARK, except
-                                      packets from source port SPORT (accepted unmarked);
-                                      prints how many packets it saw, by TCP source port
+    echo   ADDR[,ADDR] PORT SECONDS   TCP echo server; prints the peers it saw
+    queue  NUM MARK MARK6 SPORT SECS  NFQUEUE listener: accepts each packet with MARK (MARK6
+                                      for IPv6), except packets from source port SPORT
+                                      (accepted unmarked); prints how many packets it saw,
+                                      by TCP source port
     client VIP PORT CONNS ROUNDS SPORT  CONNS echo connections of ROUNDS messages each, then
                                       one connection from SPORT that must not be forwarded
     paused VIP PORT BULK              one connection: 20 round trips, then a line on stdout and
@@ -23,18 +24,21 @@ import sys
 import time
 
 
-def echo(addr: str, port: int, seconds: float) -> None:
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((addr, port))
-    srv.listen(64)
+def echo(addrs: str, port: int, seconds: float) -> None:
+    servers = []
+    for addr in addrs.split(","):
+        srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((addr, port))
+        srv.listen(64)
+        servers.append(srv)
     conns, peers, end = [], [], time.monotonic() + seconds
     print(json.dumps({"ready": True}), flush=True)
     while time.monotonic() < end:
-        ready, _, _ = select.select([srv, *conns], [], [], 0.1)
+        ready, _, _ = select.select([*servers, *conns], [], [], 0.1)
         for s in ready:
-            if s is srv:
-                c, peer = srv.accept()
+            if s in servers:
+                c, peer = s.accept()
                 conns.append(c)
                 peers.append(peer[0])
                 continue
@@ -47,18 +51,18 @@ def echo(addr: str, port: int, seconds: float) -> None:
     print(json.dumps({"peers": peers}), flush=True)
 
 
-def queue(num: int, mark: int, unmarked_sport: int, seconds: float) -> None:
+def queue(num: int, mark: int, mark6: int, unmarked_sport: int, seconds: float) -> None:
     from netfilterqueue import NetfilterQueue
 
     by_sport: dict[str, int] = {}
 
     def handle(pkt) -> None:
         payload = pkt.get_payload()
-        ihl = (payload[0] & 0x0F) * 4
-        sport = struct.unpack_from("!H", payload, ihl)[0]
+        v6 = payload[0] >> 4 == 6
+        sport = struct.unpack_from("!H", payload, 40 if v6 else (payload[0] & 0x0F) * 4)[0]
         by_sport[str(sport)] = by_sport.get(str(sport), 0) + 1
         if sport != unmarked_sport:
-            pkt.set_mark(mark)
+            pkt.set_mark(mark6 if v6 else mark)
         pkt.accept()
 
     nfq = NetfilterQueue()
@@ -91,9 +95,10 @@ def client(vip: str, port: int, conns: int, rounds: int, unmarked_sport: int) ->
         results.append({"sport": s.getsockname()[1], "ok": ok})
         s.close()
     # an unmarked flow: the guard drops it, so the client sees a timeout, never an RST
-    s = socket.socket()
+    v6 = ":" in vip
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", unmarked_sport))
+    s.bind(("::" if v6 else "0.0.0.0", unmarked_sport))
     s.settimeout(1.5)
     try:
         s.connect((vip, port))
@@ -180,7 +185,7 @@ if __name__ == "__main__":
     if cmd == "echo":
         echo(args[0], int(args[1]), float(args[2]))
     elif cmd == "queue":
-        queue(int(args[0]), int(args[1], 0), int(args[2]), float(args[3]))
+        queue(int(args[0]), int(args[1], 0), int(args[2], 0), int(args[3]), float(args[4]))
     elif cmd == "paused":
         paused(args[0], int(args[1]), int(args[2]))
     elif cmd == "reinject":

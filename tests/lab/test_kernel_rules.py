@@ -17,6 +17,7 @@ pytestmark = pytest.mark.lab
 
 C, D, R = "tk-kc", "tk-kd", "tk-kr"
 VIP, LADDR, RS, QUEUE, MARK = "198.19.10.100", "198.19.11.100", "198.19.11.21", 7, 0x54440001
+VIP6, LADDR6, RS6, MARK6 = "2001:2:10::100", "2001:2:11::100", "2001:2:11::21", 0x54440002
 UNMARKED_SPORT = 40999
 PROBE = str(Path(__file__).with_name("kernel_fwd_probe.py"))
 SETUP = [
@@ -33,12 +34,23 @@ SETUP = [
     [D, "ip", "link", "set", "lo", "up"], [D, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
     [R, "ip", "addr", "add", f"{RS}/24", "dev", "kr0"],
     [R, "ip", "link", "set", "kr0", "up"], [R, "ip", "link", "set", "lo", "up"],
+    # IPv6 alike (nodad: usable at once)
+    [C, "ip", "addr", "add", "2001:2:10::10/64", "dev", "kc0", "nodad"],
+    [C, "ip", "-6", "route", "add", "default", "via", "2001:2:10::1"],
+    [D, "ip", "addr", "add", "2001:2:10::1/64", "dev", "kd0", "nodad"],
+    [D, "ip", "addr", "add", f"{VIP6}/64", "dev", "kd0", "nodad"],
+    [D, "ip", "addr", "add", "2001:2:11::1/64", "dev", "kd1", "nodad"],
+    [D, "ip", "addr", "add", f"{LADDR6}/64", "dev", "kd1", "nodad"],
+    [D, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    [R, "ip", "addr", "add", f"{RS6}/64", "dev", "kr0", "nodad"],
 ]
 RULES = f"""
 from director import kernel_rules as k
-svc = [k.KernelService("{VIP}", "tcp", 80, ("{LADDR}",))]
+svc = [k.KernelService("{VIP}", "tcp", 80, ("{LADDR}",)),
+       k.KernelService("{VIP6}", "tcp", 80, ("{LADDR6}",))]
 m = k.Marks()
 assert m.mark_for("{RS}", 8080, "{LADDR}") == {MARK}
+assert m.mark_for("{RS6}", 8080, "{LADDR6}") == {MARK6}
 k.install(svc, m.bindings(), {QUEUE})
 """
 
@@ -84,8 +96,8 @@ def test_mark_binding_forwards_with_one_packet_in_user_space(namespaces):
     SYN; the kernel's own queue counter agrees).  A flow the engine leaves unmarked is
     dropped by the guard: the client times out and gets no RST from the director's stack."""
     py(D, RULES)
-    echo = start(R, "echo", RS, "8080", "10")
-    listener = start(D, "queue", str(QUEUE), hex(MARK), str(UNMARKED_SPORT), "8")
+    echo = start(R, "echo", f"{RS},{RS6}", "8080", "10")
+    listener = start(D, "queue", str(QUEUE), hex(MARK), hex(MARK6), str(UNMARKED_SPORT), "8")
     try:
         out = sh([C, sys.executable, PROBE, "client", VIP, "80", "5", "20", str(UNMARKED_SPORT)])
         assert out.returncode == 0, out.stderr
@@ -126,8 +138,8 @@ def test_reinjected_entry_carries_an_established_flow(namespaces):
     goes on (20 more round trips and 4 MiB echoed) without one more packet queued: the new
     entry is the flow's, NAT included, and window tracking does not stall it."""
     py(D, RULES)
-    echo = start(R, "echo", RS, "8080", "14")
-    listener = start(D, "queue", str(QUEUE), hex(MARK), str(UNMARKED_SPORT), "12")
+    echo = start(R, "echo", f"{RS},{RS6}", "8080", "14")
+    listener = start(D, "queue", str(QUEUE), hex(MARK), hex(MARK6), str(UNMARKED_SPORT), "12")
     client = subprocess.Popen(["ip", "netns", "exec", C, sys.executable, PROBE, "paused", VIP, "80",
                                str(4 << 20)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -151,3 +163,24 @@ def test_reinjected_entry_carries_an_established_flow(namespaces):
     assert second["bulk_received"] == second["bulk_sent"] == 4 << 20
     assert seen == {str(first["sport"]): 1}
     assert peers == [LADDR]
+
+
+def test_ipv6_service_forwards_alike(namespaces):
+    """The same rules for an IPv6 service (the inet table's ip6 sets and maps, ip6tables-nft's
+    queue chain): 3 connections of 10 round trips through the IPv6 VIP, one packet of each
+    queued, the real server sees only the IPv6 laddr, an unmarked flow times out."""
+    py(D, RULES)
+    echo = start(R, "echo", f"{RS},{RS6}", "8080", "10")
+    listener = start(D, "queue", str(QUEUE), hex(MARK), hex(MARK6), str(UNMARKED_SPORT), "8")
+    try:
+        out = sh([C, sys.executable, PROBE, "client", VIP6, "80", "3", "10", str(UNMARKED_SPORT)])
+        assert out.returncode == 0, out.stderr
+        client = json.loads(out.stdout)
+    finally:
+        seen = json.loads(listener.communicate(timeout=30)[0].splitlines()[-1])["by_sport"]
+        peers = json.loads(echo.communicate(timeout=30)[0].splitlines()[-1])["peers"]
+    assert [c["ok"] for c in client["conns"]] == [10] * 3
+    assert client["unmarked"] == "timeout"
+    assert {str(c["sport"]): 1 for c in client["conns"]} == {k: v for k, v in seen.items()
+                                                             if k != str(UNMARKED_SPORT)}
+    assert peers == [LADDR6] * 3
