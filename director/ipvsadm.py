@@ -52,6 +52,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Iterable, Mapping, Sequence
 
+from director.ipvsadm_args import api_url, seconds, vip_port
 from proto.consts import PROTOS
 
 DEFAULT_API = "http://127.0.0.1:9100"
@@ -422,41 +423,6 @@ def format_save(services: Any, *, fullnat_switch: str = "-b", laddrs: bool = Fal
 
 class ApiError(Exception):
     pass
-
-
-def vip_port(text: str) -> tuple[str, int]:
-    """-t/-u VIP:PORT ([v6]:port), as ipvsadm takes it; the argument is blamed otherwise."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"must be VIP:PORT ([v6]:port for IPv6) with a port "
-                                         f"1..65535, got {text!r}")
-    try:
-        return str(ipaddress.ip_address(host.strip("[]"))), int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{host!r} is not an IP address (in {text!r})") from None
-
-
-def api_url(text: str) -> str:
-    """--api URL: http(s)://host[:port] of a node's API."""
-    u = urllib.parse.urlsplit(text)
-    try:
-        port_ok = u.port is None or u.port > 0
-    except ValueError:
-        port_ok = False
-    if u.scheme not in ("http", "https") or not u.hostname or not port_ok:
-        raise argparse.ArgumentTypeError(f"must be http://HOST:PORT (the node's `api`), got {text!r}")
-    return text
-
-
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
 
 
 def _api_says(exc: urllib.error.HTTPError) -> str:
