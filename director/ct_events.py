@@ -63,10 +63,27 @@ class EventSocket:
         self.sock.close()
 
 
+NLM_F_DUMP_INTR = 0x10
+#: dumps tried when the table changed under one (NLM_F_DUMP_INTR)
+DUMP_TRIES = 3
+
+
 def dump(timeout: float = 5.0, family: int = socket.AF_UNSPEC) -> list[ct.Conntrack]:
     """The kernel's whole conntrack table (this network namespace), on a socket of its own.
-    Blocking: run it in a worker thread.  Raises TimeoutError if the dump does not end."""
+    Blocking: run it in a worker thread.  Raises TimeoutError if the dump does not end.
+
+    A dump the kernel flags as interrupted (the table changed while it was walked) is
+    taken again, up to DUMP_TRIES times; the last one is returned as it is."""
+    for _ in range(DUMP_TRIES - 1):
+        entries, interrupted = _dump_once(timeout, family)
+        if not interrupted:
+            return entries
+    return _dump_once(timeout, family)[0]
+
+
+def _dump_once(timeout: float, family: int) -> tuple[list[ct.Conntrack], bool]:
     seq = int(time.monotonic() * 1000) & 0xFFFFFFFF
+    interrupted = False
     entries: list[ct.Conntrack] = []
     with _netlink() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -79,8 +96,9 @@ def dump(timeout: float = 5.0, family: int = socket.AF_UNSPEC) -> list[ct.Conntr
                 raise TimeoutError(f"conntrack dump not done after {timeout} s")
             for m in ct.decode(sock.recv(1 << 20)):
                 if isinstance(m, ct.Done) and m.seq == seq:
-                    return entries
+                    return entries, interrupted
                 if isinstance(m, ct.Ack) and m.seq == seq and m.errno:
                     raise OSError(m.errno, f"conntrack dump refused: {errno.errorcode.get(m.errno)}")
                 if isinstance(m, ct.Message) and m.seq == seq:
+                    interrupted = interrupted or bool(m.flags & NLM_F_DUMP_INTR)
                     entries.append(m.ct)

@@ -53,3 +53,8 @@ def test_lost_events_are_counted_and_repaired(result):
     assert result["bad_stale_before"] > 0
     assert result["bad_repaired"] == result["bad_stale_before"]
     assert result["bad_matches"] and result["bad_stats"]["resyncs"] == 1
+
+
+def test_the_socket_keeps_working_after_an_overrun(result):
+    """ENOBUFS does not end the subscription: the next connection's NEW event arrives."""
+    assert result["bad_new_after_overrun"] == 1
