@@ -28,7 +28,9 @@ def free_port() -> int:
 
 API = f"127.0.0.1:{free_port()}"
 DOC = {
-    "node": {"name": "a", "api": API, "tick": 0.01},
+    # state_dir "": overrides in memory only, never the host's /var/lib/tandem (a file left
+    # there by another run would be loaded by every node of this suite)
+    "node": {"name": "a", "api": API, "tick": 0.01, "state_dir": ""},
     "services": [{"proto": "tcp", "vip": VIP, "port": 80, "laddrs": [LADDR],
                   "real_servers": [{"addr": "198.18.2.21", "port": 8080}]}],
     "interfaces": {"front": "front0", "back": "back0", "garp_count": 3},
