@@ -59,6 +59,8 @@ class ServiceConfig:
     #: the scheduler's options (schema section scheduler.<name>), as (key, value) pairs
     scheduler_options: tuple[tuple[str, Any], ...] = ()
     forwarding: str = "engine"     # "engine" | "kernel" (docs/kernel-fast-path.md)
+    #: "none" | "proxy-v1" | "proxy-v2" (docs/client-address.md)
+    client_address: str = "none"
 
     @property
     def key(self) -> str:
@@ -350,12 +352,20 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
     if forwarding == "kernel":
         s.fail("forwarding", '"kernel" is not available yet: the node does not install the '
                              'kernel-mode rules (director/kernel_rules.py); use "engine"')
+    client_address = s.take("client_address")
+    if client_address == "toa":
+        s.fail("client_address", '"toa" is not implemented yet; use "proxy-v1" or "proxy-v2"')
+    if client_address != "none" and proto != "tcp":
+        s.fail("client_address", f'"{client_address}" is for TCP services (PROXY over UDP is '
+                                 'not implemented yet)')
+    if client_address != "none" and forwarding != "engine":
+        s.fail("client_address", f'"{client_address}" needs forwarding = "engine"')
     s.finish()
     return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
                          laddrs=laddrs, real_servers=tuple(reals), name=name,
                          persistent=float(persistent), persist_netmask=persist_netmask, ops=ops,
                          health=health, sorry_server=sorry, scheduler_options=options,
-                         forwarding=forwarding)
+                         forwarding=forwarding, client_address=client_address)
 
 
 def load(path: str | Path) -> NodeConfig:

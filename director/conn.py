@@ -14,6 +14,7 @@ from typing import Mapping
 
 from director.persist import Template
 from director.protocol import Protocol
+from director.seqadj import SeqAdj
 from director.table import ConnTable
 from proto.consts import (ASSURED, FLAG_NAMES, INACTIVE, NOOUTPUT, ONE_PACKET, PROTO_NAMES,
                           STATE_NAMES, SYNCED)
@@ -30,7 +31,7 @@ class Conn:
         "proto", "caddr", "cport", "vaddr", "vport", "laddr", "lport", "daddr", "dport",
         "orig_key", "reply_key", "rw_in", "rw_out", "state", "flags", "dest", "service",
         "expires", "timer_tick", "alive", "created",
-        "in_pkts", "old_state", "sync_endtime", "control", "synack_seq",
+        "in_pkts", "old_state", "sync_endtime", "control", "synack_seq", "seqadj",
     )
 
     def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport) -> None:
@@ -55,6 +56,8 @@ class Conn:
         self.sync_endtime = 0.0
         self.control: Template | None = None     # the persistence template, if any
         self.synack_seq = -1    # TCP: the server's SYN-ACK sequence number, once seen
+        #: director.seqadj.SeqAdj when the director inserts bytes (a PROXY header), else None
+        self.seqadj: SeqAdj | None = None
 
     def describe(self) -> dict:
         ip = ipaddress.ip_address

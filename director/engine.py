@@ -24,7 +24,7 @@ import ipaddress
 import logging
 from typing import Callable, NamedTuple
 
-from director import ctl
+from director import ctl, proxy_insert
 from director.config import NodeConfig
 from director.conn import Conn, Connections
 from director.kernel_rules import Marks
@@ -68,7 +68,8 @@ class Engine:
         self.stats = dict.fromkeys((
             "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
             "conns_reused", "early_drops", "icmp_errors", "passed_local",
-            "icmp_unreachable_sent", "icmp_unreachable_suppressed", "kernel_handoffs"), 0)
+            "icmp_unreachable_sent", "icmp_unreachable_suppressed", "kernel_handoffs",
+            "proxy_headers", "proxy_headers_resent"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         #: per-protocol operations and timeouts, by protocol number
         self.protocols = make_protocols(cfg.timeouts)
@@ -145,11 +146,15 @@ class Engine:
                 conn.in_pkts += 1
                 if self.sync_hook is not None:
                     self.sync_hook(conn, conn.in_pkts, now)
+                if conn.seqadj is not None:
+                    return self._proxy_in(conn.seqadj, data, pkt, conn.rw_in)
                 return apply(data, pkt, conn.rw_in)
             self.stats["forwarded_out"] += 1
             if dest is not None:
                 dest.packets_out += 1
                 dest.bytes_out += len(data)
+            if conn.seqadj is not None:
+                data = proxy_insert.server_to_client(conn.seqadj, data, pkt)
             return apply(data, pkt, conn.rw_out)
         except Exception:       # nothing a packet holds may take the engine down
             self.drops["internal_error"] += 1
@@ -227,7 +232,22 @@ class Engine:
         if self.sync_hook is not None:
             self.sync_hook(conn, 1, now)
         assert conn.rw_in is not None       # made by bind()
+        if svc.client_address != "none":
+            conn.seqadj = adj = proxy_insert.begin(svc.client_address, data, pkt)
+            if adj is not None:
+                return self._proxy_in(adj, data, pkt, conn.rw_in)
         return apply(data, pkt, conn.rw_in)
+
+    def _proxy_in(self, adj, data: bytes, pkt, rw) -> bytes | None:
+        """A client packet of a connection with a PROXY header (director.proxy_insert)."""
+        sent = adj.inserted
+        shifted = proxy_insert.client_to_server(adj, data, pkt)
+        if shifted is None:
+            self.drops["bad_checksum"] += 1
+            return None
+        if adj.inserted != sent:
+            self.stats["proxy_headers" if sent == 0 else "proxy_headers_resent"] += 1
+        return apply(shifted[0], shifted[1], rw)
 
     def _hand_to_kernel(self, data: bytes, pkt, svc: Service, dest, template, now: float) -> Mark | None:
         """A new flow of a kernel-mode service: the same scheduling, persistence and

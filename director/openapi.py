@@ -187,6 +187,9 @@ _SCHEMAS: dict[str, Any] = {
             "ops": _BOOL,
             "forwarding": {"type": "string", "enum": ["engine", "kernel"],
                            "description": "who forwards the service's packets (config `forwarding`)"},
+            "client_address": {"type": "string", "enum": ["none", "proxy-v1", "proxy-v2", "toa"],
+                               "description": "how real servers learn the client's address "
+                                              "(config `client_address`)"},
             "real_servers": {"type": "array", "items": _ref("RealServer")},
         },
     },

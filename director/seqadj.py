@@ -55,7 +55,8 @@ class SeqAdj:
         self.header = header
         self.previous_delta = previous_delta
         self.delta = previous_delta + len(header)
-        #: how many client segments got the header (1 + retransmissions of the first)
+        #: how many client segments got the header (1 + retransmissions of the first);
+        #: counted by whoever sends them (a segment may still be dropped)
         self.inserted = 0
 
     def client_segment(self, seq: int, syn: bool, fin: bool, payload_len: int) -> tuple[int, bytes]:
@@ -63,7 +64,6 @@ class SeqAdj:
         bytes to put in front of its payload: the header, or b"")."""
         first = (seq + 1) & _MASK if syn else seq
         if first == self.init_seq and (payload_len or fin):
-            self.inserted += 1
             return (seq + self.previous_delta) & _MASK, self.header
         return self.seq_in(seq), b""
 

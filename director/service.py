@@ -27,6 +27,7 @@ class Service:
         self.sorry = Dest(*cfg.sorry_server, 1, name="sorry") if cfg.sorry_server else None
         self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs], ports)
         self.forwarding = cfg.forwarding
+        self.client_address = cfg.client_address
 
     @property
     def key(self) -> tuple[int, bytes, int]:
@@ -68,6 +69,7 @@ class Service:
         self.persist_mask = mask_bytes(cfg.persist_netmask, self.family)
         self.ops = cfg.ops
         self.forwarding = cfg.forwarding
+        self.client_address = cfg.client_address
         return removed
 
     def find_dest(self, addr: bytes, port: int) -> Dest | None:
@@ -93,6 +95,7 @@ class Service:
             "sorry_in_use": bool(self.sorry and self.sorry in self.scheduler.dests),
             "persistent": self.persistent, "persist_netmask": self.cfg.persist_netmask,
             "ops": self.ops, "forwarding": self.forwarding,
+            "client_address": self.client_address,
             "real_servers": [{
                 "addr": d.addr_str, "port": d.port, "weight": d.weight,
                 "active": d.active, "inactive": d.inactive, "overloaded": d.overloaded,

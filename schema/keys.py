@@ -147,6 +147,12 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
             "in user space) or `kernel` (the node schedules each new flow, the kernel's conntrack "
             "NAT forwards the rest: docs/kernel-fast-path.md). `kernel` is refused for now: "
             "the node does not install its rules yet"),
+    Key("client_address", str, "none", choices=("none", "proxy-v1", "proxy-v2", "toa"),
+        doc="how a TCP service's real servers learn the client's address: `none`, or a PROXY "
+            "protocol header (`proxy-v1` text, `proxy-v2` binary) the node puts in front of the "
+            "connection's first data byte, shifting sequence numbers from then on "
+            "(docs/client-address.md). Engine forwarding only; `toa` is refused for now: not "
+            "implemented yet"),
     Key("sorry_server", str, None, shown="none", doc="`addr:port` to use when no real server is up"),
     Key("health", dict, None, shown="none", doc="the health check (see Health-check kinds below)"),
 ])

@@ -1,0 +1,143 @@
+"""The client's address for real servers: a PROXY header in front of a TCP stream.
+
+The packet half of `client_address = "proxy-v1" | "proxy-v2"` (engine forwarding).
+The engine calls in here only for connections that carry a `SeqAdj`
+(director.seqadj), so a plain service pays one attribute test per packet.
+
+- `begin` makes the state on the client's SYN: the header names the client and
+  the VIP it connected to, and goes in front of the byte after the SYN.
+- `client_to_server` runs on every client packet before the FULLNAT rewrite:
+  the segment that starts at the insertion point gets the header in front of
+  its payload (IP length and both checksums follow), every later one has its
+  sequence number shifted.
+- `server_to_client` runs on every reply before the rewrite: the ack number and
+  every SACK edge are shifted back, and the SYN-ACK's MSS option is lowered by
+  the header's length.
+
+Why the MSS clamp rather than a header segment of its own: the engine answers
+each queued packet with one verdict, so it cannot turn one segment into two.
+Lowering the MSS the real server announces by the header's length makes the
+client's largest segment plus the header exactly what the server said it can
+take, so the first segment never outgrows the path (DPVS lowers it for TOA by
+the option's length for the same reason).  The clamp costs the client those
+few bytes in every full-size segment of the connection.
+"""
+from __future__ import annotations
+
+import struct
+
+from director.seqadj import SeqAdj
+from proto import packet as P
+from proto import proxy
+from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
+from proto.consts import TCP
+
+__all__ = ["MODES", "begin", "client_to_server", "server_to_client"]
+
+#: the modes of `client_address` this module serves, by the PROXY version they write
+MODES = {"proxy-v1": 1, "proxy-v2": 2}
+
+_SYN, _FIN, _ACK = 0x02, 0x01, 0x10
+_L = struct.Struct("!L")
+_H = struct.Struct("!H")
+_OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_SACK = 0, 1, 2, 5
+
+
+def begin(mode: str, data: bytes, pkt) -> SeqAdj | None:
+    """The state for a new connection opened by this client SYN (None: the mode writes
+    no header, or the packet is no SYN)."""
+    version = MODES.get(mode)
+    if version is None or pkt.proto != TCP or not pkt.flags & _SYN or pkt.flags & _ACK:
+        return None
+    isn = _L.unpack_from(data, pkt.l4 + 4)[0]
+    header = proxy.encode(version, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+    return SeqAdj(isn + 1, header)
+
+
+def client_to_server(adj: SeqAdj, data: bytes, pkt):
+    """(data, pkt) of a client->server packet in the server's sequence space; None to
+    drop it (the segment that must carry the header arrived with a bad checksum:
+    recomputing it would pass the corruption on as good data)."""
+    l4 = pkt.l4
+    doff = (data[l4 + 12] >> 4) * 4
+    plen = pkt.end - l4 - doff
+    flags = pkt.flags
+    seq = _L.unpack_from(data, l4 + 4)[0]
+    new_seq, prefix = adj.client_segment(seq, bool(flags & _SYN), bool(flags & _FIN), plen)
+    if prefix:
+        if not P.l4_checksum_ok(data, pkt):
+            return None
+        adj.inserted += 1
+        return _insert(data, pkt, l4 + doff, prefix, new_seq)
+    if new_seq == seq:
+        return data, pkt
+    out = bytearray(data)
+    _L.pack_into(out, l4 + 4, new_seq)
+    co = l4 + 16
+    _H.pack_into(out, co, update(data[co] << 8 | data[co + 1], delta(data[l4 + 4:l4 + 8], out[l4 + 4:l4 + 8])))
+    return bytes(out), pkt
+
+
+def _insert(data: bytes, pkt, payload_at: int, prefix: bytes, new_seq: int):
+    """The packet with prefix in front of its payload: lengths and checksums redone."""
+    l4 = pkt.l4
+    out = bytearray(data[:payload_at])
+    out += prefix
+    out += data[payload_at:pkt.end]
+    _L.pack_into(out, l4 + 4, new_seq)
+    seg_len = len(out) - l4
+    if pkt.family == 4:
+        _H.pack_into(out, 2, len(out))
+        out[10:12] = b"\0\0"
+        _H.pack_into(out, 10, checksum(out[:(out[0] & 0xF) * 4]))
+    else:
+        _H.pack_into(out, 4, len(out) - 40)
+    out[l4 + 16:l4 + 18] = b"\0\0"
+    s = ones_sum(out[l4:]) + pseudo_header_sum(pkt.src, pkt.dst, TCP, seg_len)
+    _H.pack_into(out, l4 + 16, ~fold(s) & 0xFFFF)
+    new = bytes(out)
+    return new, P.parse(new)
+
+
+def server_to_client(adj: SeqAdj, data: bytes, pkt) -> bytes:
+    """A server->client packet in the client's sequence space (same length)."""
+    l4 = pkt.l4
+    flags = pkt.flags
+    doff = (data[l4 + 12] >> 4) * 4
+    if not flags & _ACK and doff == 20:
+        return data
+    out = bytearray(data)
+    if flags & _ACK:
+        _L.pack_into(out, l4 + 8, adj.ack_out(_L.unpack_from(data, l4 + 8)[0]))
+    if doff > 20:
+        _options(adj, out, l4 + 20, l4 + doff, flags & _SYN)
+    # ack and options are 4-aligned in the segment and the options end 4-aligned:
+    # one delta over both covers every changed word
+    old = data[l4 + 8:l4 + 12] + data[l4 + 20:l4 + doff]
+    new = bytes(out[l4 + 8:l4 + 12] + out[l4 + 20:l4 + doff])
+    if old != new:
+        co = l4 + 16
+        _H.pack_into(out, co, update(data[co] << 8 | data[co + 1], delta(old, new)))
+        return bytes(out)
+    return data
+
+
+def _options(adj: SeqAdj, out: bytearray, i: int, end: int, syn: int) -> None:
+    """Shift SACK edges back; on a SYN-ACK lower the MSS by the header's length."""
+    while i < end:
+        kind = out[i]
+        if kind == _OPT_EOL:
+            return
+        if kind == _OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= end or out[i + 1] < 2 or i + out[i + 1] > end:
+            return      # a broken option list: leave the rest as it came
+        size = out[i + 1]
+        if kind == _OPT_SACK and (size - 2) % 8 == 0:
+            for e in range(i + 2, i + size, 4):
+                _L.pack_into(out, e, adj.ack_out(_L.unpack_from(out, e)[0]))
+        elif kind == _OPT_MSS and size == 4 and syn:
+            mss = _H.unpack_from(out, i + 2)[0]
+            _H.pack_into(out, i + 2, max(mss - adj.delta, 64))
+        i += size
