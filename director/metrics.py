@@ -90,6 +90,10 @@ _ENGINE_COUNTERS = (
     ("early_drops", "early_drops", "Unassured connections dropped to make room at max_conns."),
     ("icmp_errors", "icmp_errors", "ICMP errors translated for a known connection."),
     ("passed_local", "passed_local", "Packets to a VIP or laddr left to the host (ICMP echo etc.)."),
+    ("proxy_headers", "proxy_headers",
+     "Connections whose PROXY header went to the real server (client_address proxy-v1/v2)."),
+    ("proxy_headers_resent", "proxy_headers_resent",
+     "PROXY headers sent again with a retransmitted first data segment."),
 )
 
 def _proto_label(proto: Any) -> str:
