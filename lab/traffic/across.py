@@ -25,22 +25,27 @@ def cut_after(interval: float) -> float:
 
 def fault_report(args, live, start: float, start_wall: float,
                  fault_at: float | None) -> dict[str, Any] | None:
-    """From the fault on: when the first cut connection got an echo again (takeover_ms),
-    how many were cut, and each connection's longest silence that ended after the fault
+    """From the fault on: each connection's longest silence that ended after the fault
     (spanning it in a takeover, or later in a failback, when the restored node preempts;
-    a connection that got no echo after the fault counts to the end)."""
+    a connection that got no echo after the fault counts to the end), how many were cut
+    (that silence longer than `cut_after`), and when the first of those silences ended
+    (takeover_ms). Not the first cut of any kind: on a busy machine a connection can be
+    silent a little longer than its rhythm just before the fault and get an echo the old
+    master passed on just after it (9 ms after a kill whose new master took 290 ms)."""
     if not args.fault_file:
         return None
     at = fault_at or read_fault(args.fault_file, start, start_wall)
     if at is None:
         return None
     end = time.monotonic()
+    cut = cut_after(args.interval)
     firsts, gaps = [], []
     for c in live:
         if c.after_gap is not None:
-            gaps.append((c.after_gap[1] - c.after_gap[0]) * 1000)
-            if c.first_cut is not None:
-                firsts.append(c.first_cut)
+            since, until = c.after_gap
+            gaps.append((until - since) * 1000)
+            if until - since > cut:
+                firsts.append(until)
         else:
             gaps.append((end - c.last_echo) * 1000 if c.last_echo <= at else 0.0)
     gaps.sort()

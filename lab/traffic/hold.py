@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from .across import cut_after, fault_report, read_fault
+from .across import fault_report, read_fault
 from .common import Deadline, classify, inc
 
 
@@ -20,7 +20,7 @@ class HoldConn(asyncio.Protocol):
 
     __slots__ = ("i", "transport", "buf", "sent", "recv", "send_times", "last_echo", "max_gap",
                  "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "after_gap",
-                 "first_cut", "recent")
+                 "recent")
 
     #: gaps longer than this are remembered (start, end), for takeover timing
     GAP_NOTE = 0.05
@@ -30,8 +30,6 @@ class HoldConn(asyncio.Protocol):
     origin = 0.0
     #: monotonic time of a fault, once the drill has announced it (--fault-file)
     fault_at: float | None = None
-    #: a silence longer than this (seconds) cut the connection; set from --interval
-    cut = 0.05
 
     def __init__(self, i: int):
         self.i = i
@@ -49,9 +47,8 @@ class HoldConn(asyncio.Protocol):
         self.gaps: list[tuple[float, float]] = []
         # the longest silence that ended after the fault (from the echo before it to the
         # one that ended it), whether it spans the fault (a takeover) or comes later (a
-        # failback, when the restored node preempts); and when the first cut ended
+        # failback, when the restored node preempts)
         self.after_gap: tuple[float, float] | None = None
-        self.first_cut: float | None = None
         # echo times of the last seconds: the fault's time arrives after the fault,
         # so the silences since are found here, not guessed
         self.recent: collections.deque[float] = collections.deque(maxlen=256)
@@ -93,8 +90,6 @@ class HoldConn(asyncio.Protocol):
         """A silence from `since` to `now` ended after the fault."""
         if self.after_gap is None or now - since > self.after_gap[1] - self.after_gap[0]:
             self.after_gap = (since, now)
-        if self.first_cut is None and now - since > HoldConn.cut:
-            self.first_cut = now
 
     def learn_fault(self, at: float) -> None:
         """The fault's time is known now: look back over the recent echoes."""
@@ -184,7 +179,6 @@ async def hold(args) -> dict[str, Any]:
     HoldConn.origin = start
     HoldConn.bins.clear()
     HoldConn.fault_at = None
-    HoldConn.cut = cut_after(args.interval)
     stop_at = min(start + args.seconds, start + max(0.0, dl.left() - args.timeout))
     for c in live:
         c.last_echo = start
