@@ -98,10 +98,13 @@ def test_failback_interruption_is_in_the_table_and_the_json(pair):
         assert cp.returncode == 0, cp.stdout + cp.stderr
         r = json.loads(cp.stdout)
         assert (r["old_master"], r["new_master"]) == ("b", "a"), r
+        # the run's five longest silences (`worst`) may all precede the restore on a busy
+        # machine; those that ended after it are within the reported max, which is within
+        # the run's longest
         after = [w for w in r["worst"] if w["ended_at"] > r["fault_at"]]
-        assert after, r["worst"]
         assert all(r["gap_ms"]["max"] >= w["gap_ms"] for w in after), (r["gap_ms"], after)
         g = r["gap_ms"]
+        assert 0 < g["max"] <= r["max_gap_ms"], r
         t = table(r)
         assert f"p50 {g['p50']} ms, p99 {g['p99']} ms, max {g['max']} ms" in t, t
         assert f"{r['max_gap_ms']} ms" in t and "None" not in t, t
