@@ -76,6 +76,11 @@ async def test_an_override_beats_a_reloaded_file_until_cleared(tmp_path, caplog)
         assert (r["weight"], r["config_weight"], r["override"]["weight"]) == (3, 2, 3)
         assert "reload: override weight 3 of 198.18.2.21:8080 in tcp/198.18.0.100:80 (by a) " \
                "beats the file's weight 2 until cleared" in caplog.text
+        url = f"http://{n.cfg.api_host}:{n.cfg.api_port}{RS}/override"
+        async with aiohttp.ClientSession() as s:
+            async with s.delete(url) as r:              # no token: refused, nothing changes
+                assert r.status == 401
+        assert (await real(n))["override"]["weight"] == 3
         status, body = await call(n, "DELETE", RS + "/override")
         assert status == 200 and body == {"service": "tcp/198.18.0.100:80",
                                           "real": "198.18.2.21:8080", "weight": 2,
