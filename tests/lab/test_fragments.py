@@ -16,6 +16,7 @@ Over IPv4 and IPv6 (lab.ipv6 adds IPv6 to the lab: VIP6 and LADDR6 on director a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -91,15 +92,36 @@ def engine(lab) -> dict:
     return json.loads(body)["engine"]
 
 
-@pytest.fixture(scope="module")
-def lab():
+@pytest.fixture(scope="module", params=["root", "unprivileged"])
+def lab(request):
     """The lab with one node on director a (no pair: the node has nothing to fail over here),
-    serving the VIP over IPv4 and VIP6 over IPv6 (lab.ipv6)."""
+    serving the VIP over IPv4 and VIP6 over IPv6 (lab.ipv6); the node runs as root, then as
+    the systemd unit runs it (its own user, CAP_NET_ADMIN and CAP_NET_RAW only), which may
+    not read the kernel's queue list and so cannot check the copy range it sets."""
     require_lab()
     services = T.node_config("a")["services"] + [ipv6.service("udp")]
-    with lab_session("tfrag", node=True, ha=False, config_extra={"services": services}) as info:
-        ipv6.enable("tfrag")
-        yield info
+    prefix = "tfrag" if request.param == "root" else "tfragu"
+    mp = pytest.MonkeyPatch()
+    if request.param == "unprivileged":
+        from lab import state as lab_state
+        from tests.lab.test_unprivileged import USER, ensure_user, unprivileged
+        user, real_start = ensure_user(USER), lab_state.start_process
+
+        def start_process(ns, name, cmd, log_path, env_extra=None):
+            if name.startswith("node-"):
+                config = cmd[list(cmd).index("--config") + 1]
+                os.chown(config, 0, user.pw_gid)
+                os.chmod(config, 0o640)
+                cmd = unprivileged(list(cmd))
+            return real_start(ns, name, cmd, log_path, env_extra)
+
+        mp.setattr(lab_state, "start_process", start_process)
+    try:
+        with lab_session(prefix, node=True, ha=False, config_extra={"services": services}) as info:
+            ipv6.enable(prefix)
+            yield info
+    finally:
+        mp.undo()
 
 
 @pytest.mark.parametrize("family, size", CASES, ids=[f"ipv{f}-{n}" for f, n in CASES])
