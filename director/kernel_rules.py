@@ -10,6 +10,7 @@ port, laddr).  From then on the kernel's conntrack NAT forwards both directions:
         -j NFQUEUE --queue-num Q                       only a flow's first packet
     inet tandem new_flow (-120): ct state new, to a service, with one of our marks
         -> ct mark set meta mark                       the engine's choice, kept by the flow
+        -> ct timeout set "tcp4" (...)                 IPVS's timeouts, not conntrack's
     inet tandem to_real (dstnat): dnat to ct mark map @dnat4/@dnat6 (real server, port)
     inet tandem to_laddr (srcnat): flows to a VIP: snat to ct mark map @snat4/@snat6 (laddr)
     inet tandem guard (input): drop what is still addressed to a service or a laddr
@@ -32,10 +33,11 @@ which kernel facts this relies on.
 from __future__ import annotations
 
 import ipaddress
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 TABLE = "tandem"
 QUEUE_CHAIN = "TANDEM_NEW"
@@ -45,6 +47,16 @@ MARK_BASE = 0x54440000
 MARK_PREFIX_MASK = 0xFFFF0000
 NEW_FLOW_PRIORITY = -120      # after mangle (-150, the queue), before dstnat (-100)
 _PROTO_NAMES = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
+#: conntrack's timeout-policy state -> the [timeouts] key that gives its value.  conntrack
+#: names TCP states as the tracker sees them: its SYN_SENT is the client's SYN unanswered
+#: (IPVS's SYN_RECV at the director), its SYN_RECV the server's SYN-ACK (IPVS's SYNACK).
+TIMEOUT_POLICY = {
+    "tcp": {"syn_sent": "tcp_syn_recv", "syn_recv": "tcp_synack",
+            "established": "tcp_established", "fin_wait": "tcp_fin_wait",
+            "close_wait": "tcp_close_wait", "last_ack": "tcp_last_ack",
+            "time_wait": "tcp_time_wait", "close": "tcp_close", "syn_sent2": "tcp_syn_sent"},
+    "udp": {"unreplied": "udp", "replied": "udp"},
+}
 
 
 class KernelRulesError(OSError):
@@ -110,10 +122,27 @@ def _elements(items: Iterable[str]) -> str:
     return f"\n\t\telements = {{ {', '.join(items)} }}" if items else ""
 
 
-def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding]) -> str:
-    """The nft script that replaces `inet tandem` atomically (create, delete, define)."""
+def _timeout_objects(timeouts: Mapping[str, float]) -> list[str]:
+    """One `ct timeout` object per protocol and family; values in whole seconds (>= 1)."""
+    out = []
+    for proto, states in TIMEOUT_POLICY.items():
+        policy = ", ".join(f"{state} : {max(1, math.ceil(timeouts[key]))}"
+                           for state, key in states.items())
+        for fam, l3 in ((4, "ip"), (6, "ip6")):
+            out.append(f"\tct timeout {proto}{fam} {{\n\t\tprotocol {proto}\n\t\tl3proto {l3}\n"
+                       f"\t\tpolicy = {{ {policy} }}\n\t}}")
+    return out
+
+
+def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
+            timeouts: Mapping[str, float] | None = None) -> str:
+    """The nft script that replaces `inet tandem` atomically (create, delete, define).
+    With `timeouts` (the [timeouts] section), a kernel-forwarded flow gets them as its
+    conntrack timeout policy instead of conntrack's own (5 days when established)."""
     services, bindings = list(services), list(bindings)
     out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    if timeouts is not None:
+        out += _timeout_objects(timeouts)
     for fam, ip, addr_t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
         svcs = [s for s in services if s.family == fam]
         binds = [b for b in bindings if b.family == fam]
@@ -133,6 +162,8 @@ def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding]) -> s
     out += [
         f"\tchain new_flow {{\n\t\ttype filter hook prerouting priority {NEW_FLOW_PRIORITY}; policy accept;",
         *(f"\t\tct state new {svc[f]} {ours} ct mark set meta mark" for f in (4, 6)),
+        *(f'\t\tct state new {svc[f]} meta l4proto {p} ct timeout set "{p}{f}"'
+          for f in (4, 6) for p in TIMEOUT_POLICY if timeouts is not None),
         "\t}",
         "\tchain to_real {\n\t\ttype nat hook prerouting priority dstnat; policy accept;",
         *(f"\t\tmeta l4proto {{ tcp, udp }} {svc[f]} dnat {ip} to ct mark map @dnat{f}"
@@ -182,10 +213,11 @@ def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subpr
     return r
 
 
-def install(services: Iterable[KernelService], bindings: Iterable[Binding], queue: int) -> None:
+def install(services: Iterable[KernelService], bindings: Iterable[Binding], queue: int,
+            timeouts: Mapping[str, float] | None = None) -> None:
     """Load (or reload) the table and the queue chains; each step is atomic on its own."""
     services = list(services)
-    _run(["nft", "-f", "-"], stdin=ruleset(services, bindings))
+    _run(["nft", "-f", "-"], stdin=ruleset(services, bindings, timeouts))
     for fam in (4, 6):
         _run([_tool(fam, restore=True), "--noflush", "-w"], stdin=queue_rules(services, queue, fam))
         tool = [_tool(fam), "-w", "-t", "mangle"]

@@ -102,3 +102,21 @@ def test_unknown_protocol_is_refused():
         k.ruleset([bad], [])
     with pytest.raises(k.KernelRulesError):
         k.queue_rules([bad], 1, 4)
+
+
+def test_timeout_policies_from_the_timeouts_section():
+    from schema import keys as K
+    timeouts = {**K.TIMEOUTS.defaults(), "tcp_established": 899.5, "tcp_close": 0.2}
+    text = k.ruleset([V4, V6], [], timeouts)
+    tcp4 = _block(text, "ct timeout tcp4")
+    assert tcp4[:2] == ["protocol tcp", "l3proto ip"]
+    policy = dict(p.split(" : ") for p in tcp4[2].removeprefix("policy = { ").removesuffix(" }").split(", "))
+    # conntrack's SYN_SENT is the client's unanswered SYN: IPVS's SYN_RECV at the director
+    assert policy == {"syn_sent": "60", "syn_recv": "120", "established": "900", "fin_wait": "120",
+                      "close_wait": "60", "last_ack": "30", "time_wait": "120", "close": "1",
+                      "syn_sent2": "120"}
+    assert _block(text, "ct timeout udp6") == ["protocol udp", "l3proto ip6",
+                                               "policy = { unreplied : 300, replied : 300 }"]
+    assert ('ct state new ip6 daddr . meta l4proto . th dport @svc6 meta l4proto udp '
+            'ct timeout set "udp6"') in _block(text, "chain new_flow")
+    assert "ct timeout" not in k.ruleset([V4], [])
