@@ -141,6 +141,7 @@ def render_engine(r: dict[str, Any]) -> str:
         ["  µs per packet", r.get("engine_us_per_packet")],
         ["established UDP real server->laddr, packets/s", r.get("engine_pps_inprocess_reply")],
         ["new UDP connection (first packet, scheduler), µs", r.get("engine_new_conn_us")],
+        ["whole short TCP connection (SYN .. last ACK, 8 packets both ways), µs", r.get("engine_tcp_conn_us")],
         [f"per packet with {fmt((r.get('lookup_table_sizes') or [0, 0])[0])} connections, µs",
          r.get("lookup_us_per_packet_1k")],
         [f"per packet with {fmt((r.get('lookup_table_sizes') or [0, 0])[1])} connections, µs",

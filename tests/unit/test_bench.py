@@ -278,3 +278,17 @@ def test_render_takeover_variants_side_by_side_with_master_down_and_set_aside():
     assert "| 360.9 |" in rows[0] and "| 36.1 |" in rows[1] and "410.0 / 420.0" in rows[0]
     assert "a starved client" in text and "takeover 4.8, VRRP 313.5" in text
     assert "| entries per new connection (entries/s over achieved connections/s) | 4.98 |" in text
+
+
+def test_bench_tcp_exchanges_are_whole_connections_the_engine_closes():
+    from collections import Counter
+    from proto.consts import ASSURED, TCP_STATES
+    pkts = be.tcp_exchanges(20)
+    assert len(pkts) == 20 * 8
+    eng = be.Engine(be.config(), now=0.0)
+    assert all(eng.handle(p, 1.0) is not None for p in pkts)
+    assert sum(eng.drops.values()) == 0
+    assert Counter(TCP_STATES[c.state] for c in eng.table) == {"TIME_WAIT": 20}
+    assert all(c.flags & ASSURED for c in eng.table)         # the client's ACK acked the SYN-ACK
+    res = be.tcp_conn_cost(n=20)
+    assert res["tcp_packets_per_conn"] == 8 and res["tcp_drops"] == 0
