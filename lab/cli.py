@@ -23,7 +23,9 @@ def _kv_float(text: str) -> tuple[str, float]:
 def _summary(info: dict[str, Any]) -> str:
     lines = [f"lab {info['prefix']!r} is up (state and logs in {info['state_dir']}; "
              "`lab down --keep-logs DIR` keeps the logs)"]
-    svc = ", ".join(f"{s['proto']}/{s['port']} -> :{s['rs_port']}" for s in info["services"])
+    svc = ", ".join(f"{s['proto']}/{s['port']} -> :{s['rs_port']}"
+                    + (f" ({s['client_address']})" if s.get("client_address", "none") != "none" else "")
+                    for s in info["services"])
     lines.append(f"  VIP {info['vip']}  services {svc}  laddrs {' '.join(info['laddrs'])}")
     c = info["client"]
     lines.append(f"  client    {c['ns']:<16} {c['addr']} (via {c['gateway']})")

@@ -1,11 +1,16 @@
 """The lab's real server: TCP and UDP echo with a WHOAMI twist.
 
-    python -m lab.echo --name rs1 --port 8080 [--host 0.0.0.0]
+    python -m lab.echo --name rs1 --port 8080 [--host 0.0.0.0] [--proxy-port 8081]
 
 TCP is line based: a line ``WHOAMI`` is answered with ``<name> <peer_ip>:<peer_port>\\n``, any other
 line is echoed.  A partial line longer than 64 KiB is echoed as it is (and the rest of that line
 too), so bulk binary data streams back without unbounded buffering.  Writes wait for drain().
 On EOF from the peer the remaining partial line is echoed and the write side is shut down.
+
+On the PROXY port (TCP only) every connection must open with a PROXY protocol header, version 1 or
+2 (proto.proxy); ``WHOAMI`` then answers with the client address and port the header gives (the
+connection's peer for a LOCAL or UNKNOWN header), and a connection whose header is malformed is
+closed with one line in the log.
 
 UDP: a datagram ``WHOAMI`` (optionally followed by a newline) is answered with
 ``<name> <peer_ip>:<peer_port>``; anything else is echoed.
@@ -19,6 +24,8 @@ import contextlib
 import resource
 import signal
 import sys
+
+from proto import proxy
 
 MAX_PARTIAL = 64 * 1024
 READ_SIZE = 64 * 1024
@@ -68,12 +75,31 @@ class EchoServer:
         self.active = 0
 
     async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve_tcp(reader, writer, expect_proxy=False)
+
+    async def handle_proxy_tcp(self, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        await self._serve_tcp(reader, writer, expect_proxy=True)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         expect_proxy: bool) -> None:
         self.active += 1
         peer = writer.get_extra_info("peername") or ("?", 0)
         whoami = f"{self.name} {peer[0]}:{peer[1]}\n".encode()
         buf = bytearray()
         cont = False
         try:
+            if expect_proxy:
+                header, rest = await _read_proxy_header(reader)
+                if header is None:
+                    return
+                if header.src is not None:
+                    whoami = f"{self.name} {header.src}:{header.sport}\n".encode()
+                buf += rest
+                out, cont = process_buffer(buf, cont, whoami)
+                if out:
+                    writer.write(out)
+                    await writer.drain()
             while True:
                 data = await reader.read(READ_SIZE)
                 if not data:
@@ -99,6 +125,24 @@ class EchoServer:
                 await writer.wait_closed()
 
 
+async def _read_proxy_header(reader: asyncio.StreamReader):
+    """(the connection's PROXY header, the bytes read after it), or (None, b"") when the
+    peer closes first or sends no valid header (logged)."""
+    buf = b""
+    while True:
+        try:
+            header = proxy.parse(buf)
+        except proxy.ProxyError as exc:
+            print(f"echo: PROXY header refused: {exc}", file=sys.stderr, flush=True)
+            return None, b""
+        if header is not None:
+            return header, buf[header.length:]
+        data = await reader.read(READ_SIZE)
+        if not data:
+            return None, b""
+        buf += data
+
+
 class UdpEcho(asyncio.DatagramProtocol):
     def __init__(self, name: str):
         self.name = name
@@ -119,7 +163,7 @@ class UdpEcho(asyncio.DatagramProtocol):
         pass
 
 
-async def serve(name: str, host: str, port: int) -> None:
+async def serve(name: str, host: str, port: int, proxy_port: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,11 +175,18 @@ async def serve(name: str, host: str, port: int) -> None:
     server = await asyncio.start_server(
         echo.handle_tcp, host, port, reuse_address=True, backlog=4096, limit=READ_SIZE * 2
     )
+    servers = [server]
+    if proxy_port:
+        servers.append(await asyncio.start_server(
+            echo.handle_proxy_tcp, host, proxy_port, reuse_address=True, backlog=4096,
+            limit=READ_SIZE * 2))
+        print(f"echo {name}: PROXY protocol on {host}:{proxy_port} tcp", file=sys.stderr, flush=True)
     print(f"echo {name}: listening on {host}:{port} tcp+udp", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
-        server.close()
+        for srv in servers:
+            srv.close()
         udp.close()
     print(f"echo {name}: stopped", file=sys.stderr, flush=True)
 
@@ -145,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--proxy-port", type=int, default=None,
+                    help="also serve TCP here, each connection opening with a PROXY header")
     args = ap.parse_args(argv)
     _raise_nofile()
     run = asyncio.run
@@ -154,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         run = uvloop.run
     except (ImportError, AttributeError):
         pass
-    run(serve(args.name, args.host, args.port))
+    run(serve(args.name, args.host, args.port, args.proxy_port))
     return 0
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from schema.core import dump_toml  # the one TOML writer, re-exported for the lab's callers
 from schema.keys import INTERFACES, LIMITS, TIMEOUTS
 
-from .plan import (API_PORT, API_TOKEN, LADDRS, REAL_SERVERS, RS_PORT, SERVICE_PORT, SYNC_KEY, VIP,
-                   VRID, director)
+from .plan import (API_PORT, API_TOKEN, LADDRS, REAL_SERVERS, SERVICES, SYNC_KEY, VIP, VRID,
+                   director)
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUTS", "LAB_GARP_INTERVAL", "dump_toml", "node_config",
            "write_config"]
@@ -41,10 +41,9 @@ def node_config(
     """The node configuration for director ``name`` as a dict (see dump_toml)."""
     d = director(name)
     weights = weights or {}
-    rs = [
-        {"addr": r["addr"], "port": RS_PORT, "weight": int(weights.get(r["name"], 1))}
-        for r in REAL_SERVERS
-    ]
+    def reals(port: int) -> list[dict[str, Any]]:
+        return [{"addr": r["addr"], "port": port, "weight": int(weights.get(r["name"], 1))}
+                for r in REAL_SERVERS]
     cfg: dict[str, Any] = {
         "node": {"name": name, "api": f"{d['front_addr']}:{API_PORT}", "queue": queue,
                  "api_token": api_token},
@@ -52,14 +51,17 @@ def node_config(
         "limits": {**DEFAULT_LIMITS, **(limits or {})},
         "services": [
             {
-                "proto": proto,
+                "proto": svc["proto"],
                 "vip": VIP,
-                "port": SERVICE_PORT,
+                "port": svc["port"],
                 "scheduler": scheduler,
                 "laddrs": list(LADDRS),
-                "real_servers": [dict(x) for x in rs],
+                # written only where it differs from the node's default (none)
+                **({"client_address": svc["client_address"]}
+                   if svc["client_address"] != "none" else {}),
+                "real_servers": reals(svc["rs_port"]),
             }
-            for proto in ("tcp", "udp")
+            for svc in SERVICES
         ],
     }
     if ha:

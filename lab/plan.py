@@ -36,6 +36,15 @@ VIP = "198.18.0.100"
 LADDRS = ["198.18.2.100", "198.18.2.101"]
 SERVICE_PORT = 80
 RS_PORT = 8080
+#: the real servers' PROXY-aware echo port (lab.echo --proxy-port): v1 and v2 headers
+PROXY_RS_PORT = 8081
+#: the lab's services: VIP:80 tcp+udp, and VIP:81, VIP:82 tcp with a PROXY header (v2, v1)
+SERVICES = (
+    {"proto": "tcp", "port": SERVICE_PORT, "rs_port": RS_PORT, "client_address": "none"},
+    {"proto": "udp", "port": SERVICE_PORT, "rs_port": RS_PORT, "client_address": "none"},
+    {"proto": "tcp", "port": 81, "rs_port": PROXY_RS_PORT, "client_address": "proxy-v2"},
+    {"proto": "tcp", "port": 82, "rs_port": PROXY_RS_PORT, "client_address": "proxy-v1"},
+)
 API_PORT = 9100
 VRID = 51
 #: the port connection sync uses: the node's own default, read from where it is declared
@@ -110,10 +119,7 @@ def describe(prefix: str, node: bool = False, config_path: str | None = None,
     return {
         "prefix": p,
         "vip": VIP,
-        "services": [
-            {"proto": "tcp", "port": SERVICE_PORT, "rs_port": RS_PORT},
-            {"proto": "udp", "port": SERVICE_PORT, "rs_port": RS_PORT},
-        ],
+        "services": [dict(svc) for svc in SERVICES],
         "client": {"ns": ns_name(p, "client"), "addr": CLIENT_ADDR, "gateway": ROUTER_CLIENT_ADDR},
         "router": {
             "ns": ns_name(p, "router"),

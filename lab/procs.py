@@ -15,7 +15,7 @@ from typing import Any
 
 from . import nsutil
 from . import state as st
-from .plan import API_PORT, REAL_SERVERS, RS_PORT, director, ns_name
+from .plan import API_PORT, PROXY_RS_PORT, REAL_SERVERS, RS_PORT, director, ns_name
 
 
 def record(state: dict[str, Any], rec: dict[str, Any]) -> None:
@@ -39,7 +39,8 @@ def start_echo_servers(prefix: str, state: dict[str, Any], wait: float) -> None:
     d = st.state_dir(prefix)
     for r in REAL_SERVERS:
         ns = ns_name(prefix, r["name"])
-        cmd = [sys.executable, "-m", "lab.echo", "--name", r["name"], "--port", str(RS_PORT)]
+        cmd = [sys.executable, "-m", "lab.echo", "--name", r["name"], "--port", str(RS_PORT),
+               "--proxy-port", str(PROXY_RS_PORT)]
         record(state, st.start_process(ns, f"echo-{r['name']}", cmd, d / f"{r['name']}.log"))
         st.save_state(prefix, state)
 

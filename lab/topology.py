@@ -27,8 +27,8 @@ from .netns import strip_service_addresses
 from .nodeconf import DEFAULT_LIMITS, DEFAULT_TIMEOUTS, dump_toml, node_config, write_config
 from .plan import (API_PORT, API_TOKEN, BACK_NET, CLIENT_ADDR, CLIENT_NET, DIRECTOR_NAMES,
                    DIRECTORS, FRONT_NET, LAB_NET, LADDRS, PREFERRED, REAL_SERVERS, ROLES, ROUTER_CLIENT_ADDR,
-                   ROUTER_FRONT_ADDR, RS_PORT, SERVICE_PORT, SYNC_KEY, SYNC_PORT, VIP, VRID,
-                   describe, namespaces, ns_name)
+                   ROUTER_FRONT_ADDR, PROXY_RS_PORT, RS_PORT, SERVICE_PORT, SERVICES, SYNC_KEY,
+                   SYNC_PORT, VIP, VRID, describe, namespaces, ns_name)
 from .procs import node_status, start_node, wait_role
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "strip_service_addresses", "describe", "namespaces", "ns_name", "API_PORT", "API_TOKEN",
     "BACK_NET", "CLIENT_ADDR", "CLIENT_NET", "DIRECTOR_NAMES", "DIRECTORS", "FRONT_NET", "LAB_NET",
     "LADDRS", "PREFERRED", "REAL_SERVERS", "ROLES", "ROUTER_CLIENT_ADDR", "ROUTER_FRONT_ADDR",
-    "RS_PORT", "SERVICE_PORT", "SYNC_KEY", "SYNC_PORT", "VIP", "VRID",
+    "RS_PORT", "SERVICE_PORT", "SYNC_KEY", "SYNC_PORT", "VIP", "VRID", "PROXY_RS_PORT", "SERVICES",
 ]
 
 # the names these had before the lab was split (bench/ and tests/ use them)

@@ -45,13 +45,17 @@ class WhoamiStats:
         self.by_server: dict[str, int] = {}
         self.peers: dict[str, set[str]] = {}
         self.local_ports: set[int] = set()
+        #: replies naming this connection's own client address and port (a PROXY service)
+        self.own_address_seen = 0
 
-    def record(self, reply: str) -> bool:
+    def record(self, reply: str, local: tuple[str, int] | None = None) -> bool:
         parsed = parse_whoami(reply)
         if parsed is None:
             inc(self.errors, "bad_reply")
             return False
-        name, ip, _port = parsed
+        name, ip, port = parsed
+        if local is not None and (ip, port) == local:
+            self.own_address_seen += 1
         self.ok += 1
         inc(self.by_server, name)
         self.peers.setdefault(name, set()).add(ip)
@@ -66,6 +70,7 @@ class WhoamiStats:
             "by_server": dict(sorted(self.by_server.items())),
             "peers": {k: sorted(v) for k, v in sorted(self.peers.items())},
             "distinct_source_ports": len(self.local_ports),
+            "own_address_seen": self.own_address_seen,
             "seconds": round(seconds, 3),
         }
 
@@ -110,14 +115,15 @@ async def tcp_whoami(args) -> dict[str, Any]:
         try:
             async with asyncio.timeout(dl.op(args.timeout)):
                 r, w = await asyncio.open_connection(args.host, args.port)
-                stats.local_ports.add(w.get_extra_info("sockname")[1])
+                local = w.get_extra_info("sockname")[:2]
+                stats.local_ports.add(local[1])
                 w.write(b"WHOAMI\n")
                 await w.drain()
                 line = await r.readline()
             if not line:
                 inc(stats.errors, "eof")
             else:
-                stats.record(line.decode(errors="replace"))
+                stats.record(line.decode(errors="replace"), (local[0], local[1]))
         except Exception as exc:  # noqa: BLE001 - counted
             inc(stats.errors, classify(exc))
         finally:

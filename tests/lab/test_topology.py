@@ -26,9 +26,12 @@ def _ns(info, role):
 def test_description(lab_env):
     info = lab_env
     assert info["vip"] == "198.18.0.100"
+    # issue 14: beside VIP:80, VIP:81 (proxy-v2) and VIP:82 (proxy-v1) to the PROXY echo port
     assert info["services"] == [
-        {"proto": "tcp", "port": 80, "rs_port": 8080},
-        {"proto": "udp", "port": 80, "rs_port": 8080},
+        {"proto": "tcp", "port": 80, "rs_port": 8080, "client_address": "none"},
+        {"proto": "udp", "port": 80, "rs_port": 8080, "client_address": "none"},
+        {"proto": "tcp", "port": 81, "rs_port": 8081, "client_address": "proxy-v2"},
+        {"proto": "tcp", "port": 82, "rs_port": 8081, "client_address": "proxy-v1"},
     ]
     assert info["client"] == {"ns": _ns(info, "client"), "addr": "198.18.1.10", "gateway": "198.18.1.1"}
     assert [d["api"] for d in info["directors"]] == [
@@ -153,9 +156,10 @@ def test_node_config_written(lab_env):
                     "api_token": nsutil.LAB_API_TOKEN}
     # the description says it (issue 17, item 4)
     assert lab_env["api_token"] == nsutil.LAB_API_TOKEN
-    assert [s["proto"] for s in cfg["services"]] == ["tcp", "udp"]
+    assert [(s["proto"], s["port"], s.get("client_address")) for s in cfg["services"]] == [
+        ("tcp", 80, None), ("udp", 80, None), ("tcp", 81, "proxy-v2"), ("tcp", 82, "proxy-v1")]
     for s in cfg["services"]:
-        assert s["vip"] == "198.18.0.100" and s["port"] == 80
+        assert s["vip"] == "198.18.0.100"
         assert s["laddrs"] == ["198.18.2.100", "198.18.2.101"]
         assert [r["addr"] for r in s["real_servers"]] == ["198.18.2.21", "198.18.2.22", "198.18.2.23"]
     assert cfg["timeouts"]["udp"] == 300
