@@ -408,6 +408,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     out["split"] = split(quick)
     out.update(lookup_and_memory(quick))
     out["memory"] = memory_breakdown(5_000 if quick else 20_000)
+    # a PROXY-v2 service's per-packet cost next to a plain TCP one (bench/proxy.py)
+    from bench import proxy
+    out["proxy_v2_vs_plain"] = proxy.run(quick)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 

@@ -1,0 +1,82 @@
+"""Per-packet cost of a PROXY-v2 service next to a plain one (the sans-IO engine alone).
+
+Both services are TCP on the same VIP with the same real servers; only
+`client_address` differs.  Each flow is opened (SYN, first data segment: the
+PROXY one gets its header there) and then timed on established traffic: client
+data segments (18 bytes, sequence numbers shifted on the PROXY service) and
+server ACKs carrying one SACK block (ack and both edges shifted back).  Best of
+N rounds of process CPU time, as bench.engine.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+from director.config import parse
+from director.engine import Engine
+from proto.checksum import checksum, ones_sum, pseudo_header_sum
+from proto.consts import TCP
+
+VIP = "198.18.0.100"
+REALS = [f"198.18.2.{21 + i}" for i in range(4)]
+PAYLOAD = b"tandem-bench-0001!"
+_SACK = b"\x01\x01\x05\x0a" + struct.pack("!LL", 1100, 1200)    # NOP NOP SACK(1 block)
+
+
+def _config():
+    svc = lambda port, mode: {
+        "proto": "tcp", "vip": VIP, "port": port, "scheduler": "rr", "laddrs": ["198.18.2.100"],
+        "client_address": mode, "real_servers": [{"addr": a, "port": 8080} for a in REALS]}
+    return parse({"node": {"name": "bench"}, "services": [svc(80, "none"), svc(81, "proxy-v2")]},
+                 "bench")
+
+
+def _tcp4(src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int,
+          payload: bytes = b"", opts: bytes = b"") -> bytes:
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    seg = struct.pack("!HHLLBBHHH", sport, dport, seq, ack, (20 + len(opts)) // 4 << 4, flags,
+                      65535, 0, 0) + opts + payload
+    c = ~((ones_sum(seg) + pseudo_header_sum(s, d, TCP, len(seg))) % 0xFFFF) & 0xFFFF
+    seg = seg[:16] + struct.pack("!H", c) + seg[18:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 0, 0x4000, 64, TCP, 0, s, d)
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + seg
+
+
+def _service(port: int, n_flows: int, reps: int, rounds: int) -> dict[str, float]:
+    eng = Engine(_config())
+    ins = []
+    for i in range(n_flows):
+        client = f"198.19.{i >> 8}.{i & 0xFF}"
+        eng.handle(_tcp4(client, VIP, 40000, port, 0x02, 1000, 0), 0.0)
+        eng.handle(_tcp4(client, VIP, 40000, port, 0x18, 1001, 1, PAYLOAD), 0.0)
+        ins.append(_tcp4(client, VIP, 40000, port, 0x18, 1001 + len(PAYLOAD), 1, PAYLOAD))
+    outs = [_tcp4(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport,
+                  0x10, 1, 2000, opts=_SACK) for c in eng.table]
+
+    def best(pkts: list[bytes]) -> float:
+        batch, handle, times = pkts * reps, eng.handle, []
+        for _ in range(rounds):
+            t0 = time.process_time()
+            for p in batch:
+                handle(p, 1.0)
+            times.append(time.process_time() - t0)
+        return round(min(times) / len(batch) * 1e6, 3)
+
+    res = {"data_in_us": best(ins), "sack_ack_out_us": best(outs)}
+    if any(eng.drops.values()):
+        raise RuntimeError(f"packets dropped in the PROXY bench: {eng.drops}")
+    return res
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n, reps, rounds = (300, 5, 3) if quick else (1000, 20, 7)
+    return {"plain": _service(80, n, reps, rounds), "proxy_v2": _service(81, n, reps, rounds),
+            "flows": n, "packet": f"IPv4 TCP, {len(PAYLOAD)}-byte data in; ACK + 1 SACK block out"}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(json.dumps(run("--quick" in sys.argv), indent=1))
