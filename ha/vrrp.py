@@ -56,15 +56,11 @@ Rules:
   (a priority 0, a lower-priority claim, or a higher priority that preempted us); None if none.
 
 Receive validation, each failure dropped, counted in `counters["drop_<reason>"]`, never a state
-change, checked in this order: not running (Initialize/Fault: drop_state), own advert (src ==
-primary_address: drop_own), then the transport, decided from the configuration as keepalived does
-(never from the packet, or a host several hops away could claim priority 255 by sending to us
-directly): without unicast_peers, TTL / hop limit != 255 (drop_ttl) or a destination other than the
-VRRP group (drop_dst); with unicast_peers, a source that is not a configured peer (drop_peer),
-whatever the destination, and no TTL check (keepalived's unicast mode); then version
-(drop_version), VRID (drop_vrid), address list differs from ours as a multiset (drop_addresses;
-keepalived's exact-list check).  `on_packet` adds the decode failures: drop_bad_checksum, drop_truncated,
-drop_count_mismatch, drop_bad_version, drop_bad_type, drop_bad_address, drop_malformed.
+change: not running (Initialize/Fault: drop_state), then the packet's checks in the order that
+ha/vrrp_validate.py states (drop_own, drop_ttl, drop_dst, drop_peer, drop_version, drop_vrid,
+drop_addresses), then the address-owner rule (drop_owner).  `on_packet` adds the decode failures:
+drop_bad_checksum, drop_truncated, drop_count_mismatch, drop_bad_version, drop_bad_type,
+drop_bad_address, drop_malformed.
 
 (Over ~400 lines on purpose: one RFC 5798 §6 state machine, its config and timers, whose rules
 are this docstring; split, the transitions would be read in three files.)
@@ -79,6 +75,7 @@ from typing import Union
 
 from proto import vrrp as P
 from proto.vrrp import Advert, VrrpError
+from ha.vrrp_validate import AdvertFilter, canonical as _canon
 
 __all__ = ["State", "Cause", "VrrpConfig", "SendAdvert", "StateChange", "Reannounce", "Action",
            "VrrpInstance", "Outlook", "skew_time", "master_down_interval"]
@@ -147,10 +144,6 @@ class Outlook:
     state: State
     within: float | None
     reason: str
-
-
-def _canon(addr: str) -> str:
-    return str(ipaddress.ip_address(addr))
 
 
 @dataclass(frozen=True)
@@ -252,8 +245,7 @@ class VrrpInstance:
         self._state = State.INITIALIZE
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._primary_int = int(ipaddress.ip_address(cfg.primary_address))
-        self._vips = sorted(cfg.addresses)
-        self._peers = frozenset(cfg.unicast_peers)
+        self._filter = AdvertFilter(cfg)
         self.master_adver_int_cs = cfg.advert_interval_cs
         self.master_down_at: float | None = None
         self.adver_at: float | None = None
@@ -505,14 +497,6 @@ class VrrpInstance:
 
     # -- receive -----------------------------------------------------------------------------------
 
-    def _is_group(self, dst: str) -> bool:
-        if dst == self.cfg.group:
-            return True
-        try:
-            return ipaddress.ip_address(dst) == ipaddress.ip_address(self.cfg.group)
-        except ValueError:
-            return False
-
     def _drop(self, reason: str) -> list[Action]:
         self.counters["drop_" + reason] += 1
         return []
@@ -532,34 +516,12 @@ class VrrpInstance:
         """A decoded advert from src, received with that TTL / hop limit, sent to dst (None: the
         VRRP group, for callers that have no IP header)."""
         self.counters["rx"] += 1
-        cfg = self.cfg
         if self._state not in (State.BACKUP, State.MASTER):
             return self._drop("state")
-        try:
-            src_ip = ipaddress.ip_address(src)
-        except ValueError:
-            return self._drop("bad_address")
+        why, src_ip = self._filter.reject(advert, src, ttl, dst)
+        if why:
+            return self._drop(why)
         src = str(src_ip)
-        if src == cfg.primary_address:
-            return self._drop("own")
-        if self._peers:
-            if src not in self._peers:
-                return self._drop("peer")
-        else:
-            if ttl != 255:
-                return self._drop("ttl")
-            if dst is not None and not self._is_group(dst):
-                return self._drop("dst")
-        if advert.version != cfg.version:
-            return self._drop("version")
-        if advert.vrid != cfg.vrid:
-            return self._drop("vrid")
-        try:
-            theirs = sorted(_canon(a) for a in advert.addresses)
-        except ValueError:
-            return self._drop("addresses")
-        if theirs != self._vips:
-            return self._drop("addresses")
         if self.is_owner:
             if advert.priority == 255:
                 self.counters["owner_conflict"] += 1
