@@ -36,8 +36,8 @@ Rules:
   seconds from the first of its adverts seen (takeover ~ preempt_delay + Master_Down_Interval, as
   keepalived's man page example).
 * Master: Adver_Timer fires -> advert.  Priority 0 received -> advert at once.  Higher priority,
-  or equal priority from a higher primary address (unsigned, network byte order) -> Backup
-  (adopting its interval).  Lower priority (or equal from a lower address) -> advert at once
+  or equal priority from a higher primary address (unsigned, network byte order; IPv6: the
+  128-bit link-local) -> Backup (adopting its interval).  Lower priority (or equal from a lower address) -> advert at once
   (RFC 9568 §6.4.3, keepalived's "forcing new election"), so the other side yields.
 * Address owner (priority 255): every received advert is discarded (RFC 5798 §7.1), counted as
   drop_owner (and owner_conflict when the other side claims 255 too); nopreempt does not apply.
@@ -57,7 +57,7 @@ Rules:
 
 Receive validation, each failure dropped, counted in `counters["drop_<reason>"]`, never a state
 change: not running (Initialize/Fault: drop_state), then the packet's checks in the order that
-ha/vrrp_validate.py states (drop_own, drop_ttl, drop_dst, drop_peer, drop_version, drop_vrid,
+ha/vrrp_validate.py states (drop_own, drop_ttl, drop_not_link_local, drop_dst, drop_peer, drop_version, drop_vrid,
 drop_addresses), then the address-owner rule (drop_owner).  `on_packet` adds the decode failures:
 drop_bad_checksum, drop_truncated, drop_count_mismatch, drop_bad_version, drop_bad_type,
 drop_bad_address, drop_malformed.
@@ -183,7 +183,9 @@ class VrrpConfig:
             raise ValueError(f"a VRRPv2 advert_interval is 1..255 whole seconds, not {self.advert_interval}")
         if not self.primary_address:
             raise ValueError("primary_address is required")
-        primary = ipaddress.ip_address(self.primary_address)
+        primary = ipaddress.ip_address(_canon(self.primary_address))
+        if primary.version == 6 and not self.unicast_peers and not primary.is_link_local:
+            raise ValueError("an IPv6 primary_address must be link-local (the advert source)")
         addrs = tuple(_canon(a) for a in self.addresses)
         if not addrs:
             raise ValueError("at least one address (VIP) is required")
@@ -232,7 +234,8 @@ def _ms(seconds: float) -> str:
 _COUNTERS = (
     "rx", "accepted", "tx", "tx_priority0", "rx_priority0", "became_master", "became_backup",
     "faults", "reannounced", "discard_lower_priority", "preempt_delayed", "owner_conflict", "interval_changes",
-    "drop_state", "drop_own", "drop_ttl", "drop_dst", "drop_version", "drop_vrid", "drop_addresses", "drop_peer",
+    "drop_state", "drop_own", "drop_ttl", "drop_not_link_local", "drop_dst", "drop_version", "drop_vrid",
+    "drop_addresses", "drop_peer",
     "drop_owner",
 ) + tuple(f"drop_{r}" for r in P.REASONS)
 
