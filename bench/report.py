@@ -49,6 +49,8 @@ HEADLINE = [
     ("vrrp_takeover_ms_max", "new master holds the addresses, max, 100 ms adverts (ms)"),
     ("vrrp_takeover_ms_max_10ms", "the same, 10 ms adverts (ms)"),
     ("gap_ms_max", "longest silence of a connection across a kill, all drills (ms)"),
+    ("health_down_s_max", "stopped real server out of scheduling after, max (s; fall 3 x 0.5 s)"),
+    ("health_up_s_max", "restarted real server back after, max (s; rise 2 x 0.5 s)"),
 ]
 
 
@@ -233,6 +235,27 @@ def render_sync(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_health(r: dict[str, Any]) -> str:
+    lines = ["## Health checks (`health`)", ""]
+    e = _err(r)
+    if e:
+        return "\n".join(lines + [e, ""])
+    lines += [f"A TCP check every {fmt(r.get('interval_s'))} s (fall {r.get('fall')}, rise {r.get('rise')}) "
+              "on each real server of one node; rs2's echo server stopped, then started again, "
+              "each transition read from the node's `/services`.", "",
+              table(["transition", "by design, s", "p50 / max, s", "samples, s"], [
+                  ["stopped -> down (out of scheduling)", r.get("down_by_design_s"),
+                   f"{fmt(r.get('health_down_s_p50'))} / {fmt(r.get('health_down_s_max'))}",
+                   ", ".join(fmt(v) for v in r.get("health_down_s") or [])],
+                  ["started -> up (scheduled again)", r.get("up_by_design_s"),
+                   f"{fmt(r.get('health_up_s_p50'))} / {fmt(r.get('health_up_s_max'))}",
+                   ", ".join(fmt(v) for v in r.get("health_up_s") or [])],
+              ]), ""]
+    if r.get("errors"):
+        lines += ["Rounds that did not finish: " + "; ".join(f"`{x}`" for x in r["errors"]), ""]
+    return "\n".join(lines)
+
+
 def render_takeover(r: dict[str, Any]) -> str:
     lines = ["## Failover drills (`takeover`)", ""]
     e = _err(r)
@@ -304,7 +327,7 @@ def render(res: dict[str, Any], hand: str | None = None) -> str:
     ]
     body = [render_nfq(_section(res, "nfq")), render_engine(_section(res, "engine")),
             render_conn(_section(res, "conn_rate")), render_sync(_section(res, "sync")),
-            render_takeover(_section(res, "takeover"))]
+            render_health(_section(res, "health")), render_takeover(_section(res, "takeover"))]
     hand = hand if hand is not None else HAND_PLACEHOLDER
     return "\n".join(head + body + [HAND_BEGIN, hand.strip("\n"), HAND_END, ""])
 

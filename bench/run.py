@@ -1,7 +1,7 @@
 """`tandem bench`: run the benchmarks, print one JSON object, optionally write
 docs/benchmarks.md.
 
-    tandem bench [--json] [--write FILE] [--quick] [--only engine,nfq,conn_rate,sync,takeover]
+    tandem bench [--json] [--write FILE] [--quick] [--only engine,nfq,conn_rate,sync,health,takeover]
 
 The director CLI registers it with `bench.run.add_parser(subparsers)`.  Without
 the CLI: `python -c "import sys; from bench.run import main; sys.exit(main(sys.argv[1:]))" --json`.
@@ -40,6 +40,7 @@ KEYS = {
     "takeover_ms_p50_10ms": "takeover", "takeover_ms_max_10ms": "takeover",
     "takeover_ms_max_10ms_sync_loss": "takeover", "vrrp_takeover_ms_max": "takeover",
     "vrrp_takeover_ms_max_10ms": "takeover", "gap_ms_max": "takeover",
+    "health_down_s_max": "health", "health_up_s_max": "health",
 }
 
 #: name -> (op, bound): the targets from the benchmark issue; None = report only
@@ -54,8 +55,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "takeover_ms_max_10ms": None,
 }
 
-ORDER = ("engine", "nfq", "conn_rate", "sync", "takeover")
-LAB_MEASUREMENTS = ("nfq", "conn_rate", "sync", "takeover")
+ORDER = ("engine", "nfq", "conn_rate", "sync", "health", "takeover")
+LAB_MEASUREMENTS = ("nfq", "conn_rate", "sync", "health", "takeover")
 
 
 def _engine(quick: bool) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def _lab(name: str) -> Callable[[bool], dict[str, Any]]:
 
 MEASUREMENTS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": _engine, "nfq": _lab("nfq"), "conn_rate": _lab("conn_rate"),
-    "sync": _lab("sync"), "takeover": _lab("takeover"),
+    "sync": _lab("sync"), "health": _lab("health"), "takeover": _lab("takeover"),
 }
 
 

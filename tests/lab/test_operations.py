@@ -89,8 +89,9 @@ def logged_at(line: str) -> float:
 def test_a_stopped_real_server_leaves_scheduling_and_returns(pair):
     """Its health check marks it down (weight 0, metrics 0), no new connection goes to it,
     the held connections to the others are untouched, and it comes back when it runs again.
-    How long detection took is printed (fall x interval by design), not asserted: the
-    machine is shared and a probe's timeout stretches under load.
+    How long detection took is printed and measured by `make bench` (`health`; fall x
+    interval by design), not asserted: the machine is shared and a probe's timeout
+    stretches under load.
 
     Also (issue 17 item 6): /services says why, as keepalived's log line does (`Removing
     service [rs]:tcp:8080 from VS ... (tcp check: Connection refused)`, once per transition):

@@ -292,3 +292,16 @@ def test_bench_tcp_exchanges_are_whole_connections_the_engine_closes():
     assert all(c.flags & ASSURED for c in eng.table)         # the client's ACK acked the SYN-ACK
     res = be.tcp_conn_cost(n=20)
     assert res["tcp_packets_per_conn"] == 8 and res["tcp_drops"] == 0
+
+
+def test_render_health_beside_its_design_figures():
+    res = fake_result()
+    res["results"] = {"health": {"interval_s": 0.5, "fall": 3, "rise": 2, "down_by_design_s": 1.5,
+                                 "up_by_design_s": 1.0, "health_down_s": [1.2, 1.4],
+                                 "health_down_s_p50": 1.3, "health_down_s_max": 1.4,
+                                 "health_up_s": [0.6, 0.9], "health_up_s_p50": 0.75,
+                                 "health_up_s_max": 0.9, "errors": []}}
+    text = report.render(res)
+    assert "## Health checks (`health`)" in text
+    assert "| stopped -> down (out of scheduling) | 1.5 | 1.3 / 1.4 | 1.2, 1.4 |" in text
+    assert "health" in run.ORDER and "health" in run.LAB_MEASUREMENTS
