@@ -308,8 +308,12 @@ class Engine:
             # about a packet we sent the client: pass it on to the real server
             return rewrite_icmp_error(data, pkt, conn.laddr, conn.daddr,
                                       conn.daddr, conn.laddr, conn.dport, conn.lport)
+        # about a packet we sent the real server: its sequence number is in the server's
+        # space when a PROXY header shifted it, and the client's stack wants its own
+        shift = 0 if conn.seqadj is None else proxy_insert.quoted_seq_shift(conn.seqadj, data, inner)
         return rewrite_icmp_error(data, pkt, conn.vaddr, conn.caddr,
-                                  conn.caddr, conn.vaddr, conn.cport, conn.vport)
+                                  conn.caddr, conn.vaddr, conn.cport, conn.vport,
+                                  inner_seq_delta=shift)
 
     def expire(self, now: float) -> int:
         """Run the timers: call at least every `cfg.tick` seconds."""

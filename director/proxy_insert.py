@@ -32,7 +32,7 @@ from proto import proxy
 from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
 from proto.consts import TCP
 
-__all__ = ["MODES", "begin", "client_to_server", "server_to_client"]
+__all__ = ["MODES", "begin", "client_to_server", "server_to_client", "quoted_seq_shift"]
 
 #: the modes of `client_address` this module serves, by the PROXY version they write
 MODES = {"proxy-v1": 1, "proxy-v2": 2}
@@ -141,3 +141,13 @@ def _options(adj: SeqAdj, out: bytearray, i: int, end: int, syn: int) -> None:
             mss = _H.unpack_from(out, i + 2)[0]
             _H.pack_into(out, i + 2, max(mss - adj.delta, 64))
         i += size
+
+
+def quoted_seq_shift(adj: SeqAdj, data: bytes, inner) -> int:
+    """What to add (mod 2**32) to the sequence number an ICMP error quotes from a
+    client->server segment, to give it back in the client's space (a segment that
+    carried the header keeps init_seq; 0 when the quote is too short to hold it)."""
+    if inner.proto != TCP or inner.l4 + 8 > inner.end:
+        return 0
+    seq = _L.unpack_from(data, inner.l4 + 4)[0]
+    return (adj.ack_out(seq) - seq) & 0xFFFFFFFF

@@ -137,3 +137,22 @@ def test_config_refuses_what_is_not_there(extra, words):
            "real_servers": [{"addr": RS[0], "port": 8081}], **extra}
     with pytest.raises(ConfigError, match=words):
         parse({"node": {"name": "t"}, "services": [svc]}, "test.toml")
+
+
+def test_an_icmp_error_about_a_shifted_segment_quotes_the_clients_sequence_number():
+    """As DPVS's FULLNAT does (seq -= delta in the quoted header): without it the client's
+    stack finds the quoted segment out of its window and ignores, say, a Frag Needed."""
+    from scapy.layers.inet import ICMP as ICMP4, IPerror, TCPerror
+    eng = Engine(config("proxy-v2"))
+    c = Conn(eng)
+    c.reply("SA", 5000, 1001)
+    first = c.send("PA", 1001, 5001, b"a" * 100)
+    later = c.send("PA", 1101, 5001, b"b" * 100)
+    H = len(proxy.encode_v2(CLIENT, VIP, 40000, 81))
+    assert later[TCP].seq == 1101 + H
+    for sent, client_seq in ((first, 1001), (later, 1101)):
+        err = bytes(IP(src="198.18.2.1", dst=sent.src) / ICMP4(type=3, code=4, nexthopmtu=1400)
+                    / bytes(sent)[:28])
+        out = parsed(eng.handle(err, 0.2))
+        assert (out.src, out.dst) == (VIP, CLIENT)
+        assert out[IPerror][TCPerror].seq == client_seq
