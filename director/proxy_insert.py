@@ -71,11 +71,18 @@ def client_to_server(adj: SeqAdj, data: bytes, pkt):
         return _insert(data, pkt, l4 + doff, prefix, new_seq)
     if new_seq == seq:
         return data, pkt
-    out = bytearray(data)
-    _L.pack_into(out, l4 + 4, new_seq)
     co = l4 + 16
-    _H.pack_into(out, co, update(data[co] << 8 | data[co + 1], delta(data[l4 + 4:l4 + 8], out[l4 + 4:l4 + 8])))
-    return bytes(out), pkt
+    c = _swap32(data[co] << 8 | data[co + 1], seq, new_seq)
+    return b"".join((data[:l4 + 4], _L.pack(new_seq), data[l4 + 8:co], _H.pack(c), data[co + 2:])), pkt
+
+
+def _swap32(csum: int, old: int, new: int) -> int:
+    """RFC 1624 eqn 3 for one 32-bit field: HC' = ~(~HC + ~m + m'), as two 16-bit words."""
+    s = ((~csum & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF)
+         + (new >> 16) + (new & 0xFFFF))
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
 
 
 def _insert(data: bytes, pkt, payload_at: int, prefix: bytes, new_seq: int):
@@ -104,13 +111,24 @@ def server_to_client(adj: SeqAdj, data: bytes, pkt) -> bytes:
     l4 = pkt.l4
     flags = pkt.flags
     doff = (data[l4 + 12] >> 4) * 4
-    if not flags & _ACK and doff == 20:
-        return data
+    # only a SYN's MSS or a SACK block changes among the options: skip the walk when no
+    # byte of them could start one (timestamps alone, the usual case)
+    walk = doff > 20 and (flags & _SYN or data.find(b"\x05", l4 + 20, l4 + doff) >= 0)
+    if not walk:
+        if not flags & _ACK:
+            return data
+        ack = _L.unpack_from(data, l4 + 8)[0]
+        new_ack = adj.ack_out(ack)
+        if new_ack == ack:
+            return data
+        co = l4 + 16
+        c = _swap32(data[co] << 8 | data[co + 1], ack, new_ack)
+        return b"".join((data[:l4 + 8], _L.pack(new_ack), data[l4 + 12:co], _H.pack(c),
+                         data[co + 2:]))
     out = bytearray(data)
     if flags & _ACK:
         _L.pack_into(out, l4 + 8, adj.ack_out(_L.unpack_from(data, l4 + 8)[0]))
-    if doff > 20:
-        _options(adj, out, l4 + 20, l4 + doff, flags & _SYN)
+    _options(adj, out, l4 + 20, l4 + doff, flags & _SYN)
     # ack and options are 4-aligned in the segment and the options end 4-aligned:
     # one delta over both covers every changed word
     old = data[l4 + 8:l4 + 12] + data[l4 + 20:l4 + doff]

@@ -4,10 +4,12 @@ of the first client data byte and shifts sequence numbers; scapy is the packet o
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
 from director.config import ConfigError, parse
+from director import proxy_insert
 from director.engine import Engine
 from proto import proxy
 from tests.helpers import CLIENT, LADDRS, RS, VIP, checksums_ok
@@ -156,3 +158,27 @@ def test_an_icmp_error_about_a_shifted_segment_quotes_the_clients_sequence_numbe
         out = parsed(eng.handle(err, 0.2))
         assert (out.src, out.dst) == (VIP, CLIENT)
         assert out[IPerror][TCPerror].seq == client_seq
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 0xFFFE), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_the_32_bit_checksum_update_is_rfc1624s(csum, old, new):
+    """The inlined update of one 32-bit field (seq or ack) equals proto.checksum's RFC 1624
+    eqn 3 over the field's bytes (itself checked against scapy in test_checksum)."""
+    import struct as _s
+    from proto.checksum import delta, update
+    assert proxy_insert._swap32(csum, old, new) == update(csum, delta(_s.pack("!L", old),
+                                                                      _s.pack("!L", new)))
+
+
+def test_acks_with_timestamps_only_take_the_short_path_and_stay_valid():
+    eng = Engine(config("proxy-v2"))
+    c = Conn(eng)
+    c.reply("SA", 5000, 1001)
+    c.send("PA", 1001, 5001, b"hello")
+    H = len(proxy.encode_v2(CLIENT, VIP, 40000, 81))
+    # 0x05 inside the timestamp values: the walk runs and must leave them alone
+    for ts in ((1, 2), (0x05050505, 0x05)):
+        ack = c.reply("A", 5001, 1001 + H + 5, options=[("NOP", None), ("NOP", None),
+                                                        ("Timestamp", ts)])
+        assert ack[TCP].ack == 1006 and dict(ack[TCP].options)["Timestamp"] == ts
