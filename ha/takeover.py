@@ -51,7 +51,8 @@ class Takeover:
         self.held = True
 
     async def announce(self) -> None:
-        """Gratuitous ARPs on both segments, after the addresses are in place."""
+        """Gratuitous ARPs (IPv4) and unsolicited neighbour advertisements (IPv6) on both
+        segments, after the addresses are in place."""
         await asyncio.gather(self._garp(self.cfg.front_if, self.cfg.vips),
                              self._garp(self.cfg.back_if, self.cfg.laddrs))
 
@@ -70,7 +71,7 @@ class Takeover:
             except OSError as exc:
                 log.warning("gratuitous ARP on %s not sent: %s", ifname, exc)
                 return
-            if not sent:        # nothing to announce here (IPv6 only)
+            if not sent:        # nothing announced
                 return
             if i + 1 < self.cfg.garp_count:
                 await asyncio.sleep(self.cfg.garp_interval)

@@ -2,7 +2,7 @@
 
 As seesaw's ncc does for its engine, one object holds every operation that needs
 CAP_NET_ADMIN or CAP_NET_RAW: the NFQUEUE steering rules, the service addresses, link
-state, gratuitous ARPs, binding the NFQUEUE and the raw VRRP socket.  The node builds one
+state, gratuitous ARPs and unsolicited neighbour advertisements, binding the NFQUEUE and the raw VRRP socket.  The node builds one
 `LinuxKernel` and hands it (or parts of it) to the adapters; unit tests hand them a fake
 (tests/fake_kernel.py) that records the same calls without root.
 
@@ -14,9 +14,9 @@ operation                  capability      how
 =========================  ==============  ===============================================
 install/remove rules       CAP_NET_ADMIN   iptables/ip6tables (director/rules.py), run as
                                            children that inherit the ambient capabilities
-add/delete addresses       CAP_NET_ADMIN   rtnetlink (pyroute2)
+add/delete addresses       CAP_NET_ADMIN   rtnetlink (pyroute2); IPv6 ones with nodad
 links_down                 none            rtnetlink dump
-announce (gratuitous ARP)  CAP_NET_RAW     AF_PACKET socket bound to the interface
+announce (GARP / NA)       CAP_NET_RAW     AF_PACKET socket bound to the interface
 bind_queue                 CAP_NET_ADMIN   nfnetlink_queue (netfilterqueue)
 open_vrrp_socket           CAP_NET_RAW     raw IP socket, protocol 112, SO_BINDTODEVICE
 =========================  ==============  ===============================================
@@ -34,10 +34,16 @@ import socket
 from typing import Any, Callable, Iterable, Protocol
 
 from proto.arp import ETH_P_ARP, garp_frame
+from proto.ndisc import ETH_P_IPV6, na_frame
 
 log = logging.getLogger("tandem.kernel")
 
-__all__ = ["Kernel", "LinuxKernel"]
+__all__ = ["Kernel", "LinuxKernel", "announce_frames"]
+
+#: IFA_F_NODAD: an IPv6 address added with it skips duplicate address detection, so it is usable
+#: the moment it is added (a takeover address is known to be ours; DAD would hold it "tentative"
+#: for about a second, dropping traffic and refusing binds, and fail it when the peer still has it)
+IFA_F_NODAD = 0x02
 
 
 class Kernel(Protocol):
@@ -50,7 +56,8 @@ class Kernel(Protocol):
         """Remove the node's rules; quiet when there are none."""
 
     def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
-        """Add host addresses (/32, /128) on an interface; idempotent.
+        """Add host addresses (/32, /128) on an interface; idempotent.  IPv6 ones are added
+        with nodad (IFA_F_NODAD): usable at once, never "tentative".
         Raises OSError(ENODEV) when the interface is missing."""
 
     def del_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
@@ -60,8 +67,9 @@ class Kernel(Protocol):
         """The interfaces among `ifnames` that are missing or not up."""
 
     def announce(self, ifname: str, addrs: Iterable[str]) -> int:
-        """One round of gratuitous ARPs for the IPv4 `addrs` on `ifname`; the frames sent.
-        Raises OSError when no frame could be sent."""
+        """One round of announcements on `ifname`: a gratuitous ARP for each IPv4 address of
+        `addrs` and an unsolicited neighbour advertisement (override flag set) for each IPv6
+        one; the frames sent.  Raises OSError when no frame could be sent."""
 
     def bind_queue(self, queue: int, callback: Callable[[Any], None], max_len: int,
                    sock_len: int) -> Any:
@@ -73,6 +81,12 @@ class Kernel(Protocol):
 
 def _prefixlen(addr: str) -> int:
     return 32 if ipaddress.ip_address(addr).version == 4 else 128
+
+
+def announce_frames(mac: bytes, addrs: Iterable[str]) -> list[tuple[bytes, int]]:
+    """(frame, ethertype) for each address: gratuitous ARP (IPv4), unsolicited NA (IPv6)."""
+    return [(garp_frame(mac, a), ETH_P_ARP) if ipaddress.ip_address(a).version == 4
+            else (na_frame(mac, a), ETH_P_IPV6) for a in addrs]
 
 
 class LinuxKernel:
@@ -108,9 +122,11 @@ class LinuxKernel:
                     raise OSError(errno.ENODEV, f"no interface {ifname}")
                 return
             for a in addrs:
-                fam = socket.AF_INET if ipaddress.ip_address(a).version == 4 else socket.AF_INET6
+                v4 = ipaddress.ip_address(a).version == 4
+                extra = {} if v4 or cmd != "add" else {"flags": IFA_F_NODAD}
                 try:
-                    ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a), family=fam)
+                    ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a),
+                             family=socket.AF_INET if v4 else socket.AF_INET6, **extra)
                 except NetlinkError as exc:
                     if exc.code not in ok_errors:
                         raise
@@ -132,18 +148,20 @@ class LinuxKernel:
                     down.append(name)
         return down
 
-    # -- gratuitous ARP --------------------------------------------------------------------------
+    # -- gratuitous ARP and unsolicited NA -------------------------------------------------------
 
     def announce(self, ifname: str, addrs: Iterable[str]) -> int:
-        v4 = [a for a in addrs if ipaddress.ip_address(a).version == 4]
-        if not v4:
+        addrs = list(addrs)
+        if not addrs:
             return 0
         for retry in (False, True):
             s, mac = self._arp_socket(ifname)
             try:
-                for a in v4:
-                    s.send(garp_frame(mac, a))
-                return len(v4)
+                frames = announce_frames(mac, addrs)
+                for frame, ethertype in frames:
+                    # the protocol per frame: the socket is bound for ARP
+                    s.sendto(frame, (ifname, ethertype))
+                return len(frames)
             except OSError:
                 # the interface went away (or came back with another MAC): a fresh socket once
                 self._arp.pop(ifname, None)

@@ -116,10 +116,9 @@ class FakeKernel:
         self._call("announce", ifname, addrs)
         if ifname not in self.links:
             raise OSError(errno.ENODEV, f"no interface {ifname}")
-        v4 = tuple(a for a in addrs if ":" not in a)
-        if v4:
-            self.announced.append((ifname, v4))
-        return len(v4)
+        if addrs:
+            self.announced.append((ifname, addrs))
+        return len(addrs)
 
     def bind_queue(self, queue: int, callback: Callable[[Any], None], max_len: int,
                    sock_len: int) -> FakeQueue:

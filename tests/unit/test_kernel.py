@@ -82,12 +82,14 @@ def test_a_refused_announce_is_logged_and_the_other_segment_still_announced(capl
     assert f"gratuitous ARP on {refused} not sent" in caplog.text
 
 
-def test_ipv6_only_addresses_send_no_arp_and_wait_no_rounds():
+def test_ipv6_only_addresses_are_announced_every_round():
+    """Issue 15: an IPv6 takeover address is announced by unsolicited neighbour advertisement
+    (before, IPv6-only segments sent nothing and stopped after one call)."""
     k = FakeKernel()
-    t = Takeover(TakeoverConfig("front", "back", ("2001:2::100",), (), 5, 10.0), k)
-    asyncio.run(asyncio.wait_for(t.announce(), 5.0))   # 4 x 10 s if it waited between rounds
-    assert k.announced == []
-    assert [c[0] for c in k.calls] == ["announce"]
+    t = Takeover(TakeoverConfig("front", "back", ("2001:2::100",), (), 5, 0.0), k)
+    asyncio.run(asyncio.wait_for(t.announce(), 5.0))
+    assert k.announced == [("front", ("2001:2::100",))] * 5
+    assert [c[0] for c in k.calls] == ["announce"] * 5
 
 
 def test_queue_adapter_binds_through_the_interface_and_returns_each_verdict():
@@ -158,3 +160,36 @@ def test_a_failing_iptables_command_reports_what_it_said():
     assert "exited 4" in str(exc.value)
     assert "can't open lock file /run/xtables.lock: Permission denied" in str(exc.value)
     assert rules._run(["/bin/sh", "-c", "exit 1"], check=False).returncode == 1
+
+
+# -- IPv6 takeover addresses: unsolicited neighbour advertisements --------------------------------------
+
+def test_announce_frames_are_garp_for_ipv4_and_na_for_ipv6():
+    """What LinuxKernel.announce sends, address by address, for a dual-stack list."""
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr
+    from scapy.layers.l2 import ARP, Ether
+    from tandem.kernel import announce_frames
+    mac = bytes.fromhex("020000000a0b")
+    frames = announce_frames(mac, ["198.18.0.100", "2001:2:0:51::100", "2001:2:0:52::7"])
+    assert [t for _, t in frames] == [0x0806, 0x86DD, 0x86DD]
+    assert Ether(frames[0][0])[ARP].psrc == "198.18.0.100"
+    for (raw, _), addr in zip(frames[1:], ["2001:2:0:51::100", "2001:2:0:52::7"]):
+        na = Ether(raw)[ICMPv6ND_NA]
+        assert (na.tgt, na.O, na.S) == (addr, 1, 0)
+        assert Ether(raw)[ICMPv6NDOptDstLLAddr].lladdr == "02:00:00:00:0a:0b"
+    assert announce_frames(mac, []) == []
+
+
+def test_takeover_announces_ipv6_vips_and_laddrs_too():
+    k = FakeKernel()
+    vips6, laddrs6 = ("198.18.0.100", "2001:2:0:51::100"), ("2001:2:0:2::100",)
+    t = Takeover(TakeoverConfig("front", "back", vips6, laddrs6, 2, 0.0), k)
+    asyncio.run(t.announce())
+    assert collections.Counter(k.announced) == {("front", vips6): 2, ("back", laddrs6): 2}
+
+
+def test_ipv6_addresses_are_added_with_nodad():
+    """IFA_F_NODAD is the kernel's value (linux/if_addr.h): 0x02, as pyroute2 names it."""
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+    from tandem import kernel
+    assert kernel.IFA_F_NODAD == IFA_F_NODAD == 0x02
