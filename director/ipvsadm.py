@@ -226,6 +226,10 @@ def format_list(services: Any, *, version: str = IPVS_VERSION, size: int = CONN_
                 line += f" pe {s['pe']}"
         if s.get("ops"):
             line += " ops"
+        # ours, after ipvsadm's own words as the override mark: how real servers learn the
+        # client (docs/client-address.md); absent for "none", so plain listings are unchanged
+        if s.get("client_address", "none") != "none":
+            line += f" client_address {s['client_address']}"
         out.append(line + "\n")
         for rs in s["real_servers"]:
             line = "  -> %-28s %-7s %-6d %-10u %-10u" % (

@@ -182,3 +182,16 @@ def test_acks_with_timestamps_only_take_the_short_path_and_stay_valid():
         ack = c.reply("A", 5001, 1001 + H + 5, options=[("NOP", None), ("NOP", None),
                                                         ("Timestamp", ts)])
         assert ack[TCP].ack == 1006 and dict(ack[TCP].options)["Timestamp"] == ts
+
+
+def test_the_ipvsadm_listing_and_the_api_name_the_mode():
+    from director.ipvsadm import format_list
+    eng = Engine(parse({"node": {"name": "t"}, "services": [
+        {"proto": "tcp", "vip": VIP, "port": p, "laddrs": LADDRS, "client_address": m,
+         "real_servers": [{"addr": RS[0], "port": 8081}]}
+        for p, m in ((80, "none"), (81, "proxy-v2"), (82, "proxy-v1"))]}, "test.toml"))
+    described = [s.describe() for s in eng.services.values()]
+    assert [d["client_address"] for d in described] == ["none", "proxy-v2", "proxy-v1"]
+    lines = [l for l in format_list(described).splitlines() if l.startswith("TCP")]
+    assert lines == [f"TCP  {VIP}:80 wlc", f"TCP  {VIP}:81 wlc client_address proxy-v2",
+                     f"TCP  {VIP}:82 wlc client_address proxy-v1"]
