@@ -137,7 +137,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "weight": _WEIGHT,
             "drain": {"type": "boolean", "description": "set by /drain (weight 0)"},
-            "set_at": {"type": "number", "description": "when it was set, epoch seconds"},
+            "set_at": _epoch("when it was set (on the node that made it)"),
             "by": {"type": "string", "description": "the node it was set on"},
         },
     },
