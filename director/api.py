@@ -224,26 +224,32 @@ class NodeApi:
         control, service, addr, port = self._target(request)
         try:
             weight = json_integer(await json_object(request, ("weight",)), "weight")
-            return web.json_response(control.set_weight(service, addr, port, weight))
+            result = control.set_weight(service, addr, port, weight)
         except KeyError as exc:
             raise web.HTTPNotFound(text=_words(exc)) from None
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(
                 text=f"body must be {{\"weight\": {WEIGHT.range_text()}}}: {_words(exc)}") from None
+        await control.kept()
+        return web.json_response(result)
 
     async def drain(self, request: web.Request) -> web.Response:
         control, service, addr, port = self._target(request)
         try:
-            return web.json_response(control.drain(service, addr, port))
+            result = control.drain(service, addr, port)
         except KeyError as exc:
             raise web.HTTPNotFound(text=_words(exc)) from None
+        await control.kept()
+        return web.json_response(result)
 
     async def clear_override(self, request: web.Request) -> web.Response:
         control, service, addr, port = self._target(request)
         try:
-            return web.json_response(control.clear(service, addr, port))
+            result = control.clear(service, addr, port)
         except KeyError as exc:
             raise web.HTTPNotFound(text=_words(exc)) from None
+        await control.kept()
+        return web.json_response(result)
 
     async def resign(self, _request: web.Request) -> web.Response:
         answer = await self.node.resign()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 from director.engine import Engine
 from director.health import effective_weight
@@ -31,11 +31,13 @@ log = logging.getLogger("tandem.control")
 class Control:
     def __init__(self, engine: Engine, overrides: Overrides | None = None, *,
                  wall: Callable[[], float] = time.time,
-                 on_change: Callable[[list[Override]], None] | None = None) -> None:
+                 on_change: Callable[[list[Override]], None] | None = None,
+                 kept: Callable[[], Awaitable[None]] | None = None) -> None:
         self.engine = engine
         self.overrides = overrides if overrides is not None else Overrides("local")
         self.wall = wall
         self.on_change = on_change
+        self._kept = kept
         self.down: set[tuple[str, str, int]] = set()
 
     def _service(self, name: str):
@@ -111,6 +113,12 @@ class Control:
         o, was = self.overrides.clear(key, self.wall())
         self._changed(o, svc)
         return {**self._result(svc, d, key), "cleared": was}
+
+    async def kept(self) -> None:
+        """Wait until the changes made so far are in the state file (the API answers a
+        change only then, so an answer means it survives a crash of this node)."""
+        if self._kept is not None:
+            await self._kept()
 
     def override_of(self, svc, d) -> dict | None:
         o = self.overrides.get((svc.name, d.addr_str, d.port))

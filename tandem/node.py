@@ -111,7 +111,8 @@ class Node:
         # the operator's overrides: from the state file, to and from the peer
         self.state_file = StateFile(path_in(cfg.state_dir))
         self.overrides = Overrides(cfg.name, load_overrides(self.state_file.path))
-        self.control = Control(self.engine, self.overrides, on_change=self._overrides_changed)
+        self.control = Control(self.engine, self.overrides, on_change=self._overrides_changed,
+                               kept=self.state_file.drain)
         self.control.apply_all()
         if self.sync is not None and hasattr(self.sync, "carry_overrides"):
             self.sync.carry_overrides(lambda: [o.to_list() for o in self.overrides.entries()],
