@@ -1,4 +1,5 @@
-"""The thin asyncio adapter for one VRRP instance (IPv4): one raw socket, one timer.
+"""The thin asyncio adapter for one VRRP instance: one raw socket, one timer.  IPv4 here; an
+IPv6 instance (cfg.family 6) uses ha/vrrp_inet6.py's socket, control message and receive.
 
 Socket (`open_vrrp_socket`): ``socket(AF_INET, SOCK_RAW, 112)`` bound to the interface with
 SO_BINDTODEVICE, joined to 224.0.0.18 on it (multicast mode; in unicast mode, cfg.unicast_peers
@@ -46,6 +47,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from proto import vrrp as P
+from ha import vrrp_inet6
 from ha.vrrp import Reannounce, SendAdvert, State, StateChange, VrrpConfig, VrrpInstance
 
 log = logging.getLogger("tandem.vrrp")
@@ -66,8 +68,8 @@ StateCallback = Callable[[State, State, str], "Awaitable[Any] | Any"]
 def open_vrrp_socket(ifname: str, cfg: VrrpConfig) -> tuple[socket.socket, int]:
     """The raw VRRP socket for cfg on ifname (see the module docstring) and the ifindex.
     Must run in the network namespace of the interface."""
-    if cfg.family != 4:
-        raise ValueError("the VRRP runner is IPv4 only")
+    if cfg.family == 6:
+        return vrrp_inet6.open_socket6(ifname, cfg)
     ifindex = socket.if_nametoindex(ifname)
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, P.IPPROTO_VRRP)
     try:
@@ -131,7 +133,7 @@ class VrrpRunner:
         self._events: collections.deque[StateChange | None] | None = None
         self._events_ready: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._pktinfo = b""
+        self._cmsg: tuple[int, int, bytes] | None = None    # the source and interface to send from
         self._targets: list[tuple[str, str]] = []   # (dst for the checksum, sendto address)
 
     # -- public -----------------------------------------------------------------------------
@@ -155,12 +157,15 @@ class VrrpRunner:
             return
         self.open_socket()
         self._loop = asyncio.get_running_loop()
-        self._pktinfo = struct.pack("=i4s4s", self._ifindex,
-                                    socket.inet_aton(self.cfg.primary_address), b"\0" * 4)
+        if self.cfg.family == 6:
+            self._cmsg = vrrp_inet6.pktinfo6(self.cfg.primary_address, self._ifindex)
+        else:
+            self._cmsg = (socket.IPPROTO_IP, IP_PKTINFO, struct.pack(
+                "=i4s4s", self._ifindex, socket.inet_aton(self.cfg.primary_address), b"\0" * 4))
         if self.cfg.unicast_peers:
             self._targets = [(p, p) for p in self.cfg.unicast_peers]
         else:
-            self._targets = [(P.VRRP_GROUP4, P.VRRP_GROUP4)]
+            self._targets = [(self.cfg.group, self.cfg.group)]
         self._events = collections.deque()
         self._events_ready = asyncio.Event()
         self._worker = asyncio.create_task(self._callbacks(), name=f"vrrp-{self.cfg.name}-notify")
@@ -274,14 +279,15 @@ class VrrpRunner:
                  a.new.keepalived_name, a.reason)
 
     def _send(self, priority: int) -> None:
-        sock = self._sock
-        if sock is None:
+        sock, cmsg = self._sock, self._cmsg
+        if sock is None or cmsg is None:
             return
         advert = self.instance.advert(priority)
         for csum_dst, addr in self._targets:
             data = P.encode(advert, self.cfg.primary_address, csum_dst)
             try:
-                sock.sendmsg([data], [(socket.IPPROTO_IP, IP_PKTINFO, self._pktinfo)], 0, (addr, 0))
+                where = (addr, 0) if self.cfg.family == 4 else (addr, 0, 0, self._ifindex)
+                sock.sendmsg([data], [cmsg], 0, where)
             except OSError as exc:
                 self.stats["tx_errors"] += 1
                 log.debug("VRRP_Instance(%s) send to %s failed: %s", self.cfg.name, addr, exc)
@@ -294,14 +300,16 @@ class VrrpRunner:
             return
         for _ in range(_RX_BATCH):
             try:
-                data = sock.recv(_RX_BUF)
+                if self.cfg.family == 6:
+                    parsed = vrrp_inet6.recv6(sock, _RX_BUF)
+                else:
+                    parsed = parse_ipv4(sock.recv(_RX_BUF))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 log.debug("VRRP_Instance(%s) recv failed: %s", self.cfg.name, exc)
                 break
             self.stats["rx_datagrams"] += 1
-            parsed = parse_ipv4(data)
             if parsed is None:
                 self.stats["rx_not_ipv4"] += 1
                 continue
