@@ -24,7 +24,7 @@ from lab import state as st
 from lab import topology as T
 from lab.nsutil import in_netns
 from lab.plan import API_TOKEN
-from lab.procs import wait_role
+from lab.procs import wait_role as _wait_role
 from lab.testing import REPO_ROOT, client_env, lab_session, require_lab, run_in
 
 pytestmark = pytest.mark.lab
@@ -90,6 +90,15 @@ def log_lines(node: str, pattern: str) -> list[str]:
     return [ln for ln in text.splitlines() if re.search(pattern, ln)]
 
 
+def wait_role(prefix: str, name: str, role: str, wait: float) -> None:
+    """lab.procs.wait_role, with the node's log tail when it times out."""
+    try:
+        _wait_role(prefix, name, role, wait)
+    except TimeoutError as exc:
+        tail = (st.state_dir(prefix) / f"{name}.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{exc}\n--- {name}.log ---\n{tail}") from None
+
+
 def ensure_pair() -> None:
     """a master, b backup (a test that failed midway may have left a killed node)."""
     for name in ("a", "b"):
@@ -97,8 +106,12 @@ def ensure_pair() -> None:
             T.node_status(PREFIX, name)
         except Exception:       # noqa: BLE001 - not running
             faults.fault(PREFIX, name, "restore")
-    wait_role(PREFIX, "a", "master", 15)
-    wait_role(PREFIX, "b", "backup", 15)
+    wait_role(PREFIX, "a", "master", 30)
+    wait_role(PREFIX, "b", "backup", 30)
+    for name in ADDR:           # and no override left from a test that failed midway
+        api("a", rs_path(name, "override"), "DELETE")
+    for name in ADDR:
+        assert wait_for(lambda: server("b", name)["override"] is None)
 
 
 def test_a_drain_on_the_master_holds_on_the_new_master_after_a_failover(pair):
@@ -114,7 +127,7 @@ def test_a_drain_on_the_master_holds_on_the_new_master_after_a_failover(pair):
     assert peer == {**body["override"]} and server("b", "rs2")["weight"] == 0, peer
     assert "rs2" not in served()
     faults.fault(PREFIX, "a", "kill")
-    wait_role(PREFIX, "b", "master", 10)
+    wait_role(PREFIX, "b", "master", 30)
     by = served()
     assert "rs2" not in by and {"rs1", "rs3"} <= set(by), by
     # logged once where made, once where applied
@@ -127,7 +140,7 @@ def test_a_drain_on_the_master_holds_on_the_new_master_after_a_failover(pair):
     assert code == 200 and body["cleared"] is True and body["override"] is None, body
     assert server("b", "rs2")["weight"] == 1
     faults.fault(PREFIX, "a", "restore")
-    wait_role(PREFIX, "a", "master", 15)
+    wait_role(PREFIX, "a", "master", 30)
     assert wait_for(lambda: server("a", "rs2")["override"] is None)
     assert server("a", "rs2")["weight"] == 1
     assert "rs2" in served()
@@ -141,12 +154,12 @@ def test_an_override_survives_a_restart_with_the_peer_down_and_reaches_the_peer_
     assert code == 200 and body["override"]["weight"] == 0 and body["override"]["drain"] is False
     faults.fault(PREFIX, "a", "kill")
     faults.fault(PREFIX, "a", "restore")
-    wait_role(PREFIX, "a", "master", 15)
+    wait_role(PREFIX, "a", "master", 30)
     r = server("a", "rs1")
     assert r["override"] is not None and r["override"]["weight"] == 0 and r["weight"] == 0, r
     assert "rs1" not in served()
     faults.fault(PREFIX, "b", "restore")
-    wait_role(PREFIX, "b", "backup", 15)
+    wait_role(PREFIX, "b", "backup", 30)
     assert wait_for(lambda: server("b", "rs1")["override"]) == r["override"]
     code, body = api("a", rs_path("rs1", "override"), "DELETE")
     assert code == 200 and body["cleared"] is True
