@@ -95,3 +95,39 @@ def test_ipv6_primary_address_must_be_link_local_for_multicast():
     with pytest.raises(ValueError, match="link-local"):
         cfg("2001:2::2")
     assert cfg("fe80::2%eth0").primary_address == "fe80::2"
+
+
+def test_ipv6_only_node_config_needs_a_link_local_primary_address(tmp_path, capsys):
+    """tandem check-config on an IPv6-only pair: a global primary_address is refused, naming the
+    field; the interface's link-local address is accepted."""
+    from tandem.cli import main
+    v6 = """\
+[node]
+name = "a"
+api = "[2001:2::11]:9100"
+
+[interfaces]
+front = "front"
+back = "back"
+
+[vrrp]
+vrid = 51
+primary_address = "PRIMARY"
+
+[[services]]
+proto = "tcp"
+vip = "2001:2::100"
+port = 80
+laddrs = ["2001:2:0:2::100"]
+  [[services.real_servers]]
+  addr = "2001:2:0:2::21"
+  port = 8080
+"""
+    f = tmp_path / "a.toml"
+    for primary, rc in (("2001:2::11", 2), ("fe80::11", 0)):
+        f.write_text(v6.replace("PRIMARY", primary))
+        f.chmod(0o600)
+        assert main(["check-config", str(f)]) == rc, capsys.readouterr()
+        err = capsys.readouterr().err
+        if rc:
+            assert "vrrp.primary_address" in err and "link-local" in err, err
