@@ -55,6 +55,11 @@ def _sigkill(c: _Ctx) -> None:
     if c.running():
         os.kill(c.node["pid"], signal.SIGKILL)
         c.out["killed_pid"] = c.node["pid"]
+        # SIGKILL is delivered asynchronously: until the process is gone, a `restore` right
+        # after would find it "running" and start nothing (bounded wait)
+        end = time.monotonic() + c.wait
+        while c.running() and time.monotonic() < end:
+            time.sleep(0.005)
 
 
 def _graceful_stop(c: _Ctx) -> None:
