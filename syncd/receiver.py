@@ -18,14 +18,12 @@ epoch -- one per node, the sender's, shared by the receiver's control messages
 (attach) -- its sender's last seq, and whether it wants that peer's table.  No
 wall clock is compared across nodes.
 
-Per sender (by node id) the receiver keeps its epoch, the highest seq seen and
-the seqs still missing.  A gap -- in DATA seqs, or between the highest seq and a
-HEARTBEAT's last seq (a lost tail) -- is NACKed at once and then re-requested
-every cfg.nack_interval until filled; a gap older than cfg.gap_give_up, or one
-bigger than the sender's resend window, is abandoned for a bulk resync.  The
-newly authenticated epoch makes seqs 1..last (its RESPONSE's last seq) missing
-(so a young stream is repaired from the sender's window rather than lost),
-unless that is beyond the window: then a resync is asked for.  A gap-filling
+A gap -- in DATA seqs, or a HEARTBEAT's last seq above the highest seen -- is
+NACKed until filled, or abandoned for a bulk resync (syncd.repair, which keeps
+each sender's stream).  The newly authenticated epoch makes seqs 1..last (its
+RESPONSE's last seq) missing (so a young stream is repaired from the sender's
+window rather than lost), unless that is beyond the window: then a resync is
+asked for.  A gap-filling
 message sent more than cfg.max_age before the newest message of its epoch (by
 the sender's own clock) is not applied: its seq is given up for a bulk resync
 (counted too_old).  The window can hold messages from long ago; a receiver
@@ -65,8 +63,8 @@ malformed, bad_version, oversize (longer than cfg.max_payload: dropped before
 anything else is looked at), replayed, dropped; overrides (OVERRIDES messages passed to on_overrides).
 self.results counts what `apply` returned; lag() gives p50/p99/max in ms.
 
-(Over ~400 lines on purpose: the gap, bulk and resync rules of one peer's stream
-read together; the epoch handshake is apart, in syncd.handshake.)
+The production `apply` and `apply_bulk` are in syncd.engine_apply (imported
+here too).
 """
 from __future__ import annotations
 
@@ -76,70 +74,21 @@ from collections import deque
 from typing import Callable
 
 from proto import consts as C, sync as S
-from proto.consts import SYNCED
-from proto.packet import flow_key
 from proto.sync import Message, SyncEntry, SyncError
 from syncd.auth import EpochAuth
+from syncd.engine_apply import engine_apply, engine_apply_bulk
 from syncd.handshake import EpochHandshake
 from syncd.config import SyncConfig, resolve_key
+from syncd.repair import GapRepair, PeerStream
+
+__all__ = ["SyncReceiver", "engine_apply", "engine_apply_bulk"]
 
 log = logging.getLogger("tandem.syncd")
 
 TCP_STATES, UDP_STATES = len(C.TCP_STATES), len(C.UDP_STATES)
 
 
-def engine_apply(engine) -> Callable[[SyncEntry, float], str]:
-    """The production `apply`: install an entry into a director Engine."""
-    def apply(entry: SyncEntry, now: float) -> str:
-        return engine.apply_synced(**entry.apply_kwargs(), now=now)
-    return apply
-
-
-def engine_apply_bulk(engine) -> Callable[[SyncEntry, float], str]:
-    """The production `apply_bulk`: as engine_apply, except that a connection this
-    node created itself (not SYNCED) is kept as it is.
-
-    A bulk resync is the peer's whole table, and that includes its copies of our
-    own connections, which may be older than ours (a resync answered late, or
-    asked for after a gap).  Normal sync keeps "the peer wins" (Engine.apply_synced);
-    a bulk only fills in what we lack or hold as copies.
-    """
-    index = engine.index
-
-    def apply(entry: SyncEntry, now: float) -> str:
-        key = flow_key(entry.proto, entry.caddr, entry.vaddr, entry.cport, entry.vport)
-        conn = index.get(key)
-        if conn is not None and conn.orig_key == key and not conn.flags & SYNCED:
-            return "kept"
-        return engine.apply_synced(**entry.apply_kwargs(), now=now)
-    return apply
-
-
-class _Peer:
-    __slots__ = ("epoch", "highest", "missing", "asked", "newest_time", "nack_due",
-                 "recent", "want_after", "want_asked", "bulk_seen", "answer_start", "answer_end",
-                 "heard", "state", "state_seq", "state_at")
-
-    def __init__(self, epoch: int, send_time: float) -> None:
-        self.epoch = epoch
-        self.highest = 0
-        self.missing: dict[int, float] = {}     # seq -> when it was found missing (ascending)
-        self.asked: dict[int, float] = {}       # seq -> when it was last NACKed
-        self.newest_time = send_time            # sender's clock when it sent the highest seq
-        self.nack_due = float("inf")            # when the earliest missing seq is due again
-        self.recent: dict[tuple, int] = {}      # conn key -> seq that set it (while gaps are open)
-        self.want_after: int | None = None      # a bulk starting after this seq is wanted
-        self.want_asked = 0.0
-        self.bulk_seen = float("-inf")          # when a bulk message last arrived
-        self.answer_start = 0                   # first seq of the bulk answering our request
-        self.answer_end = 0                     # ... and its last, while seqs of it are missing
-        self.heard = float("-inf")              # our `now` at its last DATA, HEARTBEAT or STATE
-        self.state: Message | None = None       # its latest STATE (role, priority, ...)
-        self.state_seq = 0
-        self.state_at = 0.0                     # when that arrived
-
-
-class SyncReceiver(EpochHandshake):
+class SyncReceiver(GapRepair, EpochHandshake):
     def __init__(self, cfg: SyncConfig, node_id: str, key: bytes | None,
                  apply: Callable[[SyncEntry, float], object], *,
                  apply_bulk: Callable[[SyncEntry, float], object] | None = None,
@@ -164,7 +113,7 @@ class SyncReceiver(EpochHandshake):
         self.on_state: Callable[[str, Message], None] | None = None
         self.wall = wall
         self.sender = None                          # see attach()
-        self.peers: dict[str, _Peer] = {}
+        self.peers: dict[str, PeerStream] = {}
         self._held: dict[str, list[Message]] = {}   # data of an epoch being challenged
         self._ctl_seq = 0
         self._startup_want: float | None = None     # when start() last asked (no peer yet)
@@ -186,7 +135,7 @@ class SyncReceiver(EpochHandshake):
         self.epoch = sender.epoch
         self.on_control = sender.on_message
 
-    _new_peer = staticmethod(_Peer)
+    _new_peer = staticmethod(PeerStream)
 
     @property
     def resync_complete(self) -> bool:
@@ -206,35 +155,6 @@ class SyncReceiver(EpochHandshake):
     def _resync_request(self, now: float, target: str | None) -> bytes:
         self.stats["resync_requests"] += 1
         return self._control(S.RESYNC_REQUEST, now, target=target)
-
-    def _nacks(self, node: str, peer: _Peer, seqs, now: float) -> list[bytes]:
-        ranges: list[tuple[int, int]] = []
-        for s in sorted(seqs):
-            if ranges and ranges[-1][1] == s - 1:
-                ranges[-1] = (ranges[-1][0], s)
-            else:
-                ranges.append((s, s))
-        per = S.nack_ranges_per_message(self.node_id, node, self.cfg.max_payload)
-        out = [self._control(S.NACK, now, target=node, target_epoch=peer.epoch,
-                             ranges=ranges[i:i + per]) for i in range(0, len(ranges), per)]
-        self.stats["nacks_sent"] += len(out)
-        return out
-
-    def _give_up(self, node: str, peer: _Peer, now: float) -> list[bytes]:
-        """Stop chasing this sender's gaps: ask it for the whole table instead."""
-        self.stats["gave_up"] += 1
-        peer.missing.clear()
-        peer.asked.clear()
-        peer.nack_due = float("inf")
-        peer.recent.clear()
-        # a request still pending is raised, not repeated (the periodic retry
-        # asks again if the bulk that comes began too early)
-        pending = peer.want_after is not None and now < peer.want_asked + self.cfg.resync_retry
-        peer.want_after = max(peer.highest, peer.want_after or 0)
-        if pending:
-            return []
-        peer.want_asked = now
-        return [self._resync_request(now, node)]
 
     # -- the API ---------------------------------------------------------------------
 
@@ -388,36 +308,7 @@ class SyncReceiver(EpochHandshake):
             self._check_answered(peer)
         return out
 
-    def _check_answered(self, peer: _Peer) -> None:
-        """The bulk answering our request is complete once nothing of it is missing
-        (missing seqs are kept in ascending order: the first is the lowest)."""
-        if peer.missing and next(iter(peer.missing)) <= peer.answer_end:
-            return
-        peer.answer_start = peer.answer_end = 0
-        self.stats["bulks_answered"] += 1
-        self._startup_want = None
-
-    def _gap(self, node: str, peer: _Peer, upto: int, now: float) -> list[bytes]:
-        """Seqs highest+1..upto are missing: record them and NACK them at once."""
-        first = peer.highest + 1
-        if upto < first:
-            return []
-        self.stats["gaps"] += 1
-        count = upto - first + 1
-        peer.highest = upto
-        if count + len(peer.missing) > self.cfg.resend_window:
-            return self._give_up(node, peer, now)
-        self.stats["missing_seqs"] += count
-        new = range(first, upto + 1)
-        for s in new:
-            peer.missing[s] = now
-            peer.asked[s] = now
-        # (older gaps keep their own schedule: a stream of new gaps must not
-        # postpone re-requesting the old ones)
-        peer.nack_due = min(peer.nack_due, now + self.cfg.nack_interval)
-        return self._nacks(node, peer, new, now)
-
-    def _apply(self, peer: _Peer, msg: Message, now: float) -> None:
+    def _apply(self, peer: PeerStream, msg: Message, now: float) -> None:
         track = bool(peer.missing)
         recent = peer.recent
         seq = msg.seq
@@ -447,45 +338,6 @@ class SyncReceiver(EpochHandshake):
         self.stats["entries_applied"] += applied
         self.lags.append((self._time(now) - msg.send_time) * 1000.0)
 
-    def poll(self, now: float) -> list[bytes]:
-        """Re-request open gaps, give up on old ones, repeat unanswered resync requests."""
-        cfg = self.cfg
-        out: list[bytes] = []
-        if self._startup_want is not None and not self.peers \
-                and now >= self._startup_want + cfg.resync_retry:
-            self._startup_want = now
-            out.append(self._resync_request(now, None))
-        for node, peer in self.peers.items():
-            if peer.missing and now >= peer.nack_due:
-                oldest = peer.missing[next(iter(peer.missing))]
-                if now - oldest >= cfg.gap_give_up:
-                    out += self._give_up(node, peer, now)
-                else:
-                    interval = cfg.nack_interval
-                    asked = peer.asked
-                    due = [s for s, t in asked.items() if t + interval <= now]
-                    for s in due:
-                        asked[s] = now
-                    peer.nack_due = min(asked.values()) + interval
-                    out += self._nacks(node, peer, due, now)
-            if peer.want_after is not None and now >= peer.want_asked + cfg.resync_retry \
-                    and now >= peer.bulk_seen + cfg.resync_retry:
-                peer.want_asked = now
-                out.append(self._resync_request(now, node))
-        return out
-
-    def next_deadline(self) -> float:
-        cfg = self.cfg
-        d = float("inf")
-        if self._startup_want is not None and not self.peers:
-            d = self._startup_want + cfg.resync_retry
-        for peer in self.peers.values():
-            if peer.missing:
-                d = min(d, peer.nack_due)
-            if peer.want_after is not None:
-                d = min(d, max(peer.want_asked, peer.bulk_seen) + cfg.resync_retry)
-        return d
-
     # -- reporting -------------------------------------------------------------------
 
     def lag(self) -> dict:
@@ -496,6 +348,3 @@ class SyncReceiver(EpochHandshake):
         xs = sorted(self.lags)
         pick = lambda q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
         return {"p50": pick(0.50), "p99": pick(0.99), "max": pick(1.0), "samples": len(xs)}
-
-    def missing(self) -> int:
-        return sum(len(p.missing) for p in self.peers.values())
