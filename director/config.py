@@ -211,12 +211,12 @@ def _vrrp(source: str, top: Reader, raw: dict, vips: list[str]) -> dict[str, Any
     got = _read_all(v)
     primary = v.address("primary_address")
     peers = tuple(v.address(f"unicast_peers[{j}]", a) for j, a in enumerate(got["unicast_peers"]))
-    rules.vrrp(v, primary, peers, vips, got["advert_interval"])
+    advertised = rules.vrrp(v, primary, peers, vips, got["advert_interval"])
     v.finish()
     try:
         vrrp = VrrpConfig(
             vrid=got["vrid"], priority=got["priority"], advert_interval=got["advert_interval"],
-            addresses=tuple(vips), primary_address=primary,
+            addresses=advertised, primary_address=primary,
             preempt=got["preempt"], preempt_delay=got["preempt_delay"],
             nopreempt=got["nopreempt"], unicast_peers=peers)
     except ValueError as exc:          # one of its own checks that the schema has not made

@@ -106,18 +106,23 @@ def addresses_keep_their_roles(source: str, raw: list, services: list) -> None:
 
 
 def vrrp(v: Reader, primary: str, peers: tuple[str, ...], vips: list[str],
-         advert_interval: float) -> None:
-    """One VRRP instance advertises one family, to peers of that family, in centiseconds."""
+         advert_interval: float) -> tuple[str, ...]:
+    """One VRRP instance advertises one family, to peers of that family, in centiseconds.
+    The election's family is primary_address's; the VIPs of the other family are not
+    advertised but move with the role all the same (keepalived's
+    virtual_ipaddress_excluded: docs/architecture.md, "Dual-stack").  Returns the VIPs the
+    election advertises; at least one VIP must be of its family."""
     family = ipaddress.ip_address(primary).version
     other = 6 if family == 4 else 4
     for j, p in enumerate(peers):
         if ipaddress.ip_address(p).version != family:
             v.fail(f"unicast_peers[{j}]", f"{p} is IPv{other}, primary_address is IPv{family}")
-    wrong = [a for a in vips if ipaddress.ip_address(a).version != family]
-    if wrong:
+    advertised = tuple(a for a in vips if ipaddress.ip_address(a).version == family)
+    if not advertised:
         v.fail("primary_address", f"{primary} is IPv{family}, and the VIPs the election "
-                                  f"advertises are not (e.g. {wrong[0]}): one VRRP instance "
+                                  f"advertises are not (e.g. {vips[0]}): one VRRP instance "
                                   "advertises one family")
     cs = advert_interval * 100
     if abs(round(cs) - cs) > 1e-6:
         v.fail("advert_interval", f"must be in 10 ms steps, got {advert_interval:g}")
+    return advertised
