@@ -17,6 +17,9 @@ APT_PACKAGES=(
   # the Ansible lab test (tests/lab/test_ansible.py): an sshd per director
   # namespace, and python3-apt for ansible.builtin.apt on the targets
   openssh-server python3-apt
+  # the cluster lab (lab/bgp.py): BIRD 2 announces VIPs from each director namespace
+  # to an ECMP router namespace; only the lab's own bird processes ever run
+  bird2
 )
 
 missing=()
@@ -30,7 +33,8 @@ if ((${#missing[@]})); then
   # the package's maintainer scripts from starting a system sshd (policy-rc.d
   # exit 101 = "action forbidden", honoured by invoke-rc.d and deb-systemd-invoke)
   policy_made=""
-  if [[ " ${missing[*]} " == *" openssh-server "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  if [[ " ${missing[*]} " == *" openssh-server "* || " ${missing[*]} " == *" bird2 "* ]] \
+     && [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod 755 /usr/sbin/policy-rc.d
     policy_made=1
@@ -46,10 +50,13 @@ if ((${#missing[@]})); then
      && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
   fi
-  # keepalived is only used as an interop peer in tests; never leave it running
-  if command -v systemctl >/dev/null && systemctl is-active --quiet keepalived 2>/dev/null; then
-    $SUDO systemctl disable --now keepalived >/dev/null 2>&1 || true
-  fi
+  # keepalived is only used as an interop peer in tests, bird only by the lab's
+  # namespaces; never leave the system services running
+  for unit in keepalived bird; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+      $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 PY="${PYTHON:-python3}"

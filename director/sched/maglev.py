@@ -9,7 +9,7 @@ Build (once per `update`):
   - per dest: offset = H1(addr, port) % M, skip = H2(addr, port) % (M-1) + 1,
     its preference list being offset, offset+skip, ... (mod M, M prime, so
     it visits every slot);
-  - rounds: in each round every dest, in list order, adds its weight to an
+  - rounds: in each round every dest, in canonical order (below), adds its weight to an
     accumulator; when the accumulator reaches the max weight it subtracts the
     max weight and takes a turn: it claims its next free preferred slot.
     Rounds repeat until all M slots are owned.  So a dest's share of slots is
@@ -19,11 +19,15 @@ Build (once per `update`):
     over rounds.
 Lookup: slot = H3(client address, client port) % M; O(1).
 
-H1, H2, H3 are BLAKE2b (digest 8 bytes, little-endian) with fixed keys, so the
-table is a pure function of the dests (addresses, ports, weights, order):
-two directors with the same config build the same table and send a flow to
-the same dest without sharing state.  Katran uses MurmurHash3 instead, so the
-layout is not Katran's.
+H1, H2, H3 are BLAKE2b (digest 8 bytes, little-endian) with fixed keys (never
+Python's hash(), which is salted per process), and the members are taken in
+one canonical order (address, then port) whatever order the list came in, so
+the table is a pure function of the *set* of dests and their weights: not of
+their order in the file, nor of the updates that led there (each update
+rebuilds from scratch).  So any number of directors with the same real servers
+build the same table and send a flow to the same dest without sharing state,
+which a cluster of active directors behind ECMP relies on (docs/cluster.md).
+Katran uses MurmurHash3 instead, so the layout is not Katran's.
 
 If the slot's dest is OVERLOAD or has since been quiesced (weight 0 without
 an update) the connection is refused, unless the `maglev-fallback` flag is
@@ -71,6 +75,11 @@ def _dest_bytes(d) -> bytes:
     return bytes(d.addr) + d.port.to_bytes(2, "big")
 
 
+def canonical_key(d) -> tuple:
+    """The order members take turns in: by address (IPv4 before IPv6), then port."""
+    return len(d.addr), bytes(d.addr), d.port
+
+
 def permutation(d, size: int) -> tuple[int, int]:
     """(offset, skip) of a dest's preference list in a table of `size`."""
     data = _dest_bytes(d)
@@ -115,7 +124,7 @@ class Maglev(Scheduler):
 
     def update(self, dests):
         dests = list(dests)
-        members = [d for d in dests if d.weight > 0]
+        members = sorted((d for d in dests if d.weight > 0), key=canonical_key)
         if len(members) > self.size:
             raise ValueError(f"maglev: {len(members)} dests do not fit a table of {self.size}")
         super().update(dests)
