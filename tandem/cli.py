@@ -44,11 +44,32 @@ def _node(args: argparse.Namespace) -> int:
     return 0
 
 
+#: `tandem check-config NEW --against OLD`: NEW is good, and only a restart applies it
+EXIT_RESTART_NEEDED = 3
+
+
 def _check(args: argparse.Namespace) -> int:
+    """Exit 0 (good), 2 (bad: `FILE: FIELD: PROBLEM`) or, with `--against OLD` (the file
+    the node runs now), 3 when what changed is applied only by a restart, so that a
+    deployment tool knows whether to reload or restart (the Ansible role does)."""
     cfg = _load(args.config, "tandem check-config")
     if cfg is None:
         return 2
-    print(f"{args.config}: ok ({len(cfg.services)} services)")
+    said = f"{args.config}: ok ({len(cfg.services)} services)"
+    if args.against is None:
+        print(said)
+        return 0
+    from director.config import ConfigError, load, restart_keys, restart_needed
+    try:
+        old = load(args.against)
+    except ConfigError as exc:      # nothing good runs from it: start afresh
+        print(f"{said}; a restart applies it (the old config is bad: {exc.field}: {exc.problem})")
+        return EXIT_RESTART_NEEDED
+    changed = restart_keys(old, cfg) + [f"[{s}]" for s in restart_needed(old, cfg)]
+    if changed:
+        print(f"{said}; only a restart applies what changed: {', '.join(changed)}")
+        return EXIT_RESTART_NEEDED
+    print(f"{said}; a reload applies it")
     return 0
 
 
@@ -66,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=_node)
     c = sub.add_parser("check-config", help="validate a node config and exit")
     c.add_argument("config")
+    c.add_argument("--against", metavar="OLD",
+                   help="the config the node runs now: exit 3 if only a restart applies the "
+                        "difference, 0 if a reload does")
     c.set_defaults(func=_check)
     d = sub.add_parser("demo", help="lab up, traffic through the VIP, a table of who served it, lab down")
     d.add_argument("--prefix", default="tandem", help="the lab's namespace prefix (default %(default)s)")

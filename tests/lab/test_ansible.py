@@ -222,9 +222,12 @@ def _ansible_env(tmp: Path, key: Path, known_hosts: Path) -> dict[str, str]:
     return env
 
 
-def _playbook(tmp: Path, env: dict[str, str], extra: Path, label: str) -> dict[str, dict[str, int]]:
+def _playbook(tmp: Path, env: dict[str, str], extra: Path, label: str,
+              tags: str | None = None) -> dict[str, dict[str, int]]:
     argv = ["ip", "netns", "exec", topology.ns_name(PREFIX, "router"), str(ANSIBLE_PLAYBOOK),
             "-i", str(INVENTORY), str(PLAYBOOK), "-e", f"@{extra}"]
+    if tags:
+        argv += ["--tags", tags]
     t0 = time.monotonic()
     cp = _run(argv, timeout=PLAYBOOK_TIMEOUT, cwd=str(REPO_ROOT), env=env)
     out = cp.stdout + cp.stderr
@@ -302,6 +305,44 @@ def _stop_node(root: Path, name: str) -> None:
         return
     if str(p["ctl"]).encode() in argv and b"supervise" in argv:
         os.killpg(pid, signal.SIGKILL)
+
+
+def _supervisor_pid(root: Path, name: str) -> int:
+    return int(_paths(root, name)["pid"].read_text().split()[0])
+
+
+def _a_changed_config_reloads_or_restarts_as_the_change_needs(tmp: Path, env: dict[str, str],
+                                                             root: Path) -> None:
+    """A reloadable change ([timeouts]) is reloaded: same supervisor, the node logs the
+    reload.  A change only a restart applies ([interfaces] garp_count) restarts the node:
+    a reload would be refused by the node and leave the old config running, as the role
+    did before it asked `tandem check-config NEW --against OLD`."""
+    base = json.loads((tmp / "extra-vars.json").read_text())
+    steps = [("reload", {"tandem_timeouts": {"tcp_fin_wait": 100}}),
+             ("restart", {"tandem_timeouts": {"tcp_fin_wait": 100}, "tandem_garp_count": 4})]
+    for label, change in steps:
+        before = {h: _supervisor_pid(root, h) for h in ("a", "b")}
+        logged = {h: _paths(root, h)["log"].stat().st_size for h in ("a", "b")}
+        extra = tmp / f"extra-vars-{label}.json"
+        extra.write_text(json.dumps({**base, **change}))
+        # only the config and the service (the role's tags), as an operator pushes a config
+        recap = _playbook(tmp, env, extra, label, tags="config,service")
+        for h in ("a", "b"):
+            assert recap[h]["changed"] > 0, recap
+            with open(_paths(root, h)["log"], "rb") as fh:
+                fh.seek(logged[h])
+                log = fh.read().decode(errors="replace")
+            assert "reload refused" not in log, log[-3000:]
+            with open(_paths(root, h)["config"], "rb") as fh:
+                deployed = tomllib.load(fh)
+            assert deployed["timeouts"]["tcp_fin_wait"] == 100, deployed
+            if label == "reload":
+                assert _supervisor_pid(root, h) == before[h], (h, label)
+                assert f"node {h}: reloaded" in log, log[-3000:]
+            else:
+                assert deployed["interfaces"]["garp_count"] == 4, deployed
+                assert _supervisor_pid(root, h) != before[h], (h, label, log[-3000:])
+        print(f"ansible-playbook {label} run: the nodes {'reloaded' if label == 'reload' else 'restarted'}")
 
 
 def _hold_across(stop_argv: list[str], tmp: Path) -> tuple[dict, float]:
@@ -398,6 +439,10 @@ def test_ansible_deploys_the_pair_idempotently_and_it_fails_over():
 
                 # the deployed pair elected a master: a (priority 150), b backs up
                 roles = _wait_roles({"a": "master", "b": "backup"}, wait=20.0)
+                assert roles == {"a": "master", "b": "backup"}, roles
+
+                _a_changed_config_reloads_or_restarts_as_the_change_needs(tmp, env, root)
+                roles = _wait_roles({"a": "master", "b": "backup"}, wait=30.0)
                 assert roles == {"a": "master", "b": "backup"}, roles
 
                 # a graceful stop of the master through the supervisor, across live connections

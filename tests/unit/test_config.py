@@ -466,6 +466,33 @@ def test_a_reload_that_adds_a_vip_is_not_refused_for_vrrp():
     assert restart_needed(old, parse(doc, "a.toml")) == []
 
 
+@pytest.mark.parametrize("change, rc, says", [
+    ({"interfaces": {"garp_count": 5}}, 3, "only a restart applies what changed: [interfaces]"),
+    ({"node": {"api": "127.0.0.1:9199"}}, 3, "only a restart applies what changed: node.api"),
+    ({"timeouts": {"tcp_fin_wait": 100}}, 0, "a reload applies it"),
+    ({}, 0, "a reload applies it"),
+])
+def test_check_config_against_the_running_file_says_reload_or_restart(tmp_path, capsys, change, rc, says):
+    """A deployment tool (the Ansible role) asks before it applies a new file: a reload of a
+    restart-only change is refused by the node and would leave the old config running."""
+    old, new = tmp_path / "old.toml", tmp_path / "new.toml"
+    old.write_text(dump_toml(with_pair()))
+    new.write_text(dump_toml(with_pair(**change)))
+    assert main(["check-config", str(new), "--against", str(old)]) == rc
+    out = capsys.readouterr().out
+    assert out.startswith(f"{new}: ok (") and out.rstrip().endswith(says), out
+
+
+def test_check_config_against_a_bad_old_file_says_restart_and_a_bad_new_one_fails(tmp_path, capsys):
+    old, new = tmp_path / "old.toml", tmp_path / "new.toml"
+    old.write_text(dump_toml(with_pair(sync={"key": "hex:" + "zz" * 16})))
+    new.write_text(dump_toml(with_pair()))
+    assert main(["check-config", str(new), "--against", str(old)]) == 3
+    out = capsys.readouterr().out
+    assert "the old config is bad: sync.key:" in out and "zz" not in out
+    assert main(["check-config", str(old), "--against", str(new)]) == 2
+
+
 def test_node_reload_checks_for_restart_sections():
     src = (REPO / "director/node.py").read_text() if (REPO / "director/node.py").exists() \
         else (REPO / "tandem/node.py").read_text()
