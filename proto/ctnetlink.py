@@ -41,6 +41,8 @@ import struct
 import sys
 from typing import NamedTuple
 
+from proto import consts as _ipvs
+
 # -- netlink and nfnetlink ------------------------------------------------------------
 NETLINK_NETFILTER = 12
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
@@ -175,6 +177,10 @@ class Message(NamedTuple):
     seq: int
     family: int
     ct: Conntrack = Conntrack()
+    #: the netlink port id in the header: 0 for an event caused by a packet (or the kernel's
+    #: own timers), the requesting socket's port id for one caused by a ctnetlink request, so
+    #: a node can tell its own injections from flows the kernel forwarded
+    pid: int = 0
 
     @property
     def event(self) -> str:
@@ -285,9 +291,10 @@ def encode_conntrack(ct: Conntrack) -> bytes:
 
 
 def encode(msg: Message, pid: int = 0) -> bytes:
-    """One whole netlink message."""
+    """One whole netlink message (port id `pid`, or the message's own)."""
     body = _NFGEN.pack(msg.family, 0, 0) + encode_conntrack(msg.ct)
-    return _NLMSG.pack(_NLMSG.size + len(body), msg.msg_type, msg.flags, msg.seq, pid) + body
+    return _NLMSG.pack(_NLMSG.size + len(body), msg.msg_type, msg.flags, msg.seq,
+                       pid or msg.pid) + body
 
 
 def _family(ct: Conntrack) -> int:
@@ -336,6 +343,35 @@ def injection(orig: Tuple, real: NatRange, local: NatRange, timeout: int, *,
     return Conntrack(orig=orig, reply=orig.inverse(), timeout=timeout, mark=mark, tcp=tcp,
                      status=IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED,
                      nat_src=local, nat_dst=real)
+
+
+def refresh(orig: Tuple, timeout: int, *, tcp_state: int | None = None,
+            mark: int | None = None) -> Conntrack:
+    """An update of an entry `injection()` created: a new timeout, TCP state and mark, found
+    by `orig`.  No NAT (the kernel refuses to change the NAT of an existing entry) and no
+    status (its bits may only be added); BE_LIBERAL again, so the flags never depend on what
+    the entry was created with."""
+    tcp = None
+    if orig.proto == 6 and tcp_state is not None:
+        liberal = (TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL)
+        tcp = TcpInfo(state=tcp_state, flags_orig=liberal, flags_reply=liberal)
+    return Conntrack(orig=orig, timeout=timeout, mark=mark, tcp=tcp)
+
+
+# conntrack's TCP states and IPVS's (proto.consts, as synced) name different moments: the
+# tracker's SYN_SENT is the client's SYN unanswered, which IPVS calls SYN_RECV at the
+# director, and the tracker's SYN_RECV (the server's SYN-ACK seen) is still SYN_RECV for a
+# FULLNAT director.  Both directions of the map, for syncing kernel-forwarded flows:
+#: conntrack TCP state -> the IPVS state sent for it
+IPVS_STATE_OF_CT = (_ipvs.NONE, _ipvs.SYN_RECV, _ipvs.SYN_RECV, _ipvs.ESTABLISHED, _ipvs.FIN_WAIT,
+                    _ipvs.CLOSE_WAIT, _ipvs.LAST_ACK, _ipvs.TIME_WAIT, _ipvs.CLOSE, _ipvs.SYN_RECV)
+#: IPVS TCP state (as synced) -> the conntrack state an injected entry gets.  Every opening
+#: state becomes SYN_RECV, the one state in which the client's ACK that completes the
+#: handshake (or its first data) moves the entry to ESTABLISHED: injected as SYN_SENT, that
+#: ACK would be invalid and never translated
+CT_STATE_OF_IPVS = (TCP_CT_SYN_RECV, TCP_CT_ESTABLISHED, TCP_CT_SYN_RECV, TCP_CT_SYN_RECV,
+                    TCP_CT_FIN_WAIT, TCP_CT_TIME_WAIT, TCP_CT_CLOSE, TCP_CT_CLOSE_WAIT,
+                    TCP_CT_LAST_ACK, TCP_CT_SYN_RECV, TCP_CT_SYN_RECV)
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -484,7 +520,7 @@ def decode(buf: bytes) -> list[Message | Ack | Done]:
     while off < total:
         if total - off < _NLMSG.size:
             raise CtnetlinkError("truncated", f"{total - off} bytes of header")
-        length, mtype, flags, seq, _pid = _NLMSG.unpack_from(buf, off)
+        length, mtype, flags, seq, pid = _NLMSG.unpack_from(buf, off)
         if length < _NLMSG.size or off + length > total:
             raise CtnetlinkError("bad_length", f"message length {length} at {off}")
         end = off + length
@@ -500,6 +536,6 @@ def decode(buf: bytes) -> list[Message | Ack | Done]:
             if length < _HDR:
                 raise CtnetlinkError("truncated", "nfgenmsg")
             family = buf[off + _NLMSG.size]
-            out.append(Message(mtype, flags, seq, family, decode_conntrack(buf, off + _HDR, end)))
+            out.append(Message(mtype, flags, seq, family, decode_conntrack(buf, off + _HDR, end), pid))
         off += (length + 3) & ~3
     return out

@@ -1,0 +1,238 @@
+"""syncd.kernel_source: sync entries from conntrack events of kernel-forwarded flows, by the
+engine path's SyncPolicy (IPVS's rules plus tandem's on_syn/on_established), in the sync
+wire format."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+from director.protocol import make_protocols
+from proto import consts as C, ctnetlink as ct, sync as S
+from schema import keys as K
+from syncd.kernel_source import END_TIMEOUT, MIN_REFRESH, KernelSyncSource
+from syncd.policy import SyncPolicy
+
+MARK = MARK_BASE | 3
+CLIENT, VIP = bytes([198, 18, 1, 10]), bytes([198, 18, 0, 100])
+RS, LADDR = bytes([198, 18, 2, 21]), bytes([198, 18, 2, 100])
+PROTOS = make_protocols(K.TIMEOUTS.defaults())
+INJECTOR_PID = 4242
+ESTABLISHED_STATUS = ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY | ct.IPS_ASSURED | 0x1b0
+
+
+def timeout_of(proto: int, state: int) -> float:
+    return PROTOS[proto].timeouts[state]
+
+
+def source(active: bool = True, **policy) -> KernelSyncSource:
+    return KernelSyncSource(SyncPolicy(**policy), timeout_of,
+                            lambda m: m & MARK_PREFIX_MASK == MARK_BASE, own_pid=INJECTOR_PID,
+                            active=active)
+
+
+def event(kind: str, cport: int = 40000, state: int | None = ct.TCP_CT_SYN_SENT, *,
+          proto: int = 6, mark: int | None = MARK, status: int = ct.IPS_CONFIRMED | 0x1b0,
+          lport: int = 61000, pid: int = 0) -> ct.Message:
+    """An event as the kernel sends it (encoded and decoded by the codec): the reply tuple
+    already translated, real server -> laddr:lport."""
+    mtype, flags = {"new": (ct.MSG_NEW, ct.NLM_F_CREATE), "update": (ct.MSG_NEW, 0),
+                    "destroy": (ct.MSG_DELETE, 0)}[kind]
+    orig = ct.Tuple(proto, CLIENT, VIP, cport, 80)
+    reply = ct.Tuple(proto, RS, LADDR, 8080, lport)
+    tcp = ct.TcpInfo(state) if proto == 6 and state is not None else None
+    msg = ct.Message(mtype, flags, 0, socket.AF_INET,
+                     ct.Conntrack(orig=orig, reply=reply, status=status, timeout=100, mark=mark,
+                                  tcp=tcp), pid)
+    [decoded] = ct.decode(ct.encode(msg))
+    return decoded
+
+
+def test_tcp_lifecycle_follows_the_policy():
+    """SYN at once and urgent (on_syn), ESTABLISHED at once and urgent, FIN_WAIT and
+    TIME_WAIT at once, the end as timeout 0; the SYN-ACK (still IPVS's SYN_RECV) sends
+    nothing.  Each entry carries the binding from the translated reply tuple."""
+    src = source()
+    [(e, urgent)] = src.apply(event("new"), 10.0)
+    assert urgent and e.state == C.SYN_RECV
+    assert (e.proto, e.caddr, e.cport, e.vaddr, e.vport) == (6, CLIENT, 40000, VIP, 80)
+    assert (e.daddr, e.dport, e.laddr, e.lport) == (RS, 8080, LADDR, 61000)
+    assert e.timeout == 60.0 and e.flags == C.INACTIVE | C.NOOUTPUT and not e.template
+    assert src.apply(event("update", state=ct.TCP_CT_SYN_RECV), 10.01) == []
+    [(e, urgent)] = src.apply(event("update", state=ct.TCP_CT_ESTABLISHED,
+                                    status=ESTABLISHED_STATUS), 10.02)
+    assert urgent and e.state == C.ESTABLISHED and e.timeout == 900.0
+    assert e.flags == C.ASSURED                                    # active, reply seen
+    [(e, urgent)] = src.apply(event("update", state=ct.TCP_CT_FIN_WAIT,
+                                    status=ESTABLISHED_STATUS), 20.0)
+    assert not urgent and e.state == C.FIN_WAIT and e.flags == C.INACTIVE | C.ASSURED
+    assert src.apply(event("update", state=ct.TCP_CT_CLOSE_WAIT, status=ESTABLISHED_STATUS),
+                     20.1)[0][0].state == C.CLOSE_WAIT
+    assert src.apply(event("update", state=ct.TCP_CT_TIME_WAIT, status=ESTABLISHED_STATUS),
+                     20.2)[0][0].state == C.TIME_WAIT
+    [(e, urgent)] = src.apply(event("destroy", state=None), 150.0)
+    assert not urgent and e.timeout == END_TIMEOUT and e.state == C.CLOSE
+    assert e.flags & C.INACTIVE and src.flows == {}
+    assert src.stats["ends"] == 1 and src.stats["urgent"] == 2
+
+
+def test_entries_travel_in_the_sync_wire_format():
+    """What the source makes is what the engine path sends: packed into DATA messages,
+    signed, decoded by the receiver's decoder to equal entries (the end's timeout 0 too)."""
+    src = source()
+    made = [e for kind, st in (("new", ct.TCP_CT_SYN_SENT), ("update", ct.TCP_CT_ESTABLISHED),
+                               ("destroy", None))
+            for e, _ in src.apply(event(kind, state=st, status=ESTABLISHED_STATUS), 1.0)]
+    key = b"k" * 32
+    [raw] = S.pack_entries({"sync_id": 0, "node_id": "a", "epoch": 1, "send_time": 1.0,
+                            "seq": 1}, made, key)
+    assert S.decode(raw, key, 0).entries == made
+
+
+def test_without_on_syn_a_new_flow_waits_for_established():
+    src = source(on_syn=False)
+    assert src.apply(event("new"), 1.0) == []
+    [(e, _)] = src.apply(event("update", state=ct.TCP_CT_ESTABLISHED), 1.1)
+    assert e.state == C.ESTABLISHED
+    # a flow never sent ends without a word
+    src.apply(event("new", cport=2), 1.2)
+    assert src.apply(event("destroy", cport=2, state=None), 2.0) == []
+
+
+def test_established_flow_is_refreshed_before_the_peer_would_expire_it():
+    """No packet of an established flow reaches tandem: the source offers it to the policy
+    again after max(timeout / 2, 10 s) (900 s ESTABLISHED: every 450 s), or
+    min(refresh_period, that) when refresh_period is set, and sends it with its full
+    timeout."""
+    src = source()
+    src.apply(event("new"), 0.0)
+    src.apply(event("update", state=ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 1.0)
+    assert src.next_deadline() == 451.0
+    assert src.poll(450.9) == []
+    [(e, urgent)] = src.poll(451.0)
+    assert e.state == C.ESTABLISHED and e.timeout == 900.0 and not urgent
+    assert src.next_deadline() == 901.0 and src.stats["refreshes"] == 1
+    src = source(refresh_period=60.0)
+    src.apply(event("new"), 0.0)
+    src.apply(event("update", state=ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 1.0)
+    assert [e.state for e, _ in src.poll(61.0)] == [C.ESTABLISHED]
+    assert [e.state for e, _ in src.poll(121.0)] == [C.ESTABLISHED]
+    # a short state is refreshed no faster than MIN_REFRESH; an ended flow never again
+    src.apply(event("update", state=ct.TCP_CT_CLOSE, status=ESTABLISHED_STATUS), 122.0)
+    assert src.next_deadline() == 122.0 + MIN_REFRESH
+    src.apply(event("destroy", state=None), 125.0)
+    assert src.poll(1000.0) == []
+
+
+def test_a_flow_still_opening_is_not_refreshed():
+    src = source()
+    src.apply(event("new"), 0.0)
+    assert src.next_deadline() == float("inf") and src.poll(500.0) == []
+
+
+def test_refreshes_per_poll_are_bounded():
+    src = source(refresh_period=30.0)
+    for port in range(1, 11):
+        src.apply(event("new", port), 0.0)
+        src.apply(event("update", port, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    assert len(src.poll(30.0, limit=4)) == 4
+    assert len(src.poll(30.0, limit=100)) == 6
+
+
+def test_udp_goes_when_assured():
+    """A UDP flow is sent when the kernel marks it ASSURED (reply seen, then more from the
+    client), as IPVS sends on the third inbound packet; it is always INACTIVE."""
+    src = source()
+    assert src.apply(event("new", proto=17, status=ct.IPS_CONFIRMED), 0.0) == []
+    assert src.apply(event("update", proto=17, status=ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY),
+                     0.1) == []
+    [(e, urgent)] = src.apply(event("update", proto=17, status=ESTABLISHED_STATUS), 0.2)
+    assert not urgent and (e.proto, e.state, e.timeout) == (17, 0, 300.0)
+    assert e.flags == C.INACTIVE | C.ASSURED
+    assert src.apply(event("update", proto=17, status=ESTABLISHED_STATUS), 0.3) == []
+    assert [x.timeout for x, _ in src.poll(150.2)] == [300.0]
+    [(e, _)] = src.apply(event("destroy", proto=17, state=None), 200.0)
+    assert e.timeout == END_TIMEOUT
+
+
+def test_other_marks_and_protocols_are_ignored():
+    src = source()
+    assert src.apply(event("new", mark=None), 0.0) == []
+    assert src.apply(event("new", cport=2, mark=0x12340001), 0.0) == []
+    assert src.apply(event("new", cport=3, proto=1, state=None), 0.0) == []
+    assert src.flows == {} and src.stats["ignored"] == 3
+
+
+def test_own_injections_update_the_view_but_are_never_echoed():
+    """Events caused by this node's injecting socket (its port id) are the peer's flows: no
+    entry, not even when active; its deletes send no end either."""
+    src = source()
+    assert src.apply(event("new", state=ct.TCP_CT_ESTABLISHED, pid=INJECTOR_PID), 0.0) == []
+    assert src.apply(event("update", state=ct.TCP_CT_FIN_WAIT, pid=INJECTOR_PID), 1.0) == []
+    assert len(src.flows) == 1 and src.stats["own"] == 2
+    assert src.apply(event("destroy", state=None, pid=INJECTOR_PID), 2.0) == []
+    assert src.flows == {}
+
+
+def test_a_backup_keeps_the_view_and_sends_after_taking_over():
+    """Inactive (backup): nothing is sent, not even a GC's end of an injected flow.  Once
+    active, every flow it holds (its injected ones included) is refreshed within its
+    interval, spread out, and a later end or state change is sent."""
+    src = source(active=False)
+    for port in range(1, 5):
+        assert src.apply(event("new", port, ct.TCP_CT_ESTABLISHED, pid=INJECTOR_PID,
+                               status=ESTABLISHED_STATUS), 0.0) == []
+    assert src.apply(event("new", 9, ct.TCP_CT_ESTABLISHED), 0.0) == []
+    assert src.apply(event("destroy", 9, None), 1.0) == [] and len(src.flows) == 4
+    src.set_active(True, 100.0)
+    dues = sorted(f.due for f in src.flows.values())
+    assert 100.0 < dues[0] and dues[-1] < 550.0 and len(set(dues)) == 4
+    assert len(src.poll(550.0)) == 4
+    [(e, _)] = src.apply(event("update", 1, ct.TCP_CT_FIN_WAIT, status=ESTABLISHED_STATUS), 600.0)
+    assert e.state == C.FIN_WAIT
+    [(e, _)] = src.apply(event("destroy", 2, None), 601.0)
+    assert e.timeout == END_TIMEOUT and e.cport == 2
+    src.set_active(False, 700.0)
+    assert src.next_deadline() == float("inf")
+    assert src.apply(event("destroy", 3, None), 701.0) == []
+
+
+def test_resync_sends_what_the_lost_events_would_have():
+    src = source()
+    src.apply(event("new", 1), 0.0)
+    src.apply(event("new", 2), 0.0)
+    # lost: 1 became ESTABLISHED, 2 ended, 3 began
+    table = [event("update", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS).ct,
+             event("update", 3, ct.TCP_CT_SYN_SENT).ct,
+             event("update", 4, ct.TCP_CT_ESTABLISHED, mark=None).ct]
+    out = src.resync(table, 5.0)
+    got = sorted((e.cport, e.state, e.timeout) for e, _ in out)
+    assert got == [(1, C.ESTABLISHED, 900.0), (2, C.CLOSE, END_TIMEOUT), (3, C.SYN_RECV, 60.0)]
+    assert set(k.sport for k in src.flows) == {1, 3}
+
+
+def test_snapshot_and_to_entry_for_a_bulk():
+    src = source(active=False)
+    src.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    src.apply(event("new", 2, ct.TCP_CT_NONE), 0.0)
+    keys = src.snapshot()
+    entries = [src.to_entry(k, 1.0) for k in keys]
+    assert [(e.cport, e.state) for e in entries if e is not None] == [(1, C.ESTABLISHED)]
+    src.apply(event("destroy", 1, None), 2.0)
+    assert src.to_entry(keys[0], 3.0) is None
+
+
+@pytest.mark.parametrize("ct_state, ipvs", [
+    (ct.TCP_CT_SYN_SENT, C.SYN_RECV), (ct.TCP_CT_SYN_RECV, C.SYN_RECV),
+    (ct.TCP_CT_ESTABLISHED, C.ESTABLISHED), (ct.TCP_CT_FIN_WAIT, C.FIN_WAIT),
+    (ct.TCP_CT_CLOSE_WAIT, C.CLOSE_WAIT), (ct.TCP_CT_LAST_ACK, C.LAST_ACK),
+    (ct.TCP_CT_TIME_WAIT, C.TIME_WAIT), (ct.TCP_CT_CLOSE, C.CLOSE),
+    (ct.TCP_CT_SYN_SENT2, C.SYN_RECV)])
+def test_state_names_map_between_conntrack_and_ipvs(ct_state, ipvs):
+    """The tracker's SYN_SENT (client SYN unanswered) is IPVS's SYN_RECV at the director;
+    injecting back gives the one conntrack state from which the client's completing ACK is
+    valid (SYN_RECV), or the same state once open."""
+    assert ct.IPVS_STATE_OF_CT[ct_state] == ipvs
+    back = ct.CT_STATE_OF_IPVS[ipvs]
+    assert back == (ct.TCP_CT_SYN_RECV if ipvs == C.SYN_RECV else ct_state)
