@@ -144,10 +144,10 @@ class Engine:
                     dest.packets_in += 1
                     dest.bytes_in += len(data)
                 conn.in_pkts += 1
+                if conn.seqadj is not None:
+                    return self._proxy_in(conn, conn.seqadj, data, pkt, conn.rw_in, now)
                 if self.sync_hook is not None:
                     self.sync_hook(conn, conn.in_pkts, now)
-                if conn.seqadj is not None:
-                    return self._proxy_in(conn.seqadj, data, pkt, conn.rw_in)
                 return apply(data, pkt, conn.rw_in)
             self.stats["forwarded_out"] += 1
             if dest is not None:
@@ -229,24 +229,28 @@ class Engine:
         dest.bytes_in += len(data)
         conn.in_pkts = 1
         conn.sync_endtime = now
-        if self.sync_hook is not None:
-            self.sync_hook(conn, 1, now)
         assert conn.rw_in is not None       # made by bind()
         if svc.client_address != "none":
             conn.seqadj = adj = proxy_insert.begin(svc.client_address, data, pkt)
             if adj is not None:
-                return self._proxy_in(adj, data, pkt, conn.rw_in)
+                return self._proxy_in(conn, adj, data, pkt, conn.rw_in, now)
+        if self.sync_hook is not None:
+            self.sync_hook(conn, 1, now)
         return apply(data, pkt, conn.rw_in)
 
-    def _proxy_in(self, adj, data: bytes, pkt, rw) -> bytes | None:
-        """A client packet of a connection with a PROXY header (director.proxy_insert)."""
+    def _proxy_in(self, conn: Conn, adj, data: bytes, pkt, rw, now: float) -> bytes | None:
+        """A client packet of a connection with a PROXY header (director.proxy_insert).
+        The sync hook runs after the insertion, as ip_vs_in syncs after the transmit,
+        so the entry it sends says whether the header has gone out."""
         sent = adj.inserted
         shifted = proxy_insert.client_to_server(adj, data, pkt)
+        if shifted is not None and adj.inserted != sent:
+            self.stats["proxy_headers" if sent == 0 else "proxy_headers_resent"] += 1
+        if self.sync_hook is not None:
+            self.sync_hook(conn, conn.in_pkts, now)
         if shifted is None:
             self.drops["bad_checksum"] += 1
             return None
-        if adj.inserted != sent:
-            self.stats["proxy_headers" if sent == 0 else "proxy_headers_resent"] += 1
         return apply(shifted[0], shifted[1], rw)
 
     def _hand_to_kernel(self, data: bytes, pkt, svc: Service, dest, template, now: float) -> Mark | None:

@@ -32,7 +32,7 @@ from proto import proxy
 from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
 from proto.consts import TCP
 
-__all__ = ["MODES", "begin", "client_to_server", "server_to_client", "quoted_seq_shift"]
+__all__ = ["MODES", "begin", "resume", "client_to_server", "server_to_client", "quoted_seq_shift"]
 
 #: the modes of `client_address` this module serves, by the PROXY version they write
 MODES = {"proxy-v1": 1, "proxy-v2": 2}
@@ -52,6 +52,23 @@ def begin(mode: str, data: bytes, pkt) -> SeqAdj | None:
     isn = _L.unpack_from(data, pkt.l4 + 4)[0]
     header = proxy.encode(version, pkt.src, pkt.dst, pkt.sport, pkt.dport)
     return SeqAdj(isn + 1, header)
+
+
+def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) -> SeqAdj | None:
+    """The shift of a connection learned from the peer (the sync entry option "seq":
+    init_seq, delta, previous_delta, sent, version): the same header written again, so a
+    retransmitted first segment gets exactly what the peer put in the stream.  None when
+    the header we would write is not the length the peer's shift says (not the same
+    header: shifting by it would corrupt the stream)."""
+    init_seq, delta_, previous_delta, sent, version = option
+    header = proxy.encode(version, caddr, vaddr, cport, vport)
+    if len(header) != delta_ - previous_delta:
+        return None
+    adj = SeqAdj(init_seq, header, previous_delta)
+    if sent:
+        adj.inserted = 1
+        adj.announced = True
+    return adj
 
 
 def client_to_server(adj: SeqAdj, data: bytes, pkt):

@@ -48,7 +48,7 @@ class SeqAdj:
     """One connection's shift.  init_seq: the client's sequence number of its first
     data byte (its ISN + 1); delta: how many bytes the director inserts there."""
 
-    __slots__ = ("init_seq", "delta", "previous_delta", "header", "inserted")
+    __slots__ = ("init_seq", "delta", "previous_delta", "header", "inserted", "announced")
 
     def __init__(self, init_seq: int, header: bytes, previous_delta: int = 0) -> None:
         self.init_seq = init_seq & _MASK
@@ -58,6 +58,9 @@ class SeqAdj:
         #: how many client segments got the header (1 + retransmissions of the first);
         #: counted by whoever sends them (a segment may still be dropped)
         self.inserted = 0
+        #: the sync policy has sent the peer this state with the header marked sent
+        #: (syncd.policy: once, urgently, when the header first goes out)
+        self.announced = False
 
     def client_segment(self, seq: int, syn: bool, fin: bool, payload_len: int) -> tuple[int, bytes]:
         """A client->server segment: (its sequence number in the server's space, the
@@ -82,6 +85,12 @@ class SeqAdj:
         if after(ack, (init + self.previous_delta) & _MASK):
             return init         # inside the inserted bytes: none of the client's data yet
         return (ack - self.previous_delta) & _MASK
+
+    def sync_option(self) -> tuple[int, int, int, bool, int]:
+        """(init_seq, delta, previous_delta, sent, version): the entry option "seq" that
+        carries this shift to the peer (proto.sync), version the PROXY header's."""
+        version = 2 if self.header[:1] == b"\r" else 1     # v2 opens with its signature
+        return self.init_seq, self.delta, self.previous_delta, self.inserted > 0, version
 
     def state(self) -> tuple[int, int, int]:
         """(init_seq, delta, previous_delta), what IPVS_OPT_SEQ_DATA carries."""

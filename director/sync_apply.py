@@ -7,6 +7,7 @@ accounting is the same as for a connection this node scheduled itself.
 """
 from __future__ import annotations
 
+from director import proxy_insert
 from director.conn import Conn, Connections
 from director.persist import Templates, template_key
 from proto.consts import (ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, SYN_RECV, SYNC_FLAGS, SYNCED,
@@ -24,11 +25,14 @@ class SyncApplier:
         self.services = services        # the engine's own dict, changed in place on reload
         self.templates = templates
         self.stats = dict.fromkeys(("applied",) + OUTCOMES, 0)
+        #: a "seq" option whose header we cannot write at the peer's length: the
+        #: connection is installed without a shift (it breaks, as without the option)
+        self.stats["seq_refused"] = 0
 
     def apply(self, *, proto: int, state: int, flags: int, caddr: bytes, cport: int,
               vaddr: bytes, vport: int, laddr: bytes, lport: int, daddr: bytes,
               dport: int, timeout: float, now: float, in_pkts: int = 3,
-              template: bool = False) -> str:
+              template: bool = False, seq: tuple | None = None) -> str:
         """Create or update a connection from a sync entry; return what happened.
 
         As ip_vs_proc_conn: an entry whose real server or local pair changed
@@ -37,7 +41,9 @@ class SyncApplier:
         whose service or real server we do not have is kept unbound (and
         still forwarded) and counted; the timer restarts at the sent timeout.
         The peer's choice of laddr:lport wins over a local entry holding the
-        same pair: the master's view is the one clients are using.
+        same pair: the master's view is the one clients are using.  `seq`, the
+        entry's option of that name, is the PROXY header's sequence shift: the
+        connection takes it (see _take_seq).
         """
         st = self.stats
         st["applied"] += 1
@@ -88,6 +94,8 @@ class SyncApplier:
             conns.track_state(conn)
             if sync_flags & ASSURED:
                 conns.assure(conn)
+            if seq is not None:
+                self._take_seq(conn, seq)
             st["created"] += 1
             return "created"
         conns.set_inactive(conn, bool(sync_flags & INACTIVE))
@@ -98,8 +106,26 @@ class SyncApplier:
         conns.track_state(conn)
         conn.in_pkts = in_pkts
         self.table.wheel.refresh(conn, now + timeout)
+        if seq is not None:
+            self._take_seq(conn, seq)
         st["updated"] += 1
         return "updated"
+
+    def _take_seq(self, conn: Conn, seq: tuple) -> None:
+        """The peer's shift for this connection, as ip_vs_proc_conn copies
+        IPVS_OPT_SEQ_DATA into cp->in_seq.  A shift we hold for the same insertion
+        point keeps its own counts; it only learns that the header went out (an
+        insertion point can move only with a new connection, which replaced ours)."""
+        adj = conn.seqadj
+        if adj is not None and adj.state() == seq[:3]:
+            if seq[3] and not adj.inserted:
+                adj.inserted = 1
+                adj.announced = True
+            return
+        adj = proxy_insert.resume(seq, conn.caddr, conn.cport, conn.vaddr, conn.vport)
+        if adj is None:
+            self.stats["seq_refused"] += 1
+        conn.seqadj = adj
 
     def _apply_template(self, proto, caddr, vaddr, vport, daddr, dport, timeout, now) -> str:
         """A persistence template from the peer: pin the client here too, keyed

@@ -60,6 +60,21 @@ with addresses as packed bytes (4 or 16 long; caddr/vaddr and laddr/daddr each o
 one family), ports 0..65535, flags the INACTIVE/NOOUTPUT/ASSURED bits of
 director.conn, timeout in seconds (int or float, 0..2**31), template a bool.
 
+An entry may carry a 15th element, its options: a map from option name (str) to
+value.  Options this version does not know are ignored, so later options need no
+new format.  Only a connection with options has the 15th element; every other
+entry is the 14 elements above, byte for byte.  Known options:
+
+    "seq"   [init_seq, delta, previous_delta, sent, version]: the sequence shift of
+            a connection whose director inserts a PROXY header (IPVS's
+            IPVS_OPT_SEQ_DATA: init_seq, delta, previous_delta, all 0..2**32-1),
+            whether the header has gone out (bool), and the PROXY version it is
+            written in (1 or 2), so the peer can write the same header again for a
+            retransmitted first segment.
+
+A node older than options refuses an entry of 15 elements (its whole message is
+counted malformed); see docs/client-address.md.
+
 `decode` raises SyncError and nothing else, whatever bytes it is given.  It
 does the cheap checks first and parses nothing it has not authenticated:
 length (oversize beyond `max_len`; malformed if too short), the first bytes of
@@ -109,6 +124,9 @@ MAX_PAYLOAD = 1472          # 1500 - IPv4 - UDP, as IPVS's default sync_maxlen
 MAX_DATAGRAM = 65507      # the largest UDP payload over IPv4
 MAX_NODE_ID = 64
 U64 = (1 << 64) - 1
+U32 = (1 << 32) - 1
+#: the entry option that carries a PROXY connection's sequence shift (see above)
+OPT_SEQ = "seq"
 MAX_TIMEOUT = float(1 << 31)
 _ENTRY_FLAGS = SYNC_FLAGS
 
@@ -144,6 +162,8 @@ class SyncEntry:
     timeout: float
     template: bool = False
     in_pkts: int = 0
+    #: option "seq": (init_seq, delta, previous_delta, sent, version), or None
+    seq: tuple | None = None
 
     @classmethod
     def from_conn(cls, conn, now: float, timeout: float) -> "SyncEntry":
@@ -158,10 +178,11 @@ class SyncEntry:
         t = float(timeout)
         if conn.expires > 0:
             t = min(t, max(conn.expires - now, 0.0))
+        adj = conn.seqadj
         return cls(conn.proto, conn.state, conn.flags & _ENTRY_FLAGS,
                    bytes(conn.caddr), conn.cport, bytes(conn.vaddr), conn.vport,
                    bytes(conn.laddr), conn.lport, bytes(conn.daddr), conn.dport,
-                   t, False, conn.in_pkts)
+                   t, False, conn.in_pkts, None if adj is None else adj.sync_option())
 
     @classmethod
     def from_template(cls, t, now: float) -> "SyncEntry":
@@ -174,12 +195,16 @@ class SyncEntry:
                    bytes(t.dest.addr), t.dest.port, max(t.expires - now, 0.0), True, 0)
 
     def apply_kwargs(self) -> dict:
-        """Keyword arguments for Engine.apply_synced (add `now=`)."""
-        return {"proto": self.proto, "state": self.state, "flags": self.flags,
-                "caddr": self.caddr, "cport": self.cport, "vaddr": self.vaddr,
-                "vport": self.vport, "laddr": self.laddr, "lport": self.lport,
-                "daddr": self.daddr, "dport": self.dport, "timeout": self.timeout,
-                "in_pkts": self.in_pkts, "template": self.template}
+        """Keyword arguments for Engine.apply_synced (add `now=`); `seq` only when the
+        entry carries that option."""
+        kw = {"proto": self.proto, "state": self.state, "flags": self.flags,
+              "caddr": self.caddr, "cport": self.cport, "vaddr": self.vaddr,
+              "vport": self.vport, "laddr": self.laddr, "lport": self.lport,
+              "daddr": self.daddr, "dport": self.dport, "timeout": self.timeout,
+              "in_pkts": self.in_pkts, "template": self.template}
+        if self.seq is not None:
+            kw["seq"] = self.seq
+        return kw
 
     @property
     def key(self) -> tuple:
@@ -189,9 +214,13 @@ class SyncEntry:
     def to_wire(self) -> list:
         t = self.timeout
         t = int(t) if t == int(t) else float(t)
-        return [self.proto, self.state, self.flags, self.caddr, self.cport, self.vaddr,
+        wire = [self.proto, self.state, self.flags, self.caddr, self.cport, self.vaddr,
                 self.vport, self.laddr, self.lport, self.daddr, self.dport, t,
                 bool(self.template), self.in_pkts]
+        if self.seq is not None:
+            init_seq, delta, previous_delta, sent, version = self.seq
+            wire.append({OPT_SEQ: [init_seq, delta, previous_delta, bool(sent), version]})
+        return wire
 
 
 @dataclass(slots=True)
@@ -377,11 +406,27 @@ def _addr(v: Any) -> bytes:
     return v
 
 
+def _seq_option(v: Any) -> tuple:
+    if type(v) is not list or len(v) != 5 or type(v[3]) is not bool:
+        raise SyncError(MALFORMED)
+    init_seq, delta, previous_delta = (_int(x, 0, U32) for x in v[:3])
+    return init_seq, delta, previous_delta, v[3], _int(v[4], 1, 2)
+
+
+def _options(v: Any) -> tuple | None:
+    """An entry's options map: the seq option, checked; unknown names ignored."""
+    if type(v) is not dict:
+        raise SyncError(MALFORMED)
+    seq = v.get(OPT_SEQ)
+    return None if seq is None else _seq_option(seq)
+
+
 def _entry(v: Any) -> SyncEntry:
-    if type(v) is not list or len(v) != 14:
+    if type(v) is not list or len(v) not in (14, 15):
         raise SyncError(MALFORMED)
     (proto, state, flags, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
-     timeout, template, in_pkts) = v
+     timeout, template, in_pkts) = v[:14]
+    seq = _options(v[14]) if len(v) == 15 else None
     caddr, vaddr, laddr, daddr = _addr(caddr), _addr(vaddr), _addr(laddr), _addr(daddr)
     if not len(caddr) == len(vaddr) == len(laddr) == len(daddr):
         # one family per connection: a service and its real servers share the
@@ -397,7 +442,7 @@ def _entry(v: Any) -> SyncEntry:
     return SyncEntry(_int(proto, 0, 255), _int(state, 0, 255), flags,
                      caddr, _int(cport, 0, 65535), vaddr, _int(vport, 0, 65535),
                      laddr, _int(lport, 0, 65535), daddr, _int(dport, 0, 65535),
-                     float(timeout), template, _int(in_pkts, 0, U64))
+                     float(timeout), template, _int(in_pkts, 0, U64), seq)
 
 
 def decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int = MAX_DATAGRAM) -> Message:

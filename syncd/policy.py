@@ -43,6 +43,11 @@ delay.  The kernel lets it wait for the threshold
 packet, and a connection can reach ESTABLISHED long after that packet: a reused
 client port whose old entry had passed packet 3, or a handshake slower than three
 packets.  A failover in that window loses a connection the client saw open.
+
+A third departure follows IPVS's own intent for its sequence data: a connection
+that carries a PROXY header (conn.seqadj) is sent URGENT on the packet that first
+carries the header, whatever its state and packet count, so the peer learns the
+shift within one datagram of the header going out.
 """
 from __future__ import annotations
 
@@ -109,6 +114,12 @@ class SyncPolicy:
         timeout_j = round(timeout * HZ)
         n = (now_j + timeout_j) & ~3
         state = conn.state
+        adj = conn.seqadj
+        if adj is not None and adj.inserted and not adj.announced:
+            # the PROXY header has just gone out: the peer must know now, or a
+            # takeover would send a second one (docs/client-address.md, "Failover")
+            adj.announced = True
+            return self._set(conn, n, state != conn.old_state) and URGENT
         if template:
             force = False
         elif self.persist_mode and controlled:
