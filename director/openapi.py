@@ -1,9 +1,10 @@
 """The node API's OpenAPI 3 description (a dict; `json()` for serving it).
 
 Reads are open (the API listens on a management address); every change needs
-`Authorization: Bearer <token>` and answers 401 without it.  The schemas are
-those director/api.py serves; tests/unit/test_api.py checks every route of
-the app against this document and validates the app's answers with them.
+`Authorization: Bearer <token>` and answers 401 without it.  The routes are here;
+the schemas, those director/api.py serves, are director.openapi_schemas's.
+tests/unit/test_api.py checks every route of the app against this document and
+validates the app's answers with the schemas.
 """
 from __future__ import annotations
 
@@ -12,363 +13,10 @@ import json as _json
 from typing import Any
 
 from director.conn_pages import DEFAULT_LIMIT, MAX_LIMIT
-from schema.keys import WEIGHT
-
-#: a real server's weight, with the config schema's range
-_WEIGHT = {"type": "integer", "minimum": WEIGHT.lo, "maximum": WEIGHT.hi}
+from director.openapi_schemas import SCHEMAS, STR, TIMES, json_response, ref
 
 VERSION = "0.1.0"
 
-
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json_response(desc: str, schema: dict) -> dict:
-    return {"description": desc, "content": {"application/json": {"schema": schema}}}
-
-
-_INT = {"type": "integer", "minimum": 0}
-_NUM = {"type": "number"}
-_STR = {"type": "string"}
-_BOOL = {"type": "boolean"}
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
-_NUM_OR_NULL = {"type": "number", "nullable": True}
-_ADDR_PORT = {"type": "string", "description": "addr:port (IPv6 addresses unbracketed)",
-              "example": "198.18.2.21:8080"}
-#: the one rule for times (docs/operations.md, "Times"): an instant is epoch seconds, UTC, to
-#: the ms; a duration says its unit in its name (`_s`, `_ms`, `expires_in` in seconds)
-TIMES = ("Every instant the API reports is epoch seconds (UTC, to the ms), converted from the "
-         "node's monotonic clock when the answer is built; durations carry their unit.")
-
-
-def _epoch(what: str, nullable: bool = False) -> dict:
-    out: dict[str, Any] = {"type": "number", "description": f"{what}: epoch seconds, UTC, to the ms",
-                           "example": 1796337029.093}
-    if nullable:
-        out["nullable"] = True
-    return out
-
-
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object", "required": ["error"],
-        "description": "Every error answer: `error` is one line saying what was wrong "
-                       "(`PARAM: PROBLEM` for a bad parameter, `FILE: FIELD: PROBLEM` for a bad "
-                       "config file), never a secret or a traceback.",
-        "properties": {"error": {"type": "string", "minLength": 1}, "detail": _STR},
-    },
-    "Status": {
-        "type": "object",
-        "required": ["node", "role", "uptime_s", "conns", "engine", "queue"],
-        "properties": {
-            "node": _STR,
-            "role": {"type": "string", "description": "master | backup | fault | init (VRRP state)"},
-            "priority": {"type": "integer", "nullable": True},
-            "peer": {"type": "string", "nullable": True,
-                     "description": "the peer's address (peer_status.address), on either role"},
-            "peer_status": {"nullable": True, "allOf": [_ref("PeerStatus")],
-                            "description": "the peer as this node knows it; null when the node "
-                                           "neither elects nor syncs"},
-            "uptime_s": {"type": "number", "description": "seconds since the node started, to the ms"},
-            "conns": _ref("ConnCounts"),
-            "engine": {
-                "type": "object",
-                "description": "Engine counters (packets, forwarded_in, forwarded_out, conns_new, "
-                               "conns_expired, conns_reused, early_drops, icmp_errors, "
-                               "passed_local, kernel_handoffs: new flows of kernel-mode services "
-                               "handed to the kernel with a mark) and the non-zero drop reasons.",
-                "properties": {"drops": {"type": "object", "additionalProperties": _INT}},
-                "additionalProperties": True,
-            },
-            "queue": {
-                "type": "object", "description": "The kernel's NFQUEUE counters (empty off-node).",
-                "properties": {"queue_total": _INT, "queue_dropped": _INT, "user_dropped": _INT},
-            },
-            "vrrp": {"nullable": True, "allOf": [_ref("VrrpStatus")],
-                     "description": "the election, null when none runs"},
-            "role_changes": {"type": "array", "description": "the last 10 role changes", "items": {
-                "type": "object", "properties": {
-                    "at": _epoch("when the addresses changed hands"),
-                    "decided": _epoch("when the election decided the change"),
-                    "from": _STR, "to": _STR, "reason": _STR}}},
-            "sync": {"type": "object", "required": ["enabled", "applied"],
-                     "properties": {"enabled": _BOOL, "applied": _COUNTS}},
-            "forwarding": {"type": "object", "description": "each service's forwarding mode by "
-                           "name: engine (every packet through the node) or kernel (the node "
-                           "schedules new flows, the kernel's NAT forwards them)",
-                           "additionalProperties": {"type": "string", "enum": ["engine", "kernel"]}},
-        },
-    },
-    "ConnCounts": {
-        "type": "object", "required": ["total", "active", "inactive"],
-        "properties": {"total": _INT, "active": _INT, "inactive": _INT},
-    },
-    "RealServer": {
-        "type": "object",
-        "required": ["addr", "port", "weight", "active", "inactive", "overloaded", "conns_total",
-                     "packets_in", "packets_out", "bytes_in", "bytes_out"],
-        "properties": {
-            "addr": _STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "weight": _INT, "active": _INT, "inactive": _INT, "overloaded": _BOOL,
-            "conns_total": _INT, "packets_in": _INT, "packets_out": _INT,
-            "bytes_in": _INT, "bytes_out": _INT,
-            "forward": {"type": "string", "enum": ["FullNat"],
-                        "description": "the forwarding method, as ipvsadm names it (always FullNat)"},
-            "health": {"type": "string", "enum": ["up", "down", "unchecked"],
-                       "description": "the health check's verdict; unchecked when the service has none"},
-            "scheduled": {"type": "boolean", "description": "the scheduler may give it new "
-                          "connections now: false when its check has it down, when drained or "
-                          "at weight 0, and while the sorry server stands in (OVERLOAD is "
-                          "`overloaded`)"},
-            "health_check": {"nullable": True, "allOf": [_ref("HealthCheck")],
-                             "description": "its health check's result; null when the service "
-                                            "has no check"},
-            "config_weight": {**_WEIGHT, "description": "the weight the config file gives it"},
-            "override": {"nullable": True, "allOf": [_ref("Override")],
-                         "description": "the operator's override in force (it beats the file "
-                                        "until cleared); null when none"},
-        },
-    },
-    "Override": {
-        "type": "object", "additionalProperties": False,
-        "required": ["weight", "drain", "set_at", "by"],
-        "description": "an operator's weight or drain, the same on both nodes of the pair",
-        "properties": {
-            "weight": _WEIGHT,
-            "drain": {"type": "boolean", "description": "set by /drain (weight 0)"},
-            "set_at": _epoch("when it was set (on the node that made it)"),
-            "by": {"type": "string", "description": "the node it was set on"},
-        },
-    },
-    "HealthCheck": {
-        "type": "object", "additionalProperties": False,
-        "required": ["kind", "state", "since", "last_check", "last_ok", "detail", "rise", "fall",
-                     "ok_streak", "fail_streak", "checks", "changes"],
-        "description": "One real server's health check (director.status.HealthCheckStatus).",
-        "properties": {
-            "kind": {"type": "string", "description": "tcp, http, udp, command or a plug-in's"},
-            "state": {"type": "string", "enum": ["up", "down"],
-                      "description": "the verdict after rise/fall"},
-            "since": _epoch("the last transition, or when checking began if none yet"),
-            "last_check": _epoch("when the last probe ended; null before the first", True),
-            "last_ok": {"type": "boolean", "nullable": True,
-                        "description": "the last probe's own result, before rise/fall"},
-            "detail": {"type": "string", "description": "the last probe's detail, as the log "
-                       "line gives it (\"HTTP status 503\", \"Connection refused\", \"timed out after 1s\")"},
-            "rise": {"type": "integer", "minimum": 1,
-                     "description": "successes in a row that bring a down server up"},
-            "fall": {"type": "integer", "minimum": 1,
-                     "description": "failures in a row that take an up server down"},
-            "ok_streak": {**_INT, "description": "successes in a row so far (counted while down)"},
-            "fail_streak": {**_INT, "description": "failures in a row so far (counted while up)"},
-            "checks": {**_INT, "description": "probes run"},
-            "changes": {**_INT, "description": "up/down transitions"},
-        },
-    },
-    "Service": {
-        "type": "object",
-        "required": ["name", "proto", "vip", "port", "scheduler", "flags", "laddrs", "persistent",
-                     "persist_netmask", "ops", "real_servers"],
-        "properties": {
-            "name": {"type": "string", "description": "the service key used in paths and metrics",
-                     "example": "tcp/198.18.0.100:80"},
-            "proto": {"type": "string", "enum": ["tcp", "udp"]},
-            "vip": _STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "scheduler": _STR,
-            "flags": {"type": "array", "items": _STR},
-            "laddrs": {"type": "array", "items": _STR},
-            "sorry_server": {"type": "string", "nullable": True,
-                             "description": "addr:port of the sorry server, if one is configured"},
-            "sorry_in_use": {"type": "boolean",
-                             "description": "the sorry server stands in (no real server is usable)"},
-            "persistent": {"type": "number", "minimum": 0, "description": "seconds; 0 = not persistent"},
-            "persist_netmask": {"type": "integer", "minimum": 0, "maximum": 128},
-            "ops": _BOOL,
-            "forwarding": {"type": "string", "enum": ["engine", "kernel"],
-                           "description": "who forwards the service's packets (config `forwarding`)"},
-            "client_address": {"type": "string", "enum": ["none", "proxy-v1", "proxy-v2", "toa"],
-                               "description": "how real servers learn the client's address "
-                                              "(config `client_address`)"},
-            "real_servers": {"type": "array", "items": _ref("RealServer")},
-        },
-    },
-    "ServiceList": {
-        "type": "object", "required": ["services"],
-        "properties": {"services": {"type": "array", "items": _ref("Service")}},
-    },
-    "Conn": {
-        "type": "object",
-        "required": ["proto", "client", "vip", "local", "real", "state", "flags", "expires"],
-        "properties": {
-            "proto": {"type": "string", "enum": ["tcp", "udp"]},
-            "client": {**_ADDR_PORT, "nullable": True,
-                       "description": "addr:port; null unless the request carries the API token"},
-            "vip": _ADDR_PORT, "local": _ADDR_PORT, "real": _ADDR_PORT,
-            "state": {"type": "string", "description": "IPVS TCP state name, or UDP",
-                      "enum": ["NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT",
-                               "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN",
-                               "SYNACK", "UDP"]},
-            "flags": {"type": "array", "items": {
-                "type": "string", "enum": ["inactive", "nooutput", "synced", "assured", "one_packet"]}},
-            "expires": _epoch("when it expires unless refreshed (before issue 17: the node's "
-                              "monotonic clock)"),
-            "expires_in": {"type": "number", "description": "seconds left, to the ms"},
-            "created": _epoch("when the entry was made on this node (synced: when it arrived)"),
-        },
-    },
-    "ConnPage": {
-        "type": "object", "required": ["total", "offset", "limit", "conns"],
-        "properties": {
-            "total": {"type": "integer", "minimum": 0, "description": "connections matching the filter"},
-            "offset": _INT, "limit": _INT,
-            "now": _epoch("when the page was built (before issue 17: the node's monotonic clock)"),
-            "clients": {"type": "string", "enum": ["shown", "hidden"],
-                        "description": "whether `client` is filled (only with the API token)"},
-            "conns": {"type": "array", "items": _ref("Conn")},
-        },
-    },
-    "SyncStatus": {
-        "type": "object", "required": ["enabled", "engine"], "additionalProperties": False,
-        "description": "Connection sync: what the engine applied and, when the node syncs, the "
-                       "sync link's counters (director.status.SyncStats).",
-        "properties": {
-            "enabled": _BOOL,
-            "engine": {**_COUNTS, "description": "the engine's sync_stats: entries applied, "
-                                                 "created, updated, replaced, ignored, ..."},
-            "sender": {**_COUNTS, "description": "counters of what this node sends"},
-            "receiver": {**_COUNTS, "description": "counters of what this node receives"},
-            "transport": {**_COUNTS, "description": "the sync socket's counters"},
-            "applied": {**_COUNTS, "description": "received entries by what applying them did"},
-            "missing": {**_INT, "description": "sequence numbers from the peer still missing"},
-            "lag_ms": {
-                "type": "object", "required": ["p50", "p99", "max", "samples"],
-                "description": "apply time minus send time over the recent DATA messages, ms to "
-                               "0.1 (meaningful only with synchronised clocks)",
-                "properties": {"p50": _NUM_OR_NULL, "p99": _NUM_OR_NULL, "max": _NUM_OR_NULL,
-                               "samples": _INT},
-            },
-        },
-    },
-    "VrrpStatus": {
-        "type": "object", "additionalProperties": False,
-        "required": ["name", "vrid", "state", "priority", "master", "master_priority",
-                     "master_adver_int_ms", "resigned", "fault", "interface", "addresses", "counters"],
-        "description": "The VRRP instance (director.status.VrrpStatus).",
-        "properties": {
-            "name": {"type": "string", "description": "the instance name (keepalived's iname)"},
-            "vrid": {"type": "integer", "minimum": 1, "maximum": 255},
-            "state": {"type": "string", "enum": ["Initialize", "Backup", "Master", "Fault"]},
-            "priority": {"type": "integer", "minimum": 1, "maximum": 255},
-            "master": {"type": "string", "nullable": True,
-                       "description": "the master's address as last heard"},
-            "master_priority": {"type": "integer", "nullable": True},
-            "master_adver_int_ms": _INT,
-            "resigned": _BOOL, "fault": _BOOL,
-            "interface": {"type": "string", "description": "where the adverts go"},
-            "addresses": {"type": "array", "items": _STR, "description": "the VIPs advertised"},
-            "counters": {**_COUNTS, "description": "rx, accepted, tx, became_master, ... and "
-                                                   "drop_<reason> for each dropped advert"},
-        },
-    },
-    "PeerStatus": {
-        "type": "object", "additionalProperties": False,
-        "required": ["address", "address_from", "node", "role", "role_from", "priority", "resigned",
-                     "last_advert", "last_advert_note", "sync"],
-        "description": "The other node of the pair (director.status.PeerStatus).  Each field comes "
-                       "from the best source there is: what the peer says of itself over sync "
-                       "(sent on every change and each second), the VRRP adverts heard from it, "
-                       "the config (one unicast peer); null when none gives it.",
-        "properties": {
-            "address": {"type": "string", "nullable": True,
-                        "description": "its VRRP address (the source of its adverts)"},
-            "address_from": {"type": "string", "nullable": True,
-                             "enum": ["sync", "advert", "config", None]},
-            "node": {"type": "string", "nullable": True, "description": "its node name (sync)"},
-            "role": {"type": "string", "nullable": True,
-                     "description": "master | backup | fault | init"},
-            "role_from": {"type": "string", "nullable": True, "enum": ["sync", "advert", None],
-                          "description": "advert: a backup without sync names the master it hears"},
-            "priority": {"type": "integer", "nullable": True},
-            "resigned": {"type": "boolean", "nullable": True,
-                         "description": "it said over sync that it has resigned"},
-            "last_advert": {
-                "type": "object", "nullable": True, "required": ["from", "priority", "at", "age_s"],
-                "description": "the last VRRP advert this node accepted from another router.  A "
-                               "backup hears the master's every interval; a master hears one "
-                               "only when the peer advertises (a priority 0 when it leaves, a "
-                               "claim, a higher priority that preempts): null, with "
-                               "last_advert_note, for a master whose peer has only been backup",
-                "properties": {"from": _STR, "priority": {"type": "integer", "minimum": 0},
-                               "at": _epoch("when it was accepted"),
-                               "age_s": _NUM}},
-            "last_advert_note": {"type": "string", "nullable": True,
-                                 "description": "why last_advert is null"},
-            "sync": {
-                "type": "object", "nullable": True,
-                "required": ["state", "last_heard_s", "missing"],
-                "description": "the sync link to it; null when this node does not sync",
-                "properties": {
-                    "state": {"type": "string", "enum": ["ok", "repairing", "silent", "none"],
-                              "description": "none: no peer proven alive yet; silent: nothing "
-                                             "for 3 heartbeat intervals; repairing: sequence "
-                                             "numbers missing or a bulk resync awaited"},
-                    "last_heard_s": {"type": "number", "nullable": True,
-                                     "description": "seconds since its last message"},
-                    "missing": _INT,
-                    "lag_ms": {"type": "object", "properties": {
-                        "p50": _NUM_OR_NULL, "p99": _NUM_OR_NULL, "max": _NUM_OR_NULL}},
-                }},
-        },
-    },
-    "WeightChange": {
-        "type": "object", "required": ["weight"], "additionalProperties": False,
-        "properties": {"weight": _WEIGHT},
-    },
-    "WeightResult": {
-        "type": "object", "required": ["service", "real", "weight"],
-        "properties": {"service": _STR, "real": _ADDR_PORT,
-                       "weight": {**_WEIGHT, "description": "the override's weight, or the "
-                                  "file's once the override is cleared"},
-                       "override": {"nullable": True, "allOf": [_ref("Override")]},
-                       "cleared": {"type": "boolean", "description": "DELETE .../override: "
-                                   "whether an override was in force"}},
-    },
-    "ResignResult": {
-        "type": "object", "required": ["resigned", "role"],
-        "description": "The node's state after the change (the role machine has carried it out: "
-                       "a resigned master has let the addresses go), and what it will become if "
-                       "nothing else happens.",
-        "properties": {
-            "resigned": {"type": "boolean", "description": "whether the node holds back from "
-                         "preempting (true after /resign, until /resume or until it becomes "
-                         "master again because no peer took over)"},
-            "role": {"type": "string", "description": "the role now: master | backup | fault | init"},
-            "vrrp_state": {"type": "string", "enum": ["Initialize", "Backup", "Master", "Fault"]},
-            "expected": {
-                "type": "object", "required": ["role", "within_ms", "reason"],
-                "description": "the role the election will give the node if nothing else "
-                               "happens; after /resume a higher-priority node takes mastership "
-                               "back by preempting, after its master down timer (and "
-                               "preempt_delay, preempt_yield)",
-                "properties": {
-                    "role": {"type": "string", "enum": ["master", "backup", "fault", "init"]},
-                    "within_ms": {"type": "number", "nullable": True,
-                                  "description": "an upper bound for a change still to come; "
-                                                 "null when the role is already the expected one"},
-                    "reason": _STR,
-                },
-            },
-        },
-    },
-    "ReloadResult": {
-        "type": "object", "required": ["changed"],
-        "description": "changed, and what the reload did (services_added, services_removed, "
-                       "servers_removed, conns_expired, ...)",
-        "properties": {"changed": _BOOL, "error": _STR},
-        "additionalProperties": True,
-    },
-}
 
 _UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 _NOT_FOUND = {"$ref": "#/components/responses/NotFound"}
@@ -377,10 +25,10 @@ _CONFLICT = {"$ref": "#/components/responses/Conflict"}
 _TOO_LARGE = {"$ref": "#/components/responses/TooLarge"}
 
 _RS_PARAMS = [
-    {"name": "service", "in": "path", "required": True, "schema": _STR,
+    {"name": "service", "in": "path", "required": True, "schema": STR,
      "description": "the service name, URL-encoded (tcp%2F198.18.0.100%3A80): default names hold "
                     "a slash, so the route must take an encoded one (aiohttp: {service:.+})"},
-    {"name": "addr_port", "in": "path", "required": True, "schema": _STR,
+    {"name": "addr_port", "in": "path", "required": True, "schema": STR,
      "description": "the real server as addr:port ([v6]:port for IPv6)"},
 ]
 
@@ -390,7 +38,7 @@ def _change(summary: str, description: str, result: str, *, body: dict | None = 
     op: dict[str, Any] = {
         "summary": summary, "description": description,
         "security": [{"bearerAuth": []}],
-        "responses": {"200": _json_response("done", _ref(result)),
+        "responses": {"200": json_response("done", ref(result)),
                       "401": _UNAUTHORIZED, "409": _CONFLICT},
     }
     if params:
@@ -417,11 +65,11 @@ SPEC: dict[str, Any] = {
     "paths": {
         "/status": {"get": {
             "summary": "The node: role, priority, peer, connection counts, engine and queue counters",
-            "responses": {"200": _json_response("node status", _ref("Status"))},
+            "responses": {"200": json_response("node status", ref("Status"))},
         }},
         "/services": {"get": {
             "summary": "Every virtual service with its real servers and their counters",
-            "responses": {"200": _json_response("services", _ref("ServiceList"))},
+            "responses": {"200": json_response("services", ref("ServiceList"))},
         }},
         "/conns": {"get": {
             "summary": "A page of the connection table",
@@ -442,12 +90,12 @@ SPEC: dict[str, Any] = {
                 {"name": "offset", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 0, "default": 0}},
             ],
-            "responses": {"200": _json_response("connections", _ref("ConnPage")),
+            "responses": {"200": json_response("connections", ref("ConnPage")),
                           "400": _BAD_REQUEST},
         }},
         "/sync": {"get": {
             "summary": "The connection-sync daemon's state and counters",
-            "responses": {"200": _json_response("sync status", _ref("SyncStatus"))},
+            "responses": {"200": json_response("sync status", ref("SyncStatus"))},
         }},
         "/metrics": {"get": {
             "summary": "Prometheus metrics (text exposition format 0.0.4)",
@@ -465,7 +113,7 @@ SPEC: dict[str, Any] = {
             "weight is an operator override: it applies on both nodes of the pair, survives "
             "a restart (the state file) and beats the config file until cleared "
             "(DELETE .../override).",
-            "WeightResult", body=_ref("WeightChange"), params=_RS_PARAMS),
+            "WeightResult", body=ref("WeightChange"), params=_RS_PARAMS),
         "/services/{service}/real_servers/{addr_port}/drain": _change(
             "Drain a real server",
             "Weight 0 until set again or cleared; established connections carry on (an LVS "
@@ -498,22 +146,22 @@ SPEC: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         "responses": {
-            "Unauthorized": _json_response("no or wrong bearer token", _ref("Error")),
-            "NotFound": _json_response("no such service or real server", _ref("Error")),
-            "BadRequest": _json_response("invalid request", _ref("Error")),
-            "Conflict": _json_response("the node cannot take this change now (the error "
-                                       "says why)", _ref("Error")),
-            "TooLarge": _json_response("the request body is too large", _ref("Error")),
-            "InternalError": _json_response("a fault of the node (logged there)", _ref("Error")),
+            "Unauthorized": json_response("no or wrong bearer token", ref("Error")),
+            "NotFound": json_response("no such service or real server", ref("Error")),
+            "BadRequest": json_response("invalid request", ref("Error")),
+            "Conflict": json_response("the node cannot take this change now (the error "
+                                       "says why)", ref("Error")),
+            "TooLarge": json_response("the request body is too large", ref("Error")),
+            "InternalError": json_response("a fault of the node (logged there)", ref("Error")),
         },
-        "schemas": _SCHEMAS,
+        "schemas": SCHEMAS,
     },
 }
-SPEC["paths"]["/reload"]["post"]["responses"]["400"] = _json_response(
-    "the file is invalid: nothing changed", _ref("Error"))
+SPEC["paths"]["/reload"]["post"]["responses"]["400"] = json_response(
+    "the file is invalid: nothing changed", ref("Error"))
 for _path, _why in (("/resign", "no election is configured"), ("/resume", "no election is configured"),
                     ("/reload", "the node was not started from a file")):
-    SPEC["paths"][_path]["post"]["responses"]["409"] = _json_response(_why, _ref("Error"))
+    SPEC["paths"][_path]["post"]["responses"]["409"] = json_response(_why, ref("Error"))
 for _ops in SPEC["paths"].values():         # a fault of the node answers an Error too
     for _op in _ops.values():
         _op["responses"].setdefault("500", {"$ref": "#/components/responses/InternalError"})
