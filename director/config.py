@@ -146,6 +146,7 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
         seen.add(k)
     vips = sorted({sv.vip for sv in services})
     rules.addresses_keep_their_roles(source, raw_services, services)
+    rules.modes_keep_their_addresses(source, raw_services, services)
     ha = _ha(source, top, vips)
     top.finish()
     return NodeConfig(**node_kw, timeouts=timeouts, **limits,
@@ -349,9 +350,9 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
     raw_sorry = s.take("sorry_server")
     sorry = None if raw_sorry is None else _host_port(s, "sorry_server", raw_sorry, family)
     forwarding = s.take("forwarding")
-    if forwarding == "kernel":
-        s.fail("forwarding", '"kernel" is not available yet: the node does not install the '
-                             'kernel-mode rules (director/kernel_rules.py); use "engine"')
+    if forwarding == "kernel" and ops:
+        s.fail("forwarding", '"kernel" forwards whole flows: one-packet scheduling (ops) '
+                             'needs "engine"')
     client_address = s.take("client_address")
     if client_address == "toa":
         s.fail("client_address", '"toa" is not implemented yet; use "proxy-v1" or "proxy-v2"')

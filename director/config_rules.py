@@ -105,6 +105,24 @@ def addresses_keep_their_roles(source: str, raw: list, services: list) -> None:
                                   "send the traffic to itself")
 
 
+def modes_keep_their_addresses(source: str, raw: list, services: list) -> None:
+    """A VIP or laddr is either the engine's or the kernel's: the engine's rules take
+    every packet to its addresses out of conntrack (NOTRACK), which the kernel's NAT needs,
+    and the two would hand out the same (laddr, port) pairs to one real server."""
+    mode_of: dict[str, tuple[str, str]] = {}
+    for i, sv in enumerate(services):
+        own = isinstance(raw[i], dict) and "laddrs" in raw[i]
+        places = [(sv.vip, f"services[{i}].vip")] + [
+            (a, f"services[{i}].laddrs[{j}]" if own else f"laddrs[{j}]")
+            for j, a in enumerate(sv.laddrs)]
+        for addr, where in places:
+            seen = mode_of.setdefault(addr, (sv.forwarding, where))
+            if seen[0] != sv.forwarding:
+                raise ConfigError(source, where, f'{addr} is also used by a forwarding = '
+                                                 f'"{seen[0]}" service ({seen[1]}): engine- and '
+                                                 'kernel-mode services need addresses of their own')
+
+
 def vrrp(v: Reader, primary: str, peers: tuple[str, ...], vips: list[str],
          advert_interval: float) -> tuple[str, ...]:
     """One VRRP instance advertises one family, to peers of that family, in centiseconds.

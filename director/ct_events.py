@@ -102,3 +102,39 @@ def _dump_once(timeout: float, family: int) -> tuple[list[ct.Conntrack], bool]:
                 if isinstance(m, ct.Message) and m.seq == seq:
                     interrupted = interrupted or bool(m.flags & NLM_F_DUMP_INTR)
                     entries.append(m.ct)
+
+
+#: delete requests in flight at once (each is acknowledged)
+DELETE_BATCH = 256
+
+
+def delete(tuples: list[ct.Tuple], timeout: float = 5.0) -> int:
+    """Delete the conntrack entries with these original tuples; return how many the kernel
+    deleted.  An entry already gone (ENOENT) is not an error.  Blocking: run it in a worker
+    thread.  The kernel sends each one's DESTROY event at once."""
+    deleted = 0
+    with _netlink() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sock.bind((0, 0))
+        base = int(time.monotonic() * 1000) & 0x7FFFFFFF
+        for start in range(0, len(tuples), DELETE_BATCH):
+            chunk = tuples[start:start + DELETE_BATCH]
+            waiting = set()
+            for i, t in enumerate(chunk):
+                seq = (base + start + i) & 0xFFFFFFFF
+                waiting.add(seq)
+                sock.send(ct.delete_request(t, seq))
+            deadline = time.monotonic() + timeout
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    raise TimeoutError(f"conntrack delete: {len(waiting)} not acknowledged")
+                for m in ct.decode(sock.recv(1 << 20)):
+                    if isinstance(m, ct.Ack) and m.seq in waiting:
+                        waiting.discard(m.seq)
+                        if m.errno == 0:
+                            deleted += 1
+                        elif m.errno != errno.ENOENT:
+                            raise OSError(m.errno, "conntrack delete refused: "
+                                                   f"{errno.errorcode.get(m.errno)}")
+    return deleted

@@ -8,12 +8,20 @@ mark names a (real server, laddr) binding, and the active/inactive counts per ma
 the schedulers that count connections (lc, wlc, sed, nq, ...) need.  A TCP flow is active
 in ESTABLISHED, inactive otherwise, as IPVS counts; a UDP flow is always inactive.
 
+Counts are also kept per service and mark (`by_service`, keyed (proto, vip, vport, mark)
+from the flow's original tuple), since two services may share a binding, and the keys
+changed since the last `take_dirty()` are kept for the node to refresh its real servers'
+counts from.  Whoever else needs the flows (connection sync) subscribes: `watch(fn)` calls
+`fn(message, flow)` for each event about one of tandem's flows, after the view took it
+(`flow` is None for its end), and `watch_resync(fn)` calls `fn(flows)` after each dump
+replaced the view.
+
 An event lost is never silent: the adapter (director.ct_events) reports ENOBUFS here, the
 view is marked `needs_resync`, and the node answers with a dump, as conntrackd does.
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
 from proto import ctnetlink as ct
@@ -38,21 +46,50 @@ class KernelFlows:
         self.flows: dict[ct.Tuple, Flow] = {}
         #: mark -> [active, inactive]
         self.counts: dict[int, list[int]] = {}
+        #: (proto, vip, vport, mark) -> [active, inactive]
+        self.by_service: dict[tuple[int, bytes, int, int], list[int]] = {}
+        self.dirty: set[tuple[int, bytes, int, int]] = set()
         self.needs_resync = False
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
                                     "resyncs", "repaired"), 0)
+        self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
+        self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow]], None]] = []
 
-    def _count(self, f: Flow, delta: int) -> None:
-        c = self.counts.setdefault(f.mark, [0, 0])
-        c[0 if f.active else 1] += delta
+    def watch(self, fn: Callable[[ct.Message, Flow | None], None]) -> None:
+        """Call fn(message, flow) for every event about one of tandem's flows."""
+        self._watchers.append(fn)
+
+    def watch_resync(self, fn: Callable[[dict[ct.Tuple, Flow]], None]) -> None:
+        """Call fn(flows) after every resync (the view rebuilt from a dump)."""
+        self._resync_watchers.append(fn)
+
+    def _count(self, key: ct.Tuple, f: Flow, delta: int) -> None:
+        i = 0 if f.active else 1
+        self.counts.setdefault(f.mark, [0, 0])[i] += delta
+        skey = (key.proto, key.dst, key.dport, f.mark)
+        self.by_service.setdefault(skey, [0, 0])[i] += delta
+        self.dirty.add(skey)
 
     def _set(self, key: ct.Tuple, f: Flow | None) -> None:
         old = self.flows.pop(key, None)
         if old is not None:
-            self._count(old, -1)
+            self._count(key, old, -1)
         if f is not None:
             self.flows[key] = f
-            self._count(f, +1)
+            self._count(key, f, +1)
+
+    def take_dirty(self) -> set[tuple[int, bytes, int, int]]:
+        """The (proto, vip, vport, mark) whose counts changed since the last call."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def service_counts(self, proto: int, vip: bytes, vport: int, mark: int) -> tuple[int, int]:
+        a, i = self.by_service.get((proto, vip, vport, mark), (0, 0))
+        return a, i
+
+    def flows_of(self, marks: set[int]) -> list[ct.Tuple]:
+        """The original tuples of the flows carrying one of `marks` (a walk of the view)."""
+        return [k for k, f in self.flows.items() if f.mark in marks]
 
     def apply(self, msg: ct.Message) -> None:
         """One event: a new flow, a change (state, mark), or its end."""
@@ -64,7 +101,9 @@ class KernelFlows:
         if msg.event == "destroy":
             if key in self.flows:
                 self.stats["destroyed"] += 1
-            self._set(key, None)
+                self._set(key, None)
+                for fn in self._watchers:
+                    fn(msg, None)
             return
         f = _flow(msg.ct)          # the kernel sends the mark in every event when it is set
         if f is None:
@@ -74,6 +113,8 @@ class KernelFlows:
         if key not in self.flows:
             self.stats["new"] += 1
         self._set(key, f)
+        for fn in self._watchers:
+            fn(msg, f)
 
     def overrun(self) -> None:
         """The kernel dropped events: the view may be wrong until the next resync."""
@@ -91,13 +132,17 @@ class KernelFlows:
                 fresh[c.orig] = f
         changed = sum(1 for k, f in fresh.items() if self.flows.get(k) != f)
         changed += sum(1 for k in self.flows if k not in fresh)
+        self.dirty |= set(self.by_service)
         self.flows = {}
         self.counts = {}
+        self.by_service = {}
         for k, f in fresh.items():
             self._set(k, f)
         self.stats["resyncs"] += 1
         self.stats["repaired"] += changed
         self.needs_resync = False
+        for fn in self._resync_watchers:
+            fn(self.flows)
         return changed
 
     def active_inactive(self, mark: int) -> tuple[int, int]:

@@ -46,6 +46,12 @@ QUEUE_CHAIN = "TANDEM_NEW"
 MARK_BASE = 0x54440000
 MARK_PREFIX_MASK = 0xFFFF0000
 NEW_FLOW_PRIORITY = -120      # after mangle (-150, the queue), before dstnat (-100)
+#: the conntrack events a kernel-forwarded flow sends (nftables `ct event set`), per protocol.
+#: TCP: its start, every TCP state change (protoinfo: the active/inactive counts and sync's
+#: state changes are made from them) and its end; UDP has no states: its start, the
+#: moment it is assured (replied and still flowing) and its end.  Without this a flow
+#: sends every status, mark and counter change as well.
+CT_EVENTS = {"tcp": "new,protoinfo,destroy", "udp": "new,assured,destroy"}
 _PROTO_NAMES = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
 #: conntrack's timeout-policy state -> the [timeouts] key that gives its value.  conntrack
 #: names TCP states as the tracker sees them: its SYN_SENT is the client's SYN unanswered
@@ -95,6 +101,7 @@ class Marks:
 
     def __init__(self) -> None:
         self._by_binding: dict[tuple[str, int, str], Binding] = {}
+        self._list: list[Binding] = []           # by mark index - 1
 
     def mark_for(self, rs_addr: str, rs_port: int, laddr: str) -> int:
         key = (str(ipaddress.ip_address(rs_addr)), rs_port, str(ipaddress.ip_address(laddr)))
@@ -104,10 +111,23 @@ class Marks:
                 raise KernelRulesError("no mark left: 65536 bindings in use")
             b = Binding(MARK_BASE | (len(self._by_binding) + 1), *key)
             self._by_binding[key] = b
+            self._list.append(b)
         return b.mark
 
     def bindings(self) -> list[Binding]:
         return sorted(self._by_binding.values(), key=lambda b: b.mark)
+
+    def binding(self, mark: int) -> Binding | None:
+        """What `mark` stands for (None: not one of ours)."""
+        if mark & MARK_PREFIX_MASK != MARK_BASE:
+            return None
+        i = (mark & ~MARK_PREFIX_MASK) - 1
+        return self._list[i] if 0 <= i < len(self._list) else None
+
+    def marks_of(self, rs_addr: str, rs_port: int) -> set[int]:
+        """The marks of every binding to this real server (one per laddr)."""
+        rs = str(ipaddress.ip_address(rs_addr))
+        return {b.mark for k, b in self._by_binding.items() if k[0] == rs and k[1] == rs_port}
 
 
 def _proto(s: KernelService) -> str:
@@ -162,6 +182,8 @@ def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
     out += [
         f"\tchain new_flow {{\n\t\ttype filter hook prerouting priority {NEW_FLOW_PRIORITY}; policy accept;",
         *(f"\t\tct state new {svc[f]} {ours} ct mark set meta mark" for f in (4, 6)),
+        *(f"\t\tct state new {svc[f]} {ours} meta l4proto {p} ct event set {events}"
+          for f in (4, 6) for p, events in CT_EVENTS.items()),
         *(f'\t\tct state new {svc[f]} meta l4proto {p} ct timeout set "{p}{f}"'
           for f in (4, 6) for p in TIMEOUT_POLICY if timeouts is not None),
         "\t}",
@@ -180,6 +202,34 @@ def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
         "\t}",
         "}",
     ]
+    return "\n".join(out) + "\n"
+
+
+def _elements_of(services: list[KernelService], bindings: list[Binding]) -> dict[str, list[str]]:
+    """Each set's and map's elements, by name."""
+    out: dict[str, list[str]] = {}
+    for fam in (4, 6):
+        svcs = [s for s in services if s.family == fam]
+        binds = [b for b in bindings if b.family == fam]
+        out[f"svc{fam}"] = sorted({f"{s.vip} . {_proto(s)} . {s.port}" for s in svcs})
+        out[f"vip{fam}"] = sorted({s.vip for s in svcs})
+        out[f"laddr{fam}"] = sorted({a for s in svcs for a in s.laddrs})
+        out[f"dnat{fam}"] = [f"0x{b.mark:08x} : {b.rs_addr} . {b.rs_port}" for b in binds]
+        out[f"snat{fam}"] = [f"0x{b.mark:08x} : {b.laddr}" for b in binds]
+    return out
+
+
+def update(services: Iterable[KernelService], bindings: Iterable[Binding]) -> str:
+    """The nft script that refills the sets and maps of a loaded table in one transaction
+    (a reload): the chains and the `ct timeout` objects stay.  Replacing the table instead
+    would destroy the timeout objects, and the kernel then takes the policy off every flow
+    that uses it (those flows fall back to conntrack's own timeouts, 5 days established)."""
+    out = []
+    for name, items in _elements_of(list(services), list(bindings)).items():
+        kind = "map" if name.startswith(("dnat", "snat")) else "set"
+        out.append(f"flush {kind} inet {TABLE} {name}")
+        if items:
+            out.append(f"add element inet {TABLE} {name} {{ {', '.join(items)} }}")
     return "\n".join(out) + "\n"
 
 
@@ -214,10 +264,13 @@ def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subpr
 
 
 def install(services: Iterable[KernelService], bindings: Iterable[Binding], queue: int,
-            timeouts: Mapping[str, float] | None = None) -> None:
-    """Load (or reload) the table and the queue chains; each step is atomic on its own."""
+            timeouts: Mapping[str, float] | None = None, fresh: bool = True) -> None:
+    """Load the table and the queue chains; each step is atomic on its own.  `fresh`
+    False (a reload) refills the sets and maps of the loaded table (`update`) instead of
+    replacing it."""
     services = list(services)
-    _run(["nft", "-f", "-"], stdin=ruleset(services, bindings, timeouts))
+    script = ruleset(services, bindings, timeouts) if fresh else update(services, bindings)
+    _run(["nft", "-f", "-"], stdin=script)
     for fam in (4, 6):
         _run([_tool(fam, restore=True), "--noflush", "-w"], stdin=queue_rules(services, queue, fam))
         tool = [_tool(fam), "-w", "-t", "mangle"]

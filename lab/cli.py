@@ -57,6 +57,8 @@ def cmd_up(args) -> int:
         kw["timeouts"] = dict(args.timeout)
     if args.scheduler:
         kw["scheduler"] = args.scheduler
+    if args.kernel_service:
+        kw["kernel"] = True
     try:
         info = topology.up(args.prefix, node=not args.no_node, ha=not args.single,
                            advert_interval=args.advert_interval, **kw)
@@ -162,6 +164,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     up.add_argument("--advert-interval", type=float, default=0.1, metavar="SECONDS",
                     help="VRRP advertisement interval (default %(default)s)")
     up.add_argument("--scheduler", help="scheduler for both services (default wlc)")
+    up.add_argument("--kernel-service", action="store_true",
+                    help='add the kernel-mode service: KERNEL_VIP:80 tcp+udp, forwarding = "kernel" '
+                         "(its own VIP 198.18.0.101 and laddr 198.18.2.102)")
     up.add_argument(
         "--timeout",
         action="append",

@@ -14,8 +14,9 @@ from pyroute2 import netns as _netns
 
 from . import nsutil
 from . import state as st
-from .plan import (BACK_IF, CLIENT_ADDR, DIRECTORS, FRONT_IF, LADDRS, PREFERRED, REAL_SERVERS,
-                   ROLES, ROUTER_CLIENT_ADDR, ROUTER_FRONT_ADDR, VIP, ns_name)
+from .plan import (BACK_IF, CLIENT_ADDR, DIRECTORS, FRONT_IF, KERNEL_LADDRS, KERNEL_VIP, LADDRS,
+                   PREFERRED, REAL_SERVERS, ROLES, ROUTER_CLIENT_ADDR, ROUTER_FRONT_ADDR, VIP,
+                   ns_name)
 
 #: sysctls of each kind of namespace, written once it exists (before its interfaces)
 NS_SYSCTLS: dict[str, dict[str, Any]] = {
@@ -136,8 +137,9 @@ def _address(N: dict[str, str], pair: bool) -> None:
             if d["name"] == PREFERRED and not pair:
                 # without the pair, one director holds the VIP and the local addresses;
                 # with it, the elected master's node adds them itself
-                _addr(i, FRONT_IF, VIP, 32)
-                for la in LADDRS:
+                for vip in (VIP, KERNEL_VIP):
+                    _addr(i, FRONT_IF, vip, 32)
+                for la in LADDRS + KERNEL_LADDRS:
                     _addr(i, BACK_IF, la, 32)
             _link_up(i, FRONT_IF)
             _link_up(i, BACK_IF)
@@ -184,7 +186,7 @@ def set_links(prefix: str, name: str, up: bool) -> float:
 def strip_service_addresses(prefix: str, name: str) -> None:
     """Remove a VIP or laddr a killed node left behind (it never got to release them)."""
     with ipr(ns_name(prefix, name)) as i:
-        for ifn, addrs in ((FRONT_IF, [VIP]), (BACK_IF, LADDRS)):
+        for ifn, addrs in ((FRONT_IF, [VIP, KERNEL_VIP]), (BACK_IF, LADDRS + KERNEL_LADDRS)):
             n = idx(i, ifn)
             for a in addrs:
                 try:

@@ -12,8 +12,8 @@ from typing import Any
 from schema.core import dump_toml  # the one TOML writer, re-exported for the lab's callers
 from schema.keys import INTERFACES, LIMITS, TIMEOUTS
 
-from .plan import (API_PORT, API_TOKEN, LADDRS, REAL_SERVERS, SERVICES, SYNC_KEY, VIP, VRID,
-                   director)
+from .plan import (API_PORT, API_TOKEN, KERNEL_LADDRS, KERNEL_VIP, LADDRS, REAL_SERVERS, RS_PORT,
+                   SERVICE_PORT, SERVICES, SYNC_KEY, VIP, VRID, director)
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUTS", "LAB_GARP_INTERVAL", "dump_toml", "node_config",
            "write_config"]
@@ -37,8 +37,10 @@ def node_config(
     ha: bool = False,
     advert_interval: float = 0.1,
     api_token: str = API_TOKEN,
+    kernel: bool = False,
 ) -> dict[str, Any]:
-    """The node configuration for director ``name`` as a dict (see dump_toml)."""
+    """The node configuration for director ``name`` as a dict (see dump_toml).  With
+    `kernel`, two more services: KERNEL_VIP:80 TCP and UDP, forwarding = "kernel"."""
     d = director(name)
     weights = weights or {}
     def reals(port: int) -> list[dict[str, Any]]:
@@ -64,6 +66,12 @@ def node_config(
             for svc in SERVICES
         ],
     }
+    if kernel:
+        cfg["services"] += [
+            {"proto": proto, "vip": KERNEL_VIP, "port": SERVICE_PORT, "scheduler": scheduler,
+             "laddrs": list(KERNEL_LADDRS), "forwarding": "kernel",
+             "real_servers": reals(RS_PORT)}
+            for proto in ("tcp", "udp")]
     if ha:
         cfg["interfaces"] = {"front": "front", "back": "back",
                              "garp_count": INTERFACES.default("garp_count"),

@@ -34,6 +34,10 @@ ROUTER_FRONT_ADDR = "198.18.0.1"
 CLIENT_ADDR = "198.18.1.10"
 VIP = "198.18.0.100"
 LADDRS = ["198.18.2.100", "198.18.2.101"]
+#: the kernel-mode service's own VIP and laddr (``up(kernel=True)``: KERNEL_VIP:80 tcp+udp,
+#: forwarding = "kernel"); a kernel-mode service shares no address with an engine-mode one
+KERNEL_VIP = "198.18.0.101"
+KERNEL_LADDRS = ["198.18.2.102"]
 SERVICE_PORT = 80
 RS_PORT = 8080
 #: the real servers' PROXY-aware echo port (lab.echo --proxy-port): v1 and v2 headers
@@ -151,6 +155,8 @@ def describe(prefix: str, node: bool = False, config_path: str | None = None,
             for r in REAL_SERVERS
         ],
         "laddrs": list(LADDRS),
+        "kernel_vip": KERNEL_VIP,
+        "kernel_laddrs": list(KERNEL_LADDRS),
         "nets": {"client": CLIENT_NET, "front": FRONT_NET, "back": BACK_NET},
         "state_dir": str(st.state_dir(p)),
         "node": bool(node),

@@ -58,6 +58,7 @@ def up(
     node_wait: float = 20.0,
     ha: bool = True,
     advert_interval: float = 0.1,
+    kernel: bool = False,
 ) -> dict[str, Any]:
     """Build the lab (removing a previous lab of the same prefix first) and return its
     description.  On failure everything built is removed again (logs are kept) and the
@@ -65,12 +66,12 @@ def up(
     return nsutil.outside_event_loop(
         _up, prefix, node, scheduler=scheduler, timeouts=timeouts, limits=limits,
         weights=weights, config_extra=config_extra, echo_wait=echo_wait, node_wait=node_wait,
-        ha=ha, advert_interval=advert_interval,
+        ha=ha, advert_interval=advert_interval, kernel=kernel,
     )
 
 
 def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, echo_wait, node_wait,
-        ha=True, advert_interval=0.1):
+        ha=True, advert_interval=0.1, kernel=False):
     st.check_prefix(prefix)
     with st.prefix_lock(prefix):
         _down(prefix)
@@ -101,6 +102,7 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                     extra=config_extra,
                     ha=state["ha"],
                     advert_interval=advert_interval,
+                    kernel=kernel,
                 )
                 # each node's state file (its operator overrides) in the lab's own directory
                 cfg["node"].setdefault("state_dir", str(d / f"{name}-state"))

@@ -145,8 +145,8 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
     Key("forwarding", str, "engine", choices=("engine", "kernel"),
         doc="who forwards the service's packets: `engine` (every packet through the node's engine, "
             "in user space) or `kernel` (the node schedules each new flow, the kernel's conntrack "
-            "NAT forwards the rest: docs/kernel-fast-path.md). `kernel` is refused for now: "
-            "the node does not install its rules yet"),
+            "NAT forwards the rest: docs/kernel-fast-path.md). A kernel-mode service needs a VIP and "
+            "laddrs of its own (no engine-mode service may use them), TCP or UDP, and no `ops`"),
     Key("client_address", str, "none", choices=("none", "proxy-v1", "proxy-v2", "toa"),
         doc="how a TCP service's real servers learn the client's address: `none`, or a PROXY "
             "protocol header (`proxy-v1` text, `proxy-v2` binary) the node puts in front of the "

@@ -14,6 +14,9 @@ operation                  capability      how
 =========================  ==============  ===============================================
 install/remove rules       CAP_NET_ADMIN   iptables/ip6tables (director/rules.py), run as
                                            children that inherit the ambient capabilities
+kernel-mode rules          CAP_NET_ADMIN   nft + iptables-nft (director/kernel_rules.py)
+conntrack events, dump,    CAP_NET_ADMIN   ctnetlink (director/ct_events.py,
+delete                                     proto/ctnetlink.py)
 add/delete addresses       CAP_NET_ADMIN   rtnetlink (pyroute2); IPv6 ones with nodad
 links_down                 none            rtnetlink dump
 announce (GARP / NA)       CAP_NET_RAW     AF_PACKET socket bound to the interface
@@ -54,6 +57,25 @@ class Kernel(Protocol):
 
     def remove_rules(self) -> None:
         """Remove the node's rules; quiet when there are none."""
+
+    def install_kernel_rules(self, services: list, bindings: list, queue: int,
+                             timeouts: Any, fresh: bool) -> None:
+        """Load the `inet tandem` table and the first-packet queue chains for kernel-mode
+        services (director.kernel_rules.install); `fresh` False refills the sets and maps
+        of the loaded table (a reload)."""
+
+    def remove_kernel_rules(self) -> None:
+        """Remove the kernel-mode table and chains; quiet when there are none."""
+
+    def open_ct_events(self) -> Any:
+        """A non-blocking conntrack event socket (director.ct_events.EventSocket)."""
+
+    def dump_conntrack(self) -> list:
+        """The kernel's conntrack table (proto.ctnetlink.Conntrack entries)."""
+
+    def delete_conntrack(self, tuples: list) -> int:
+        """Delete the entries with these original tuples; how many the kernel deleted
+        (one already gone is not an error)."""
 
     def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
         """Add host addresses (/32, /128) on an interface; idempotent.  IPv6 ones are added
@@ -107,6 +129,27 @@ class LinuxKernel:
     def remove_rules(self) -> None:
         from director import rules
         rules.remove()
+
+    def install_kernel_rules(self, services: list, bindings: list, queue: int,
+                             timeouts: Any, fresh: bool) -> None:
+        from director import kernel_rules
+        kernel_rules.install(services, bindings, queue, timeouts, fresh=fresh)
+
+    def remove_kernel_rules(self) -> None:
+        from director import kernel_rules
+        kernel_rules.remove()
+
+    def open_ct_events(self) -> Any:
+        from director.ct_events import EventSocket
+        return EventSocket()
+
+    def dump_conntrack(self) -> list:
+        from director.ct_events import dump
+        return dump()
+
+    def delete_conntrack(self, tuples: list) -> int:
+        from director.ct_events import delete
+        return delete(tuples)
 
     # -- addresses and links -------------------------------------------------------------------
 

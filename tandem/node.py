@@ -41,6 +41,7 @@ from ha.vrrp_io import VrrpRunner
 from schema.core import FieldError, os_reason
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
+from tandem.kernel_mode import KernelPath, engine_addresses
 from tandem.state_file import StateFile, load as load_overrides, path_in
 
 log = logging.getLogger("tandem.node")
@@ -126,6 +127,8 @@ class Node:
                                set_fault=self._set_fault, clock=clock)
         self.vrrp: VrrpRunner | None = None
         self.freezer = GcFreezer(self.engine)
+        #: kernel-mode services: their rules, the conntrack event feed, the accounting
+        self.kernel_path = KernelPath(self.engine, edges.kernel, cfg.queue)
         #: what the API and the metrics read (director/status.py)
         self.state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(),
                                clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
@@ -157,7 +160,8 @@ class Node:
         self.role.post(R.Starting())
         await self.role.step()
         self.adapter.start(loop)
-        await asyncio.to_thread(self.edges.kernel.install_rules, cfg.vips + cfg.laddrs, cfg.queue)
+        await asyncio.to_thread(self.edges.kernel.install_rules, engine_addresses(cfg), cfg.queue)
+        await self.kernel_path.start(cfg)
         try:
             await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()
         except OSError as exc:          # the config's address, on this host: say which key
@@ -201,6 +205,7 @@ class Node:
                 self.sync.close()
             await self.state_file.drain()
             await asyncio.to_thread(self.edges.kernel.remove_rules)
+            await self.kernel_path.stop()
             self.adapter.stop()
             if self._http is not None:
                 await self._http.cleanup()
@@ -412,11 +417,12 @@ class Node:
         new = await asyncio.to_thread(load, self.path)
         old = self.cfg
         check_reloadable(old, new)
+        await self.kernel_path.reload(old, new)        # the new marks exist before the engine
         summary = self.engine.reconfigure(new, self.clock())
         self.control.apply_all()
         await self.checker.set_targets(health_targets(self.engine))
-        if set(new.vips + new.laddrs) != set(old.vips + old.laddrs):
-            await asyncio.to_thread(self.edges.kernel.install_rules, new.vips + new.laddrs, new.queue)
+        if engine_addresses(new) != engine_addresses(old):
+            await asyncio.to_thread(self.edges.kernel.install_rules, engine_addresses(new), new.queue)
         self.state.api_token = new.api_token
         if new.state_dir != old.state_dir:
             log.warning("node %s: reload: [node] state_dir changed: the state file stays %s "

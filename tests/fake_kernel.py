@@ -62,6 +62,46 @@ class _FakePacket:
         self.q.verdicts.append(("drop", self.data))
 
 
+class FakeEvents:
+    """A conntrack event socket: `push(messages)` or `overrun()` as the kernel would send;
+    read(limit) hands them back as director.ct_events.EventSocket.read does."""
+
+    def __init__(self) -> None:
+        self._ours, self._wake = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._ours.setblocking(False)
+        self.pending: list[list[Any] | None] = []      # datagrams; None: ENOBUFS
+        self.closed = False
+
+    def push(self, messages: list[Any]) -> None:
+        self.pending.append(list(messages))
+        self._wake.send(b"x")
+
+    def overrun(self) -> None:
+        self.pending.append(None)
+        self._wake.send(b"x")
+
+    def fileno(self) -> int:
+        return self._ours.fileno()
+
+    def read(self, limit: int = 64) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        for _ in range(limit):
+            try:
+                self._ours.recv(16)
+            except BlockingIOError:
+                break
+            got = self.pending.pop(0)
+            if got is None:
+                return out, True
+            out += got
+        return out, False
+
+    def close(self) -> None:
+        self.closed = True
+        self._ours.close()
+        self._wake.close()
+
+
 class FakeKernel:
     """Implements every method of tandem.kernel.Kernel (tests/unit/test_kernel.py checks)."""
 
@@ -73,6 +113,11 @@ class FakeKernel:
         self.announced: list[tuple[str, tuple[str, ...]]] = []
         self.queues: list[FakeQueue] = []
         self.vrrp_sockets: list[tuple[str, Any]] = []
+        #: the kernel-mode table as last loaded: (services, bindings, queue, timeouts)
+        self.kernel_rules: tuple[tuple, tuple, int, Any] | None = None
+        self.events: list[FakeEvents] = []
+        #: the conntrack table a dump returns (proto.ctnetlink.Conntrack entries)
+        self.conntrack: list[Any] = []
         self._fail: dict[str, OSError] = {}
 
     def fail(self, op: str, exc: OSError) -> None:
@@ -93,6 +138,36 @@ class FakeKernel:
     def remove_rules(self) -> None:
         self._call("remove_rules")
         self.rules = None
+
+    def install_kernel_rules(self, services: list, bindings: list, queue: int,
+                             timeouts: Any, fresh: bool) -> None:
+        self._call("install_kernel_rules", tuple(services), tuple(bindings), queue, fresh)
+        if not fresh and self.kernel_rules is None:
+            raise OSError(errno.ENOENT, "no table inet tandem to update")
+        keep = timeouts if fresh or self.kernel_rules is None else self.kernel_rules[3]
+        self.kernel_rules = (tuple(services), tuple(bindings), queue, keep)
+
+    def remove_kernel_rules(self) -> None:
+        self._call("remove_kernel_rules")
+        self.kernel_rules = None
+
+    def open_ct_events(self) -> FakeEvents:
+        self._call("open_ct_events")
+        ev = FakeEvents()
+        self.events.append(ev)
+        return ev
+
+    def dump_conntrack(self) -> list:
+        self._call("dump_conntrack")
+        return list(self.conntrack)
+
+    def delete_conntrack(self, tuples: list) -> int:
+        tuples = list(tuples)
+        self._call("delete_conntrack", tuple(tuples))
+        gone = set(tuples)
+        before = len(self.conntrack)
+        self.conntrack = [c for c in self.conntrack if c.orig not in gone]
+        return before - len(self.conntrack)
 
     def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
         addrs = tuple(addrs)

@@ -84,14 +84,30 @@ def test_status_describes_the_mode():
     assert modes == {"tcp": "kernel", "udp": "engine"}
 
 
-def test_reader_default_and_refusal():
+def test_reader_default_and_refusals():
+    """"kernel" is read; a kernel-mode service may not share its VIP or laddrs with an
+    engine-mode one (the engine's NOTRACK would take its packets out of conntrack), and
+    one-packet scheduling needs the engine."""
     assert {s.forwarding for s in make_config().services} == {"engine"}
     doc = {"node": {"name": "t"}, "services": [{
         "proto": "tcp", "vip": VIP, "port": 80, "laddrs": LADDRS, "forwarding": "kernel",
         "real_servers": [{"addr": RS[0], "port": 8080}]}]}
+    assert parse(doc, "t.toml").services[0].forwarding == "kernel"
+    doc["services"].append({"proto": "udp", "vip": VIP, "port": 80, "laddrs": ["198.18.2.99"],
+                            "real_servers": [{"addr": RS[0], "port": 8080}]})
     with pytest.raises(ConfigError) as e:
         parse(doc, "t.toml")
-    assert "forwarding" in str(e.value) and "not available yet" in str(e.value)
+    assert "services[1].vip" in str(e.value) and "services[0].vip" in str(e.value)
+    doc["services"][1].update(vip="198.18.0.99", laddrs=[LADDRS[1]])
+    with pytest.raises(ConfigError) as e:
+        parse(doc, "t.toml")
+    assert "services[1].laddrs[0]" in str(e.value)
+    doc["services"][1].update(laddrs=["198.18.2.99"])
+    assert [s.forwarding for s in parse(doc, "t.toml").services] == ["kernel", "engine"]
+    doc["services"][0].update(proto="udp", ops=True)
+    with pytest.raises(ConfigError) as e:
+        parse(doc, "t.toml")
+    assert "services[0].forwarding" in str(e.value) and "ops" in str(e.value)
     doc["services"][0]["forwarding"] = "fast"
     with pytest.raises(ConfigError):
         parse(doc, "t.toml")

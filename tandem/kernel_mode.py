@@ -1,0 +1,220 @@
+"""The node's part of `forwarding = "kernel"`: rules, the conntrack event feed, accounting.
+
+The engine schedules a kernel-mode service's first packet and answers with a mark
+(director.engine.Mark); the kernel's conntrack NAT does the rest (director.kernel_rules).
+This module keeps three promises around that:
+
+- every mark the engine can hand out is in the kernel's `dnat`/`snat` maps before the
+  engine can hand it out: the bindings (real server, port, laddr; the sorry server too)
+  are made from the config and loaded before the config reaches the engine (start and
+  reload);
+- the flows are followed from conntrack events (director.ct_events) into a
+  `KernelFlows` view (director.kernel_flows), read on the event loop at most
+  `ct_events.BATCH` datagrams per wake-up; the socket is bound before the rules load
+  (the kernel sends no event for a flow created while nobody listened).  A lost event
+  (ENOBUFS) is counted and repaired by a dump in a worker thread; events read during the
+  dump are applied after it;
+- the connection-counting schedulers see kernel flows: after each batch the active and
+  inactive counts of the real servers whose flows changed are set from the view.
+
+Other parts plug in through `flows` (KernelFlows.watch / watch_resync: connection sync).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Any, Callable, Iterable
+
+from director import kernel_rules as KR
+from director.config import NodeConfig, ServiceConfig
+from director.engine import Engine
+from director.kernel_flows import KernelFlows
+from proto import ctnetlink as ct
+
+log = logging.getLogger("tandem.kernel_mode")
+
+
+def kernel_services(cfg: NodeConfig) -> list[ServiceConfig]:
+    return [s for s in cfg.services if s.forwarding == "kernel"]
+
+
+def engine_addresses(cfg: NodeConfig) -> list[str]:
+    """The VIPs and laddrs of engine-mode services: what director.rules steers into the
+    queue untracked (a kernel-mode service's addresses must stay tracked)."""
+    svcs = [s for s in cfg.services if s.forwarding != "kernel"]
+    return sorted({s.vip for s in svcs} | {a for s in svcs for a in s.laddrs})
+
+
+def rule_services(cfg: NodeConfig) -> list[KR.KernelService]:
+    return [KR.KernelService(s.vip, s.proto, s.port, tuple(s.laddrs)) for s in kernel_services(cfg)]
+
+
+def make_bindings(cfg: NodeConfig, marks: KR.Marks) -> list[KR.Binding]:
+    """Give every binding a kernel-mode service of `cfg` can choose its mark, and return
+    all bindings ever made (a mark once given stays in the maps)."""
+    for s in kernel_services(cfg):
+        targets = [(r.addr, r.port) for r in s.real_servers]
+        if s.sorry_server is not None:
+            targets.append(s.sorry_server)
+        for addr, port in targets:
+            for laddr in s.laddrs:
+                marks.mark_for(addr, port, laddr)
+    return marks.bindings()
+
+
+class KernelPath:
+    """Built by the node; `kernel` is its privileged interface (tandem.kernel.Kernel)."""
+
+    def __init__(self, engine: Engine, kernel: Any, queue: int,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.engine = engine
+        self.kernel = kernel
+        self.queue = queue
+        self.flows = KernelFlows()
+        self.events: Any = None
+        self.loaded = False
+        self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
+                                    "deleted"), 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resync: asyncio.Task | None = None
+        self._held: list[ct.Message] | None = None     # events read while a dump runs
+        self._on_error = on_error or (lambda msg: log.warning("%s", msg))
+
+    # -- rules -------------------------------------------------------------------------------
+
+    async def start(self, cfg: NodeConfig) -> None:
+        """Listen, then load the rules (nothing when no service is kernel-mode)."""
+        self._loop = asyncio.get_running_loop()
+        if kernel_services(cfg):
+            await self._load(cfg, fresh=True)
+
+    async def _load(self, cfg: NodeConfig, fresh: bool) -> None:
+        if self.events is None:
+            self.events = self.kernel.open_ct_events()
+            assert self._loop is not None
+            self._loop.add_reader(self.events.fileno(), self.on_readable)
+        bindings = make_bindings(cfg, self.engine.marks)
+        timeouts = dict(cfg.timeouts) if fresh else None
+        await asyncio.to_thread(self.kernel.install_kernel_rules, rule_services(cfg), bindings,
+                                cfg.queue, timeouts, fresh)
+        self.loaded = True
+
+    async def reload(self, old: NodeConfig, new: NodeConfig) -> None:
+        """Before the engine takes `new`: its bindings in the maps, its services in the sets.
+        The loaded table is refilled, never replaced, so the flows keep their timeout
+        policy (a change of [timeouts] reaches kernel-mode flows at the next start)."""
+        if self.loaded:
+            await self._load(new, fresh=False)
+            if kernel_services(new) and dict(new.timeouts) != dict(old.timeouts):
+                log.warning("reload: [timeouts] changed: kernel-mode flows keep the timeouts "
+                            "loaded at start until the node restarts")
+        elif kernel_services(new):
+            await self._load(new, fresh=True)
+
+    async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            await asyncio.gather(self._resync, return_exceptions=True)
+        if self.loaded:
+            await asyncio.to_thread(self.kernel.remove_kernel_rules)
+            self.loaded = False
+        if self.events is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self.events.fileno())
+            self.events.close()
+            self.events = None
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        """One bounded read of the event socket (the loop calls again while more waits)."""
+        try:
+            msgs, overrun = self.events.read()
+        except OSError as exc:
+            self._on_error(f"conntrack events: {exc}")
+            msgs, overrun = [], True
+        self.stats["event_batches"] += 1
+        if self._held is not None:
+            self._held += msgs
+        else:
+            for m in msgs:
+                self.flows.apply(m)
+        if overrun:
+            self.flows.overrun()
+            self._start_resync()
+        self.account()
+
+    def _start_resync(self) -> None:
+        if self._resync is None or self._resync.done():
+            self._held = []
+            self._resync = asyncio.get_running_loop().create_task(self._dump(), name="ct-resync")
+
+    async def _dump(self) -> None:
+        try:
+            entries = await asyncio.to_thread(self.kernel.dump_conntrack)
+        except (OSError, TimeoutError) as exc:
+            self.stats["dump_failures"] += 1
+            held, self._held = self._held or [], None
+            for m in held:
+                self.flows.apply(m)
+            self._on_error(f"conntrack dump after lost events failed: {exc}; next overrun retries")
+            self.flows.needs_resync = True
+            return
+        repaired = self.flows.resync(entries)
+        held, self._held = self._held or [], None
+        for m in held:
+            self.flows.apply(m)
+        self.stats["dump_repairs"] += 1
+        log.info("conntrack events were lost: view rebuilt from a dump (%d flows, %d repaired)",
+                 len(self.flows.flows), repaired)
+        self.account()
+
+    def resync_now(self) -> None:
+        """Rebuild the view from a dump (e.g. on the operator's request)."""
+        self._start_resync()
+
+    # -- accounting --------------------------------------------------------------------------
+
+    def account(self) -> None:
+        """Set the active/inactive counts of the real servers whose kernel flows changed."""
+        dirty = self.flows.take_dirty()
+        if not dirty:
+            return
+        seen = set()
+        marks = self.engine.marks
+        for proto, vip, vport, mark in dirty:
+            svc = self.engine.services.get((proto, vip, vport))
+            b = marks.binding(mark)
+            if svc is None or b is None or svc.forwarding != "kernel":
+                continue
+            dest = svc.find_dest(ipaddress.ip_address(b.rs_addr).packed, b.rs_port)
+            if dest is None or id(dest) in seen:
+                continue
+            seen.add(id(dest))
+            active = inactive = 0
+            for m in marks.marks_of(b.rs_addr, b.rs_port):
+                a, i = self.flows.service_counts(proto, vip, vport, m)
+                active += a
+                inactive += i
+            dest.active, dest.inactive = active, inactive
+            dest.update_overload()
+
+    # -- deleting flows ----------------------------------------------------------------------
+
+    def flows_to(self, svc_key: tuple[int, bytes, int], dests: Iterable[Any]) -> list[ct.Tuple]:
+        """The kernel flows of service `svc_key` bound to one of `dests`."""
+        marks = set()
+        for d in dests:
+            marks |= self.engine.marks.marks_of(d.addr_str, d.port)
+        proto, vip, vport = svc_key
+        return [t for t in self.flows.flows_of(marks)
+                if (t.proto, t.dst, t.dport) == (proto, vip, vport)]
+
+    async def delete(self, tuples: list[ct.Tuple]) -> int:
+        """Delete these flows from the kernel (their DESTROY events update the view)."""
+        if not tuples:
+            return 0
+        n = await asyncio.to_thread(self.kernel.delete_conntrack, tuples)
+        self.stats["deleted"] += n
+        return n

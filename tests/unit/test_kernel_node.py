@@ -1,0 +1,158 @@
+"""The node's kernel-mode wiring (tandem.kernel_mode) against the fake kernel: the event
+socket bound before the rules, every mark the engine hands out already in the maps, the
+engine-mode rules leaving kernel-mode addresses alone, the conntrack events feeding the
+real servers' active/inactive counts (what lc/wlc/sed/nq read), ENOBUFS repaired by a dump,
+a reload that refills the maps without replacing the table, exact removal at stop."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+from director.config import parse
+from director.engine import Mark
+from proto import ctnetlink as ct
+from tandem.node import Edges, Node
+from tests.fake_kernel import FakeKernel
+from tests.helpers import tcp
+
+KVIP, EVIP = "198.18.0.101", "198.18.0.100"
+KLADDR, ELADDR = "198.18.2.102", "198.18.2.100"
+RS = ["198.18.2.21", "198.18.2.22"]
+CLIENT = "198.18.1.10"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def doc(reals=RS, scheduler="lc", api=None) -> dict:
+    return {
+        "node": {"name": "k", "api": api or f"127.0.0.1:{free_port()}", "tick": 0.01, "state_dir": ""},
+        "services": [
+            {"proto": "tcp", "vip": KVIP, "port": 80, "laddrs": [KLADDR], "forwarding": "kernel",
+             "scheduler": scheduler,
+             "real_servers": [{"addr": a, "port": 8080} for a in reals]},
+            {"proto": "tcp", "vip": EVIP, "port": 80, "laddrs": [ELADDR],
+             "real_servers": [{"addr": a, "port": 8080} for a in reals]},
+        ],
+    }
+
+
+class Queue:
+    def __init__(self, handle, num, clock, bind) -> None:
+        pass
+
+    def start(self, loop) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def make_node(kernel: FakeKernel, d: dict | None = None, path=None) -> Node:
+    return Node(parse(d or doc(), "k.toml"), path=path, edges=Edges(kernel=kernel, queue=Queue))
+
+
+def event(kind: str, port: int, mark: int, state: int | None) -> ct.Message:
+    mtype, flags = {"new": (ct.MSG_NEW, ct.NLM_F_CREATE), "update": (ct.MSG_NEW, 0),
+                    "destroy": (ct.MSG_DELETE, 0)}[kind]
+    orig = ct.Tuple(6, ipaddress.ip_address(CLIENT).packed, ipaddress.ip_address(KVIP).packed,
+                    port, 80)
+    tcp_info = ct.TcpInfo(state) if state is not None else None
+    return ct.Message(mtype, flags, 0, 2, ct.Conntrack(orig=orig, mark=mark, tcp=tcp_info))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+def kdests(node: Node):
+    svc = next(s for s in node.engine.services.values() if s.forwarding == "kernel")
+    return svc.dests
+
+
+def test_rules_order_marks_in_maps_and_engine_rules_leave_kernel_addresses():
+    async def go():
+        kernel = FakeKernel()
+        node = make_node(kernel)
+        await node.start()
+        try:
+            ops = [op for op, _ in kernel.calls]
+            assert ops.index("open_ct_events") < ops.index("install_kernel_rules")
+            services, bindings, queue, timeouts = kernel.kernel_rules
+            assert [(s.vip, s.port, s.laddrs) for s in services] == [(KVIP, 80, (KLADDR,))]
+            assert timeouts["tcp_established"] == 900
+            assert kernel.rules == ((EVIP, ELADDR), 0)         # the engine's: not KVIP/KLADDR
+            loaded = {b.mark for b in bindings}
+            for i in range(6):
+                out = node.engine.handle(tcp(CLIENT, KVIP, 40000 + i, 80, "S"), 0.0)
+                assert type(out) is Mark and out.mark in loaded
+            assert {(b.rs_addr, b.laddr) for b in bindings} == {(a, KLADDR) for a in RS}
+        finally:
+            await node.stop()
+        assert kernel.kernel_rules is None and kernel.events[0].closed
+    asyncio.run(go())
+
+
+def test_events_feed_the_counts_the_schedulers_read_and_overrun_is_repaired():
+    async def go():
+        kernel = FakeKernel()
+        node = make_node(kernel)
+        await node.start()
+        try:
+            m0 = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
+            m1 = node.engine.marks.mark_for(RS[1], 8080, KLADDR)
+            ev = kernel.events[0]
+            ev.push([event("new", 1, m0, ct.TCP_CT_SYN_SENT),
+                     event("new", 2, m0, ct.TCP_CT_SYN_SENT)])
+            ev.push([event("update", 1, m0, ct.TCP_CT_ESTABLISHED)])
+            await settle()
+            d0, d1 = kdests(node)
+            assert (d0.active, d0.inactive, d1.active, d1.inactive) == (1, 1, 0, 0)
+            # lc now prefers the idle real server for the next flows
+            out = node.engine.handle(tcp(CLIENT, KVIP, 41000, 80, "S"), 0.0)
+            assert out.mark == m1
+            ev.push([event("destroy", 2, m0, None)])
+            await settle()
+            assert (d0.active, d0.inactive) == (1, 0)
+            # events lost: counted, and the view rebuilt from the kernel's table
+            kernel.conntrack = [event("update", p, m1, ct.TCP_CT_ESTABLISHED).ct for p in (7, 8)]
+            ev.overrun()
+            await settle()
+            flows = node.kernel_path.flows
+            assert flows.stats["overruns"] == 1 and node.kernel_path.stats["dump_repairs"] == 1
+            assert (d0.active, d0.inactive, d1.active, d1.inactive) == (0, 0, 2, 0)
+            assert ("dump_conntrack", ()) in kernel.calls
+        finally:
+            await node.stop()
+    asyncio.run(go())
+
+
+def test_reload_refills_the_maps_without_replacing_the_table(tmp_path):
+    from schema.core import dump_toml
+    path = tmp_path / "k.toml"
+    api = f"127.0.0.1:{free_port()}"
+    path.write_text(dump_toml(doc(api=api)))
+    path.chmod(0o600)
+
+    async def go():
+        kernel = FakeKernel()
+        node = Node(parse(doc(api=api), "k.toml"), path=str(path),
+                    edges=Edges(kernel=kernel, queue=Queue))
+        await node.start()
+        try:
+            path.write_text(dump_toml(doc(reals=RS + ["198.18.2.23"], api=api)))
+            await node.reload()
+            installs = [args for op, args in kernel.calls if op == "install_kernel_rules"]
+            assert [a[-1] for a in installs] == [True, False]      # fresh, then refilled
+            bindings = kernel.kernel_rules[1]
+            assert ("198.18.2.23", KLADDR) in {(b.rs_addr, b.laddr) for b in bindings}
+            out = node.engine.handle(tcp(CLIENT, KVIP, 42000, 80, "S"), 0.0)
+            assert out.mark in {b.mark for b in bindings}
+        finally:
+            await node.stop()
+    asyncio.run(go())
