@@ -62,6 +62,7 @@ class _Flow:
     """One kernel flow as the policy sees a connection (the attributes SyncPolicy reads)."""
     __slots__ = ("proto", "state", "old_state", "sync_endtime", "created", "reply", "status",
                  "sent", "due")
+    seqadj = None       # a kernel-forwarded flow never carries a PROXY sequence shift
 
     def __init__(self, proto: int, now: float) -> None:
         self.proto = proto
