@@ -13,8 +13,9 @@ from the flow's original tuple), since two services may share a binding, and the
 changed since the last `take_dirty()` are kept for the node to refresh its real servers'
 counts from.  Whoever else needs the flows (connection sync) subscribes: `watch(fn)` calls
 `fn(message, flow)` for each event about one of tandem's flows, after the view took it
-(`flow` is None for its end), and `watch_resync(fn)` calls `fn(flows)` after each dump
-replaced the view.
+(`flow` is None for its end), and `watch_resync(fn)` calls `fn(flows, entries)` after each
+dump replaced the view (`entries`: the dump itself, which has the reply tuples the view
+does not keep).
 
 An event lost is never silent: the adapter (director.ct_events) reports ENOBUFS here, the
 view is marked `needs_resync`, and the node answers with a dump, as conntrackd does.
@@ -53,14 +54,14 @@ class KernelFlows:
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
                                     "resyncs", "repaired"), 0)
         self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
-        self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow]], None]] = []
+        self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]], None]] = []
 
     def watch(self, fn: Callable[[ct.Message, Flow | None], None]) -> None:
         """Call fn(message, flow) for every event about one of tandem's flows."""
         self._watchers.append(fn)
 
-    def watch_resync(self, fn: Callable[[dict[ct.Tuple, Flow]], None]) -> None:
-        """Call fn(flows) after every resync (the view rebuilt from a dump)."""
+    def watch_resync(self, fn: Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]], None]) -> None:
+        """Call fn(flows, entries) after every resync (the view rebuilt from dump `entries`)."""
         self._resync_watchers.append(fn)
 
     def _count(self, key: ct.Tuple, f: Flow, delta: int) -> None:
@@ -124,6 +125,7 @@ class KernelFlows:
     def resync(self, entries: Iterable[ct.Conntrack]) -> int:
         """Replace the view with a dump of the kernel's table; return how many flows it
         added, removed or changed."""
+        entries = list(entries)
         fresh = {}
         for c in entries:
             f = _flow(c)
@@ -142,7 +144,7 @@ class KernelFlows:
         self.stats["repaired"] += changed
         self.needs_resync = False
         for fn in self._resync_watchers:
-            fn(self.flows)
+            fn(self.flows, entries)
         return changed
 
     def active_inactive(self, mark: int) -> tuple[int, int]:

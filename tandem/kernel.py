@@ -73,6 +73,10 @@ class Kernel(Protocol):
     def dump_conntrack(self) -> list:
         """The kernel's conntrack table (proto.ctnetlink.Conntrack entries)."""
 
+    def open_ct_inject(self) -> Any:
+        """A non-blocking ctnetlink socket for injecting synced connections
+        (director.ct_inject.InjectSocket: run(injector, limit), portid, close())."""
+
     def delete_conntrack(self, tuples: list) -> int:
         """Delete the entries with these original tuples; how many the kernel deleted
         (one already gone is not an error)."""
@@ -146,6 +150,10 @@ class LinuxKernel:
     def dump_conntrack(self) -> list:
         from director.ct_events import dump
         return dump()
+
+    def open_ct_inject(self) -> Any:
+        from director.ct_inject import InjectSocket
+        return InjectSocket()
 
     def delete_conntrack(self, tuples: list) -> int:
         from director.ct_events import delete

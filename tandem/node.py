@@ -42,6 +42,7 @@ from schema.core import FieldError, os_reason
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
 from tandem.kernel_mode import KernelPath, engine_addresses
+from tandem.kernel_sync import attach as attach_kernel_sync
 from tandem.state_file import StateFile, load as load_overrides, path_in
 
 log = logging.getLogger("tandem.node")
@@ -129,6 +130,9 @@ class Node:
         self.freezer = GcFreezer(self.engine)
         #: kernel-mode services: their rules, the conntrack event feed, the accounting
         self.kernel_path = KernelPath(self.engine, edges.kernel, cfg.queue)
+        #: sync of kernel-mode flows: sent from events, injected into conntrack on the peer
+        self.kernel_sync = attach_kernel_sync(self.engine, self.kernel_path, self.sync,
+                                              edges.kernel, clock)
         #: what the API and the metrics read (director/status.py)
         self.state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(),
                                clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
@@ -170,6 +174,8 @@ class Node:
         await self.checker.start()
         if self.sync is not None:
             await self.sync.start()
+        if self.kernel_sync is not None:
+            self.kernel_sync.start(self.state.status().role)
         log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
                  len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if self.sync else "")
         self.role.post(R.Started())
@@ -203,6 +209,8 @@ class Node:
             fate = self._connections_fate()
             if self.sync is not None:
                 self.sync.close()
+            if self.kernel_sync is not None:
+                await self.kernel_sync.stop()
             await self.state_file.drain()
             await asyncio.to_thread(self.edges.kernel.remove_rules)
             await self.kernel_path.stop()
@@ -301,6 +309,8 @@ class Node:
 
     def _set_role(self, role: str) -> None:
         self.state.set_role(role)
+        if self.kernel_sync is not None:
+            self.kernel_sync.set_role(role)
         self._announce()
 
     def _announce(self, resigned: bool | None = None) -> None:

@@ -62,6 +62,28 @@ class _FakePacket:
         self.q.verdicts.append(("drop", self.data))
 
 
+class FakeInject:
+    """director.ct_inject.InjectSocket as a kernel that accepts every request: `sent` holds
+    the decoded requests (proto.ctnetlink.Message), in order."""
+    portid = 777
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.closed = False
+
+    def run(self, inj: Any, limit: int) -> int:
+        from proto import ctnetlink as ct
+        reqs = inj.requests(limit)
+        for raw in reqs:
+            for m in ct.decode(raw):
+                self.sent.append(m)
+                inj.on_ack(m.seq, 0)
+        return len(reqs)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeEvents:
     """A conntrack event socket: `push(messages)` or `overrun()` as the kernel would send;
     read(limit) hands them back as director.ct_events.EventSocket.read does."""
@@ -156,6 +178,11 @@ class FakeKernel:
         ev = FakeEvents()
         self.events.append(ev)
         return ev
+
+    def open_ct_inject(self) -> "FakeInject":
+        self._call("open_ct_inject")
+        self.inject = FakeInject()
+        return self.inject
 
     def dump_conntrack(self) -> list:
         self._call("dump_conntrack")

@@ -1,0 +1,162 @@
+"""Connection sync for kernel-mode services: the node's glue between the conntrack events,
+the sync link and this node's conntrack table.
+
+- Producing (the master): every event about one of tandem's kernel flows
+  (KernelPath.flows.watch) goes through syncd.kernel_source, whose entries are queued on
+  the sync link (urgent ones without the flush delay); its refreshes are polled every
+  REFRESH_TICK; after lost events, the dump that rebuilt the view also tells it what
+  changed (KernelFlows.watch_resync).
+- Injecting (the backup): received entries of kernel-mode services (templates excepted: the
+  engine keeps those) go to director.ct_inject instead of the engine, from bulk resyncs too;
+  its requests are sent on the loop, at most ct_inject.BATCH per turn, until none is left.
+  The entries carry the master's state changes and refreshes, so an injected entry lives as
+  long as the master's flow, and taking over is only addresses and gratuitous ARP.
+- A bulk resync this node sends carries its kernel flows besides the engine's connections.
+- Only a master produces entries (`set_role`); one that takes over refreshes the flows it
+  inherited, and the events its own injections cause are never sent back.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Any, Callable
+
+from director.ct_inject import BATCH, Injector
+from director.engine import Engine
+from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+from proto import ctnetlink as ct
+from proto.sync import SyncEntry
+from syncd.kernel_source import KernelSyncSource
+from syncd.policy import SyncPolicy
+
+log = logging.getLogger("tandem.kernel_sync")
+
+#: s, how often the refreshes of kernel flows are looked at (their intervals are >= 10 s)
+REFRESH_TICK = 1.0
+
+
+def _is_ours(mark: int) -> bool:
+    return mark & MARK_PREFIX_MASK == MARK_BASE
+
+
+class KernelSync:
+    def __init__(self, engine: Engine, kernel_path: Any, sync: Any, kernel: Any,
+                 clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.sync = sync
+        self.clock = clock
+        self.sock = kernel.open_ct_inject()
+        self.injector = Injector(self._mark_of)
+        policy = SyncPolicy.from_config(sync.sender.cfg)
+        self.source = KernelSyncSource(policy, self._timeout_of, _is_ours,
+                                       own_pid=self.sock.portid)
+        self.stats = dict.fromkeys(("injected", "inject_errors"), 0)
+        kernel_path.flows.watch(self._on_event)
+        kernel_path.flows.watch_resync(self._on_resync)
+        rx = sync.receiver
+        rx.apply, rx.apply_bulk = self._route(rx.apply, False), self._route(rx.apply_bulk, True)
+        tx = sync.sender
+        snapshot, to_entry = tx.snapshot, tx.to_entry
+        tx.snapshot = lambda: [*(snapshot() if snapshot else ()), *self.source.snapshot()]
+        tx.to_entry = lambda obj, now: (self.source.to_entry(obj, now) if isinstance(obj, ct.Tuple)
+                                        else to_entry(obj, now) if to_entry else obj)
+        self._scheduled = False
+        self._tick: asyncio.Task | None = None
+
+    # -- the engine's numbers -----------------------------------------------------------
+
+    def _timeout_of(self, proto: int, state: int) -> float:
+        return self.engine.protocols[proto].timeouts[state]
+
+    def _mark_of(self, e: SyncEntry) -> int | None:
+        """This node's mark for the entry's binding (made from the config at start), or
+        None for one it does not know (the entry is injected unmarked)."""
+        marks = self.engine.marks
+        rs, laddr = str(ipaddress.ip_address(e.daddr)), str(ipaddress.ip_address(e.laddr))
+        for m in marks.marks_of(rs, e.dport):
+            b = marks.binding(m)
+            if b is not None and b.laddr == laddr:
+                return m
+        return None
+
+    def _kernel_mode(self, e: SyncEntry) -> bool:
+        svc = self.engine.services.get((e.proto, e.vaddr, e.vport))
+        return svc is not None and svc.forwarding == "kernel" and not e.template
+
+    # -- producing -----------------------------------------------------------------------
+
+    def _queue(self, out: list[tuple[SyncEntry, bool]], now: float) -> None:
+        for entry, urgent in out:
+            self.sync.transport.queue(entry, now, urgent)
+
+    def _on_event(self, msg: ct.Message, _flow: Any) -> None:
+        now = self.clock()
+        self._queue(self.source.apply(msg, now), now)
+
+    def _on_resync(self, _flows: Any, entries: list[ct.Conntrack]) -> None:
+        now = self.clock()
+        self._queue(self.source.resync(entries, now), now)
+
+    def set_role(self, role: str) -> None:
+        self.source.set_active(role == "master", self.clock())
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_TICK)
+            now = self.clock()
+            self._queue(self.source.poll(now), now)
+
+    # -- injecting -----------------------------------------------------------------------
+
+    def _route(self, apply: Callable[[SyncEntry, float], object], bulk: bool):
+        def route(entry: SyncEntry, now: float) -> object:
+            if not self._kernel_mode(entry):
+                return apply(entry, now)
+            self.injector.offer(entry, bulk)
+            self._wake()
+            return "injected"
+        return route
+
+    def _wake(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._inject)
+
+    def _inject(self) -> None:
+        self._scheduled = False
+        try:
+            n = self.sock.run(self.injector, BATCH)
+        except OSError as exc:
+            self.stats["inject_errors"] += 1
+            log.warning("conntrack injection failed: %s (%d waiting)", exc, self.injector.backlog)
+            n = 0
+        self.stats["injected"] += n
+        if n and self.injector.backlog:
+            self._wake()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, role: str) -> None:
+        self.set_role(role)
+        self._tick = asyncio.get_running_loop().create_task(self._refresh(), name="kernel-sync")
+
+    async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            await asyncio.gather(self._tick, return_exceptions=True)
+            self._tick = None
+        self.sock.close()
+
+    def describe(self) -> dict:
+        return {"source": dict(self.source.stats), "flows": len(self.source.flows),
+                "injector": dict(self.injector.stats), "inject_errors": dict(self.injector.errors),
+                "injected_known": len(self.injector.known), **self.stats}
+
+
+def attach(engine: Engine, kernel_path: Any, sync: Any, kernel: Any,
+           clock: Callable[[], float]) -> KernelSync | None:
+    """The node's KernelSync, when it syncs (a real sync link) over a kernel that can inject."""
+    if sync is None or not hasattr(sync, "receiver") or not hasattr(kernel, "open_ct_inject"):
+        return None
+    return KernelSync(engine, kernel_path, sync, kernel, clock)

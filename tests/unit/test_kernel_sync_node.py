@@ -1,0 +1,107 @@
+"""The node's kernel-mode sync (tandem.kernel_sync) with the real sync link and the fake
+kernel: a master's conntrack events become entries on the link, a backup sends none, the
+peer's entries of a kernel-mode service become conntrack injections (an engine-mode
+service's still reach the engine), a bulk carries the kernel flows."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from director.config import parse
+from proto import consts as C, ctnetlink as ct, sync as S
+from proto.sync import SyncEntry
+from tandem.kernel_mode import make_bindings
+from tandem.node import Edges, Node
+from tests.fake_kernel import FakeInject, FakeKernel
+from tests.unit.test_kernel_node import CLIENT, ELADDR, EVIP, KLADDR, KVIP, RS, Queue, doc
+
+SYNC_DOC = {
+    "interfaces": {"front": "front0", "back": "back0", "garp_count": 3},
+    "vrrp": {"vrid": 51, "priority": 150, "primary_address": "198.18.0.11"},
+    "sync": {"key": "node-test-sync-key-0123456789", "mode": "unicast", "bind": "127.0.0.1",
+             "port": 0, "peers": ["127.0.0.1:9"]},
+}
+
+
+def packed(a: str) -> bytes:
+    return ipaddress.ip_address(a).packed
+
+
+def make_node() -> Node:
+    node = Node(parse({**doc(), **SYNC_DOC}, "k.toml"), edges=Edges(kernel=FakeKernel(), queue=Queue))
+    make_bindings(node.cfg, node.engine.marks)      # as the node's start does
+    return node
+
+
+def kernel_event(node: Node, kind: str, cport: int, state: int | None, pid: int = 0) -> ct.Message:
+    mtype, flags = {"new": (ct.MSG_NEW, ct.NLM_F_CREATE), "update": (ct.MSG_NEW, 0),
+                    "destroy": (ct.MSG_DELETE, 0)}[kind]
+    mark = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
+    orig = ct.Tuple(6, packed(CLIENT), packed(KVIP), cport, 80)
+    reply = ct.Tuple(6, packed(RS[0]), packed(KLADDR), 8080, 61000 + cport)
+    return ct.Message(mtype, flags, 0, 2, ct.Conntrack(
+        orig=orig, reply=reply, mark=mark, status=ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY,
+        tcp=ct.TcpInfo(state) if state is not None else None), pid)
+
+
+def sent_entries(node: Node) -> list[SyncEntry]:
+    tx = node.sync.sender
+    return [e for raw in tx.flush(0.0)
+            for e in S.decode(raw, tx.key, tx.cfg.sync_id).entries]
+
+
+def test_a_master_sends_its_kernel_flows_and_a_backup_does_not():
+    async def go():
+        node = make_node()
+        ks = node.kernel_sync
+        assert ks is not None
+        flows = node.kernel_path.flows
+        ks.set_role("backup")
+        flows.apply(kernel_event(node, "new", 1, ct.TCP_CT_SYN_SENT))
+        assert sent_entries(node) == []
+        ks.set_role("master")
+        flows.apply(kernel_event(node, "new", 2, ct.TCP_CT_SYN_SENT))
+        flows.apply(kernel_event(node, "update", 2, ct.TCP_CT_ESTABLISHED))
+        # an event our own injection caused is not echoed, master or not
+        flows.apply(kernel_event(node, "new", 3, ct.TCP_CT_ESTABLISHED, pid=FakeInject.portid))
+        got = sent_entries(node)
+        assert [(e.cport, e.state) for e in got] == [(2, C.SYN_RECV), (2, C.ESTABLISHED)]
+        e = got[-1]
+        assert (e.vaddr, e.daddr, e.laddr, e.lport) == (packed(KVIP), packed(RS[0]),
+                                                        packed(KLADDR), 61002)
+        # a bulk this node sends carries the kernel flows it holds
+        tx = node.sync.sender
+        bulk = [tx.to_entry(obj, 1.0) for obj in tx.snapshot()]
+        assert sorted(b.cport for b in bulk if b is not None) == [1, 2, 3]
+        # lost events: the dump shows them gone: their ends go out (the bulk sent all three)
+        flows.resync([])
+        ends = sent_entries(node)
+        assert sorted((e.cport, e.timeout) for e in ends) == [(1, 0), (2, 0), (3, 0)]
+    asyncio.run(go())
+
+
+def test_the_peers_kernel_mode_entries_are_injected_and_engine_mode_ones_applied():
+    async def go():
+        node = make_node()
+        inj: FakeInject = node.edges.kernel.inject
+        rx = node.sync.receiver
+        kentry = SyncEntry(6, C.ESTABLISHED, C.ASSURED, packed(CLIENT), 40000, packed(KVIP), 80,
+                           packed(KLADDR), 61000, packed(RS[1]), 8080, 900.0, False, 3)
+        eentry = SyncEntry(6, C.ESTABLISHED, C.ASSURED, packed(CLIENT), 40001, packed(EVIP), 80,
+                           packed(ELADDR), 5000, packed(RS[1]), 8080, 900.0, False, 3)
+        assert rx.apply(kentry, 1.0) == "injected"
+        assert rx.apply_bulk(eentry, 1.0) == "created"
+        await asyncio.sleep(0)
+        [m] = inj.sent
+        assert m.msg_type == ct.MSG_NEW and m.ct.orig == ct.Tuple(6, packed(CLIENT), packed(KVIP),
+                                                                  40000, 80)
+        assert m.ct.nat_dst == ct.NatRange(packed(RS[1]), 8080)
+        assert m.ct.nat_src == ct.NatRange(packed(KLADDR), 61000)
+        binding = node.engine.marks.binding(m.ct.mark)
+        assert (binding.rs_addr, binding.rs_port, binding.laddr) == (RS[1], 8080, KLADDR)
+        assert node.engine.table.count == 1          # only the engine-mode connection
+        kentry.timeout = 0.0                         # the master's flow ended
+        rx.apply(kentry, 2.0)
+        await asyncio.sleep(0)
+        assert inj.sent[-1].msg_type == ct.MSG_DELETE
+    asyncio.run(go())
