@@ -1,0 +1,66 @@
+"""What a director tells its BIRD 2 daemon: the prefixes it announces, as a config include.
+
+The announcer core (ha/announce.py) decides which prefixes a director announces; this
+module turns that set into the one file BIRD reads for it, and names the command that
+makes BIRD read it again.  Pure text, no I/O: the adapter (ha/bird_io.py) writes the
+file and runs the command.
+
+The include holds one static protocol per address family, ``tandem_announce4`` and
+``tandem_announce6``, whose routes are the announced prefixes as ``blackhole`` routes:
+the director's BIRD config exports those two protocols to its BGP sessions and has no
+kernel protocol, so the routes exist only to be announced and are never installed
+locally (the node owns the addresses; BIRD only speaks for them).  An empty set keeps
+both protocols with no routes, so a reconfigure withdraws everything and the BGP
+sessions, and their BFD, stay up.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+#: the static protocols of the include, by IP version: the BGP export filter names them
+PROTOCOLS = {4: "tandem_announce4", 6: "tandem_announce6"}
+
+
+def host_prefix(addr: str) -> str:
+    """`addr` as the host route that announces it: a.b.c.d/32 or x::y/128.
+    ValueError for anything that is not one address (or already such a host prefix)."""
+    net = ipaddress.ip_network(addr, strict=True)
+    if net.prefixlen != net.max_prefixlen:
+        raise ValueError(f"{addr} is not a single address (/{net.max_prefixlen})")
+    return str(net)
+
+
+def announce_include(prefixes: Iterable[str]) -> str:
+    """The include file announcing exactly `prefixes` (host addresses or host prefixes),
+    sorted, so the same set always gives the same bytes (a rewrite of an unchanged
+    file can be skipped)."""
+    by_version: dict[int, list] = {4: [], 6: []}
+    for p in prefixes:
+        net = ipaddress.ip_network(host_prefix(p))
+        by_version[net.version].append(net)
+    lines = ["# Written by tandem: the prefixes this director announces. Do not edit;",
+             "# the node rewrites it and runs `birdc configure` on every change."]
+    for version, name in PROTOCOLS.items():
+        lines.append(f"protocol static {name} {{")
+        lines.append(f"  ipv{version};")
+        for net in sorted(set(by_version[version])):
+            lines.append(f"  route {net} blackhole;")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def export_filter(version: int) -> str:
+    """The export clause of a BGP channel that announces the include's routes only."""
+    return f'export where proto = "{PROTOCOLS[version]}";'
+
+
+def reconfigure_argv(socket_path: str) -> list[str]:
+    """The command that makes BIRD re-read its config (and so the include)."""
+    return ["birdc", "-s", socket_path, "configure"]
+
+
+def reconfigured(output: str) -> bool:
+    """Whether `birdc configure`'s output says the new config was taken
+    ("Reconfigured", "Reconfiguration in progress"), not refused (a parse error)."""
+    return any(w in output for w in ("Reconfigured", "Reconfiguration in progress"))

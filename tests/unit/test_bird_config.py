@@ -1,0 +1,99 @@
+"""BIRD 2 configuration text: the announce include (ha/bird.py) and the BGP lab's router
+and director configs (lab/bgp.py).  Checked as text, and, where BIRD is installed
+(`make setup` installs bird2), parsed by `bird -p` itself."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from ha import bird
+from lab import bgp
+
+needs_bird = pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 not installed")
+
+
+def routes(text: str, proto: str) -> list[str]:
+    body = re.search(r"protocol static %s \{(.*?)\}" % proto, text, re.S).group(1)
+    return re.findall(r"route (\S+) blackhole;", body)
+
+
+def test_include_sorts_splits_by_family_and_dedups():
+    text = bird.announce_include(["198.19.42.11", "2001:2:40::1/128", "198.19.41.100/32",
+                                  "198.19.42.11"])
+    assert routes(text, "tandem_announce4") == ["198.19.41.100/32", "198.19.42.11/32"]
+    assert routes(text, "tandem_announce6") == ["2001:2:40::1/128"]
+    assert text == bird.announce_include(["198.19.41.100", "2001:2:40::1", "198.19.42.11"])
+
+
+def test_empty_include_keeps_both_protocols_without_routes():
+    text = bird.announce_include([])
+    assert routes(text, "tandem_announce4") == [] and routes(text, "tandem_announce6") == []
+
+
+@pytest.mark.parametrize("bad", ["198.19.41.0/24", "2001:2::/64", "not-an-address", "198.19.41.1/33"])
+def test_include_refuses_anything_but_one_address(bad):
+    with pytest.raises(ValueError):
+        bird.announce_include([bad])
+
+
+def test_reconfigured_reads_birdc_answers():
+    assert bird.reconfigured("BIRD 2.0.12 ready.\nReading configuration from x\nReconfigured\n")
+    assert bird.reconfigured("Reconfiguration in progress\n")
+    assert not bird.reconfigured("BIRD 2.0.12 ready.\n/x:3:1 syntax error, unexpected '}'\n")
+    assert not bird.reconfigured("Unable to connect to server control socket (/x): "
+                                 "No such file or directory\n")
+    assert bird.reconfigure_argv("/run/x.ctl") == ["birdc", "-s", "/run/x.ctl", "configure"]
+
+
+def test_director_rows_and_addresses():
+    rows = bgp.director_rows(3)
+    assert [(r["name"], r["addr"], r["laddr"]) for r in rows] == [
+        ("a", "198.19.40.11", "198.19.42.11"), ("b", "198.19.40.12", "198.19.42.12"),
+        ("c", "198.19.40.13", "198.19.42.13")]
+    for bad in (0, bgp.MAX_DIRECTORS + 1):
+        with pytest.raises(ValueError):
+            bgp.director_rows(bad)
+
+
+def test_router_config_has_a_session_per_director_and_merges_paths():
+    rows = bgp.director_rows(4)
+    text = bgp.router_config(rows)
+    assert re.findall(r"neighbor (\S+) as 65001;", text) == [r["addr"] for r in rows]
+    assert "merge paths on" in text
+    assert "export all" in text                          # kernel protocol installs routes
+    assert text.count("bfd on;") == 4 and "protocol bfd" in text
+    plain = bgp.router_config(rows, bgp.Timers(bfd=False))
+    assert "bfd" not in plain
+
+
+def test_director_config_announces_the_include_only_and_has_no_kernel_protocol(tmp_path):
+    row = bgp.director_rows(1)[0]
+    text = bgp.director_config(row, str(tmp_path / "announce.conf"))
+    assert f'include "{tmp_path / "announce.conf"}";' in text
+    assert bird.export_filter(4) in text and "import none" in text
+    assert "protocol kernel" not in text
+    assert "neighbor 198.19.40.1 as 65000;" in text and "local 198.19.40.11 as 65001;" in text
+
+
+@needs_bird
+@pytest.mark.parametrize("bfd", [True, False])
+def test_bird_parses_every_generated_config(tmp_path, bfd):
+    timers = bgp.Timers(bfd=bfd)
+    rows = bgp.director_rows(3)
+    (tmp_path / "router.conf").write_text(bgp.router_config(rows, timers))
+    bgp.check_config(tmp_path / "router.conf")
+    include = tmp_path / "announce.conf"
+    (tmp_path / "a.conf").write_text(bgp.director_config(rows[0], str(include), timers))
+    for prefixes in ([], ["198.19.41.100", "198.19.42.11"], ["198.19.41.100", "2001:2:40::1"]):
+        include.write_text(bird.announce_include(prefixes))
+        bgp.check_config(tmp_path / "a.conf")
+
+
+@needs_bird
+def test_bird_refuses_a_broken_config(tmp_path):
+    """The check is real: a config BIRD cannot parse raises, with BIRD's message."""
+    (tmp_path / "bad.conf").write_text(bgp.router_config(bgp.director_rows(1)).replace(";", "", 1))
+    with pytest.raises(RuntimeError, match="bad.conf"):
+        bgp.check_config(tmp_path / "bad.conf")
