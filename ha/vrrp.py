@@ -17,12 +17,8 @@ Actions: `SendAdvert(priority)` (the caller builds it with `inst.advert(priority
 224.0.0.18 / ff02::12 or to every unicast peer), `StateChange(old, new, reason, cause)` (`cause` a
 `Cause`, for code; `reason` a sentence, for the log) and `Reannounce(reason)`.
 
-Timers (RFC 5798 §6.1), all in seconds here, the interval in centiseconds on the wire:
-
-    Skew_Time            = ((256 - Priority) * Master_Adver_Interval) / 256     (v2: (256 - Priority) / 256 s)
-    Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time               (v2: 3 * Advertisement_Interval + skew)
-
-    e.g. priority 100: 0.1 s -> 0.3609 s (after a priority-0 advert: Skew_Time 0.0609 s); 0.01 s -> 0.0361 s.
+Timers (RFC 5798 §6.1): `skew_time` and `master_down_interval`, with VrrpConfig in
+ha.vrrp_config; the states, causes and actions in ha.vrrp_types.
 
 Rules:
 
@@ -62,169 +58,22 @@ drop_addresses), then the address-owner rule (drop_owner).  `on_packet` adds the
 drop_bad_checksum, drop_truncated, drop_count_mismatch, drop_bad_version, drop_bad_type,
 drop_bad_address, drop_malformed.
 
-(Over ~400 lines on purpose: one RFC 5798 §6 state machine, its config and timers, whose rules
-are this docstring; split, the transitions would be read in three files.)
+Size: one RFC 5798 §6 state machine whose rules are this docstring; its config, timers and
+types are apart (ha.vrrp_config, ha.vrrp_types), and split further the transitions would be
+read in several files.
 """
 from __future__ import annotations
 
-import enum
 import ipaddress
-import math
-from dataclasses import dataclass
-from typing import Union
 
 from proto import vrrp as P
 from proto.vrrp import Advert, VrrpError
+from ha.vrrp_config import VrrpConfig, master_down_interval, skew_time
+from ha.vrrp_types import Action, Cause, Outlook, Reannounce, SendAdvert, State, StateChange
 from ha.vrrp_validate import AdvertFilter, canonical as _canon
 
 __all__ = ["State", "Cause", "VrrpConfig", "SendAdvert", "StateChange", "Reannounce", "Action",
            "VrrpInstance", "Outlook", "skew_time", "master_down_interval"]
-
-
-class State(str, enum.Enum):
-    INITIALIZE = "Initialize"
-    BACKUP = "Backup"
-    MASTER = "Master"
-    FAULT = "Fault"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def keepalived_name(self) -> str:
-        """As keepalived logs it: INIT, BACKUP, MASTER, FAULT."""
-        return "INIT" if self is State.INITIALIZE else self.name
-
-
-@dataclass(frozen=True)
-class SendAdvert:
-    priority: int
-
-
-class Cause(str, enum.Enum):
-    """Why a state changed: what the role machine (ha/role.py) decides on; the reason string
-    beside it is only for the log."""
-    STARTUP = "startup"                  # Initialize -> Backup (or Master as address owner)
-    MASTER_DOWN = "master_down"          # Backup: Master_Down_Timer expired, no master heard
-    PEER_STOPPED = "peer_stopped"        # Backup: the master sent priority 0, Skew_Time expired
-    PEER_RESIGNED = "peer_resigned"      # the same, and the master said (over sync) it resigned
-    PREEMPT = "preempt"                  # Backup: took over from a live lower-priority master,
-                                         # which still holds the addresses
-    PREEMPTED = "preempted"              # Master: a higher-priority master appeared
-    RESIGNED = "resigned"                # Master: the operator resigned it
-    FAULT = "fault"                      # engine or tracked interface down
-    FAULT_CLEARED = "fault_cleared"
-    SHUTDOWN = "shutdown"                # stopping (a Master sent priority 0)
-    CONFIG = "config"                    # no election: the role fixed in the config
-
-
-@dataclass(frozen=True)
-class StateChange:
-    old: State
-    new: State
-    reason: str
-    cause: Cause
-
-
-@dataclass(frozen=True)
-class Reannounce:
-    """A master heard a lower-priority node claim mastership: that node may have sent
-    gratuitous ARPs meanwhile, so the master announces its addresses again
-    (keepalived's garp_lower_prio_repeat)."""
-    reason: str
-
-
-Action = Union[SendAdvert, StateChange, Reannounce]
-
-
-@dataclass(frozen=True)
-class Outlook:
-    """What an instance will be if nothing else happens: `state`, and `within` (s, an upper
-    bound) when that is a change still to come (None: it is so now, or nothing is due)."""
-    state: State
-    within: float | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class VrrpConfig:
-    """One VRRP instance.  advert_interval in seconds (sent in 10 ms units; v3: 0.01..40.95,
-    v2: whole seconds 1..255).  addresses: the VIPs advertised (the peer must advertise the same
-    set).  primary_address: this node's own address on the interface (the source of its adverts,
-    the tie-breaker).  name: for logs, default VI_<vrid>."""
-
-    vrid: int
-    priority: int = 100
-    advert_interval: float = 0.1
-    addresses: tuple[str, ...] = ()
-    primary_address: str = ""
-    preempt: bool = True
-    preempt_delay: float = 0.0
-    nopreempt: bool = False
-    version: int = 3
-    unicast_peers: tuple[str, ...] = ()
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.vrid <= 255:
-            raise ValueError(f"vrid must be 1..255, not {self.vrid}")
-        if not 1 <= self.priority <= 255:
-            raise ValueError(f"priority must be 1..255, not {self.priority}")
-        if self.version not in (2, 3):
-            raise ValueError(f"version must be 2 or 3, not {self.version}")
-        if not (self.preempt_delay >= 0 and math.isfinite(self.preempt_delay)):
-            raise ValueError("preempt_delay must be >= 0")
-        cs = round(self.advert_interval * 100)
-        if self.version == 3:
-            if not 1 <= cs <= 4095 or abs(cs - self.advert_interval * 100) > 1e-6:
-                raise ValueError(f"advert_interval must be 0.01..40.95 s in 10 ms steps, not "
-                                 f"{self.advert_interval}")
-        elif cs % 100 or not 1 <= cs // 100 <= 255:
-            raise ValueError(f"a VRRPv2 advert_interval is 1..255 whole seconds, not {self.advert_interval}")
-        if not self.primary_address:
-            raise ValueError("primary_address is required")
-        primary = ipaddress.ip_address(_canon(self.primary_address))
-        if primary.version == 6 and not self.unicast_peers and not primary.is_link_local:
-            raise ValueError("an IPv6 primary_address must be link-local (the advert source)")
-        addrs = tuple(_canon(a) for a in self.addresses)
-        if not addrs:
-            raise ValueError("at least one address (VIP) is required")
-        if any(ipaddress.ip_address(a).version != primary.version for a in addrs):
-            raise ValueError("the addresses and primary_address must be of one family")
-        if self.version == 2 and primary.version != 4:
-            raise ValueError("VRRPv2 is IPv4 only")
-        peers = tuple(_canon(p) for p in self.unicast_peers)
-        if any(ipaddress.ip_address(p).version != primary.version for p in peers):
-            raise ValueError("unicast_peers must be of the family of primary_address")
-        object.__setattr__(self, "addresses", addrs)
-        object.__setattr__(self, "primary_address", str(primary))
-        object.__setattr__(self, "unicast_peers", peers)
-        if not self.name:
-            object.__setattr__(self, "name", f"VI_{self.vrid}")
-
-    @property
-    def advert_interval_cs(self) -> int:
-        return round(self.advert_interval * 100)
-
-    @property
-    def family(self) -> int:
-        return ipaddress.ip_address(self.primary_address).version
-
-    @property
-    def group(self) -> str:
-        return P.VRRP_GROUP4 if self.family == 4 else P.VRRP_GROUP6
-
-
-def skew_time(priority: int, master_adver_int_cs: int, version: int = 3) -> float:
-    """Skew_Time in seconds (RFC 5798 §6.1; v2: RFC 3768 §6.1)."""
-    if version == 2:
-        return (256 - priority) / 256
-    return (256 - priority) * master_adver_int_cs / 256 / 100
-
-
-def master_down_interval(priority: int, master_adver_int_cs: int, version: int = 3) -> float:
-    """Master_Down_Interval in seconds: 3 x the (master's) interval + Skew_Time."""
-    return 3 * master_adver_int_cs / 100 + skew_time(priority, master_adver_int_cs, version)
 
 
 def _ms(seconds: float) -> str:
