@@ -179,6 +179,7 @@ class NodeApi:
             "role_changes": [dict(c) for c in st.role_changes],
             "sync": {"enabled": st.sync_enabled, "applied": dict(engine.sync_stats)},
             "forwarding": {svc.name: svc.forwarding for svc in engine.services.values()},
+            "kernel": _kernel_stats(self.node),
         })
 
     async def sync(self, _request: web.Request) -> web.Response:
@@ -288,6 +289,12 @@ class NodeApi:
 
     async def spec(self, _request: web.Request) -> web.Response:
         return web.json_response(openapi.spec())
+
+
+def _kernel_stats(node) -> dict | None:
+    got = getattr(node, "kernel_stats", None)      # a NodeSource without kernel mode
+    stats = got() if got is not None else None
+    return dict(stats) if stats is not None else None
 
 
 def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time.monotonic,

@@ -26,7 +26,13 @@ Names follow what people already scrape, with a `tandem_` prefix:
   (every reason, zeros included, so rate() works from the first scrape),
   `tandem_engine_conns` and friends.
 * the kernel queue: `tandem_nfqueue_dropped_total`,
-  `tandem_nfqueue_user_dropped_total`, `tandem_nfqueue_queued` `{queue}`.
+  `tandem_nfqueue_user_dropped_total`, `tandem_nfqueue_queued`,
+  `tandem_nfqueue_packets_total` (handed to user space) `{queue}`.
+* kernel-mode forwarding (director.metrics_kernel): `tandem_kernel_flows`,
+  `tandem_kernel_flows_{active,inactive}`, `tandem_kernel_events_total`,
+  `tandem_kernel_events_lost_total` (ENOBUFS overruns), `tandem_kernel_dump_repairs_total`,
+  `tandem_kernel_dump_repaired_flows_total`, `tandem_kernel_dump_failures_total`,
+  `tandem_kernel_flows_deleted_total`; nothing without a kernel-mode service.
 * sync: `tandem_sync_apply_*_total` from the engine's sync_stats, and from the
   sync link's SyncStats `tandem_sync_{sender,receiver,transport,applied}_<key>_total`,
   the gauges `tandem_sync_missing` and `tandem_sync_lag_seconds{quantile}`.
@@ -53,6 +59,7 @@ from prometheus_client.registry import Collector
 
 from director.metrics_ipvs import BACKEND_LABELS, IpvsCollector
 from director.metrics_source import PREFIX, Source
+from director.metrics_kernel import KernelCollector
 from director.metrics_sync import SyncCollector
 from director.metrics_vrrp import ROLE_STATE, VRRP_LABELS, VrrpCollector
 from director.nfqueue import kernel_queue_stats
@@ -172,6 +179,8 @@ class QueueCollector(Source):
              "Packets the kernel could not send us over netlink (user_dropped: socket buffer full)."),
             ("queue_total", "nfqueue_queued", GaugeMetricFamily,
              "Packets waiting in the queue for a verdict."),
+            ("queued", "nfqueue_packets", CounterMetricFamily,
+             "Packets the kernel has handed to user space through the queue."),
         ):
             if key in qs:
                 f = kind(f"{p}_{name}", doc, labels=("queue",))
@@ -188,6 +197,7 @@ def collectors(engine, node: "NodeSource", *, health: Callable[[], Mapping[tuple
             EngineCollector(engine, prefix),
             QueueCollector(engine.cfg.queue, queue_stats or node.queue_stats, prefix),
             VrrpCollector(node.vrrp_status, lambda: (node.name, node.status().role), prefix),
+            KernelCollector(getattr(node, "kernel_stats", lambda: None), prefix),
             SyncCollector(engine, node.sync_stats, prefix)]
 
 

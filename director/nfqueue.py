@@ -188,8 +188,11 @@ def kernel_queue_stats(queue_num: int, path: str = "/proc/net/netfilter/nfnetlin
             for line in f:
                 v = line.split()
                 if len(v) >= 7 and int(v[0]) == queue_num:
-                    return {"queue_total": int(v[2]), "queue_dropped": int(v[5]),
-                            "user_dropped": int(v[6])}
+                    out = {"queue_total": int(v[2]), "queue_dropped": int(v[5]),
+                           "user_dropped": int(v[6])}
+                    if len(v) >= 8:         # the id sequence: packets handed to user space
+                        out["queued"] = int(v[7])
+                    return out
     except (OSError, ValueError):
         pass
     return {}

@@ -76,7 +76,20 @@ SCHEMAS: dict[str, Any] = {
             },
             "queue": {
                 "type": "object", "description": "The kernel's NFQUEUE counters (empty off-node).",
-                "properties": {"queue_total": _INT, "queue_dropped": _INT, "user_dropped": _INT},
+                "properties": {"queue_total": _INT, "queue_dropped": _INT, "user_dropped": _INT,
+                               "queued": {"type": "integer", "description": "packets the kernel "
+                                          "has handed to user space through this queue so far"}},
+            },
+            "kernel": {
+                "type": "object", "nullable": True,
+                "description": "kernel-mode forwarding (null when no service is kernel-mode): "
+                               "the flows followed from conntrack events and their counts, "
+                               "events received, events lost (overruns: ENOBUFS), the dumps "
+                               "that repaired the view (resyncs) and what they changed (repaired)",
+                "properties": {k: _INT for k in (
+                    "flows", "active", "inactive", "events", "overruns", "resyncs", "repaired",
+                    "dump_failures", "deleted")},
+                "additionalProperties": True,
             },
             "vrrp": {"nullable": True, "allOf": [ref("VrrpStatus")],
                      "description": "the election, null when none runs"},

@@ -165,8 +165,10 @@ class NodeParts:
                  role_changes: list[dict] | None = None, api_token: str = "",
                  reload: Callable[[], Awaitable[dict]] | None = None,
                  resign: Callable[[], Awaitable[dict | None]] | None = None,
-                 resume: Callable[[], Awaitable[dict | None]] | None = None) -> None:
+                 resume: Callable[[], Awaitable[dict | None]] | None = None,
+                 kernel: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
         self.name = name
+        self._kernel = kernel or (lambda: None)
         self.control = control
         self.health = health
         self.epoch = EpochClock(clock, wall)
@@ -196,6 +198,10 @@ class NodeParts:
 
     def queue_stats(self) -> Mapping[str, int]:
         return self._queue_stats()
+
+    def kernel_stats(self) -> Mapping[str, Any] | None:
+        """Kernel-mode forwarding's counters (tandem.kernel_mode), None without it."""
+        return self._kernel()
 
     def status(self) -> NodeStatus:
         vrrp = self.vrrp_status()

@@ -35,6 +35,14 @@ from proto import ctnetlink as ct
 log = logging.getLogger("tandem.kernel_mode")
 
 
+_PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+
+
+def _key(s: ServiceConfig) -> tuple[int, bytes, int]:
+    """A service as a flow's original tuple names it: (protocol, VIP, port)."""
+    return (_PROTO_NUMBERS[s.proto], ipaddress.ip_address(s.vip).packed, s.port)
+
+
 def kernel_services(cfg: NodeConfig) -> list[ServiceConfig]:
     return [s for s in cfg.services if s.forwarding == "kernel"]
 
@@ -80,6 +88,18 @@ class KernelPath:
         self._resync: asyncio.Task | None = None
         self._held: list[ct.Message] | None = None     # events read while a dump runs
         self._on_error = on_error or (lambda msg: log.warning("%s", msg))
+
+    def describe(self) -> dict[str, int] | None:
+        """What /status says under "kernel" and the metrics export; None without kernel mode."""
+        if not self.loaded:
+            return None
+        flows = self.flows
+        active = sum(c[0] for c in flows.counts.values())
+        inactive = sum(c[1] for c in flows.counts.values())
+        return {"flows": len(flows.flows), "active": active, "inactive": inactive,
+                **{k: flows.stats[k] for k in ("events", "new", "destroyed", "overruns",
+                                                "resyncs", "repaired")},
+                **self.stats}
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -201,6 +221,37 @@ class KernelPath:
             dest.update_overload()
 
     # -- deleting flows ----------------------------------------------------------------------
+
+    async def expire_removed(self, old: NodeConfig, new: NodeConfig) -> int:
+        """After a reload: delete the kernel flows the engine path would expire with it, as
+        director.ctl does for its table: every flow of a kernel-mode service the new config
+        no longer has, and with `removed_server_conns = "expire"` (the new file's value)
+        those of its removed real servers.  A weight of 0 or a drain only stops new flows,
+        as IPVS quiescing does; their flows go on."""
+        wanted = {_key(s): s for s in kernel_services(new)}
+        doomed: list[ct.Tuple] = []
+        for s in kernel_services(old):
+            key = _key(s)
+            now = wanted.get(key)
+            if now is None:
+                gone = [(r.addr, r.port) for r in s.real_servers]
+                if s.sorry_server is not None:
+                    gone.append(s.sorry_server)
+            elif new.removed_server_conns == "expire":
+                keep = {(str(ipaddress.ip_address(r.addr)), r.port) for r in now.real_servers}
+                gone = [(r.addr, r.port) for r in s.real_servers
+                        if (str(ipaddress.ip_address(r.addr)), r.port) not in keep]
+            else:
+                continue
+            marks: set[int] = set()
+            for addr, port in gone:
+                marks |= self.engine.marks.marks_of(addr, port)
+            doomed += [t for t in self.flows.flows_of(marks) if (t.proto, t.dst, t.dport) == key]
+        n = await self.delete(doomed)
+        if doomed:
+            log.info("reload: %d kernel flows of removed services or real servers deleted "
+                     "(%d were still in conntrack)", len(doomed), n)
+        return n
 
     def flows_to(self, svc_key: tuple[int, bytes, int], dests: Iterable[Any]) -> list[ct.Tuple]:
         """The kernel flows of service `svc_key` bound to one of `dests`."""

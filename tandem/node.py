@@ -138,7 +138,8 @@ class Node:
                                clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
                                control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
-                               reload=self.reload, resign=self.resign, resume=self.resume)
+                               reload=self.reload, resign=self.resign, resume=self.resume,
+                               kernel=lambda: self.kernel_path.describe())
         if self.sync is not None:
             self.sync.on_peer_state(self._on_peer_state)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
@@ -429,6 +430,9 @@ class Node:
         check_reloadable(old, new)
         await self.kernel_path.reload(old, new)        # the new marks exist before the engine
         summary = self.engine.reconfigure(new, self.clock())
+        deleted = await self.kernel_path.expire_removed(old, new)
+        if self.kernel_path.loaded:
+            summary["kernel_flows_deleted"] = deleted
         self.control.apply_all()
         await self.checker.set_targets(health_targets(self.engine))
         if engine_addresses(new) != engine_addresses(old):

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from director.kernel_rules import queue_counters
-from lab.nsutil import http_get
-from lab.testing import lab_session, require_lab, run_in
+from lab import state as st
+from lab import topology as T
+from lab.nsutil import http_get, in_netns
+from lab.testing import client_env, lab_session, require_lab, run_in
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "tkn"
 
 pytestmark = pytest.mark.lab
 
@@ -19,7 +28,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def lab():
     require_lab()
-    with lab_session("tkn", node=True, ha=False, scheduler="rr", kernel=True) as info:
+    with lab_session(PREFIX, node=True, ha=False, scheduler="rr", kernel=True) as info:
         yield info
 
 
@@ -72,3 +81,108 @@ def test_engine_mode_services_beside_are_unchanged(lab):
     assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs2", "rs3"], r
     seen = {ip for peers in r["peers"].values() for ip in peers}
     assert seen <= set(lab["laddrs"]), seen
+
+
+def change(lab, path: str, body: dict | None = None) -> dict:
+    """A changing request to director a's API, with the lab's token."""
+    a = lab["directors"][0]
+
+    def go():
+        req = urllib.request.Request(f"{a['api']}{path}", method="POST",
+                                     data=json.dumps(body).encode() if body is not None else None)
+        req.add_header("Authorization", f"Bearer {lab['api_token']}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+    return in_netns(a["ns"], go, timeout=20)
+
+
+def kernel_tcp(lab) -> dict:
+    return next(s for s in api(lab, "/services")["services"]
+                if s["vip"] == lab["kernel_vip"] and s["proto"] == "tcp")
+
+
+def hold(lab, conns: int, seconds: float, ready: Path) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", lab["client"]["ns"], sys.executable, "-m",
+                             "lab.client", "hold", "--host", lab["kernel_vip"], "--port", "80",
+                             "--conns", str(conns), "--seconds", str(seconds), "--interval", "0.1",
+                             "--ready-file", str(ready)],
+                            cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
+
+
+def wait_for(what, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_held_flows_are_counted_active_listed_and_survive_a_reload(lab, tmp_path):
+    """30 connections held through the kernel: the real servers' active counts come from
+    conntrack events (what wlc/lc read), ipvsadm lists them, and a reload that changes
+    weights and adds a real server refills the maps without touching one of them."""
+    ready = tmp_path / "ready"
+    held = hold(lab, 30, 6.0, ready)
+    try:
+        assert wait_for(ready.exists), "the 30 connections did not open"
+        counted = wait_for(lambda: sum(r["active"] for r in kernel_tcp(lab)["real_servers"]) == 30)
+        assert counted, kernel_tcp(lab)
+        assert api(lab, "/status")["kernel"]["active"] >= 30
+        listing = subprocess.run(
+            ["ip", "netns", "exec", lab["directors"][0]["ns"], sys.executable, "-m", "tandem.cli",
+             "ipvsadm", "-L", "-n", "--api", lab["directors"][0]["api"]],
+            cwd=str(REPO), env=client_env(), capture_output=True, text=True, timeout=30).stdout
+        block = listing.split(f"{lab['kernel_vip']}:80")[1].split("UDP")[0]
+        actives = [int(line.split()[-2]) for line in block.splitlines() if "->" in line]
+        assert sum(actives) == 30, listing
+        path = Path(st.load_state(PREFIX)["configs"]["a"])
+        cfg = T.node_config("a", scheduler="rr", kernel=True, weights={"rs1": 3})
+        cfg["node"]["state_dir"] = str(st.state_dir(PREFIX) / "a-state")
+        path.write_text(T.dump_toml(cfg))
+        body = change(lab, "/reload")
+        assert body["changed"] is True and body["kernel_flows_deleted"] == 0, body
+        out = json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+        assert (out["ok"], out["reset"], out["stalled"]) == (30, 0, 0), out
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait()
+    assert next(r for r in kernel_tcp(lab)["real_servers"]
+                if r["addr"] == T.REAL_SERVERS[0]["addr"])["weight"] == 3
+
+
+def test_weight_zero_and_drain_take_effect_on_new_flows(lab):
+    rs2 = T.REAL_SERVERS[1]["addr"]
+    base = f"/services/tcp/{lab['kernel_vip']}:80/real_servers/{rs2}:8080"
+    change(lab, f"{base}/weight", {"weight": 0})
+    try:
+        r = client(lab, "tcp-whoami", "--host", lab["kernel_vip"], "--port", 80, "--count", 60)
+        assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs3"], r
+    finally:
+        change(lab, f"{base}/weight", {"weight": 1})
+    r = client(lab, "tcp-whoami", "--host", lab["kernel_vip"], "--port", 80, "--count", 60)
+    assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs2", "rs3"], r
+    change(lab, f"{base}/drain")
+    try:
+        r = client(lab, "tcp-whoami", "--host", lab["kernel_vip"], "--port", 80, "--count", 60)
+        assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs3"], r
+    finally:
+        change(lab, f"{base}/weight", {"weight": 1})
+
+
+def test_a_kernel_flow_times_out_after_ipvs_values(lab, tmp_path):
+    """An ESTABLISHED kernel-forwarded flow gets IPVS's 900 s (the lab's [timeouts]), not
+    conntrack's 5 days: the timeout the kernel reports for the held flows."""
+    ready = tmp_path / "ready"
+    held = hold(lab, 3, 3.0, ready)
+    try:
+        assert wait_for(ready.exists)
+        text = subprocess.run(["ip", "netns", "exec", lab["directors"][0]["ns"], "conntrack",
+                               "-L", "-p", "tcp", "-d", lab["kernel_vip"], "--dport", "80",
+                               "--state", "ESTABLISHED"],
+                              capture_output=True, text=True, timeout=10).stdout
+        timeouts = [int(line.split()[2]) for line in text.splitlines() if "ESTABLISHED" in line]
+        assert len(timeouts) >= 3 and all(800 < t <= 900 for t in timeouts), text
+    finally:
+        held.communicate(timeout=60)

@@ -28,9 +28,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def doc(reals=RS, scheduler="lc", api=None) -> dict:
+def doc(reals=RS, scheduler="lc", api=None, removed="expire") -> dict:
     return {
-        "node": {"name": "k", "api": api or f"127.0.0.1:{free_port()}", "tick": 0.01, "state_dir": ""},
+        "node": {"name": "k", "api": api or f"127.0.0.1:{free_port()}", "tick": 0.01, "state_dir": "",
+                 "removed_server_conns": removed},
         "services": [
             {"proto": "tcp", "vip": KVIP, "port": 80, "laddrs": [KLADDR], "forwarding": "kernel",
              "scheduler": scheduler,
@@ -156,3 +157,73 @@ def test_reload_refills_the_maps_without_replacing_the_table(tmp_path):
         finally:
             await node.stop()
     asyncio.run(go())
+
+
+def test_status_and_metrics_show_the_kernel_flows_and_the_event_counters():
+    from director.metrics import collectors, render
+
+    async def go():
+        kernel = FakeKernel()
+        node = make_node(kernel)
+        assert node.kernel_path.describe() is None           # nothing loaded yet
+        await node.start()
+        try:
+            m0 = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
+            kernel.events[0].push([event("new", 1, m0, ct.TCP_CT_ESTABLISHED),
+                                   event("new", 2, m0, ct.TCP_CT_SYN_SENT)])
+            kernel.events[0].overrun()
+            kernel.conntrack = [event("update", 1, m0, ct.TCP_CT_ESTABLISHED).ct]
+            await settle()
+            st = node.state.kernel_stats()
+            assert (st["flows"], st["active"], st["inactive"]) == (1, 1, 0)
+            assert (st["events"], st["overruns"], st["resyncs"], st["repaired"]) == (2, 1, 1, 1)
+            text = render(*collectors(node.engine, node.state))[0].decode()
+            for line in ("tandem_kernel_flows 1.0", "tandem_kernel_events_total 2.0",
+                         "tandem_kernel_events_lost_total 1.0", "tandem_kernel_dump_repairs_total 1.0"):
+                assert line in text, line
+        finally:
+            await node.stop()
+    asyncio.run(go())
+
+
+def _reload_removing_rs1(tmp_path, removed: str):
+    from schema.core import dump_toml
+    path = tmp_path / "k.toml"
+    api = f"127.0.0.1:{free_port()}"
+    path.write_text(dump_toml(doc(api=api, removed=removed)))
+    path.chmod(0o600)
+
+    async def go():
+        kernel = FakeKernel()
+        node = Node(parse(doc(api=api, removed=removed), "k.toml"), path=str(path),
+                    edges=Edges(kernel=kernel, queue=Queue))
+        await node.start()
+        try:
+            m0 = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
+            m1 = node.engine.marks.mark_for(RS[1], 8080, KLADDR)
+            msgs = [event("new", 1, m0, ct.TCP_CT_ESTABLISHED),
+                    event("new", 2, m1, ct.TCP_CT_ESTABLISHED)]
+            kernel.conntrack = [m.ct for m in msgs]
+            kernel.events[0].push(msgs)
+            await settle()
+            path.write_text(dump_toml(doc(reals=RS[1:], api=api, removed=removed)))
+            summary = await node.reload()
+            return summary, kernel
+        finally:
+            await node.stop()
+    return asyncio.run(go())
+
+
+def test_reload_expiring_a_removed_real_server_deletes_its_kernel_flows(tmp_path):
+    """director.ctl expires a removed real server's connections with
+    removed_server_conns = "expire": in kernel mode its conntrack entries are deleted."""
+    summary, kernel = _reload_removing_rs1(tmp_path, "expire")
+    deletes = [args[0] for op, args in kernel.calls if op == "delete_conntrack"]
+    assert len(deletes) == 1 and [t.sport for t in deletes[0]] == [1]
+    assert summary["kernel_flows_deleted"] == 1 and [c.orig.sport for c in kernel.conntrack] == [2]
+
+
+def test_reload_keeping_a_removed_real_servers_flows_deletes_nothing(tmp_path):
+    summary, kernel = _reload_removing_rs1(tmp_path, "keep")
+    assert not [op for op, _ in kernel.calls if op == "delete_conntrack"]
+    assert summary["kernel_flows_deleted"] == 0 and len(kernel.conntrack) == 2
