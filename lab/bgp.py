@@ -35,6 +35,7 @@ from typing import Any
 from pyroute2 import netns as _netns
 
 from ha import bird
+from ha.bird_io import BirdAnnouncer
 
 from . import netns, nsutil, procs
 from . import state as st
@@ -147,16 +148,10 @@ def birdc(prefix: str, role: str, *cmd: str, timeout: float = 5.0) -> str:
 
 
 def announce(prefix: str, name: str, prefixes: list[str]) -> str:
-    """Director `name` announces exactly `prefixes` from now on: the include rewritten,
-    then `birdc configure` (what a node's BIRD adapter does); birdc's output."""
+    """Director `name` announces exactly `prefixes` from now on, through the node's BIRD
+    adapter (ha/bird_io.py: the include rewritten, then `birdc configure`)."""
     f = _files(prefix, name)
-    tmp = f["announce"].with_suffix(".tmp")
-    tmp.write_text(bird.announce_include(prefixes))
-    tmp.replace(f["announce"])
-    out = birdc(prefix, name, "configure")
-    if not bird.reconfigured(out):
-        raise RuntimeError(f"birdc configure on {name}: {out.strip()}")
-    return out
+    return BirdAnnouncer(f["announce"], f["ctl"]).apply(prefixes)
 
 
 def start_bird(prefix: str, state: dict[str, Any], role: str, wait: float = 10.0) -> dict:

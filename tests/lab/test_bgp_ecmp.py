@@ -98,3 +98,30 @@ def test_without_bfd_the_hold_timer_withdraws_a_crashed_director(lab3_no_bfd):
     bgp.crash_director(prefix, state, "a")
     bgp.wait_nexthops(prefix, bgp.VIP, hops_of(lab3_no_bfd, "b", "c"))
     assert last_error(prefix, "dir_a") == "BGP Error: Hold timer expired"
+
+
+def test_announcer_core_drives_bird_through_a_drain(lab3):
+    """The announcer's decisions (ha/announce.py) carried out by the BIRD adapter on
+    director b: healthy, then draining with connections left (VIP withdrawn, laddr kept),
+    then drained (everything withdrawn), then healthy again."""
+    from dataclasses import replace
+
+    from ha.announce import Announce, Announcer, Inputs
+    pools = {d["name"]: (d["laddr"],) for d in lab3["directors"]}
+    inp = Inputs(name="b", vips=(bgp.VIP,), laddrs=pools, vips_up=frozenset({bgp.VIP}),
+                 alive=frozenset(pools))
+    ann = Announcer(announced=frozenset({f"{bgp.VIP}/32", "198.19.42.12/32"}))
+
+    def run(i, now):
+        for act in ann.step(i, now):
+            assert isinstance(act, Announce)
+            bgp.announce(PREFIX, "b", sorted(act.prefixes))
+
+    run(replace(inp, draining=True, own_conns=4), 10.0)
+    bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "c"))
+    assert bgp.nexthops(PREFIX, "198.19.42.12") == hops_of(lab3, "b")
+    run(replace(inp, draining=True, own_conns=0), 11.0)
+    bgp.wait_nexthops(PREFIX, "198.19.42.12", [])
+    run(inp, 12.0)
+    bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "b", "c"))
+    bgp.wait_nexthops(PREFIX, "198.19.42.12", hops_of(lab3, "b"))

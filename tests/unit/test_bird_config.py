@@ -97,3 +97,23 @@ def test_bird_refuses_a_broken_config(tmp_path):
     (tmp_path / "bad.conf").write_text(bgp.router_config(bgp.director_rows(1)).replace(";", "", 1))
     with pytest.raises(RuntimeError, match="bad.conf"):
         bgp.check_config(tmp_path / "bad.conf")
+
+
+def test_adapter_writes_the_include_once_per_change(tmp_path):
+    from ha.bird_io import BirdAnnouncer
+    ann = BirdAnnouncer(tmp_path / "announce.conf", tmp_path / "bird.ctl")
+    assert ann.write(["198.19.41.100"]) is True
+    assert ann.write(["198.19.41.100/32"]) is False       # same set, same bytes
+    assert routes((tmp_path / "announce.conf").read_text(), "tandem_announce4") == \
+        ["198.19.41.100/32"]
+    assert ann.write([]) is True
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.skipif(shutil.which("birdc") is None, reason="bird2 not installed")
+def test_adapter_says_when_no_bird_listens(tmp_path):
+    from ha.bird_io import BirdAnnouncer, BirdError
+    with pytest.raises(BirdError, match="bird.ctl"):
+        BirdAnnouncer(tmp_path / "announce.conf", tmp_path / "bird.ctl").apply(["198.19.41.100"])
+    # the file is written all the same: BIRD reads it when it starts
+    assert "198.19.41.100/32" in (tmp_path / "announce.conf").read_text()

@@ -1,0 +1,165 @@
+"""The announcer: which prefixes a director of a cluster announces over BGP, and when.
+
+In cluster mode (docs/cluster.md) every director is active and the router's ECMP spreads
+the VIPs' traffic over the directors that announce them.  Announcing is how a director
+says "send me traffic", so this core decides it from what the node knows, sans I/O:
+``decide(inputs, now, drain_since)`` is a pure function, and ``Announcer`` remembers
+what is announced and turns a change into ordered actions for the adapter
+(ha/bird_io.py writes BIRD's include and reconfigures it; the wiring adds and removes
+the addresses).
+
+What is announced, first matching row wins:
+
+==============================  ===============================================
+node stopping                   nothing
+node unhealthy (links, fault)   nothing
+engine not running              nothing
+table not synced yet (joining)  nothing: a director that announced before it
+                                held its peers' entries would reset their flows
+draining, connections left and  its laddrs (and adopted ones) only: replies of
+drain_timeout not passed        its connections keep coming back; no new flows
+draining, otherwise             nothing
+otherwise                       every VIP with a usable real server, and its
+                                laddrs (and adopted ones) whatever the VIPs
+==============================  ===============================================
+
+Laddrs stay announced while a VIP is down: a peer may forward a flow with this
+director's laddr (the flow's owner), and its replies must come back here.
+
+**Adopting a dead peer's laddrs.**  A peer's replies keep returning to its laddrs after
+it dies; the survivors take them over, each laddr by exactly one of them:
+``adopter(laddr, candidates)`` is rendezvous (highest random weight) hashing over the
+directors alive and not leaving, with BLAKE2b, so every director computes the same
+adopter from the same membership, a laddr moves only when its adopter goes, and a dead
+director's laddrs spread over the survivors.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ha.bird import host_prefix
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the node knows now (the wiring builds one per change)."""
+    name: str                                   # this director
+    vips: tuple[str, ...]                       # the cluster's VIPs
+    laddrs: Mapping[str, tuple[str, ...]]       # every director's own laddr pool, by name
+    vips_up: frozenset[str] = frozenset()       # VIPs with at least one usable real server
+    alive: frozenset[str] = frozenset()         # directors heard from (this one included)
+    leaving: frozenset[str] = frozenset()       # directors draining or stopping (never adopt)
+    node_ok: bool = True                        # tracked links up, no fault
+    engine_ok: bool = True                      # the data plane runs (queue bound / rules loaded)
+    synced: bool = True                         # the peers' table has arrived (or the wait ended)
+    draining: bool = False
+    stopping: bool = False
+    own_conns: int = 0                          # connections this director owns (drain end)
+    drain_timeout: float = 300.0                # s: a drain ends by then whatever is left
+
+
+@dataclass(frozen=True)
+class Decision:
+    prefixes: frozenset[str]        # host prefixes to announce
+    adopted: frozenset[str]         # peers' laddrs this director takes over
+    reason: str                     # for the log and /status
+    deadline: float | None = None   # when to decide again without a new input (drain end)
+
+
+def _weight(name: str, laddr: str) -> bytes:
+    return hashlib.blake2b(f"{laddr}|{name}".encode(), digest_size=8,
+                           key=b"tandem/adopter/v1").digest()
+
+
+def adopter(laddr: str, candidates: frozenset[str] | set[str]) -> str | None:
+    """The director that takes over `laddr`: the candidate of highest weight
+    H(laddr, name) (ties impossible in practice; then the larger name)."""
+    if not candidates:
+        return None
+    return max(candidates, key=lambda n: (_weight(n, laddr), n))
+
+
+def adopted(inp: Inputs) -> frozenset[str]:
+    """The laddrs of dead peers that this director takes over."""
+    candidates = (inp.alive | {inp.name}) - inp.leaving
+    if inp.name not in candidates:
+        return frozenset()
+    return frozenset(a for peer, pool in inp.laddrs.items()
+                     if peer != inp.name and peer not in inp.alive
+                     for a in pool if adopter(a, candidates) == inp.name)
+
+
+def decide(inp: Inputs, now: float, drain_since: float | None = None) -> Decision:
+    """What to announce now (the table in the module's docstring)."""
+    nothing = frozenset()
+    for cond, reason in ((inp.stopping, "stopping"), (not inp.node_ok, "node unhealthy"),
+                         (not inp.engine_ok, "engine not running"),
+                         (not inp.synced, "waiting for the peers' table")):
+        if cond:
+            return Decision(nothing, nothing, reason)
+    adopt = nothing if inp.draining else adopted(inp)
+    laddrs = frozenset(map(host_prefix, (*inp.laddrs.get(inp.name, ()), *adopt)))
+    if inp.draining:
+        since = now if drain_since is None else drain_since
+        end = since + inp.drain_timeout
+        if inp.own_conns <= 0:
+            return Decision(nothing, nothing, "drained")
+        if now >= end:
+            return Decision(nothing, nothing, f"drain timeout ({inp.own_conns} connections left)")
+        return Decision(laddrs, nothing, f"draining ({inp.own_conns} connections left)", end)
+    vips = frozenset(host_prefix(v) for v in inp.vips if v in inp.vips_up)
+    down = len(inp.vips) - len(vips)
+    reason = "healthy" if not down else f"healthy, {down} VIP(s) without a real server"
+    return Decision(vips | laddrs, adopt, reason)
+
+
+@dataclass(frozen=True)
+class AddAddresses:
+    """Put these (adopted) addresses on the node's interface: before they are announced."""
+    addrs: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Announce exactly these prefixes from now on (the include, then a reconfigure)."""
+    prefixes: frozenset[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RemoveAddresses:
+    """Take these addresses off the interface: after they are withdrawn."""
+    addrs: frozenset[str]
+
+
+@dataclass
+class Announcer:
+    """What is announced and adopted now; `step` returns what to do to reach the decision."""
+    announced: frozenset[str] = frozenset()
+    adopted: frozenset[str] = frozenset()
+    drain_since: float | None = None
+    last: Decision | None = field(default=None, repr=False)
+
+    def step(self, inp: Inputs, now: float) -> list:
+        if inp.draining and self.drain_since is None:
+            self.drain_since = now
+        elif not inp.draining:
+            self.drain_since = None
+        d = decide(inp, now, self.drain_since)
+        self.last = d
+        actions: list = []
+        gained, lost = d.adopted - self.adopted, self.adopted - d.adopted
+        if gained:
+            actions.append(AddAddresses(gained))
+        if d.prefixes != self.announced:
+            actions.append(Announce(d.prefixes, d.reason))
+        if lost:
+            actions.append(RemoveAddresses(lost))
+        self.announced, self.adopted = d.prefixes, d.adopted
+        return actions
+
+    def deadline(self) -> float | None:
+        """When to step again with no new input (a drain's end), if ever."""
+        return self.last.deadline if self.last else None

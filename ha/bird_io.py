@@ -1,0 +1,55 @@
+"""The BIRD adapter: makes BIRD announce what the announcer decided (ha/announce.py).
+
+Writes the include (ha/bird.py) atomically (a temporary file, fsync, rename) and runs
+`birdc configure`, which makes BIRD re-read its config and withdraw or announce the
+difference.  Blocking (a file write and a short subprocess): the node runs it in a
+worker thread, never on the event loop that sends VRRP adverts or reads the queue.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterable
+
+from ha import bird
+
+
+class BirdError(RuntimeError):
+    """BIRD did not take the new announcements (not running, or it refused the file)."""
+
+
+class BirdAnnouncer:
+    def __init__(self, include_path: str | Path, socket_path: str | Path,
+                 timeout: float = 5.0) -> None:
+        self.include_path = Path(include_path)
+        self.socket_path = str(socket_path)
+        self.timeout = timeout
+
+    def write(self, prefixes: Iterable[str]) -> bool:
+        """Write the include for `prefixes`; False (nothing written) if it already says so."""
+        text = bird.announce_include(prefixes)
+        try:
+            if self.include_path.read_text() == text:
+                return False
+        except FileNotFoundError:
+            pass
+        tmp = self.include_path.with_name(self.include_path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.include_path)
+        return True
+
+    def apply(self, prefixes: Iterable[str]) -> str:
+        """Announce exactly `prefixes`: the include, then `birdc configure`; birdc's
+        output.  BirdError if BIRD did not take it (the file stays written: BIRD reads
+        it when it next starts)."""
+        self.write(prefixes)
+        cp = subprocess.run(bird.reconfigure_argv(self.socket_path), capture_output=True,
+                            text=True, timeout=self.timeout)
+        out = cp.stdout + cp.stderr
+        if cp.returncode != 0 or not bird.reconfigured(out):
+            raise BirdError(f"birdc configure ({self.socket_path}): {out.strip()}")
+        return out

@@ -1,0 +1,119 @@
+"""The cluster announcer core (ha/announce.py): what a director announces in each state,
+in which order the actions come, how a drain ends, and who adopts a dead peer's laddrs."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ha.announce import (AddAddresses, Announce, Announcer, Inputs, RemoveAddresses, adopted,
+                         adopter, decide)
+
+VIP1, VIP2 = "198.19.41.100", "198.19.41.101"
+POOLS = {"a": ("198.19.42.11",), "b": ("198.19.42.12",), "c": ("198.19.42.13", "198.19.42.23")}
+BASE = Inputs(name="a", vips=(VIP1, VIP2), laddrs=POOLS, vips_up=frozenset({VIP1, VIP2}),
+              alive=frozenset("abc"))
+V1, V2, LA = f"{VIP1}/32", f"{VIP2}/32", "198.19.42.11/32"
+
+
+@pytest.mark.parametrize("change, prefixes, reason", [
+    ({}, {V1, V2, LA}, "healthy"),
+    ({"vips_up": frozenset({VIP2})}, {V2, LA}, "healthy, 1 VIP(s) without a real server"),
+    ({"vips_up": frozenset()}, {LA}, "healthy, 2 VIP(s) without a real server"),
+    ({"stopping": True}, set(), "stopping"),
+    ({"stopping": True, "draining": True, "own_conns": 5}, set(), "stopping"),
+    ({"node_ok": False}, set(), "node unhealthy"),
+    ({"engine_ok": False}, set(), "engine not running"),
+    ({"synced": False}, set(), "waiting for the peers' table"),
+    ({"draining": True, "own_conns": 3}, {LA}, "draining (3 connections left)"),
+    ({"draining": True, "own_conns": 3, "vips_up": frozenset()}, {LA},
+     "draining (3 connections left)"),
+    ({"draining": True, "own_conns": 0}, set(), "drained"),
+])
+def test_table_of_states(change, prefixes, reason):
+    d = decide(replace(BASE, **change), now=100.0, drain_since=100.0)
+    assert d.prefixes == frozenset(prefixes)
+    assert d.reason == reason
+
+
+def test_drain_ends_at_its_timeout_with_connections_left():
+    inp = replace(BASE, draining=True, own_conns=7, drain_timeout=30.0)
+    assert decide(inp, now=129.9, drain_since=100.0).prefixes == {LA}
+    assert decide(inp, now=129.9, drain_since=100.0).deadline == 130.0
+    late = decide(inp, now=130.0, drain_since=100.0)
+    assert late.prefixes == frozenset() and late.reason == "drain timeout (7 connections left)"
+
+
+def test_announcer_orders_actions_and_acts_only_on_change():
+    # run as the survivor that adopts c's first laddr when c dies
+    me = adopter(POOLS["c"][0], frozenset("ab"))
+    inp = replace(BASE, name=me)
+    own = f"{POOLS[me][0]}/32"
+    ann = Announcer()
+    assert ann.step(inp, 0.0) == [Announce(frozenset({V1, V2, own}), "healthy")]
+    assert ann.step(inp, 1.0) == []
+    # c dies: the adopted addresses are added first, then announced
+    dead_c = replace(inp, alive=frozenset("ab"))
+    mine = adopted(dead_c)
+    assert POOLS["c"][0] in mine
+    acts = ann.step(dead_c, 2.0)
+    assert acts == [AddAddresses(mine),
+                    Announce(frozenset({V1, V2, own} | {f"{a}/32" for a in mine}), "healthy")]
+    # c comes back: the announcement is withdrawn first, the addresses removed after
+    assert ann.step(inp, 3.0) == [Announce(frozenset({V1, V2, own}), "healthy"),
+                                  RemoveAddresses(mine)]
+
+
+def test_dead_peer_laddrs_adopted_by_exactly_one_survivor_and_returned():
+    alive = frozenset("ab")
+    takers = {n: adopted(replace(BASE, name=n, alive=alive)) for n in "ab"}
+    assert takers["a"] | takers["b"] == set(POOLS["c"])
+    assert not takers["a"] & takers["b"]
+    # a leaving (draining) survivor adopts nothing; the other takes all
+    leaving = {n: adopted(replace(BASE, name=n, alive=alive, leaving=frozenset("a")))
+               for n in "ab"}
+    assert leaving == {"a": frozenset(), "b": frozenset(POOLS["c"])}
+    # a draining director never adopts, even unaware that the others know
+    assert decide(replace(BASE, alive=alive, draining=True, own_conns=1), 0.0).adopted == set()
+
+
+def test_announcer_drain_clock_starts_at_the_first_draining_step():
+    ann = Announcer()
+    ann.step(BASE, 0.0)
+    draining = replace(BASE, draining=True, own_conns=2, drain_timeout=10.0)
+    assert ann.step(draining, 50.0) == [Announce(frozenset({LA}), "draining (2 connections left)")]
+    assert ann.deadline() == 60.0
+    assert ann.step(draining, 59.0) == []
+    assert ann.step(draining, 60.0) == [Announce(frozenset(), "drain timeout (2 connections left)")]
+    # the drain is cancelled: back to everything, and a later drain starts a new clock
+    assert ann.step(BASE, 61.0)[0].prefixes == {V1, V2, LA}
+    ann.step(draining, 70.0)
+    assert ann.deadline() == 80.0
+
+
+names = st.sets(st.sampled_from([chr(c) for c in range(ord("a"), ord("a") + 12)]), min_size=1)
+laddrs = st.lists(st.integers(1, 254).map(lambda i: f"198.19.43.{i}"), min_size=1, max_size=20,
+                  unique=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cands=names, addrs=laddrs, gone=st.sampled_from("abcdefghijkl"))
+def test_adopter_moves_a_laddr_only_when_its_adopter_goes(cands, addrs, gone):
+    after = cands - {gone}
+    for a in addrs:
+        before = adopter(a, frozenset(cands))
+        assert before in cands
+        if before != gone and after:
+            assert adopter(a, frozenset(after)) == before
+    # whatever order the set was built in (each director builds its own), same answer
+    assert [adopter(a, frozenset(sorted(cands, reverse=True))) for a in addrs] == \
+        [adopter(a, frozenset(cands)) for a in addrs]
+
+
+def test_a_dead_directors_laddrs_spread_over_the_survivors():
+    pools = {"a": (), "b": (), "c": (), "d": tuple(f"198.19.43.{i}" for i in range(1, 61))}
+    inp = Inputs(name="a", vips=(), laddrs=pools, alive=frozenset("abc"))
+    shares = [len(adopted(replace(inp, name=n))) for n in "abc"]
+    assert sum(shares) == 60 and min(shares) >= 10
