@@ -26,7 +26,8 @@ costs one request, with its latest state.  `requests(limit)` hands out at most `
 messages, so the node's loop stays bounded.  Answers: EEXIST on a create means the kernel
 already has an entry for that tuple.  From normal sync the peer wins, as in the engine
 (the entry is deleted and created again, once); from a bulk resync the existing entry is
-kept, as the engine keeps a connection it created itself.  ENOENT on an update means the
+kept (its NAT: a node's own flows from before a restart), updated with the peer's timeout,
+state and BE_LIBERAL.  ENOENT on an update means the
 entry expired here: it is created.  ENOENT on a delete is what was wanted.  Any other
 error is counted by errno and the connection forgotten, so the next entry starts afresh.
 """
@@ -180,8 +181,11 @@ class Injector:
                 st["created" if op == _NEW else "updated"] += 1
                 self.known[key] = _binding(entry)
             return
-        if op == _NEW and err == errno.EEXIST and bulk:
-            st["kept"] += 1                  # ours, or already as the peer has it
+        if op == _NEW and err == errno.EEXIST and bulk and not retried:
+            # ours from before a restart, or already as the peer has it: keep its NAT, take
+            # the peer's timeout and state, and BE_LIBERAL (its window data is stale)
+            self._again.append((_UPDATE, key, entry, bulk, True))
+            st["kept"] += 1
             return
         if op == _NEW and err == errno.EEXIST and not retried:
             self._again.append((_DELETE, key, entry, bulk, True))

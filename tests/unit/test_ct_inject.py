@@ -136,7 +136,8 @@ def test_changes_are_coalesced_and_requests_bounded():
 
 def test_an_existing_entry_is_replaced_once_from_sync_and_kept_from_a_bulk():
     """EEXIST on a create: from normal sync the peer wins (delete, create again, once); from
-    a bulk resync the entry already there is kept, as the engine keeps its own."""
+    a bulk resync the entry already there keeps its NAT (a restarted node's own flows) and
+    takes the peer's timeout and state, BE_LIBERAL."""
     inj = injector()
     inj.offer(entry())
     ack_all(inj, sent(inj), errno.EEXIST)
@@ -147,7 +148,11 @@ def test_an_existing_entry_is_replaced_once_from_sync_and_kept_from_a_bulk():
     assert sent(inj) == [] and inj.errors == {"EEXIST": 1} and inj.known == {}
     inj.offer(entry(cport=2), bulk=True)
     ack_all(inj, sent(inj), errno.EEXIST)
-    assert sent(inj) == [] and inj.stats["kept"] == 1
+    [update] = sent(inj)              # its NAT kept; the peer's timeout, state, BE_LIBERAL
+    assert update.msg_type == ct.MSG_NEW and not update.flags & ct.NLM_F_CREATE
+    assert update.ct.nat_dst is None and update.ct.tcp.flags_orig == LIBERAL
+    ack_all(inj, [update])
+    assert inj.stats["kept"] == 1 and inj.known
 
 
 def test_an_expired_entry_is_created_again_and_a_missing_one_needs_no_delete():
