@@ -18,6 +18,7 @@ from lab import drill, topology
 from lab.drill_pairs import LabPair
 from lab.plan import KERNEL_VIP
 from lab.testing import REPO_ROOT, lab_session, require_lab
+from lab.nsutil import http_get
 from lab.topology import sync_loss
 
 pytestmark = pytest.mark.lab
@@ -51,6 +52,14 @@ def established(prefix: str, name: str) -> list:
                         "-c", DUMP], capture_output=True, text=True, timeout=60, cwd=str(REPO_ROOT))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def sync_receiver(prefix: str, name: str) -> dict:
+    d = next(x for x in topology.DIRECTORS if x["name"] == name)
+    code, body = http_get(topology.ns_name(prefix, name), d["front_addr"], topology.API_PORT,
+                          "/sync", timeout=5.0)
+    assert code == 200, body
+    return json.loads(body)["receiver"]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +100,7 @@ def test_with_20_percent_sync_loss_the_backup_table_matches_and_a_kill_loses_not
     require_lab()
     with lab_session("tkl", node=True, ha=True, advert_interval=ADVERT, kernel=True):
         sync_loss("tkl", 20)
+        gaps_before = sync_receiver("tkl", "b")["gaps"]
         kp = KernelPair("tkl")
         hold = drill._client(kp, "hold", "--host", KERNEL_VIP, "--port", kp.port, "--conns", 200,
                              "--seconds", 20, "--interval", 0.1, "--timeout", 2.0)
@@ -103,6 +113,7 @@ def test_with_20_percent_sync_loss_the_backup_table_matches_and_a_kill_loses_not
                     break
                 time.sleep(0.5)
             assert len(a) == 200 and a == b, (len(a), len(b), len(set(map(tuple, a)) ^ set(map(tuple, b))))
+            assert sync_receiver("tkl", "b")["gaps"] > gaps_before      # the loss was real
         finally:
             hold.kill()
             hold.communicate()
