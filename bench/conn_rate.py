@@ -4,15 +4,15 @@ FULLNAT on director a, and through tandem on director a, in one lab.
 One connection = connect, "WHOAMI\\n", one reply line, close (the client closes
 first; ~10 packets through the director).  Load: the C generator (bench/gen.c
 tcp, epoll, CONNS connections in flight) and a tiny C line server on each real
-server's port 8081 (bench/gen.c serve; the lab's Python echo servers would be
+server's port 8089 (bench/gen.c serve; the lab's Python echo servers would be
 the bottleneck), all pinned to CPU 0.  tandem's node is pinned to CPU 1.  Kernel
 NAT has no process: its work runs in softirq on the CPU that sends (mostly the
 load's CPU 0), so kernel_nat_cps is bounded by the load's core, as direct_cps is.
 
-  direct:     generator in director a's namespace -> rs1..3:8081 (no NAT, no director)
+  direct:     generator in director a's namespace -> rs1..3:8089 (no NAT, no director)
   kernel NAT: client -> VIP:80, nftables in a: dnat (numgen round-robin) + snat to
               the two laddrs, conntrack on; no tandem
-  tandem:     client -> VIP:80, `tandem node` in a (service to rs1..3:8081)
+  tandem:     client -> VIP:80, `tandem node` in a (service to rs1..3:8089)
 
 Each is measured `rounds` times, alternating, best kept (other work on the box
 only ever lowers a rate).
@@ -25,7 +25,9 @@ from typing import Any
 from bench import cgen, common
 
 PREFIX = "tbcps"
-PORT = 8081
+#: the C line servers' port: one the lab's own echo servers leave free (they hold
+#: lab.plan.RS_PORT and PROXY_RS_PORT; a C server that cannot bind never answers)
+PORT = 8089
 CONNS = 32
 RPS = False
 
@@ -48,8 +50,11 @@ def _nat_script(vip: str, reals: list[str], laddrs: list[str]) -> str:
 
 
 def _services() -> list[dict]:
+    """The lab's plain services (VIP:80 tcp and udp), to the C servers' port: the
+    PROXY services are left out, so the node runs the same configuration as before
+    they existed (before/after comparisons in docs/benchmarks.md)."""
     from lab import topology
-    svcs = topology.node_config("a")["services"]
+    svcs = [s for s in topology.node_config("a")["services"] if "client_address" not in s]
     for s in svcs:
         for r in s["real_servers"]:
             r["port"] = PORT

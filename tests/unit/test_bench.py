@@ -305,3 +305,15 @@ def test_render_health_beside_its_design_figures():
     assert "## Health checks (`health`)" in text
     assert "| stopped -> down (out of scheduling) | 1.5 | 1.3 / 1.4 | 1.2, 1.4 |" in text
     assert "health" in run.ORDER and "health" in run.LAB_MEASUREMENTS
+
+
+def test_conn_rate_servers_use_a_port_the_lab_leaves_free():
+    """The lab's echo servers hold RS_PORT and PROXY_RS_PORT on every real server; a C line
+    server on one of them cannot bind, and conn_rate failed with "the C line servers did not
+    answer".  The node's services point only at the C servers' port, and are the plain ones."""
+    from bench import conn_rate
+    from lab import plan
+    assert conn_rate.PORT not in (plan.RS_PORT, plan.PROXY_RS_PORT, plan.API_PORT)
+    svcs = conn_rate._services()
+    assert {(s["proto"], s["port"]) for s in svcs} == {("tcp", 80), ("udp", 80)}
+    assert all(r["port"] == conn_rate.PORT for s in svcs for r in s["real_servers"])
