@@ -180,6 +180,12 @@ class Node:
         log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
                  len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if self.sync else "")
         self.role.post(R.Started())
+        if not (cfg.ha and cfg.ha.vrrp):
+            # No election to wait for (whose start freezes, after the peer's bulk): the
+            # start-up's long-lived objects (modules, the API app, the config) leave the
+            # collector's view now, or every full collection under new connections scans
+            # them again (GcFreezer; the node before the Node object froze here too)
+            self.freezer.maybe_freeze(force=True)
         self._pump_task = asyncio.create_task(self._pump(), name=f"node-{cfg.name}")
         self._phase = "running"
 
