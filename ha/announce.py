@@ -93,7 +93,7 @@ def adopted(inp: Inputs) -> frozenset[str]:
 
 def decide(inp: Inputs, now: float, drain_since: float | None = None) -> Decision:
     """What to announce now (the table in the module's docstring)."""
-    nothing = frozenset()
+    nothing: frozenset[str] = frozenset()
     for cond, reason in ((inp.stopping, "stopping"), (not inp.node_ok, "node unhealthy"),
                          (not inp.engine_ok, "engine not running"),
                          (not inp.synced, "waiting for the peers' table")):
