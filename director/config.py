@@ -18,6 +18,7 @@ from typing import Any
 
 from director import config_rules as rules
 from director import sched
+from director.config_cluster import parse_cluster, refuse_unbuilt
 from proto.consts import PROTOS
 from schema import keys as K
 from schema.core import ConfigError, Reader
@@ -81,6 +82,7 @@ class NodeConfig:
     api_token: str = field(default=_N("api_token"), repr=False)
     script_user: str = _N("script_user")
     state_dir: str = _N("state_dir")
+    mode: str = _N("mode")
     timeouts: dict[str, float] = field(default_factory=K.TIMEOUTS.defaults)
     max_conns: int = _L("max_conns")
     lport_min: int = _L("lport_min")
@@ -148,7 +150,11 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
     rules.addresses_keep_their_roles(source, raw_services, services)
     rules.modes_keep_their_addresses(source, raw_services, services)
     ha = _ha(source, top, vips)
+    cluster = parse_cluster(source, node_kw["mode"], top, services,
+                            has_vrrp=ha is not None and ha.vrrp is not None)
     top.finish()
+    if cluster is not None:
+        refuse_unbuilt(source)
     return NodeConfig(**node_kw, timeouts=timeouts, **limits,
                       services=tuple(services), source=source, ha=ha)
 

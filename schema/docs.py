@@ -27,6 +27,7 @@ _CORE = (
     ("vrrp", "`[vrrp]`"),
     ("sync", "`[sync]`"),
     ("notify", "`[notify]`"),
+    ("cluster", "`[cluster]`"),
 )
 
 

@@ -67,6 +67,12 @@ NODE = section("node", "the node itself", keys=[
             "read at start; a changed value takes effect at the next start). `\"\"` keeps them in "
             "memory only. The Ansible role's unit lets "
             "the node write here (systemd `StateDirectory=tandem`)"),
+    Key("mode", str, "pair", choices=("pair", "cluster"), restart=True,
+        doc="`pair`: an active/backup pair (or one node) as described everywhere else. "
+            "`cluster`: one of N active directors behind a router's ECMP, each announcing the "
+            "VIPs over BGP through its BIRD daemon (`[cluster]`, docs/cluster.md). A cluster "
+            "config is read and checked in full (every service `maglev`, no `[vrrp]`), then "
+            "refused: the node does not run cluster mode yet"),
     Key("script_user", str, "", restart=True, shown='"" (the node\'s own user)',
         doc="the user (name or uid) that notify hooks and `command` health checks run as, "
             "always without the node's capabilities. A node running as root switches to it "
@@ -277,6 +283,20 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "must not leave on the client side"),
     Key("peers", list, [], doc="unicast: the peers as `host:port`"),
     Key("sock_buf", int, 1 << 20, unit="bytes", lo=0, doc="SO_SNDBUF / SO_RCVBUF (0 = the system's)"),
+])
+
+CLUSTER = section("cluster", "cluster mode (`node.mode = \"cluster\"`): how the node "
+                             "tells its BIRD daemon what to announce (docs/cluster.md)",
+                  restart=True, keys=[
+    Key("bird_socket", str, "/run/bird/bird.ctl",
+        doc="BIRD's control socket (`birdc -s`); Debian's bird2 listens here"),
+    Key("announce_include", str, "/etc/bird/tandem-announce.conf",
+        doc="the file the node writes the announced prefixes to; BIRD's config includes it "
+            "and exports its two static protocols, `tandem_announce4` and `tandem_announce6`, "
+            "to the router (docs/cluster.md has the BIRD side)"),
+    Key("drain_timeout", float, 300.0, unit="s", lo=1.0, hi=86400.0,
+        doc="a draining director withdraws its VIPs at once and its laddrs when its "
+            "connections have ended or after this long, whichever comes first"),
 ])
 
 NOTIFY = section("notify", "hooks run on entering a state: an argv list (no shell), with the "

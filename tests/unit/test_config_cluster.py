@@ -1,0 +1,87 @@
+"""`node.mode = "cluster"` and `[cluster]` (director/config_cluster.py): checked in full,
+each problem named by file and field, and a valid cluster file refused last, naming
+node.mode, because the node does not run cluster mode yet (docs/cluster.md)."""
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from director.config import ConfigError, parse
+from director.config_cluster import ClusterConfig, parse_cluster
+from schema import keys as K
+from schema.core import Reader
+
+SERVICE = """
+[[services]]
+proto = "tcp"
+vip = "198.19.41.100"
+port = 80
+scheduler = "{sched}"
+laddrs = ["198.19.42.11"]
+  [[services.real_servers]]
+  addr = "198.19.44.21"
+  port = 8080
+"""
+NODE = """
+[node]
+name = "a"
+mode = "{mode}"
+"""
+
+
+def doc(mode="cluster", sched="maglev", extra=""):
+    return tomllib.loads(NODE.format(mode=mode) + extra + SERVICE.format(sched=sched))
+
+
+def problem(d) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse(d, "c.toml")
+    return str(exc.value)
+
+
+def test_pair_is_the_default_and_unchanged():
+    cfg = parse(tomllib.loads('[node]\nname = "a"\n' + SERVICE.format(sched="wlc")), "c.toml")
+    assert cfg.mode == "pair" == K.NODE.default("mode")
+
+
+def test_a_valid_cluster_file_is_refused_last_naming_the_mode():
+    msg = problem(doc(extra='[cluster]\ndrain_timeout = 60.0\n'))
+    assert msg.startswith("c.toml: node.mode: ")
+    assert "not run yet" in msg
+
+
+@pytest.mark.parametrize("sched", ["mh", "wlc", "sh", "rr"])
+def test_cluster_mode_needs_maglev_on_every_service(sched):
+    msg = problem(doc(sched=sched))
+    assert msg.startswith("c.toml: services[0].scheduler: must be maglev in cluster mode")
+
+
+def test_cluster_mode_has_no_election():
+    extra = ('[interfaces]\nfront = "front"\nback = "back"\n'
+             '[vrrp]\nvrid = 51\npriority = 100\nprimary_address = "198.19.40.11"\n')
+    assert problem(doc(extra=extra)).startswith("c.toml: vrrp: has no place")
+
+
+def test_cluster_section_needs_the_mode():
+    msg = problem(doc(mode="pair", sched="wlc", extra='[cluster]\ndrain_timeout = 60.0\n'))
+    assert msg.startswith("c.toml: cluster: is only read with")
+
+
+@pytest.mark.parametrize("extra, field", [
+    ("drain_timeout = 0.5", "cluster.drain_timeout"),
+    ('bird_sock = "/x"', "cluster.bird_sock"),
+    ("bird_socket = 3", "cluster.bird_socket"),
+])
+def test_cluster_keys_are_checked(extra, field):
+    assert problem(doc(extra=f"[cluster]\n{extra}\n")).startswith(f"c.toml: {field}")
+
+
+def test_cluster_section_defaults_come_from_the_schema():
+    top = Reader("c.toml", "", {"cluster": {}}, K.TOP)
+    got = parse_cluster("c.toml", "cluster", top, [], has_vrrp=False)
+    assert got == ClusterConfig()
+    assert (got.bird_socket, got.announce_include, got.drain_timeout) == tuple(
+        K.CLUSTER.default(k) for k in ("bird_socket", "announce_include", "drain_timeout"))
+    top = Reader("c.toml", "", {"cluster": {"drain_timeout": 42.0}}, K.TOP)
+    assert parse_cluster("c.toml", "cluster", top, [], has_vrrp=False).drain_timeout == 42.0
