@@ -114,7 +114,7 @@ class SyncPolicy:
         timeout_j = round(timeout * HZ)
         n = (now_j + timeout_j) & ~3
         state = conn.state
-        adj = conn.seqadj
+        adj = getattr(conn, "seqadj", None)     # (a kernel-mode flow has none)
         if adj is not None and adj.inserted and not adj.announced:
             # the PROXY header has just gone out: the peer must know now, or a
             # takeover would send a second one (docs/client-address.md, "Failover")
