@@ -10,7 +10,14 @@ On EOF from the peer the remaining partial line is echoed and the write side is 
 On the PROXY port (TCP only) every connection must open with a PROXY protocol header, version 1 or
 2 (proto.proxy); ``WHOAMI`` then answers with the client address and port the header gives (the
 connection's peer for a LOCAL or UNKNOWN header), and a connection whose header is malformed is
-closed with one line in the log.
+closed with one line in the log.  When such a connection ends, one line in the log says what
+its stream held, for the drills to judge (`parse_stream_line` reads it back):
+
+    echo rs1: proxy stream <client_ip>:<client_port> headers <n> bytes <m> at <wall time>
+
+`headers` counts the opening header and every PROXY signature (v2's 12 bytes, v1's
+``PROXY TCP``) found later in the stream: 1 means exactly one header.  `bytes` counts the
+bytes after the opening header; `at` is the wall time the header arrived.
 
 UDP: a datagram ``WHOAMI`` (optionally followed by a newline) is answered with
 ``<name> <peer_ip>:<peer_port>``; anything else is echoed.
@@ -21,14 +28,51 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import resource
 import signal
 import sys
+import time
 
 from proto import proxy
 
 MAX_PARTIAL = 64 * 1024
 READ_SIZE = 64 * 1024
+#: what a second PROXY header would start with, in either version
+_SIGNATURES = (proxy.SIGNATURE, b"PROXY TCP")
+_KEEP = max(len(s) for s in _SIGNATURES) - 1
+_STREAM_LINE = re.compile(r"echo (\S+): proxy stream (\S+):(\d+) headers (\d+) bytes (\d+) at ([\d.]+)$")
+
+
+class StreamCount:
+    """What one PROXY connection's stream held after its opening header: PROXY signatures
+    (a second header) and bytes, counted across read boundaries."""
+
+    __slots__ = ("headers", "bytes", "tail")
+
+    def __init__(self) -> None:
+        self.headers = 1
+        self.bytes = 0
+        self.tail = b""
+
+    def feed(self, data: bytes) -> None:
+        self.bytes += len(data)
+        if not data:
+            return
+        tail = self.tail
+        window = tail + data
+        for sig in _SIGNATURES:     # only matches that end in the new data
+            self.headers += window.count(sig, max(0, len(tail) - len(sig) + 1))
+        self.tail = window[-_KEEP:]
+
+
+def parse_stream_line(line: str) -> dict | None:
+    """A `proxy stream` log line as a dict (server, client, cport, headers, bytes, at)."""
+    m = _STREAM_LINE.search(line.strip())
+    if m is None:
+        return None
+    return {"server": m[1], "client": m[2], "cport": int(m[3]), "headers": int(m[4]),
+            "bytes": int(m[5]), "at": float(m[6])}
 
 
 def _raise_nofile() -> None:
@@ -88,13 +132,20 @@ class EchoServer:
         whoami = f"{self.name} {peer[0]}:{peer[1]}\n".encode()
         buf = bytearray()
         cont = False
+        count: StreamCount | None = None
+        client = ""
+        at = 0.0
         try:
             if expect_proxy:
                 header, rest = await _read_proxy_header(reader)
                 if header is None:
                     return
+                at = time.time()
+                client = f"{header.src}:{header.sport}"
                 if header.src is not None:
-                    whoami = f"{self.name} {header.src}:{header.sport}\n".encode()
+                    whoami = f"{self.name} {client}\n".encode()
+                count = StreamCount()
+                count.feed(rest)
                 buf += rest
                 out, cont = process_buffer(buf, cont, whoami)
                 if out:
@@ -104,6 +155,8 @@ class EchoServer:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
+                if count is not None:
+                    count.feed(data)
                 buf += data
                 out, cont = process_buffer(buf, cont, whoami)
                 if out:
@@ -120,6 +173,9 @@ class EchoServer:
             pass
         finally:
             self.active -= 1
+            if count is not None:
+                print(f"echo {self.name}: proxy stream {client} headers {count.headers} "
+                      f"bytes {count.bytes} at {at:.6f}", file=sys.stderr, flush=True)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -47,3 +47,21 @@ def test_v2_and_v1_headers_name_the_client():
 def test_local_header_names_the_peer_and_a_bad_header_gets_nothing():
     assert run(proxy.encode_v2_local() + b"WHOAMI\n").startswith(b"rs9 127.0.0.1:")
     assert run(b"GET / HTTP/1.0\r\n\r\nWHOAMI\n") == b""
+
+
+def test_the_stream_count_finds_a_second_header_across_reads():
+    from lab.echo import StreamCount, parse_stream_line
+    second = proxy.encode(2, "198.18.1.10", "198.18.0.100", 40000, 81)
+    data = b"hello\n" * 3 + second + b"more\n" + proxy.encode(1, "198.18.1.10", "198.18.0.100", 1, 2)
+    for step in (1, 5, 64):
+        c = StreamCount()
+        for i in range(0, len(data), step):
+            c.feed(data[i:i + step])
+        assert (c.headers, c.bytes) == (3, len(data))
+    clean = StreamCount()
+    clean.feed(b"PROXY\r\n" * 100)
+    assert clean.headers == 1
+    line = "echo rs2: proxy stream 198.18.1.10:40001 headers 1 bytes 120 at 1700000000.250000"
+    assert parse_stream_line(line) == {"server": "rs2", "client": "198.18.1.10", "cport": 40001,
+                                       "headers": 1, "bytes": 120, "at": 1700000000.25}
+    assert parse_stream_line("echo rs2: listening") is None
