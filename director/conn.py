@@ -34,11 +34,14 @@ class Conn:
         "in_pkts", "old_state", "sync_endtime", "control", "synack_seq", "seqadj",
     )
 
-    def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport) -> None:
+    def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
+                 orig_key: bytes | None = None) -> None:
+        """`orig_key`: the ORIGINAL tuple's key when the caller has it (the engine: the
+        opening packet's own key, byte-identical to flow_key's), else computed."""
         self.proto = proto
         self.caddr, self.cport, self.vaddr, self.vport = caddr, cport, vaddr, vport
         self.laddr, self.lport, self.daddr, self.dport = laddr, lport, daddr, dport
-        self.orig_key = flow_key(proto, caddr, vaddr, cport, vport)
+        self.orig_key = flow_key(proto, caddr, vaddr, cport, vport) if orig_key is None else orig_key
         self.reply_key = flow_key(proto, daddr, laddr, dport, lport)
         self.rw_in: Rewrite | None = None      # both set by make_rewrites()
         self.rw_out: Rewrite | None = None
@@ -79,10 +82,8 @@ def make_rewrites(conn: Conn) -> None:
     """The two precomputed rewrite templates: client->VIP becomes laddr->real
     server, and real server->laddr becomes VIP->client."""
     family = 4 if len(conn.vaddr) == 4 else 6
-    conn.rw_in = Rewrite(family, conn.proto, conn.caddr, conn.vaddr, conn.cport, conn.vport,
-                         conn.laddr, conn.daddr, conn.lport, conn.dport)
-    conn.rw_out = Rewrite(family, conn.proto, conn.daddr, conn.laddr, conn.dport, conn.lport,
-                          conn.vaddr, conn.caddr, conn.vport, conn.cport)
+    conn.rw_in, conn.rw_out = Rewrite.pair(family, conn.proto, conn.caddr, conn.vaddr, conn.cport,
+                                           conn.vport, conn.laddr, conn.daddr, conn.lport, conn.dport)
 
 
 class Connections:
@@ -95,6 +96,7 @@ class Connections:
     def __init__(self, max_conns: int, protocols: Mapping[int, Protocol], stats: dict,
                  tick: float = 0.1, now: float = 0.0) -> None:
         self.table = ConnTable(max_conns, self._expired, tick, now)
+        self._closing = self.table.closing_entries     # set_state writes it directly
         self.protocols = protocols
         self.stats = stats
 
@@ -117,13 +119,33 @@ class Connections:
         make_rewrites(conn)
         conn.created = now
 
-    def set_state(self, conn: Conn, new: int) -> None:
+    def set_state(self, conn: Conn, new: int, proto: Protocol | None = None) -> None:
         """Enter a new state; set_tcp_state's accounting: only the protocol's
-        active states count as active."""
-        proto = self.protocols[conn.proto]
-        self.set_inactive(conn, new not in proto.active_states)
+        active states count as active.  `proto`: the connection's protocol, when
+        the caller has it at hand.
+
+        Every TCP connection changes state four or five times, so this is
+        set_inactive and ConnTable.closing inlined (one call, not three; tuples
+        indexed by state, not set lookups)."""
+        if proto is None:
+            proto = self.protocols[conn.proto]
+        dest = conn.dest
+        if dest is not None:
+            inactive = proto.inactive_in[new]
+            flags = conn.flags
+            if bool(flags & INACTIVE) != inactive:
+                if inactive:
+                    dest.active -= 1
+                    dest.inactive += 1
+                else:
+                    dest.inactive -= 1
+                    dest.active += 1
+                conn.flags = flags ^ INACTIVE
         conn.state = new
-        self.table.closing(conn, new in proto.early_drop_states)
+        if proto.closing_in[new]:
+            self._closing[conn] = None
+        else:
+            self._closing.pop(conn, None)
 
     def track_state(self, conn: Conn) -> None:
         """Note a state set from outside (sync) for early drop."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from math import ceil as _ceil
 from typing import Callable, NamedTuple
 
 from director import ctl, proxy_insert
@@ -78,7 +79,8 @@ class Engine:
         self.conns = Connections(cfg.max_conns, self.protocols, self.stats, cfg.tick, now)
         self.table = self.conns.table
         self.index = self.table.index          # the hot path reads the dict directly
-        self._refresh = self.table.wheel.refresh
+        self._wheel = self.table.wheel
+        self._tick = self._wheel.tick          # the wheel's, never changed after creation
         self.templates = Templates(cfg.tick, now, cfg.expire_quiescent_template)
         #: every laddr's port cursor and counts: the node's, kept across reloads
         self.ports = PortSpace(cfg.lport_min, cfg.lport_max, self.table.has_key)
@@ -131,12 +133,18 @@ class Engine:
                     self.conns.drop(conn)
                     self.stats["conns_reused"] += 1
                     return self._new(data, pkt, now)
-                self.conns.set_state(conn, new)
+                self.conns.set_state(conn, new, proto)
             # only a connection that has seen a reply can prove it is two-way
             if (not cflags & _PROVEN_OR_UNREPLIED and now - conn.created >= proto.assure_after
                     and proto.proves_two_way(conn, data, pkt, inbound, now)):
                 self.conns.assure(conn)
-            self._refresh(conn, now + (proto.ops_timeout if cflags & ONE_PACKET else proto.timeouts[new]))
+            # TimerWheel.refresh inlined (two calls fewer on every packet): the new
+            # deadline is written, and the entry filed again only when it moved
+            # earlier than the slot it is in
+            expires = conn.expires = now + (proto.ops_timeout if cflags & ONE_PACKET
+                                            else proto.timeouts[new])
+            if _ceil(expires / self._tick) < conn.timer_tick:
+                self._wheel.schedule(conn)
             dest = conn.dest
             if inbound:
                 self.stats["forwarded_in"] += 1
@@ -168,7 +176,7 @@ class Engine:
         svc = self.services.get((proto, pkt.dst, pkt.dport))
         if svc is None:
             return self._unowned(data, pkt)
-        ops = self.protocols[proto]
+        ops = self._protocol_of[proto]
         if not ops.opens[pkt.flags]:
             self.drops["no_conn"] += 1
             return None
@@ -176,7 +184,8 @@ class Engine:
                                     and (pkt.family == 6 or P.ipv4_header_ok(data))):
             self.drops["bad_checksum"] += 1
             return None
-        if self.conns.full() and not self.conns.early_drop():
+        table = self.table
+        if table.count >= table.max_conns and not self.conns.early_drop():
             self.drops["table_full"] += 1
             return None
         template = None
@@ -207,7 +216,8 @@ class Engine:
                 self.templates.touch(template, now, svc.persistent)
         # the service's, pool's and dest's own address objects, not per-packet
         # copies: a million connections share them
-        conn = Conn(proto, pkt.src, pkt.sport, svc.vip, pkt.dport, laddr, lport, dest.addr, dest.port)
+        conn = Conn(proto, pkt.src, pkt.sport, svc.vip, pkt.dport, laddr, lport, dest.addr, dest.port,
+                    pkt.key)
         # __ip_vs_update_dest puts INACTIVE in every dest's conn_flags: a new
         # connection counts as inactive until its protocol makes it active.
         conn.flags |= INACTIVE
@@ -220,9 +230,9 @@ class Engine:
             conn.flags |= ONE_PACKET
             expires = now + ops.ops_timeout
         else:
-            self.conns.set_state(conn, ops.initial_state(pkt.flags))
+            self.conns.set_state(conn, ops.initial[pkt.flags], ops)
             expires = now + ops.timeouts[conn.state]
-        self.table.insert(conn, expires, reply_only=one_packet)
+        table.insert(conn, expires, reply_only=one_packet)
         self.stats["conns_new"] += 1
         self.stats["forwarded_in"] += 1
         dest.packets_in += 1

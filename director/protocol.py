@@ -77,6 +77,13 @@ class Protocol:
         rows[NOOUTPUT] = self._with_reuse(self.next[INPUT_ONLY])
         self.next_in = tuple(rows)
         self.next_out = self.next[OUTPUT]
+        # the same sets as tuples indexed by state, and the first state as a tuple indexed
+        # by flags: what every state change and every new connection asks, without a
+        # hash or a call (Connections.set_state, Engine._new)
+        n = len(self.state_names)
+        self.inactive_in = tuple(s not in self.active_states for s in range(n))
+        self.closing_in = tuple(s in self.early_drop_states for s in range(n))
+        self.initial = tuple(self.initial_state(f) for f in range(256))
 
     def set_timeouts(self, timeouts: Mapping[str, float]) -> None:
         """Take the timeouts of a (new) config; connections pick them up at

@@ -22,6 +22,7 @@ __all__ = ["Rewrite", "apply", "rewrite_icmp_error"]
 _H = struct.Struct("!H")
 _HH = struct.Struct("!HH")
 _L = struct.Struct("!L")
+_M = 0xFFFF
 
 
 def _check_addrs(family: int, *addrs: bytes) -> None:
@@ -55,6 +56,39 @@ class Rewrite:
         # the addresses through the pseudo-header, and the ports.
         self.ip_delta = delta(old_addrs, self.addrs) if family == 4 else 0
         self.l4_delta = delta(old_addrs + old_ports, self.addrs + self.ports)
+
+    @classmethod
+    def pair(cls, family: int, proto: int, caddr: bytes, vaddr: bytes, cport: int, vport: int,
+             laddr: bytes, daddr: bytes, lport: int, dport: int) -> tuple["Rewrite", "Rewrite"]:
+        """A FULLNAT connection's two rewrites: client->VIP becomes laddr->real server, and
+        real server->laddr becomes VIP->client; equal to the two Rewrite(...) calls.
+
+        Built once per new connection, so it is cheaper than two constructors: the
+        addresses are checked once, and the reply direction's deltas are the negation of
+        the original's (its old words are the original's new ones and the reverse, so the
+        two sums add up to a multiple of 0xffff), computed only where that identity is
+        not exact (a sum of 0 or 0xffff)."""
+        _check_addrs(family, caddr, vaddr, laddr, daddr)
+        if proto != TCP and proto != UDP:
+            raise ValueError(f"FULLNAT rewrites TCP or UDP, not protocol {proto}")
+        new = cls.__new__
+        rw_in, rw_out = new(cls), new(cls)
+        rw_in.family = rw_out.family = family
+        rw_in.proto = rw_out.proto = proto
+        rw_in.addrs = in_addrs = bytes(laddr) + bytes(daddr)
+        rw_in.ports = in_ports = _HH.pack(lport, dport)
+        rw_out.addrs = out_addrs = bytes(vaddr) + bytes(caddr)
+        rw_out.ports = out_ports = _HH.pack(vport, cport)
+        if family == 4:
+            d = delta(out_addrs, in_addrs)
+            rw_in.ip_delta = d
+            rw_out.ip_delta = _M - d if 0 < d < _M else delta(in_addrs, out_addrs)
+        else:
+            rw_in.ip_delta = rw_out.ip_delta = 0
+        d = delta(out_addrs + out_ports, in_addrs + in_ports)
+        rw_in.l4_delta = d
+        rw_out.l4_delta = _M - d if 0 < d < _M else delta(in_addrs + in_ports, out_addrs + out_ports)
+        return rw_in, rw_out
 
     @property
     def new_src(self) -> bytes:

@@ -388,3 +388,35 @@ def test_seq_delta_wraps_and_is_ignored_for_udp():
     usent = raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"abcd")
     uerr = raw(IP(src="10.0.0.9", dst="10.0.0.1") / ICMP(type=3, code=3) / Raw(usent))
     check_icmp_error(uerr, (a, a, a, a, 7, 8), seq_delta=5)        # UDP: nothing to shift
+
+
+def _fields(rw):
+    return (rw.family, rw.proto, rw.addrs, rw.ports, rw.ip_delta, rw.l4_delta)
+
+
+_EDGE_ADDR = st.sampled_from([0, 0xFF, 0x7F, 1])
+
+
+@pytest.mark.parametrize("fam, proto", [(4, 6), (4, 17), (6, 6), (6, 17)])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_pair_equals_the_two_constructors(fam, proto, data):
+    """Rewrite.pair (the engine's new-connection path) negates the original direction's
+    deltas for the reply direction; it must give exactly what the two constructors give,
+    including the edges where a folded sum is 0 or 0xffff (all-zero and all-ones words)."""
+    n = 4 if fam == 4 else 16
+    addr = st.one_of(st.binary(min_size=n, max_size=n),
+                     _EDGE_ADDR.map(lambda b: bytes([b]) * n))
+    port = st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0, 0xFFFF]))
+    c, v, la, d = (data.draw(addr) for _ in range(4))
+    cp, vp, lp, dp = (data.draw(port) for _ in range(4))
+    rw_in, rw_out = Rewrite.pair(fam, proto, c, v, cp, vp, la, d, lp, dp)
+    assert _fields(rw_in) == _fields(Rewrite(fam, proto, c, v, cp, vp, la, d, lp, dp))
+    assert _fields(rw_out) == _fields(Rewrite(fam, proto, d, la, dp, lp, v, c, vp, cp))
+
+
+def test_pair_checks_like_the_constructor():
+    with pytest.raises(ValueError):
+        Rewrite.pair(4, 6, b"\x01" * 4, b"\x02" * 4, 1, 2, b"\x03" * 16, b"\x04" * 4, 3, 4)
+    with pytest.raises(ValueError):
+        Rewrite.pair(4, 1, b"\x01" * 4, b"\x02" * 4, 1, 2, b"\x03" * 4, b"\x04" * 4, 3, 4)
