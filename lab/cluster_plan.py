@@ -1,0 +1,73 @@
+"""The plan of the cluster lab (`tandem lab up --cluster N`, not built yet): every name,
+address and expected route, as data; nothing here touches the system.
+
+::
+
+    {p}-client  eth0 198.19.44.10/24 ── client 198.19.44.1/24   {p}-router
+                                         br0    198.19.40.1/24  (BIRD, ECMP)
+                                         back   198.19.46.1/24 ── rs1..3 198.19.46.21..23
+                 ┌───────────────────────┼─────────────────────┐
+    {p}-a  eth0 198.19.40.11/24   {p}-b  198.19.40.12   {p}-c  198.19.40.13   ...
+           VIP 198.19.41.100/32 on lo, laddrs 198.19.42.11/32 (a), .12 (b), .13 (c) on lo
+
+Each director is single-homed on the router's segment: clients reach the VIP through the
+router's multipath route (one next hop per director announcing it), and real servers,
+which sit behind the router, reach each laddr through the /32 its owner announces, so a
+reply always returns to the director that owns its laddr (or, after the owner died, to
+the survivor that adopted it: ha/announce.py).  The routing half (router and directors
+running BIRD) is built today by lab/bgp.py with these addresses; the client, the real
+servers and the nodes in cluster mode are what `--cluster` still has to add.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from . import bgp
+from . import state as st
+
+CLIENT_NET = ipaddress.ip_network("198.19.44.0/24")
+BACK_NET = ipaddress.ip_network("198.19.46.0/24")
+ROUTER_CLIENT_ADDR, CLIENT_ADDR = str(CLIENT_NET[1]), str(CLIENT_NET[10])
+ROUTER_BACK_ADDR = str(BACK_NET[1])
+REAL_SERVERS = [{"name": f"rs{i}", "addr": str(BACK_NET[20 + i])} for i in (1, 2, 3)]
+#: the cluster lab's whole range: disjoint from the pair lab's (lab/plan.py) and the
+#: other lab tests' (198.19.10-11, 198.19.20-21)
+CLUSTER_RANGE = ipaddress.ip_network("198.19.40.0/21")
+
+
+def plan(prefix: str, n: int) -> dict[str, Any]:
+    """The cluster lab of `n` directors, as `tandem lab up --cluster N --json` would list it:
+    the directors under `directors` (as the pair lab does), plus the router's expected
+    routes (the VIP via every director, each laddr via its owner)."""
+    p = st.check_prefix(prefix)
+    rows = bgp.director_rows(n)
+    return {
+        "prefix": p,
+        "mode": "cluster",
+        "vip": bgp.VIP,
+        "client": {"ns": f"{p}-client", "addr": CLIENT_ADDR, "gateway": ROUTER_CLIENT_ADDR},
+        "router": {
+            "ns": f"{p}-router", "as": bgp.ROUTER_AS,
+            "client_addr": ROUTER_CLIENT_ADDR, "front_addr": bgp.ROUTER_ADDR,
+            "back_addr": ROUTER_BACK_ADDR,
+            "routes": {f"{bgp.VIP}/32": [d["addr"] for d in rows],
+                       **{f"{d['laddr']}/32": [d["addr"]] for d in rows}},
+        },
+        "directors": [
+            {"name": d["name"], "ns": f"{p}-{d['name']}", "front_addr": d["addr"],
+             "as": bgp.DIRECTOR_AS, "laddrs": [d["laddr"]],
+             "api": f"http://{d['addr']}:9100"}
+            for d in rows
+        ],
+        "real_servers": [{**r, "ns": f"{p}-{r['name']}", "port": 8080} for r in REAL_SERVERS],
+    }
+
+
+def addresses(desc: dict[str, Any]) -> list[str]:
+    """Every address the plan hands out (for the range and uniqueness checks)."""
+    r = desc["router"]
+    return ([desc["vip"], desc["client"]["addr"], r["client_addr"], r["front_addr"],
+             r["back_addr"]]
+            + [a for d in desc["directors"] for a in [d["front_addr"], *d["laddrs"]]]
+            + [s["addr"] for s in desc["real_servers"]])

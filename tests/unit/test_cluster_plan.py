@@ -1,0 +1,39 @@
+"""The cluster lab's plan (lab/cluster_plan.py): names, addresses and expected routes."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from lab import cluster_plan, plan as pair_plan
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_plan_lists_n_directors_and_the_routes_the_router_should_hold(n):
+    desc = cluster_plan.plan("cl", n)
+    names = [d["name"] for d in desc["directors"]]
+    assert names == [chr(ord("a") + i) for i in range(n)]
+    routes = desc["router"]["routes"]
+    assert routes[f"{desc['vip']}/32"] == [d["front_addr"] for d in desc["directors"]]
+    for d in desc["directors"]:
+        assert routes[f"{d['laddrs'][0]}/32"] == [d["front_addr"]]
+    assert len(routes) == n + 1
+
+
+def test_addresses_unique_and_in_the_cluster_range_away_from_the_pair_lab():
+    desc = cluster_plan.plan("cl", 8)
+    addrs = cluster_plan.addresses(desc)
+    assert len(addrs) == len(set(addrs))
+    pair_nets = [ipaddress.ip_network(x) for x in
+                 (pair_plan.CLIENT_NET, pair_plan.FRONT_NET, pair_plan.BACK_NET)]
+    for a in map(ipaddress.ip_address, addrs):
+        assert a in cluster_plan.CLUSTER_RANGE and a in pair_plan.LAB_NET
+        assert not any(a in net for net in pair_nets)
+
+
+def test_plan_refuses_bad_sizes_and_prefixes():
+    for n in (0, 9):
+        with pytest.raises(ValueError):
+            cluster_plan.plan("cl", n)
+    with pytest.raises(ValueError):
+        cluster_plan.plan("bad prefix!", 3)
