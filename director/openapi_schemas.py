@@ -85,10 +85,14 @@ SCHEMAS: dict[str, Any] = {
                 "description": "kernel-mode forwarding (null when no service is kernel-mode): "
                                "the flows followed from conntrack events and their counts, "
                                "events received, events lost (overruns: ENOBUFS), the dumps "
-                               "that repaired the view (resyncs) and what they changed (repaired)",
+                               "that repaired the view (resyncs) and what they changed (repaired); "
+                               "with sync, the entries made from events (sync_*: urgent, "
+                               "refreshes, ends) and the injections of the peer's (inject_*)",
                 "properties": {k: _INT for k in (
                     "flows", "active", "inactive", "events", "overruns", "resyncs", "repaired",
-                    "dump_failures", "deleted")},
+                    "dump_failures", "deleted", "sync_entries", "sync_urgent", "sync_refreshes",
+                    "sync_ends", "inject_created", "inject_updated", "inject_deleted",
+                    "inject_failed", "inject_backlog")},
                 "additionalProperties": True,
             },
             "vrrp": {"nullable": True, "allOf": [ref("VrrpStatus")],

@@ -148,6 +148,16 @@ class KernelSync:
             self._tick = None
         self.sock.close()
 
+    def counters(self) -> dict[str, int]:
+        """Flat counters for /status "kernel": entries made from events (urgent ones,
+        refreshes, ends) and what the injection did."""
+        src, inj = self.source.stats, self.injector.stats
+        return {"sync_entries": src["entries"] + src["ends"], "sync_urgent": src["urgent"],
+                "sync_refreshes": src["refreshes"], "sync_ends": src["ends"],
+                "inject_created": inj["created"], "inject_updated": inj["updated"],
+                "inject_deleted": inj["deleted"], "inject_failed": inj["failed"],
+                "inject_backlog": self.injector.backlog}
+
     def describe(self) -> dict:
         return {"source": dict(self.source.stats), "flows": len(self.source.flows),
                 "injector": dict(self.injector.stats), "inject_errors": dict(self.injector.errors),
@@ -160,3 +170,11 @@ def attach(engine: Engine, kernel_path: Any, sync: Any, kernel: Any,
     if sync is None or not hasattr(sync, "receiver") or not hasattr(kernel, "open_ct_inject"):
         return None
     return KernelSync(engine, kernel_path, sync, kernel, clock)
+
+
+def kernel_status(kernel_path: Any, kernel_sync: KernelSync | None) -> dict | None:
+    """/status "kernel": the kernel path's counters, with kernel sync's when it runs."""
+    base = kernel_path.describe()
+    if base is None or kernel_sync is None:
+        return base
+    return {**base, **kernel_sync.counters()}

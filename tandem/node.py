@@ -42,7 +42,7 @@ from schema.core import FieldError, os_reason
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
 from tandem.kernel_mode import KernelPath, engine_addresses
-from tandem.kernel_sync import attach as attach_kernel_sync
+from tandem.kernel_sync import attach as attach_kernel_sync, kernel_status
 from tandem.state_file import StateFile, load as load_overrides, path_in
 
 log = logging.getLogger("tandem.node")
@@ -139,7 +139,7 @@ class Node:
                                control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
                                reload=self.reload, resign=self.resign, resume=self.resume,
-                               kernel=lambda: self.kernel_path.describe())
+                               kernel=lambda: kernel_status(self.kernel_path, self.kernel_sync))
         if self.sync is not None:
             self.sync.on_peer_state(self._on_peer_state)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]

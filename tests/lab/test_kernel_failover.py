@@ -114,6 +114,10 @@ def test_with_20_percent_sync_loss_the_backup_table_matches_and_a_kill_loses_not
                 time.sleep(0.5)
             assert len(a) == 200 and a == b, (len(a), len(b), len(set(map(tuple, a)) ^ set(map(tuple, b))))
             assert sync_receiver("tkl", "b")["gaps"] > gaps_before      # the loss was real
+            kb = topology.node_status("tkl", "b", timeout=5.0)["kernel"]
+            assert kb["inject_created"] >= 200 and kb["inject_failed"] == 0, kb
+            ka = topology.node_status("tkl", "a", timeout=5.0)["kernel"]
+            assert ka["sync_urgent"] >= 400 and ka["inject_created"] == 0, ka
         finally:
             hold.kill()
             hold.communicate()

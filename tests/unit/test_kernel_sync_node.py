@@ -77,6 +77,8 @@ def test_a_master_sends_its_kernel_flows_and_a_backup_does_not():
         flows.resync([])
         ends = sent_entries(node)
         assert sorted((e.cport, e.timeout) for e in ends) == [(1, 0), (2, 0), (3, 0)]
+        c = ks.counters()
+        assert (c["sync_urgent"], c["sync_ends"], c["inject_created"]) == (2, 3, 0)
     asyncio.run(go())
 
 
@@ -104,4 +106,6 @@ def test_the_peers_kernel_mode_entries_are_injected_and_engine_mode_ones_applied
         rx.apply(kentry, 2.0)
         await asyncio.sleep(0)
         assert inj.sent[-1].msg_type == ct.MSG_DELETE
+        c = node.kernel_sync.counters()
+        assert (c["inject_created"], c["inject_deleted"], c["inject_backlog"]) == (1, 1, 0)
     asyncio.run(go())
