@@ -125,3 +125,46 @@ def test_announcer_core_drives_bird_through_a_drain(lab3):
     run(inp, 12.0)
     bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "b", "c"))
     bgp.wait_nexthops(PREFIX, "198.19.42.12", hops_of(lab3, "b"))
+
+
+@pytest.fixture(scope="module")
+def traffic(lab3):
+    from lab import bgp_traffic
+    bgp_traffic.add_client(PREFIX)
+    bgp_traffic.serve_vip(PREFIX, [d["name"] for d in lab3["directors"]])
+    return bgp_traffic
+
+
+def test_connections_spread_over_every_announcing_director(lab3, traffic):
+    """300 connections from the client to the VIP: the router's multipath route sends
+    some to each of the three directors; with b's announcement withdrawn, none to b."""
+    out = traffic.whoami(PREFIX, 300, 10)
+    assert out["ok"] == 300 and set(out["by_server"]) == {"a", "b", "c"}, out
+    bgp.announce(PREFIX, "b", ["198.19.42.12"])
+    try:
+        bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "c"))
+        out = traffic.whoami(PREFIX, 300, 10)
+        assert out["ok"] == 300 and set(out["by_server"]) == {"a", "c"}, out
+    finally:
+        bgp.announce(PREFIX, "b", [bgp.VIP, "198.19.42.12"])
+    bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "b", "c"))
+
+
+def test_a_withdrawal_moves_flows_of_surviving_directors_too(lab3, traffic):
+    """The problem cluster mode's synced state is for: the kernel's multipath hash splits
+    the hash space by the number of next hops, so when one of three goes, flows whose
+    director is still there move as well, and when it comes back they move again (back
+    to the same director: the choice is a function of the flow and the next-hop set)."""
+    fl = traffic.flows(2000)
+    three = traffic.router_choice(PREFIX, fl)
+    assert set(three.values()) == set(hops_of(lab3, "a", "b", "c"))
+    bgp.announce(PREFIX, "c", ["198.19.42.13"])
+    try:
+        bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "b"))
+        two = traffic.router_choice(PREFIX, fl)
+        assert set(two.values()) == set(hops_of(lab3, "a", "b"))
+        assert traffic.moved(three, two)["moved_needlessly"] > 0
+    finally:
+        bgp.announce(PREFIX, "c", [bgp.VIP, "198.19.42.13"])
+    bgp.wait_nexthops(PREFIX, bgp.VIP, hops_of(lab3, "a", "b", "c"))
+    assert traffic.router_choice(PREFIX, fl) == three
