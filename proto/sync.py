@@ -218,9 +218,13 @@ class SyncEntry:
                 self.vport, self.laddr, self.lport, self.daddr, self.dport, t,
                 bool(self.template), self.in_pkts]
         if self.seq is not None:
-            init_seq, delta, previous_delta, sent, version = self.seq
-            wire.append({OPT_SEQ: [init_seq, delta, previous_delta, bool(sent), version]})
+            wire.append(_seq_wire(self.seq))
         return wire
+
+
+def _seq_wire(seq: tuple) -> dict:
+    init_seq, delta, previous_delta, sent, version = seq
+    return {OPT_SEQ: [init_seq, delta, previous_delta, bool(sent), version]}
 
 
 @dataclass(slots=True)
@@ -268,9 +272,36 @@ def _check_header(sync_id: int, node_id: str, epoch: int, seq: int) -> None:
         raise ValueError("epoch and seq must be 0..2**64-1")
 
 
+#: one packer for every entry: msgpack.packb makes a Packer per call, which cost as much
+#: as the packing itself (0.8 against 0.4 us an entry).  Its pack() runs in C without
+#: calling back into Python for the types an entry holds, and resets after an error.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
 def pack_entry(entry: SyncEntry) -> bytes:
     """The msgpack bytes of one entry, ready to be joined into a DATA body."""
-    return msgpack.packb(entry.to_wire(), use_bin_type=True)
+    return _pack(entry.to_wire())
+
+
+def pack_conn(conn, now: float, timeout: float) -> bytes:
+    """pack_entry(SyncEntry.from_conn(conn, now, timeout)), byte for byte, without the
+    entry object in between: the engine's sync hook makes one for most packets of a new
+    connection, and the object and its to_wire cost 1.6 us of the 2.9 (tests hold the
+    two paths equal)."""
+    t = float(timeout)
+    if conn.expires > 0:
+        t = min(t, max(conn.expires - now, 0.0))
+    # the addresses as they are: msgpack packs bytes, bytearray and memoryview alike (bin),
+    # so the bytes() copies from_conn makes would change nothing on the wire
+    wire = [conn.proto, conn.state, conn.flags & _ENTRY_FLAGS, conn.caddr, conn.cport,
+            conn.vaddr, conn.vport, conn.laddr, conn.lport, conn.daddr,
+            conn.dport, int(t) if t.is_integer() else t, False, conn.in_pkts]
+    adj = conn.seqadj
+    if adj is not None:
+        seq = adj.sync_option()
+        if seq is not None:
+            wire.append(_seq_wire(seq))
+    return _pack(wire)
 
 
 def _body(msg: Message) -> Any:

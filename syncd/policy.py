@@ -55,7 +55,7 @@ import math
 from typing import Callable
 
 from proto.consts import ESTABLISHED, SYN_RECV, TCP, TCP_SYNC_STATES
-from proto.sync import SyncEntry
+from proto.sync import SyncEntry, pack_conn
 
 HZ = 1000
 #: needed()'s answer for a change into ESTABLISHED: send, and do not wait to batch
@@ -162,9 +162,13 @@ class SyncPolicy:
         return True     # the kernel's cmpxchg cannot lose here: one thread per engine
 
 
-def make_hook(policy: SyncPolicy, engine, queue: Callable[..., None]):
+def make_hook(policy: SyncPolicy, engine, queue: Callable[..., None],
+              queue_packed: Callable[..., None] | None = None):
     """An Engine.sync_hook: ask the policy, and queue an entry when it says so.
-    `queue(entry, now, urgent=False)`: urgent entries are sent without the flush delay."""
+    `queue(entry, now, urgent=False)`: urgent entries are sent without the flush delay.
+    `queue_packed(packed, now, urgent=False)`, if given, takes the connection's entry
+    already packed (proto.sync.pack_conn: the same bytes, without the SyncEntry object;
+    a short TCP connection is sent five times)."""
     timeout_of = engine.timeout_of
     needed = policy.needed
 
@@ -172,7 +176,10 @@ def make_hook(policy: SyncPolicy, engine, queue: Callable[..., None]):
         timeout = timeout_of(conn)
         decision = needed(conn, pkts, now, timeout)
         if decision:
-            queue(SyncEntry.from_conn(conn, now, timeout), now, urgent=decision == URGENT)
+            if queue_packed is not None:
+                queue_packed(pack_conn(conn, now, timeout), now, decision == URGENT)
+            else:
+                queue(SyncEntry.from_conn(conn, now, timeout), now, urgent=decision == URGENT)
             # as ip_vs_sync_conn: its controlling template goes with it
             if conn.control is not None:
                 queue(SyncEntry.from_template(conn.control, now), now)

@@ -136,7 +136,10 @@ class SyncSender:
         """Add one entry to the open DATA message (sealing it when full).  An urgent
         entry makes the open message due at once: the next poll seals and sends it,
         so entries queued in the same batch of packets still share one datagram."""
-        b = S.pack_entry(entry)
+        self.queue_packed(S.pack_entry(entry), now, urgent)
+
+    def queue_packed(self, b: bytes, now: float, urgent: bool = False) -> None:
+        """queue() for an entry already packed (proto.sync.pack_entry or pack_conn)."""
         self.stats["entries_queued"] += 1
         if self._pending_size + len(b) > self.budget:
             self._close_pending(now)

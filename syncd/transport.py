@@ -154,6 +154,11 @@ class SyncTransport:
         self.sender.queue(entry, self.clock() if now is None else now, urgent)
         self._arm()
 
+    def queue_packed(self, packed: bytes, now: float | None = None, urgent: bool = False) -> None:
+        """queue() for an entry already packed (the engine hook's `queue_packed`)."""
+        self.sender.queue_packed(packed, self.clock() if now is None else now, urgent)
+        self._arm()
+
     def state(self, role: str, priority: int, address: str, resigned: bool) -> None:
         """Tell the peer what this node is in the pair, now (SyncSender.state; repeated)."""
         self._send([self.sender.state(role, priority, address, resigned, self.clock())])

@@ -82,7 +82,8 @@ class SyncLink:
         self.receiver = SyncReceiver(scfg, cfg.name, None, engine_apply(engine),
                                      apply_bulk=engine_apply_bulk(engine))
         self.transport = SyncTransport(scfg, self.sender, self.receiver)
-        engine.sync_hook = make_hook(SyncPolicy.from_config(scfg), engine, self.transport.queue)
+        engine.sync_hook = make_hook(SyncPolicy.from_config(scfg), engine, self.transport.queue,
+                                     self.transport.queue_packed)
         self.started = 0.0
         self.overrides: Any = None          # syncd.overrides.OverrideLink, once carried
 

@@ -239,3 +239,34 @@ def test_any_entries_pack_within_the_payload_and_round_trip(specs, max_payload):
     dgs = S.pack_entries(header(seq=1), entries, KEY, max_payload)
     assert all(len(d) <= max_payload for d in dgs)
     assert [e for d in dgs for e in S.decode(d, KEY, 7).entries] == entries
+
+
+class _Shift:
+    """What proto.sync reads of a director.seqadj.SeqAdj: its sync option."""
+    def __init__(self, option):
+        self.option = option
+
+    def sync_option(self):
+        return self.option
+
+
+@pytest.mark.parametrize("expires, now, timeout", [
+    (910.0, 10.0, 900.0), (710.5, 10.0, 900.0), (0.0, 10.0, 60.0), (5.0, 10.0, 120.0),
+    (910.25, 10.0, 900.0)])
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("option", [None, (1000, 37, 0, True, 2), (5, 107, 0, False, 1)])
+def test_pack_conn_is_pack_entry_of_from_conn(expires, now, timeout, v6, option):
+    """The sync hook's packed path (pack_conn) sends exactly the bytes of the entry path,
+    whole and fractional timeouts, expired and unscheduled connections, with and without
+    the PROXY sequence option."""
+    a = (lambda s: ipaddress.ip_address(s).packed) if not v6 else (
+        lambda s: ipaddress.ip_address("2001:2::" + s.replace(".", ":")).packed)
+    c = Conn(6, a("198.18.1.10"), 40000, a("198.18.0.100"), 80, a("198.18.2.100"), 6000,
+             a("198.18.2.21"), 8080)
+    c.state, c.flags, c.in_pkts, c.expires = 3, ASSURED | SYNCED | INACTIVE, 7, expires
+    if option is not None:
+        c.seqadj = _Shift(option)
+    assert S.pack_conn(c, now, timeout) == S.pack_entry(SyncEntry.from_conn(c, now, timeout))
+    # addresses held as bytearray (from_conn copies them to bytes; pack_conn does not need to)
+    c.caddr, c.daddr = bytearray(c.caddr), bytearray(c.daddr)
+    assert S.pack_conn(c, now, timeout) == S.pack_entry(SyncEntry.from_conn(c, now, timeout))

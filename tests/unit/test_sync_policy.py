@@ -331,3 +331,30 @@ def test_a_new_connection_synced_at_its_syn_replaces_the_backups_closed_entry():
     to_backup(1.0)
     (got,) = list(backup.table)
     assert (got.laddr, got.lport, got.state) == (new.laddr, new.lport, SYN_RECV)
+
+
+def test_the_hook_queues_the_same_bytes_and_urgency_packed():
+    """make_hook with queue_packed (the node's path) hands the sender the very bytes and
+    urgency the entry path does, packet for packet, over a whole short connection."""
+    from proto.sync import pack_entry
+    got = {}
+    for packed in (False, True):
+        eng = Engine(make_config())
+        out = got[packed] = []
+        if packed:
+            eng.sync_hook = make_hook(SyncPolicy(), eng, None,
+                                      lambda b, now, urgent=False: out.append((b, urgent)))
+        else:
+            eng.sync_hook = make_hook(SyncPolicy(), eng,
+                                      lambda e, now, urgent=False: out.append((pack_entry(e), urgent)))
+        fwd = IP(eng.handle(tcp(CLIENT, VIP, 40000, 80, "S"), 0.0))
+        rs, laddr, lport = fwd.dst, fwd.src, fwd[TCP].sport
+        eng.handle(tcp(rs, laddr, 8080, lport, "SA"), 0.001)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.002)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "PA"), 0.003)
+        eng.handle(tcp(rs, laddr, 8080, lport, "PA"), 0.004)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "FA"), 0.005)
+        eng.handle(tcp(rs, laddr, 8080, lport, "FA"), 0.006)
+        eng.handle(tcp(CLIENT, VIP, 40000, 80, "A"), 0.007)
+    assert got[True] == got[False]
+    assert [u for _, u in got[True]] == [True, True, False, False, False]
