@@ -211,6 +211,13 @@ VRRP = section("vrrp", "the election (VRRPv3, RFC 5798; every service VIP is adv
             "not waited for)"),
 ])
 
+#: the sync group when `sync.interface` is an IPv6 address: link scope (never routed off the
+#: back link), the IPv4 default's last byte
+SYNC_GROUP6 = "ff02::81"
+#: the largest sync payload over IPv6 unless `sync.max_payload` is set: a 1500-byte MTU less
+#: the 40-byte IPv6 and 8-byte UDP headers (IPVS's sync_maxlen for an IPv6 group)
+SYNC_MAX_PAYLOAD6 = 1452
+
 SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
     Key("key", str, secret=True,
         doc=f"the shared HMAC-SHA256 secret: a passphrase of at least {SYNC_KEY_MIN_BYTES} "
@@ -233,7 +240,9 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "then still finds its entry on the backup; the kernel sends nothing before the "
             "threshold packet. `false` (with `on_established = false`) restores its rule exactly"),
     Key("max_payload", int, 1472, unit="bytes", lo=256, hi=65507,
-        doc="the largest datagram payload, MAC included (IPVS `sync_maxlen` for IPv4)"),
+        shown=f"1472 ({SYNC_MAX_PAYLOAD6} over IPv6)",
+        doc="the largest datagram payload, MAC included (IPVS `sync_maxlen`: a 1500-byte MTU "
+            "less the IP and UDP headers)"),
     Key("flush_delay", float, 0.020, unit="s", above=0.0,
         doc="a partly filled message goes out this long after its first entry"),
     Key("heartbeat_interval", float, 0.2, unit="s", above=0.0,
@@ -270,12 +279,14 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "to the peer again, besides at once on each change and when the peer (re)starts: "
             "a lost message is made good within this long"),
     Key("mode", str, "multicast", choices=("multicast", "unicast"), doc="the transport"),
-    Key("group", ADDRESS, "224.0.0.81", doc="multicast: the IPv4 group (IPVS's)"),
+    Key("group", ADDRESS, "224.0.0.81", shown=f"224.0.0.81 (`{SYNC_GROUP6}` when `interface` is IPv6)",
+        doc="multicast: the group, of the family of `interface`. The IPv4 default is IPVS's; "
+            "the IPv6 one is link-scope (ff02::), so it never leaves the back link"),
     Key("port", int, 8848, lo=0, hi=65535,
         doc="the group's port, or the local port in unicast mode (IPVS's)"),
     Key("ttl", int, 1, lo=1, hi=255, doc="multicast TTL"),
     Key("interface", ADDRESS, None, shown="required for multicast",
-        doc="multicast: the IPv4 address (not the name) of the interface to join the group and "
+        doc="multicast: the address (IPv4 or IPv6, not the name) of the interface to join the group and "
             "send on (the back address). Without it the kernel picks the interface by route, so connection data "
             "could leave on the client side; a multicast sync without it is refused"),
     Key("bind", ADDRESS, None, shown="`interface`, else the back interface's address",

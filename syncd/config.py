@@ -11,7 +11,8 @@ from typing import Any
 
 from proto.sync import MAC_LEN, MAX_PAYLOAD
 from schema.core import FieldError, Reader, os_reason
-from schema.keys import SYNC, SYNC_KEY_MIN_BITS, SYNC_KEY_MIN_BITS_RAW, SYNC_KEY_MIN_BYTES
+from schema.keys import (SYNC, SYNC_GROUP6, SYNC_KEY_MIN_BITS, SYNC_KEY_MIN_BITS_RAW,
+                         SYNC_KEY_MIN_BYTES, SYNC_MAX_PAYLOAD6)
 
 MODES = SYNC["mode"].choices
 _D = SYNC.default
@@ -125,15 +126,38 @@ class SyncConfig:
              f"must be 0 (off) or > gap_give_up ({self.gap_give_up:g}), got {self.max_age:g}")
         if self.mode == "multicast":
             group = ipaddress.ip_address(self.group)
-            need(group.version == 4, "group", f"{self.group} is IPv6: only an IPv4 group is supported")
             need(group.is_multicast, "group", f"{self.group} is not a multicast group")
             if self.interface:
-                need(ipaddress.ip_address(self.interface).version == 4, "interface",
-                     f"{self.interface} is IPv6: the IPv4 group is joined on an IPv4 address")
+                iface = ipaddress.ip_address(self.interface)
+                need(iface.version == group.version, "group",
+                     f"{self.group} is IPv{group.version}, and interface {self.interface} is "
+                     f"IPv{iface.version}: the group is joined on an address of its own family")
         else:
             for j, (host, port) in enumerate(self.peers):
-                ipaddress.ip_address(host)
+                ip = ipaddress.ip_address(host)
                 need(0 < port <= 65535, f"peers[{j}]", f"port must be 1..65535, got {port}")
+                need(not ip.is_link_local, f"peers[{j}]", _LINK_LOCAL.format(host))
+            if self.bind:
+                bind = ipaddress.ip_address(self.bind)
+                need(not bind.is_link_local, "bind", _LINK_LOCAL.format(self.bind))
+                for j, (host, _) in enumerate(self.peers):
+                    v = ipaddress.ip_address(host).version
+                    need(v == bind.version, f"peers[{j}]", f"{host} is IPv{v}, and bind "
+                         f"{self.bind} is IPv{bind.version}: one socket, one family")
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the family of the sync socket (the group's, or the unicast peers')."""
+        if self.mode == "multicast":
+            return ipaddress.ip_address(self.group).version
+        if self.bind:
+            return ipaddress.ip_address(self.bind).version
+        return ipaddress.ip_address(self.peers[0][0]).version if self.peers else 4
+
+
+#: a unicast link-local address would need its interface (a scope) on every send
+_LINK_LOCAL = ("{} is link-local: a unicast sync needs the back interface's global (or "
+               "unique-local) address")
 
 
 class SyncConfigError(FieldError):
@@ -153,7 +177,16 @@ def with_local_address(cfg: SyncConfig, back_if: str, addresses_of) -> SyncConfi
     """`cfg` with an unset unicast `bind` filled in: `interface` if given, else the back
     interface's first address of the peers' family (addresses_of(ifname) -> its
     addresses, in order)."""
-    if cfg.mode != "unicast" or cfg.bind:
+    if cfg.mode == "multicast":
+        if cfg.family == 6 and cfg.interface:
+            # the IPv6 group is joined on the interface (an index), not on an address: the
+            # address given must be the back interface's, as the IPv4 join checks for itself
+            want = ipaddress.ip_address(cfg.interface)
+            if want not in {ipaddress.ip_address(a.split("%", 1)[0]) for a in addresses_of(back_if)}:
+                raise SyncConfigError("interface", f"{cfg.interface} is not an address of the back "
+                                                   f"interface {back_if!r}")
+        return cfg
+    if cfg.bind:
         return cfg
     if cfg.interface and not ipaddress.ip_address(cfg.interface).is_unspecified:
         return replace(cfg, bind=cfg.interface)
@@ -247,6 +280,8 @@ def parse_sync(r: Reader) -> SyncConfig:
             r.fail("interface", "is required for a multicast sync: the address of the back "
                                 "interface (without it the kernel picks the interface by route, "
                                 "and connection data could leave on the client side)")
+        if "group" not in r.table and ipaddress.ip_address(iface).version == 6:
+            kw["group"] = SYNC_GROUP6
         if not ipaddress.ip_address(kw["group"]).is_multicast:
             r.fail("group", f"{kw['group']} is not a multicast group")
     else:
@@ -257,7 +292,10 @@ def parse_sync(r: Reader) -> SyncConfig:
                            "data must not leave on the client side)")
     r.finish()
     try:
-        return SyncConfig(**kw)
+        cfg = SyncConfig(**kw)
+        if cfg.family == 6 and "max_payload" not in r.table:
+            cfg = replace(cfg, max_payload=SYNC_MAX_PAYLOAD6)   # IPv6's header is 20 bytes more
+        return cfg
     except SyncConfigError as exc:
         r.fail(exc.field, exc.problem)
 

@@ -3,7 +3,11 @@
 Multicast (IPVS's layout): the socket is bound to group:port, so only datagrams
 addressed to the group arrive, joins the group on the interface address given,
 sends to group:port with TTL cfg.ttl out of that interface, and has
-IP_MULTICAST_LOOP off (the receiver also ignores its own node id).  IPv4 only.
+IP_MULTICAST_LOOP off (the receiver also ignores its own node id).  Over IPv6
+(`interface` an IPv6 address, the group ff02::81 unless set) the same, but an
+IPv6 group is joined, sent to and bound on an interface *index*: the back
+interface's (`ifname`), whose address `interface` must be (syncd.config checks);
+cfg.ttl is the hop limit, and the kernel sends from the link-local address.
 
 Unicast (clouds, or where multicast is filtered): bound to cfg.bind:cfg.port,
 each datagram is sent to every peer in cfg.peers (or the `peers` given).  A
@@ -18,6 +22,7 @@ earliest of sender.next_deadline() and receiver.next_deadline().
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
@@ -53,6 +58,41 @@ def multicast_socket(group: str, port: int, interface: str, ttl: int = 1,
         s.close()
         raise
     return s
+
+
+def multicast_socket6(group: str, port: int, ifindex: int, hops: int = 1,
+                      sock_buf: int = 0) -> socket.socket:
+    """The IPv6 twin of multicast_socket: bound to [group]:port on the interface `ifindex`
+    (a link-scope group has no meaning without one), joined there, sending there."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock_buf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sock_buf)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sock_buf)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((group, port, 0, ifindex))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                     socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def group_address(cfg: SyncConfig, ifname: str) -> tuple:
+    """Where a multicast sync sends: (group, port), or for IPv6 (group, port, 0, ifindex) of
+    the back interface `ifname` (OSError ENODEV when there is no such interface)."""
+    if cfg.family == 4:
+        return (cfg.group, cfg.port)
+    if not ifname:
+        raise OSError(errno.ENODEV, "an IPv6 sync group is joined on an interface: "
+                                    "[interfaces] back names none")
+    return (cfg.group, cfg.port, 0, socket.if_nametoindex(ifname))
 
 
 def unicast_socket(bind: str, port: int, sock_buf: int = 0) -> socket.socket:
@@ -91,7 +131,7 @@ def _canonical(host: str) -> str:
 
 class SyncTransport:
     def __init__(self, cfg: SyncConfig, sender: SyncSender, receiver: SyncReceiver, *,
-                 peers: list[tuple[str, int]] | None = None,
+                 peers: list[tuple[str, int]] | None = None, ifname: str = "",
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
@@ -105,8 +145,10 @@ class SyncTransport:
         if receiver.wall is None:
             receiver.wall = wall
         self.clock = clock
+        #: the back interface's name: an IPv6 group is joined and sent to on it
+        self.ifname = ifname
         if cfg.mode == "multicast":
-            self.peers = [(cfg.group, cfg.port)]
+            self.peers: list[tuple] = [(cfg.group, cfg.port)]   # IPv6: with the interface, at start
         else:
             self.peers = list(peers if peers is not None else cfg.peers)
         #: unicast: the source addresses accepted (None: multicast, the group filters)
@@ -130,8 +172,14 @@ class SyncTransport:
     async def start(self, sock: socket.socket | None = None) -> None:
         """Open the socket (or use `sock`), ask the peers for their tables, start the timer."""
         cfg = self.cfg
+        ifindex = 0
+        if cfg.mode == "multicast" and cfg.family == 6:
+            group = group_address(cfg, self.ifname)
+            self.peers, ifindex = [group], group[3]
         if sock is None:
-            if cfg.mode == "multicast":
+            if ifindex:
+                sock = multicast_socket6(cfg.group, cfg.port, ifindex, cfg.ttl, cfg.sock_buf)
+            elif cfg.mode == "multicast":
                 sock = multicast_socket(cfg.group, cfg.port, cfg.interface, cfg.ttl, cfg.sock_buf)
             else:
                 sock = unicast_socket(cfg.bind, cfg.port, cfg.sock_buf)

@@ -81,7 +81,7 @@ class SyncLink:
         self.sender = SyncSender(scfg, cfg.name, snapshot=snapshot, to_entry=to_entry)
         self.receiver = SyncReceiver(scfg, cfg.name, None, engine_apply(engine),
                                      apply_bulk=engine_apply_bulk(engine))
-        self.transport = SyncTransport(scfg, self.sender, self.receiver)
+        self.transport = SyncTransport(scfg, self.sender, self.receiver, ifname=cfg.ha.back_if)
         engine.sync_hook = make_hook(SyncPolicy.from_config(scfg), engine, self.transport.queue,
                                      self.transport.queue_packed)
         self.started = 0.0

@@ -197,8 +197,9 @@ CASES = [
     ("sync interface by name", in_sync('interface = "back"'),
      "sync.interface: must be the back interface's IP address, not its name or a host name "
      "(got 'back'; [interfaces] back names the interface)"),
-    ("sync interface of the other family", in_sync('interface = "2001:2::11"'),
-     "sync.interface: 2001:2::11 is IPv6: the IPv4 group is joined on an IPv4 address"),
+    ("sync interface of the other family", in_sync('interface = "2001:2::11"\ngroup = "224.0.0.81"'),
+     "sync.group: 224.0.0.81 is IPv4, and interface 2001:2::11 is IPv6: the group is joined on "
+     "an address of its own family"),
     ("unicast with no peers", in_sync('mode = "unicast"\nbind = "198.18.2.11"'),
      "sync.peers: a unicast sync needs at least one peer (host:port)"),
     ("unicast with an empty peer list", in_sync('mode = "unicast"\npeers = []'),
@@ -211,7 +212,14 @@ CASES = [
     ("sync group not multicast", in_sync('interface = "198.18.2.11"\ngroup = "10.0.0.1"'),
      "sync.group: 10.0.0.1 is not a multicast group"),
     ("sync group IPv6", in_sync('interface = "198.18.2.11"\ngroup = "ff02::81"'),
-     "sync.group: ff02::81 is IPv6: only an IPv4 group is supported"),
+     "sync.group: ff02::81 is IPv6, and interface 198.18.2.11 is IPv4: the group is joined on "
+     "an address of its own family"),
+    ("unicast link-local peer", in_sync('mode = "unicast"\npeers = ["[fe80::12]:8848"]'),
+     "sync.peers[0]: fe80::12 is link-local: a unicast sync needs the back interface's global "
+     "(or unique-local) address"),
+    ("unicast peer of the other family",
+     in_sync('mode = "unicast"\nbind = "198.18.2.11"\npeers = ["[2001:2:0:2::12]:8848"]'),
+     "sync.peers[0]: 2001:2:0:2::12 is IPv6, and bind 198.18.2.11 is IPv4: one socket, one family"),
     ("sync threshold above period", in_sync('interface = "198.18.2.11"\nthreshold = 60'),
      "sync.threshold: must be < period (50) unless period is 0, got 60"),
     ("sync max_age under gap_give_up", in_sync('interface = "198.18.2.11"\nmax_age = 2'),
