@@ -39,6 +39,11 @@ def _summary(info: dict[str, Any]) -> str:
         )
     for rs in info["real_servers"]:
         lines.append(f"  real      {rs['ns']:<16} {rs['addr']}:{rs['port']} (echo)")
+    if info.get("ipv6"):
+        lines.append(f"  IPv6: VIP6 {info['vip6']} (tcp/udp 80 -> :8080)  laddrs6 "
+                     f"{' '.join(info['laddrs6'])}  client {c['addr6']}")
+        lines.append("        directors " + "  ".join(f"{d['name']} {d['front_addr6']}" for d in info["directors"])
+                     + "  real servers " + " ".join(rs["addr6"] for rs in info["real_servers"]))
     if info.get("api_token"):
         lines.append(f"  api token {info['api_token']}  (export T={info['api_token']}: the change "
                      "requests of docs/operations.md then run as written)")
@@ -61,7 +66,8 @@ def cmd_up(args) -> int:
         kw["kernel"] = True
     try:
         info = topology.up(args.prefix, node=not args.no_node, ha=not args.single,
-                           advert_interval=args.advert_interval, **kw)
+                           advert_interval=args.advert_interval, ipv6=args.ipv6,
+                           sync_ipv6=args.sync_ipv6, **kw)
     except Exception as exc:  # noqa: BLE001 - reported, exit code
         msg = f"lab up failed: {exc}"
         if args.json:
@@ -163,6 +169,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="one node on director a holding the addresses, no election or sync")
     up.add_argument("--advert-interval", type=float, default=0.1, metavar="SECONDS",
                     help="VRRP advertisement interval (default %(default)s)")
+    up.add_argument("--ipv6", action="store_true",
+                    help="dual-stack: IPv6 from 2001:2::/48 beside IPv4, a VIP6 (tcp/udp 80) "
+                         "through IPv6 laddrs to the real servers' IPv6 echo")
+    up.add_argument("--sync-ipv6", action="store_true",
+                    help="(implies --ipv6) the pair syncs over IPv6 (ff02::81 on the back link)")
     up.add_argument("--scheduler", help="scheduler for both services (default wlc)")
     up.add_argument("--kernel-service", action="store_true",
                     help='add the kernel-mode service: KERNEL_VIP:80 tcp+udp, forwarding = "kernel" '

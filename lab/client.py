@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, timeout=1.0, deadline=0.0)
     p.set_defaults(run=udp_hold)
 
-    p = sub.add_parser("garbage", help="malformed IPv4 packets through a raw socket")
+    p = sub.add_parser("garbage", help="malformed IPv4 or IPv6 packets through a raw socket")
     p.add_argument("--target", required=True)
     p.add_argument("--count", type=_positive(MAX_GARBAGE_PER_KIND), default=10,
                    help="packets per kind")

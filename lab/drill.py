@@ -252,6 +252,8 @@ def main(args) -> int:
                 return 2
         pair = DeployedPair(args.vip, args.port, apis, args.token, args.fault_command)
     args.fault = args.fault or "kill"
+    if args.ipv6 and pair is None:
+        pair = LabPair(args.prefix, ipv6=True)
     try:
         r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
                 args.target, progress=not args.json, interval=args.interval, pair=pair)
@@ -312,6 +314,8 @@ def add_parser(sub) -> None:
                    default=6.0, help="seconds of traffic (at least; on until the roles settle)")
     d.add_argument("--lead", type=_number(float, 0.0, "a number of seconds, 0 or more"),
                    default=1.5, help="seconds of traffic before the fault")
+    d.add_argument("--ipv6", action="store_true",
+                   help="lab: drill over the IPv6 VIP (a lab up with --ipv6)")
     d.add_argument("--prefix", default="tandem")
     d.add_argument("--json", action="store_true")
     d.add_argument("--plot", metavar="FILE.png")

@@ -15,9 +15,10 @@ class LabPair:
     """The lab's pair: faults through `tandem lab fault`, traffic from the client namespace."""
     faults = topology.FAULTS
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.vip, self.port = topology.VIP, topology.SERVICE_PORT
+    def __init__(self, prefix: str, ipv6: bool = False) -> None:
+        from lab.plan6 import VIP6
+        self.prefix, self.ipv6 = prefix, ipv6
+        self.vip, self.port = (VIP6 if ipv6 else topology.VIP), topology.SERVICE_PORT
         self.names = topology.DIRECTOR_NAMES
 
     def client_argv(self) -> list[str]:
@@ -29,6 +30,8 @@ class LabPair:
         state = st.load_state(self.prefix)
         if not state or not state.get("ha"):
             raise RuntimeError(f"no pair lab {self.prefix!r} is up (tandem lab up first)")
+        if self.ipv6 and not state.get("ipv6"):
+            raise RuntimeError(f"lab {self.prefix!r} has no IPv6 (tandem lab up --ipv6 first)")
 
     def status(self, name: str) -> dict:
         return topology.node_status(self.prefix, name, timeout=0.5)

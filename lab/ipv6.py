@@ -1,23 +1,20 @@
-"""IPv6 in the lab, on demand: addresses from 2001:2::/48 on the same links, and echo servers.
+"""IPv6 in the lab: addresses from 2001:2::/48 (lab.plan6) on the same links, and echo servers.
 
-The lab is built IPv4-only (lab.netns keeps IPv6 off the bridges). ``enable(prefix)`` turns
-IPv6 on in a running lab without the pair (``up(node=..., ha=False)``: director a holds the
-service addresses, as it does for IPv4 there) and gives every namespace the address that
-mirrors its IPv4 one::
-
-    client 2001:2:0:1::10 -- router 2001:2:0:1::1 / 2001:2::1
-    front 2001:2::/64      a 2001:2::11 (+ VIP6 2001:2::100/128)   b 2001:2::12
-    back  2001:2:0:2::/64  a 2001:2:0:2::11 (+ LADDR6 2001:2:0:2::100/128)   b ::12
-                           rs1..3 2001:2:0:2::21..23, an echo server on [addr]:8080
+The lab is built IPv4-only unless asked (lab.netns keeps IPv6 off the bridges). ``build``
+turns IPv6 on in the namespaces and gives each the address that mirrors its IPv4 one;
+``tandem lab up --ipv6`` calls it with the rest of the lab (the pair's nodes then serve
+VIP6 through the IPv6 laddrs, and take them over as they do the IPv4 ones).  ``enable(prefix)``
+does the same in a running lab without the pair (``up(node=..., ha=False)``): director a
+holds the service addresses, as it does for IPv4 there.  ``service()`` is a node's UDP or
+TCP service for VIP6:80.
 
 Duplicate address detection and router advertisements are off, so every address is usable
-at once and the routes are the ones set here.  A node serves VIP6 when its config has a
-service for it (``service()``); start it before or after, its rules do not need the address.
+at once and the routes are the ones set here; the directors keep their IPv6 addresses while
+a fault takes their links down (``keep_addr_on_down``), as their IPv4 ones are kept.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import time
 from typing import Any
@@ -25,22 +22,9 @@ from typing import Any
 from . import nsutil, procs
 from . import state as st
 from .netns import idx, ipr
-from .plan import BACK_IF, DIRECTORS, FRONT_IF, PREFERRED, REAL_SERVERS, RS_PORT, SERVICE_PORT, ns_name
-
-LAB_NET6 = ipaddress.ip_network("2001:2::/48")
-CLIENT6 = "2001:2:0:1::10"
-ROUTER_CLIENT6 = "2001:2:0:1::1"
-ROUTER_FRONT6 = "2001:2::1"
-VIP6 = "2001:2::100"
-LADDR6 = "2001:2:0:2::100"
-#: director name -> (front, back) addresses
-DIRECTOR6 = {d["name"]: (f"2001:2::{d['front_addr'].rsplit('.', 1)[1]}",
-                         f"2001:2:0:2::{d['back_addr'].rsplit('.', 1)[1]}") for d in DIRECTORS}
-REAL_SERVER6 = {r["name"]: f"2001:2:0:2::{r['addr'].rsplit('.', 1)[1]}" for r in REAL_SERVERS}
-
-for _a in [CLIENT6, ROUTER_CLIENT6, ROUTER_FRONT6, VIP6, LADDR6, *REAL_SERVER6.values(),
-           *(a for pair in DIRECTOR6.values() for a in pair)]:
-    assert ipaddress.ip_address(_a) in LAB_NET6, _a
+from .plan import BACK_IF, FRONT_IF, PREFERRED, RS_PORT, ns_name
+from .plan6 import (CLIENT6, DIRECTOR6, LADDR6, LADDRS6, LAB_NET6, REAL_SERVER6,  # noqa: F401
+                    ROUTER_CLIENT6, ROUTER_FRONT6, VIP6, services6)
 
 #: each namespace's interfaces and their addresses (/64, or /128 for a service address)
 _PLAN: dict[str, list[tuple[str, str, int]]] = {
@@ -49,15 +33,16 @@ _PLAN: dict[str, list[tuple[str, str, int]]] = {
     **{n: [(FRONT_IF, f, 64), (BACK_IF, b, 64)] for n, (f, b) in DIRECTOR6.items()},
     **{n: [("eth0", a, 64)] for n, a in REAL_SERVER6.items()},
 }
-_PLAN[PREFERRED] += [(FRONT_IF, VIP6, 128), (BACK_IF, LADDR6, 128)]
+#: the service addresses the preferred director holds in a lab without the pair
+_HELD = [(FRONT_IF, VIP6, 128)] + [(BACK_IF, a, 128) for a in LADDRS6]
 _FORWARDS = {"router", *DIRECTOR6}
 _GATEWAY = {"client": ROUTER_CLIENT6, **{n: ROUTER_FRONT6 for n in DIRECTOR6}}
 
 
 def service(proto: str = "udp") -> dict[str, Any]:
     """A node's service for VIP6:80 over the three real servers, through LADDR6."""
-    return {"proto": proto, "vip": VIP6, "port": SERVICE_PORT, "scheduler": "rr", "laddrs": [LADDR6],
-            "real_servers": [{"addr": a, "port": RS_PORT, "weight": 1} for a in REAL_SERVER6.values()]}
+    svc = next(s for s in services6(laddrs=[LADDR6]) if s["proto"] == proto)
+    return svc
 
 
 def _sysctls(role: str, ifnames: list[str]) -> dict[str, int]:
@@ -67,26 +52,40 @@ def _sysctls(role: str, ifnames: list[str]) -> dict[str, int]:
     for ifn in ifnames:
         vals |= {f"net.ipv6.conf.{ifn}.accept_dad": 0, f"net.ipv6.conf.{ifn}.accept_ra": 0,
                  f"net.ipv6.conf.{ifn}.disable_ipv6": 0}
+        if role in DIRECTOR6:
+            vals[f"net.ipv6.conf.{ifn}.keep_addr_on_down"] = 1
     if role in _FORWARDS:
         vals["net.ipv6.conf.all.forwarding"] = 1
     return vals
 
 
-def enable(prefix: str, echo_wait: float = 10.0) -> None:
-    """Turn IPv6 on in the lab `prefix` and start an echo server on each real server's IPv6
-    address (recorded in the lab's state, so ``down`` stops it)."""
+def build(prefix: str, pair: bool) -> None:
+    """Turn IPv6 on in the lab `prefix`'s namespaces: sysctls, addresses, default routes.
+    Without the pair (`pair` false) the preferred director also holds VIP6 and the laddrs."""
     for role, addrs in _PLAN.items():
         ns = ns_name(prefix, role)
         ifnames = sorted({ifn for ifn, _, _ in addrs})
         nsutil.set_sysctls(ns, _sysctls(role, ifnames))
+        held = _HELD if role == PREFERRED and not pair else []
         with ipr(ns) as i:
-            for ifn, addr, plen in addrs:
+            for ifn, addr, plen in addrs + held:
                 i.addr("add", index=idx(i, ifn), address=addr, prefixlen=plen)
             if role in _GATEWAY:
                 i.route("add", dst="::/0", gateway=_GATEWAY[role], family=10)
-    state = st.load_state(prefix)
-    if state is None:
-        raise RuntimeError(f"lab {prefix} is not up")
+
+
+def default_route(i, role: str) -> None:
+    """Put a namespace's IPv6 default route back (a link that went down took it along)."""
+    try:
+        i.route("add", dst="::/0", gateway=_GATEWAY[role], family=10)
+    except Exception as exc:  # noqa: BLE001 - already there is fine
+        if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
+            raise
+
+
+def start_echo(prefix: str, state: dict[str, Any], echo_wait: float = 10.0) -> None:
+    """An echo server on each real server's IPv6 address (recorded in the lab's state, so
+    ``down`` stops it), and wait until each answers."""
     d = st.state_dir(prefix)
     for name, addr in REAL_SERVER6.items():
         cmd = [sys.executable, "-m", "lab.echo", "--name", name, "--port", str(RS_PORT), "--host", addr]
@@ -94,6 +93,16 @@ def enable(prefix: str, echo_wait: float = 10.0) -> None:
         procs.record(state, rec)
         st.save_state(prefix, state)
     _wait_echo(prefix, state, echo_wait)
+
+
+def enable(prefix: str, echo_wait: float = 10.0) -> None:
+    """Turn IPv6 on in the lab `prefix`, built without the pair, and start an echo server on
+    each real server's IPv6 address."""
+    state = st.load_state(prefix)
+    if state is None:
+        raise RuntimeError(f"lab {prefix} is not up")
+    build(prefix, pair=False)
+    start_echo(prefix, state, echo_wait)
 
 
 def _wait_echo(prefix: str, state: dict[str, Any], wait: float) -> None:

@@ -17,6 +17,7 @@ from . import state as st
 from .plan import (BACK_IF, CLIENT_ADDR, DIRECTORS, FRONT_IF, KERNEL_LADDRS, KERNEL_VIP, LADDRS,
                    PREFERRED, REAL_SERVERS, ROLES, ROUTER_CLIENT_ADDR, ROUTER_FRONT_ADDR, VIP,
                    ns_name)
+from .plan6 import LADDRS6, ROUTER_FRONT6, VIP6
 
 #: sysctls of each kind of namespace, written once it exists (before its interfaces)
 NS_SYSCTLS: dict[str, dict[str, Any]] = {
@@ -164,9 +165,18 @@ def build(prefix: str, state: dict[str, Any]) -> None:
     _address(N, bool(state.get("ha")))
 
 
+def _route_back(i: IPRoute, gateway: str, family: int) -> None:
+    try:
+        i.route("add", dst="default" if family == 2 else "::/0", gateway=gateway, family=family)
+    except Exception as exc:  # noqa: BLE001 - already there is fine
+        if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
+            raise
+
+
 def set_links(prefix: str, name: str, up: bool) -> float:
     """Set both links of a director; returns the wall time just before the change
     (the netlink socket and indexes are ready by then, so it is the fault's time)."""
+    ipv6 = bool((st.load_state(prefix) or {}).get("ipv6"))
     with ipr(ns_name(prefix, name)) as i:
         ids = [idx(i, ifn) for ifn in (FRONT_IF, BACK_IF)]
         at = time.time()
@@ -175,22 +185,21 @@ def set_links(prefix: str, name: str, up: bool) -> float:
         if up:
             # the kernel flushed the default route with its link; a host's network
             # configuration would put it back, so the lab does
-            try:
-                i.route("add", dst="default", gateway=ROUTER_FRONT_ADDR)
-            except Exception as exc:  # noqa: BLE001 - already there is fine
-                if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
-                    raise
+            _route_back(i, ROUTER_FRONT_ADDR, 2)
+            if ipv6:
+                _route_back(i, ROUTER_FRONT6, 10)
     return at
 
 
 def strip_service_addresses(prefix: str, name: str) -> None:
     """Remove a VIP or laddr a killed node left behind (it never got to release them)."""
     with ipr(ns_name(prefix, name)) as i:
-        for ifn, addrs in ((FRONT_IF, [VIP, KERNEL_VIP]), (BACK_IF, LADDRS + KERNEL_LADDRS)):
+        for ifn, addrs in ((FRONT_IF, [VIP, KERNEL_VIP, VIP6]),
+                           (BACK_IF, LADDRS + KERNEL_LADDRS + LADDRS6)):
             n = idx(i, ifn)
             for a in addrs:
                 try:
-                    i.addr("del", index=n, address=a, prefixlen=32)
+                    i.addr("del", index=n, address=a, prefixlen=128 if ":" in a else 32)
                 except Exception:  # noqa: BLE001 - not there: nothing to strip
                     pass
 

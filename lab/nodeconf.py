@@ -14,6 +14,7 @@ from schema.keys import INTERFACES, LIMITS, TIMEOUTS
 
 from .plan import (API_PORT, API_TOKEN, KERNEL_LADDRS, KERNEL_VIP, LADDRS, REAL_SERVERS, RS_PORT,
                    SERVICE_PORT, SERVICES, SYNC_KEY, VIP, VRID, director)
+from .plan6 import DIRECTOR6, REAL_SERVER6, services6
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUTS", "LAB_GARP_INTERVAL", "dump_toml", "node_config",
            "write_config"]
@@ -38,9 +39,14 @@ def node_config(
     advert_interval: float = 0.1,
     api_token: str = API_TOKEN,
     kernel: bool = False,
+    ipv6: bool = False,
+    sync_ipv6: bool = False,
 ) -> dict[str, Any]:
     """The node configuration for director ``name`` as a dict (see dump_toml).  With
-    `kernel`, two more services: KERNEL_VIP:80 TCP and UDP, forwarding = "kernel"."""
+    `kernel`, two more services: KERNEL_VIP:80 TCP and UDP, forwarding = "kernel".  With `ipv6`
+    the node also serves VIP6:80 (TCP and UDP) through the IPv6 laddrs (lab.plan6); the
+    election stays IPv4 and moves the IPv6 addresses with the IPv4 ones.  With `sync_ipv6`
+    the pair syncs over IPv6 (the IPv6 group on the back link) instead of IPv4."""
     d = director(name)
     weights = weights or {}
     def reals(port: int) -> list[dict[str, Any]]:
@@ -72,6 +78,10 @@ def node_config(
              "laddrs": list(KERNEL_LADDRS), "forwarding": "kernel",
              "real_servers": reals(RS_PORT)}
             for proto in ("tcp", "udp")]
+    if ipv6:
+        cfg["services"] += services6(scheduler, [
+            {"addr": REAL_SERVER6[r["name"]], "port": rs["port"], "weight": rs["weight"]}
+            for r, rs in zip(REAL_SERVERS, reals(SERVICES[0]["rs_port"]))])
     if ha:
         cfg["interfaces"] = {"front": "front", "back": "back",
                              "garp_count": INTERFACES.default("garp_count"),
@@ -79,7 +89,7 @@ def node_config(
         cfg["vrrp"] = {"vrid": VRID, "priority": d["priority"], "advert_interval": advert_interval,
                        "primary_address": d["front_addr"]}
         cfg["sync"] = {"key": SYNC_KEY, "sync_id": VRID, "mode": "multicast",
-                       "interface": d["back_addr"]}
+                       "interface": DIRECTOR6[name][1] if sync_ipv6 else d["back_addr"]}
     for k, v in (extra or {}).items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k] = {**cfg[k], **v}

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import ipv6 as lab_ipv6
 from . import netns, nsutil, procs
 from . import state as st
 from .faults import FAULT_TABLE, FAULTS, fault, service_udp_loss, sync_loss
@@ -29,6 +30,7 @@ from .plan import (API_PORT, API_TOKEN, BACK_NET, CLIENT_ADDR, CLIENT_NET, DIREC
                    DIRECTORS, FRONT_NET, LAB_NET, LADDRS, PREFERRED, REAL_SERVERS, ROLES, ROUTER_CLIENT_ADDR,
                    ROUTER_FRONT_ADDR, PROXY_RS_PORT, RS_PORT, SERVICE_PORT, SERVICES, SYNC_KEY,
                    SYNC_PORT, VIP, VRID, describe, namespaces, ns_name)
+from .plan6 import describe6
 from .procs import node_status, start_node, wait_role
 
 __all__ = [
@@ -59,19 +61,24 @@ def up(
     ha: bool = True,
     advert_interval: float = 0.1,
     kernel: bool = False,
+    ipv6: bool = False,
+    sync_ipv6: bool = False,
 ) -> dict[str, Any]:
     """Build the lab (removing a previous lab of the same prefix first) and return its
     description.  On failure everything built is removed again (logs are kept) and the
-    exception is re-raised."""
+    exception is re-raised.  `ipv6`: dual-stack (lab.plan6: VIP6, IPv6 laddrs and real
+    servers, the IPv6 keys in the description); `sync_ipv6` (with it): the pair syncs over
+    IPv6 only."""
     return nsutil.outside_event_loop(
         _up, prefix, node, scheduler=scheduler, timeouts=timeouts, limits=limits,
         weights=weights, config_extra=config_extra, echo_wait=echo_wait, node_wait=node_wait,
-        ha=ha, advert_interval=advert_interval, kernel=kernel,
+        ha=ha, advert_interval=advert_interval, kernel=kernel, ipv6=ipv6 or sync_ipv6,
+        sync_ipv6=sync_ipv6,
     )
 
 
 def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, echo_wait, node_wait,
-        ha=True, advert_interval=0.1, kernel=False):
+        ha=True, advert_interval=0.1, kernel=False, ipv6=False, sync_ipv6=False):
     st.check_prefix(prefix)
     with st.prefix_lock(prefix):
         _down(prefix)
@@ -87,10 +94,13 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
             "configs": {},
             "info": None,
             "ha": bool(ha and node),
+            "ipv6": bool(ipv6),
         }
         st.save_state(prefix, state)
         try:
             netns.build(prefix, state)
+            if ipv6:
+                lab_ipv6.build(prefix, pair=state["ha"])
             pair = DIRECTOR_NAMES if state["ha"] else (PREFERRED,)
             for name in pair:
                 cfg = node_config(
@@ -103,6 +113,8 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                     ha=state["ha"],
                     advert_interval=advert_interval,
                     kernel=kernel,
+                    ipv6=ipv6,
+                    sync_ipv6=sync_ipv6,
                 )
                 # each node's state file (its operator overrides) in the lab's own directory
                 cfg["node"].setdefault("state_dir", str(d / f"{name}-state"))
@@ -112,6 +124,8 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                 state["configs"][name] = str(path)
             st.save_state(prefix, state)
             procs.start_echo_servers(prefix, state, echo_wait)
+            if ipv6:
+                lab_ipv6.start_echo(prefix, state, echo_wait)
             if node:
                 for name in pair:
                     procs.start_node(prefix, state, Path(state["configs"][name]), node_wait, name)
@@ -122,6 +136,9 @@ def _up(prefix, node, *, scheduler, timeouts, limits, weights, config_extra, ech
                         wait_role(prefix, row["name"], "backup" if rank else "master", node_wait)
             info = describe(prefix, node=node, configs=state["configs"], ha=state["ha"],
                             api_token=token)
+            info["ipv6"] = False
+            if ipv6:
+                describe6(info)
             info["processes"] = [
                 {"name": p["name"], "ns": p["ns"], "pid": p["pid"]} for p in state["processes"]
             ]

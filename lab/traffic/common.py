@@ -11,6 +11,7 @@ import time
 
 
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+LAB_NET6 = ipaddress.ip_network("2001:2::/48")
 MAX_COUNT = 1_000_000
 MAX_CONNS = 20_000
 MAX_BYTES = 10 * 1024**3
@@ -26,10 +27,17 @@ def check_host(host: str) -> str:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise UsageError(f"{host!r}: an IPv4 address literal is required") from None
-    if ip.version != 4 or not (ip in LAB_NET or ip.is_loopback):
-        raise UsageError(f"{host}: only 198.18.0.0/15 (the lab) or loopback targets are allowed")
+        raise UsageError(f"{host!r}: an IP address literal is required") from None
+    if not (ip in (LAB_NET if ip.version == 4 else LAB_NET6) or ip.is_loopback):
+        raise UsageError(f"{host}: only 198.18.0.0/15 or 2001:2::/48 (the lab) or loopback "
+                         "targets are allowed")
     return host
+
+
+def family_of(host: str) -> int:
+    """socket.AF_INET or AF_INET6 for an address literal."""
+    import socket
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
 def raise_nofile() -> None:

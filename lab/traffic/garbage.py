@@ -1,4 +1,5 @@
-"""garbage: malformed IPv4 packets through a raw socket, to prove the director drops them."""
+"""garbage: malformed IPv4 packets through a raw socket, to prove the director drops them
+(an IPv6 target: lab.traffic.garbage6)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ GARBAGE_KINDS = [
 
 
 async def garbage(args) -> dict[str, Any]:
+    if ":" in args.target:
+        from .garbage6 import garbage6
+        return await garbage6(args)
     dl = Deadline(args.deadline)
     kinds = GARBAGE_KINDS if args.kinds == "all" else [k.strip() for k in args.kinds.split(",")]
     for k in kinds:

@@ -9,7 +9,7 @@ import socket
 import time
 from typing import Any
 
-from .common import Deadline, classify, inc, parse_whoami
+from .common import Deadline, classify, family_of, inc, parse_whoami
 
 
 async def tcp_probe(args) -> dict[str, Any]:
@@ -148,7 +148,7 @@ async def udp_whoami(args) -> dict[str, Any]:
     t0 = time.monotonic()
 
     async def one(_i: int) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(family_of(args.host), socket.SOCK_DGRAM)
         try:
             s.setblocking(False)
             s.connect((args.host, args.port))  # fresh socket: a new source port
