@@ -27,6 +27,7 @@ from .traffic.bulk import bulk
 from .traffic.common import (MAX_BYTES, MAX_CONNS, MAX_COUNT, MAX_GARBAGE_PER_KIND, MAX_SECONDS,
                              UsageError, check_host, raise_nofile)
 from .traffic.garbage import GARBAGE_KINDS, garbage
+from .traffic.garbage6 import garbage6
 from .traffic.hold import hold
 from .traffic.udp_hold import udp_hold
 from .traffic.whoami import tcp_probe, tcp_whoami, udp_whoami
@@ -113,8 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=2000.0, help="packets per second (0: no pacing)")
     p.add_argument("--seed", type=int, default=None)
     common(p, timeout=1.0, deadline=60.0)
-    p.set_defaults(run=garbage)
+    p.set_defaults(run=_garbage)
     return ap
+
+
+async def _garbage(args):
+    """Malformed IPv4, or IPv6 for an IPv6 target."""
+    return await (garbage6 if ":" in args.target else garbage)(args)
 
 
 def main(argv: list[str] | None = None) -> int:

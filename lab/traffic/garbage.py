@@ -1,5 +1,5 @@
 """garbage: malformed IPv4 packets through a raw socket, to prove the director drops them
-(an IPv6 target: lab.traffic.garbage6)."""
+(lab.client sends an IPv6 target to lab.traffic.garbage6)."""
 
 from __future__ import annotations
 
@@ -123,9 +123,6 @@ GARBAGE_KINDS = [
 
 
 async def garbage(args) -> dict[str, Any]:
-    if ":" in args.target:
-        from .garbage6 import garbage6
-        return await garbage6(args)
     dl = Deadline(args.deadline)
     kinds = GARBAGE_KINDS if args.kinds == "all" else [k.strip() for k in args.kinds.split(",")]
     for k in kinds:
