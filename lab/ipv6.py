@@ -68,8 +68,10 @@ def build(prefix: str, pair: bool) -> None:
         nsutil.set_sysctls(ns, _sysctls(role, ifnames))
         held = _HELD if role == PREFERRED and not pair else []
         with ipr(ns) as i:
-            for ifn, addr, plen in addrs + held:
+            for ifn, addr, plen in addrs:
                 i.addr("add", index=idx(i, ifn), address=addr, prefixlen=plen)
+            for ifn, addr, plen in held:    # as a node adds them (tandem.kernel): deprecated
+                i.addr("add", index=idx(i, ifn), address=addr, prefixlen=plen, preferred_lft=0)
             if role in _GATEWAY:
                 i.route("add", dst="::/0", gateway=_GATEWAY[role], family=10)
 
@@ -83,16 +85,19 @@ def default_route(i, role: str) -> None:
             raise
 
 
-def start_echo(prefix: str, state: dict[str, Any], echo_wait: float = 10.0) -> None:
-    """An echo server on each real server's IPv6 address (recorded in the lab's state, so
-    ``down`` stops it), and wait until each answers."""
+def start_echo(prefix: str, state: dict[str, Any], echo_wait: float = 10.0,
+               names: list[str] | None = None) -> None:
+    """An echo server on each real server's IPv6 address (or those of `names`; recorded in
+    the lab's state, so ``down`` stops it), and wait until each answers."""
     d = st.state_dir(prefix)
     for name, addr in REAL_SERVER6.items():
+        if names is not None and name not in names:
+            continue
         cmd = [sys.executable, "-m", "lab.echo", "--name", name, "--port", str(RS_PORT), "--host", addr]
         rec = st.start_process(ns_name(prefix, name), f"echo6-{name}", cmd, d / f"echo6-{name}.log")
         procs.record(state, rec)
         st.save_state(prefix, state)
-    _wait_echo(prefix, state, echo_wait)
+    _wait_echo(prefix, state, echo_wait, names)
 
 
 def enable(prefix: str, echo_wait: float = 10.0) -> None:
@@ -105,9 +110,11 @@ def enable(prefix: str, echo_wait: float = 10.0) -> None:
     start_echo(prefix, state, echo_wait)
 
 
-def _wait_echo(prefix: str, state: dict[str, Any], wait: float) -> None:
+def _wait_echo(prefix: str, state: dict[str, Any], wait: float,
+               names: list[str] | None = None) -> None:
     """Bounded: until each IPv6 echo server answers WHOAMI on its address."""
-    pending, last_err = dict(REAL_SERVER6), {}
+    pending = {n: a for n, a in REAL_SERVER6.items() if names is None or n in names}
+    last_err: dict[str, str] = {}
     end = time.monotonic() + wait
     while pending:
         for name, addr in sorted(pending.items()):

@@ -174,7 +174,11 @@ class LinuxKernel:
                 return
             for a in addrs:
                 v4 = ipaddress.ip_address(a).version == 4
-                extra = {} if v4 or cmd != "add" else {"flags": IFA_F_NODAD}
+                # IPv6: usable at once (nodad), and deprecated (preferred_lft 0) so the host
+                # never picks a VIP or laddr as the source of its own connections (a /128
+                # wins the longest-prefix rule): a health check from a laddr would have its
+                # answer taken by the engine. keepalived deprecates a /128 VIP the same way.
+                extra = {} if v4 or cmd != "add" else {"flags": IFA_F_NODAD, "preferred_lft": 0}
                 try:
                     ipr.addr(cmd, index=links[0], address=a, prefixlen=_prefixlen(a),
                              family=socket.AF_INET if v4 else socket.AF_INET6, **extra)

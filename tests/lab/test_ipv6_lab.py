@@ -22,7 +22,12 @@ from pathlib import Path
 import pytest
 
 from lab import drill, topology
+from lab import ipv6 as lab_ipv6
+from lab import state as st
 from lab.drill_pairs import LabPair
+from lab.nsutil import http_get
+from lab.plan import api_url
+from lab.plan6 import REAL_SERVER6, services6
 from lab.testing import REPO_ROOT, client_env, lab_session, require_lab, run_in
 
 pytestmark = pytest.mark.lab
@@ -30,10 +35,17 @@ PREFIX = "t6l"
 NET6 = ipaddress.ip_network("2001:2::/48")
 
 
+#: the IPv6 TCP service's health check (a TCP connect to each real server's IPv6 address)
+HEALTH = {"kind": "tcp", "interval": 0.5, "timeout": 0.3, "fall": 3, "rise": 2}
+
+
 @pytest.fixture(scope="module")
 def lab():
     require_lab()
-    with lab_session(PREFIX, node=True, ha=True, ipv6=True) as info:
+    v6 = services6("wlc")
+    v6[0]["health"] = HEALTH
+    extra = {"services": topology.node_config("a")["services"] + v6}
+    with lab_session(PREFIX, node=True, ha=True, ipv6=True, config_extra=extra) as info:
         yield info
 
 
@@ -178,3 +190,60 @@ def test_ipv4_and_ipv6_connections_held_at_once_survive_a_kill(lab):
     finally:
         hold4.close()
         back_to_a_master()
+
+
+def api(path: str) -> tuple[int, str]:
+    code, body = http_get(topology.ns_name(PREFIX, "a"), topology.DIRECTORS[0]["front_addr"],
+                          topology.API_PORT, path, timeout=5.0)
+    return code, body.decode()
+
+
+def real6(addr: str) -> dict:
+    body = json.loads(api("/services")[1])
+    svc = next(s for s in body["services"] if s["proto"] == "tcp" and s["vip"] == lab_ipv6.VIP6)
+    return next(r for r in svc["real_servers"] if r["addr"] == addr)
+
+
+def test_ipvsadm_lists_ipv6_as_bracketed_addr_port_and_metrics_label_ipv6(lab):
+    cp = subprocess.run(["ip", "netns", "exec", topology.ns_name(PREFIX, "a"), sys.executable, "-m",
+                         "tandem.cli", "ipvsadm", "-L", "-n", "--api", api_url("a")],
+                        cwd=str(REPO_ROOT), env=client_env(), capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    for proto in ("TCP", "UDP"):
+        assert any(ln.startswith(f"{proto}  [{lab['vip6']}]:80 wlc") for ln in lines), cp.stdout
+    for addr in REAL_SERVER6.values():
+        assert sum(f"-> [{addr}]:8080" in ln for ln in lines) == 2, cp.stdout
+    assert any(ln.startswith(f"TCP  {lab['vip']}:80 wlc") for ln in lines)          # IPv4 as before
+    from prometheus_client.parser import text_string_to_metric_families
+    code, text = api("/metrics")
+    assert code == 200
+    v6 = {(smp.labels.get("local_address"), smp.labels.get("remote_address"))
+          for fam in text_string_to_metric_families(text) for smp in fam.samples
+          if "_ipvs_backend_" in smp.name and smp.labels.get("local_address") == lab["vip6"]}
+    assert {r for _, r in v6} == set(REAL_SERVER6.values()), v6
+
+
+def test_a_health_check_takes_a_stopped_ipv6_real_server_out_and_back(lab):
+    """The IPv6 TCP service's check connects to each real server's IPv6 address: rs2's IPv6
+    echo stopped, it is marked down (`Connection refused`) and no new IPv6 connection goes to
+    it; started again, it is back up and served."""
+    rs2 = REAL_SERVER6["rs2"]
+    assert real6(rs2)["health"] == "up" and real6(rs2)["health_check"]["detail"] == "connected"
+    state = st.load_state(PREFIX)
+    st.stop_process([p for p in state["processes"] if p["name"] == "echo6-rs2"][-1])
+    end = time.monotonic() + 15
+    while real6(rs2)["health"] != "down":
+        assert time.monotonic() < end, real6(rs2)
+        time.sleep(0.1)
+    assert real6(rs2)["health_check"]["detail"] == "Connection refused", real6(rs2)
+    r = client(lab, "tcp-whoami", "--host", lab["vip6"], "--port", 80, "--count", 60)
+    assert r["ok"] == 60 and "rs2" not in r["by_server"], r       # wlc spreads the rest
+    lab_ipv6.start_echo(PREFIX, st.load_state(PREFIX), names=["rs2"])
+    end = time.monotonic() + 15
+    while not (real6(rs2)["health"] == "up" and real6(rs2)["scheduled"]):
+        assert time.monotonic() < end, real6(rs2)
+        time.sleep(0.1)
+    assert status("a")["role"] == "master"
+    r = client(lab, "tcp-whoami", "--host", lab["vip6"], "--port", 80, "--count", 60)
+    assert r["ok"] == 60 and r["by_server"].get("rs2", 0) > 0, r

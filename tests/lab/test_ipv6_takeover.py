@@ -86,6 +86,8 @@ def test_takeover_of_ipv6_addresses_moves_the_router_and_real_server_neighbour_e
         flags = [x for x in ip_json(b, "-6", "addr", "show", "dev", ifname)[0]["addr_info"]
                  if x["local"] == addr][0]
         assert flags.get("nodad") and not flags.get("tentative"), flags
+        # deprecated (preferred_lft 0): never the source the host picks for its own traffic
+        assert flags.get("preferred_life_time") == 0 and flags.get("deprecated"), flags
     for ns, ifname, addr in moves:
         assert neigh(ns, addr) == mac(a, ifname)               # nothing moved it yet
     for _, ifname, addr in moves:
