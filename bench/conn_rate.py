@@ -19,6 +19,7 @@ only ever lowers a rate).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -59,6 +60,13 @@ def _services() -> list[dict]:
         for r in s["real_servers"]:
             r["port"] = PORT
     return svcs
+
+
+def node_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its threads so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -119,7 +127,12 @@ def run(quick: bool = False) -> dict[str, Any]:
                     cgen.nft_delete(a_ns, "ip", NAT_TABLE)
                 rec = common.start_node(PREFIX, "a", cpu=cgen.DIRECTOR_CPU)
                 try:
+                    n0 = node_cpu_s(rec["pid"])
                     r = gen(client_ns, topology.VIP, 80)
+                    # the node's own CPU per connection (user + system, its verdicts'
+                    # forwarding included): what other tenants of its core cannot change
+                    r["node_cpu_us_per_conn"] = round(
+                        (node_cpu_s(rec["pid"]) - n0) / max(r["ok"], 1) * 1e6, 1)
                     st = common.status(PREFIX, "a", timeout=2.0)
                     r["engine_drops"] = st["engine"].get("drops", {})
                     r["queue"] = st.get("queue")
@@ -135,10 +148,14 @@ def run(quick: bool = False) -> dict[str, Any]:
         "direct_cps": round(d["cps"]), "kernel_nat_cps": round(k["cps"]),
         "conn_rate_cps": round(t["cps"]),
         "conn_rate_ratio": round(t["cps"] / k["cps"], 3) if k["cps"] else None,
+        # the lowest of the rounds: the node's CPU per connection does not depend on the
+        # share of its core it got, and contention only ever adds to it
+        "conn_rate_node_cpu_us": min(r["node_cpu_us_per_conn"] for r in tandem),
         "direct": d, "kernel_nat": k, "tandem": t,
         "samples_cps": {"direct": [round(r["cps"]) for r in direct],
                         "kernel_nat": [round(r["cps"]) for r in knat],
-                        "tandem": [round(r["cps"]) for r in tandem]},
+                        "tandem": [round(r["cps"]) for r in tandem],
+                        "tandem_node_cpu_us_per_conn": [r["node_cpu_us_per_conn"] for r in tandem]},
         "seconds": round(time.monotonic() - t0, 1),
     })
     return out

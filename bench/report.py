@@ -196,7 +196,7 @@ def render_conn(r: dict[str, Any]) -> str:
               f"{r.get('servers')}; tandem's node on CPU {r.get('director_cpu')}. Best of "
               f"{len((r.get('samples_cps') or {}).get('tandem') or [])} alternating rounds.", ""]
     rows = []
-    for key, label in (("direct", "direct: director a's namespace -> rs:8081"),
+    for key, label in (("direct", "direct: director a's namespace -> the real servers"),
                        ("kernel_nat", "kernel nftables FULLNAT on a (dnat + snat)"),
                        ("tandem", "tandem node on a")):
         x = r.get(key) or {}
@@ -208,6 +208,12 @@ def render_conn(r: dict[str, Any]) -> str:
     lines.append(table(["path", "connections/s", "latency p50 / p99 ms", "errors",
                         "CPU busy (0 / 1)", "samples"], rows))
     lines.append("")
+    if r.get("conn_rate_node_cpu_us") is not None:
+        lines += [f"The tandem node's own CPU (user + system, its verdicts' forwarding included) "
+                  f"per connection: {fmt(r['conn_rate_node_cpu_us'])} µs (lowest of the rounds: "
+                  + ", ".join(fmt(x) for x in (r.get("samples_cps") or {})
+                              .get("tandem_node_cpu_us_per_conn", []))
+                  + "). The rate follows the share of CPU 1 the node gets; this does not.", ""]
     return "\n".join(lines)
 
 

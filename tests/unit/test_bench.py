@@ -317,3 +317,17 @@ def test_conn_rate_servers_use_a_port_the_lab_leaves_free():
     svcs = conn_rate._services()
     assert {(s["proto"], s["port"]) for s in svcs} == {("tcp", 80), ("udp", 80)}
     assert all(r["port"] == conn_rate.PORT for s in svcs for r in s["real_servers"])
+
+
+def test_conn_rate_reports_the_nodes_cpu_per_connection():
+    """conn_rate's load-independent figure: the node's CPU per connection, lowest of the
+    rounds, rendered under the table with every round's value."""
+    import os
+    from bench import conn_rate
+    assert conn_rate.node_cpu_s(os.getpid()) > 0
+    r = {"connection": "c", "generator": "g", "servers": "s", "director_cpu": 1,
+         "tandem": {"cps": 2000.0}, "conn_rate_node_cpu_us": 121.9,
+         "samples_cps": {"tandem": [2000, 1900], "tandem_node_cpu_us_per_conn": [121.9, 125.3]}}
+    text = report.render_conn(r)
+    assert "per connection: 121.9 µs" in text and "121.9, 125.3" in text
+    assert "per connection" not in report.render_conn({**r, "conn_rate_node_cpu_us": None})
