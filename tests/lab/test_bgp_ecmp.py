@@ -3,7 +3,7 @@ director namespaces and installs one multipath route, a next hop per director
 (lab/bgp.py).  Withdrawals go through the same include file and `birdc configure` a
 node's BIRD adapter uses (ha/bird.py).  Namespaces of our own (prefix ``tbgp``), deleted
 by name whatever happens.  How fast the router notices a crash is measured by
-``python -m lab.bgp`` (docs/cluster.md), not asserted here."""
+``python -m lab.bgp_measure`` (docs/cluster.md), not asserted here."""
 from __future__ import annotations
 
 import re
@@ -152,8 +152,8 @@ def test_connections_spread_over_every_announcing_director(lab3, traffic):
 
 def test_a_withdrawal_moves_flows_of_surviving_directors_too(lab3, traffic):
     """The problem cluster mode's synced state is for: the kernel's multipath hash splits
-    the hash space by the number of next hops, so when one of three goes, flows whose
-    director is still there move as well, and when it comes back they move again (back
+    the hash space into equal ranges in next-hop order, so when the last of three goes,
+    flows whose director is still there move as well (each remaining range grows into the next), and when it comes back they move again (back
     to the same director: the choice is a function of the flow and the next-hop set)."""
     fl = traffic.flows(2000)
     three = traffic.router_choice(PREFIX, fl)
