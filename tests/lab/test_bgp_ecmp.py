@@ -153,7 +153,8 @@ def test_connections_spread_over_every_announcing_director(lab3, traffic):
 def test_a_withdrawal_moves_flows_of_surviving_directors_too(lab3, traffic):
     """The problem cluster mode's synced state is for: the kernel's multipath hash splits
     the hash space into equal ranges in next-hop order, so when the last of three goes,
-    flows whose director is still there move as well (each remaining range grows into the next), and when it comes back they move again (back
+    flows whose director is still there move as well (each remaining range grows into
+    the next), and when it comes back they move again (back
     to the same director: the choice is a function of the flow and the next-hop set)."""
     fl = traffic.flows(2000)
     three = traffic.router_choice(PREFIX, fl)
