@@ -211,3 +211,17 @@ def test_mh_table_depends_on_weight_history_so_a_cluster_uses_maglev():
         tables[name] = (layout(old), layout(fresh))
     assert tables["mh"][0] != tables["mh"][1]
     assert tables["maglev"][0] == tables["maglev"][1]
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(before=st.sets(st.integers(1, 40), min_size=3, max_size=12),
+       removed=st.integers(0, 3), added=st.sets(st.integers(41, 60), max_size=3))
+def test_random_server_changes_move_about_the_changed_share(before, removed, added):
+    """Several servers leave and others join at once: the flows that move are about
+    the leavers' share before plus the joiners' share after, never much more."""
+    keep = sorted(before)[removed:]
+    old = [(0, i, 80, 1) for i in sorted(before)]
+    new = [(0, i, 80, 1) for i in keep + sorted(added)]
+    changed = removed / len(old) + len(added) / len(new)
+    assert _moved(old, new) <= changed + 0.03
