@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from math import ceil as _ceil
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from director import ctl, proxy_insert
 from director.config import NodeConfig
@@ -93,6 +93,9 @@ class Engine:
         self._leave = Leave(now)
         #: the marks of kernel-mode bindings; the node loads the same ones into the kernel
         self.marks = Marks()
+        #: called as hook(service, dest, mark, now) for each new flow handed to the kernel:
+        #: the node counts it on the real server until its conntrack NEW event arrives
+        self.kernel_hook: Callable[[Service, Any, int, float], None] | None = None
         #: called as hook(conn, pkts, now) after every client->VIP packet of a
         #: connection, as ip_vs_in calls ip_vs_sync_conn; syncd decides.
         self.sync_hook: Callable[[Conn, int, float], None] | None = None
@@ -282,7 +285,10 @@ class Engine:
         dest.packets_in += 1
         dest.bytes_in += len(data)
         self.stats["kernel_handoffs"] += 1
-        return Mark(self.marks.mark_for(dest.addr_str, dest.port, str(ipaddress.ip_address(laddr))))
+        mark = self.marks.mark_for(dest.addr_str, dest.port, str(ipaddress.ip_address(laddr)))
+        if self.kernel_hook is not None:
+            self.kernel_hook(svc, dest, mark, now)
+        return Mark(mark)
 
     @staticmethod
     def _schedule(svc: Service, pkt, now: float):

@@ -15,15 +15,21 @@ This module keeps three promises around that:
   (ENOBUFS) is counted and repaired by a dump in a worker thread; events read during the
   dump are applied after it;
 - the connection-counting schedulers see kernel flows: after each batch the active and
-  inactive counts of the real servers whose flows changed are set from the view.
+  inactive counts of the real servers whose flows changed are set from the view.  A flow
+  handed to the kernel counts as inactive on its real server at once, as IPVS counts a
+  connection when it binds it, until its NEW event arrives (or PENDING_FOR seconds pass:
+  a first packet dropped later never makes an entry); otherwise a burst of new flows,
+  scheduled before their events come back, would all go to the same real server.
 
 Other parts plug in through `flows` (KernelFlows.watch / watch_resync: connection sync).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
+import time
 from typing import Any, Callable, Iterable
 
 from director import kernel_rules as KR
@@ -33,6 +39,8 @@ from director.kernel_flows import KernelFlows
 from proto import ctnetlink as ct
 
 log = logging.getLogger("tandem.kernel_mode")
+#: seconds a flow handed to the kernel counts on its real server without its NEW event
+PENDING_FOR = 2.0
 
 
 _PROTO_NUMBERS = {"tcp": 6, "udp": 17}
@@ -75,11 +83,17 @@ class KernelPath:
     """Built by the node; `kernel` is its privileged interface (tandem.kernel.Kernel)."""
 
     def __init__(self, engine: Engine, kernel: Any, queue: int,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
+        self.clock = clock
+        #: (proto, vip, vport, mark) -> times of flows handed over, NEW event not yet seen
+        self.pending: dict[tuple[int, bytes, int, int], collections.deque] = {}
+        engine.kernel_hook = self._handed_over
         self.kernel = kernel
         self.queue = queue
         self.flows = KernelFlows()
+        self.flows.watch(self._seen)
         self.events: Any = None
         self.loaded = False
         self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
@@ -196,12 +210,39 @@ class KernelPath:
 
     # -- accounting --------------------------------------------------------------------------
 
+    def _handed_over(self, svc: Any, dest: Any, mark: int, now: float) -> None:
+        key = (svc.proto, svc.vip, svc.port, mark)
+        self.pending.setdefault(key, collections.deque()).append(now)
+        dest.inactive += 1
+        dest.update_overload()
+        self.flows.dirty.add(key)
+
+    def _seen(self, msg: ct.Message, flow: Any) -> None:
+        if msg.event != "new" or flow is None:
+            return
+        o = msg.ct.orig
+        if o is None:
+            return
+        waiting = self.pending.get((o.proto, o.dst, o.dport, flow.mark))
+        if waiting:
+            waiting.popleft()
+
+    def _pending(self, key: tuple[int, bytes, int, int], now: float) -> int:
+        waiting = self.pending.get(key)
+        if not waiting:
+            return 0
+        while waiting and waiting[0] < now - PENDING_FOR:
+            waiting.popleft()
+        return len(waiting)
+
     def account(self) -> None:
         """Set the active/inactive counts of the real servers whose kernel flows changed."""
         dirty = self.flows.take_dirty()
-        if not dirty:
-            return
         seen = set()
+        now = self.clock()
+        for key, waiting in self.pending.items():     # those timing out change counts too
+            if waiting and waiting[0] < now - PENDING_FOR:
+                dirty.add(key)
         marks = self.engine.marks
         for proto, vip, vport, mark in dirty:
             svc = self.engine.services.get((proto, vip, vport))
@@ -216,7 +257,7 @@ class KernelPath:
             for m in marks.marks_of(b.rs_addr, b.rs_port):
                 a, i = self.flows.service_counts(proto, vip, vport, m)
                 active += a
-                inactive += i
+                inactive += i + self._pending((proto, vip, vport, m), now)
             dest.active, dest.inactive = active, inactive
             dest.update_overload()
 

@@ -129,7 +129,7 @@ class Node:
         self.vrrp: VrrpRunner | None = None
         self.freezer = GcFreezer(self.engine)
         #: kernel-mode services: their rules, the conntrack event feed, the accounting
-        self.kernel_path = KernelPath(self.engine, edges.kernel, cfg.queue)
+        self.kernel_path = KernelPath(self.engine, edges.kernel, cfg.queue, clock=clock)
         #: sync of kernel-mode flows: sent from events, injected into conntrack on the peer
         self.kernel_sync = attach_kernel_sync(self.engine, self.kernel_path, self.sync,
                                               edges.kernel, clock)
@@ -289,6 +289,8 @@ class Node:
             next_tick = now + self.cfg.tick
             self.engine.expire(now)
             self.freezer.maybe_freeze()
+            if self.kernel_path.loaded:
+                self.kernel_path.account()      # flows handed over whose event never came
         if self._tracked and now >= next_link and not self._closing:
             next_link = now + LINK_CHECK_INTERVAL
             if self._links_idle:    # (a check still running: skip this one)

@@ -227,3 +227,48 @@ def test_reload_keeping_a_removed_real_servers_flows_deletes_nothing(tmp_path):
     summary, kernel = _reload_removing_rs1(tmp_path, "keep")
     assert not [op for op, _ in kernel.calls if op == "delete_conntrack"]
     assert summary["kernel_flows_deleted"] == 0 and len(kernel.conntrack) == 2
+
+
+def test_a_burst_scheduled_before_its_events_is_still_spread():
+    """IPVS counts a connection on its real server when it binds it; here a flow handed to
+    the kernel counts (inactive) at once, until its NEW event arrives, so lc spreads a
+    burst of SYNs scheduled before any event came back instead of sending all to one."""
+    async def go():
+        kernel = FakeKernel()
+        node = make_node(kernel)
+        await node.start()
+        try:
+            marks = [node.engine.handle(tcp(CLIENT, KVIP, 43000 + i, 80, "S"), 0.0).mark
+                     for i in range(6)]
+            chosen = [node.engine.marks.binding(m).rs_addr for m in marks]
+            assert sorted(chosen.count(a) for a in RS) == [3, 3], chosen
+            d0, d1 = kdests(node)
+            assert (d0.inactive, d1.inactive) == (3, 3)
+            # the events arrive: the counts are the flows now, nothing counted twice
+            kernel.events[0].push([event("new", 43000 + i, m, ct.TCP_CT_SYN_SENT)
+                                   for i, m in enumerate(marks)])
+            await settle()
+            assert (d0.inactive, d1.inactive) == (3, 3)
+            assert all(not q for q in node.kernel_path.pending.values())
+        finally:
+            await node.stop()
+    asyncio.run(go())
+
+
+def test_a_handed_over_flow_whose_event_never_comes_stops_counting():
+    async def go():
+        now = [100.0]
+        kernel = FakeKernel()
+        node = Node(parse(doc(), "k.toml"), edges=Edges(kernel=kernel, queue=Queue),
+                    clock=lambda: now[0])
+        await node.start()
+        try:
+            node.engine.handle(tcp(CLIENT, KVIP, 44000, 80, "S"), now[0])
+            d0, _ = kdests(node)
+            assert d0.inactive == 1
+            now[0] += 3.0
+            node.kernel_path.account()
+            assert d0.inactive == 0
+        finally:
+            await node.stop()
+    asyncio.run(go())
