@@ -215,6 +215,14 @@ class NodeApi:
         if self.node.control is None:
             raise web.HTTPConflict(text="this node takes no operator changes")
         service = request.match_info["service"]
+        proto, _, vip = service.partition("/")
+        if vip.startswith("["):
+            # an IPv6 VIP written as everywhere else, [addr]:port: the service's own name
+            # (ServiceConfig.key) has it unbracketed
+            try:
+                service = "{}/{}:{}".format(proto, *parse_addr_port(vip))
+            except ValueError as exc:
+                raise web.HTTPBadRequest(text=f"service: {exc}") from None
         try:
             addr, port = parse_addr_port(request.match_info["real"])
         except ValueError as exc:

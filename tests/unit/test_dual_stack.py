@@ -89,3 +89,30 @@ def test_one_engine_translates_both_families():
     assert (out4.src, out4.dst, out4[TCP].dport) == ("198.18.2.100", "198.18.2.21", 8080)
     assert (out6.src, out6.dst, out6[TCP].dport) == ("2001:2:0:2::100", "2001:2:0:2::21", 8080)
     assert len(eng.table) == 2
+
+
+async def test_an_ipv6_service_and_real_server_are_addressed_as_bracketed_addr_port():
+    """POST /services/tcp/[2001:2::100]:80/real_servers/[2001:2:0:2::21]:8080/drain: the
+    service part was matched against the service's name as written (tcp/2001:2::100:80),
+    so the bracketed form every other address of the API takes answered 404."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from director.api import make_app
+    from director.control import Control
+    from director.status import NodeParts
+
+    eng = Engine(parse(doc(V4, V6), "a.toml"), now=0.0)
+    node = NodeParts("t", "master", control=Control(eng), api_token="unit-test-token")
+    auth = {"Authorization": "Bearer unit-test-token"}
+    async with TestClient(TestServer(make_app(eng, node, clock=lambda: 0.0))) as client:
+        for svc in ("tcp/[2001:2::100]:80", "tcp/2001:2::100:80"):
+            rs = f"/services/{svc}/real_servers/[2001:2:0:2::21]:8080"
+            resp = await client.post(rs + "/drain", headers=auth)
+            assert resp.status == 200, await resp.text()
+            assert (await client.delete(rs + "/override", headers=auth)).status == 200
+        resp = await client.post("/services/tcp/[2001:2::999]:80/real_servers/[2001:2:0:2::21]:8080/drain",
+                                 headers=auth)
+        assert resp.status == 404
+        resp = await client.post("/services/tcp/[nope]:80/real_servers/[2001:2:0:2::21]:8080/drain",
+                                 headers=auth)
+        assert resp.status == 400
