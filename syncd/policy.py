@@ -109,7 +109,6 @@ class SyncPolicy:
         template controls (only relevant with persist_mode).  Updates
         conn.old_state and conn.sync_endtime when it says yes, as the kernel does.
         """
-        orig = self._orig(conn)
         now_j = math.floor(now * HZ)
         timeout_j = round(timeout * HZ)
         n = (now_j + timeout_j) & ~3
@@ -139,6 +138,9 @@ class SyncPolicy:
 
         refresh = self._refresh_j
         if refresh > 0:
+            # read only here: with refresh_period 0 (the default) the previous stamp
+            # decides nothing, and every inbound packet of a new connection asks
+            orig = self._orig(conn)
             diff = n - orig
             min_diff = max(timeout_j >> 1, 10 * HZ)
             if abs(diff) < min(refresh, min_diff):
