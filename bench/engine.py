@@ -111,6 +111,47 @@ def tcp_conn_cost(quick: bool = False, n: int | None = None) -> dict[str, Any]:
             "tcp_packets_per_conn": len(pkts) // n, "tcp_drops": drops}
 
 
+def tcp_conn_sync_cost(quick: bool = False, n: int | None = None) -> dict[str, Any]:
+    """The same connections with the default sync policy and a real SyncSender (the entries
+    encoded, signed and sealed; polled every 64 packets, as the node's transport would
+    between batches): the engine + sync CPU per connection, and what sync adds to the
+    engine alone, alternating the two (best of N each)."""
+    from syncd.config import SyncConfig
+    from syncd.policy import SyncPolicy, make_hook
+    from syncd.sender import SyncSender
+    n = n or (300 if quick else 2000)
+    pkts = tcp_exchanges(n)
+    key = b"bench-sync-key-0123456789abcdef!"
+
+    def once(sync: bool) -> tuple[float, SyncSender | None]:
+        eng = Engine(config(), now=0.0)
+        snd = None
+        if sync:
+            snd = SyncSender(SyncConfig(key=key), "bench", epoch=1, key=key)
+            eng.sync_hook = make_hook(SyncPolicy(), eng, snd.queue, snd.queue_packed)
+        h = eng.handle
+        t0 = _clock()
+        for i in range(0, len(pkts), 64):
+            for p in pkts[i:i + 64]:
+                h(p, 1.0)
+            if snd is not None:
+                snd.poll(1.0)
+        return _clock() - t0, snd
+
+    best = {False: float("inf"), True: float("inf")}
+    snd = None
+    for _ in range(3 if quick else 5):
+        for sync in (False, True):
+            dt, s = once(sync)
+            best[sync] = min(best[sync], dt)
+            snd = s or snd
+    assert snd is not None
+    return {"engine_tcp_conn_sync_us": round(best[True] / n * 1e6, 2),
+            "sync_tcp_conn_us": round((best[True] - best[False]) / n * 1e6, 2),
+            "sync_entries_per_tcp_conn": round(snd.stats["entries_queued"] / n, 2),
+            "sync_datagrams_per_tcp_conn": round(snd.stats["sent"] / n, 3)}
+
+
 def client_of(i: int) -> tuple[str, int]:
     """The i-th synthetic client: 198.19.x.y (65,536 addresses) x source ports."""
     return f"198.19.{(i >> 8) & 0xFF}.{i & 0xFF}", 1024 + (i >> 16)
@@ -405,6 +446,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out.update(engine_pps(quick))
     out.update(tcp_conn_cost(quick))
+    out.update(tcp_conn_sync_cost(quick))
     out["split"] = split(quick)
     out.update(lookup_and_memory(quick))
     out["memory"] = memory_breakdown(5_000 if quick else 20_000)

@@ -144,6 +144,10 @@ def render_engine(r: dict[str, Any]) -> str:
         ["established UDP real server->laddr, packets/s", r.get("engine_pps_inprocess_reply")],
         ["new UDP connection (first packet, scheduler), µs", r.get("engine_new_conn_us")],
         ["whole short TCP connection (SYN .. last ACK, 8 packets both ways), µs", r.get("engine_tcp_conn_us")],
+        ["  the same with the default sync policy and a real sender, µs (sync's part)",
+         f"{fmt(r.get('engine_tcp_conn_sync_us'))} ({fmt(r.get('sync_tcp_conn_us'))}; "
+         f"{fmt(r.get('sync_entries_per_tcp_conn'))} entries, "
+         f"{fmt(r.get('sync_datagrams_per_tcp_conn'))} messages a connection)"],
         [f"per packet with {fmt((r.get('lookup_table_sizes') or [0, 0])[0])} connections, µs",
          r.get("lookup_us_per_packet_1k")],
         [f"per packet with {fmt((r.get('lookup_table_sizes') or [0, 0])[1])} connections, µs",

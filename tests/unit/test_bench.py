@@ -294,6 +294,17 @@ def test_bench_tcp_exchanges_are_whole_connections_the_engine_closes():
     assert res["tcp_packets_per_conn"] == 8 and res["tcp_drops"] == 0
 
 
+def test_tcp_conn_sync_cost_counts_the_default_policys_entries():
+    """The sync figure's connections are synced as the node's are: five entries each (on
+    the SYN and on ESTABLISHED, urgent; the 3rd inbound packet; the two closing states)."""
+    res = be.tcp_conn_sync_cost(quick=True, n=20)
+    assert res["sync_entries_per_tcp_conn"] == 5
+    assert res["sync_datagrams_per_tcp_conn"] > 0
+    assert res["engine_tcp_conn_sync_us"] > 0
+    text = report.render_engine({**res, "engine_tcp_conn_us": 36.0})
+    assert "the same with the default sync policy" in text and "5 entries" in text
+
+
 def test_render_health_beside_its_design_figures():
     res = fake_result()
     res["results"] = {"health": {"interval_s": 0.5, "fall": 3, "rise": 2, "down_by_design_s": 1.5,
