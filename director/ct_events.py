@@ -24,11 +24,25 @@ def _netlink() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ct.NETLINK_NETFILTER)
 
 
+#: SO_RCVBUFFORCE (linux/asm-generic/socket.h): a buffer above net.core.rmem_max, with CAP_NET_ADMIN
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    """The receive buffer asked for.  SO_RCVBUF is capped at net.core.rmem_max (208 KiB by
+    default), which a burst of new connections overruns (ENOBUFS) within milliseconds;
+    SO_RCVBUFFORCE is not capped and needs CAP_NET_ADMIN, which the node has."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class EventSocket:
     def __init__(self, groups: tuple[int, ...] = (ct.GROUP_NEW, ct.GROUP_UPDATE, ct.GROUP_DESTROY),
                  rcvbuf: int = 1 << 22) -> None:
         self.sock = _netlink()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        _set_rcvbuf(self.sock, rcvbuf)
         mask = 0
         for g in groups:
             mask |= 1 << (g - 1)

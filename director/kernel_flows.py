@@ -22,10 +22,13 @@ view is marked `needs_resync`, and the node answers with a dump, as conntrackd d
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable, NamedTuple
 
 from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
 from proto import ctnetlink as ct
+
+log = logging.getLogger("tandem.kernel_flows")
 
 
 class Flow(NamedTuple):
@@ -52,7 +55,7 @@ class KernelFlows:
         self.dirty: set[tuple[int, bytes, int, int]] = set()
         self.needs_resync = False
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
-                                    "resyncs", "repaired"), 0)
+                                    "resyncs", "repaired", "watcher_errors"), 0)
         self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
         self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]], None]] = []
 
@@ -103,8 +106,7 @@ class KernelFlows:
             if key in self.flows:
                 self.stats["destroyed"] += 1
                 self._set(key, None)
-                for fn in self._watchers:
-                    fn(msg, None)
+                self._tell(msg, None)
             return
         f = _flow(msg.ct)          # the kernel sends the mark in every event when it is set
         if f is None:
@@ -114,8 +116,18 @@ class KernelFlows:
         if key not in self.flows:
             self.stats["new"] += 1
         self._set(key, f)
+        self._tell(msg, f)
+
+    def _tell(self, msg: ct.Message, f: Flow | None) -> None:
+        """The watchers, each on its own: one that fails is counted and logged and takes
+        neither the view nor the other watchers down with it."""
         for fn in self._watchers:
-            fn(msg, f)
+            try:
+                fn(msg, f)
+            except Exception:
+                self.stats["watcher_errors"] += 1
+                if self.stats["watcher_errors"] <= 10:
+                    log.exception("kernel flows: a watcher failed on an event")
 
     def overrun(self) -> None:
         """The kernel dropped events: the view may be wrong until the next resync."""
@@ -143,8 +155,12 @@ class KernelFlows:
         self.stats["resyncs"] += 1
         self.stats["repaired"] += changed
         self.needs_resync = False
-        for fn in self._resync_watchers:
-            fn(self.flows, entries)
+        for rfn in self._resync_watchers:
+            try:
+                rfn(self.flows, entries)
+            except Exception:
+                self.stats["watcher_errors"] += 1
+                log.exception("kernel flows: a watcher failed on a resync")
         return changed
 
     def active_inactive(self, mark: int) -> tuple[int, int]:

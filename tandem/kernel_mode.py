@@ -97,7 +97,7 @@ class KernelPath:
         self.events: Any = None
         self.loaded = False
         self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
-                                    "deleted"), 0)
+                                    "deleted", "read_errors"), 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resync: asyncio.Task | None = None
         self._held: list[ct.Message] | None = None     # events read while a dump runs
@@ -162,7 +162,18 @@ class KernelPath:
     # -- events ------------------------------------------------------------------------------
 
     def on_readable(self) -> None:
-        """One bounded read of the event socket (the loop calls again while more waits)."""
+        """One bounded read of the event socket (the loop calls again while more waits).
+        Never raises: an exception out of a reader callback can cost the reader itself."""
+        try:
+            self._read_once()
+        except Exception:
+            self.stats["read_errors"] += 1
+            if self.stats["read_errors"] <= 10:
+                log.exception("conntrack events: reading failed; the view is rebuilt from a dump")
+            self.flows.overrun()
+            self._start_resync()
+
+    def _read_once(self) -> None:
         try:
             msgs, overrun = self.events.read()
         except OSError as exc:
@@ -177,7 +188,23 @@ class KernelPath:
         if overrun:
             self.flows.overrun()
             self._start_resync()
+            self._rearm()
         self.account()
+
+    def _rearm(self) -> None:
+        """Register the reader again.  An overrun leaves an error on the socket (POLLERR)
+        until recv reports it, and libuv (uvloop) stops polling a descriptor that reports
+        POLLERR without calling back: the reader would be gone for good."""
+        if self.events is not None and self._loop is not None:
+            self._loop.remove_reader(self.events.fileno())
+            self._loop.add_reader(self.events.fileno(), self.on_readable)
+
+    def poll(self) -> None:
+        """From the node's tick: one bounded read whether or not the loop saw the socket
+        readable (after an overrun it may not), which also re-registers the reader when it
+        finds the overrun, and the counts of flows whose event never came."""
+        if self.events is not None:
+            self.on_readable()
 
     def _start_resync(self) -> None:
         if self._resync is None or self._resync.done():

@@ -290,7 +290,7 @@ class Node:
             self.engine.expire(now)
             self.freezer.maybe_freeze()
             if self.kernel_path.loaded:
-                self.kernel_path.account()      # flows handed over whose event never came
+                self.kernel_path.poll()         # a reader lost to an overrun; late counts
         if self._tracked and now >= next_link and not self._closing:
             next_link = now + LINK_CHECK_INTERVAL
             if self._links_idle:    # (a check still running: skip this one)

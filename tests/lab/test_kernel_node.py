@@ -186,3 +186,37 @@ def test_a_kernel_flow_times_out_after_ipvs_values(lab, tmp_path):
         assert len(timeouts) >= 3 and all(800 < t <= 900 for t in timeouts), text
     finally:
         held.communicate(timeout=60)
+
+
+def test_a_stopped_real_server_leaves_kernel_mode_scheduling_and_returns(lab):
+    """A health check on the kernel-mode service (added by a reload): rs2's echo server
+    stops, the check marks it down (weight 0) and new flows skip it; it comes back when
+    its server runs again."""
+    path = Path(st.load_state(PREFIX)["configs"]["a"])
+    cfg = T.node_config("a", scheduler="rr", kernel=True)
+    cfg["node"]["state_dir"] = str(st.state_dir(PREFIX) / "a-state")
+    for svc in cfg["services"]:
+        if svc.get("forwarding") == "kernel" and svc["proto"] == "tcp":
+            svc["health"] = {"kind": "tcp", "interval": 0.5, "timeout": 0.3, "fall": 3, "rise": 2}
+    path.write_text(T.dump_toml(cfg))
+    assert change(lab, "/reload")["changed"] is True
+    rs2 = T.REAL_SERVERS[1]["addr"]
+
+    def health() -> str:
+        return next(r for r in kernel_tcp(lab)["real_servers"] if r["addr"] == rs2).get("health")
+    assert wait_for(lambda: health() == "up"), kernel_tcp(lab)
+    state = st.load_state(PREFIX)
+    rec = [p for p in state["processes"] if p["name"] == "echo-rs2"][-1]
+    st.stop_process(rec)
+    try:
+        assert wait_for(lambda: health() == "down"), kernel_tcp(lab)
+        r = client(lab, "tcp-whoami", "--host", lab["kernel_vip"], "--port", 80, "--count", 60)
+        assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs3"], r
+    finally:
+        state = st.load_state(PREFIX)
+        state["processes"].append(st.start_process(rec["ns"], rec["name"], rec["cmd"],
+                                                   Path(rec["log"])))
+        st.save_state(PREFIX, state)
+    assert wait_for(lambda: health() == "up"), kernel_tcp(lab)
+    r = client(lab, "tcp-whoami", "--host", lab["kernel_vip"], "--port", 80, "--count", 60)
+    assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs2", "rs3"], r
