@@ -96,7 +96,9 @@ def test_young_connections_survive_a_kill(pair):
 def test_with_20_percent_sync_loss_the_backup_table_matches_and_a_kill_loses_nothing():
     """20 % of sync datagrams dropped: NACK repair still brings every flow to the backup.
     While 200 connections are held, b's conntrack table holds exactly a's ESTABLISHED
-    kernel flows (both tuples); then a is killed and all 200 survive."""
+    kernel flows (both tuples); then a is killed and all 200 survive, and a's restore
+    keeps 50 more.  (Connections only 50 ms old at a kill under this loss are not asserted:
+    docs/kernel-fast-path.md says what was measured and why.)"""
     require_lab()
     with lab_session("tkl", node=True, ha=True, advert_interval=ADVERT, kernel=True):
         sync_loss("tkl", 20)
@@ -124,3 +126,8 @@ def test_with_20_percent_sync_loss_the_backup_table_matches_and_a_kill_loses_not
         r = drill.run("tkl", "kill", conns=200, interval=0.1, duration=4.0, lead=1.0, pair=kp)
         check(r, 200)
         assert r["new_master"] == "b"
+        # a restored (its bulk resync from b, under the same loss) takes them back
+        back = drill.run("tkl", "restore", conns=50, interval=0.1, duration=4.0, lead=0.5,
+                         target="a", pair=kp)
+        check(back, 50)
+        assert back["new_master"] == "a"
