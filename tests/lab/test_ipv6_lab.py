@@ -145,6 +145,21 @@ def test_tandem_drill_ipv6_kill_keeps_all_200_connections(lab):
         back_to_a_master()
 
 
+@pytest.mark.parametrize("fault", ["link", "stop"])
+def test_a_link_or_stop_fault_then_a_restore_over_ipv6_keep_all_200_connections(lab, fault):
+    """The other faults of the done-when over IPv6: 200 connections to VIP6 survive the
+    master losing its links (or stopping), then its restore, when it preempts back."""
+    try:
+        six = LabPair(PREFIX, ipv6=True)
+        r = drill.run(PREFIX, fault, conns=200, duration=3.0, lead=1.0, pair=six)
+        check(r, 200)
+        back = drill.run(PREFIX, "restore", conns=200, duration=4.0, lead=1.0, target="a", pair=six)
+        assert (back["survived"], back["reset"], back["stalled"]) == (200, 0, 0), back
+        assert back["dual_master_ms"] == 0.0 and back["new_master"] == "a", back
+    finally:
+        back_to_a_master()
+
+
 class Hold:
     """`lab.client hold` of n IPv4 connections through the VIP, beside a drill; ended by PID."""
 
@@ -247,3 +262,32 @@ def test_a_health_check_takes_a_stopped_ipv6_real_server_out_and_back(lab):
     assert status("a")["role"] == "master"
     r = client(lab, "tcp-whoami", "--host", lab["vip6"], "--port", 80, "--count", 60)
     assert r["ok"] == 60 and r["by_server"].get("rs2", 0) > 0, r
+
+
+def test_an_ipv6_real_server_is_drained_and_restored_through_the_api_with_bracketed_addresses(lab):
+    """docs/operations.md's change requests with IPv6 addresses written [addr]:port."""
+    import urllib.error
+    import urllib.request
+
+    from lab.nsutil import in_netns
+
+    rs3 = REAL_SERVER6["rs3"]
+    base = f"{api_url('a')}/services/tcp/[{lab['vip6']}]:80/real_servers/[{rs3}]:8080"
+
+    def call(method: str, url: str) -> int:
+        req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {lab['api_token']}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+    ns = topology.ns_name(PREFIX, "a")
+    try:
+        assert in_netns(ns, call, "POST", f"{base}/drain", timeout=15) == 200
+        assert real6(rs3)["scheduled"] is False, real6(rs3)
+        r = client(lab, "tcp-whoami", "--host", lab["vip6"], "--port", 80, "--count", 30)
+        assert r["ok"] == 30 and "rs3" not in r["by_server"], r
+    finally:
+        assert in_netns(ns, call, "DELETE", f"{base}/override", timeout=15) == 200
+    assert real6(rs3)["scheduled"] is True, real6(rs3)
