@@ -20,6 +20,10 @@ APT_PACKAGES=(
   # the cluster lab (lab/bgp.py): BIRD 2 announces VIPs from each director namespace
   # to an ECMP router namespace; only the lab's own bird processes ever run
   bird2
+  # real servers that read PROXY headers (tests/lab/test_proxy_servers.py): nginx's
+  # `listen ... proxy_protocol` and HAProxy's `accept-proxy`, run only by the lab in the
+  # real servers' namespaces, never as system services
+  nginx haproxy
 )
 
 missing=()
@@ -33,7 +37,8 @@ if ((${#missing[@]})); then
   # the package's maintainer scripts from starting a system sshd (policy-rc.d
   # exit 101 = "action forbidden", honoured by invoke-rc.d and deb-systemd-invoke)
   policy_made=""
-  if [[ " ${missing[*]} " == *" openssh-server "* || " ${missing[*]} " == *" bird2 "* ]] \
+  if [[ " ${missing[*]} " == *" openssh-server "* || " ${missing[*]} " == *" bird2 "* \
+        || " ${missing[*]} " == *" nginx "* || " ${missing[*]} " == *" haproxy "* ]] \
      && [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod 755 /usr/sbin/policy-rc.d
@@ -52,7 +57,7 @@ if ((${#missing[@]})); then
   fi
   # keepalived is only used as an interop peer in tests, bird only by the lab's
   # namespaces; never leave the system services running
-  for unit in keepalived bird; do
+  for unit in keepalived bird nginx haproxy; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
       $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
     fi
