@@ -71,9 +71,12 @@ def test_300_tcp_and_300_udp_flows_reach_all_real_servers_one_packet_each_in_use
         assert sorted(r["by_server"]) == ["rs1", "rs2", "rs3"], r
         seen = {ip for peers in r["peers"].values() for ip in peers}
         assert seen == set(lab["kernel_laddrs"]), seen
-    assert after - before == 600, (before, after)
+    # one queued packet per flow: a UDP socket that got a source port an earlier one of the
+    # run had used is the same flow to conntrack (its entry lives on), and is not queued
+    flows = t["distinct_source_ports"] + u["distinct_source_ports"]
+    assert after - before == flows and flows >= 590, (before, after, flows)
     handoffs = api(lab, "/status")["engine"]["kernel_handoffs"]
-    assert handoffs >= 600
+    assert handoffs >= flows
 
 
 def test_engine_mode_services_beside_are_unchanged(lab):
