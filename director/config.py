@@ -62,6 +62,8 @@ class ServiceConfig:
     forwarding: str = "engine"     # "engine" | "kernel" (docs/kernel-fast-path.md)
     #: "none" | "proxy-v1" | "proxy-v2" (docs/client-address.md)
     client_address: str = "none"
+    #: "refuse" | "pass": a client's own PROXY header (docs/client-address.md)
+    client_proxy_header: str = "refuse"
 
     @property
     def key(self) -> str:
@@ -367,12 +369,14 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
                                  'not implemented yet)')
     if client_address != "none" and forwarding != "engine":
         s.fail("client_address", f'"{client_address}" needs forwarding = "engine"')
+    client_proxy_header = s.take("client_proxy_header")
     s.finish()
     return ServiceConfig(proto=proto, vip=vip, port=port, scheduler=scheduler, flags=flags,
                          laddrs=laddrs, real_servers=tuple(reals), name=name,
                          persistent=float(persistent), persist_netmask=persist_netmask, ops=ops,
                          health=health, sorry_server=sorry, scheduler_options=options,
-                         forwarding=forwarding, client_address=client_address)
+                         forwarding=forwarding, client_address=client_address,
+                         client_proxy_header=client_proxy_header)
 
 
 def load(path: str | Path) -> NodeConfig:

@@ -54,6 +54,7 @@ DROP_REASONS = P.REASONS + (
     "no_dest",        # the scheduler found no usable real server
     "no_lport",       # every laddr's port range to that real server is in use
     "table_full",     # at max_conns with nothing to early-drop
+    "proxy_refused",  # a client packet of a connection refused for its own PROXY header
     "not_ours",       # queued, but addressed to neither a VIP nor a laddr
     "internal_error",  # a bug: counted and logged, never raised
 )
@@ -70,7 +71,8 @@ class Engine:
             "packets", "forwarded_in", "forwarded_out", "conns_new", "conns_expired",
             "conns_reused", "early_drops", "icmp_errors", "passed_local",
             "icmp_unreachable_sent", "icmp_unreachable_suppressed", "kernel_handoffs",
-            "proxy_headers", "proxy_headers_resent"), 0)
+            "proxy_headers", "proxy_headers_resent", "proxy_headers_refused",
+            "proxy_headers_passed"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         #: per-protocol operations and timeouts, by protocol number
         self.protocols = make_protocols(cfg.timeouts)
@@ -244,7 +246,8 @@ class Engine:
         conn.sync_endtime = now
         assert conn.rw_in is not None       # made by bind()
         if svc.client_address != "none":
-            conn.seqadj = adj = proxy_insert.begin(svc.client_address, data, pkt)
+            conn.seqadj = adj = proxy_insert.begin(svc.client_address, data, pkt,
+                                                   svc.client_proxy_header)
             if adj is not None:
                 return self._proxy_in(conn, adj, data, pkt, conn.rw_in, now)
         if self.sync_hook is not None:
@@ -255,14 +258,21 @@ class Engine:
         """A client packet of a connection with a PROXY header (director.proxy_insert).
         The sync hook runs after the insertion, as ip_vs_in syncs after the transmit,
         so the entry it sends says whether the header has gone out."""
-        sent = adj.inserted
+        sent, refused, delta = adj.inserted, adj.refused, adj.delta
         shifted = proxy_insert.client_to_server(adj, data, pkt)
-        if shifted is not None and adj.inserted != sent:
+        if adj.inserted != sent:
             self.stats["proxy_headers" if sent == 0 else "proxy_headers_resent"] += 1
+        elif adj.refused != refused:
+            self.stats["proxy_headers_refused"] += 1
+        elif adj.delta != delta:
+            self.stats["proxy_headers_passed"] += 1
         if self.sync_hook is not None:
             self.sync_hook(conn, conn.in_pkts, now)
         if shifted is None:
             self.drops["bad_checksum"] += 1
+            return None
+        if shifted is proxy_insert.REFUSED:
+            self.drops["proxy_refused"] += 1
             return None
         return apply(shifted[0], shifted[1], rw)
 

@@ -85,6 +85,10 @@ _ENGINE_COUNTERS = (
      "Connections whose PROXY header went to the real server (client_address proxy-v1/v2)."),
     ("proxy_headers_resent", "proxy_headers_resent",
      "PROXY headers sent again with a retransmitted first data segment."),
+    ("proxy_headers_refused", "proxy_headers_refused",
+     "Connections refused for opening with a PROXY header of their own (client_proxy_header refuse)."),
+    ("proxy_headers_passed", "proxy_headers_passed",
+     "Connections whose own PROXY header went through in place of the node's (client_proxy_header pass)."),
 )
 
 

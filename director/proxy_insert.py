@@ -32,10 +32,15 @@ from proto import proxy
 from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
 from proto.consts import TCP
 
-__all__ = ["MODES", "begin", "resume", "client_to_server", "server_to_client", "quoted_seq_shift"]
+__all__ = ["MODES", "OWN_HEADER", "REFUSED", "begin", "resume", "client_to_server", "server_to_client", "quoted_seq_shift"]
 
 #: the modes of `client_address` this module serves, by the PROXY version they write
 MODES = {"proxy-v1": 1, "proxy-v2": 2}
+
+#: what a service does with a client whose first bytes are a PROXY header of its own
+OWN_HEADER = ("refuse", "pass")
+#: client_to_server's answer for a packet of a refused connection (drop it)
+REFUSED = "refused"
 
 _SYN, _FIN, _ACK = 0x02, 0x01, 0x10
 _L = struct.Struct("!L")
@@ -43,15 +48,24 @@ _H = struct.Struct("!H")
 _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_SACK = 0, 1, 2, 5
 
 
-def begin(mode: str, data: bytes, pkt) -> SeqAdj | None:
+def begin(mode: str, data: bytes, pkt, own_header: str = "refuse") -> SeqAdj | None:
     """The state for a new connection opened by this client SYN (None: the mode writes
-    no header, or the packet is no SYN)."""
+    no header, or the packet is no SYN).  `own_header` (OWN_HEADER): what to do if the
+    client's first bytes are a PROXY header of its own."""
     version = MODES.get(mode)
     if version is None or pkt.proto != TCP or not pkt.flags & _SYN or pkt.flags & _ACK:
         return None
     isn = _L.unpack_from(data, pkt.l4 + 4)[0]
     header = proxy.encode(version, pkt.src, pkt.dst, pkt.sport, pkt.dport)
-    return SeqAdj(isn + 1, header)
+    adj = SeqAdj(isn + 1, header)
+    adj.own_passes = own_header == "pass"
+    return adj
+
+
+def _own_header(payload: bytes) -> bool:
+    """The segment opens with a PROXY header of the client's own (either version; a
+    header split before its first 6 or 12 bytes is not recognised)."""
+    return payload[:6] == b"PROXY " or payload[:12] == proxy.SIGNATURE
 
 
 def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) -> SeqAdj | None:
@@ -60,13 +74,17 @@ def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) ->
     retransmitted first segment gets exactly what the peer put in the stream.  None when
     the header we would write is not the length the peer's shift says (not the same
     header: shifting by it would corrupt the stream)."""
-    init_seq, delta_, previous_delta, sent, version = option
-    header = proxy.encode(version, caddr, vaddr, cport, vport)
-    if len(header) != delta_ - previous_delta:
-        return None
+    init_seq, delta_, previous_delta, sent, version, refused = option
+    if delta_ == previous_delta:                    # the client's own header passed
+        header = b""
+    else:
+        header = proxy.encode(version, caddr, vaddr, cport, vport)
+        if len(header) != delta_ - previous_delta:
+            return None
     adj = SeqAdj(init_seq, header, previous_delta)
+    adj.refused = refused
     if sent:
-        adj.inserted = 1
+        adj.inserted = 1 if header else 0
         adj.announced = True
     return adj
 
@@ -74,7 +92,11 @@ def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) ->
 def client_to_server(adj: SeqAdj, data: bytes, pkt):
     """(data, pkt) of a client->server packet in the server's sequence space; None to
     drop it (the segment that must carry the header arrived with a bad checksum:
-    recomputing it would pass the corruption on as good data)."""
+    recomputing it would pass the corruption on as good data); REFUSED to drop it because
+    the client sent a PROXY header of its own and the service refuses that (the segment
+    that shows it, and every client packet of the connection after it)."""
+    if adj.refused:
+        return REFUSED
     l4 = pkt.l4
     doff = (data[l4 + 12] >> 4) * 4
     plen = pkt.end - l4 - doff
@@ -84,6 +106,12 @@ def client_to_server(adj: SeqAdj, data: bytes, pkt):
     if prefix:
         if not P.l4_checksum_ok(data, pkt):
             return None
+        if _own_header(data[l4 + doff:pkt.end]):
+            if not adj.own_passes:
+                adj.refused = True
+                return REFUSED
+            adj.pass_through()      # never two headers: theirs goes, ours is not written
+            return data, pkt
         adj.inserted += 1
         return _insert(data, pkt, l4 + doff, prefix, new_seq)
     if new_seq == seq:

@@ -48,7 +48,8 @@ class SeqAdj:
     """One connection's shift.  init_seq: the client's sequence number of its first
     data byte (its ISN + 1); delta: how many bytes the director inserts there."""
 
-    __slots__ = ("init_seq", "delta", "previous_delta", "header", "inserted", "announced")
+    __slots__ = ("init_seq", "delta", "previous_delta", "header", "inserted", "announced",
+                 "refused", "own_passes")
 
     def __init__(self, init_seq: int, header: bytes, previous_delta: int = 0) -> None:
         self.init_seq = init_seq & _MASK
@@ -61,6 +62,11 @@ class SeqAdj:
         #: the sync policy has sent the peer this state with the header marked sent
         #: (syncd.policy: once, urgently, when the header first goes out)
         self.announced = False
+        #: the client sent a PROXY header of its own and the service refuses that: the
+        #: connection forwards no client packet any more (director.proxy_insert)
+        self.refused = False
+        #: a client that opens with a header of its own has it passed through (else refused)
+        self.own_passes = False
 
     def client_segment(self, seq: int, syn: bool, fin: bool, payload_len: int) -> tuple[int, bytes]:
         """A client->server segment: (its sequence number in the server's space, the
@@ -86,11 +92,25 @@ class SeqAdj:
             return init         # inside the inserted bytes: none of the client's data yet
         return (ack - self.previous_delta) & _MASK
 
-    def sync_option(self) -> tuple[int, int, int, bool, int]:
-        """(init_seq, delta, previous_delta, sent, version): the entry option "seq" that
-        carries this shift to the peer (proto.sync), version the PROXY header's."""
-        version = 2 if self.header[:1] == b"\r" else 1     # v2 opens with its signature
-        return self.init_seq, self.delta, self.previous_delta, self.inserted > 0, version
+    def pass_through(self) -> None:
+        """Insert nothing after all (the client's own header goes through as it came):
+        no shift anywhere, and the decision is as final as a sent header."""
+        self.header = b""
+        self.delta = self.previous_delta
+
+    @property
+    def decided(self) -> bool:
+        """The first data byte has been seen: the header went out, or the client's own
+        header was passed through or refused.  What the peer must learn at once."""
+        return self.inserted > 0 or self.refused or self.delta == self.previous_delta
+
+    def sync_option(self) -> tuple[int, int, int, bool, int, bool]:
+        """(init_seq, delta, previous_delta, sent, version, refused): the entry options
+        "seq" and "refused" that carry this state to the peer (proto.sync), version the
+        PROXY header's (delta == previous_delta: none is written)."""
+        version = 2 if self.header[:1] in (b"\r", b"") else 1     # v2 opens with its signature
+        return (self.init_seq, self.delta, self.previous_delta, self.decided, version,
+                self.refused)
 
     def state(self) -> tuple[int, int, int]:
         """(init_seq, delta, previous_delta), what IPVS_OPT_SEQ_DATA carries."""

@@ -28,6 +28,7 @@ class Service:
         self.laddrs = LaddrPool([ipaddress.ip_address(a).packed for a in cfg.laddrs], ports)
         self.forwarding = cfg.forwarding
         self.client_address = cfg.client_address
+        self.client_proxy_header = cfg.client_proxy_header
 
     @property
     def key(self) -> tuple[int, bytes, int]:
@@ -70,6 +71,7 @@ class Service:
         self.ops = cfg.ops
         self.forwarding = cfg.forwarding
         self.client_address = cfg.client_address
+        self.client_proxy_header = cfg.client_proxy_header
         return removed
 
     def find_dest(self, addr: bytes, port: int) -> Dest | None:
@@ -96,6 +98,7 @@ class Service:
             "persistent": self.persistent, "persist_netmask": self.cfg.persist_netmask,
             "ops": self.ops, "forwarding": self.forwarding,
             "client_address": self.client_address,
+            "client_proxy_header": self.client_proxy_header,
             "real_servers": [{
                 "addr": d.addr_str, "port": d.port, "weight": d.weight,
                 "active": d.active, "inactive": d.inactive, "overloaded": d.overloaded,

@@ -118,9 +118,10 @@ class SyncApplier:
         insertion point can move only with a new connection, which replaced ours)."""
         adj = conn.seqadj
         if adj is not None and adj.state() == seq[:3]:
-            if seq[3] and not adj.inserted:
+            if seq[3] and not adj.decided:
                 adj.inserted = 1
-                adj.announced = True
+            adj.announced = adj.announced or bool(seq[3])
+            adj.refused = adj.refused or seq[5]
             return
         adj = proxy_insert.resume(seq, conn.caddr, conn.cport, conn.vaddr, conn.vport)
         if adj is None:

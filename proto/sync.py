@@ -70,7 +70,10 @@ entry is the 14 elements above, byte for byte.  Known options:
             IPVS_OPT_SEQ_DATA: init_seq, delta, previous_delta, all 0..2**32-1),
             whether the header has gone out (bool), and the PROXY version it is
             written in (1 or 2), so the peer can write the same header again for a
-            retransmitted first segment.
+            retransmitted first segment.  delta == previous_delta: the node writes
+            no header (the client's own was passed through).
+    "refused"  true: the client opened with a PROXY header of its own and the service
+            refuses that; the connection forwards no client packet (only with "seq").
 
 A node older than options refuses an entry of 15 elements (its whole message is
 counted malformed); see docs/client-address.md.
@@ -127,6 +130,8 @@ U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
 #: the entry option that carries a PROXY connection's sequence shift (see above)
 OPT_SEQ = "seq"
+#: beside "seq": the connection was refused for the client's own PROXY header
+OPT_REFUSED = "refused"
 MAX_TIMEOUT = float(1 << 31)
 _ENTRY_FLAGS = SYNC_FLAGS
 
@@ -162,7 +167,8 @@ class SyncEntry:
     timeout: float
     template: bool = False
     in_pkts: int = 0
-    #: option "seq": (init_seq, delta, previous_delta, sent, version), or None
+    #: options "seq" and "refused": (init_seq, delta, previous_delta, sent, version,
+    #: refused), or None
     seq: tuple | None = None
 
     @classmethod
@@ -223,8 +229,11 @@ class SyncEntry:
 
 
 def _seq_wire(seq: tuple) -> dict:
-    init_seq, delta, previous_delta, sent, version = seq
-    return {OPT_SEQ: [init_seq, delta, previous_delta, bool(sent), version]}
+    init_seq, delta, previous_delta, sent, version, refused = seq
+    options: dict = {OPT_SEQ: [init_seq, delta, previous_delta, bool(sent), version]}
+    if refused:
+        options[OPT_REFUSED] = True
+    return options
 
 
 @dataclass(slots=True)
@@ -449,7 +458,12 @@ def _options(v: Any) -> tuple | None:
     if type(v) is not dict:
         raise SyncError(MALFORMED)
     seq = v.get(OPT_SEQ)
-    return None if seq is None else _seq_option(seq)
+    if seq is None:
+        return None
+    refused = v.get(OPT_REFUSED, False)
+    if type(refused) is not bool:
+        raise SyncError(MALFORMED)
+    return _seq_option(seq) + (refused,)
 
 
 def _entry(v: Any) -> SyncEntry:

@@ -159,6 +159,11 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
             "connection's first data byte, shifting sequence numbers from then on "
             "(docs/client-address.md). Engine forwarding only; `toa` is refused for now: not "
             "implemented yet"),
+    Key("client_proxy_header", str, "refuse", choices=("refuse", "pass"),
+        doc="on a `proxy-v1`/`proxy-v2` service, a client whose first bytes are a PROXY header of "
+            "its own: `refuse` (none of its bytes reach the real server, its packets are dropped) "
+            "or `pass` (its header goes through as it came and the node writes none, for a trusted "
+            "proxy in front); never two headers (docs/client-address.md)"),
     Key("sorry_server", str, None, shown="none", doc="`addr:port` to use when no real server is up"),
     Key("health", dict, None, shown="none", doc="the health check (see Health-check kinds below)"),
 ])

@@ -114,9 +114,10 @@ class SyncPolicy:
         n = (now_j + timeout_j) & ~3
         state = conn.state
         adj = getattr(conn, "seqadj", None)     # (a kernel-mode flow has none)
-        if adj is not None and adj.inserted and not adj.announced:
-            # the PROXY header has just gone out: the peer must know now, or a
-            # takeover would send a second one (docs/client-address.md, "Failover")
+        if adj is not None and adj.decided and not adj.announced:
+            # the PROXY header has just gone out (or the client's own was passed or
+            # refused): the peer must know now, or a takeover would send a second one
+            # (docs/client-address.md, "Failover")
             adj.announced = True
             return self._set(conn, n, state != conn.old_state) and URGENT
         if template:

@@ -254,7 +254,8 @@ class _Shift:
     (910.0, 10.0, 900.0), (710.5, 10.0, 900.0), (0.0, 10.0, 60.0), (5.0, 10.0, 120.0),
     (910.25, 10.0, 900.0)])
 @pytest.mark.parametrize("v6", [False, True])
-@pytest.mark.parametrize("option", [None, (1000, 37, 0, True, 2), (5, 107, 0, False, 1)])
+@pytest.mark.parametrize("option", [None, (1000, 37, 0, True, 2, False), (5, 107, 0, False, 1, False),
+                                    (9, 28, 0, True, 2, True)])
 def test_pack_conn_is_pack_entry_of_from_conn(expires, now, timeout, v6, option):
     """The sync hook's packed path (pack_conn) sends exactly the bytes of the entry path,
     whole and fractional timeouts, expired and unscheduled connections, with and without
