@@ -62,3 +62,35 @@ def test_20mb_through_the_proxy_v2_service_arrives_intact(lab):
     r = run_in(lab["client"]["ns"], "bulk", "--host", lab["vip"], "--port", 81,
                "--bytes", 20_000_000, timeout=300)
     assert r["sent"] == r["received"] == 20_000_000 and r["sha256_ok"], r
+
+
+_OWN_HEADER_CLIENT = r"""
+import json, socket, sys
+from proto import proxy
+s = socket.create_connection((sys.argv[1], 81), timeout=5)
+s.sendall(proxy.encode(1, "203.0.113.9", sys.argv[1], 5555, 81) + b"WHOAMI\n")
+s.settimeout(2.0)
+try:
+    got = s.recv(4096)
+except socket.timeout:
+    got = None
+print(json.dumps({"got": None if got is None else got.decode(errors="replace")}))
+"""
+
+
+def test_a_client_with_its_own_header_is_refused_not_given_a_second(lab):
+    """client_proxy_header = "refuse" (the default, VIP:81): a client that opens with a
+    PROXY header of its own gets nothing through (the echo would answer WHOAMI with the
+    address its header claims, or with ours in front of it)."""
+    import subprocess
+    import sys
+    from lab.testing import REPO_ROOT, client_env
+    before = engine_stats(lab)
+    cp = subprocess.run(["ip", "netns", "exec", lab["client"]["ns"], sys.executable, "-c",
+                         _OWN_HEADER_CLIENT, lab["vip"]], cwd=str(REPO_ROOT), env=client_env(),
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert json.loads(cp.stdout.splitlines()[-1]) == {"got": None}
+    after = engine_stats(lab)
+    assert after["proxy_headers_refused"] - before["proxy_headers_refused"] == 1
+    assert after["proxy_headers"] == before["proxy_headers"]
