@@ -1,0 +1,72 @@
+"""The Ansible role's templates rendered by ansible-playbook itself (on localhost, no hosts):
+the node config it writes is the one the node reads, for IPv4 and for dual-stack nodes, and
+the kernel settings follow the families the node uses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from director.config import parse
+from lab import topology
+from schema.core import dump_toml
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+ROLE = REPO / "ansible/roles/tandem"
+
+pytestmark = pytest.mark.skipif(not PLAYBOOK.exists(), reason="make setup installs ansible-core")
+
+
+def role_vars(cfg: dict) -> dict:
+    """The role's variables for a lab node's config, as an inventory would give them."""
+    node, ifs, vrrp, sync = cfg["node"], cfg["interfaces"], cfg["vrrp"], cfg["sync"]
+    return {
+        "tandem_node_name": node["name"], "tandem_api": node["api"], "tandem_queue": node["queue"],
+        "tandem_api_token": node["api_token"], "tandem_timeouts": cfg["timeouts"],
+        "tandem_limits": cfg["limits"], "tandem_laddrs": cfg.get("laddrs", []),
+        "tandem_services": cfg["services"], "tandem_front_interface": ifs["front"],
+        "tandem_back_interface": ifs["back"], "tandem_garp_count": ifs["garp_count"],
+        "tandem_garp_interval": ifs["garp_interval"], "tandem_vrrp_vrid": vrrp["vrid"],
+        "tandem_vrrp_priority": vrrp["priority"], "tandem_vrrp_advert_interval": vrrp["advert_interval"],
+        "tandem_vrrp_primary_address": vrrp["primary_address"], "tandem_sync_key": sync["key"],
+        "tandem_sync_id": sync["sync_id"], "tandem_sync_mode": sync["mode"],
+        "tandem_sync_interface": sync["interface"],
+    }
+
+
+def render(tmp_path: Path, evars: dict) -> tuple[str, str]:
+    """(node config, sysctl file) as the role's templates write them."""
+    play = tmp_path / "play.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  connection: local\n"
+        f"  vars_files: ['{ROLE}/defaults/main.yml', '{ROLE}/vars/main.yml']\n"
+        "  tasks:\n"
+        f"    - ansible.builtin.include_tasks: '{ROLE}/tasks/assert.yml'\n"
+        f"    - ansible.builtin.template: {{src: '{ROLE}/templates/node.toml.j2', dest: '{tmp_path}/n.toml'}}\n"
+        f"    - ansible.builtin.template: {{src: '{ROLE}/templates/sysctl.conf.j2', dest: '{tmp_path}/s.conf'}}\n")
+    (tmp_path / "extra.json").write_text(json.dumps({"tandem_service_manager": "supervisor", "ansible_python_interpreter": sys.executable, **evars}))
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+               ANSIBLE_HOME=str(tmp_path / ".ansible"), ANSIBLE_NOCOLOR="1")
+    cp = subprocess.run([str(PLAYBOOK), "-i", "localhost,", str(play), "-e", f"@{tmp_path / 'extra.json'}"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
+    return (tmp_path / "n.toml").read_text(), (tmp_path / "s.conf").read_text()
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "dual-stack"])
+def test_the_role_writes_the_config_the_node_reads_and_forwards_the_families_it_uses(tmp_path, ipv6):
+    """A dual-stack node (IPv6 services and laddrs, sync over IPv6) is deployed as the lab
+    runs it, and the role turns IPv6 forwarding on for it, where an IPv4 node's host is left
+    as it was (forwarding on, a Linux router ignores router advertisements)."""
+    import tomllib
+    cfg = topology.node_config("a", ha=True, ipv6=ipv6, sync_ipv6=ipv6)
+    toml, sysctls = render(tmp_path, role_vars(cfg))
+    assert parse(tomllib.loads(toml), "n.toml") == parse(tomllib.loads(dump_toml(cfg)), "n.toml")
+    settings = dict(line.split(" = ") for line in sysctls.splitlines() if " = " in line)
+    assert settings["net.ipv4.ip_forward"] == "1"
+    assert settings.get("net.ipv6.conf.all.forwarding") == ("1" if ipv6 else None), settings
