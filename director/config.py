@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 from director import config_rules as rules
 from director import sched
 from director.config_cluster import parse_cluster, refuse_unbuilt
+from director.config_secrets import warn_if_exposed
 from proto.consts import PROTOS
 from schema import keys as K
 from schema.core import ConfigError, Reader
@@ -394,31 +393,3 @@ def load(path: str | Path) -> NodeConfig:
     cfg = parse(doc, str(path))
     warn_if_exposed(path, cfg)
     return cfg
-
-
-def secrets_in(cfg: NodeConfig) -> list[str]:
-    """The fields of `cfg` that hold a secret."""
-    held = ["node.api_token"] if cfg.api_token else []
-    if cfg.ha is not None and cfg.ha.sync is not None:
-        held.append("sync.key")
-    return held
-
-
-def warn_if_exposed(path: Path, cfg: NodeConfig) -> bool:
-    """Warn (once per load) when a file holding secrets is readable by other users."""
-    held = secrets_in(cfg)
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    mode = st.st_mode
-    # root:tandem 0640 is how a node running as its own user reads a root-owned file
-    # (docs/operations.md): its group is the node's own, which holds the secrets anyway
-    group_is_ours = st.st_gid == os.getegid() and st.st_uid != os.geteuid()
-    exposed = stat.S_IROTH | (0 if group_is_ours else stat.S_IRGRP)
-    if held and mode & exposed:
-        who = "anyone" if mode & stat.S_IROTH else "its group"
-        log.warning("%s: readable by %s (mode %04o) and it holds %s: chmod 600 it",
-                    path, who, stat.S_IMODE(mode), " and ".join(held))
-        return True
-    return False
