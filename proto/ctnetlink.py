@@ -31,8 +31,8 @@ set and nothing is translated.  A timeout is mandatory; `injection()` builds suc
 
 `decode()` raises `CtnetlinkError` and nothing else, whatever bytes it is given.
 
-The file is over ~400 lines on purpose: the kernel's numbers, the encoder and the decoder of
-one wire format stay together, so each number sits next to both of its uses.
+Size: the kernel's numbers, the encoder and the decoder of one wire format stay together,
+so each number sits next to both of its uses.
 """
 from __future__ import annotations
 

@@ -88,6 +88,9 @@ MAC so that another pair's traffic on a shared group is reported as such, not
 as an attack; nothing from an unauthenticated message is used beyond that
 classification, and unauthenticated bytes never reach the msgpack decoder (a
 large crafted datagram would otherwise cost milliseconds of the event loop).
+
+Size: one wire format kept together: its constants, the field table above, the encoder
+and the decoder with its checks, so both directions read against one spec.
 """
 from __future__ import annotations
 

@@ -13,6 +13,10 @@ also sends VRRP adverts: netlink and iptables go to worker threads.
 Everything that touches the kernel goes through one privileged interface, `Edges.kernel`
 (tandem/kernel.py; tests hand in tests/fake_kernel.py); the other edges (the queue adapter, the
 VRRP runner, takeover, sync, health checks) are built around it and a test replaces them too.
+
+Size: the node's whole life (build, start order, event pump, reload, stop order) in one
+place, as docs/architecture.md describes it; changed this session by the kernel fast path,
+a split (edges and builders apart from Node) is left until that work has landed.
 """
 from __future__ import annotations
 
