@@ -184,9 +184,7 @@ class SyncEntry:
         the two are equal, as IPVS sends cp->timeout; in a bulk resync an idle
         connection is not given a fresh full timeout on the peer.
         """
-        t = float(timeout)
-        if conn.expires > 0:
-            t = min(t, max(conn.expires - now, 0.0))
+        t = time_left(conn, now, timeout)
         adj = conn.seqadj
         return cls(conn.proto, conn.state, conn.flags & _ENTRY_FLAGS,
                    bytes(conn.caddr), conn.cport, bytes(conn.vaddr), conn.vport,
@@ -295,14 +293,21 @@ def pack_entry(entry: SyncEntry) -> bytes:
     return _pack(entry.to_wire())
 
 
+def time_left(conn, now: float, timeout: float) -> float:
+    """What an entry says of a connection's time: what it has left, capped at its state's
+    full timeout (SyncEntry.from_conn says why)."""
+    t = float(timeout)
+    if conn.expires > 0:
+        t = min(t, max(conn.expires - now, 0.0))
+    return t
+
+
 def pack_conn(conn, now: float, timeout: float) -> bytes:
     """pack_entry(SyncEntry.from_conn(conn, now, timeout)), byte for byte, without the
     entry object in between: the engine's sync hook makes one for most packets of a new
     connection, and the object and its to_wire cost 1.6 us of the 2.9 (tests hold the
     two paths equal)."""
-    t = float(timeout)
-    if conn.expires > 0:
-        t = min(t, max(conn.expires - now, 0.0))
+    t = time_left(conn, now, timeout)
     # the addresses as they are: msgpack packs bytes, bytearray and memoryview alike (bin),
     # so the bytes() copies from_conn makes would change nothing on the wire
     wire = [conn.proto, conn.state, conn.flags & _ENTRY_FLAGS, conn.caddr, conn.cport,

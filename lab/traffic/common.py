@@ -7,6 +7,7 @@ import contextlib
 import errno
 import ipaddress
 import resource
+import socket
 import time
 
 
@@ -91,3 +92,24 @@ def parse_whoami(reply: str) -> tuple[str, str, int] | None:
         return parts[0], ip, int(port)
     except ValueError:
         return None
+
+
+def garbage_kinds(spec: str, known: list[str], label: str = "kinds") -> list[str]:
+    """The kinds a garbage command was asked for ("all" or a comma list), each one known."""
+    kinds = known if spec == "all" else [k.strip() for k in spec.split(",")]
+    for k in kinds:
+        if k not in known:
+            raise UsageError(f"unknown kind {k!r}; {label}: {', '.join(known)}")
+    return kinds
+
+
+def source_towards(target: str, port: int, family: int) -> str:
+    """The source address the kernel would use towards target:port, checked to be the lab's."""
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.connect((target, port))
+        src_ip = probe.getsockname()[0]
+    finally:
+        probe.close()
+    return check_host(src_ip)
+

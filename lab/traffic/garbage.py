@@ -11,7 +11,7 @@ import struct
 import time
 from typing import Any
 
-from .common import Deadline, UsageError, check_host, classify, inc
+from .common import Deadline, UsageError, classify, garbage_kinds, inc, source_towards
 
 
 def _csum(data: bytes) -> int:
@@ -124,18 +124,8 @@ GARBAGE_KINDS = [
 
 async def garbage(args) -> dict[str, Any]:
     dl = Deadline(args.deadline)
-    kinds = GARBAGE_KINDS if args.kinds == "all" else [k.strip() for k in args.kinds.split(",")]
-    for k in kinds:
-        if k not in GARBAGE_KINDS:
-            raise UsageError(f"unknown kind {k!r}; kinds: {', '.join(GARBAGE_KINDS)}")
-    # the source address the kernel would use towards the target
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect((args.target, args.port))
-        src_ip = probe.getsockname()[0]
-    finally:
-        probe.close()
-    check_host(src_ip)
+    kinds = garbage_kinds(args.kinds, GARBAGE_KINDS)
+    src_ip = source_towards(args.target, args.port, socket.AF_INET)
     src, dst = socket.inet_aton(src_ip), socket.inet_aton(args.target)
     if args.seed is not None:
         random.seed(args.seed)

@@ -17,7 +17,7 @@ import struct
 import time
 from typing import Any
 
-from .common import Deadline, UsageError, check_host, classify, inc
+from .common import Deadline, UsageError, classify, garbage_kinds, inc, source_towards
 from .garbage import _sport, _tcp, _udp
 
 #: Linux: IPPROTO_RAW on an AF_INET6 raw socket sends the caller's IPv6 header (IPV6_HDRINCL)
@@ -59,17 +59,8 @@ GARBAGE6_KINDS = ["bad_tcp_csum", "bad_udp_csum", "truncated_tcp", "bad_tcp_doff
 
 async def garbage6(args) -> dict[str, Any]:
     dl = Deadline(args.deadline)
-    kinds = GARBAGE6_KINDS if args.kinds == "all" else [k.strip() for k in args.kinds.split(",")]
-    for k in kinds:
-        if k not in GARBAGE6_KINDS:
-            raise UsageError(f"unknown kind {k!r}; IPv6 kinds: {', '.join(GARBAGE6_KINDS)}")
-    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        probe.connect((args.target, args.port))
-        src_ip = probe.getsockname()[0]
-    finally:
-        probe.close()
-    check_host(src_ip)
+    kinds = garbage_kinds(args.kinds, GARBAGE6_KINDS, "IPv6 kinds")
+    src_ip = source_towards(args.target, args.port, socket.AF_INET6)
     src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (src_ip, args.target))
     if args.seed is not None:
         random.seed(args.seed)
