@@ -9,6 +9,7 @@ and the echo servers are recorded in the lab's state file and stopped by `bgp.do
 """
 from __future__ import annotations
 
+import errno
 import random
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def _route_default(i, gateway: str) -> None:
     try:
         i.route("add", dst="default", gateway=gateway)
     except Exception as exc:  # noqa: BLE001 - already there is fine
-        if getattr(exc, "code", None) != 17:
+        if getattr(exc, "code", None) != errno.EEXIST:
             raise
 
 

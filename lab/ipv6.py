@@ -15,6 +15,7 @@ a fault takes their links down (``keep_addr_on_down``), as their IPv4 ones are k
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from typing import Any
@@ -81,7 +82,7 @@ def default_route(i, role: str) -> None:
     try:
         i.route("add", dst="::/0", gateway=_GATEWAY[role], family=10)
     except Exception as exc:  # noqa: BLE001 - already there is fine
-        if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
+        if "exists" not in str(exc).lower() and getattr(exc, "code", None) != errno.EEXIST:
             raise
 
 

@@ -6,6 +6,7 @@ is recorded in the state file as soon as it exists, so a half-built lab can be r
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any
 
@@ -169,7 +170,7 @@ def _route_back(i: IPRoute, gateway: str, family: int) -> None:
     try:
         i.route("add", dst="default" if family == 2 else "::/0", gateway=gateway, family=family)
     except Exception as exc:  # noqa: BLE001 - already there is fine
-        if "exists" not in str(exc).lower() and getattr(exc, "code", None) != 17:
+        if "exists" not in str(exc).lower() and getattr(exc, "code", None) != errno.EEXIST:
             raise
 
 

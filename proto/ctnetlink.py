@@ -220,7 +220,7 @@ def encode_tuple(atype: int, t: Tuple) -> bytes:
                _attr(CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, t.dst))
     l4 = [_attr(CTA_PROTO_NUM, _BE8.pack(t.proto))]
     if t.proto in (1, 58):
-        base = CTA_PROTO_ICMP_ID if t.proto == 1 else CTA_PROTO_ICMPV6_ID
+        base = CTA_PROTO_ICMP_ID if t.proto == _ipvs.ICMP else CTA_PROTO_ICMPV6_ID
         l4 += [_attr(base, _BE16.pack(t.icmp_id)), _attr(base + 1, _BE8.pack(t.icmp_type)),
                _attr(base + 2, _BE8.pack(t.icmp_code))]
     else:
@@ -336,7 +336,7 @@ def injection(orig: Tuple, real: NatRange, local: NatRange, timeout: int, *,
     ctnetlink cannot set the window-tracking data, so a TCP entry is marked BE_LIBERAL in
     both directions (as conntrackd does), or a taken-over bulk flow stalls."""
     tcp = None
-    if orig.proto == 6:
+    if orig.proto == _ipvs.TCP:
         liberal = (TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL)
         tcp = TcpInfo(state=TCP_CT_ESTABLISHED if tcp_state is None else tcp_state,
                       flags_orig=liberal, flags_reply=liberal)
@@ -352,7 +352,7 @@ def refresh(orig: Tuple, timeout: int, *, tcp_state: int | None = None,
     status (its bits may only be added); BE_LIBERAL again, so the flags never depend on what
     the entry was created with."""
     tcp = None
-    if orig.proto == 6 and tcp_state is not None:
+    if orig.proto == _ipvs.TCP and tcp_state is not None:
         liberal = (TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL)
         tcp = TcpInfo(state=tcp_state, flags_orig=liberal, flags_reply=liberal)
     return Conntrack(orig=orig, timeout=timeout, mark=mark, tcp=tcp)
@@ -438,7 +438,7 @@ def _tuple(buf: bytes, span: tuple[int, int]) -> Tuple:
     proto = _int(buf, l4[CTA_PROTO_NUM], _BE8)
     src, dst = bytes(buf[s0:s1]), bytes(buf[d0:d1])
     if proto in (1, 58):
-        base = CTA_PROTO_ICMP_ID if proto == 1 else CTA_PROTO_ICMPV6_ID
+        base = CTA_PROTO_ICMP_ID if proto == _ipvs.ICMP else CTA_PROTO_ICMPV6_ID
         return Tuple(proto, src, dst,
                      icmp_id=_int(buf, l4[base], _BE16) if base in l4 else 0,
                      icmp_type=_int(buf, l4[base + 1], _BE8) if base + 1 in l4 else 0,

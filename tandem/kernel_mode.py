@@ -37,18 +37,16 @@ from director.config import NodeConfig, ServiceConfig
 from director.engine import Engine
 from director.kernel_flows import KernelFlows
 from proto import ctnetlink as ct
+from proto.consts import PROTOS
 
 log = logging.getLogger("tandem.kernel_mode")
 #: seconds a flow handed to the kernel counts on its real server without its NEW event
 PENDING_FOR = 2.0
 
 
-_PROTO_NUMBERS = {"tcp": 6, "udp": 17}
-
-
 def _key(s: ServiceConfig) -> tuple[int, bytes, int]:
     """A service as a flow's original tuple names it: (protocol, VIP, port)."""
-    return (_PROTO_NUMBERS[s.proto], ipaddress.ip_address(s.vip).packed, s.port)
+    return (PROTOS[s.proto], ipaddress.ip_address(s.vip).packed, s.port)
 
 
 def kernel_services(cfg: NodeConfig) -> list[ServiceConfig]:
