@@ -24,6 +24,10 @@ APT_PACKAGES=(
   # `listen ... proxy_protocol` and HAProxy's `accept-proxy`, run only by the lab in the
   # real servers' namespaces, never as system services
   nginx haproxy
+  # make bench: iperf3 measures throughput through each forwarding path side by side, and
+  # conntrackd (FTFW) with keepalived and nftables is the standard toolchain pair drilled
+  # beside tandem; both run only in the lab's namespaces, never as system services
+  iperf3 conntrackd
 )
 
 missing=()
@@ -38,7 +42,8 @@ if ((${#missing[@]})); then
   # exit 101 = "action forbidden", honoured by invoke-rc.d and deb-systemd-invoke)
   policy_made=""
   if [[ " ${missing[*]} " == *" openssh-server "* || " ${missing[*]} " == *" bird2 "* \
-        || " ${missing[*]} " == *" nginx "* || " ${missing[*]} " == *" haproxy "* ]] \
+        || " ${missing[*]} " == *" nginx "* || " ${missing[*]} " == *" haproxy "* \
+        || " ${missing[*]} " == *" conntrackd "* || " ${missing[*]} " == *" iperf3 "* ]] \
      && [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod 755 /usr/sbin/policy-rc.d
@@ -57,7 +62,7 @@ if ((${#missing[@]})); then
   fi
   # keepalived is only used as an interop peer in tests, bird only by the lab's
   # namespaces; never leave the system services running
-  for unit in keepalived bird nginx haproxy; do
+  for unit in keepalived bird nginx haproxy conntrackd iperf3; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
       $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
     fi
