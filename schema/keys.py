@@ -252,6 +252,11 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
         doc="a partly filled message goes out this long after its first entry"),
     Key("heartbeat_interval", float, 0.2, unit="s", above=0.0,
         doc="an idle sender sends the last seq this often, so a lost tail is seen"),
+    Key("tail_heartbeat", float, 0.010, unit="s", lo=0.0,
+        doc="after a message with an urgent entry (a new or an ESTABLISHED connection), a "
+            "heartbeat follows this long later, and again at doubling intervals up to "
+            "`heartbeat_interval`: a lost last message is asked for again within milliseconds, "
+            "before a failover could orphan its connections. 0 = off"),
     Key("resend_window", int, 4096, unit="messages", lo=1,
         doc="messages kept for answering NACKs. Beyond this, a bulk resync is sent"),
     Key("resend_holdoff", float, 0.020, unit="s", lo=0.0,

@@ -51,6 +51,11 @@ class SyncConfig:
     #: With nothing else sent for this long, send a HEARTBEAT carrying the last
     #: seq: it reveals a lost tail of the stream and tells the peer we are alive.
     heartbeat_interval: float = _D("heartbeat_interval")
+    #: After a DATA message that carried an urgent entry, HEARTBEATs follow this long
+    #: later and then at doubling intervals (below heartbeat_interval): when that message
+    #: was the last before the master died, its loss is otherwise seen only at the next
+    #: idle heartbeat, too late for a NACK to repair it.  0 = off.
+    tail_heartbeat: float = _D("tail_heartbeat")
     #: Sent DATA datagrams kept for answering NACKs (a ring, per sender).
     resend_window: int = _D("resend_window")
     #: The same seq is not re-sent twice within this long (several NACKs for one

@@ -9,7 +9,11 @@ message is sealed at once (given the next seq, encoded, signed, stored in the
 resend window) and goes out on the next poll; a partly filled one is sealed
 cfg.flush_delay after its first entry.  With nothing sent for
 cfg.heartbeat_interval, a HEARTBEAT carries the last seq, so a receiver learns
-about a lost tail of the stream.
+about a lost tail of the stream.  After a message that carried an urgent entry, tail
+heartbeats follow sooner (cfg.tail_heartbeat, then doubling up to the idle interval):
+a new or just-ESTABLISHED connection whose message was lost right before the master
+died is NACKed and repaired within milliseconds, not orphaned by a kill that comes
+before the idle heartbeat.
 
 Reliability is NACK-based (the receiver asks; there are no ACKs): the last
 cfg.resend_window datagrams are kept as sent and re-sent byte for byte (same
@@ -82,6 +86,9 @@ class SyncSender:
         self._pending_size = 0
         self._pending_since = 0.0
         self._last_tx: float | None = None
+        self._urgent_unsent = False             # an urgent entry queued since the last transmit
+        self._tail_at = float("inf")            # the next tail heartbeat (see poll)
+        self._tail_step = 0.0
         # bulk resync
         self._bulk: Iterator | None = None
         self._bulk_to_entry: Callable[[Any, float], SyncEntry | None] | None = None
@@ -101,7 +108,8 @@ class SyncSender:
         self._state_tx = float("-inf")
         self.stats = dict.fromkeys((
             "sent", "entries_sent", "entries_queued", "resends", "resends_held_off",
-            "resends_capped", "heartbeats", "bulk_runs", "bulk_entries", "nacks_received", "nacks_past_window",
+            "resends_capped", "heartbeats", "tail_heartbeats", "bulk_runs", "bulk_entries",
+            "nacks_received", "nacks_past_window",
             "resync_requests", "control_replayed", "queue_drops", "states"), 0)
 
     # -- helpers ---------------------------------------------------------------------
@@ -149,6 +157,7 @@ class SyncSender:
         self._pending_size += len(b)
         if urgent:
             self._pending_since = float("-inf")
+            self._urgent_unsent = True
         if self.budget - self._pending_size < _MIN_ENTRY:
             self._close_pending(now)
 
@@ -158,13 +167,17 @@ class SyncSender:
             self._close_pending(now)
         if self._bulk is not None:
             self._run_bulk(now)
-        out = list(self._ready)
-        self._ready.clear()
-        if out:
-            self.stats["sent"] += len(out)
-            self._last_tx = now
-        elif self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
-            out.append(self.heartbeat(now))
+        out = self._transmit(now)
+        if not out:
+            # (an open message will reveal the last seq as well, when it goes)
+            tail = now >= self._tail_at and not self._pending
+            if tail or self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
+                out.append(self.heartbeat(now))
+            if tail:
+                self.stats["tail_heartbeats"] += 1
+                self._tail_step *= 2
+                self._tail_at = now + self._tail_step \
+                    if self._tail_step < self.cfg.heartbeat_interval else float("inf")
         if self._state is not None and now >= self._state_tx + STATE_INTERVAL:
             out.append(self._state_message(now))
         return out
@@ -194,11 +207,22 @@ class SyncSender:
         """Every pending entry, now: the open message sealed, and all sealed ones not yet sent
         (a planned release hands its last connections to the peer before its addresses go)."""
         self._close_pending(now)
+        return self._transmit(now)
+
+    def _transmit(self, now: float) -> list[bytes]:
+        """The sealed messages, now.  After one that carried an urgent entry the tail
+        heartbeats are armed; a later message (a new last seq) moves them to start
+        from it.  A regular heartbeat does not disarm them: it can be lost too."""
         out = list(self._ready)
         self._ready.clear()
         if out:
             self.stats["sent"] += len(out)
             self._last_tx = now
+            if self._urgent_unsent and self.cfg.tail_heartbeat > 0:
+                self._tail_step = self.cfg.tail_heartbeat
+            if self._tail_step and (self._urgent_unsent or self._tail_at < float("inf")):
+                self._tail_at = now + self._tail_step   # a new last seq: its tail from now
+            self._urgent_unsent = False
         return out
 
     def heartbeat(self, now: float) -> bytes:
@@ -214,6 +238,8 @@ class SyncSender:
         d = float("-inf") if self._last_tx is None else self._last_tx + self.cfg.heartbeat_interval
         if self._pending:
             d = min(d, self._pending_since + self.cfg.flush_delay)
+        else:
+            d = min(d, self._tail_at)
         if self._bulk is not None:
             d = min(d, self._bulk_last + self.cfg.bulk_interval)
         if self._state is not None:
