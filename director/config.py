@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from director import config_rules as rules
-from director import sched
+from director import proxy_dgram, sched
 from director.config_cluster import parse_cluster, refuse_unbuilt
 from director.config_secrets import warn_if_exposed
 from proto.consts import PROTOS
@@ -363,9 +363,9 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
     client_address = s.take("client_address")
     if client_address == "toa":
         s.fail("client_address", '"toa" is not implemented yet; use "proxy-v1" or "proxy-v2"')
-    if client_address != "none" and proto != "tcp":
-        s.fail("client_address", f'"{client_address}" is for TCP services (PROXY over UDP is '
-                                 'not implemented yet)')
+    if client_address != "none" and proto != "tcp" and client_address not in proxy_dgram.MODES:
+        s.fail("client_address", f'"{client_address}" is for TCP services (a UDP service may '
+                                 'have "proxy-v2": a header on each datagram)')
     if client_address != "none" and forwarding != "engine":
         s.fail("client_address", f'"{client_address}" needs forwarding = "engine"')
     client_proxy_header = s.take("client_proxy_header")

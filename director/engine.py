@@ -25,7 +25,7 @@ import logging
 from math import ceil as _ceil
 from typing import Any, Callable, NamedTuple
 
-from director import ctl, proxy_insert
+from director import ctl, proxy_dgram, proxy_insert
 from director.config import NodeConfig
 from director.conn import Conn, Connections
 from director.kernel_rules import Marks
@@ -37,7 +37,7 @@ from director.sched import Flow
 from director.service import Service
 from director.sync_apply import SyncApplier
 from proto import packet as P
-from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET
+from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET, TCP, UDP
 from proto.fullnat import apply, rewrite_icmp_error
 
 log = logging.getLogger("tandem.engine")
@@ -55,6 +55,7 @@ DROP_REASONS = P.REASONS + (
     "no_lport",       # every laddr's port range to that real server is in use
     "table_full",     # at max_conns with nothing to early-drop
     "proxy_refused",  # a client packet of a connection refused for its own PROXY header
+    "proxy_dgram_too_big",  # a UDP datagram that cannot grow by its PROXY header (65,535)
     "not_ours",       # queued, but addressed to neither a VIP nor a laddr
     "internal_error",  # a bug: counted and logged, never raised
 )
@@ -72,7 +73,7 @@ class Engine:
             "conns_reused", "early_drops", "icmp_errors", "passed_local",
             "icmp_unreachable_sent", "icmp_unreachable_suppressed", "kernel_handoffs",
             "proxy_headers", "proxy_headers_resent", "proxy_headers_refused",
-            "proxy_headers_passed"), 0)
+            "proxy_headers_passed", "proxy_dgram_headers"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         #: per-protocol operations and timeouts, by protocol number
         self.protocols = make_protocols(cfg.timeouts)
@@ -166,7 +167,7 @@ class Engine:
             if dest is not None:
                 dest.packets_out += 1
                 dest.bytes_out += len(data)
-            if conn.seqadj is not None:
+            if conn.seqadj is not None and pkt.proto == TCP:     # UDP replies: unchanged
                 data = proxy_insert.server_to_client(conn.seqadj, data, pkt)
             return apply(data, pkt, conn.rw_out)
         except Exception:       # nothing a packet holds may take the engine down
@@ -258,6 +259,15 @@ class Engine:
         """A client packet of a connection with a PROXY header (director.proxy_insert).
         The sync hook runs after the insertion, as ip_vs_in syncs after the transmit,
         so the entry it sends says whether the header has gone out."""
+        if pkt.proto == UDP:        # a header on every datagram (director.proxy_dgram)
+            out, counter = proxy_dgram.client_to_server(adj, data, pkt)
+            if self.sync_hook is not None:
+                self.sync_hook(conn, conn.in_pkts, now)
+            if out is None:
+                self.drops[counter] += 1
+                return None
+            self.stats[counter] += 1
+            return apply(out[0], out[1], rw)
         sent, refused, delta = adj.inserted, adj.refused, adj.delta
         shifted = proxy_insert.client_to_server(adj, data, pkt)
         if adj.inserted != sent:
@@ -340,10 +350,10 @@ class Engine:
                                       conn.daddr, conn.laddr, conn.dport, conn.lport)
         # about a packet we sent the real server: its sequence number is in the server's
         # space when a PROXY header shifted it, and the client's stack wants its own
-        shift = 0 if conn.seqadj is None else proxy_insert.quoted_seq_shift(conn.seqadj, data, inner)
+        shift, mtu = (0, 0) if conn.seqadj is None else proxy_insert.quoted_shifts(conn.seqadj, data, inner)
         return rewrite_icmp_error(data, pkt, conn.vaddr, conn.caddr,
                                   conn.caddr, conn.vaddr, conn.cport, conn.vport,
-                                  inner_seq_delta=shift)
+                                  inner_seq_delta=shift, mtu_delta=mtu)
 
     def expire(self, now: float) -> int:
         """Run the timers: call at least every `cfg.tick` seconds."""

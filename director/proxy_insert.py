@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import struct
 
+from director import proxy_dgram
 from director.seqadj import SeqAdj
 from proto import packet as P
 from proto import proxy
 from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
-from proto.consts import TCP
+from proto.consts import TCP, UDP
 
-__all__ = ["MODES", "OWN_HEADER", "REFUSED", "begin", "resume", "client_to_server", "server_to_client", "quoted_seq_shift"]
+__all__ = ["MODES", "OWN_HEADER", "REFUSED", "begin", "resume", "client_to_server", "server_to_client",
+           "quoted_seq_shift", "quoted_shifts"]
 
 #: the modes of `client_address` this module serves, by the PROXY version they write
 MODES = {"proxy-v1": 1, "proxy-v2": 2}
@@ -48,10 +50,13 @@ _H = struct.Struct("!H")
 _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_SACK = 0, 1, 2, 5
 
 
-def begin(mode: str, data: bytes, pkt, own_header: str = "refuse") -> SeqAdj | None:
+def begin(mode: str, data: bytes, pkt, own_header: str = "refuse"):
     """The state for a new connection opened by this client SYN (None: the mode writes
     no header, or the packet is no SYN).  `own_header` (OWN_HEADER): what to do if the
-    client's first bytes are a PROXY header of its own."""
+    client's first bytes are a PROXY header of its own.  A UDP connection's first
+    datagram gets director.proxy_dgram's state instead (a header on every datagram)."""
+    if pkt.proto == UDP:
+        return proxy_dgram.begin(mode, pkt, own_header)
     version = MODES.get(mode)
     if version is None or pkt.proto != TCP or not pkt.flags & _SYN or pkt.flags & _ACK:
         return None
@@ -204,6 +209,15 @@ def _options(adj: SeqAdj, out: bytearray, i: int, end: int, syn: int) -> None:
             mss = _H.unpack_from(out, i + 2)[0]
             _H.pack_into(out, i + 2, max(mss - adj.delta, 64))
         i += size
+
+
+def quoted_shifts(adj, data: bytes, inner) -> tuple[int, int]:
+    """(quoted_seq_shift, how much lower the MTU of a "too big" error must be at the
+    client) for an ICMP error about a packet of this connection sent to the real server:
+    a UDP datagram carried the header, and the client must leave room for it."""
+    if inner.proto == UDP:
+        return 0, proxy_dgram.mtu_shift(adj)
+    return quoted_seq_shift(adj, data, inner), 0
 
 
 def quoted_seq_shift(adj: SeqAdj, data: bytes, inner) -> int:

@@ -7,11 +7,12 @@ accounting is the same as for a connection this node scheduled itself.
 """
 from __future__ import annotations
 
-from director import proxy_insert
+from director import proxy_dgram, proxy_insert
 from director.conn import Conn, Connections
 from director.persist import Templates, template_key
+from director.seqadj import SeqAdj
 from proto.consts import (ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, SYN_RECV, SYNC_FLAGS, SYNCED,
-                          TCP, TIME_WAIT)
+                          TCP, TIME_WAIT, UDP)
 from proto.packet import flow_key
 
 #: what `apply` can answer; each has a counter of the same name in `stats`
@@ -85,6 +86,10 @@ class SyncApplier:
             if svc is not None and dest is not None:
                 conns.bind(conn, svc, dest, now)
                 svc.laddrs.claim(proto, laddr, daddr, dport, lport)
+                if proto == UDP and svc.client_address in proxy_dgram.MODES:
+                    # no option carries it: the header follows from the entry's addresses
+                    conn.seqadj = proxy_dgram.for_conn(caddr, cport, vaddr, vport,
+                                                       svc.client_proxy_header)
             else:
                 conns.keep_unbound(conn, now)
                 st["unbound"] += 1
@@ -116,8 +121,10 @@ class SyncApplier:
         IPVS_OPT_SEQ_DATA into cp->in_seq.  A shift we hold for the same insertion
         point keeps its own counts; it only learns that the header went out (an
         insertion point can move only with a new connection, which replaced ours)."""
+        if conn.proto != TCP:       # no stream to shift: a datagram flow ignores the option
+            return
         adj = conn.seqadj
-        if adj is not None and adj.state() == seq[:3]:
+        if isinstance(adj, SeqAdj) and adj.state() == seq[:3]:
             if seq[3] and not adj.decided:
                 adj.inserted = 1
             adj.announced = adj.announced or bool(seq[3])

@@ -145,7 +145,7 @@ def rewrite_icmp_error(buf: bytes, pkt: Packet,
                        outer_src: bytes, outer_dst: bytes,
                        inner_src: bytes, inner_dst: bytes,
                        inner_sport: int, inner_dport: int,
-                       *, inner_seq_delta: int = 0) -> bytes:
+                       *, inner_seq_delta: int = 0, mtu_delta: int = 0) -> bytes:
     """Translate an ICMP/ICMPv6 error (pkt.inner set) about a FULLNAT flow.
 
     Outer addresses (IPv4 header checksum recomputed), quoted addresses
@@ -159,6 +159,10 @@ def rewrite_icmp_error(buf: bytes, pkt: Packet,
     when FULLNAT shifts sequence numbers, an error sent to the client must
     quote them in the client's space or its stack discards the error as out
     of window (DPVS: seq -= fnat_seq.delta).
+
+    mtu_delta is taken off the MTU of a "too big" error (ICMP fragmentation needed,
+    ICMPv6 packet too big): when the director lengthens the client's packets, the
+    client must send that much less for them to fit.
     """
     inner = pkt.inner
     if inner is None or (pkt.proto != ICMP and pkt.proto != ICMPV6):
@@ -183,6 +187,12 @@ def rewrite_icmp_error(buf: bytes, pkt: Packet,
     _HH.pack_into(out, il4, inner_sport, inner_dport)
     if inner_seq_delta and inner.proto == TCP:
         _L.pack_into(out, il4 + 4, (_L.unpack_from(out, il4 + 4)[0] + inner_seq_delta) & 0xFFFFFFFF)
+    if mtu_delta:
+        # (an MTU of 0, from a router older than RFC 1191, stays: the client guesses)
+        if family == 4 and pkt.icmp_type == 3 and pkt.icmp_code == 4 and out[l4 + 6:l4 + 8] != b"\0\0":
+            _H.pack_into(out, l4 + 6, max(_H.unpack_from(out, l4 + 6)[0] - mtu_delta, 68))
+        elif family == 6 and pkt.icmp_type == 2:
+            _L.pack_into(out, l4 + 4, max(_L.unpack_from(out, l4 + 4)[0] - mtu_delta, 1280))
     out[l4 + 2:l4 + 4] = b"\0\0"
     s = ones_sum(out[l4:end])
     if family == 6:

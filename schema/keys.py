@@ -158,7 +158,8 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
             "protocol header (`proxy-v1` text, `proxy-v2` binary) the node puts in front of the "
             "connection's first data byte, shifting sequence numbers from then on "
             "(docs/client-address.md). Engine forwarding only; `toa` is refused for now: not "
-            "implemented yet"),
+            "implemented yet. A UDP service may have `proxy-v2`: a version 2 header (DGRAM) on "
+            "every datagram from the client"),
     Key("client_proxy_header", str, "refuse", choices=("refuse", "pass"),
         doc="on a `proxy-v1`/`proxy-v2` service, a client whose first bytes are a PROXY header of "
             "its own: `refuse` (none of its bytes reach the real server, its packets are dropped) "

@@ -132,7 +132,7 @@ def test_a_plain_service_is_untouched():
 @pytest.mark.parametrize("extra, words", [
     ({"client_address": "toa"}, "not implemented yet"),
     ({"client_address": "proxy-v3"}, "client_address"),
-    ({"client_address": "proxy-v2", "proto": "udp"}, "for TCP services"),
+    ({"client_address": "proxy-v1", "proto": "udp"}, "for TCP services"),
 ])
 def test_config_refuses_what_is_not_there(extra, words):
     svc = {"proto": "tcp", "vip": VIP, "port": 81, "laddrs": LADDRS,
