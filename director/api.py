@@ -180,6 +180,7 @@ class NodeApi:
             "sync": {"enabled": st.sync_enabled, "applied": dict(engine.sync_stats)},
             "forwarding": {svc.name: svc.forwarding for svc in engine.services.values()},
             "kernel": _kernel_stats(self.node),
+            "cluster": _cluster_status(self.node),
         })
 
     async def sync(self, _request: web.Request) -> web.Response:
@@ -303,6 +304,12 @@ def _kernel_stats(node) -> dict | None:
     got = getattr(node, "kernel_stats", None)      # a NodeSource without kernel mode
     stats = got() if got is not None else None
     return dict(stats) if stats is not None else None
+
+
+def _cluster_status(node) -> dict | None:
+    got = getattr(node, "cluster_status", None)    # a NodeSource without cluster mode
+    view = got() if got is not None else None
+    return dict(view) if view is not None else None
 
 
 def make_app(engine: Engine, node: NodeSource, clock: Callable[[], float] = time.monotonic,

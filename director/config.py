@@ -16,7 +16,7 @@ from typing import Any
 
 from director import config_rules as rules
 from director import proxy_dgram, sched
-from director.config_cluster import parse_cluster, refuse_unbuilt
+from director.config_cluster import parse_cluster
 from director.config_secrets import warn_if_exposed
 from proto.consts import PROTOS
 from schema import keys as K
@@ -91,6 +91,8 @@ class NodeConfig:
     services: tuple[ServiceConfig, ...] = ()
     source: str = "<config>"
     ha: "HAConfig | None" = None
+    #: director.config_cluster.ClusterConfig in node.mode = "cluster", else None
+    cluster: Any = None
 
     @property
     def vips(self) -> list[str]:
@@ -152,12 +154,10 @@ def parse(doc: dict, source: str = "<config>") -> NodeConfig:
     rules.modes_keep_their_addresses(source, raw_services, services)
     ha = _ha(source, top, vips)
     cluster = parse_cluster(source, node_kw["mode"], top, services,
-                            has_vrrp=ha is not None and ha.vrrp is not None)
+                            has_vrrp=ha is not None and ha.vrrp is not None, name=node_kw["name"])
     top.finish()
-    if cluster is not None:
-        refuse_unbuilt(source)
     return NodeConfig(**node_kw, timeouts=timeouts, **limits,
-                      services=tuple(services), source=source, ha=ha)
+                      services=tuple(services), source=source, ha=ha, cluster=cluster)
 
 
 _I, _V = K.INTERFACES.default, K.VRRP.default
@@ -257,6 +257,8 @@ def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
             b = dataclasses.replace(b, addresses=a.addresses)
         if a != b:
             changed.add(section)
+    if old.cluster != new.cluster:
+        changed.add("cluster")
     return [s for s in K.restart_sections() if s in changed]
 
 

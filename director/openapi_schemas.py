@@ -95,6 +95,20 @@ SCHEMAS: dict[str, Any] = {
                     "inject_failed", "inject_backlog")},
                 "additionalProperties": True,
             },
+            "cluster": {
+                "type": "object", "nullable": True,
+                "description": "cluster mode (null in a pair): every member with its laddrs, "
+                               "whether it is alive (heard over sync) or leaving, and the "
+                               "connections this node holds that use its laddrs (flows); what "
+                               "is announced, what BIRD took last (bird_has), the peers' "
+                               "laddrs adopted, the announcer's reason, flows_owned (ours) "
+                               "and flows_foreign (peers' entries held here)",
+                "properties": {"members": {"type": "object", "additionalProperties": True},
+                               "announced": {"type": "array", "items": STR},
+                               "adopted": {"type": "array", "items": STR},
+                               "flows_owned": _INT, "flows_foreign": _INT},
+                "additionalProperties": True,
+            },
             "vrrp": {"nullable": True, "allOf": [ref("VrrpStatus")],
                      "description": "the election, null when none runs"},
             "role_changes": {"type": "array", "description": "the last 10 role changes", "items": {

@@ -166,9 +166,11 @@ class NodeParts:
                  reload: Callable[[], Awaitable[dict]] | None = None,
                  resign: Callable[[], Awaitable[dict | None]] | None = None,
                  resume: Callable[[], Awaitable[dict | None]] | None = None,
-                 kernel: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
+                 kernel: Callable[[], Mapping[str, Any] | None] | None = None,
+                 cluster: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
         self.name = name
         self._kernel = kernel or (lambda: None)
+        self._cluster = cluster or (lambda: None)
         self.control = control
         self.health = health
         self.epoch = EpochClock(clock, wall)
@@ -202,6 +204,11 @@ class NodeParts:
     def kernel_stats(self) -> Mapping[str, Any] | None:
         """Kernel-mode forwarding's counters (tandem.kernel_mode), None without it."""
         return self._kernel()
+
+    def cluster_status(self) -> Mapping[str, Any] | None:
+        """Cluster mode's membership, announcements and flows owned (tandem.cluster), None
+        in pair mode."""
+        return self._cluster()
 
     def status(self) -> NodeStatus:
         vrrp = self.vrrp_status()

@@ -70,9 +70,8 @@ NODE = section("node", "the node itself", keys=[
     Key("mode", str, "pair", choices=("pair", "cluster"), restart=True,
         doc="`pair`: an active/backup pair (or one node) as described everywhere else. "
             "`cluster`: one of N active directors behind a router's ECMP, each announcing the "
-            "VIPs over BGP through its BIRD daemon (`[cluster]`, docs/cluster.md). A cluster "
-            "config is read and checked in full (every service `maglev`, no `[vrrp]`), then "
-            "refused: the node does not run cluster mode yet"),
+            "VIPs over BGP through its BIRD daemon (`[cluster]`, docs/cluster.md). Every "
+            "service must use `maglev`, and `[vrrp]` has no place (BGP replaces the election)"),
     Key("script_user", str, "", restart=True, shown='"" (the node\'s own user)',
         doc="the user (name or uid) that notify hooks and `command` health checks run as, "
             "always without the node's capabilities. A node running as root switches to it "
@@ -319,6 +318,14 @@ CLUSTER = section("cluster", "cluster mode (`node.mode = \"cluster\"`): how the 
     Key("drain_timeout", float, 300.0, unit="s", lo=1.0, hi=86400.0,
         doc="a draining director withdraws its VIPs at once and its laddrs when its "
             "connections have ended or after this long, whichever comes first"),
+    Key("members", dict, {}, shown="{} (this director alone)",
+        doc="every director of the cluster by node name, this one included, with its own "
+            "laddr pool: `{ a = [\"198.19.42.11\"], b = [\"198.19.42.12\"] }`. This "
+            "director's pool must be its services' laddrs; no laddr belongs to two directors. "
+            "The same table on every director: it says whose laddr a synced connection "
+            "uses (flows owned), which laddrs a survivor adopts when their owner is gone, and "
+            "every director's laddrs are queued on every director (an adopted laddr's replies "
+            "need no new rule). The peers' sync addresses are `[sync] peers` (unicast)"),
 ])
 
 NOTIFY = section("notify", "hooks run on entering a state: an argv list (no shell), with the "

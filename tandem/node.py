@@ -43,6 +43,7 @@ from ha.takeover import Takeover
 from ha.vrrp import Cause, State
 from ha.vrrp_io import VrrpRunner
 from schema.core import FieldError, os_reason
+from tandem.cluster import attach as attach_cluster
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
 from tandem.kernel_mode import KernelPath, engine_addresses
@@ -101,6 +102,9 @@ class Edges:
     vrrp: Callable[..., Any] = VrrpRunner                    # (VrrpConfig, ifname, ..., socket_factory=)
     sync: Callable[..., Any] = SyncLink                      # (NodeConfig, Engine)
     health: Callable[..., Any] = HealthChecker               # (targets, on_change)
+    #: cluster mode: what tells BIRD the announced prefixes (.apply(prefixes)); None: the
+    #: include and socket of [cluster] (ha.bird_io.BirdAnnouncer)
+    bird: Any = None
 
 
 class Node:
@@ -143,7 +147,8 @@ class Node:
                                control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
                                reload=self.reload, resign=self.resign, resume=self.resume,
-                               kernel=lambda: kernel_status(self.kernel_path, self.kernel_sync))
+                               kernel=lambda: kernel_status(self.kernel_path, self.kernel_sync),
+                               cluster=lambda: self.cluster.status() if self.cluster else None)
         if self.sync is not None:
             self.sync.on_peer_state(self._on_peer_state)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
@@ -152,6 +157,8 @@ class Node:
         self._links: asyncio.Task | None = None
         self._closing = False
         self._phase = "new"
+        #: node.mode = "cluster": the announcer wired to this node (tandem/cluster.py)
+        self.cluster = attach_cluster(self)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -169,7 +176,7 @@ class Node:
         self.role.post(R.Starting())
         await self.role.step()
         self.adapter.start(loop)
-        await asyncio.to_thread(self.edges.kernel.install_rules, engine_addresses(cfg), cfg.queue)
+        await asyncio.to_thread(self.edges.kernel.install_rules, self._queued(cfg), cfg.queue)
         await self.kernel_path.start(cfg)
         try:
             await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()
@@ -192,6 +199,14 @@ class Node:
             self.freezer.maybe_freeze(force=True)
         self._pump_task = asyncio.create_task(self._pump(), name=f"node-{cfg.name}")
         self._phase = "running"
+        if self.cluster is not None:
+            await self.cluster.start()
+
+    def _queued(self, cfg: NodeConfig) -> list[str]:
+        """The addresses the queue rule steers: the engine's, and in cluster mode every
+        member's laddrs (an adopted laddr needs no new rule)."""
+        extra = self.cluster.rule_addresses() if self.cluster is not None else []
+        return sorted(set(engine_addresses(cfg)) | set(extra))
 
     async def stop(self) -> None:
         """A planned stop: a master lets its addresses go (sync flushed first), then the
@@ -202,6 +217,8 @@ class Node:
             return
         self._phase = "stopping"
         try:
+            if self.cluster is not None:    # peers told, routes withdrawn: before the engine goes
+                await self.cluster.stop()
             await self.checker.stop()
             await self._release_before_priority_zero(
                 Cause.SHUTDOWN, "stopping (addresses released, then priority 0)")
@@ -448,7 +465,7 @@ class Node:
         self.control.apply_all()
         await self.checker.set_targets(health_targets(self.engine))
         if engine_addresses(new) != engine_addresses(old):
-            await asyncio.to_thread(self.edges.kernel.install_rules, engine_addresses(new), new.queue)
+            await asyncio.to_thread(self.edges.kernel.install_rules, self._queued(new), new.queue)
         self.state.api_token = new.api_token
         if new.state_dir != old.state_dir:
             log.warning("node %s: reload: [node] state_dir changed: the state file stays %s "

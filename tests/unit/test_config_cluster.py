@@ -1,6 +1,6 @@
 """`node.mode = "cluster"` and `[cluster]` (director/config_cluster.py): checked in full,
-each problem named by file and field, and a valid cluster file refused last, naming
-node.mode, because the node does not run cluster mode yet (docs/cluster.md)."""
+each problem named by file and field; a valid cluster file is read (the node runs it,
+tandem/cluster.py)."""
 from __future__ import annotations
 
 import tomllib
@@ -45,10 +45,34 @@ def test_pair_is_the_default_and_unchanged():
     assert cfg.mode == "pair" == K.NODE.default("mode")
 
 
-def test_a_valid_cluster_file_is_refused_last_naming_the_mode():
-    msg = problem(doc(extra='[cluster]\ndrain_timeout = 60.0\n'))
-    assert msg.startswith("c.toml: node.mode: ")
-    assert "not run yet" in msg
+def test_a_valid_cluster_file_is_read():
+    cfg = parse(doc(extra='[cluster]\ndrain_timeout = 60.0\n'), "c.toml")
+    assert cfg.mode == "cluster" and cfg.cluster.drain_timeout == 60.0
+    assert cfg.cluster.members == {}
+
+
+MEMBERS = '[cluster]\nmembers = {{ a = {a}, b = ["198.19.42.12"] }}\n'
+
+
+def test_members_name_every_director_and_its_pool():
+    cfg = parse(doc(extra=MEMBERS.format(a='["198.19.42.11"]')), "c.toml")
+    assert cfg.cluster.members == {"a": ("198.19.42.11",), "b": ("198.19.42.12",)}
+
+
+@pytest.mark.parametrize("a, field, words", [
+    ('["198.19.42.99"]', "cluster.members.a", "must be this director's laddrs"),
+    ('["198.19.42.12"]', "cluster.members.b[0]", "belongs to one director"),
+    ('["x"]', "cluster.members.a[0]", "is not an IP address"),
+    ("[]", "cluster.members.a", "non-empty list"),
+])
+def test_members_are_checked(a, field, words):
+    msg = problem(doc(extra=MEMBERS.format(a=a)))
+    assert msg.startswith(f"c.toml: {field}") and words in msg
+
+
+def test_members_must_name_this_director():
+    msg = problem(doc(extra='[cluster]\nmembers = { b = ["198.19.42.12"] }\n'))
+    assert msg.startswith("c.toml: cluster.members: does not name this director")
 
 
 @pytest.mark.parametrize("sched", ["mh", "wlc", "sh", "rr"])

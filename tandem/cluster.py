@@ -1,0 +1,251 @@
+"""Cluster mode in the node (`node.mode = "cluster"`, docs/cluster.md): the I/O half.
+
+Every director of a cluster is active.  What one announces over BGP is decided by the
+announcer core (ha/announce.py) from what the node knows; this module feeds it and
+carries out its decisions:
+
+- the inputs: the VIPs with a usable real server (the health checks' weights, as the
+  scheduler sees them), the engine running (queue bound, rules installed), the node
+  stopping, the peers' table arrived (or the start-up wait over), and the membership:
+  a member is alive while sync hears it (within the pair's own liveness, three
+  heartbeat intervals) and has not said it is leaving (a STATE whose role is
+  `leaving`, sent by a stopping director before it withdraws);
+- the actions: `Announce` goes to BIRD through ha/bird_io.py (the include, then
+  `birdc configure`) in a worker thread, one at a time; a failure is counted and
+  retried on the next step.  `AddAddresses`/`RemoveAddresses` (a dead peer's laddrs
+  adopted or given back) need nothing on the host in engine forwarding: every
+  member's laddrs are in the node's queue rule from the start (`rule_addresses`), and
+  the synced entries carry the rewrite, so announcing the /32 is all an adoption takes.
+
+Membership, adoption and flows owned all come from `[cluster] members` (each director's
+own laddr pool): a connection belongs to the director whose laddr it uses.
+
+The runner steps every `CLUSTER_TICK` in a task of its own (the node's pump serves the
+pair's role machine; this keeps the node's wiring to a small hook).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import deque
+from typing import Any, Callable
+
+from ha import announce as A
+from ha.bird_io import BirdAnnouncer
+
+log = logging.getLogger("tandem.cluster")
+
+#: seconds between two steps of the announcer (membership and health are polled)
+CLUSTER_TICK = 0.1
+#: seconds after start during which a member never heard from counts as alive: a
+#: director that has just started must not adopt (announce) the laddrs of peers it has
+#: not heard yet only because their first heartbeat has not arrived
+ADOPT_GRACE = 3.0
+#: the role a director's STATE message says while it stops (peers stop counting it)
+LEAVING = "leaving"
+#: the role a running cluster director's STATE message says
+ACTIVE = "active"
+
+
+class ClusterRunner:
+    def __init__(self, cfg, engine, sync, *, clock: Callable[[], float] = time.monotonic,
+                 bird: Any = None, engine_ok: Callable[[], bool] = lambda: True) -> None:
+        cc = cfg.cluster
+        self.name = cfg.name
+        self.cfg = cc
+        self.engine = engine
+        self.sync = sync
+        self.clock = clock
+        self.engine_ok = engine_ok
+        own = tuple(sorted({str(ipaddress.ip_address(a)) for s in cfg.services
+                            if s.forwarding == "engine" for a in s.laddrs}))
+        self.members: dict[str, tuple[str, ...]] = dict(cc.members) or {cfg.name: own}
+        self.vips = tuple(sorted({s.vip for s in cfg.services if s.forwarding == "engine"}))
+        self.bird = bird if bird is not None else BirdAnnouncer(cc.announce_include,
+                                                                cc.bird_socket)
+        self.announcer = A.Announcer()
+        self.startup_sync_wait = cfg.ha.startup_sync_wait if cfg.ha else 0.0
+        self.started: float | None = None
+        self.stopping = False
+        self.applied: frozenset[str] | None = None      # what BIRD took last
+        self.stats = dict.fromkeys(("steps", "announces", "bird_errors", "adopted", "given_back"), 0)
+        self.last_error = ""
+        self.changes: deque[dict] = deque(maxlen=20)
+        self._leaving: set[tuple[str, int]] = set()      # (member, epoch) that said leaving
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    # -- what the node's rules and status need ----------------------------------------------
+
+    def rule_addresses(self) -> list[str]:
+        """Every member's laddrs: queued here too, so an adopted laddr needs no new rule."""
+        return sorted({a for pool in self.members.values() for a in pool})
+
+    def flows_owned(self) -> dict[str, int]:
+        """Connections in this node's table by the member whose laddr they use."""
+        packed = {m: [ipaddress.ip_address(a).packed for a in pool]
+                  for m, pool in self.members.items()}
+        return {m: sum(self.engine.ports.used(p).values()) for m, p in packed.items()}
+
+    # -- the inputs ----------------------------------------------------------------------
+
+    def _peers(self) -> dict:
+        return self.sync.receiver.peers if self.sync is not None else {}
+
+    def membership(self, now: float) -> tuple[frozenset[str], frozenset[str]]:
+        """(alive, leaving): members heard within the sync's liveness and not leaving
+        (this one always alive unless stopping); members that said they leave."""
+        peers = self._peers()
+        live_within = self.sync.live_within if self.sync is not None else 0.0
+        grace = self.started is not None and now - self.started < ADOPT_GRACE
+        alive, leaving = {self.name}, set()
+        for m in self.members:
+            if m == self.name:
+                continue
+            p = peers.get(m)
+            if p is not None and p.state is not None and p.state.role == LEAVING:
+                self._leaving.add((m, p.epoch))
+            if p is not None and (m, p.epoch) in self._leaving:
+                leaving.add(m)
+                continue
+            heard = p is not None and now - p.heard <= live_within
+            if heard or (grace and (p is None or p.heard == float("-inf"))):
+                alive.add(m)
+        if self.stopping:
+            leaving.add(self.name)
+        return frozenset(alive), frozenset(leaving)
+
+    def vips_up(self) -> frozenset[str]:
+        from director.status import is_scheduled
+        up = set()
+        for svc in self.engine.services.values():
+            if svc.forwarding == "engine" and any(is_scheduled(svc, d) for d in svc.dests):
+                up.add(svc.cfg.vip)
+        return frozenset(up)
+
+    def synced(self, now: float) -> bool:
+        if self.sync is None or self.sync.bulk_done:
+            return True
+        return self.started is not None and now - self.started >= self.startup_sync_wait
+
+    def inputs(self, now: float) -> A.Inputs:
+        alive, leaving = self.membership(now)
+        return A.Inputs(name=self.name, vips=self.vips, laddrs=self.members,
+                        vips_up=self.vips_up(), alive=alive, leaving=leaving,
+                        engine_ok=self.engine_ok(), synced=self.synced(now),
+                        stopping=self.stopping,
+                        own_conns=self.flows_owned().get(self.name, 0),
+                        drain_timeout=self.cfg.drain_timeout)
+
+    # -- stepping --------------------------------------------------------------------------
+
+    async def step(self) -> None:
+        """Decide once and carry it out (BIRD in a worker thread; one step at a time)."""
+        async with self._lock:
+            now = self.clock()
+            self.stats["steps"] += 1
+            for a in self.announcer.step(self.inputs(now), now):
+                if isinstance(a, A.AddAddresses):
+                    self.stats["adopted"] += len(a.addrs)
+                    log.info("cluster %s: adopting %s (their owner is gone)", self.name,
+                             " ".join(sorted(a.addrs)))
+                elif isinstance(a, A.RemoveAddresses):
+                    self.stats["given_back"] += len(a.addrs)
+                    log.info("cluster %s: giving back %s", self.name, " ".join(sorted(a.addrs)))
+                elif isinstance(a, A.Announce):
+                    self.changes.append({"at": now, "prefixes": sorted(a.prefixes),
+                                         "reason": a.reason})
+                    log.info("cluster %s: announcing %s (%s)", self.name,
+                             " ".join(sorted(a.prefixes)) or "nothing", a.reason)
+            if self.applied != self.announcer.announced:
+                await self._apply(self.announcer.announced)
+
+    async def _apply(self, prefixes: frozenset[str]) -> None:
+        try:
+            await asyncio.to_thread(self.bird.apply, sorted(prefixes))
+        except Exception as exc:   # noqa: BLE001 - BirdError, no birdc, a timeout: retried
+            self.stats["bird_errors"] += 1
+            self.last_error = str(exc)[:300]
+            if self.stats["bird_errors"] <= 10 or self.stats["bird_errors"] % 100 == 0:
+                log.warning("cluster %s: BIRD did not take the announcement (retrying): %s",
+                            self.name, self.last_error)
+            return
+        self.applied = prefixes
+        self.stats["announces"] += 1
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cluster %s: step failed", self.name)
+            await asyncio.sleep(CLUSTER_TICK)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _state(self, role: str) -> None:
+        if self.sync is not None:
+            self.sync.transport.state(role, 0, "", False)
+
+    async def start(self) -> None:
+        """Once the engine runs (queue bound, rules in place) and sync has started."""
+        self.started = self.clock()
+        if self.sync is not None:
+            # the pair's STATE carries the role; a cluster member's says active or leaving
+            self.sync.announce = lambda role, priority, address, resigned: self._state(
+                LEAVING if self.stopping else ACTIVE)
+            self._state(ACTIVE)
+        await self.step()
+        self._task = asyncio.create_task(self._run(), name=f"cluster-{self.name}")
+
+    async def stop(self) -> None:
+        """Tell the peers this director leaves (they stop counting it and adopt its laddrs
+        at once), then withdraw everything, before the engine goes."""
+        self.stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._state(LEAVING)
+        if self.sync is not None:
+            self.sync.flush()
+        await self.step()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        now = self.clock()
+        alive, leaving = self.membership(now)
+        peers = self._peers()
+        d = self.announcer.last
+        owned = self.flows_owned()
+        members = {}
+        for m, pool in sorted(self.members.items()):
+            p = peers.get(m)
+            members[m] = {"laddrs": list(pool), "alive": m in alive, "leaving": m in leaving,
+                          "last_heard_s": (None if m == self.name or p is None
+                                           or p.heard == float("-inf")
+                                           else round(now - p.heard, 3)),
+                          "flows": owned.get(m, 0)}
+        return {"name": self.name, "members": members,
+                "announced": sorted(self.announcer.announced),
+                "bird_has": None if self.applied is None else sorted(self.applied),
+                "adopted": sorted(self.announcer.adopted),
+                "reason": d.reason if d is not None else None,
+                "flows_owned": owned.get(self.name, 0),
+                "flows_foreign": sum(v for m, v in owned.items() if m != self.name),
+                "stats": dict(self.stats), "last_error": self.last_error or None}
+
+
+def attach(node) -> ClusterRunner | None:
+    """The node's cluster runner in node.mode = "cluster", else None (pair mode unchanged)."""
+    cfg = node.cfg
+    if cfg.mode != "cluster" or cfg.cluster is None:
+        return None
+    return ClusterRunner(cfg, node.engine, node.sync, clock=node.clock,
+                         bird=getattr(node.edges, "bird", None),
+                         engine_ok=lambda: node._phase == "running")

@@ -1,0 +1,179 @@
+"""Cluster mode in the node (tandem/cluster.py): three real Nodes in one process, syncing
+over loopback with the real sync link (unicast, every director a peer of every other), a
+fake kernel (no root) and a recording BIRD adapter.  Each director announces the VIP and
+its own laddr while healthy; a connection one director opens reaches the others, and a
+packet of it arriving at another is forwarded with the owner's laddr:lport to the same
+real server; a stopping director withdraws everything and one survivor adopts its laddr;
+no usable real server withdraws the VIP and keeps the laddr; an engine that is not
+running announces nothing."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from scapy.layers.inet import IP, TCP
+
+from director.config import parse
+from tandem.cluster import ADOPT_GRACE, ClusterRunner
+from tandem.node import Edges, Node
+from tests.fake_kernel import FakeKernel
+from tests.helpers import tcp
+
+VIP, CLIENT = "198.19.41.100", "198.19.44.10"
+LADDR = {"a": "198.19.42.11", "b": "198.19.42.12", "c": "198.19.42.13"}
+RS = ["198.19.46.21", "198.19.46.22", "198.19.46.23"]
+KEY = "cluster-test-sync-key-0123456789"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class FakeBird:
+    """What BIRD was told, in order (ha.bird_io.BirdAnnouncer's one call)."""
+
+    def __init__(self) -> None:
+        self.applied: list[frozenset[str]] = []
+        self.fail = False
+
+    def apply(self, prefixes) -> str:
+        if self.fail:
+            raise RuntimeError("birdc: Unable to connect to server control socket")
+        self.applied.append(frozenset(prefixes))
+        return "Reconfigured"
+
+    @property
+    def last(self) -> frozenset[str] | None:
+        return self.applied[-1] if self.applied else None
+
+
+def config(name: str, names: list[str], sync_ports: dict[str, int] | None, api_port: int):
+    doc = {
+        "node": {"name": name, "api": f"127.0.0.1:{api_port}", "tick": 0.01, "state_dir": "",
+                 "mode": "cluster"},
+        "services": [{"proto": "tcp", "vip": VIP, "port": 80, "scheduler": "maglev",
+                      "laddrs": [LADDR[name]],
+                      "real_servers": [{"addr": a, "port": 8080} for a in RS]}],
+        "cluster": {"members": {n: [LADDR[n]] for n in names}},
+    }
+    if sync_ports:
+        doc["sync"] = {"key": KEY, "mode": "unicast", "bind": "127.0.0.1",
+                       "port": sync_ports[name],
+                       "peers": [f"127.0.0.1:{sync_ports[n]}" for n in names if n != name]}
+    return parse(doc, f"{name}.toml")
+
+
+async def until(cond, what: str, wait: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + wait
+    while not cond():
+        assert loop.time() < end, f"not within {wait} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def own(name: str) -> frozenset[str]:
+    return frozenset({f"{VIP}/32", f"{LADDR[name]}/32"})
+
+
+async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
+    names = ["a", "b", "c"]
+    sync_ports = dict(zip(names, free_ports(3)))
+    api_ports = free_ports(3)
+    birds = {n: FakeBird() for n in names}
+    nodes = {n: Node(config(n, names, sync_ports, api_ports[i]),
+                     edges=Edges(kernel=FakeKernel(), bird=birds[n]))
+             for i, n in enumerate(names)}
+    # every member's laddrs are queued on every director (an adopted one needs no new rule)
+    assert nodes["a"]._queued(nodes["a"].cfg) == sorted([VIP, *LADDR.values()])
+    try:
+        for n in names:
+            await nodes[n].start()
+        await until(lambda: all(birds[n].last == own(n) for n in names), "each announces its own")
+        await until(lambda: all(all(m["alive"] for m in nodes[n].cluster.status()["members"].values())
+                                for n in names), "every member alive everywhere")
+
+        # a opens a connection: rewritten to a real server from a's laddr
+        syn = nodes["a"].engine.handle(tcp(CLIENT, VIP, 40000, 80, "S", seq=1000), nodes["a"].clock())
+        out = IP(syn)
+        assert out.src == LADDR["a"] and out.dst in RS
+        rs, lport = out.dst, out[TCP].sport
+        # ... and reaches both peers (a SYN is synced at once)
+        await until(lambda: all(nodes[n].cluster.status()["flows_foreign"] == 1 for n in "bc"),
+                    "the entry synced to b and c")
+        assert nodes["a"].cluster.status()["flows_owned"] == 1
+        assert nodes["b"].cluster.status()["members"]["a"]["flows"] == 1
+        # the router moved the flow to b: b forwards it with a's laddr:lport, same real server
+        fwd = IP(nodes["b"].engine.handle(tcp(CLIENT, VIP, 40000, 80, "A", seq=1001, ack=1),
+                                              nodes["b"].clock()))
+        assert (fwd.src, fwd[TCP].sport, fwd.dst, fwd[TCP].dport) == (LADDR["a"], lport, rs, 8080)
+
+        # a stops: it says it leaves, withdraws everything; exactly one survivor adopts its laddr
+        await nodes["a"].stop()
+        assert birds["a"].last == frozenset()
+        adopters = lambda: [n for n in "bc" if f"{LADDR['a']}/32" in (birds[n].last or ())]
+        await until(lambda: len(adopters()) == 1, "one survivor announces a's laddr")
+        n = adopters()[0]
+        assert birds[n].last == own(n) | {f"{LADDR['a']}/32"}
+        st = nodes[n].cluster.status()
+        assert st["adopted"] == [LADDR["a"]] and st["members"]["a"]["leaving"]
+    finally:
+        for node in nodes.values():
+            await node.stop()
+
+
+async def test_no_usable_real_server_withdraws_the_vip_and_keeps_the_laddr():
+    bird = FakeBird()
+    node = Node(config("a", ["a"], None, free_ports(1)[0]), edges=Edges(kernel=FakeKernel(), bird=bird))
+    try:
+        await node.start()
+        assert bird.last == own("a")
+        assert node.state.cluster_status()["reason"] == "healthy"
+        svc = next(iter(node.engine.services.values()))
+        for addr in RS:
+            node.control.set_weight(svc.name, addr, 8080, 0)
+        await until(lambda: bird.last == {f"{LADDR['a']}/32"}, "the VIP withdrawn")
+        node.control.set_weight(svc.name, RS[0], 8080, 1)
+        await until(lambda: bird.last == own("a"), "the VIP announced again")
+    finally:
+        await node.stop()
+    assert bird.last == frozenset()
+
+
+async def test_engine_not_running_announces_nothing_and_bird_failures_are_retried():
+    cfg = config("a", ["a", "b"], None, free_ports(1)[0])
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+    bird, ok = FakeBird(), [True]
+    t = [100.0]
+    runner = ClusterRunner(cfg, node.engine, None, clock=lambda: t[0], bird=bird,
+                           engine_ok=lambda: ok[0])
+    runner.started = t[0]
+    await runner.step()
+    # b never heard, still within the start-up grace: not adopted
+    assert bird.last == own("a")
+    t[0] += ADOPT_GRACE + 0.1
+    await runner.step()
+    assert bird.last == own("a") | {f"{LADDR['b']}/32"}     # without sync, b is gone
+    ok[0] = False
+    await runner.step()
+    assert bird.last == frozenset() and runner.announcer.last.reason == "engine not running"
+    ok[0], bird.fail = True, True
+    await runner.step()
+    assert runner.stats["bird_errors"] == 1 and bird.last == frozenset()
+    bird.fail = False
+    await runner.step()                      # nothing changed, but BIRD has not taken it yet
+    assert bird.last == own("a") | {f"{LADDR['b']}/32"}
+
+
+def test_pair_mode_has_no_cluster():
+    doc = {"node": {"name": "a", "api": "127.0.0.1:1", "state_dir": ""},
+           "services": [{"proto": "tcp", "vip": VIP, "port": 80, "laddrs": [LADDR["a"]],
+                         "real_servers": [{"addr": RS[0], "port": 8080}]}]}
+    node = Node(parse(doc, "p.toml"), edges=Edges(kernel=FakeKernel()))
+    assert node.cluster is None and node.state.cluster_status() is None
