@@ -20,13 +20,16 @@ def _kv_float(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected a number in {text!r}") from None
 
 
+def _services(services: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['proto']}/{s['port']} -> :{s['rs_port']}"
+                     + (f" ({s['client_address']})" if s.get("client_address", "none") != "none" else "")
+                     for s in services)
+
+
 def _summary(info: dict[str, Any]) -> str:
     lines = [f"lab {info['prefix']!r} is up (state and logs in {info['state_dir']}; "
              "`lab down --keep-logs DIR` keeps the logs)"]
-    svc = ", ".join(f"{s['proto']}/{s['port']} -> :{s['rs_port']}"
-                    + (f" ({s['client_address']})" if s.get("client_address", "none") != "none" else "")
-                    for s in info["services"])
-    lines.append(f"  VIP {info['vip']}  services {svc}  laddrs {' '.join(info['laddrs'])}")
+    lines.append(f"  VIP {info['vip']}  services {_services(info['services'])}  laddrs {' '.join(info['laddrs'])}")
     c = info["client"]
     lines.append(f"  client    {c['ns']:<16} {c['addr']} (via {c['gateway']})")
     r = info["router"]
@@ -40,7 +43,7 @@ def _summary(info: dict[str, Any]) -> str:
     for rs in info["real_servers"]:
         lines.append(f"  real      {rs['ns']:<16} {rs['addr']}:{rs['port']} (echo)")
     if info.get("ipv6"):
-        lines.append(f"  IPv6: VIP6 {info['vip6']} (tcp/udp 80 -> :8080)  laddrs6 "
+        lines.append(f"  IPv6: VIP6 {info['vip6']} services {_services(info['services6'])}  laddrs6 "
                      f"{' '.join(info['laddrs6'])}  client {c['addr6']}")
         lines.append("        directors " + "  ".join(f"{d['name']} {d['front_addr6']}" for d in info["directors"])
                      + "  real servers " + " ".join(rs["addr6"] for rs in info["real_servers"]))

@@ -20,7 +20,11 @@ its stream held, for the drills to judge (`parse_stream_line` reads it back):
 bytes after the opening header; `at` is the wall time the header arrived.
 
 UDP: a datagram ``WHOAMI`` (optionally followed by a newline) is answered with
-``<name> <peer_ip>:<peer_port>``; anything else is echoed.
+``<name> <peer_ip>:<peer_port>``; anything else is echoed.  On the PROXY port over UDP every
+datagram must open with a version 2 header (the spec's DGRAM form: one per datagram);
+``WHOAMI`` after it is answered with the client address and port the header gives, anything
+else after it is echoed (without the header); a datagram without a valid header is dropped
+and counted, and the count logged every 100th time.
 """
 
 from __future__ import annotations
@@ -219,6 +223,32 @@ class UdpEcho(asyncio.DatagramProtocol):
         pass
 
 
+class UdpProxyEcho(UdpEcho):
+    """UDP on the PROXY port: a version 2 header in front of every datagram."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.refused = 0
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            header = proxy.parse(data)
+            if header is None or header.version != 2:
+                raise proxy.ProxyError("no complete version 2 header")
+        except proxy.ProxyError as exc:
+            self.refused += 1
+            if self.refused % 100 == 1:
+                print(f"echo {self.name}: UDP PROXY header refused ({self.refused} so far): {exc}",
+                      file=sys.stderr, flush=True)
+            return
+        body = data[header.length:]
+        if body.rstrip(b"\r\n") == b"WHOAMI":
+            who = (header.src, header.sport) if header.src is not None else addr[:2]
+            body = f"{self.name} {who[0]}:{who[1]}".encode()
+        assert self.transport is not None
+        self.transport.sendto(body, addr)
+
+
 async def serve(name: str, host: str, port: int, proxy_port: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -232,18 +262,22 @@ async def serve(name: str, host: str, port: int, proxy_port: int | None = None) 
         echo.handle_tcp, host, port, reuse_address=True, backlog=4096, limit=READ_SIZE * 2
     )
     servers = [server]
+    udps = [udp]
     if proxy_port:
         servers.append(await asyncio.start_server(
             echo.handle_proxy_tcp, host, proxy_port, reuse_address=True, backlog=4096,
             limit=READ_SIZE * 2))
-        print(f"echo {name}: PROXY protocol on {host}:{proxy_port} tcp", file=sys.stderr, flush=True)
+        udps.append((await loop.create_datagram_endpoint(
+            lambda: UdpProxyEcho(name), local_addr=(host, proxy_port), reuse_port=False))[0])
+        print(f"echo {name}: PROXY protocol on {host}:{proxy_port} tcp+udp", file=sys.stderr, flush=True)
     print(f"echo {name}: listening on {host}:{port} tcp+udp", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
         for srv in servers:
             srv.close()
-        udp.close()
+        for u in udps:
+            u.close()
     print(f"echo {name}: stopped", file=sys.stderr, flush=True)
 
 
@@ -253,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--proxy-port", type=int, default=None,
-                    help="also serve TCP here, each connection opening with a PROXY header")
+                    help="also serve TCP and UDP here, each connection (each datagram) opening "
+                         "with a PROXY header")
     args = ap.parse_args(argv)
     _raise_nofile()
     run = asyncio.run

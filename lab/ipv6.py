@@ -23,7 +23,7 @@ from typing import Any
 from . import nsutil, procs
 from . import state as st
 from .netns import idx, ipr
-from .plan import BACK_IF, FRONT_IF, PREFERRED, RS_PORT, ns_name
+from .plan import BACK_IF, FRONT_IF, PREFERRED, PROXY_RS_PORT, RS_PORT, ns_name
 from .plan6 import (CLIENT6, DIRECTOR6, LADDR6, LADDRS6, LAB_NET6, REAL_SERVER6,  # noqa: F401
                     ROUTER_CLIENT6, ROUTER_FRONT6, VIP6, services6)
 
@@ -94,7 +94,8 @@ def start_echo(prefix: str, state: dict[str, Any], echo_wait: float = 10.0,
     for name, addr in REAL_SERVER6.items():
         if names is not None and name not in names:
             continue
-        cmd = [sys.executable, "-m", "lab.echo", "--name", name, "--port", str(RS_PORT), "--host", addr]
+        cmd = [sys.executable, "-m", "lab.echo", "--name", name, "--port", str(RS_PORT), "--host", addr,
+               "--proxy-port", str(PROXY_RS_PORT)]
         rec = st.start_process(ns_name(prefix, name), f"echo6-{name}", cmd, d / f"echo6-{name}.log")
         procs.record(state, rec)
         st.save_state(prefix, state)

@@ -12,8 +12,8 @@ from typing import Any
 from schema.core import dump_toml  # the one TOML writer, re-exported for the lab's callers
 from schema.keys import INTERFACES, LIMITS, TIMEOUTS
 
-from .plan import (API_PORT, API_TOKEN, KERNEL_LADDRS, KERNEL_VIP, LADDRS, REAL_SERVERS, RS_PORT,
-                   SERVICE_PORT, SERVICES, SYNC_KEY, VIP, VRID, director)
+from .plan import (API_PORT, API_TOKEN, KERNEL_LADDRS, KERNEL_VIP, LADDRS, PROXY_UDP_SERVICE,
+                   REAL_SERVERS, RS_PORT, SERVICE_PORT, SERVICES, SYNC_KEY, VIP, VRID, director)
 from .plan6 import DIRECTOR6, REAL_SERVER6, services6
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUTS", "LAB_GARP_INTERVAL", "dump_toml", "node_config",
@@ -44,8 +44,9 @@ def node_config(
 ) -> dict[str, Any]:
     """The node configuration for director ``name`` as a dict (see dump_toml).  With
     `kernel`, two more services: KERNEL_VIP:80 TCP and UDP, forwarding = "kernel".  With `ipv6`
-    the node also serves VIP6:80 (TCP and UDP) through the IPv6 laddrs (lab.plan6); the
-    election stays IPv4 and moves the IPv6 addresses with the IPv4 ones.  With `sync_ipv6`
+    the node also serves VIP6's services (lab.plan6) through the IPv6 laddrs, and VIP:81 over
+    UDP with a PROXY v2 header; the election stays IPv4 and moves the IPv6 addresses with the
+    IPv4 ones.  With `sync_ipv6`
     the pair syncs over IPv6 (the IPv6 group on the back link) instead of IPv4."""
     d = director(name)
     weights = weights or {}
@@ -69,7 +70,7 @@ def node_config(
                    if svc["client_address"] != "none" else {}),
                 "real_servers": reals(svc["rs_port"]),
             }
-            for svc in SERVICES
+            for svc in (*SERVICES, *((PROXY_UDP_SERVICE,) if ipv6 else ()))
         ],
     }
     if kernel:

@@ -49,6 +49,9 @@ SERVICES = (
     {"proto": "tcp", "port": 81, "rs_port": PROXY_RS_PORT, "client_address": "proxy-v2"},
     {"proto": "tcp", "port": 82, "rs_port": PROXY_RS_PORT, "client_address": "proxy-v1"},
 )
+#: PROXY v2 over UDP (a header on every datagram) to the same PROXY port: VIP:81/udp, served
+#: by the dual-stack lab (``up --ipv6``, lab.plan6) beside SERVICES
+PROXY_UDP_SERVICE = {"proto": "udp", "port": 81, "rs_port": PROXY_RS_PORT, "client_address": "proxy-v2"}
 API_PORT = 9100
 VRID = 51
 #: the port connection sync uses: the node's own default, read from where it is declared

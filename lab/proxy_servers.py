@@ -5,7 +5,9 @@ access log one line per request: `$proxy_protocol_addr:$proxy_protocol_port`) an
 HAProxy (`bind :HAPROXY_PORT accept-proxy`, TCP mode, forwarding to the namespace's echo
 server, its log one line per connection: `%ci:%cp`, the client the header names).  Both
 take version 1 and 2 headers.  `services()` gives the node services that reach them,
-on VIP ports of their own, a v2 and a v1 service per server.
+on VIP ports of their own, a v2 and a v1 service per server.  With `ipv6` (a dual-stack
+lab) both also listen on IPv6 and the same ports of VIP6 reach them through the IPv6
+laddrs.
 
 Configs, logs and pid files live in a directory the caller gives (the lab's state dir).
 Each server is started in the foreground by PID (`ip netns exec` execs it, so the PID is
@@ -13,6 +15,7 @@ the server's master process) and stopped by that PID.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .plan import LADDRS, REAL_SERVERS, RS_PORT, VIP, ns_name
+from .plan6 import LADDRS6, REAL_SERVER6, VIP6
 
 NGINX_PORT = 8090
 HAPROXY_PORT = 8091
@@ -30,15 +34,20 @@ VIP_PORTS = {83: ("nginx", "proxy-v2"), 84: ("nginx", "proxy-v1"),
 _RS_PORT = {"nginx": NGINX_PORT, "haproxy": HAPROXY_PORT}
 
 
-def services(scheduler: str = "rr") -> list[dict[str, Any]]:
-    """The node services for VIP_PORTS (TCP, engine forwarding, every real server)."""
-    return [{"proto": "tcp", "vip": VIP, "port": port, "scheduler": scheduler,
-             "laddrs": list(LADDRS), "client_address": mode,
-             "real_servers": [{"addr": r["addr"], "port": _RS_PORT[server]} for r in REAL_SERVERS]}
-            for port, (server, mode) in VIP_PORTS.items()]
+def services(scheduler: str = "rr", ipv6: bool = False) -> list[dict[str, Any]]:
+    """The node services for VIP_PORTS (TCP, engine forwarding, every real server); with
+    `ipv6` the same on VIP6 too."""
+    families = [(VIP, LADDRS, [r["addr"] for r in REAL_SERVERS])]
+    if ipv6:
+        families.append((VIP6, LADDRS6, [REAL_SERVER6[r["name"]] for r in REAL_SERVERS]))
+    return [{"proto": "tcp", "vip": vip, "port": port, "scheduler": scheduler,
+             "laddrs": list(laddrs), "client_address": mode,
+             "real_servers": [{"addr": a, "port": _RS_PORT[server]} for a in reals]}
+            for vip, laddrs, reals in families for port, (server, mode) in VIP_PORTS.items()]
 
 
-def _nginx_conf(d: Path) -> str:
+def _nginx_conf(d: Path, ipv6: bool = False) -> str:
+    listen6 = f"\n        listen [::]:{NGINX_PORT} proxy_protocol;" if ipv6 else ""
     return f"""daemon off;
 master_process on;
 worker_processes 1;
@@ -54,14 +63,15 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen {NGINX_PORT} proxy_protocol;
+        listen {NGINX_PORT} proxy_protocol;{listen6}
         location / {{ return 200 "ok\\n"; }}
     }}
 }}
 """
 
 
-def _haproxy_conf(d: Path) -> str:
+def _haproxy_conf(d: Path, ipv6: bool = False) -> str:
+    bind6 = f"\n    bind [::]:{HAPROXY_PORT} v6only accept-proxy" if ipv6 else ""
     return f"""global
     log stdout format raw local0
     pidfile {d}/haproxy.pid
@@ -72,7 +82,7 @@ defaults
     timeout client 30s
     timeout server 30s
 frontend proxied
-    bind :{HAPROXY_PORT} accept-proxy
+    bind :{HAPROXY_PORT} accept-proxy{bind6}
     log-format "%ci:%cp"
     default_backend echo
 backend echo
@@ -80,9 +90,10 @@ backend echo
 """
 
 
-def start(prefix: str, root: Path, wait: float = 10.0) -> list[dict[str, Any]]:
-    """nginx and HAProxy in each real server's namespace; returns their records (name,
-    pid, dir).  Each server's files are in root/<rs>-<server>/."""
+def start(prefix: str, root: Path, wait: float = 10.0, ipv6: bool = False) -> list[dict[str, Any]]:
+    """nginx and HAProxy in each real server's namespace (listening on IPv6 too with
+    `ipv6`); returns their records (name, pid, dir).  Each server's files are in
+    root/<rs>-<server>/."""
     procs: list[dict[str, Any]] = []
     try:
         for r in REAL_SERVERS:
@@ -92,7 +103,7 @@ def start(prefix: str, root: Path, wait: float = 10.0) -> list[dict[str, Any]]:
                     ("haproxy", _haproxy_conf, lambda d: ["haproxy", "-db", "-f", str(d / "haproxy.cfg")])):
                 d = root / f"{r['name']}-{server}"
                 d.mkdir(parents=True, exist_ok=True)
-                (d / ("nginx.conf" if server == "nginx" else "haproxy.cfg")).write_text(conf(d))
+                (d / ("nginx.conf" if server == "nginx" else "haproxy.cfg")).write_text(conf(d, ipv6))
                 log = open(d / "stdout.log", "ab")
                 try:
                     p = subprocess.Popen(["ip", "netns", "exec", ns, *argv(d)], stdout=log,
@@ -143,6 +154,17 @@ def log_text(rec: dict[str, Any], name: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _is_client(line: str) -> bool:
+    """A log line that is `addr:port` (IPv4 or IPv6: the address is what comes before the
+    last colon), not a server's start-up or warning line."""
+    addr, _, port = line.rpartition(":")
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return port.isdigit()
+
+
 def clients_logged(procs: list[dict[str, Any]], server: str) -> list[str]:
     """Every `addr:port` the servers of this kind logged (nginx's access log, HAProxy's
     connection log on its stdout), in file order."""
@@ -151,5 +173,5 @@ def clients_logged(procs: list[dict[str, Any]], server: str) -> list[str]:
     for rec in procs:
         if rec["server"] == server:
             out += [ln.strip() for ln in log_text(rec, name).splitlines()
-                    if ln.strip() and ln[0].isdigit() and ":" in ln]
+                    if ln.strip() and _is_client(ln.strip())]
     return out

@@ -152,11 +152,12 @@ async def udp_whoami(args) -> dict[str, Any]:
         try:
             s.setblocking(False)
             s.connect((args.host, args.port))  # fresh socket: a new source port
-            stats.local_ports.add(s.getsockname()[1])
+            local = s.getsockname()[:2]
+            stats.local_ports.add(local[1])
             await loop.sock_sendall(s, b"WHOAMI\n")
             async with asyncio.timeout(dl.op(args.timeout)):
                 data = await loop.sock_recv(s, 65535)
-            stats.record(data.decode(errors="replace"))
+            stats.record(data.decode(errors="replace"), (local[0], local[1]))
         except Exception as exc:  # noqa: BLE001 - counted
             inc(stats.errors, classify(exc))
         finally:

@@ -4,7 +4,12 @@ HAProxy (`bind ... accept-proxy`, TCP mode, log `%ci:%cp`) in every real server'
 namespace (lab.proxy_servers), behind services of their own on VIP ports 83..86 (v2 and
 v1 for each server).  300 connections through the VIP per service: the servers' logs
 name, for every one of them, the client namespace's address and the very port its
-socket had, whichever real server took it."""
+socket had, whichever real server took it.
+
+The lab is dual-stack (`up --ipv6`): the same over IPv6, through VIP6's ports 83..86 (the
+headers say TCP6 / AF_INET6 and name the client's IPv6 address), and the lab's echo
+servers behind VIP6:81 and :82 (TCP, v2 and v1), and PROXY v2 over UDP on VIP:81 and
+VIP6:81 (a header on every datagram, which the echo's WHOAMI answer repeats)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +21,10 @@ import pytest
 
 from lab import proxy_servers, state as st
 from lab.nodeconf import node_config
+from lab.nsutil import http_get
 from lab.plan import CLIENT_ADDR, REAL_SERVERS
-from lab.testing import REPO_ROOT, client_env, lab_session, require_lab
+from lab.plan6 import CLIENT6
+from lab.testing import REPO_ROOT, client_env, lab_session, require_lab, run_in
 
 pytestmark = pytest.mark.lab
 
@@ -50,18 +57,20 @@ print(json.dumps({"ports": ports, "ok": ok}))
 @pytest.fixture(scope="module")
 def lab():
     require_lab()
-    services = node_config("a", scheduler="rr")["services"] + proxy_servers.services()
-    with lab_session(PREFIX, node=True, scheduler="rr", config_extra={"services": services}) as info:
-        procs = proxy_servers.start(PREFIX, st.state_dir(PREFIX) / "proxy-servers")
+    services = (node_config("a", scheduler="rr", ipv6=True)["services"]
+                + proxy_servers.services(ipv6=True))
+    with lab_session(PREFIX, node=True, scheduler="rr", ipv6=True,
+                     config_extra={"services": services}) as info:
+        procs = proxy_servers.start(PREFIX, st.state_dir(PREFIX) / "proxy-servers", ipv6=True)
         try:
             yield info, procs
         finally:
             proxy_servers.stop(procs)
 
 
-def requests(lab, port: int, request: str) -> list[int]:
+def requests(lab, port: int, request: str, vip_key: str = "vip") -> list[int]:
     argv = ["ip", "netns", "exec", lab["client"]["ns"], sys.executable, "-c", _CLIENT,
-            lab["vip"], str(port), str(COUNT), request]
+            lab[vip_key], str(port), str(COUNT), request]
     cp = subprocess.run(argv, cwd=str(REPO_ROOT), env=client_env(), capture_output=True,
                         text=True, timeout=180)
     assert cp.returncode == 0, cp.stderr[-2000:]
@@ -88,14 +97,64 @@ def logged_since(procs, server: str, before: dict[str, int], want: int,
 
 
 @pytest.mark.parametrize("port", sorted(proxy_servers.VIP_PORTS))
-def test_300_requests_show_the_clients_address_and_port_in_the_servers_log(lab, port):
+@pytest.mark.parametrize("vip_key, client", [("vip", CLIENT_ADDR), ("vip6", CLIENT6)])
+def test_300_requests_show_the_clients_address_and_port_in_the_servers_log(lab, port, vip_key, client):
     info, procs = lab
     server, mode = proxy_servers.VIP_PORTS[port]
     request = "GET / HTTP/1.0\\r\\n\\r\\n" if server == "nginx" else "WHOAMI\\n"
     before = counts(procs, server)
-    ports = requests(info, port, request)
+    ports = requests(info, port, request, vip_key)
     lines = logged_since(procs, server, before, COUNT)
-    assert sorted(lines) == sorted(f"{CLIENT_ADDR}:{p}" for p in ports), (mode, lines[:5])
+    assert sorted(lines) == sorted(f"{client}:{p}" for p in ports), (mode, lines[:5])
     # rr spread them over every real server's instance
     after = counts(procs, server)
     assert len(after) == len(REAL_SERVERS) and all(after[k] > before[k] for k in after), after
+
+
+def test_the_dual_stack_description_lists_vip6s_proxy_services_and_udp_on_both(lab):
+    """`tandem lab up --ipv6 --json`: `services6` lists VIP6's services with their
+    client_address mode, and both VIPs have PROXY v2 over UDP on port 81."""
+    info, _ = lab
+    modes6 = {(s["proto"], s["port"]): s["client_address"] for s in info["services6"]}
+    assert modes6 == {("tcp", 80): "none", ("udp", 80): "none", ("tcp", 81): "proxy-v2",
+                      ("tcp", 82): "proxy-v1", ("udp", 81): "proxy-v2"}
+    modes = {(s["proto"], s["port"]): s["client_address"] for s in info["services"]}
+    assert modes[("udp", 81)] == "proxy-v2"
+
+
+def engine_stats(info) -> dict:
+    a = info["directors"][0]
+    host, port = a["api"].removeprefix("http://").split(":")
+    code, body = http_get(a["ns"], host, int(port), "/status", timeout=3.0)
+    assert code == 200
+    return json.loads(body)["engine"]
+
+
+@pytest.mark.parametrize("port", [81, 82])
+def test_50_ipv6_connections_to_the_echo_each_see_their_own_client_address_and_port(lab, port):
+    """VIP6:81 (v2) and :82 (v1) to the echo servers' PROXY port over IPv6: each answer
+    names the very connection that asked, by its IPv6 address and port (the header said
+    TCP6 / AF_INET6: the echo takes the address family the header gives)."""
+    info, _ = lab
+    r = run_in(info["client"]["ns"], "tcp-whoami", "--host", info["vip6"], "--port", port,
+               "--count", 50, "--concurrency", 10, timeout=120)
+    assert r["ok"] == 50 and r["failed"] == 0 and r["own_address_seen"] == 50, r
+    assert {ip for peers in r["peers"].values() for ip in peers} == {CLIENT6}
+    assert sorted(r["by_server"]) == ["rs1", "rs2", "rs3"]
+
+
+@pytest.mark.parametrize("vip_key, client", [("vip", CLIENT_ADDR), ("vip6", CLIENT6)])
+def test_100_udp_datagrams_each_carry_their_clients_address_and_port(lab, vip_key, client):
+    """PROXY v2 over UDP (VIP:81 and VIP6:81): 100 datagrams, each from a socket and port
+    of its own; the echo answers only a datagram that opens with a valid v2 header, and
+    WHOAMI with the address and port that header gives, so every answer naming the
+    datagram's own source proves its header; the director counted a header on each."""
+    info, _ = lab
+    before = engine_stats(info)["proxy_dgram_headers"]
+    r = run_in(info["client"]["ns"], "udp-whoami", "--host", info[vip_key], "--port", 81,
+               "--count", 100, "--concurrency", 10, timeout=120)
+    assert r["ok"] == 100 and r["own_address_seen"] == 100, r
+    assert r["distinct_source_ports"] == 100, r
+    assert {ip for peers in r["peers"].values() for ip in peers} == {client}
+    assert sorted(r["by_server"]) == ["rs1", "rs2", "rs3"]
+    assert engine_stats(info)["proxy_dgram_headers"] - before == 100
