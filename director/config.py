@@ -59,7 +59,7 @@ class ServiceConfig:
     #: the scheduler's options (schema section scheduler.<name>), as (key, value) pairs
     scheduler_options: tuple[tuple[str, Any], ...] = ()
     forwarding: str = "engine"     # "engine" | "kernel" (docs/kernel-fast-path.md)
-    #: "none" | "proxy-v1" | "proxy-v2" (docs/client-address.md)
+    #: "none" | "proxy-v1" | "proxy-v2" | "toa" (docs/client-address.md)
     client_address: str = "none"
     #: "refuse" | "pass": a client's own PROXY header (docs/client-address.md)
     client_proxy_header: str = "refuse"
@@ -363,8 +363,9 @@ def _service(source: str, prefix: str, raw: Any, default_laddrs: list) -> Servic
         s.fail("forwarding", '"kernel" forwards whole flows: one-packet scheduling (ops) '
                              'needs "engine"')
     client_address = s.take("client_address")
-    if client_address == "toa":
-        s.fail("client_address", '"toa" is not implemented yet; use "proxy-v1" or "proxy-v2"')
+    if client_address == "toa" and forwarding == "kernel":
+        s.fail("client_address", '"toa" needs forwarding = "engine": the kernel\'s NAT cannot put '
+                                 'a TCP option into a segment (docs/client-address.md)')
     if client_address != "none" and proto != "tcp" and client_address not in proxy_dgram.MODES:
         s.fail("client_address", f'"{client_address}" is for TCP services (a UDP service may '
                                  'have "proxy-v2": a header on each datagram)')

@@ -16,6 +16,7 @@ from director.persist import Template
 from director.protocol import Protocol
 from director.proxy_dgram import DgramProxy
 from director.seqadj import SeqAdj
+from director.toa import Toa
 from director.table import ConnTable
 from proto.consts import (ASSURED, FLAG_NAMES, INACTIVE, NOOUTPUT, ONE_PACKET, PROTO_NAMES,
                           STATE_NAMES, SYNCED)
@@ -61,8 +62,9 @@ class Conn:
         self.control: Template | None = None     # the persistence template, if any
         self.synack_seq = -1    # TCP: the server's SYN-ACK sequence number, once seen
         #: director.seqadj.SeqAdj when the director inserts bytes (a PROXY header) into a TCP
-        #: stream, director.proxy_dgram.DgramProxy on a UDP one's datagrams, else None
-        self.seqadj: SeqAdj | DgramProxy | None = None
+        #: stream, director.proxy_dgram.DgramProxy on a UDP one's datagrams,
+        #: director.toa.Toa for a TOA option, else None
+        self.seqadj: SeqAdj | DgramProxy | Toa | None = None
 
     def describe(self) -> dict:
         ip = ipaddress.ip_address

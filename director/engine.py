@@ -25,7 +25,7 @@ import logging
 from math import ceil as _ceil
 from typing import Any, Callable, NamedTuple
 
-from director import ctl, proxy_dgram, proxy_insert
+from director import ctl, proxy_dgram, proxy_insert, toa
 from director.config import NodeConfig
 from director.conn import Conn, Connections
 from director.kernel_rules import Marks
@@ -37,7 +37,7 @@ from director.sched import Flow
 from director.service import Service
 from director.sync_apply import SyncApplier
 from proto import packet as P
-from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET, TCP, UDP
+from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET, SYN_RECV, TCP, UDP
 from proto.fullnat import apply, rewrite_icmp_error
 
 log = logging.getLogger("tandem.engine")
@@ -73,7 +73,8 @@ class Engine:
             "conns_reused", "early_drops", "icmp_errors", "passed_local",
             "icmp_unreachable_sent", "icmp_unreachable_suppressed", "kernel_handoffs",
             "proxy_headers", "proxy_headers_resent", "proxy_headers_refused",
-            "proxy_headers_passed", "proxy_dgram_headers"), 0)
+            "proxy_headers_passed", "proxy_dgram_headers", "toa_inserted", "toa_pruned",
+            "toa_no_room"), 0)
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         #: per-protocol operations and timeouts, by protocol number
         self.protocols = make_protocols(cfg.timeouts)
@@ -159,7 +160,7 @@ class Engine:
                     dest.bytes_in += len(data)
                 conn.in_pkts += 1
                 if conn.seqadj is not None:
-                    return self._proxy_in(conn, conn.seqadj, data, pkt, conn.rw_in, now)
+                    return self._proxy_in(conn, conn.seqadj, data, pkt, conn.rw_in, now, state)
                 if self.sync_hook is not None:
                     self.sync_hook(conn, conn.in_pkts, now)
                 return apply(data, pkt, conn.rw_in)
@@ -168,7 +169,8 @@ class Engine:
                 dest.packets_out += 1
                 dest.bytes_out += len(data)
             if conn.seqadj is not None and pkt.proto == TCP:     # UDP replies: unchanged
-                data = proxy_insert.server_to_client(conn.seqadj, data, pkt)
+                data = (toa.server_to_client if conn.seqadj.__class__ is toa.Toa
+                        else proxy_insert.server_to_client)(conn.seqadj, data, pkt)
             return apply(data, pkt, conn.rw_out)
         except Exception:       # nothing a packet holds may take the engine down
             self.drops["internal_error"] += 1
@@ -247,18 +249,28 @@ class Engine:
         conn.sync_endtime = now
         assert conn.rw_in is not None       # made by bind()
         if svc.client_address != "none":
-            conn.seqadj = adj = proxy_insert.begin(svc.client_address, data, pkt,
-                                                   svc.client_proxy_header)
+            conn.seqadj = adj = (toa.begin(data, pkt) if svc.client_address == "toa" else
+                                 proxy_insert.begin(svc.client_address, data, pkt,
+                                                    svc.client_proxy_header))
             if adj is not None:
                 return self._proxy_in(conn, adj, data, pkt, conn.rw_in, now)
         if self.sync_hook is not None:
             self.sync_hook(conn, 1, now)
         return apply(data, pkt, conn.rw_in)
 
-    def _proxy_in(self, conn: Conn, adj, data: bytes, pkt, rw, now: float) -> bytes | None:
-        """A client packet of a connection with a PROXY header (director.proxy_insert).
+    def _proxy_in(self, conn: Conn, adj, data: bytes, pkt, rw, now: float, was: int = 0) -> bytes | None:
+        """A client packet of a connection with a PROXY header (director.proxy_insert),
+        or a TOA option (director.toa; `was`: its state before the packet).
         The sync hook runs after the insertion, as ip_vs_in syncs after the transmit,
         so the entry it sends says whether the header has gone out."""
+        if adj.__class__ is toa.Toa:
+            data, pkt, outcome = toa.client_to_server(adj, data, pkt, was == SYN_RECV)
+            if outcome is not None:
+                self.stats["toa_no_room" if outcome is toa.NO_ROOM else "toa_inserted"] += 1
+                self.stats["toa_pruned"] += outcome is toa.PRUNED
+            if self.sync_hook is not None:
+                self.sync_hook(conn, conn.in_pkts, now)
+            return apply(data, pkt, rw)
         if pkt.proto == UDP:        # a header on every datagram (director.proxy_dgram)
             out, counter = proxy_dgram.client_to_server(adj, data, pkt)
             if self.sync_hook is not None:

@@ -89,6 +89,12 @@ _ENGINE_COUNTERS = (
      "Connections refused for opening with a PROXY header of their own (client_proxy_header refuse)."),
     ("proxy_headers_passed", "proxy_headers_passed",
      "Connections whose own PROXY header went through in place of the node's (client_proxy_header pass)."),
+    ("toa_inserted", "toa_inserted",
+     "Client segments given the TOA option (client_address toa): handshake ACKs and early data."),
+    ("toa_pruned", "toa_pruned",
+     "TOA insertions that first dropped client options to make room (NOPs, its own 254, SACK)."),
+    ("toa_no_room", "toa_no_room",
+     "Client segments that should have carried the TOA option and went without (no room)."),
 )
 
 

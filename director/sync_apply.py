@@ -7,7 +7,7 @@ accounting is the same as for a connection this node scheduled itself.
 """
 from __future__ import annotations
 
-from director import proxy_dgram, proxy_insert
+from director import proxy_dgram, proxy_insert, toa
 from director.conn import Conn, Connections
 from director.persist import Templates, template_key
 from director.seqadj import SeqAdj
@@ -90,6 +90,8 @@ class SyncApplier:
                     # no option carries it: the header follows from the entry's addresses
                     conn.seqadj = proxy_dgram.for_conn(caddr, cport, vaddr, vport,
                                                        svc.client_proxy_header)
+                elif svc.client_address == "toa":   # rebuilt from the entry, nothing synced
+                    conn.seqadj = toa.synced(conn)
             else:
                 conns.keep_unbound(conn, now)
                 st["unbound"] += 1

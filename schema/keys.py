@@ -156,8 +156,9 @@ SERVICE = section("services", "one virtual service (`[[services]]`)", keys=[
         doc="how a TCP service's real servers learn the client's address: `none`, or a PROXY "
             "protocol header (`proxy-v1` text, `proxy-v2` binary) the node puts in front of the "
             "connection's first data byte, shifting sequence numbers from then on "
-            "(docs/client-address.md). Engine forwarding only; `toa` is refused for now: not "
-            "implemented yet. A UDP service may have `proxy-v2`: a version 2 header (DGRAM) on "
+            "(docs/client-address.md), or `toa`: TCP option 254 naming the client on the client "
+            "segments that can complete the real server's handshake, for real servers with a TOA "
+            "module (docs/client-address.md). Engine forwarding only. A UDP service may have `proxy-v2`: a version 2 header (DGRAM) on "
             "every datagram from the client"),
     Key("client_proxy_header", str, "refuse", choices=("refuse", "pass"),
         doc="on a `proxy-v1`/`proxy-v2` service, a client whose first bytes are a PROXY header of "

@@ -130,7 +130,7 @@ def test_a_plain_service_is_untouched():
 
 
 @pytest.mark.parametrize("extra, words", [
-    ({"client_address": "toa"}, "not implemented yet"),
+    ({"client_address": "toa", "forwarding": "kernel"}, "the kernel.s NAT cannot put a TCP option"),
     ({"client_address": "proxy-v3"}, "client_address"),
     ({"client_address": "proxy-v1", "proto": "udp"}, "for TCP services"),
 ])
