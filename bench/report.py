@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import report_kpath
+
 HAND_BEGIN = "<!-- hand-written: begin (kept by `tandem bench --write`) -->"
 HAND_END = "<!-- hand-written: end -->"
 HAND_PLACEHOLDER = ("## Where the time goes\n\n"
@@ -51,6 +53,7 @@ HEADLINE = [
     ("gap_ms_max", "longest silence of a connection across a kill, all drills (ms)"),
     ("health_down_s_max", "stopped real server out of scheduling after, max (s; fall 3 x 0.5 s)"),
     ("health_up_s_max", "restarted real server back after, max (s; rise 2 x 0.5 s)"),
+    *report_kpath.HEADLINE,
 ]
 
 
@@ -336,7 +339,10 @@ def render(res: dict[str, Any], hand: str | None = None) -> str:
         "",
     ]
     body = [render_nfq(_section(res, "nfq")), render_engine(_section(res, "engine")),
-            render_conn(_section(res, "conn_rate")), render_sync(_section(res, "sync")),
+            render_conn(_section(res, "conn_rate")),
+            report_kpath.render_kpath(_section(res, "kpath"), fmt, table, _err),
+            report_kpath.render_kmem(_section(res, "kmem"), fmt, table, _err),
+            render_sync(_section(res, "sync")),
             render_health(_section(res, "health")), render_takeover(_section(res, "takeover"))]
     hand = hand if hand is not None else HAND_PLACEHOLDER
     return "\n".join(head + body + [HAND_BEGIN, hand.strip("\n"), HAND_END, ""])

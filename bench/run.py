@@ -41,6 +41,10 @@ KEYS = {
     "takeover_ms_max_10ms_sync_loss": "takeover", "vrrp_takeover_ms_max": "takeover",
     "vrrp_takeover_ms_max_10ms": "takeover", "gap_ms_max": "takeover",
     "health_down_s_max": "health", "health_up_s_max": "health",
+    # the kernel fast path (bench.kpath, bench.kmem)
+    "kernel_tput_ratio_1": "kpath", "kernel_tput_ratio_4": "kpath", "kernel_pps_ratio": "kpath",
+    "kernel_cps_ratio": "kpath", "kernel_node_cpu_us_per_conn": "kpath",
+    "kernel_bytes_per_conn": "kmem", "conntrack_objsize": "kmem",
 }
 
 #: name -> (op, bound): the targets from the benchmark issue; None = report only
@@ -53,21 +57,35 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "takeover_ms_max": ("<=", 700),
     "takeover_ms_p50_10ms": None,
     "takeover_ms_max_10ms": None,
+    "kernel_tput_ratio_1": (">=", 0.9),
+    "kernel_tput_ratio_4": (">=", 0.9),
+    "kernel_pps_ratio": (">=", 0.9),
+    "kernel_cps_ratio": (">=", 0.7),
+    "kernel_bytes_per_conn": ("<=", 150),
 }
 
-ORDER = ("engine", "nfq", "conn_rate", "sync", "health", "takeover")
-LAB_MEASUREMENTS = ("nfq", "conn_rate", "sync", "health", "takeover")
+ORDER = ("engine", "kmem", "nfq", "conn_rate", "kpath", "sync", "health", "takeover")
+LAB_MEASUREMENTS = ("nfq", "conn_rate", "kpath", "sync", "health", "takeover")
 
 
 def _engine(quick: bool) -> dict[str, Any]:
     """In a child process: a 1M-entry table is ~1 GB, and RSS is measured cleanly."""
-    argv = [sys.executable, "-m", "bench.engine", *(["--quick"] if quick else [])]
+    return _child("bench.engine", quick)
+
+
+def _kmem(quick: bool) -> dict[str, Any]:
+    """tandem's kernel-flow views at 1M flows, in a child process (RSS measured cleanly)."""
+    return _child("bench.kmem", quick)
+
+
+def _child(module: str, quick: bool) -> dict[str, Any]:
+    argv = [sys.executable, "-m", module, *(["--quick"] if quick else [])]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cp = subprocess.run(argv, capture_output=True, text=True, cwd=str(REPO), env=env,
                         timeout=120 if quick else 300)
     if cp.returncode:
-        raise RuntimeError(f"bench.engine exited {cp.returncode}: {cp.stderr[-1500:]}")
+        raise RuntimeError(f"{module} exited {cp.returncode}: {cp.stderr[-1500:]}")
     return json.loads(cp.stdout)
 
 
@@ -81,6 +99,7 @@ def _lab(name: str) -> Callable[[bool], dict[str, Any]]:
 MEASUREMENTS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": _engine, "nfq": _lab("nfq"), "conn_rate": _lab("conn_rate"),
     "sync": _lab("sync"), "health": _lab("health"), "takeover": _lab("takeover"),
+    "kmem": _kmem, "kpath": _lab("kpath"),
 }
 
 
