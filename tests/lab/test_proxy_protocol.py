@@ -9,16 +9,30 @@ import json
 
 import pytest
 
+from lab.nodeconf import node_config
 from lab.nsutil import http_get
+from lab.plan import LADDRS, REAL_SERVERS, RS_PORT, VIP
 from lab.testing import lab_session, require_lab, run_in
 
 pytestmark = pytest.mark.lab
 
 
+#: a TOA service (client_address = "toa") beside the lab's own, to one real server's plain
+#: echo port, so one capture in that server's namespace sees every connection
+TOA_PORT = 87
+
+
+def _toa_service() -> dict:
+    return {"proto": "tcp", "vip": VIP, "port": TOA_PORT, "scheduler": "rr",
+            "laddrs": list(LADDRS), "client_address": "toa",
+            "real_servers": [{"addr": REAL_SERVERS[0]["addr"], "port": RS_PORT}]}
+
+
 @pytest.fixture(scope="module")
 def lab():
     require_lab()
-    with lab_session("tpx", node=True, scheduler="rr") as info:
+    services = node_config("a", scheduler="rr")["services"] + [_toa_service()]
+    with lab_session("tpx", node=True, scheduler="rr", config_extra={"services": services}) as info:
         yield info
 
 
@@ -94,3 +108,66 @@ def test_a_client_with_its_own_header_is_refused_not_given_a_second(lab):
     after = engine_stats(lab)
     assert after["proxy_headers_refused"] - before["proxy_headers_refused"] == 1
     assert after["proxy_headers"] == before["proxy_headers"]
+
+
+_TOA_CLIENT = r"""
+import json, socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = {}
+for _ in range(count):
+    s = socket.create_connection((host, port), timeout=5)
+    s.settimeout(5)
+    local = s.getsockname()[1]
+    s.sendall(b"WHOAMI\n")
+    line = s.makefile("rb").readline().decode().split()
+    seen[local] = line[1] if len(line) == 2 else None
+    s.close()
+print(json.dumps(seen))
+"""
+
+
+def test_toa_50_connections_each_name_their_client_on_the_servers_wire(lab):
+    """client_address = "toa" (VIP:87 to rs1's plain echo): Linux has no TOA module, so a
+    packet socket in rs1's namespace reads the option where the module would, in the
+    segment that completes each connection's handshake there.  For 50 connections the
+    option names the client namespace's address and that very connection's port (the
+    echo's WHOAMI answer gives the laddr:lport rs1 saw, which keys the capture)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    from lab.testing import REPO_ROOT, client_env
+    rs = lab["real_servers"][0]
+    count = 50
+    before = engine_stats(lab)
+    with tempfile.TemporaryDirectory() as tmp:
+        stop = Path(tmp) / "stop"
+        cap = subprocess.Popen(["ip", "netns", "exec", rs["ns"], sys.executable, "-m",
+                                "lab.toa_capture", "--addr", rs["addr"], "--port", str(RS_PORT),
+                                "--stop-file", str(stop), "--seconds", "90"],
+                               cwd=str(REPO_ROOT), env=client_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            assert cap.stdout.readline().strip() == "ready"
+            cp = subprocess.run(["ip", "netns", "exec", lab["client"]["ns"], sys.executable, "-c",
+                                 _TOA_CLIENT, lab["vip"], str(TOA_PORT), str(count)],
+                                cwd=str(REPO_ROOT), env=client_env(), capture_output=True,
+                                text=True, timeout=60)
+            stop.touch()
+            out, err = cap.communicate(timeout=30)
+        finally:
+            if cap.poll() is None:
+                cap.kill()
+                cap.wait()
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    seen = {int(k): v for k, v in json.loads(cp.stdout.splitlines()[-1]).items()}
+    flows = json.loads(out.splitlines()[-1])["flows"]
+    assert len(seen) == count and None not in seen.values(), seen
+    client = lab["client"]["addr"]
+    # each connection's handshake-completing segment at rs1 names its own client and port
+    learnt = {cport: flows[peer]["toa"] for cport, peer in seen.items()}
+    assert learnt == {cport: [client, cport] for cport in seen}, (learnt, err[-2000:])
+    assert not any(f["syn_toa"] for f in flows.values())        # never on a SYN
+    after = engine_stats(lab)
+    assert after["toa_inserted"] - before["toa_inserted"] >= count
+    assert after["toa_no_room"] == before["toa_no_room"]

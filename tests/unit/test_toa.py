@@ -208,3 +208,18 @@ def test_a_new_master_that_never_saw_the_synack_writes_it_on_the_handshake_ack()
     d.apply_synced(**e.apply_kwargs(), now=0.2)
     c.eng = d
     assert toa_of(c.send("PA", 1003, 5001, b"more")) is None and d.stats["toa_inserted"] == 0
+
+
+def test_the_labs_wire_reader_reads_the_option_as_a_toa_module_does():
+    """lab.toa_capture is the lab's stand-in for a TOA module: the first option 254 of
+    length 8 or 20 (the engine's own output, then options it must skip or refuse)."""
+    from lab.toa_capture import toa_option
+    eng = Engine(config("toa", vip=VIP6, laddrs=LADDRS6, reals=RS6))
+    c = Conn(eng, client=CLIENT6, vip=VIP6)
+    c.reply("SA", 5000, 1001)
+    out = eng.handle(seg(CLIENT6, VIP6, 40000, 81, "A", 1001, 5001, options=[("NOP", None), TS]), 0.1)
+    assert toa_option(out[40:]) == (CLIENT6, 40000)
+    tcp = lambda opts: bytes(TCP(options=opts))
+    assert toa_option(tcp([("NOP", None), (254, b"\x00\x50" + pk(CLIENT))])) == (CLIENT, 80)
+    assert toa_option(tcp([(254, b"\x00\x50\x01")])) is None         # length 5: not TOA
+    assert toa_option(tcp([TS])) is None
