@@ -248,9 +248,10 @@ def _namespaces(prefix: str, directors: list[dict[str, str]]) -> list[str]:
 
 
 def up(prefix: str, n: int = 3, timers: Timers = Timers(),
-       announce_laddrs: bool = True) -> dict[str, Any]:
+       announce_laddrs: bool = True, lab_announces: bool = True) -> dict[str, Any]:
     """Build the namespaces, start BIRD on the router and on every director, and have
-    each director announce the VIP (and its laddr /32).  Returns the description."""
+    each director announce the VIP (and its laddr /32), unless `lab_announces` is False
+    (the cluster lab: its nodes announce).  Returns the description."""
     directors = director_rows(n)
     state = st.load_state(prefix) or {"prefix": prefix, "namespaces": [], "processes": []}
     sd = st.state_dir(prefix)
@@ -281,7 +282,7 @@ def up(prefix: str, n: int = 3, timers: Timers = Timers(),
     for role in ["router"] + [d["name"] for d in directors]:
         check_config(_files(prefix, role)["conf"])
         start_bird(prefix, state, role)
-    for d in directors:
+    for d in directors if lab_announces else ():
         announce(prefix, d["name"], [VIP] + ([d["laddr"]] if announce_laddrs else []))
     return {"prefix": prefix, "vip": VIP, "router": {"ns": router, "addr": ROUTER_ADDR},
             "directors": [{**d, "ns": ns_name(prefix, d["name"])} for d in directors],

@@ -60,6 +60,8 @@ def _summary(info: dict[str, Any]) -> str:
 def cmd_up(args) -> int:
     from . import topology
 
+    if args.cluster:
+        return _cluster_up(args)
     kw: dict[str, Any] = {}
     if args.timeout:
         kw["timeouts"] = dict(args.timeout)
@@ -78,6 +80,21 @@ def cmd_up(args) -> int:
         print(msg, file=sys.stderr)
         return 1
     print(json.dumps(info, indent=2) if args.json else _summary(info))
+    return 0
+
+
+def _cluster_up(args) -> int:
+    from . import cluster
+
+    try:
+        info = cluster.up(args.prefix, args.cluster)
+    except Exception as exc:  # noqa: BLE001 - reported, exit code
+        msg = f"lab up --cluster failed: {exc}"
+        if args.json:
+            print(json.dumps({"error": msg}))
+        print(msg, file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2) if args.json else cluster.summary(info))
     return 0
 
 
@@ -142,8 +159,13 @@ def cmd_status(args) -> int:
 def cmd_fault(args) -> int:
     from . import topology
 
+    from . import cluster
+
     try:
-        out = topology.fault(args.prefix, args.director, args.kind)
+        if cluster.is_cluster(args.prefix):
+            out = cluster.fault(args.prefix, args.director, args.kind)
+        else:
+            out = topology.fault(args.prefix, args.director, args.kind)
     except Exception as exc:  # noqa: BLE001 - reported, exit code
         print(f"lab fault failed: {exc}", file=sys.stderr)
         return 1
@@ -188,6 +210,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="NAME=SECONDS",
         help="override a [timeouts] entry of the node config (repeatable), e.g. udp=5",
     )
+    up.add_argument("--cluster", type=int, metavar="N",
+                    help="cluster mode instead of the pair: N directors a, b, c, ... (1-8) behind "
+                         "an ECMP router, BIRD 2 everywhere, each running the node in cluster "
+                         "mode (lab/cluster.py); the pair's options do not apply")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the lab's processes, delete its namespaces")
@@ -198,12 +224,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            "processes have stopped (the lab's own copies go with it)")
     down.set_defaults(func=cmd_down)
 
+    from .bgp import MAX_DIRECTORS
     from .faults import FAULT_TABLE
-    from .plan import DIRECTOR_NAMES
 
-    fault = sub.add_parser("fault", help="inject a fault into a director of the pair")
+    fault = sub.add_parser("fault", help="inject a fault into a director of the pair or "
+                                         "the cluster (kill, link, stop, restore)")
     prefix(fault)
-    fault.add_argument("director", choices=DIRECTOR_NAMES)
+    fault.add_argument("director", choices=[chr(ord("a") + i) for i in range(MAX_DIRECTORS)])
     fault.add_argument("kind", choices=tuple(FAULT_TABLE),
                        help="; ".join(f"{k}: {what}" for k, (what, _steps) in FAULT_TABLE.items()))
     fault.add_argument("--json", action="store_true")

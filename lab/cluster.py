@@ -1,0 +1,301 @@
+"""The cluster lab: `tandem lab up --cluster N` (lab/cluster_plan.py has every address).
+
+N directors a, b, c, ... behind one router, each running BIRD 2 and `tandem node` in
+cluster mode; the router runs BIRD too and installs the VIP as one ECMP route (a next
+hop per director announcing it) and each laddr /32 via its owner (lab/bgp.py builds
+that part, with no announcement of its own: the nodes announce).  A client behind the
+router, three real servers behind it on a back segment with an echo server each::
+
+    client 198.19.44.10 -- router 198.19.44.1 | br0 198.19.40.1 | back 198.19.46.1
+                              a .11  b .12  c .13 ...  (on br0)   rs1..3 .21-.23 (on back)
+
+Every director: its node's API on front_addr:9100, sync unicast on front_addr:8848 to
+every other director (the same key), `[cluster] members` naming every director's laddr,
+and BIRD's include and socket in the lab's state directory.  The router's reverse-path
+filter is off: a director forwards a peer's flow with the peer's laddr as source
+(docs/cluster.md, "Foreign flows"), which the router routes back to the owner.
+
+Faults (`tandem lab fault <name> kill|link|stop|restore`): kill is a crash (link down,
+then the node and its BIRD SIGKILLed), link takes the link down, stop is the node's
+graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), restore brings the
+link up and starts whatever is not running.  `tandem lab down` removes it all (the
+processes by PID, the namespaces by name: topology.down).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import netns as _netns
+
+from . import bgp, bgp_traffic, cluster_plan as cp, netns, nsutil, procs
+from . import state as st
+from .nodeconf import write_config
+from .plan import API_TOKEN, SYNC_KEY
+
+API_PORT, SYNC_PORT, SERVICE_PORT, RS_PORT = 9100, 8848, 80, 8080
+BACK_BRIDGE = "back"
+#: the lab's health checks (tcp connect): quick, so a stopped echo server is seen soon
+HEALTH = {"kind": "tcp", "interval": 0.5, "timeout": 0.4, "rise": 1, "fall": 2}
+
+
+def node_config(prefix: str, desc: dict[str, Any], name: str) -> dict[str, Any]:
+    """Director `name`'s node config (cluster mode)."""
+    me = next(d for d in desc["directors"] if d["name"] == name)
+    files = bgp._files(prefix, name)
+    return {
+        "node": {"name": name, "api": f"{me['front_addr']}:{API_PORT}", "mode": "cluster",
+                 "api_token": API_TOKEN, "state_dir": str(st.state_dir(prefix) / f"{name}-state")},
+        "services": [{"proto": "tcp", "vip": desc["vip"], "port": SERVICE_PORT,
+                      "scheduler": "maglev", "laddrs": list(me["laddrs"]), "health": dict(HEALTH),
+                      "real_servers": [{"addr": r["addr"], "port": RS_PORT}
+                                       for r in desc["real_servers"]]}],
+        "sync": {"key": SYNC_KEY, "sync_id": 61, "mode": "unicast", "bind": me["front_addr"],
+                 "port": SYNC_PORT,
+                 "peers": [f"{d['front_addr']}:{SYNC_PORT}" for d in desc["directors"]
+                           if d["name"] != name]},
+        "cluster": {"bird_socket": str(files["ctl"]), "announce_include": str(files["announce"]),
+                    "members": {d["name"]: list(d["laddrs"]) for d in desc["directors"]}},
+    }
+
+
+def _ensure_ns(state: dict[str, Any], ns: str) -> None:
+    if ns not in nsutil.list_netns():
+        _netns.create(ns)
+    if ns not in state.setdefault("namespaces", []):
+        state["namespaces"].append(ns)
+
+
+def _build_back(prefix: str, desc: dict[str, Any]) -> None:
+    """The router's back segment (a bridge) and a namespace per real server on it."""
+    state = st.load_state(prefix) or {}
+    router = bgp.ns_name(prefix, "router")
+    with netns.ipr(router) as i:
+        if not i.link_lookup(ifname=BACK_BRIDGE):
+            i.link("add", ifname=BACK_BRIDGE, kind="bridge")
+            i.addr("add", index=netns.idx(i, BACK_BRIDGE), address=cp.ROUTER_BACK_ADDR,
+                   prefixlen=cp.BACK_NET.prefixlen)
+        i.link("set", index=netns.idx(i, BACK_BRIDGE), state="up")
+    for r in desc["real_servers"]:
+        _ensure_ns(state, r["ns"])
+        st.save_state(prefix, state)
+        nsutil.set_sysctls(r["ns"], {"net.ipv6.conf.all.disable_ipv6": 1}, optional=True)
+        with netns.ipr(r["ns"]) as i:
+            if not i.link_lookup(ifname="eth0"):
+                i.link("add", ifname="eth0", kind="veth",
+                       peer={"ifname": f"r-{r['name']}", "net_ns_fd": router})
+                i.addr("add", index=netns.idx(i, "eth0"), address=r["addr"],
+                       prefixlen=cp.BACK_NET.prefixlen)
+            for ifname in ("lo", "eth0"):
+                i.link("set", index=netns.idx(i, ifname), state="up")
+            bgp_traffic._route_default(i, cp.ROUTER_BACK_ADDR)
+        with netns.ipr(router) as i:
+            port = netns.idx(i, f"r-{r['name']}")
+            i.link("set", index=port, master=netns.idx(i, BACK_BRIDGE))
+            i.link("set", index=port, state="up")
+
+
+def _start_echo(prefix: str, state: dict[str, Any], desc: dict[str, Any], wait: float) -> None:
+    for r in desc["real_servers"]:
+        cmd = [sys.executable, "-m", "lab.echo", "--name", r["name"], "--port", str(RS_PORT)]
+        procs.record(state, st.start_process(r["ns"], f"echo-{r['name']}", cmd,
+                                             st.state_dir(prefix) / f"{r['name']}.log"))
+        st.save_state(prefix, state)
+    end = time.monotonic() + wait
+    for r in desc["real_servers"]:
+        while True:
+            try:
+                if nsutil.tcp_whoami(r["ns"], "127.0.0.1", RS_PORT, timeout=0.5).startswith(r["name"]):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() >= end:
+                raise TimeoutError(f"echo server {r['name']} not answering after {wait}s")
+            time.sleep(0.05)
+
+
+def start_node(prefix: str, state: dict[str, Any], name: str, wait: float = 20.0) -> dict:
+    """Director `name`'s node, recorded by PID, waited on until its /status answers."""
+    d = director(state, name)
+    rec = st.start_process(d["ns"], f"node-{name}", procs.tandem_cmd(Path(state["configs"][name])),
+                           st.state_dir(state["prefix"]) / f"{name}.log")
+    procs.record(state, rec)
+    st.save_state(prefix, state)
+    end = time.monotonic() + wait
+    while True:
+        rc = st.process_exited(rec)
+        if rc is not None:
+            raise RuntimeError(f"node {name} exited with {rc} during start-up:\n"
+                               + st.tail(rec["log"]))
+        try:
+            if status(prefix, name, state, timeout=0.5) is not None:
+                st.note_cmdline(rec)
+                st.save_state(prefix, state)
+                return rec
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        if time.monotonic() >= end:
+            raise TimeoutError(f"node {name}: /status not answering after {wait}s:\n"
+                               + st.tail(rec["log"]))
+        time.sleep(0.1)
+
+
+def director(state: dict[str, Any], name: str) -> dict[str, Any]:
+    for d in (state.get("cluster") or {}).get("directors", []):
+        if d["name"] == name:
+            return d
+    raise ValueError(f"no director {name!r} in this cluster lab")
+
+
+def status(prefix: str, name: str, state: dict[str, Any] | None = None,
+           timeout: float = 1.0) -> dict[str, Any]:
+    """GET /status of director `name`'s node, from inside its namespace."""
+    d = director(state or st.load_state(prefix) or {}, name)
+    code, body = nsutil.http_get(d["ns"], d["front_addr"], API_PORT, "/status", timeout=timeout)
+    if code != 200:
+        raise OSError(f"node {name}: HTTP {code}")
+    return json.loads(body)
+
+
+def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
+    """The router's routes now: the VIP's next hops and each laddr's."""
+    dsts = [desc["vip"]] + [a for d in desc["directors"] for a in d["laddrs"]]
+    return {f"{dst}/32": bgp.nexthops(prefix, dst) for dst in dsts}
+
+
+def up(prefix: str, n: int = 3, wait: float = 30.0) -> dict[str, Any]:
+    """Build the cluster lab of `n` directors (replacing a lab of the same prefix); its
+    description (cluster_plan.plan, with the router's routes as they are).  On failure
+    everything is removed again and the exception re-raised."""
+    return nsutil.outside_event_loop(_up, prefix, n, wait)
+
+
+def _up(prefix: str, n: int, wait: float) -> dict[str, Any]:
+    from . import topology
+    desc = cp.plan(prefix, n)
+    topology.down(prefix)
+    with st.prefix_lock(prefix):
+        sd = st.state_dir(prefix)
+        sd.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"prefix": prefix, "created": time.time(), "namespaces": [],
+                                 "processes": [], "configs": {}, "ha": False, "cluster": desc}
+        st.save_state(prefix, state)
+        try:
+            bgp.up(prefix, n, lab_announces=False)
+            router = bgp.ns_name(prefix, "router")
+            nsutil.set_sysctls(router, {"net.ipv4.conf.all.rp_filter": 0,
+                                        "net.ipv4.conf.default.rp_filter": 0}, optional=True)
+            bgp_traffic.add_client(prefix)
+            _build_back(prefix, desc)
+            state = st.load_state(prefix)
+            for d in desc["directors"]:
+                nsutil.set_sysctls(d["ns"], {"net.ipv4.ip_forward": 1,
+                                             "net.ipv4.conf.all.rp_filter": 0,
+                                             "net.ipv4.conf.eth0.rp_filter": 0}, optional=True)
+                with netns.ipr(d["ns"]) as i:
+                    bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
+                path = sd / f"{d['name']}.toml"
+                write_config(path, node_config(prefix, desc, d["name"]))
+                state["configs"][d["name"]] = str(path)
+            st.save_state(prefix, state)
+            _start_echo(prefix, state, desc, wait)
+            for d in desc["directors"]:
+                start_node(prefix, state, d["name"], wait)
+            bgp.wait_nexthops(prefix, desc["vip"], [d["front_addr"] for d in desc["directors"]],
+                              wait=wait)
+            info = {**desc, "state_dir": str(sd), "api_token": API_TOKEN}
+            info["router"] = {**desc["router"], "routes": routes(prefix, desc)}
+            info["directors"] = [{**d, "node": True} for d in desc["directors"]]
+            info["processes"] = [{"name": p["name"], "ns": p["ns"], "pid": p["pid"]}
+                                 for p in state["processes"]]
+            state["info"] = info
+            st.save_state(prefix, state)
+            return info
+        except BaseException:
+            topology._down(prefix, keep_logs=True)
+            raise
+
+
+# -- faults ------------------------------------------------------------------------------
+
+def _node_running(state: dict[str, Any], name: str) -> dict | None:
+    rec = procs.find(state, f"node-{name}")
+    return rec if rec is not None and st.process_matches(rec) else None
+
+
+def _sigkill_node(state: dict[str, Any], name: str, out: dict[str, Any]) -> None:
+    rec = _node_running(state, name)
+    if rec is not None:
+        os.kill(int(rec["pid"]), signal.SIGKILL)
+        out["killed_pid"] = rec["pid"]
+        end = time.monotonic() + 5.0
+        while st.process_matches(rec) and time.monotonic() < end:
+            time.sleep(0.005)
+
+
+def fault(prefix: str, name: str, kind: str, wait: float = 20.0) -> dict[str, Any]:
+    """Fault `kind` (kill, link, stop, restore) on director `name` of a cluster lab."""
+    return nsutil.outside_event_loop(_fault, prefix, name, kind, wait)
+
+
+def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
+    with st.prefix_lock(prefix):
+        state = st.load_state(prefix)
+        if not state or not state.get("cluster"):
+            raise RuntimeError(f"no cluster lab {prefix!r} is up (tandem lab up --cluster N)")
+        director(state, name)
+        out: dict[str, Any] = {"director": name, "fault": kind}
+        if kind == "kill":       # a crash: the link first, then everything on the box
+            out["at"] = time.time()
+            bgp.set_link(prefix, name, False)
+            _sigkill_node(state, name, out)
+            bgp.kill_bird(prefix, state, name)
+        elif kind == "link":
+            out["at"] = time.time()
+            bgp.set_link(prefix, name, False)
+        elif kind == "stop":     # graceful: the node withdraws, then stops; BIRD stays
+            out["at"] = time.time()
+            rec = _node_running(state, name)
+            if rec is not None:
+                out["stopped"] = st.stop_process(rec, term_wait=wait)
+        elif kind == "restore":
+            bgp.set_link(prefix, name, True)
+            with netns.ipr(director(state, name)["ns"]) as i:   # the link's loss took it
+                bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
+            bird = procs.find(state, f"bird-{name}")
+            if bird is None or not st.process_matches(bird):
+                bgp.start_bird(prefix, state, name)
+            if _node_running(state, name) is None:
+                out["restarted_pid"] = start_node(prefix, state, name, wait)["pid"]
+            out["at"] = time.time()
+        else:
+            raise ValueError(f"a cluster fault is kill, link, stop or restore, not {kind!r}")
+        st.save_state(prefix, state)
+        return out
+
+
+def is_cluster(prefix: str) -> bool:
+    state = st.load_state(prefix)
+    return bool(state and state.get("cluster"))
+
+
+def summary(info: dict[str, Any]) -> str:
+    lines = [f"cluster lab {info['prefix']!r} is up: {len(info['directors'])} directors "
+             f"(state and logs in {info['state_dir']})",
+             f"  VIP {info['vip']}:{SERVICE_PORT} (maglev) -> real servers :{RS_PORT}",
+             f"  client    {info['client']['ns']:<16} {info['client']['addr']}",
+             f"  router    {info['router']['ns']:<16} {info['router']['front_addr']} (BIRD, ECMP)"]
+    for d in info["directors"]:
+        lines.append(f"  director  {d['ns']:<16} {d['front_addr']}  laddrs "
+                     f"{' '.join(d['laddrs'])}  api {d['api']}")
+    for r in info["real_servers"]:
+        lines.append(f"  real      {r['ns']:<16} {r['addr']}:{r['port']} (echo)")
+    for dst, hops in info["router"]["routes"].items():
+        lines.append(f"  route     {dst} via {' '.join(hops) or 'nothing'}")
+    return "\n".join(lines)
+

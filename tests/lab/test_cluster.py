@@ -1,0 +1,133 @@
+"""Cluster mode end to end (`tandem lab up --cluster 3`, lab/cluster.py): three directors
+running `tandem node` in cluster mode behind a router with BIRD 2 and ECMP, each director's
+BIRD told what to announce by its node (ha/bird_io.py), connection sync among the three
+(unicast mesh), real servers behind the router.  One bring-up for the module (prefix
+``tcl``), deleted by name whatever happens.
+
+What is judged is content, never timing: every held connection's echoes come back, all of
+them, in order (the hold client's `ok`: no reset, no mismatch, nothing left unanswered),
+and new connections all succeed.  How long the takeover took is printed, not asserted."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import bgp, cluster
+from lab.testing import client_env, require_lab, run_in
+
+pytestmark = pytest.mark.lab
+
+PREFIX = "tcl"
+REPO = Path(__file__).resolve().parents[2]
+HELD = 60
+
+
+@pytest.fixture(scope="module")
+def lab():
+    require_lab()
+    if shutil.which("bird") is None:
+        pytest.fail("bird2 is not installed: run make setup")
+    try:
+        yield cluster.up(PREFIX, 3)
+    finally:
+        from lab import topology
+        result = topology.down(PREFIX)
+        assert not result["errors"], result
+
+
+def addr(lab, name: str) -> str:
+    return next(d["front_addr"] for d in lab["directors"] if d["name"] == name)
+
+
+def laddr(lab, name: str) -> str:
+    return next(d["laddrs"][0] for d in lab["directors"] if d["name"] == name)
+
+
+def view(name: str) -> dict:
+    return cluster.status(PREFIX, name)["cluster"]
+
+
+def test_up_lists_the_directors_and_the_routers_routes(lab):
+    assert [d["name"] for d in lab["directors"]] == ["a", "b", "c"]
+    routes = lab["router"]["routes"]
+    assert routes[f"{lab['vip']}/32"] == [addr(lab, n) for n in "abc"]
+    for n in "abc":
+        assert routes[f"{laddr(lab, n)}/32"] == [addr(lab, n)]
+        v = view(n)
+        assert v["announced"] == sorted([f"{lab['vip']}/32", f"{laddr(lab, n)}/32"])
+        assert v["bird_has"] == v["announced"] and v["reason"] == "healthy"
+        assert all(m["alive"] for m in v["members"].values())
+
+
+def test_kill_one_director_every_held_connection_survives(lab):
+    """Connections spread over all three directors (each owns some, by its /status), held
+    and echoing; b crashes (link down, node and BIRD SIGKILLed).  The router's BFD drops b's
+    next hops; b's flows that land on a or c are forwarded with b's laddr from their synced
+    entries, and one survivor (chosen by rendezvous hashing) announces b's laddr so the real
+    servers' replies reach it.  Every held connection survives with all its echoes in order;
+    new connections keep succeeding.  Then b is restored: it announces again and the
+    adopter gives b's laddr back."""
+    client = f"{PREFIX}-client"
+    with tempfile.TemporaryDirectory() as tmp:
+        ready, stop = os.path.join(tmp, "ready"), os.path.join(tmp, "stop")
+        held = subprocess.Popen(
+            ["ip", "netns", "exec", client, sys.executable, "-m", "lab.client", "hold",
+             "--host", lab["vip"], "--port", "80", "--conns", str(HELD), "--seconds", "60",
+             "--interval", "0.1", "--timeout", "15", "--ready-file", ready, "--stop-file", stop],
+            cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
+        try:
+            end = time.monotonic() + 30
+            while not os.path.exists(ready):
+                assert time.monotonic() < end and held.poll() is None, "hold never connected"
+                time.sleep(0.05)
+            assert json.load(open(ready))["connected"] == HELD
+            owned = {}
+            end = time.monotonic() + 10
+            while True:     # (the echo of each connection's first line makes it synced)
+                views = {n: view(n) for n in "abc"}
+                owned = {n: v["flows_owned"] for n, v in views.items()}
+                if sum(owned.values()) >= HELD and all(
+                        v["flows_owned"] + v["flows_foreign"] >= HELD for v in views.values()):
+                    break
+                assert time.monotonic() < end, views
+                time.sleep(0.1)
+            assert all(owned[n] > 0 for n in "abc"), owned    # each director owns some
+
+            t0 = time.monotonic()
+            cluster.fault(PREFIX, "b", "kill")
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
+            withdrawn = time.monotonic() - t0
+            adopters = [n for n in "ac" if laddr(lab, "b") in view(n)["adopted"]]
+            end = time.monotonic() + 10
+            while len(adopters) != 1:
+                assert time.monotonic() < end, {n: view(n) for n in "ac"}
+                time.sleep(0.05)
+                adopters = [n for n in "ac" if laddr(lab, "b") in view(n)["adopted"]]
+            (adopter,) = adopters
+            bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, adopter)], wait=20)
+            adopted = time.monotonic() - t0
+            print(f"\n[cluster] b killed: VIP via a, c after {withdrawn:.2f} s; b's laddr via "
+                  f"{adopter} after {adopted:.2f} s (owned before: {owned})")
+            new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 60,
+                         "--concurrency", 6)
+            assert new["ok"] == 60, new
+            assert laddr(lab, "b") not in {a for p in new["peers"].values() for a in p}, new
+            time.sleep(1.0)         # echoes after the new connections too
+        finally:
+            Path(stop).touch()
+            out = json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+    assert out["ok"] == HELD and out["echoes"] == out["sent"], out
+
+    # restore: b comes back, announces, and the adopter gives its laddr back
+    cluster.fault(PREFIX, "b", "restore")
+    bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
+    bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
+    assert view(adopter)["adopted"] == []
