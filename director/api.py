@@ -154,7 +154,7 @@ class NodeApi:
         self.engine, self.node = engine, node
         self.epoch = EpochClock(clock, wall)     # every time served: epoch seconds
         self.sources = collectors(engine, node, health=self.health)
-        self.pages = ConnPages(engine, clock, self.epoch)
+        self.pages = ConnPages(engine, clock, self.epoch, getattr(node, "kernel_path", None))
 
     def health(self) -> dict:
         control = self.node.control

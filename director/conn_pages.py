@@ -16,6 +16,14 @@ connections with `client` set to null (see docs/operations.md).
 Times: the table's `expires` and `created` are on the engine's monotonic clock; a page
 gives them, and its `now`, in epoch seconds (director.status.EpochClock, one offset for the
 whole page), and `expires_in` in seconds left, to the ms.
+
+Kernel-forwarded flows (`forwarding = "kernel"` services) follow the engine's entries, in
+the same paging and filters, each with `"forwarding": "kernel"` (the engine's say
+"engine").  The node's view of them (tandem.kernel_mode) holds only what the schedulers
+need, so the flows of the page are then asked of the kernel itself, in a worker thread, in
+one batch: their laddr:lport and real server as the kernel's NAT bound them, their state
+and the time left.  A flow that ended in between is left out of the page (which is then
+shorter than `limit`); such flows have no `created` (null): conntrack does not keep it.
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from director.status import EpochClock
+from proto import ctnetlink as ct
+from proto.consts import FLAG_NAMES, INACTIVE, NOOUTPUT, ASSURED, PROTO_NAMES, STATE_NAMES
 
 #: index entries examined between two yields to the loop (~0.5 ms of Python work)
 WALK_SLICE = 2048
@@ -132,6 +142,61 @@ async def _walk(table: Any, query: ConnQuery) -> tuple[list[Any], int]:
     return page, (matched if query.filtered else table.count)
 
 
+def _kernel_match(query: ConnQuery, engine: Any, key: ct.Tuple, flow: Any) -> bool:
+    if query.service is not None:
+        svc = engine.services.get((key.proto, key.dst, key.dport))
+        if svc is None or svc.name != query.service:
+            return False
+    if query.real is not None:
+        b = engine.marks.binding(flow.mark)
+        if b is None or (ipaddress.ip_address(b.rs_addr).packed, b.rs_port) != query.real:
+            return False
+    return True
+
+
+async def _walk_kernel(flows: dict, engine: Any, query: ConnQuery, skip: int,
+                       want: int) -> tuple[list[ct.Tuple], int]:
+    """The original tuples of the kernel flows `skip` .. `skip + want` of those matching,
+    and how many match, in bounded slices (as _walk)."""
+    items = list(flows.items() if query.filtered or not want
+                 else itertools.islice(flows.items(), skip + want))
+    page: list[ct.Tuple] = []
+    matched = 0
+    for start in range(0, len(items), WALK_SLICE):
+        for key, flow in items[start:start + WALK_SLICE]:
+            if query.filtered and not _kernel_match(query, engine, key, flow):
+                continue
+            if skip <= matched < skip + want:
+                page.append(key)
+            matched += 1
+        await asyncio.sleep(0)
+    return page, (matched if query.filtered else len(flows))
+
+
+def describe_kernel(c: ct.Conntrack, now: float) -> dict | None:
+    """A kernel flow as the kernel holds it, in the engine's entry's form (times on the
+    engine's clock, as Conn.describe gives them)."""
+    o, r = c.orig, c.reply
+    if o is None or r is None:
+        return None
+    ip = ipaddress.ip_address
+    status = c.status or 0
+    if c.tcp is not None and c.tcp.state is not None:
+        state = STATE_NAMES[o.proto][ct.IPVS_STATE_OF_CT[c.tcp.state]] \
+            if c.tcp.state < len(ct.IPVS_STATE_OF_CT) else str(c.tcp.state)
+        active = c.tcp.state == ct.TCP_CT_ESTABLISHED
+    else:
+        state, active = STATE_NAMES.get(o.proto, ("?",))[0], False
+    flags = (INACTIVE if not active else 0) | (0 if status & ct.IPS_SEEN_REPLY else NOOUTPUT) \
+        | (ASSURED if status & ct.IPS_ASSURED else 0)
+    return {"proto": PROTO_NAMES.get(o.proto, str(o.proto)),
+            "client": f"{ip(o.src)}:{o.sport}", "vip": f"{ip(o.dst)}:{o.dport}",
+            "local": f"{ip(r.dst)}:{r.dport}", "real": f"{ip(r.src)}:{r.sport}",
+            "state": state, "flags": [n for n, f in FLAG_NAMES if flags & f],
+            "expires": now + (c.timeout or 0), "created": None, "forwarding": "kernel",
+            "mark": f"0x{c.mark or 0:08x}"}
+
+
 async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients: bool,
                   now: float, offset: float) -> list[bytes]:
     """The page's entries as the pieces of a JSON array's inside, each encoded in its own
@@ -143,7 +208,7 @@ async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients
             d = describe(c)
             d["expires_in"] = round(d["expires"] - now, 3)
             d["expires"] = round(d["expires"] + offset, 3)
-            d["created"] = round(d["created"] + offset, 3)
+            d["created"] = None if d["created"] is None else round(d["created"] + offset, 3)
             if not show_clients:
                 d["client"] = None
             chunk.append(d)
@@ -153,21 +218,43 @@ async def _encode(page: list[Any], describe: Callable[[Any], dict], show_clients
     return parts
 
 
-class ConnPages:
-    """Serves pages of one engine's table, one walk at a time."""
+def _engine_entry(c: Any) -> dict:
+    return {**c.describe(), "forwarding": "engine"}
 
-    def __init__(self, engine: Any, clock: Callable[[], float], epoch: EpochClock | None = None) -> None:
+
+class ConnPages:
+    """Serves pages of one engine's table and of the kernel's flows, one walk at a time.
+
+    kernel: () -> the node's kernel path (tandem.kernel_mode.KernelPath: `flows.flows`, the
+    view, and `entries(tuples)`, the kernel's entries), or None without kernel mode."""
+
+    def __init__(self, engine: Any, clock: Callable[[], float], epoch: EpochClock | None = None,
+                 kernel: Callable[[], Any] | None = None) -> None:
         self.engine = engine
         self.clock = clock
         self.epoch = epoch or EpochClock(clock)
+        self.kernel = kernel or (lambda: None)
         self._one_walk = asyncio.Lock()
 
     async def page(self, query: ConnQuery, show_clients: bool) -> list[bytes]:
         """The JSON body of GET /conns, in pieces to be sent one after the other."""
         async with self._one_walk:
             page, total = await _walk(self.engine.table, query)
+            kpath = self.kernel()
+            kernel_rows: list[dict] = []
+            if kpath is not None:
+                end = query.offset + query.limit
+                skip, want = max(0, query.offset - total), max(0, end - max(total, query.offset))
+                keys, ktotal = await _walk_kernel(kpath.flows.flows, self.engine, query, skip, want)
+                found = await kpath.entries(keys) if keys else {}
+                now = self.clock()
+                kernel_rows = [d for d in (describe_kernel(found[k], now) for k in keys if k in found)
+                               if d is not None]
+                total += ktotal
             now, offset = self.clock(), self.epoch.offset()
-            conns = await _encode(page, lambda c: c.describe(), show_clients, now, offset)
+            conns = await _encode([*page, *kernel_rows],
+                                  lambda c: c if isinstance(c, dict) else _engine_entry(c),
+                                  show_clients, now, offset)
         head = json.dumps({"total": total, "offset": query.offset, "limit": query.limit,
                            "now": round(now + offset, 3),
                            "clients": "shown" if show_clients else "hidden"})

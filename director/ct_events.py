@@ -118,37 +118,57 @@ def _dump_once(timeout: float, family: int) -> tuple[list[ct.Conntrack], bool]:
                     entries.append(m.ct)
 
 
-#: delete requests in flight at once (each is acknowledged)
+#: requests in flight at once (each is acknowledged)
 DELETE_BATCH = 256
+
+
+def _requests(tuples: list[ct.Tuple], build, timeout: float) -> tuple[list[int], dict[int, ct.Conntrack]]:
+    """Send one request per original tuple (`build(tuple, seq)`), DELETE_BATCH at a time,
+    and wait for every acknowledgement: each tuple's errno (0: done) and, by position, the
+    entries the kernel answered with."""
+    errnos: list[int] = [0] * len(tuples)
+    got: dict[int, ct.Conntrack] = {}
+    with _netlink() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sock.bind((0, 0))
+        base = int(time.monotonic() * 1000) & 0x7FFFFFFF
+        for start in range(0, len(tuples), DELETE_BATCH):
+            waiting: dict[int, int] = {}            # seq -> position
+            for i, t in enumerate(tuples[start:start + DELETE_BATCH], start):
+                seq = (base + i) & 0xFFFFFFFF
+                waiting[seq] = i
+                sock.send(build(t, seq))
+            deadline = time.monotonic() + timeout
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    raise TimeoutError(f"conntrack: {len(waiting)} requests not acknowledged")
+                for m in ct.decode(sock.recv(1 << 20)):
+                    if isinstance(m, ct.Message) and m.seq in waiting:
+                        got[waiting[m.seq]] = m.ct
+                    elif isinstance(m, ct.Ack) and m.seq in waiting:
+                        errnos[waiting.pop(m.seq)] = m.errno
+    return errnos, got
 
 
 def delete(tuples: list[ct.Tuple], timeout: float = 5.0) -> int:
     """Delete the conntrack entries with these original tuples; return how many the kernel
     deleted.  An entry already gone (ENOENT) is not an error.  Blocking: run it in a worker
     thread.  The kernel sends each one's DESTROY event at once."""
-    deleted = 0
-    with _netlink() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        sock.bind((0, 0))
-        base = int(time.monotonic() * 1000) & 0x7FFFFFFF
-        for start in range(0, len(tuples), DELETE_BATCH):
-            chunk = tuples[start:start + DELETE_BATCH]
-            waiting = set()
-            for i, t in enumerate(chunk):
-                seq = (base + start + i) & 0xFFFFFFFF
-                waiting.add(seq)
-                sock.send(ct.delete_request(t, seq))
-            deadline = time.monotonic() + timeout
-            while waiting:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
-                    raise TimeoutError(f"conntrack delete: {len(waiting)} not acknowledged")
-                for m in ct.decode(sock.recv(1 << 20)):
-                    if isinstance(m, ct.Ack) and m.seq in waiting:
-                        waiting.discard(m.seq)
-                        if m.errno == 0:
-                            deleted += 1
-                        elif m.errno != errno.ENOENT:
-                            raise OSError(m.errno, "conntrack delete refused: "
-                                                   f"{errno.errorcode.get(m.errno)}")
-    return deleted
+    errnos, _ = _requests(list(tuples), ct.delete_request, timeout)
+    for e in errnos:
+        if e not in (0, errno.ENOENT):
+            raise OSError(e, f"conntrack delete refused: {errno.errorcode.get(e)}")
+    return errnos.count(0)
+
+
+def get(tuples: list[ct.Tuple], timeout: float = 5.0) -> dict[ct.Tuple, ct.Conntrack]:
+    """The entries with these original tuples as the kernel holds them now (reply tuple,
+    timeout left, status, TCP state); one gone meanwhile (ENOENT) is left out.  Blocking:
+    run it in a worker thread."""
+    tuples = list(tuples)
+    errnos, got = _requests(tuples, ct.get_request, timeout)
+    for e in errnos:
+        if e not in (0, errno.ENOENT):
+            raise OSError(e, f"conntrack get refused: {errno.errorcode.get(e)}")
+    return {tuples[i]: c for i, c in got.items()}

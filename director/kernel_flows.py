@@ -17,15 +17,19 @@ counts from.  Whoever else needs the flows (connection sync) subscribes: `watch(
 dump replaced the view (`entries`: the dump itself, which has the reply tuples the view
 does not keep).
 
+At start, `adopt(entries)` takes a dump as the view: a restarted node's predecessor left
+its flows in conntrack, and the kernel goes on forwarding them.
+
 An event lost is never silent: the adapter (director.ct_events) reports ENOBUFS here, the
 view is marked `needs_resync`, and the node answers with a dump, as conntrackd does.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Callable, Iterable, NamedTuple
 
-from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK, Marks
 from proto import ctnetlink as ct
 
 log = logging.getLogger("tandem.kernel_flows")
@@ -45,6 +49,24 @@ def _flow(c: ct.Conntrack) -> Flow | None:
     return Flow(mark, state == ct.TCP_CT_ESTABLISHED, state)
 
 
+def adoptable(entries: Iterable[ct.Conntrack], marks: Marks) -> tuple[list[ct.Conntrack], int]:
+    """The entries of a start-up dump that carry tandem's marks, each mark given back to the
+    binding its entry's NAT shows (reply tuple: real server address and port -> laddr), and
+    how many were left out because their mark already names another binding."""
+    kept, conflicts = [], 0
+    for c in entries:
+        mark = c.mark or 0
+        if mark & MARK_PREFIX_MASK != MARK_BASE or c.orig is None or c.reply is None:
+            continue
+        r = c.reply
+        if marks.adopt(mark, str(ipaddress.ip_address(r.src)), r.sport,
+                       str(ipaddress.ip_address(r.dst))):
+            kept.append(c)
+        else:
+            conflicts += 1
+    return kept, conflicts
+
+
 class KernelFlows:
     def __init__(self) -> None:
         self.flows: dict[ct.Tuple, Flow] = {}
@@ -55,7 +77,7 @@ class KernelFlows:
         self.dirty: set[tuple[int, bytes, int, int]] = set()
         self.needs_resync = False
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
-                                    "resyncs", "repaired", "watcher_errors"), 0)
+                                    "resyncs", "repaired", "adopted", "watcher_errors"), 0)
         self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
         self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]], None]] = []
 
@@ -137,7 +159,20 @@ class KernelFlows:
     def resync(self, entries: Iterable[ct.Conntrack]) -> int:
         """Replace the view with a dump of the kernel's table; return how many flows it
         added, removed or changed."""
-        entries = list(entries)
+        changed = self._replace(list(entries))
+        self.stats["resyncs"] += 1
+        self.stats["repaired"] += changed
+        return changed
+
+    def adopt(self, entries: Iterable[ct.Conntrack]) -> int:
+        """At start: take the flows of a dump that carry tandem's marks (a predecessor's,
+        still forwarded by the kernel) as the view; return how many.  Not a repair: the
+        view was empty because the node had just started, not because events were lost."""
+        self._replace(list(entries))
+        self.stats["adopted"] += len(self.flows)
+        return len(self.flows)
+
+    def _replace(self, entries: list[ct.Conntrack]) -> int:
         fresh = {}
         for c in entries:
             f = _flow(c)
@@ -152,8 +187,6 @@ class KernelFlows:
         self.by_service = {}
         for k, f in fresh.items():
             self._set(k, f)
-        self.stats["resyncs"] += 1
-        self.stats["repaired"] += changed
         self.needs_resync = False
         for rfn in self._resync_watchers:
             try:

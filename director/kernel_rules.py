@@ -14,6 +14,10 @@ port, laddr).  From then on the kernel's conntrack NAT forwards both directions:
     inet tandem to_real (dstnat): dnat to ct mark map @dnat4/@dnat6 (real server, port)
     inet tandem to_laddr (srcnat): flows to a VIP: snat to ct mark map @snat4/@snat6 (laddr)
     inet tandem guard (input): drop what is still addressed to a service or a laddr
+    (new_flow first drops what conntrack found invalid: bad checksum, header or TCP state)
+
+Both drops count into named counters of the table (DROP_COUNTERS), which
+`drop_counters()` reads back: a malformed packet is counted, dropped, in kernel mode too.
 
 The queue rule is an iptables-nft rule because this kernel has no nftables `queue`
 expression (CONFIG_NFT_QUEUE is not set; `queue num` fails with "No such file or
@@ -63,6 +67,12 @@ TIMEOUT_POLICY = {
             "time_wait": "tcp_time_wait", "close": "tcp_close", "syn_sent2": "tcp_syn_sent"},
     "udp": {"unreplied": "udp", "replied": "udp"},
 }
+#: the table's named counters -> what they count: `invalid`, TCP/UDP packets to a service's
+#: VIP or a laddr that conntrack found invalid (a bad checksum, a truncated or bad header, a
+#: segment not valid in its connection's TCP state), dropped before NAT; `untranslated`,
+#: what the guard drops (still addressed to a service or a laddr after NAT: a first packet
+#: the engine dropped or left unmarked, a stray packet to a laddr)
+DROP_COUNTERS = ("invalid", "untranslated")
 
 
 class KernelRulesError(OSError):
@@ -97,32 +107,51 @@ class Binding:
 
 class Marks:
     """Marks for bindings, stable for the node's life: a mark once given never names
-    another binding, as flows in conntrack may still carry it."""
+    another binding, as flows in conntrack may still carry it.  A restarted node first
+    `adopt`s the marks its predecessor's flows carry, so they keep their meaning."""
 
     def __init__(self) -> None:
         self._by_binding: dict[tuple[str, int, str], Binding] = {}
-        self._list: list[Binding] = []           # by mark index - 1
+        self._by_mark: dict[int, Binding] = {}
+        self._next = 1                           # the next index to try
+
+    @staticmethod
+    def _binding_key(rs_addr: str, rs_port: int, laddr: str) -> tuple[str, int, str]:
+        return (str(ipaddress.ip_address(rs_addr)), rs_port, str(ipaddress.ip_address(laddr)))
 
     def mark_for(self, rs_addr: str, rs_port: int, laddr: str) -> int:
-        key = (str(ipaddress.ip_address(rs_addr)), rs_port, str(ipaddress.ip_address(laddr)))
+        key = self._binding_key(rs_addr, rs_port, laddr)
         b = self._by_binding.get(key)
         if b is None:
-            if len(self._by_binding) > 0xFFFF:
-                raise KernelRulesError("no mark left: 65536 bindings in use")
-            b = Binding(MARK_BASE | (len(self._by_binding) + 1), *key)
+            while (MARK_BASE | self._next) in self._by_mark:
+                self._next += 1
+            if self._next > 0xFFFF:
+                raise KernelRulesError("no mark left: 65535 bindings in use")
+            b = Binding(MARK_BASE | self._next, *key)
             self._by_binding[key] = b
-            self._list.append(b)
+            self._by_mark[b.mark] = b
         return b.mark
+
+    def adopt(self, mark: int, rs_addr: str, rs_port: int, laddr: str) -> bool:
+        """Give `mark` to this binding, as a flow already in conntrack carries it; False
+        when the mark or the binding already stands for something else."""
+        key = self._binding_key(rs_addr, rs_port, laddr)
+        if mark & MARK_PREFIX_MASK != MARK_BASE or not mark & ~MARK_PREFIX_MASK:
+            return False
+        have, held = self._by_mark.get(mark), self._by_binding.get(key)
+        if have is not None or held is not None:
+            return have is not None and have is held
+        b = Binding(mark, *key)
+        self._by_binding[key] = b
+        self._by_mark[mark] = b
+        return True
 
     def bindings(self) -> list[Binding]:
         return sorted(self._by_binding.values(), key=lambda b: b.mark)
 
     def binding(self, mark: int) -> Binding | None:
         """What `mark` stands for (None: not one of ours)."""
-        if mark & MARK_PREFIX_MASK != MARK_BASE:
-            return None
-        i = (mark & ~MARK_PREFIX_MASK) - 1
-        return self._list[i] if 0 <= i < len(self._list) else None
+        return self._by_mark.get(mark)
 
     def marks_of(self, rs_addr: str, rs_port: int) -> set[int]:
         """The marks of every binding to this real server (one per laddr)."""
@@ -142,27 +171,60 @@ def _elements(items: Iterable[str]) -> str:
     return f"\n\t\telements = {{ {', '.join(items)} }}" if items else ""
 
 
-def _timeout_objects(timeouts: Mapping[str, float]) -> list[str]:
-    """One `ct timeout` object per protocol and family; values in whole seconds (>= 1)."""
+def timeout_name(proto: str, family: int, generation: int = 1) -> str:
+    """The `ct timeout` object of a protocol and family: `tcp4`, and `tcp4_2`, ... for the
+    policies a reload of [timeouts] adds (an object cannot be changed in place: nft accepts
+    the same name with another policy and keeps the old one, measured)."""
+    return f"{proto}{family}" + (f"_{generation}" if generation > 1 else "")
+
+
+def _policies(timeouts: Mapping[str, float]) -> dict[str, str]:
+    """Each protocol's policy text; values in whole seconds (>= 1)."""
+    return {proto: ", ".join(f"{state} : {max(1, math.ceil(timeouts[key]))}"
+                             for state, key in states.items())
+            for proto, states in TIMEOUT_POLICY.items()}
+
+
+def _timeout_objects(timeouts: Mapping[str, float], generation: int = 1) -> list[str]:
+    """One `ct timeout` object per protocol and family."""
     out = []
-    for proto, states in TIMEOUT_POLICY.items():
-        policy = ", ".join(f"{state} : {max(1, math.ceil(timeouts[key]))}"
-                           for state, key in states.items())
+    for proto, policy in _policies(timeouts).items():
         for fam, l3 in ((4, "ip"), (6, "ip6")):
-            out.append(f"\tct timeout {proto}{fam} {{\n\t\tprotocol {proto}\n\t\tl3proto {l3}\n"
+            out.append(f"\tct timeout {timeout_name(proto, fam, generation)} {{\n"
+                       f"\t\tprotocol {proto}\n\t\tl3proto {l3}\n"
                        f"\t\tpolicy = {{ {policy} }}\n\t}}")
     return out
 
 
+_SVC = {fam: f"{ip} daddr . meta l4proto . th dport @svc{fam}" for fam, ip in ((4, "ip"), (6, "ip6"))}
+_OURS = f"meta mark & 0x{MARK_PREFIX_MASK:08x} == 0x{MARK_BASE:08x}"
+
+
+def _new_flow_rules(timeouts: bool, generation: int = 1) -> list[str]:
+    """The rules of chain new_flow: conntrack's invalid packets to a service or laddr
+    dropped and counted, then the mark, the event mask and the timeout policy of a new
+    flow.  The same text loads the table and, after a change of [timeouts], the chain."""
+    return [
+        *(f'ct state invalid {ip} daddr @{s}{f} meta l4proto {{ tcp, udp }} counter name "invalid" drop'
+          for f, ip in ((4, "ip"), (6, "ip6")) for s in ("vip", "laddr")),
+        *(f"ct state new {_SVC[f]} {_OURS} ct mark set meta mark" for f in (4, 6)),
+        *(f"ct state new {_SVC[f]} {_OURS} meta l4proto {p} ct event set {events}"
+          for f in (4, 6) for p, events in CT_EVENTS.items()),
+        *(f'ct state new {_SVC[f]} meta l4proto {p} ct timeout set "{timeout_name(p, f, generation)}"'
+          for f in (4, 6) for p in TIMEOUT_POLICY if timeouts),
+    ]
+
+
 def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
-            timeouts: Mapping[str, float] | None = None) -> str:
+            timeouts: Mapping[str, float] | None = None, generation: int = 1) -> str:
     """The nft script that replaces `inet tandem` atomically (create, delete, define).
     With `timeouts` (the [timeouts] section), a kernel-forwarded flow gets them as its
     conntrack timeout policy instead of conntrack's own (5 days when established)."""
     services, bindings = list(services), list(bindings)
     out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    out += [f"\tcounter {name} {{\n\t}}" for name in DROP_COUNTERS]
     if timeouts is not None:
-        out += _timeout_objects(timeouts)
+        out += _timeout_objects(timeouts, generation)
     for fam, ip, addr_t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
         svcs = [s for s in services if s.family == fam]
         binds = [b for b in bindings if b.family == fam]
@@ -177,15 +239,10 @@ def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
             f"\tmap snat{fam} {{\n\t\ttype mark : {addr_t}"
             + _elements(f"0x{b.mark:08x} : {b.laddr}" for b in binds) + "\n\t}",
         ]
-    svc = {fam: f"{ip} daddr . meta l4proto . th dport @svc{fam}" for fam, ip in ((4, "ip"), (6, "ip6"))}
-    ours = f"meta mark & 0x{MARK_PREFIX_MASK:08x} == 0x{MARK_BASE:08x}"
+    svc = _SVC
     out += [
         f"\tchain new_flow {{\n\t\ttype filter hook prerouting priority {NEW_FLOW_PRIORITY}; policy accept;",
-        *(f"\t\tct state new {svc[f]} {ours} ct mark set meta mark" for f in (4, 6)),
-        *(f"\t\tct state new {svc[f]} {ours} meta l4proto {p} ct event set {events}"
-          for f in (4, 6) for p, events in CT_EVENTS.items()),
-        *(f'\t\tct state new {svc[f]} meta l4proto {p} ct timeout set "{p}{f}"'
-          for f in (4, 6) for p in TIMEOUT_POLICY if timeouts is not None),
+        *(f"\t\t{rule}" for rule in _new_flow_rules(timeouts is not None, generation)),
         "\t}",
         "\tchain to_real {\n\t\ttype nat hook prerouting priority dstnat; policy accept;",
         *(f"\t\tmeta l4proto {{ tcp, udp }} {svc[f]} dnat {ip} to ct mark map @dnat{f}"
@@ -196,8 +253,8 @@ def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
           for f, ip in ((4, "ip"), (6, "ip6"))),
         "\t}",
         "\tchain guard {\n\t\ttype filter hook input priority filter; policy accept;",
-        *(f"\t\t{svc[f]} drop" for f in (4, 6)),
-        *(f"\t\t{ip} daddr @laddr{f} meta l4proto {{ tcp, udp }} drop"
+        *(f'\t\t{svc[f]} counter name "untranslated" drop' for f in (4, 6)),
+        *(f'\t\t{ip} daddr @laddr{f} meta l4proto {{ tcp, udp }} counter name "untranslated" drop'
           for f, ip in ((4, "ip"), (6, "ip6"))),
         "\t}",
         "}",
@@ -219,12 +276,25 @@ def _elements_of(services: list[KernelService], bindings: list[Binding]) -> dict
     return out
 
 
-def update(services: Iterable[KernelService], bindings: Iterable[Binding]) -> str:
+def update(services: Iterable[KernelService], bindings: Iterable[Binding],
+           timeouts: Mapping[str, float] | None = None, generation: int = 1) -> str:
     """The nft script that refills the sets and maps of a loaded table in one transaction
     (a reload): the chains and the `ct timeout` objects stay.  Replacing the table instead
     would destroy the timeout objects, and the kernel then takes the policy off every flow
-    that uses it (those flows fall back to conntrack's own timeouts, 5 days established)."""
+    that uses it (those flows fall back to conntrack's own timeouts, 5 days established).
+
+    With `timeouts` (a changed [timeouts] section), the same transaction adds that
+    `generation`'s timeout objects and rewrites chain new_flow to attach them: new flows
+    get the new policy, flows already in conntrack keep the object they were given (it
+    stays in the table; an object cannot be changed in place)."""
     out = []
+    if timeouts is not None:
+        for proto, policy in _policies(timeouts).items():
+            for fam, l3 in ((4, "ip"), (6, "ip6")):
+                out.append(f"add ct timeout inet {TABLE} {timeout_name(proto, fam, generation)} "
+                           f"{{ protocol {proto}; l3proto {l3}; policy = {{ {policy} }}; }}")
+        out.append(f"flush chain inet {TABLE} new_flow")
+        out += [f"add rule inet {TABLE} new_flow {rule}" for rule in _new_flow_rules(True, generation)]
     for name, items in _elements_of(list(services), list(bindings)).items():
         kind = "map" if name.startswith(("dnat", "snat")) else "set"
         out.append(f"flush {kind} inet {TABLE} {name}")
@@ -264,12 +334,14 @@ def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subpr
 
 
 def install(services: Iterable[KernelService], bindings: Iterable[Binding], queue: int,
-            timeouts: Mapping[str, float] | None = None, fresh: bool = True) -> None:
+            timeouts: Mapping[str, float] | None = None, fresh: bool = True,
+            generation: int = 1) -> None:
     """Load the table and the queue chains; each step is atomic on its own.  `fresh`
     False (a reload) refills the sets and maps of the loaded table (`update`) instead of
-    replacing it."""
+    replacing it, and with `timeouts` switches new flows to that generation's policies."""
     services = list(services)
-    script = ruleset(services, bindings, timeouts) if fresh else update(services, bindings)
+    script = (ruleset(services, bindings, timeouts, generation) if fresh
+              else update(services, bindings, timeouts, generation))
     _run(["nft", "-f", "-"], stdin=script)
     for fam in (4, 6):
         _run([_tool(fam, restore=True), "--noflush", "-w"], stdin=queue_rules(services, queue, fam))
@@ -288,6 +360,22 @@ def remove() -> None:
             pass
         _run([tool, "-w", "-t", "mangle", "-F", QUEUE_CHAIN], check=False)
         _run([tool, "-w", "-t", "mangle", "-X", QUEUE_CHAIN], check=False)
+
+
+def parse_counters(text: str) -> dict[str, int]:
+    """Packets of each of DROP_COUNTERS from `nft -j list counters table inet tandem`."""
+    import json
+    out = dict.fromkeys(DROP_COUNTERS, 0)
+    for item in json.loads(text).get("nftables", []):
+        c = item.get("counter")
+        if c and c.get("table") == TABLE and c.get("name") in out:
+            out[c["name"]] = int(c.get("packets", 0))
+    return out
+
+
+def drop_counters() -> dict[str, int]:
+    """The table's drop counters (a blocking `nft` run: call it from a worker thread)."""
+    return parse_counters(_run(["nft", "-j", "list", "counters", "table", "inet", TABLE]).stdout)
 
 
 def queue_counters(text: str | None = None) -> dict[int, dict[str, int]]:

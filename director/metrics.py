@@ -32,7 +32,12 @@ Names follow what people already scrape, with a `tandem_` prefix:
   `tandem_kernel_flows_{active,inactive}`, `tandem_kernel_events_total`,
   `tandem_kernel_events_lost_total` (ENOBUFS overruns), `tandem_kernel_dump_repairs_total`,
   `tandem_kernel_dump_repaired_flows_total`, `tandem_kernel_dump_failures_total`,
-  `tandem_kernel_flows_deleted_total`; nothing without a kernel-mode service.
+  `tandem_kernel_flows_deleted_total`, `tandem_kernel_flows_adopted_total`,
+  `tandem_kernel_drops_total{reason="invalid"|"untranslated"}` (the `inet tandem` table's
+  counters), `tandem_kernel_drop_counter_read_failures_total`, and with sync
+  `tandem_kernel_sync_{entries,urgent,refreshes,ends}_total`,
+  `tandem_kernel_inject_{created,updated,deleted,failed}_total`, the gauge
+  `tandem_kernel_inject_backlog`; nothing without a kernel-mode service.
 * sync: `tandem_sync_apply_*_total` from the engine's sync_stats, and from the
   sync link's SyncStats `tandem_sync_{sender,receiver,transport,applied}_<key>_total`,
   the gauges `tandem_sync_missing` and `tandem_sync_lag_seconds{quantile}`.

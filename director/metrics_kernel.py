@@ -1,5 +1,6 @@
-"""Kernel-mode forwarding as metrics: the flows the node follows from conntrack events and
-the event path's own counters (director.metrics lists every exported name)."""
+"""Kernel-mode forwarding as metrics: the flows the node follows from conntrack events, the
+event path's own counters, the table's drop counters and the sync of kernel flows
+(director.metrics lists every exported name)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -26,11 +27,35 @@ _EXPORTED = (
      "Dumps that failed (the next overrun tries again)."),
     ("deleted", "kernel_flows_deleted", CounterMetricFamily,
      "Flows the node deleted from conntrack (quiescing, removed real servers)."),
+    ("adopted", "kernel_flows_adopted", CounterMetricFamily,
+     "Flows of a previous run found in conntrack at start and taken into the view."),
+    ("counter_read_failures", "kernel_drop_counter_read_failures", CounterMetricFamily,
+     "Reads of the table's drop counters that failed."),
+    # the sync of kernel flows (tandem.kernel_sync): present when the node syncs
+    ("sync_entries", "kernel_sync_entries", CounterMetricFamily,
+     "Sync entries made from conntrack events (state changes, refreshes and ends)."),
+    ("sync_urgent", "kernel_sync_urgent", CounterMetricFamily,
+     "Of those, entries sent at once (a new flow, ESTABLISHED, a closing state)."),
+    ("sync_refreshes", "kernel_sync_refreshes", CounterMetricFamily,
+     "Of those, periodic refreshes of flows that only carry data."),
+    ("sync_ends", "kernel_sync_ends", CounterMetricFamily,
+     "Of those, the ends of flows (timeout 0)."),
+    ("inject_created", "kernel_inject_created", CounterMetricFamily,
+     "Peer's entries created in this node's conntrack."),
+    ("inject_updated", "kernel_inject_updated", CounterMetricFamily,
+     "Peer's entries that updated one in this node's conntrack (state, timeout, mark)."),
+    ("inject_deleted", "kernel_inject_deleted", CounterMetricFamily,
+     "Entries deleted from this node's conntrack on the peer's word (a flow's end)."),
+    ("inject_failed", "kernel_inject_failed", CounterMetricFamily,
+     "Injection requests the kernel refused (by any errno but the handled ones)."),
+    ("inject_backlog", "kernel_inject_backlog", GaugeMetricFamily,
+     "Peer's entries waiting to be injected."),
 )
 
 
 class KernelCollector(Source):
-    """stats: () -> tandem.kernel_mode.KernelPath.describe(), or None (no kernel mode)."""
+    """stats: () -> tandem.kernel_mode.KernelPath.describe() (with tandem.kernel_sync's
+    counters when the node syncs, as /status "kernel" has them), or None (no kernel mode)."""
 
     def __init__(self, stats: Callable[[], Mapping[str, Any] | None], prefix: str = PREFIX) -> None:
         super().__init__(prefix)
@@ -40,5 +65,16 @@ class KernelCollector(Source):
         st = self.stats_fn()
         if st is None:
             return []
-        return [kind(f"{p}_{name}", doc, value=st[key])
-                for key, name, kind, doc in _EXPORTED if key in st]
+        fams: list[Metric] = [kind(f"{p}_{name}", doc, value=st[key])
+                              for key, name, kind, doc in _EXPORTED if key in st]
+        if "drops" in st:
+            drops = CounterMetricFamily(
+                f"{p}_kernel_drops",
+                "Packets of kernel-mode services the kernel dropped by tandem's rules, by reason: "
+                "invalid (conntrack found them invalid: bad checksum, bad or truncated header, "
+                "not valid in the TCP state), untranslated (still addressed to a service or laddr "
+                "after NAT).", labels=("reason",))
+            for reason, n in st["drops"].items():
+                drops.add_metric([reason], n)
+            fams.append(drops)
+        return fams

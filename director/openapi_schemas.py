@@ -87,12 +87,20 @@ SCHEMAS: dict[str, Any] = {
                                "events received, events lost (overruns: ENOBUFS), the dumps "
                                "that repaired the view (resyncs) and what they changed (repaired); "
                                "with sync, the entries made from events (sync_*: urgent, "
-                               "refreshes, ends) and the injections of the peer's (inject_*)",
-                "properties": {k: _INT for k in (
+                               "refreshes, ends) and the injections of the peer's (inject_*); "
+                               "the flows of a previous run adopted at start (adopted); the "
+                               "packets tandem's rules dropped (drops: invalid, untranslated)",
+                "properties": {**{k: _INT for k in (
                     "flows", "active", "inactive", "events", "overruns", "resyncs", "repaired",
+                    "adopted", "adopt_conflicts", "counter_read_failures",
                     "dump_failures", "deleted", "sync_entries", "sync_urgent", "sync_refreshes",
                     "sync_ends", "inject_created", "inject_updated", "inject_deleted",
                     "inject_failed", "inject_backlog")},
+                    "drops": {"type": "object", "description": "packets to kernel-mode services "
+                              "dropped by tandem's rules, as last read (at most ~1 s old): "
+                              "invalid (conntrack found them invalid), untranslated (the guard: "
+                              "still addressed to a service or laddr after NAT)",
+                              "properties": {"invalid": _INT, "untranslated": _INT}}},
                 "additionalProperties": True,
             },
             "cluster": {
@@ -238,7 +246,14 @@ SCHEMAS: dict[str, Any] = {
             "expires": _epoch("when it expires unless refreshed (before issue 17: the node's "
                               "monotonic clock)"),
             "expires_in": {"type": "number", "description": "seconds left, to the ms"},
-            "created": _epoch("when the entry was made on this node (synced: when it arrived)"),
+            "created": _epoch("when the entry was made on this node (synced: when it arrived); "
+                              "null for a kernel-forwarded flow", nullable=True),
+            "forwarding": {"type": "string", "enum": ["engine", "kernel"],
+                           "description": "engine: an entry of the engine's table; kernel: a flow "
+                                          "the kernel's conntrack NAT forwards (local, real, state "
+                                          "and expires as the kernel holds them)"},
+            "mark": {"type": "string", "description": "a kernel-forwarded flow's conntrack mark "
+                                                      "(its binding), hex", "example": "0x54440001"},
         },
     },
     "ConnPage": {

@@ -167,10 +167,13 @@ class NodeParts:
                  resign: Callable[[], Awaitable[dict | None]] | None = None,
                  resume: Callable[[], Awaitable[dict | None]] | None = None,
                  kernel: Callable[[], Mapping[str, Any] | None] | None = None,
-                 cluster: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
+                 cluster: Callable[[], Mapping[str, Any] | None] | None = None,
+                 kernel_path: Callable[[], Any | None] | None = None) -> None:
         self.name = name
         self._kernel = kernel or (lambda: None)
         self._cluster = cluster or (lambda: None)
+        #: () -> the running kernel path (tandem.kernel_mode.KernelPath) or None: /conns
+        self.kernel_path = kernel_path or (lambda: None)
         self.control = control
         self.health = health
         self.epoch = EpochClock(clock, wall)

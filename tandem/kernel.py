@@ -59,13 +59,17 @@ class Kernel(Protocol):
         """Remove the node's rules; quiet when there are none."""
 
     def install_kernel_rules(self, services: list, bindings: list, queue: int,
-                             timeouts: Any, fresh: bool) -> None:
+                             timeouts: Any, fresh: bool, generation: int = 1) -> None:
         """Load the `inet tandem` table and the first-packet queue chains for kernel-mode
         services (director.kernel_rules.install); `fresh` False refills the sets and maps
-        of the loaded table (a reload)."""
+        of the loaded table (a reload), and with `timeouts` switches new flows to that
+        `generation`'s timeout policies."""
 
     def remove_kernel_rules(self) -> None:
         """Remove the kernel-mode table and chains; quiet when there are none."""
+
+    def kernel_drop_counters(self) -> dict:
+        """The kernel-mode table's drop counters by name (director.kernel_rules.DROP_COUNTERS)."""
 
     def open_ct_events(self) -> Any:
         """A non-blocking conntrack event socket (director.ct_events.EventSocket)."""
@@ -80,6 +84,9 @@ class Kernel(Protocol):
     def delete_conntrack(self, tuples: list) -> int:
         """Delete the entries with these original tuples; how many the kernel deleted
         (one already gone is not an error)."""
+
+    def get_conntrack(self, tuples: list) -> dict:
+        """The entries with these original tuples, by tuple (those gone are left out)."""
 
     def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
         """Add host addresses (/32, /128) on an interface; idempotent.  IPv6 ones are added
@@ -135,13 +142,17 @@ class LinuxKernel:
         rules.remove()
 
     def install_kernel_rules(self, services: list, bindings: list, queue: int,
-                             timeouts: Any, fresh: bool) -> None:
+                             timeouts: Any, fresh: bool, generation: int = 1) -> None:
         from director import kernel_rules
-        kernel_rules.install(services, bindings, queue, timeouts, fresh=fresh)
+        kernel_rules.install(services, bindings, queue, timeouts, fresh=fresh, generation=generation)
 
     def remove_kernel_rules(self) -> None:
         from director import kernel_rules
         kernel_rules.remove()
+
+    def kernel_drop_counters(self) -> dict:
+        from director import kernel_rules
+        return kernel_rules.drop_counters()
 
     def open_ct_events(self) -> Any:
         from director.ct_events import EventSocket
@@ -158,6 +169,10 @@ class LinuxKernel:
     def delete_conntrack(self, tuples: list) -> int:
         from director.ct_events import delete
         return delete(tuples)
+
+    def get_conntrack(self, tuples: list) -> dict:
+        from director.ct_events import get
+        return get(tuples)
 
     # -- addresses and links -------------------------------------------------------------------
 

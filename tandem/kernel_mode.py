@@ -22,6 +22,15 @@ This module keeps three promises around that:
   scheduled before their events come back, would all go to the same real server.
 
 Other parts plug in through `flows` (KernelFlows.watch / watch_resync: connection sync).
+
+Two more things an operator relies on:
+- a restarted node's predecessor left its flows in conntrack (the kernel forwards them on):
+  at start, once the event socket listens, one dump is taken, the marks those flows carry
+  are given back to their bindings (Marks.adopt: the reply tuple names the real server and
+  laddr), and the flows become the view, so the schedulers' counts and /status are right
+  from the start;
+- the table's drop counters (invalid, untranslated: kernel_rules.DROP_COUNTERS) are read
+  when someone reads them (tandem.kernel_drops).
 """
 from __future__ import annotations
 
@@ -35,9 +44,10 @@ from typing import Any, Callable, Iterable
 from director import kernel_rules as KR
 from director.config import NodeConfig, ServiceConfig
 from director.engine import Engine
-from director.kernel_flows import KernelFlows
+from director.kernel_flows import KernelFlows, adoptable
 from proto import ctnetlink as ct
 from proto.consts import PROTOS
+from tandem.kernel_drops import DropCounters
 
 log = logging.getLogger("tandem.kernel_mode")
 #: seconds a flow handed to the kernel counts on its real server without its NEW event
@@ -95,13 +105,18 @@ class KernelPath:
         self.events: Any = None
         self.loaded = False
         self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
-                                    "deleted", "read_errors"), 0)
+                                    "deleted", "read_errors", "adopt_conflicts"), 0)
+        #: the table's drop counters (invalid, untranslated), read when they are read
+        self.drop_counters = DropCounters(kernel, clock)
+        #: the [timeouts] the loaded table's newest policies hold, and their generation
+        self.timeouts: dict[str, float] | None = None
+        self.timeout_generation = 1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resync: asyncio.Task | None = None
         self._held: list[ct.Message] | None = None     # events read while a dump runs
         self._on_error = on_error or (lambda msg: log.warning("%s", msg))
 
-    def describe(self) -> dict[str, int] | None:
+    def describe(self) -> dict[str, Any] | None:
         """What /status says under "kernel" and the metrics export; None without kernel mode."""
         if not self.loaded:
             return None
@@ -110,41 +125,87 @@ class KernelPath:
         inactive = sum(c[1] for c in flows.counts.values())
         return {"flows": len(flows.flows), "active": active, "inactive": inactive,
                 **{k: flows.stats[k] for k in ("events", "new", "destroyed", "overruns",
-                                                "resyncs", "repaired")},
-                **self.stats}
+                                                "resyncs", "repaired", "adopted")},
+                **self.stats, "counter_read_failures": self.drop_counters.failures,
+                "drops": self.drop_counters.read()}
 
     # -- rules -------------------------------------------------------------------------------
 
     async def start(self, cfg: NodeConfig) -> None:
-        """Listen, then load the rules (nothing when no service is kernel-mode)."""
+        """Listen, adopt the flows a predecessor left, then load the rules (nothing when
+        no service is kernel-mode)."""
         self._loop = asyncio.get_running_loop()
         if kernel_services(cfg):
+            self._listen()
+            await self._adopt()
             await self._load(cfg, fresh=True)
 
-    async def _load(self, cfg: NodeConfig, fresh: bool) -> None:
+    def _listen(self) -> None:
         if self.events is None:
             self.events = self.kernel.open_ct_events()
             assert self._loop is not None
             self._loop.add_reader(self.events.fileno(), self.on_readable)
+
+    async def _adopt(self) -> None:
+        """Take the flows already in conntrack with tandem's marks as the view, each mark
+        given back to the binding its entry's NAT shows (reply tuple: the real server, the
+        laddr), before this run's marks are made.  Events read meanwhile are held and
+        applied after it."""
+        self._held = []
+        try:
+            entries = await asyncio.to_thread(self.kernel.dump_conntrack)
+        except (OSError, TimeoutError) as exc:
+            self.stats["dump_failures"] += 1
+            self._on_error(f"conntrack dump at start failed: {exc}; flows a previous run left "
+                           "are not counted until the next repair")
+            entries = []
+        kept, conflicts = adoptable(entries, self.engine.marks)
+        self.stats["adopt_conflicts"] += conflicts
+        n = self.flows.adopt(kept)
+        held, self._held = self._held, None
+        for m in held:
+            self.flows.apply(m)
+        if n or self.stats["adopt_conflicts"]:
+            log.info("start: %d kernel flows of a previous run adopted (%d with a mark that "
+                     "names another binding, left out)", n, self.stats["adopt_conflicts"])
+        self.account()
+
+    async def _load(self, cfg: NodeConfig, fresh: bool) -> None:
+        self._listen()
         bindings = make_bindings(cfg, self.engine.marks)
-        timeouts = dict(cfg.timeouts) if fresh else None
+        want = dict(cfg.timeouts)
+        if fresh:
+            timeouts, generation = want, 1
+        elif want != self.timeouts:
+            timeouts, generation = want, self.timeout_generation + 1
+        else:
+            timeouts, generation = None, self.timeout_generation
         await asyncio.to_thread(self.kernel.install_kernel_rules, rule_services(cfg), bindings,
-                                cfg.queue, timeouts, fresh)
+                                cfg.queue, timeouts, fresh, generation)
+        if timeouts is not None:
+            self.timeouts, self.timeout_generation = timeouts, generation
+        if fresh:
+            self.drop_counters.reset()
         self.loaded = True
 
     async def reload(self, old: NodeConfig, new: NodeConfig) -> None:
         """Before the engine takes `new`: its bindings in the maps, its services in the sets.
-        The loaded table is refilled, never replaced, so the flows keep their timeout
-        policy (a change of [timeouts] reaches kernel-mode flows at the next start)."""
+        The loaded table is refilled, never replaced.  A change of [timeouts] adds the next
+        generation of timeout policies in the same transaction: new flows get it; flows
+        already in conntrack keep the policy they started with (an nft object cannot be
+        changed in place, and ctnetlink cannot attach another one to an entry)."""
         if self.loaded:
+            before = self.timeout_generation
             await self._load(new, fresh=False)
-            if kernel_services(new) and dict(new.timeouts) != dict(old.timeouts):
-                log.warning("reload: [timeouts] changed: kernel-mode flows keep the timeouts "
-                            "loaded at start until the node restarts")
+            if self.timeout_generation != before:
+                log.info("reload: [timeouts] changed: new kernel-mode flows get them (policy "
+                         "generation %d); flows already in conntrack keep theirs until they end",
+                         self.timeout_generation)
         elif kernel_services(new):
             await self._load(new, fresh=True)
 
     async def stop(self) -> None:
+        await self.drop_counters.stop()
         if self._resync is not None:
             self._resync.cancel()
             await asyncio.gather(self._resync, return_exceptions=True)
@@ -327,6 +388,10 @@ class KernelPath:
         proto, vip, vport = svc_key
         return [t for t in self.flows.flows_of(marks)
                 if (t.proto, t.dst, t.dport) == (proto, vip, vport)]
+
+    async def entries(self, tuples: list[ct.Tuple]) -> dict[ct.Tuple, ct.Conntrack]:
+        """These flows as the kernel holds them now (GET /conns), asked in a worker thread."""
+        return await asyncio.to_thread(self.kernel.get_conntrack, tuples)
 
     async def delete(self, tuples: list[ct.Tuple]) -> int:
         """Delete these flows from the kernel (their DESTROY events update the view)."""

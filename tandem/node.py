@@ -148,7 +148,8 @@ class Node:
                                role_changes=self.role.changes, api_token=cfg.api_token,
                                reload=self.reload, resign=self.resign, resume=self.resume,
                                kernel=lambda: kernel_status(self.kernel_path, self.kernel_sync),
-                               cluster=lambda: self.cluster.status() if self.cluster else None)
+                               cluster=lambda: self.cluster.status() if self.cluster else None,
+                               kernel_path=lambda: self.kernel_path if self.kernel_path.loaded else None)
         if self.sync is not None:
             self.sync.on_peer_state(self._on_peer_state)
         self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]

@@ -137,6 +137,9 @@ class FakeKernel:
         self.vrrp_sockets: list[tuple[str, Any]] = []
         #: the kernel-mode table as last loaded: (services, bindings, queue, timeouts)
         self.kernel_rules: tuple[tuple, tuple, int, Any] | None = None
+        self.timeout_generation = 0
+        #: the table's drop counters (director.kernel_rules.DROP_COUNTERS), as a test sets them
+        self.drops = {"invalid": 0, "untranslated": 0}
         self.events: list[FakeEvents] = []
         #: the conntrack table a dump returns (proto.ctnetlink.Conntrack entries)
         self.conntrack: list[Any] = []
@@ -162,16 +165,25 @@ class FakeKernel:
         self.rules = None
 
     def install_kernel_rules(self, services: list, bindings: list, queue: int,
-                             timeouts: Any, fresh: bool) -> None:
+                             timeouts: Any, fresh: bool, generation: int = 1) -> None:
         self._call("install_kernel_rules", tuple(services), tuple(bindings), queue, fresh)
         if not fresh and self.kernel_rules is None:
             raise OSError(errno.ENOENT, "no table inet tandem to update")
-        keep = timeouts if fresh or self.kernel_rules is None else self.kernel_rules[3]
+        keep = timeouts if fresh or timeouts is not None else self.kernel_rules[3]
         self.kernel_rules = (tuple(services), tuple(bindings), queue, keep)
+        self.timeout_generation = generation if timeouts is not None else self.timeout_generation
+        if fresh:
+            self.drops = dict.fromkeys(self.drops, 0)     # a new table's counters
 
     def remove_kernel_rules(self) -> None:
         self._call("remove_kernel_rules")
         self.kernel_rules = None
+
+    def kernel_drop_counters(self) -> dict:
+        self._call("kernel_drop_counters")
+        if self.kernel_rules is None:
+            raise OSError(errno.ENOENT, "no table inet tandem")
+        return dict(self.drops)
 
     def open_ct_events(self) -> FakeEvents:
         self._call("open_ct_events")
@@ -195,6 +207,12 @@ class FakeKernel:
         before = len(self.conntrack)
         self.conntrack = [c for c in self.conntrack if c.orig not in gone]
         return before - len(self.conntrack)
+
+    def get_conntrack(self, tuples: list) -> dict:
+        tuples = list(tuples)
+        self._call("get_conntrack", tuple(tuples))
+        by_orig = {c.orig: c for c in self.conntrack}
+        return {t: by_orig[t] for t in tuples if t in by_orig}
 
     def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
         addrs = tuple(addrs)

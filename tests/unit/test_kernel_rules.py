@@ -52,7 +52,7 @@ def test_chains():
     text = k.ruleset([V4, V6], _marks().bindings())
     new_flow = _block(text, "chain new_flow")
     assert new_flow[0] == "type filter hook prerouting priority -120; policy accept;"
-    assert new_flow[1] == ("ct state new ip daddr . meta l4proto . th dport @svc4 "
+    assert new_flow[5] == ("ct state new ip daddr . meta l4proto . th dport @svc4 "
                            "meta mark & 0xffff0000 == 0x54440000 ct mark set meta mark")
     assert _block(text, "chain to_real")[1:] == [
         "meta l4proto { tcp, udp } ip daddr . meta l4proto . th dport @svc4 dnat ip to ct mark map @dnat4",
@@ -61,8 +61,8 @@ def test_chains():
     assert "ct original ip daddr @vip4 snat ip to ct mark map @snat4" in _block(text, "chain to_laddr")
     guard = _block(text, "chain guard")
     assert guard[0] == "type filter hook input priority filter; policy accept;"
-    assert "ip daddr . meta l4proto . th dport @svc4 drop" in guard
-    assert "ip6 daddr @laddr6 meta l4proto { tcp, udp } drop" in guard
+    assert 'ip daddr . meta l4proto . th dport @svc4 counter name "untranslated" drop' in guard
+    assert 'ip6 daddr @laddr6 meta l4proto { tcp, udp } counter name "untranslated" drop' in guard
 
 
 def test_queue_rules_per_family():
@@ -120,3 +120,48 @@ def test_timeout_policies_from_the_timeouts_section():
     assert ('ct state new ip6 daddr . meta l4proto . th dport @svc6 meta l4proto udp '
             'ct timeout set "udp6"') in _block(text, "chain new_flow")
     assert "ct timeout" not in k.ruleset([V4], [])
+
+
+def test_invalid_and_untranslated_drops_count_into_named_counters():
+    """Malformed packets in kernel mode: conntrack's INVALID to a service or laddr is
+    dropped in new_flow (before NAT) into `invalid`; the guard's drops into `untranslated`."""
+    text = k.ruleset([V4, V6], _marks().bindings())
+    assert _block(text, "counter invalid") == [] and _block(text, "counter untranslated") == []
+    new_flow = _block(text, "chain new_flow")
+    assert new_flow[1:5] == [
+        f'ct state invalid {ip} daddr @{s}{f} meta l4proto {{ tcp, udp }} counter name "invalid" drop'
+        for f, ip in ((4, "ip"), (6, "ip6")) for s in ("vip", "laddr")]
+    guard = _block(text, "chain guard")[1:]
+    assert len(guard) == 4 and all(r.endswith('counter name "untranslated" drop') for r in guard)
+
+
+def test_counters_are_read_from_nft_json():
+    text = ('{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", '
+            '"name": "invalid", "table": "tandem", "handle": 5, "packets": 120, "bytes": 7000}}, '
+            '{"counter": {"family": "inet", "name": "untranslated", "table": "tandem", '
+            '"handle": 6, "packets": 3, "bytes": 180}}, {"counter": {"family": "inet", '
+            '"name": "invalid", "table": "other", "packets": 9}}]}')
+    assert k.parse_counters(text) == {"invalid": 120, "untranslated": 3}
+    assert k.parse_counters('{"nftables": []}') == {"invalid": 0, "untranslated": 0}
+
+
+def test_a_timeouts_change_adds_a_generation_and_switches_new_flows_in_one_script():
+    """nft keeps an object's policy when the same name is added with another one
+    (measured), so a reload adds new objects and points new_flow at them; the old ones stay
+    for the flows already using them."""
+    from schema import keys as K
+    timeouts = {**K.TIMEOUTS.defaults(), "tcp_established": 60}
+    lines = k.update([V4, V6], _marks().bindings(), timeouts, 3).splitlines()
+    adds = [line for line in lines if line.startswith("add ct timeout")]
+    assert [a.split()[5] for a in adds] == ["tcp4_3", "tcp6_3", "udp4_3", "udp6_3"]
+    assert "established : 60" in adds[0] and "l3proto ip6;" in adds[1]
+    flush = lines.index("flush chain inet tandem new_flow")
+    rules = [line.removeprefix("add rule inet tandem new_flow ") for line in lines[flush + 1:]
+             if line.startswith("add rule inet tandem new_flow ")]
+    loaded = _block(k.ruleset([V4, V6], [], timeouts, 3), "chain new_flow")[1:]
+    assert rules == loaded and 'ct timeout set "tcp4_3"' in rules[-4]
+    assert flush > max(lines.index(a) for a in adds)
+    # without a change the chains and objects are left alone
+    assert not any("timeout" in line or "chain" in line
+                   for line in k.update([V4], _marks().bindings()).splitlines())
+    assert k.timeout_name("udp", 6) == "udp6"
