@@ -10,7 +10,11 @@ port, then address) of that first segment, and how many of the flow's segments c
 
 Prints `ready` once the socket is open, then, when the stop file appears (or after
 `--seconds`, whichever comes first), one JSON line: {"flows": {"laddr:lport": {"toa":
-[addr, port] | null, "segments_with_toa": n}}, "packets": n}.
+[addr, port] | null, "segments_with_toa": n, "syn_toa": bool}}, "packets": n}.
+
+`through(...)` runs it around `count` WHOAMI connections from the client namespace and
+gives, per connection (by its client port), what the real server saw as its peer and the
+TOA option of the segment that completed its handshake there.
 """
 from __future__ import annotations
 
@@ -21,8 +25,11 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 _ETH_P_ALL = 0x0003
 _SYN, _ACK = 0x02, 0x10
@@ -101,6 +108,54 @@ def capture(addr: str, port: int, stop_file: str, seconds: float) -> dict:
     finally:
         s.close()
     return {"flows": flows, "packets": packets}
+
+
+#: run in the client namespace: `count` connections one after another, each asking WHOAMI
+#: (the plain echo answers with the peer it sees: laddr:lport); prints {client port: peer}
+_CLIENT = r"""
+import json, socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = {}
+for _ in range(count):
+    s = socket.create_connection((host, port), timeout=5)
+    s.settimeout(5)
+    local = s.getsockname()[1]
+    s.sendall(b"WHOAMI\n")
+    line = s.makefile("rb").readline().decode().split()
+    seen[local] = line[1] if len(line) == 2 else None
+    s.close()
+print(json.dumps(seen))
+"""
+
+
+def through(client_ns: str, vip: str, vport: int, rs_ns: str, rs_addr: str, rs_port: int,
+            count: int, cwd: str, env: dict) -> tuple[dict[int, str | None], dict[str, dict]]:
+    """({client port: the peer the real server saw}, the capture's flows by that peer),
+    for `count` connections to vip:vport, all of which reach rs_addr:rs_port."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stop = Path(tmp) / "stop"
+        cap = subprocess.Popen(["ip", "netns", "exec", rs_ns, sys.executable, "-m",
+                                "lab.toa_capture", "--addr", rs_addr, "--port", str(rs_port),
+                                "--stop-file", str(stop), "--seconds", "90"],
+                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            assert cap.stdout is not None
+            if cap.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"toa_capture did not start: {cap.communicate(timeout=10)}")
+            cp = subprocess.run(["ip", "netns", "exec", client_ns, sys.executable, "-c", _CLIENT,
+                                 vip, str(vport), str(count)],
+                                cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+            stop.touch()
+            out, err = cap.communicate(timeout=30)
+        finally:
+            if cap.poll() is None:
+                cap.kill()
+                cap.wait()
+    if cp.returncode != 0:
+        raise RuntimeError(f"client failed: {cp.stderr[-2000:]}")
+    seen = {int(k): v for k, v in json.loads(cp.stdout.splitlines()[-1]).items()}
+    return seen, json.loads(out.splitlines()[-1])["flows"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,63 +110,23 @@ def test_a_client_with_its_own_header_is_refused_not_given_a_second(lab):
     assert after["proxy_headers"] == before["proxy_headers"]
 
 
-_TOA_CLIENT = r"""
-import json, socket, sys
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-seen = {}
-for _ in range(count):
-    s = socket.create_connection((host, port), timeout=5)
-    s.settimeout(5)
-    local = s.getsockname()[1]
-    s.sendall(b"WHOAMI\n")
-    line = s.makefile("rb").readline().decode().split()
-    seen[local] = line[1] if len(line) == 2 else None
-    s.close()
-print(json.dumps(seen))
-"""
-
-
 def test_toa_50_connections_each_name_their_client_on_the_servers_wire(lab):
     """client_address = "toa" (VIP:87 to rs1's plain echo): Linux has no TOA module, so a
     packet socket in rs1's namespace reads the option where the module would, in the
     segment that completes each connection's handshake there.  For 50 connections the
     option names the client namespace's address and that very connection's port (the
     echo's WHOAMI answer gives the laddr:lport rs1 saw, which keys the capture)."""
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
+    from lab import toa_capture
     from lab.testing import REPO_ROOT, client_env
-    rs = lab["real_servers"][0]
-    count = 50
+    rs, count = lab["real_servers"][0], 50
     before = engine_stats(lab)
-    with tempfile.TemporaryDirectory() as tmp:
-        stop = Path(tmp) / "stop"
-        cap = subprocess.Popen(["ip", "netns", "exec", rs["ns"], sys.executable, "-m",
-                                "lab.toa_capture", "--addr", rs["addr"], "--port", str(RS_PORT),
-                                "--stop-file", str(stop), "--seconds", "90"],
-                               cwd=str(REPO_ROOT), env=client_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        try:
-            assert cap.stdout.readline().strip() == "ready"
-            cp = subprocess.run(["ip", "netns", "exec", lab["client"]["ns"], sys.executable, "-c",
-                                 _TOA_CLIENT, lab["vip"], str(TOA_PORT), str(count)],
-                                cwd=str(REPO_ROOT), env=client_env(), capture_output=True,
-                                text=True, timeout=60)
-            stop.touch()
-            out, err = cap.communicate(timeout=30)
-        finally:
-            if cap.poll() is None:
-                cap.kill()
-                cap.wait()
-    assert cp.returncode == 0, cp.stderr[-2000:]
-    seen = {int(k): v for k, v in json.loads(cp.stdout.splitlines()[-1]).items()}
-    flows = json.loads(out.splitlines()[-1])["flows"]
+    seen, flows = toa_capture.through(lab["client"]["ns"], lab["vip"], TOA_PORT, rs["ns"],
+                                      rs["addr"], RS_PORT, count, str(REPO_ROOT), client_env())
     assert len(seen) == count and None not in seen.values(), seen
     client = lab["client"]["addr"]
     # each connection's handshake-completing segment at rs1 names its own client and port
     learnt = {cport: flows[peer]["toa"] for cport, peer in seen.items()}
-    assert learnt == {cport: [client, cport] for cport in seen}, (learnt, err[-2000:])
+    assert learnt == {cport: [client, cport] for cport in seen}
     assert not any(f["syn_toa"] for f in flows.values())        # never on a SYN
     after = engine_stats(lab)
     assert after["toa_inserted"] - before["toa_inserted"] >= count

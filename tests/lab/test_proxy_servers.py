@@ -22,8 +22,8 @@ import pytest
 from lab import proxy_servers, state as st
 from lab.nodeconf import node_config
 from lab.nsutil import http_get
-from lab.plan import CLIENT_ADDR, REAL_SERVERS
-from lab.plan6 import CLIENT6
+from lab.plan import CLIENT_ADDR, REAL_SERVERS, RS_PORT
+from lab.plan6 import CLIENT6, LADDRS6, REAL_SERVER6, VIP6
 from lab.testing import REPO_ROOT, client_env, lab_session, require_lab, run_in
 
 pytestmark = pytest.mark.lab
@@ -54,11 +54,18 @@ print(json.dumps({"ports": ports, "ok": ok}))
 """
 
 
+#: TOA over IPv6 (VIP6:87, client_address = "toa", to rs1's plain echo over IPv6)
+TOA_PORT = 87
+TOA6_SERVICE = {"proto": "tcp", "vip": VIP6, "port": TOA_PORT, "scheduler": "rr",
+                "laddrs": list(LADDRS6), "client_address": "toa",
+                "real_servers": [{"addr": REAL_SERVER6["rs1"], "port": RS_PORT}]}
+
+
 @pytest.fixture(scope="module")
 def lab():
     require_lab()
     services = (node_config("a", scheduler="rr", ipv6=True)["services"]
-                + proxy_servers.services(ipv6=True))
+                + proxy_servers.services(ipv6=True) + [TOA6_SERVICE])
     with lab_session(PREFIX, node=True, scheduler="rr", ipv6=True,
                      config_extra={"services": services}) as info:
         procs = proxy_servers.start(PREFIX, st.state_dir(PREFIX) / "proxy-servers", ipv6=True)
@@ -158,3 +165,22 @@ def test_100_udp_datagrams_each_carry_their_clients_address_and_port(lab, vip_ke
     assert {ip for peers in r["peers"].values() for ip in peers} == {client}
     assert sorted(r["by_server"]) == ["rs1", "rs2", "rs3"]
     assert engine_stats(info)["proxy_dgram_headers"] - before == 100
+
+
+def test_toa_over_ipv6_50_connections_each_name_their_client_on_the_servers_wire(lab):
+    """client_address = "toa" on VIP6:87 (to rs1's echo over IPv6): the 20-byte form (kind
+    254, port, IPv6 address) read from the wire in rs1's namespace, in the segment that
+    completes each connection's handshake, names the client's IPv6 address and that
+    connection's own port (lab.toa_capture stands in for the TOA module Linux lacks)."""
+    from lab import toa_capture
+    info, _ = lab
+    rs = next(r for r in info["real_servers"] if r["name"] == "rs1")
+    before = engine_stats(info)["toa_inserted"]
+    seen, flows = toa_capture.through(info["client"]["ns"], info["vip6"], TOA_PORT, rs["ns"],
+                                      REAL_SERVER6["rs1"], RS_PORT, 50, str(REPO_ROOT),
+                                      client_env())
+    assert len(seen) == 50 and None not in seen.values(), seen
+    assert {cport: flows[peer]["toa"] for cport, peer in seen.items()} == \
+        {cport: [CLIENT6, cport] for cport in seen}
+    assert not any(f["syn_toa"] for f in flows.values())
+    assert engine_stats(info)["toa_inserted"] - before >= 50
