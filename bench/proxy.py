@@ -1,11 +1,15 @@
 """Per-packet cost of a PROXY-v2 service next to a plain one (the sans-IO engine alone).
 
-Both services are TCP on the same VIP with the same real servers; only
+TCP: both services are TCP on the same VIP with the same real servers; only
 `client_address` differs.  Each flow is opened (SYN, first data segment: the
 PROXY one gets its header there) and then timed on established traffic: client
 data segments (18 bytes, sequence numbers shifted on the PROXY service) and
-server ACKs carrying one SACK block (ack and both edges shifted back).  Best of
-N rounds of process CPU time, as bench.engine.
+server ACKs carrying one SACK block (ack and both edges shifted back).
+
+UDP: the same for two UDP services: established flows' client datagrams (18
+bytes; the PROXY one grows by its 28-byte header, lengths and checksums
+updated) and the real servers' replies (unchanged on both).  Best of N rounds
+of process CPU time, as bench.engine.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 from director.config import parse
 from director.engine import Engine
 from proto.checksum import checksum, ones_sum, pseudo_header_sum
-from proto.consts import TCP
+from proto.consts import TCP, UDP
 
 VIP = "198.18.0.100"
 REALS = [f"198.18.2.{21 + i}" for i in range(4)]
@@ -26,11 +30,21 @@ _SACK = b"\x01\x01\x05\x0a" + struct.pack("!LL", 1100, 1200)    # NOP NOP SACK(1
 
 
 def _config():
-    svc = lambda port, mode: {
-        "proto": "tcp", "vip": VIP, "port": port, "scheduler": "rr", "laddrs": ["198.18.2.100"],
+    svc = lambda proto, port, mode: {
+        "proto": proto, "vip": VIP, "port": port, "scheduler": "rr", "laddrs": ["198.18.2.100"],
         "client_address": mode, "real_servers": [{"addr": a, "port": 8080} for a in REALS]}
-    return parse({"node": {"name": "bench"}, "services": [svc(80, "none"), svc(81, "proxy-v2")]},
-                 "bench")
+    return parse({"node": {"name": "bench"}, "services": [
+        svc("tcp", 80, "none"), svc("tcp", 81, "proxy-v2"),
+        svc("udp", 80, "none"), svc("udp", 81, "proxy-v2")]}, "bench")
+
+
+def _udp4(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    c = ~((ones_sum(seg) + pseudo_header_sum(s, d, UDP, len(seg))) % 0xFFFF) & 0xFFFF
+    seg = seg[:6] + struct.pack("!H", c or 0xFFFF) + seg[8:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 0, 0x4000, 64, UDP, 0, s, d)
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + seg
 
 
 def _tcp4(src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int,
@@ -44,16 +58,24 @@ def _tcp4(src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack:
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + seg
 
 
-def _service(port: int, n_flows: int, reps: int, rounds: int) -> dict[str, float]:
+def _service(port: int, n_flows: int, reps: int, rounds: int, proto: int = TCP) -> dict[str, float]:
     eng = Engine(_config())
     ins = []
     for i in range(n_flows):
         client = f"198.19.{i >> 8}.{i & 0xFF}"
+        if proto == UDP:
+            eng.handle(_udp4(client, VIP, 40000, port, PAYLOAD), 0.0)
+            ins.append(_udp4(client, VIP, 40000, port, PAYLOAD))
+            continue
         eng.handle(_tcp4(client, VIP, 40000, port, 0x02, 1000, 0), 0.0)
         eng.handle(_tcp4(client, VIP, 40000, port, 0x18, 1001, 1, PAYLOAD), 0.0)
         ins.append(_tcp4(client, VIP, 40000, port, 0x18, 1001 + len(PAYLOAD), 1, PAYLOAD))
-    outs = [_tcp4(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport,
-                  0x10, 1, 2000, opts=_SACK) for c in eng.table]
+    if proto == UDP:
+        outs = [_udp4(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport, PAYLOAD)
+                for c in eng.table]
+    else:
+        outs = [_tcp4(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport,
+                      0x10, 1, 2000, opts=_SACK) for c in eng.table]
 
     def best(pkts: list[bytes]) -> float:
         batch, handle, times = pkts * reps, eng.handle, []
@@ -64,7 +86,8 @@ def _service(port: int, n_flows: int, reps: int, rounds: int) -> dict[str, float
             times.append(time.process_time() - t0)
         return round(min(times) / len(batch) * 1e6, 3)
 
-    res = {"data_in_us": best(ins), "sack_ack_out_us": best(outs)}
+    res = ({"dgram_in_us": best(ins), "reply_out_us": best(outs)} if proto == UDP
+           else {"data_in_us": best(ins), "sack_ack_out_us": best(outs)})
     if any(eng.drops.values()):
         raise RuntimeError(f"packets dropped in the PROXY bench: {eng.drops}")
     return res
@@ -73,7 +96,11 @@ def _service(port: int, n_flows: int, reps: int, rounds: int) -> dict[str, float
 def run(quick: bool = False) -> dict[str, Any]:
     n, reps, rounds = (300, 5, 3) if quick else (1000, 20, 7)
     return {"plain": _service(80, n, reps, rounds), "proxy_v2": _service(81, n, reps, rounds),
-            "flows": n, "packet": f"IPv4 TCP, {len(PAYLOAD)}-byte data in; ACK + 1 SACK block out"}
+            "udp_plain": _service(80, n, reps, rounds, UDP),
+            "udp_proxy_v2": _service(81, n, reps, rounds, UDP),
+            "flows": n, "packet": f"IPv4 TCP, {len(PAYLOAD)}-byte data in; ACK + 1 SACK block out",
+            "udp_packet": f"IPv4 UDP, {len(PAYLOAD)}-byte datagram in (+28-byte header on proxy-v2); "
+                          f"{len(PAYLOAD)}-byte reply out"}
 
 
 if __name__ == "__main__":

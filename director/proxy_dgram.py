@@ -32,7 +32,7 @@ import struct
 
 from proto import packet as P
 from proto import proxy
-from proto.checksum import delta, ones_sum, update
+from proto.checksum import ones_sum, update
 from proto.consts import UDP
 
 __all__ = ["MODES", "DgramProxy", "begin", "for_conn", "client_to_server", "mtu_shift", "MAX_IP_LEN"]
@@ -108,9 +108,9 @@ def client_to_server(dp: DgramProxy, data: bytes, pkt):
         ip_len = end - pkt.off
         if ip_len + n > MAX_IP_LEN:
             return None, TOO_BIG
-        old, new = _H.pack(ip_len), _H.pack(ip_len + n)
-        hc = update(data[10] << 8 | data[11], delta(old, new))
-        ip = b"".join((data[:2], new, data[4:10], _H.pack(hc), data[12:l4]))
+        # the total length word grows by n: so does the header's sum (RFC 1624)
+        hc = update(data[10] << 8 | data[11], n)
+        ip = b"".join((data[:2], _H.pack(ip_len + n), data[4:10], _H.pack(hc), data[12:l4]))
     else:
         pl = end - pkt.off - 40
         if pl + n > MAX_IP_LEN:
@@ -121,7 +121,10 @@ def client_to_server(dp: DgramProxy, data: bytes, pkt):
     if c:                                       # 0: sent without a checksum, kept so
         c = update(c, dp.csum_add) or 0xFFFF    # a computed 0 goes out as 0xffff (RFC 768)
     out = b"".join((ip, data[l4:l4 + 4], _H.pack(udp_len), _H.pack(c), header, data[l4 + 8:end]))
-    return (out, P.parse(out)), SENT
+    # the same packet, n bytes longer: every offset but the end stays
+    grown = P.Packet(pkt.family, UDP, pkt.off, l4, end + n, pkt.src, pkt.dst, pkt.sport, pkt.dport,
+                     pkt.flags, pkt.icmp_type, pkt.icmp_code, None, pkt.key)
+    return (out, grown), SENT
 
 
 def mtu_shift(dp: DgramProxy) -> int:

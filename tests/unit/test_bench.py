@@ -342,3 +342,19 @@ def test_conn_rate_reports_the_nodes_cpu_per_connection():
     text = report.render_conn(r)
     assert "per connection: 121.9 µs" in text and "121.9, 125.3" in text
     assert "per connection" not in report.render_conn({**r, "conn_rate_node_cpu_us": None})
+
+
+def test_the_engine_report_shows_a_proxy_v2_service_next_to_a_plain_one_tcp_and_udp():
+    """bench.proxy runs both families of service through the real engine (it raises if the
+    engine dropped a packet), and the engine section of the report renders its table."""
+    from bench import proxy
+    from bench.report import render_engine
+    r = proxy.run(quick=True)
+    for key, fields in (("plain", ("data_in_us", "sack_ack_out_us")),
+                        ("proxy_v2", ("data_in_us", "sack_ack_out_us")),
+                        ("udp_plain", ("dgram_in_us", "reply_out_us")),
+                        ("udp_proxy_v2", ("dgram_in_us", "reply_out_us"))):
+        assert all(r[key][f] > 0 for f in fields), (key, r)
+    text = render_engine({"proxy_v2_vs_plain": r})
+    assert "A PROXY-v2 service next to a plain one" in text
+    assert "| UDP client datagram in (header prepended) |" in text
