@@ -49,6 +49,11 @@ class EventSocket:
         self.sock.bind((0, mask))
         self.sock.setblocking(False)
         self.malformed = 0
+        #: the last read() emptied the socket (it ended on EAGAIN).  After an overrun the
+        #: kernel drops every event for the socket, silently, until its queue has been read
+        #: empty (netlink's "congested" state; only the first drop raises ENOBUFS), so a
+        #: repair dump is only complete if it is asked for after that
+        self.empty = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -56,10 +61,12 @@ class EventSocket:
     def read(self, limit: int = BATCH) -> tuple[list[ct.Message], bool]:
         """The events waiting (at most `limit` datagrams) and whether the kernel dropped some."""
         out: list[ct.Message] = []
+        self.empty = False
         for _ in range(limit):
             try:
                 data = self.sock.recv(1 << 16)
             except BlockingIOError:
+                self.empty = True
                 break
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:

@@ -93,6 +93,7 @@ class FakeEvents:
         self._ours.setblocking(False)
         self.pending: list[list[Any] | None] = []      # datagrams; None: ENOBUFS
         self.closed = False
+        self.empty = False          # the last read ended on an empty socket
 
     def push(self, messages: list[Any]) -> None:
         self.pending.append(list(messages))
@@ -107,10 +108,12 @@ class FakeEvents:
 
     def read(self, limit: int = 64) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        self.empty = False
         for _ in range(limit):
             try:
                 self._ours.recv(16)
             except BlockingIOError:
+                self.empty = True
                 break
             got = self.pending.pop(0)
             if got is None:
