@@ -59,16 +59,22 @@ Out = list[tuple[SyncEntry, bool]]
 
 
 class _Flow:
-    """One kernel flow as the policy sees a connection (the attributes SyncPolicy reads)."""
-    __slots__ = ("proto", "state", "old_state", "sync_endtime", "created", "reply", "status",
-                 "sent", "due")
+    """One kernel flow as the policy sees a connection (the attributes SyncPolicy reads).
+
+    `key` is the flow's original tuple as first seen (the object the view's dict holds:
+    refresh slots name it, never a later event's equal copy); `reply` is the binding in
+    the entry's order (laddr, lport, real server, port), its addresses and port shared
+    with every other flow of that binding (bench.kmem: a Tuple per flow cost ~250 bytes)."""
+    __slots__ = ("key", "proto", "state", "old_state", "sync_endtime", "created", "reply",
+                 "status", "sent", "due")
     seqadj = None       # a kernel-forwarded flow never carries a PROXY sequence shift
 
-    def __init__(self, proto: int, now: float) -> None:
-        self.proto = proto
+    def __init__(self, key: ct.Tuple, now: float) -> None:
+        self.key = key
+        self.proto = key.proto
         self.state = self.old_state = NONE
         self.created = self.sync_endtime = now
-        self.reply: ct.Tuple | None = None
+        self.reply: tuple[bytes, int, bytes, int] | None = None
         self.status = 0
         self.sent = False           # the peer may hold it: its end must be sent
         self.due: float | None = None
@@ -84,6 +90,7 @@ class KernelSyncSource:
         self.own_pid = own_pid              # the injecting socket's netlink port id (0: none)
         self.active = active
         self.flows: dict[ct.Tuple, _Flow] = {}
+        self._shared: dict = {}          # addresses, ports and status values, kept once
         self._due: dict[float, deque[tuple[float, ct.Tuple]]] = {}
         self.stats = dict.fromkeys(("events", "ignored", "own", "entries", "urgent", "refreshes",
                                     "ends", "resyncs"), 0)
@@ -99,8 +106,7 @@ class KernelSyncSource:
         if not f.status & ct.IPS_SEEN_REPLY:
             flags |= NOOUTPUT
         return SyncEntry(f.proto, f.state, flags, key.src, key.sport, key.dst, key.dport,
-                         reply.dst, reply.dport, reply.src, reply.sport, timeout,
-                         False, self.policy.threshold)
+                         *reply, timeout, False, self.policy.threshold)
 
     def _interval(self, f: _Flow) -> float:
         half = max(self.timeout_of(f.proto, f.state) / 2, MIN_REFRESH)
@@ -155,10 +161,13 @@ class KernelSyncSource:
         f = self.flows.get(key)
         fresh = f is None
         if f is None:
-            f = self.flows[key] = _Flow(key.proto, now)
-        f.reply = c.reply
+            f = self.flows[key] = _Flow(key, now)
+        key = f.key
+        share = self._shared.setdefault
+        r = c.reply
+        f.reply = (share(r.dst, r.dst), r.dport, share(r.src, r.src), share(r.sport, r.sport))
         if c.status is not None:
-            f.status = c.status
+            f.status = share(c.status, c.status)
         if key.proto == TCP:
             if c.tcp is not None and c.tcp.state is not None and c.tcp.state < len(ct.IPVS_STATE_OF_CT):
                 f.state = ct.IPVS_STATE_OF_CT[c.tcp.state]
