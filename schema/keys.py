@@ -253,15 +253,18 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
         doc="a partly filled message goes out this long after its first entry"),
     Key("heartbeat_interval", float, 0.2, unit="s", above=0.0,
         doc="an idle sender sends the last seq this often, so a lost tail is seen"),
-    Key("tail_heartbeat", float, 0.010, unit="s", lo=0.0,
-        doc="after a message with an urgent entry (a new or an ESTABLISHED connection), a "
-            "heartbeat follows this long later, and again at doubling intervals up to "
-            "`heartbeat_interval`: a lost last message is asked for again within milliseconds, "
-            "before a failover could orphan its connections. 0 = off"),
+    Key("tail_probe", float, 0.005, unit="s", lo=0.0,
+        doc="when nothing followed a message with an urgent entry (a new or an ESTABLISHED "
+            "connection) for this long, that last message is sent once more, and heartbeats "
+            "follow at doubling intervals up to `heartbeat_interval` (TCP's tail loss probe): "
+            "a lost last message is made good within milliseconds, before a failover could "
+            "orphan its connections. A copy the peer already had counts as `replayed` there. "
+            "0 = off"),
     Key("resend_window", int, 4096, unit="messages", lo=1,
         doc="messages kept for answering NACKs. Beyond this, a bulk resync is sent"),
     Key("resend_holdoff", float, 0.020, unit="s", lo=0.0,
-        doc="the same message is not re-sent twice within this long"),
+        doc="the same message is not re-sent twice within this long (below `nack_retry`, "
+            "so the peer's quick retry is answered)"),
     Key("resend_per_nack", int, 256, unit="messages", lo=1,
         doc="at most this many messages are re-sent for one NACK; the peer asks again for "
             "the rest"),
@@ -275,6 +278,11 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "for the peer's NACK"),
     Key("nack_interval", float, 0.050, unit="s", above=0.0,
         doc="how often missing messages are asked for again"),
+    Key("nack_retry", float, 0.025, unit="s", lo=0.0,
+        doc="a message found missing is asked for again this long after the first NACK, "
+            "then at doubling intervals up to `nack_interval`: a NACK or its resend lost "
+            "right before the peer dies is asked for again in time. 0 = `nack_interval` "
+            "from the start"),
     Key("gap_give_up", float, 5.0, unit="s", above=0.0,
         doc="how long they are asked for before a bulk resync is requested instead"),
     Key("resync_retry", float, 1.0, unit="s", above=0.0,

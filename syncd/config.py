@@ -51,11 +51,12 @@ class SyncConfig:
     #: With nothing else sent for this long, send a HEARTBEAT carrying the last
     #: seq: it reveals a lost tail of the stream and tells the peer we are alive.
     heartbeat_interval: float = _D("heartbeat_interval")
-    #: After a DATA message that carried an urgent entry, HEARTBEATs follow this long
-    #: later and then at doubling intervals (below heartbeat_interval): when that message
-    #: was the last before the master died, its loss is otherwise seen only at the next
-    #: idle heartbeat, too late for a NACK to repair it.  0 = off.
-    tail_heartbeat: float = _D("tail_heartbeat")
+    #: When nothing followed a DATA message that carried an urgent entry for this long,
+    #: it is sent once more, then HEARTBEATs follow at doubling intervals (below
+    #: heartbeat_interval), as TCP's tail loss probe: when that message was the last
+    #: before the master died, its loss was otherwise seen only at the next idle
+    #: heartbeat, too late for a NACK to repair it.  0 = off.
+    tail_probe: float = _D("tail_probe")
     #: Sent DATA datagrams kept for answering NACKs (a ring, per sender).
     resend_window: int = _D("resend_window")
     #: The same seq is not re-sent twice within this long (several NACKs for one
@@ -79,6 +80,11 @@ class SyncConfig:
     #: Still-missing seqs are re-requested this often (not once: a single request
     #: lost with the data would leave the gap open) ...
     nack_interval: float = _D("nack_interval")
+    #: ... but a fresh gap sooner: first this long after the first NACK, then at doubling
+    #: intervals up to nack_interval (a lost NACK or resend in the last tens of ms
+    #: before the sender dies would otherwise get one try).  resend_holdoff stays
+    #: below it, or the sender holds such a retry off.
+    nack_retry: float = _D("nack_retry")
     #: ... for at most this long; then the receiver asks for a bulk resync instead.
     gap_give_up: float = _D("gap_give_up")
     #: An unanswered RESYNC_REQUEST is repeated after this long.

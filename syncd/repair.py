@@ -5,7 +5,9 @@ when repair seq by seq is hopeless.
 Per sender (by node id) the receiver keeps its epoch, the highest seq seen and
 the seqs still missing.  A gap -- in DATA seqs, or between the highest seq and a
 HEARTBEAT's last seq (a lost tail) -- is NACKed at once and then re-requested
-every cfg.nack_interval until filled; a gap older than cfg.gap_give_up, or one
+until filled: first cfg.nack_retry after that, then at doubling intervals up to
+cfg.nack_interval (a NACK or its resend lost right before the sender dies must be
+asked for again within milliseconds, not only after the steady interval); a gap older than cfg.gap_give_up, or one
 bigger than the sender's resend window, is abandoned for a bulk resync.  A
 resync request left unanswered is repeated every cfg.resync_retry.
 
@@ -111,8 +113,15 @@ class GapRepair:
             peer.asked[s] = now
         # (older gaps keep their own schedule: a stream of new gaps must not
         # postpone re-requesting the old ones)
-        peer.nack_due = min(peer.nack_due, now + self.cfg.nack_interval)
+        peer.nack_due = min(peer.nack_due, now + self._retry_after(now, now))
         return self._nacks(node, peer, new, now)
+
+    def _retry_after(self, found: float, asked: float) -> float:
+        """How long after its last request a missing seq is asked for again: as long as
+        it has been missing when last asked (so the intervals double), at least
+        cfg.nack_retry, at most cfg.nack_interval."""
+        cfg = self.cfg
+        return min(cfg.nack_interval, max(cfg.nack_retry or cfg.nack_interval, asked - found))
 
     def poll(self, now: float) -> list[bytes]:
         """Re-request open gaps, give up on old ones, repeat unanswered resync requests."""
@@ -128,12 +137,11 @@ class GapRepair:
                 if now - oldest >= cfg.gap_give_up:
                     out += self._give_up(node, peer, now)
                 else:
-                    interval = cfg.nack_interval
-                    asked = peer.asked
-                    due = [s for s, t in asked.items() if t + interval <= now]
+                    asked, found, after = peer.asked, peer.missing, self._retry_after
+                    due = [s for s, t in asked.items() if t + after(found[s], t) <= now]
                     for s in due:
                         asked[s] = now
-                    peer.nack_due = min(asked.values()) + interval
+                    peer.nack_due = min(t + after(found[s], t) for s, t in asked.items())
                     out += self._nacks(node, peer, due, now)
             if peer.want_after is not None and now >= peer.want_asked + cfg.resync_retry \
                     and now >= peer.bulk_seen + cfg.resync_retry:

@@ -9,11 +9,12 @@ message is sealed at once (given the next seq, encoded, signed, stored in the
 resend window) and goes out on the next poll; a partly filled one is sealed
 cfg.flush_delay after its first entry.  With nothing sent for
 cfg.heartbeat_interval, a HEARTBEAT carries the last seq, so a receiver learns
-about a lost tail of the stream.  After a message that carried an urgent entry, tail
-heartbeats follow sooner (cfg.tail_heartbeat, then doubling up to the idle interval):
-a new or just-ESTABLISHED connection whose message was lost right before the master
-died is NACKed and repaired within milliseconds, not orphaned by a kill that comes
-before the idle heartbeat.
+about a lost tail of the stream.  When nothing followed a message that carried an
+urgent entry for cfg.tail_probe, the last message is sent again (byte for byte, as
+TCP's tail loss probe sends its last segment) and heartbeats follow at doubling
+intervals up to the idle one: a new or just-ESTABLISHED connection whose message was
+lost right before the master died is made good within milliseconds (by the copy, or
+by the NACK a heartbeat brings), not orphaned by a kill before the idle heartbeat.
 
 Reliability is NACK-based (the receiver asks; there are no ACKs): the last
 cfg.resend_window datagrams are kept as sent and re-sent byte for byte (same
@@ -87,8 +88,9 @@ class SyncSender:
         self._pending_since = 0.0
         self._last_tx: float | None = None
         self._urgent_unsent = False             # an urgent entry queued since the last transmit
-        self._tail_at = float("inf")            # the next tail heartbeat (see poll)
+        self._tail_at = float("inf")            # the next tail probe or heartbeat (see poll)
         self._tail_step = 0.0
+        self._tail_probe = False                # the first tail action re-sends the last seq
         # bulk resync
         self._bulk: Iterator | None = None
         self._bulk_to_entry: Callable[[Any, float], SyncEntry | None] | None = None
@@ -108,7 +110,7 @@ class SyncSender:
         self._state_tx = float("-inf")
         self.stats = dict.fromkeys((
             "sent", "entries_sent", "entries_queued", "resends", "resends_held_off",
-            "resends_capped", "heartbeats", "tail_heartbeats", "bulk_runs", "bulk_entries",
+            "resends_capped", "heartbeats", "tail_probes", "tail_heartbeats", "bulk_runs", "bulk_entries",
             "nacks_received", "nacks_past_window",
             "resync_requests", "control_replayed", "queue_drops", "states"), 0)
 
@@ -171,10 +173,17 @@ class SyncSender:
         if not out:
             # (an open message will reveal the last seq as well, when it goes)
             tail = now >= self._tail_at and not self._pending
-            if tail or self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
+            last = self._ring[self.seq % len(self._ring)] if self._tail_probe and self.seq else None
+            if tail and last is not None:
+                # the last message again (not held off: a NACK for it must still be answered)
+                out.append(last)
+                self._last_tx = now
+                self.stats["tail_probes"] += 1
+            elif tail or self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
                 out.append(self.heartbeat(now))
+                self.stats["tail_heartbeats"] += tail
             if tail:
-                self.stats["tail_heartbeats"] += 1
+                self._tail_probe = False
                 self._tail_step *= 2
                 self._tail_at = now + self._tail_step \
                     if self._tail_step < self.cfg.heartbeat_interval else float("inf")
@@ -211,15 +220,16 @@ class SyncSender:
 
     def _transmit(self, now: float) -> list[bytes]:
         """The sealed messages, now.  After one that carried an urgent entry the tail
-        heartbeats are armed; a later message (a new last seq) moves them to start
-        from it.  A regular heartbeat does not disarm them: it can be lost too."""
+        probe is armed; a later message (a new last seq) moves it and the tail heartbeats
+        to start from it.  A regular heartbeat does not disarm them: it can be lost too."""
         out = list(self._ready)
         self._ready.clear()
         if out:
             self.stats["sent"] += len(out)
             self._last_tx = now
-            if self._urgent_unsent and self.cfg.tail_heartbeat > 0:
-                self._tail_step = self.cfg.tail_heartbeat
+            if self._urgent_unsent and self.cfg.tail_probe > 0:
+                self._tail_step = self.cfg.tail_probe
+                self._tail_probe = True
             if self._tail_step and (self._urgent_unsent or self._tail_at < float("inf")):
                 self._tail_at = now + self._tail_step   # a new last seq: its tail from now
             self._urgent_unsent = False

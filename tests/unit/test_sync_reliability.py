@@ -26,6 +26,8 @@ from tests.helpers import CLIENT, VIP, make_config, tcp
 
 KEY = b"tandem-sync-test-key-0123456789"
 CFG = SyncConfig(sync_id=5, key=KEY)
+#: missing seqs re-requested every nack_interval from the first NACK on (no quick retries)
+STEADY = SyncConfig(sync_id=5, key=KEY, nack_retry=0.0)
 pk = lambda a: ipaddress.ip_address(a).packed
 
 
@@ -229,7 +231,7 @@ def trust(r: SyncReceiver, epoch=1, node="a", last=0, t=0.0) -> list[Message]:
 
 def test_gaps_are_nacked_at_once_then_re_requested_then_abandoned_for_a_resync():
     rec = Recorder()
-    r = SyncReceiver(CFG, "b", KEY, rec)
+    r = SyncReceiver(STEADY, "b", KEY, rec)
     trust(r)
     assert r.on_datagram(data(1, [entry(1)]), 0.01) == []
     out = [decode(d) for d in r.on_datagram(data(4, [entry(4)]), 0.04)]
@@ -250,6 +252,26 @@ def test_gaps_are_nacked_at_once_then_re_requested_then_abandoned_for_a_resync()
     assert r.stats["gave_up"] == 1 and r.missing() == 0
     assert r.stats["nacks_sent"] >= 90                               # every 50 ms for 5 s
     assert [e.cport for e in rec.applied] == [entry(1).cport, entry(4).cport, entry(3).cport]
+
+
+def test_a_fresh_gap_is_asked_for_again_soon_then_at_doubling_intervals():
+    """A NACK or its resend lost in the last tens of ms before the sender dies: the gap is
+    asked for again 25 ms after the first NACK (above the sender's 20 ms resend holdoff),
+    then 50, 100 ms after it (nack_interval from then on), not only 50 ms later."""
+    r = SyncReceiver(CFG, "b", KEY, Recorder())
+    trust(r)
+    r.on_datagram(data(1, [entry(1)]), 1.0)
+    assert [decode(d).ranges for d in r.on_datagram(data(3, [entry(3)]), 1.0)] == [[(2, 2)]]
+    at = []
+    t = 1.0
+    while t < 1.19:
+        t = r.next_deadline()
+        if [decode(d).ranges for d in r.poll(t)] == [[(2, 2)]]:
+            at.append(round(t - 1.0, 3))
+    assert at == [0.025, 0.05, 0.1, 0.15, 0.2]
+    r.on_datagram(data(6, [entry(6)]), 1.21)                         # a new gap: its own quick retry
+    assert r.next_deadline() == pytest.approx(1.235)
+    assert [decode(d).ranges for d in r.poll(1.235)] == [[(4, 5)]]
 
 
 def test_a_heartbeat_reveals_a_lost_tail():
@@ -624,12 +646,13 @@ def test_bulk_entries_never_overwrite_a_connection_this_node_made():
 @pytest.mark.parametrize("blackout", [0.002, 0.015])
 def test_a_lost_last_message_of_young_connections_is_repaired_before_a_kill(blackout):
     """200 connections open at once on a, their SYN and ESTABLISHED entries urgent, and the
-    message carrying them is lost (with the first tail heartbeat too, for 15 ms). a then sends
-    nothing (an idle master) until it is killed 50 ms later.  Issue 13 measured 28 of 200
-    young kernel-mode connections lost under 20 % sync loss: the loss of the last message
-    showed only at the next idle heartbeat (200 ms), after the kill.  Now tail heartbeats
-    follow an urgent message (10 ms, then doubling), b NACKs the gap and holds every entry
-    before the kill, as conntrackd's FTFW repairs a gap it sees (here it must see it first)."""
+    message carrying them is lost (for 15 ms: with the tail probe and the first tail
+    heartbeat too).  a then sends nothing (an idle master) until it is killed 50 ms later.
+    Issue 13 measured 28 of 200 young kernel-mode connections lost under 20 % sync loss: the
+    loss of the last message showed only at the next idle heartbeat (200 ms), after the
+    kill.  Now the last message is sent again 5 ms later (as TCP's tail loss probe), then
+    heartbeats at doubling intervals reveal the gap to a NACK, and b holds every entry
+    before the kill."""
     sim = Sim()
     for i in range(1000):                                   # the pair handshakes, idle
         sim.step(round(i * 0.001, 6))
@@ -641,6 +664,30 @@ def test_a_lost_last_message_of_young_connections_is_repaired_before_a_kill(blac
     while t < start + 0.050:                                # the kill comes 50 ms later
         sim.step(t)
         t = round(t + 0.001, 6)
-    assert b.receiver.stats["gaps"] >= 1                    # the loss was real
+    assert sim.counts["lost"] >= 1                          # the loss was real
     assert differences(a.engine, b.engine) == 0, differences(a.engine, b.engine)
-    assert a.sender.stats["tail_heartbeats"] >= 1
+    assert a.sender.stats["tail_probes"] == 1
+    if blackout > 0.01:                                     # the probe was lost too
+        assert b.receiver.stats["gaps"] >= 1 and a.sender.stats["tail_heartbeats"] >= 1
+
+
+def test_the_tail_probe_sends_the_last_message_once_then_heartbeats_double():
+    s = SyncSender(CFG, "a", epoch=1, key=KEY)
+    s.poll(0.0)
+    s.queue(entry(0), 1.0, urgent=True)
+    first = s.poll(1.0)
+    assert [decode(d).seq for d in first] == [1]
+    assert s.next_deadline() == pytest.approx(1.005)
+    assert s.poll(1.005) == first                           # byte for byte: the same seq, MAC
+    times = []
+    t = 1.005
+    while t < 1.5:
+        t = s.next_deadline()
+        out = [decode(d) for d in s.poll(t)]
+        assert [(m.type, m.last_seq) for m in out] == [(S.HEARTBEAT, 1)]
+        times.append(round(t - 1.0, 3))
+    # 10, 20, 40, 80, 160 ms apart, then the idle interval (200 ms)
+    assert times == [0.015, 0.035, 0.075, 0.155, 0.315, 0.515]
+    assert s.stats["tail_probes"] == 1 and s.stats["tail_heartbeats"] == 5
+    s.queue(entry(1), 2.0)                                  # not urgent: no probe
+    assert len(s.poll(2.02)) == 1 and s.next_deadline() == pytest.approx(2.22)
