@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import topology
-from lab.drill_pairs import DeployedPair, LabPair
+from lab.drill_pairs import FORWARDING, DeployedPair, LabPair
 from lab.drill_report import overlap_ms, plot, table, udp_outage
 from lab.testing import client_env
 from lab.traffic.common import MAX_CONNS, MAX_SECONDS
@@ -195,6 +195,8 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
     report = {
         "fault": fault,
         "target": target,
+        "vip": pair.vip,
+        "forwarding": getattr(pair, "forwarding", None),   # None: a deployment's, not known here
         "conns": conns,
         "survived": res.get("ok", 0),
         "reset": res.get("reset", 0),
@@ -227,6 +229,10 @@ def passed(r: dict[str, Any]) -> bool:
 
 def main(args) -> int:
     pair = None
+    if args.vip and args.forwarding != "engine":
+        print("tandem drill: --forwarding picks the lab's service; a deployment is drilled "
+              "through --vip, whatever its service's mode", file=sys.stderr)
+        return 2
     if args.vip:
         apis = {}
         for i, a in enumerate(args.api or []):
@@ -252,9 +258,9 @@ def main(args) -> int:
                 return 2
         pair = DeployedPair(args.vip, args.port, apis, args.token, args.fault_command)
     args.fault = args.fault or "kill"
-    if args.ipv6 and pair is None:
-        pair = LabPair(args.prefix, ipv6=True)
     try:
+        if pair is None and (args.ipv6 or args.forwarding != "engine"):
+            pair = LabPair(args.prefix, ipv6=args.ipv6, forwarding=args.forwarding)
         r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
                 args.target, progress=not args.json, interval=args.interval, pair=pair)
     except ValueError as exc:
@@ -316,6 +322,9 @@ def add_parser(sub) -> None:
                    default=1.5, help="seconds of traffic before the fault")
     d.add_argument("--ipv6", action="store_true",
                    help="lab: drill over the IPv6 VIP (a lab up with --ipv6)")
+    d.add_argument("--forwarding", choices=FORWARDING, default="engine",
+                   help='lab: drill the service of this mode: "kernel" is KERNEL_VIP '
+                        "(a lab up with --kernel-service); default %(default)s, the VIP")
     d.add_argument("--prefix", default="tandem")
     d.add_argument("--json", action="store_true")
     d.add_argument("--plot", metavar="FILE.png")

@@ -11,14 +11,40 @@ from lab import state as st
 from lab import topology
 
 
+#: the data-plane modes a lab pair can be drilled through (a service's `forwarding`)
+FORWARDING = ("engine", "kernel")
+
+
+def _lab_forwarding(state: dict) -> set[str]:
+    """The forwarding modes of the services the lab's nodes were configured with."""
+    import tomllib
+    modes = set()
+    for path in (state.get("configs") or {}).values():
+        try:
+            with open(path, "rb") as f:
+                cfg = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        modes |= {s.get("forwarding", "engine") for s in cfg.get("services", [])}
+    return modes
+
+
 class LabPair:
-    """The lab's pair: faults through `tandem lab fault`, traffic from the client namespace."""
+    """The lab's pair: faults through `tandem lab fault`, traffic from the client namespace;
+    `forwarding = "kernel"` drills the kernel-mode service (KERNEL_VIP, a lab up with
+    `--kernel-service`) instead of the engine-mode VIP."""
     faults = topology.FAULTS
 
-    def __init__(self, prefix: str, ipv6: bool = False) -> None:
+    def __init__(self, prefix: str, ipv6: bool = False, forwarding: str = "engine") -> None:
+        from lab.plan import KERNEL_VIP
         from lab.plan6 import VIP6
-        self.prefix, self.ipv6 = prefix, ipv6
-        self.vip, self.port = (VIP6 if ipv6 else topology.VIP), topology.SERVICE_PORT
+        if forwarding not in FORWARDING:
+            raise ValueError(f"forwarding must be one of {', '.join(FORWARDING)}, not {forwarding!r}")
+        if ipv6 and forwarding == "kernel":
+            raise ValueError("the lab's kernel-mode service is IPv4 only (KERNEL_VIP)")
+        self.prefix, self.ipv6, self.forwarding = prefix, ipv6, forwarding
+        self.vip = VIP6 if ipv6 else KERNEL_VIP if forwarding == "kernel" else topology.VIP
+        self.port = topology.SERVICE_PORT
         self.names = topology.DIRECTOR_NAMES
 
     def client_argv(self) -> list[str]:
@@ -32,6 +58,9 @@ class LabPair:
             raise RuntimeError(f"no pair lab {self.prefix!r} is up (tandem lab up first)")
         if self.ipv6 and not state.get("ipv6"):
             raise RuntimeError(f"lab {self.prefix!r} has no IPv6 (tandem lab up --ipv6 first)")
+        if self.forwarding == "kernel" and "kernel" not in _lab_forwarding(state):
+            raise RuntimeError(f"lab {self.prefix!r} has no kernel-mode service "
+                               "(tandem lab up --kernel-service first)")
 
     def status(self, name: str) -> dict:
         return topology.node_status(self.prefix, name, timeout=0.5)

@@ -90,6 +90,8 @@ def table(r: dict[str, Any]) -> str:
         ("longest silence of the run", _ms(r.get("max_gap_ms"), "none measured")),
         ("two masters at once", f"{r['dual_master_ms']} ms"),
     ]
+    if r.get("forwarding"):             # the lab's: which of its services was drilled
+        rows.insert(0, ("service", f"{r['vip']} ({r['forwarding']} forwarding)"))
     if r["udp_flows"]:
         if "udp_lost_outside" in r:
             rows.append(("udp", f"{r['udp_flows']} flows, {r['udp_continued']} continued after the "

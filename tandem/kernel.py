@@ -88,6 +88,10 @@ class Kernel(Protocol):
     def get_conntrack(self, tuples: list) -> dict:
         """The entries with these original tuples, by tuple (those gone are left out)."""
 
+    def set_ct_timeouts(self, values: dict[str, int]) -> dict[str, int]:
+        """Set conntrack's default timeouts in this network namespace (sysctl
+        net.netfilter.<name> = seconds); returns the values they had."""
+
     def add_addresses(self, ifname: str, addrs: Iterable[str]) -> None:
         """Add host addresses (/32, /128) on an interface; idempotent.  IPv6 ones are added
         with nodad (IFA_F_NODAD): usable at once, never "tentative".
@@ -173,6 +177,17 @@ class LinuxKernel:
     def get_conntrack(self, tuples: list) -> dict:
         from director.ct_events import get
         return get(tuples)
+
+    def set_ct_timeouts(self, values: dict[str, int]) -> dict[str, int]:
+        # per network namespace: /proc/sys/net is the namespace this process runs in
+        old = {}
+        for name, seconds in values.items():
+            path = f"/proc/sys/net/netfilter/{name}"
+            with open(path) as f:
+                old[name] = int(f.read())
+            with open(path, "w") as f:
+                f.write(f"{int(seconds)}\n")
+        return old
 
     # -- addresses and links -------------------------------------------------------------------
 

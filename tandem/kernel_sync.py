@@ -14,17 +14,23 @@ the sync link and this node's conntrack table.
 - A bulk resync this node sends carries its kernel flows besides the engine's connections.
 - Only a master produces entries (`set_role`); one that takes over refreshes the flows it
   inherited, and the events its own injections cause are never sent back.
+- An injected entry cannot carry the `ct timeout` policy a forwarded flow gets (ctnetlink
+  has no attribute for it, and nftables attaches one only to an unconfirmed entry), so
+  once it carries packets here the kernel times it out by the namespace's defaults.  At
+  start the node sets those defaults to the [timeouts] policy's values (CT_DEFAULTS) and
+  puts the old ones back at stop: a taken-over flow keeps IPVS's timeouts.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+import math
 from typing import Any, Callable
 
 from director.ct_inject import BATCH, Injector
 from director.engine import Engine
-from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK, TIMEOUT_POLICY
 from proto import ctnetlink as ct
 from proto.sync import SyncEntry
 from syncd.kernel_source import KernelSyncSource
@@ -34,6 +40,23 @@ log = logging.getLogger("tandem.kernel_sync")
 
 #: s, how often the refreshes of kernel flows are looked at (their intervals are >= 10 s)
 REFRESH_TICK = 1.0
+
+#: conntrack's default timeouts of a network namespace (sysctl net.netfilter.<name>) that an
+#: entry without a timeout policy follows, by the policy state whose value each takes
+#: (director.kernel_rules.TIMEOUT_POLICY; its SYN_SENT2 has no default of its own)
+CT_DEFAULTS = {
+    "tcp": {state: f"nf_conntrack_tcp_timeout_{state}" for state in (
+        "syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack",
+        "time_wait", "close")},
+    "udp": {"unreplied": "nf_conntrack_udp_timeout", "replied": "nf_conntrack_udp_timeout_stream"},
+}
+
+
+def ct_defaults(timeouts: dict[str, float]) -> dict[str, int]:
+    """The namespace's default timeouts that match the [timeouts] policy: sysctl name ->
+    whole seconds (rounded up, at least 1, as the policy objects are)."""
+    return {name: max(1, math.ceil(timeouts[TIMEOUT_POLICY[proto][state]]))
+            for proto, states in CT_DEFAULTS.items() for state, name in states.items()}
 
 
 def _is_ours(mark: int) -> bool:
@@ -46,6 +69,8 @@ class KernelSync:
         self.engine = engine
         self.sync = sync
         self.clock = clock
+        self.kernel = kernel
+        self._ct_saved: dict[str, int] | None = None     # the namespace's defaults before ours
         self.sock = kernel.open_ct_inject()
         self.injector = Injector(self._mark_of)
         policy = SyncPolicy.from_config(sync.sender.cfg)
@@ -139,13 +164,32 @@ class KernelSync:
 
     def start(self, role: str) -> None:
         self.set_role(role)
+        self._set_ct_defaults()
         self._tick = asyncio.get_running_loop().create_task(self._refresh(), name="kernel-sync")
+
+    def _set_ct_defaults(self) -> None:
+        """Give entries injected here the [timeouts] policy's values (see the module's
+        docstring); only with kernel-mode services, and only at start."""
+        cfg = self.engine.cfg
+        if not any(s.forwarding == "kernel" for s in cfg.services):
+            return
+        try:
+            self._ct_saved = self.kernel.set_ct_timeouts(ct_defaults(dict(cfg.timeouts)))
+        except OSError as exc:
+            log.warning("conntrack's default timeouts not set (%s): a taken-over kernel flow "
+                        "times out by the kernel's defaults, not [timeouts]", exc)
 
     async def stop(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
             await asyncio.gather(self._tick, return_exceptions=True)
             self._tick = None
+        if self._ct_saved is not None:
+            try:
+                self.kernel.set_ct_timeouts(self._ct_saved)
+            except OSError as exc:
+                log.warning("conntrack's default timeouts not restored: %s", exc)
+            self._ct_saved = None
         self.sock.close()
 
     def counters(self) -> dict[str, int]:

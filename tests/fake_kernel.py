@@ -146,6 +146,8 @@ class FakeKernel:
         self.events: list[FakeEvents] = []
         #: the conntrack table a dump returns (proto.ctnetlink.Conntrack entries)
         self.conntrack: list[Any] = []
+        #: conntrack's default timeouts in the namespace (set_ct_timeouts), as the kernel's
+        self.ct_timeouts: dict[str, int] = {}
         self._fail: dict[str, OSError] = {}
 
     def fail(self, op: str, exc: OSError) -> None:
@@ -193,6 +195,12 @@ class FakeKernel:
         ev = FakeEvents()
         self.events.append(ev)
         return ev
+
+    def set_ct_timeouts(self, values: dict[str, int]) -> dict[str, int]:
+        self._call("set_ct_timeouts", dict(values))
+        old = {k: self.ct_timeouts.get(k, 432000 if "established" in k else 120) for k in values}
+        self.ct_timeouts.update(values)
+        return old
 
     def open_ct_inject(self) -> "FakeInject":
         self._call("open_ct_inject")

@@ -52,7 +52,7 @@ def test_the_demo_says_what_happened_in_plain_lines():
 @pytest.fixture(scope="module")
 def pair():
     require_lab()
-    with lab_session(PREFIX, node=True, ha=True) as info:
+    with lab_session(PREFIX, node=True, ha=True, kernel=True) as info:
         yield info
 
 
@@ -154,5 +154,25 @@ def test_stop_and_restore_print_what_happened_in_the_table_and_the_plot(pair, tm
             assert title.startswith("tandem drill: 40/40 survived, ") and "None" not in title, title
             want = "no interruption" if row.rstrip().endswith("no interruption") else "first echo"
             assert want in title, (row, title)
+    finally:
+        _back_to_a_master()
+
+
+def test_the_kernel_mode_service_is_drilled_and_keeps_everything(pair):
+    """Issue 13: the drills keep 100 % with `forwarding = "kernel"`.  `tandem drill
+    --forwarding kernel` drills the lab's kernel-mode service (KERNEL_VIP: after its first
+    packet a flow is forwarded by the kernel's conntrack NAT, and the backup holds it in
+    its conntrack from sync): a kill of the master keeps every TCP connection and every
+    UDP flow, with no datagram lost outside the outage, and the table names the service."""
+    from lab.plan import KERNEL_VIP
+    try:
+        cp = _drill("--forwarding", "kernel", "--fault", "kill", "--conns", "100",
+                    "--udp-flows", "5", "--duration", "3", "--lead", "1", "--json")
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        r = json.loads(cp.stdout)
+        assert (r["vip"], r["forwarding"]) == (KERNEL_VIP, "kernel"), r
+        assert (r["survived"], r["reset"], r["stalled"]) == (100, 0, 0), r
+        assert (r["old_master"], r["new_master"]) == ("a", "b"), r
+        assert r["udp_continued"] == 5 and r["udp_lost_outside"] == 0, r
     finally:
         _back_to_a_master()

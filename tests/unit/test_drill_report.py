@@ -139,3 +139,25 @@ async def test_takeover_is_when_the_interruption_ended_not_a_jitter_before_it(mo
     r = fault_report(args, [jittery, calm], 0.0, 1e6, 1.0)
     assert (r["takeover_ms"], r["interrupted"]) == (700.0, 2), r
     assert (r["gap_ms"]["p50"], r["gap_ms"]["max"]) == (740.0, 740.0), r
+
+
+def test_drill_forwarding_picks_the_labs_service_and_refuses_what_it_cannot_drill():
+    """Issue 13: `tandem drill --forwarding kernel` drills the lab's kernel-mode service
+    (KERNEL_VIP); the table says which service was drilled.  What it cannot drill is one
+    clear line: an IPv6 kernel-mode service (the lab has none), a deployment (its VIP is
+    given), a mode that does not exist.  (No lab: nothing is drilled.)"""
+    from lab.drill_pairs import LabPair
+    from lab.plan import KERNEL_VIP
+    assert LabPair("tx", forwarding="kernel").vip == KERNEL_VIP
+    t = drill.table({**REPORT, "vip": KERNEL_VIP, "forwarding": "kernel"})
+    assert t.splitlines()[0].split() == ["service", KERNEL_VIP, "(kernel", "forwarding)"], t
+    assert "service" not in drill.table(REPORT)
+    dep = ["--vip", "127.0.0.1", "--api", "a=http://127.0.0.1:9", "--api", "b=http://127.0.0.1:9"]
+    for args, want in ((["--forwarding", "kernel", "--ipv6"], "IPv4 only"),
+                       (["--forwarding", "kernel", *dep], "--forwarding picks the lab's service"),
+                       (["--forwarding", "fast"], "invalid choice: 'fast'"),
+                       (["--forwarding", "kernel", "--prefix", "tnolab0"], "no pair lab 'tnolab0'")):
+        cp = _drill_cli(*args)
+        assert cp.returncode == 2 if "no pair" not in want else cp.returncode == 1, (args, cp)
+        lines = cp.stderr.strip().splitlines()
+        assert len(lines) == 1 and want in lines[0], (args, cp.stderr)

@@ -109,3 +109,29 @@ def test_the_peers_kernel_mode_entries_are_injected_and_engine_mode_ones_applied
         c = node.kernel_sync.counters()
         assert (c["inject_created"], c["inject_deleted"], c["inject_backlog"]) == (1, 1, 0)
     asyncio.run(go())
+
+
+def test_injected_entries_follow_the_timeouts_policy_through_the_namespaces_defaults():
+    """Issue 13: an entry injected through ctnetlink gets no `ct timeout` policy (no
+    attribute attaches one, and nftables attaches one only to an unconfirmed entry:
+    measured, docs/kernel-fast-path.md), so after a takeover the kernel timed a flow out by
+    its own defaults, 5 days when ESTABLISHED.  The node now sets the namespace's defaults
+    to the [timeouts] policy's values at start (IPVS's 900 s ESTABLISHED, the tracker's
+    SYN_RECV from tcp_synack as the policy maps it) and puts the old ones back at stop."""
+    async def go():
+        node = make_node()
+        kernel: FakeKernel = node.edges.kernel
+        kernel.ct_timeouts = {"nf_conntrack_tcp_timeout_established": 432000}
+        ks = node.kernel_sync
+        ks.start("backup")
+        t = node.cfg.timeouts
+        got = kernel.ct_timeouts
+        assert got["nf_conntrack_tcp_timeout_established"] == 900 == t["tcp_established"]
+        assert got["nf_conntrack_tcp_timeout_syn_recv"] == max(1, round(t["tcp_synack"]))
+        assert got["nf_conntrack_tcp_timeout_time_wait"] == round(t["tcp_time_wait"])
+        assert got["nf_conntrack_udp_timeout"] == got["nf_conntrack_udp_timeout_stream"] == \
+            round(t["udp"])
+        assert len(got) == 10
+        await ks.stop()
+        assert kernel.ct_timeouts["nf_conntrack_tcp_timeout_established"] == 432000
+    asyncio.run(go())
