@@ -265,7 +265,9 @@ class Engine:
         so the entry it sends says whether the header has gone out."""
         if adj.__class__ is toa.Toa:
             data, pkt, outcome = toa.client_to_server(adj, data, pkt, was == SYN_RECV)
-            if outcome is not None:
+            if outcome is toa.DONE:
+                conn.seqadj = None      # the rest of the connection costs what a plain one does
+            elif outcome is not None:
                 self.stats["toa_no_room" if outcome is toa.NO_ROOM else "toa_inserted"] += 1
                 self.stats["toa_pruned"] += outcome is toa.PRUNED
             if self.sync_hook is not None:

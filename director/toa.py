@@ -19,6 +19,8 @@ segments that can complete the handshake at the real server: the client's ACK,
 and its data segments sent before the server sent a byte of its own, which
 complete it when that ACK was lost.  A module reads only the one that completes
 it; on any other segment the option is an unknown option the server's TCP skips.
+Once the real server sends anything but its SYN-ACK, its socket exists and no
+later segment needs the option: the connection drops its TOA state.
 A connection this node learnt from its peer and whose SYN-ACK it never saw gets
 the option on the client packet that moves it out of SYN_RECV (the handshake's
 ACK as far as the director can tell).
@@ -47,12 +49,15 @@ from proto.checksum import fold, ones_sum, update
 from proto.consts import TCP
 
 __all__ = ["KIND", "Toa", "begin", "synced", "option", "insert", "client_to_server",
-           "server_to_client", "INSERTED", "PRUNED", "NO_ROOM"]
+           "server_to_client", "INSERTED", "PRUNED", "NO_ROOM", "DONE"]
 
 #: the TCP option kind of TOA (DPVS's TCP_OPT_ADDR, the TOA modules' TCPOPT_TOA)
 KIND = 254
 #: what client_to_server did to a segment that should carry the option
 INSERTED, PRUNED, NO_ROOM = "inserted", "pruned", "no_room"
+#: ...or: the real server has shown it holds the connection's socket (it sent something
+#: other than its SYN-ACK), so no later segment can create it: the TOA state can go
+DONE = "done"
 
 _SYN, _RST, _ACK = 0x02, 0x04, 0x10
 _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_TS = 0, 1, 2, 8
@@ -73,7 +78,7 @@ class Toa:
     packet.  It shifts no sequence number: what the PROXY path asks of a SeqAdj
     (the sync option, the ICMP quote's shift) answers "nothing"."""
 
-    __slots__ = ("option", "fdata", "inserted")
+    __slots__ = ("option", "fdata", "inserted", "done")
 
     #: syncd.policy: nothing to announce at once (TOA changes no sequence number)
     decided = False
@@ -85,6 +90,8 @@ class Toa:
         self.fdata = -1
         #: how many segments of this connection got the option
         self.inserted = 0
+        #: the real server sent a segment other than a SYN-ACK or RST: its socket exists
+        self.done = False
 
     def sync_option(self) -> None:
         """No sync entry option: the peer rebuilds the option from the entry's address."""
@@ -123,7 +130,10 @@ def wants(adj: Toa, data: bytes, pkt, handshake: bool) -> bool:
 def client_to_server(adj: Toa, data: bytes, pkt, handshake: bool):
     """(data, pkt, outcome) of a client->server segment: outcome None (not one that
     carries the option), INSERTED, PRUNED (inserted after dropping options of the
-    client's) or NO_ROOM (forwarded unchanged)."""
+    client's), NO_ROOM (forwarded unchanged) or DONE (forwarded unchanged, and the
+    connection can drop its TOA state)."""
+    if adj.done:
+        return data, pkt, DONE
     if not wants(adj, data, pkt, handshake):
         return data, pkt, None
     out = insert(data, pkt, adj.option)
@@ -211,9 +221,14 @@ def _pruned(items: list[bytes] | None, room: int) -> bytes | None:
 
 def server_to_client(adj: Toa, data: bytes, pkt) -> bytes:
     """A server->client packet: a SYN-ACK teaches the real server's first sequence
-    number and has its MSS lowered by the option's length; everything else passes."""
+    number and has its MSS lowered by the option's length; any other (but a RST) shows
+    that the server's socket exists (a server still in SYN_RECV sends only SYN-ACKs), so
+    no client segment needs the option any more.  The packet passes otherwise unchanged."""
     l4 = pkt.l4
-    if pkt.flags & (_SYN | _ACK | _RST) != _SYN | _ACK:
+    flags = pkt.flags
+    if flags & (_SYN | _ACK | _RST) != _SYN | _ACK:
+        if flags & (_SYN | _ACK | _RST) == _ACK:
+            adj.done = True
         return data
     adj.fdata = (_L.unpack_from(data, l4 + 4)[0] + 1) & 0xFFFFFFFF
     doff = (data[l4 + 12] >> 4) * 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+import msgpack
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 from scapy.layers.inet import IP, TCP
@@ -18,6 +19,8 @@ from director import toa
 from director.engine import Engine
 from proto import packet as P
 from proto.checksum import fold, ones_sum, pseudo_header_sum
+from proto import sync as S
+from proto.consts import ESTABLISHED
 from proto.sync import SyncEntry
 from tests.helpers import CLIENT, RS, VIP, checksums_ok
 from tests.unit.test_engine_proxy import CLIENT6, LADDRS6, RS6, VIP6, config, parsed, seg
@@ -74,6 +77,22 @@ def test_the_handshake_ack_and_early_data_carry_the_clients_address(client, vip,
     assert c.reply("PA", 5001, 1019)[TCP].ack == 1019
     later = c.send("A", 1019, 5101)                             # the server has sent data
     assert toa_of(later) is None and later[TCP].dataofs == 5
+    assert next(iter(eng.table)).seqadj is None         # no TOA state, no per-packet cost left
+
+
+def test_an_upload_carries_it_only_until_the_server_acks():
+    """A client that sends before the server sends a byte (an upload) keeps acking the
+    server's first byte; once the server has acked anything its socket exists, and the
+    rest of the upload carries no option (DPVS would keep adding it to every segment)."""
+    eng = Engine(config("toa"))
+    c = Conn(eng)
+    c.reply("SA", 5000, 1001)
+    assert toa_of(c.send("A", 1001, 5001)) == (CLIENT, 40000)
+    assert toa_of(c.send("PA", 1001, 5001, b"x" * 100)) == (CLIENT, 40000)
+    c.reply("A", 5001, 1101)                                    # the server acks, no data
+    more = c.send("PA", 1101, 5001, b"y" * 100)
+    assert toa_of(more) is None and more[TCP].dataofs == 5
+    assert next(iter(eng.table)).seqadj is None and eng.stats["toa_inserted"] == 2
     assert toa_of(c.send("R", 1019, 0)) is None
     assert (eng.stats["toa_inserted"], eng.stats["toa_pruned"], eng.stats["toa_no_room"]) == (2, 0, 0)
 
@@ -194,6 +213,7 @@ def test_a_new_master_that_never_saw_the_synack_writes_it_on_the_handshake_ack()
     b = Engine(config("toa"))
     e = SyncEntry.from_conn(conn, 0.1, 60.0)
     assert e.seq is None                                    # nothing TOA-specific on the wire
+    assert len(msgpack.unpackb(S.pack_conn(conn, 0.1, 60.0))) == 14    # a plain entry's 14
     assert b.apply_synced(**e.apply_kwargs(), now=0.2) == "created"
     c.eng = b
     on_b = c.send("A", 1001, 5001)
@@ -204,7 +224,7 @@ def test_a_new_master_that_never_saw_the_synack_writes_it_on_the_handshake_ack()
     assert toa_of(c.send("PA", 1001, 5001, b"hi")) == (CLIENT, 40000)
     # an entry synced established gets nothing
     d = Engine(config("toa"))
-    e.state = 1
+    e.state = ESTABLISHED
     d.apply_synced(**e.apply_kwargs(), now=0.2)
     c.eng = d
     assert toa_of(c.send("PA", 1003, 5001, b"more")) is None and d.stats["toa_inserted"] == 0
@@ -223,3 +243,19 @@ def test_the_labs_wire_reader_reads_the_option_as_a_toa_module_does():
     assert toa_option(tcp([("NOP", None), (254, b"\x00\x50" + pk(CLIENT))])) == (CLIENT, 80)
     assert toa_option(tcp([(254, b"\x00\x50\x01")])) is None         # length 5: not TOA
     assert toa_option(tcp([TS])) is None
+
+
+def test_the_ipvsadm_listing_the_api_and_the_metrics_name_toa():
+    from director.ipvsadm import format_list
+    from director.metrics import EngineCollector
+    eng = Engine(config("toa"))
+    described = [s.describe() for s in eng.services.values()]
+    assert [d["client_address"] for d in described] == ["toa"]
+    lines = [l for l in format_list(described).splitlines() if l.startswith("TCP")]
+    assert lines == [f"TCP  {VIP}:81 rr client_address toa"]
+    c = Conn(eng)
+    c.reply("SA", 5000, 1001)
+    c.send("A", 1001, 5001)
+    names = {m.name: m for m in EngineCollector(eng).families("tandem")}
+    assert names["tandem_engine_toa_inserted"].samples[0].value == 1
+    assert names["tandem_engine_toa_no_room"].samples[0].value == 0
