@@ -223,3 +223,106 @@ def test_a_stopped_real_server_leaves_kernel_mode_scheduling_and_returns(lab):
     assert wait_for(lambda: health() == "up"), kernel_tcp(lab)
     r = client(lab, "tcp-whoami", "--host", lab["kernel_vip"], "--port", 80, "--count", 60)
     assert r["ok"] == 60 and sorted(r["by_server"]) == ["rs1", "rs2", "rs3"], r
+
+
+def write_config(**timeouts) -> None:
+    """Director a's config as the lab wrote it (rr), with these [timeouts] over the lab's."""
+    path = Path(st.load_state(PREFIX)["configs"]["a"])
+    cfg = T.node_config("a", scheduler="rr", kernel=True, timeouts=timeouts or None)
+    cfg["node"]["state_dir"] = str(st.state_dir(PREFIX) / "a-state")
+    path.write_text(T.dump_toml(cfg))
+
+
+def established_kernel_conns(lab) -> list[dict]:
+    page = api(lab, f"/conns?service=tcp/{lab['kernel_vip']}:80&limit=1000")
+    assert page["total"] == len(page["conns"]), page        # none ended between view and kernel
+    return [c for c in page["conns"] if c["state"] == "ESTABLISHED"]
+
+
+def test_a_timeouts_reload_reaches_new_kernel_flows_and_conns_lists_them(lab, tmp_path):
+    """[timeouts] tcp_established 900 -> 600 by a reload: flows opened after it get 600 s;
+    flows held across it keep the 900 s policy they started with (an nft `ct timeout` object
+    cannot be changed in place, and ctnetlink cannot give an entry another one: the old
+    object stays for them).  GET /conns lists both, kernel-forwarded, with the laddr:lport,
+    real server and time left the kernel holds."""
+    old, new = hold(lab, 3, 8.0, tmp_path / "old"), None
+    try:
+        assert wait_for((tmp_path / "old").exists)
+        write_config(tcp_established=600)
+        assert change(lab, "/reload")["changed"] is True
+        new = hold(lab, 3, 4.0, tmp_path / "new")
+        assert wait_for((tmp_path / "new").exists)
+        rows = wait_for(lambda: (lambda r: r if len(r) == 6 else None)(established_kernel_conns(lab)))
+        assert rows, established_kernel_conns(lab)
+        assert all(r["forwarding"] == "kernel" and r["created"] is None for r in rows), rows
+        assert {r["local"].rsplit(":", 1)[0] for r in rows} <= set(lab["kernel_laddrs"]), rows
+        assert {r["real"] for r in rows} <= {f"{x['addr']}:8080" for x in T.REAL_SERVERS}, rows
+        lefts = sorted(r["expires_in"] for r in rows)
+        assert all(500 < t <= 600 for t in lefts[:3]) and all(800 < t <= 900 for t in lefts[3:]), lefts
+        for p in (old, new):
+            out = json.loads(p.communicate(timeout=60)[0].splitlines()[-1])
+            assert (out["ok"], out["reset"], out["stalled"]) == (3, 0, 0), out
+    finally:
+        for p in (old, new):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        write_config()
+        change(lab, "/reload")
+
+
+def test_a_stray_packet_to_a_laddr_is_dropped_and_counted_untranslated(lab):
+    """UDP from a real server to a kernel-mode laddr that belongs to no flow: the guard
+    drops it (the director's stack would answer port unreachable) and counts it."""
+    def drops() -> dict:
+        deadline = time.monotonic() + 3.0       # a reading taken after this call began
+        while True:
+            got = api(lab, "/status")["kernel"]["drops"]
+            if time.monotonic() > deadline:
+                return got
+            time.sleep(0.4)
+    before = drops()
+    rs1 = lab["real_servers"][0]
+    send = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(({rs1['addr']!r}, 9)); "
+            f"[s.sendto(b'stray', ({lab['kernel_laddrs'][0]!r}, 40000)) for _ in range(5)]")
+    subprocess.run(["ip", "netns", "exec", rs1["ns"], sys.executable, "-c", send], check=True,
+                   timeout=10)
+    after = drops()
+    assert (after["untranslated"] - before["untranslated"], after["invalid"] - before["invalid"]) \
+        == (5, 0), (before, after)
+    a = lab["directors"][0]
+    host, port = a["api"].removeprefix("http://").split(":")
+    code, metrics = http_get(a["ns"], host, int(port), "/metrics", timeout=3.0)
+    line = f'tandem_kernel_drops_total{{reason="untranslated"}} {float(after["untranslated"])}'
+    assert code == 200 and line in metrics.decode(), metrics[-2000:]
+
+
+def test_a_restarted_node_adopts_the_kernel_flows_it_left(lab, tmp_path):
+    """The node is killed (SIGKILL) while 10 connections are held through the kernel: the
+    kernel keeps forwarding them (their NAT lives in conntrack), and the restarted node
+    takes them from a dump at start: /status counts them (adopted, active) and so do their
+    real servers, which the connection-counting schedulers read.  All 10 go on."""
+    import os
+    import signal
+    from lab import procs
+    ready = tmp_path / "ready"
+    held = hold(lab, 10, 8.0, ready)
+    try:
+        assert wait_for(ready.exists)
+        assert wait_for(lambda: sum(r["active"] for r in kernel_tcp(lab)["real_servers"]) == 10)
+        state = st.load_state(PREFIX)
+        rec = [p for p in state["processes"] if p["name"] == "node-a"][-1]
+        os.kill(int(rec["pid"]), signal.SIGKILL)
+        assert wait_for(lambda: not st.process_matches(rec), 10)
+        procs.start_node(PREFIX, state, Path(state["configs"]["a"]), wait=30)
+        k = api(lab, "/status")["kernel"]
+        assert k["adopted"] >= 10 and k["flows"] >= 10 and k["adopt_conflicts"] == 0, k
+        assert k["resyncs"] == 0, k            # adopted at start, not repaired
+        assert sum(r["active"] for r in kernel_tcp(lab)["real_servers"]) == 10, kernel_tcp(lab)
+        out = json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+        assert (out["ok"], out["reset"], out["stalled"]) == (10, 0, 0), out
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait()
