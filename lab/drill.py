@@ -215,6 +215,9 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
         "fault_at": done["at"],
         "echo_bins_10ms": res.get("echo_bins_10ms", []),
         "hold_started_at": res.get("hold_started_at"),
+        # how long opening the connections took (before hold_started_at): with the fault's
+        # offset from hold_started_at it bounds the connections' age at the fault
+        "connect_seconds": res.get("connect_seconds"),
     }
     if ures:
         report.update(udp_outage(ures, done["at"], took_at, interval))
