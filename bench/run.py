@@ -45,6 +45,11 @@ KEYS = {
     "kernel_tput_ratio_1": "kpath", "kernel_tput_ratio_4": "kpath", "kernel_pps_ratio": "kpath",
     "kernel_cps_ratio": "kpath", "kernel_node_cpu_us_per_conn": "kpath",
     "kernel_bytes_per_conn": "kmem", "conntrack_objsize": "kmem",
+    # tandem kernel mode against keepalived + conntrackd (bench.toolchain)
+    "tandem_matches_or_beats_toolchain": "toolchain",
+    "tandem_kill_200_takeover_ms_p50": "toolchain", "toolchain_kill_200_takeover_ms_p50": "toolchain",
+    "tandem_young_sync_loss_survived_share": "toolchain",
+    "toolchain_young_sync_loss_survived_share": "toolchain",
 }
 
 #: name -> (op, bound): the targets from the benchmark issue; None = report only
@@ -64,8 +69,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "kernel_bytes_per_conn": ("<=", 150),
 }
 
-ORDER = ("engine", "kmem", "nfq", "conn_rate", "kpath", "sync", "health", "takeover")
-LAB_MEASUREMENTS = ("nfq", "conn_rate", "kpath", "sync", "health", "takeover")
+ORDER = ("engine", "kmem", "nfq", "conn_rate", "kpath", "sync", "health", "takeover", "toolchain")
+LAB_MEASUREMENTS = ("nfq", "conn_rate", "kpath", "sync", "health", "takeover", "toolchain")
 
 
 def _engine(quick: bool) -> dict[str, Any]:
@@ -99,7 +104,7 @@ def _lab(name: str) -> Callable[[bool], dict[str, Any]]:
 MEASUREMENTS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": _engine, "nfq": _lab("nfq"), "conn_rate": _lab("conn_rate"),
     "sync": _lab("sync"), "health": _lab("health"), "takeover": _lab("takeover"),
-    "kmem": _kmem, "kpath": _lab("kpath"),
+    "kmem": _kmem, "kpath": _lab("kpath"), "toolchain": _lab("toolchain"),
 }
 
 

@@ -84,7 +84,7 @@ def versions() -> dict[str, str]:
     for prog, flag in (("keepalived", "--version"), ("conntrackd", "-v"), ("nft", "--version")):
         cp = subprocess.run([programs()[prog], flag], capture_output=True, text=True, timeout=10)
         lines = [ln for ln in (cp.stdout + cp.stderr).splitlines() if ln.strip()]
-        out[prog] = lines[0].strip() if lines else ""
+        out[prog] = lines[0].split(". Licensed")[0].strip() if lines else ""
     return out
 
 

@@ -89,3 +89,22 @@ def test_the_loss_rule_is_the_one_tandem_uses(monkeypatch):
     from lab import faults
     assert Path(faults.__file__).read_text().count("udp dport {SYNC_PORT}") == 1
     assert tc.CTD_PORT == SYNC_PORT
+
+
+def test_report_shows_both_pairs_side_by_side_and_a_miss_plainly():
+    from bench import report, report_toolchain
+    from bench import run as bench_run
+    assert "toolchain" in bench_run.ORDER and "toolchain" in bench_run.LAB_MEASUREMENTS
+    kills = {"tandem": [_kill(420, 164)], "toolchain": [_kill(640, 200)]}
+    sc = {w: bt.summarize(k, [], []) for w, k in kills.items()}
+    sc["verdict"] = bt.verdict(sc["tandem"], sc["toolchain"])
+    res = {"conns": bt.CONNS, "what": {"young_sync_loss": "young, sync lost"},
+           "young_sync_loss": sc, "tandem_matches_or_beats_toolchain": False,
+           "versions": {"keepalived": "Keepalived v2.2.7"}}
+    text = report_toolchain.render_toolchain(res, report.fmt, report.table, report._err)
+    assert "| young, sync lost | tandem, kernel mode | 1 | 420 / 420 |" in text
+    assert "| nft + keepalived + conntrackd | 1 | 640 / 640 |" in text
+    assert "164/200" in text and "200/200" in text and "❌ **no**" in text
+    assert "Keepalived v2.2.7" in text
+    assert "error" in report_toolchain.render_toolchain({"error": "boom"}, report.fmt,
+                                                         report.table, report._err)
