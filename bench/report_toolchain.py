@@ -36,13 +36,16 @@ def render_toolchain(r: dict[str, Any] | None, fmt, table, err) -> str:
               f"hook ({'; '.join(x for x in v.values() if x)}). *takeover* = fault -> first echo "
               "through the new master; *VRRP* = fault -> the new master holds the addresses "
               "(the toolchain's: its notify hook's start); *silence* = a held connection's "
-              "longest gap; *age* = the oldest connection's age at the fault, at most.", ""]
+              "longest gap; *age* = the oldest connection's age at the fault, at most. "
+              "Survival counts every drill; timing only the drills that measured a takeover "
+              "(in brackets), the others are listed below the table.", ""]
     rows = []
     for key, what in (r.get("what") or {}).items():
         x = r.get(key) or {}
         for w, label in PAIR_LABELS.items():
             y = x.get(w) or {}
-            rows.append([what if w == "tandem" else "", label, y.get("drills"),
+            rows.append([what if w == "tandem" else "", label,
+                         f"{fmt(y.get('drills'))} ({fmt(y.get('timed_drills'))})",
                          f"{fmt(y.get('takeover_ms_p50'))} / {fmt(y.get('takeover_ms_max'))}",
                          f"{fmt(y.get('vrrp_takeover_ms_p50'))} / {fmt(y.get('vrrp_takeover_ms_max'))}",
                          y.get("gap_ms_max"),
@@ -63,9 +66,10 @@ def render_toolchain(r: dict[str, Any] | None, fmt, table, err) -> str:
     aside = [(key, w, d) for key in (r.get("what") or {}) for w in PAIR_LABELS
              for d in ((r.get(key) or {}).get(w) or {}).get("set_aside", [])]
     if aside:
-        lines += ["Set aside (not counted): " + "; ".join(
+        lines += ["Set aside from the timing (their survival counts): " + "; ".join(
             f"{key} {w}: {d.get('set_aside')} (takeover {fmt(d.get('takeover_ms'))}, "
-            f"VRRP {fmt(d.get('vrrp_takeover_ms'))})" for key, w, d in aside) + ".", ""]
+            f"VRRP {fmt(d.get('vrrp_takeover_ms'))}, kept {fmt(d.get('survived'))}, "
+            f"resets {fmt(d.get('reset'))})" for key, w, d in aside) + ".", ""]
     errs = [f"{key} {w}: {e}" for key in (r.get("what") or {}) for w in PAIR_LABELS
             for e in ((r.get(key) or {}).get(w) or {}).get("errors", [])]
     if errs:

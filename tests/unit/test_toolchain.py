@@ -81,6 +81,10 @@ def test_verdict_matches_within_the_margin_and_says_plainly_when_tandem_loses():
     slow = bt.summarize([_kill(900, 200)], [], [])
     assert bt.verdict(slow, base)["takeover_matches_or_beats"] is False
     assert bt.verdict(bt.summarize([], [], ["x"]), base)["takeover_matches_or_beats"] is None
+    # a drill set aside for its timing still counts for survival
+    aside = bt.summarize([_kill(650, 200)], [_kill(0.3, 171)], [])
+    assert (aside["drills"], aside["timed_drills"], aside["survived_total"]) == (2, 1, 371)
+    assert aside["takeover_ms"] == [650]
 
 
 def test_the_loss_rule_is_the_one_tandem_uses(monkeypatch):
@@ -102,8 +106,8 @@ def test_report_shows_both_pairs_side_by_side_and_a_miss_plainly():
            "young_sync_loss": sc, "tandem_matches_or_beats_toolchain": False,
            "versions": {"keepalived": "Keepalived v2.2.7"}}
     text = report_toolchain.render_toolchain(res, report.fmt, report.table, report._err)
-    assert "| young, sync lost | tandem, kernel mode | 1 | 420 / 420 |" in text
-    assert "| nft + keepalived + conntrackd | 1 | 640 / 640 |" in text
+    assert "| young, sync lost | tandem, kernel mode | 1 (1) | 420 / 420 |" in text
+    assert "| nft + keepalived + conntrackd | 1 (1) | 640 / 640 |" in text
     assert "164/200" in text and "200/200" in text and "❌ **no**" in text
     assert "Keepalived v2.2.7" in text
     assert "error" in report_toolchain.render_toolchain({"error": "boom"}, report.fmt,
