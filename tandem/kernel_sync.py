@@ -17,8 +17,9 @@ the sync link and this node's conntrack table.
 - An injected entry cannot carry the `ct timeout` policy a forwarded flow gets (ctnetlink
   has no attribute for it, and nftables attaches one only to an unconfirmed entry), so
   once it carries packets here the kernel times it out by the namespace's defaults.  At
-  start the node sets those defaults to the [timeouts] policy's values (CT_DEFAULTS) and
-  puts the old ones back at stop: a taken-over flow keeps IPVS's timeouts.
+  start (and after a reload that changes [timeouts]) the node sets those defaults to the
+  [timeouts] policy's values (CT_DEFAULTS) and puts the old ones back at stop: a
+  taken-over flow keeps IPVS's timeouts.
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class KernelSync:
         self.clock = clock
         self.kernel = kernel
         self._ct_saved: dict[str, int] | None = None     # the namespace's defaults before ours
+        self._ct_applied: dict[str, int] | None = None   # ours, as last set
         self.sock = kernel.open_ct_inject()
         self.injector = Injector(self._mark_of)
         policy = SyncPolicy.from_config(sync.sender.cfg)
@@ -169,15 +171,27 @@ class KernelSync:
 
     def _set_ct_defaults(self) -> None:
         """Give entries injected here the [timeouts] policy's values (see the module's
-        docstring); only with kernel-mode services, and only at start."""
+        docstring); only with kernel-mode services, and only when they change."""
         cfg = self.engine.cfg
         if not any(s.forwarding == "kernel" for s in cfg.services):
             return
+        want = ct_defaults(dict(cfg.timeouts))
+        if want == self._ct_applied:
+            return
         try:
-            self._ct_saved = self.kernel.set_ct_timeouts(ct_defaults(dict(cfg.timeouts)))
+            old = self.kernel.set_ct_timeouts(want)
         except OSError as exc:
             log.warning("conntrack's default timeouts not set (%s): a taken-over kernel flow "
                         "times out by the kernel's defaults, not [timeouts]", exc)
+            return
+        if self._ct_saved is None:
+            self._ct_saved = old
+        self._ct_applied = want
+
+    def reconfigured(self) -> None:
+        """After a reload (the engine has the new config): a [timeouts] change reaches the
+        entries injected here, as the next policy generation reaches new flows."""
+        self._set_ct_defaults()
 
     async def stop(self) -> None:
         if self._tick is not None:
@@ -189,7 +203,7 @@ class KernelSync:
                 self.kernel.set_ct_timeouts(self._ct_saved)
             except OSError as exc:
                 log.warning("conntrack's default timeouts not restored: %s", exc)
-            self._ct_saved = None
+            self._ct_saved = self._ct_applied = None
         self.sock.close()
 
     def counters(self) -> dict[str, int]:

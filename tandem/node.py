@@ -460,6 +460,8 @@ class Node:
         check_reloadable(old, new)
         await self.kernel_path.reload(old, new)        # the new marks exist before the engine
         summary = self.engine.reconfigure(new, self.clock())
+        if self.kernel_sync is not None:
+            self.kernel_sync.reconfigured()             # injected entries' timeouts follow
         deleted = await self.kernel_path.expire_removed(old, new)
         if self.kernel_path.loaded:
             summary["kernel_flows_deleted"] = deleted

@@ -132,6 +132,14 @@ def test_injected_entries_follow_the_timeouts_policy_through_the_namespaces_defa
         assert got["nf_conntrack_udp_timeout"] == got["nf_conntrack_udp_timeout_stream"] == \
             round(t["udp"])
         assert len(got) == 10
+        # a reload that changes [timeouts] reaches them too; the old values stay saved
+        doc2 = {**doc(), **SYNC_DOC, "timeouts": {"tcp_established": 600}}
+        node.engine.reconfigure(parse(doc2, "k.toml"), 1.0)
+        ks.reconfigured()
+        assert kernel.ct_timeouts["nf_conntrack_tcp_timeout_established"] == 600
+        calls = len(kernel.calls)
+        ks.reconfigured()                           # nothing changed: nothing written
+        assert len(kernel.calls) == calls
         await ks.stop()
         assert kernel.ct_timeouts["nf_conntrack_tcp_timeout_established"] == 432000
     asyncio.run(go())
