@@ -158,8 +158,12 @@ async def _walk_kernel(flows: dict, engine: Any, query: ConnQuery, skip: int,
                        want: int) -> tuple[list[ct.Tuple], int]:
     """The original tuples of the kernel flows `skip` .. `skip + want` of those matching,
     and how many match, in bounded slices (as _walk)."""
-    items = list(flows.items() if query.filtered or not want
-                 else itertools.islice(flows.items(), skip + want))
+    if not query.filtered:
+        if not want:
+            return [], len(flows)       # a page the engine's entries filled: only the count
+        items = list(itertools.islice(flows.items(), skip + want))
+    else:
+        items = list(flows.items())
     page: list[ct.Tuple] = []
     matched = 0
     for start in range(0, len(items), WALK_SLICE):

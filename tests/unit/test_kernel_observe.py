@@ -158,6 +158,8 @@ def test_conns_lists_kernel_flows_after_the_engines_paged_and_filtered():
                 assert real["total"] == 1 and real["conns"] == []      # gone from the kernel
                 second = await get("limit=1&offset=2")
                 assert [r["client"] for r in second["conns"]] == [f"{CLIENT}:3"]
+                counted = await get("limit=0")
+                assert (counted["total"], counted["conns"]) == (3, [])
                 other = await get("service=tcp/198.18.0.100:80")
                 assert other["total"] == 0
         finally:
