@@ -47,6 +47,10 @@ ADOPT_GRACE = 3.0
 LEAVING = "leaving"
 #: the role a running cluster director's STATE message says
 ACTIVE = "active"
+#: seconds a stopping director keeps forwarding after its withdrawal: the router (and the
+#: peer adopting its laddrs) switch within BGP's propagation, and packets still in flight
+#: to it meanwhile find the engine and its rules in place, not a host that routes them back
+STOP_SETTLE = 0.5
 
 
 class ClusterRunner:
@@ -213,7 +217,10 @@ class ClusterRunner:
         self._state(LEAVING)
         if self.sync is not None:
             self.sync.flush()
+        had = bool(self.applied)
         await self.step()
+        if had:
+            await asyncio.sleep(STOP_SETTLE)
 
     # -- status ------------------------------------------------------------------------------
 

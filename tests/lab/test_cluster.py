@@ -67,6 +67,39 @@ def test_up_lists_the_directors_and_the_routers_routes(lab):
         assert all(m["alive"] for m in v["members"].values())
 
 
+def start_hold(lab, tmp: str, conns: int) -> tuple[subprocess.Popen, str]:
+    """`conns` held connections echoing every 100 ms (stall judged only after 15 s: what
+    is judged is that every echo comes back, in order); returns once all are connected."""
+    ready, stop = os.path.join(tmp, "ready"), os.path.join(tmp, "stop")
+    held = subprocess.Popen(
+        ["ip", "netns", "exec", f"{PREFIX}-client", sys.executable, "-m", "lab.client", "hold",
+         "--host", lab["vip"], "--port", "80", "--conns", str(conns), "--seconds", "60",
+         "--interval", "0.1", "--timeout", "15", "--ready-file", ready, "--stop-file", stop],
+        cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
+    end = time.monotonic() + 30
+    while not os.path.exists(ready):
+        assert time.monotonic() < end and held.poll() is None, "hold never connected"
+        time.sleep(0.05)
+    assert json.load(open(ready))["connected"] == conns
+    return held, stop
+
+
+def end_hold(held: subprocess.Popen, stop: str) -> dict:
+    Path(stop).touch()
+    return json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+
+
+def the_adopter(lab, of: str, among: str) -> str:
+    """The one director of `among` that announces `of`'s laddr (waited for)."""
+    end = time.monotonic() + 10
+    while True:
+        adopters = [n for n in among if laddr(lab, of) in view(n)["adopted"]]
+        if len(adopters) == 1:
+            return adopters[0]
+        assert time.monotonic() < end, {n: view(n) for n in among}
+        time.sleep(0.05)
+
+
 def test_kill_one_director_every_held_connection_survives(lab):
     """Connections spread over all three directors (each owns some, by its /status), held
     and echoing; b crashes (link down, node and BIRD SIGKILLed).  The router's BFD drops b's
@@ -77,18 +110,8 @@ def test_kill_one_director_every_held_connection_survives(lab):
     adopter gives b's laddr back."""
     client = f"{PREFIX}-client"
     with tempfile.TemporaryDirectory() as tmp:
-        ready, stop = os.path.join(tmp, "ready"), os.path.join(tmp, "stop")
-        held = subprocess.Popen(
-            ["ip", "netns", "exec", client, sys.executable, "-m", "lab.client", "hold",
-             "--host", lab["vip"], "--port", "80", "--conns", str(HELD), "--seconds", "60",
-             "--interval", "0.1", "--timeout", "15", "--ready-file", ready, "--stop-file", stop],
-            cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
+        held, stop = start_hold(lab, tmp, HELD)
         try:
-            end = time.monotonic() + 30
-            while not os.path.exists(ready):
-                assert time.monotonic() < end and held.poll() is None, "hold never connected"
-                time.sleep(0.05)
-            assert json.load(open(ready))["connected"] == HELD
             owned = {}
             end = time.monotonic() + 10
             while True:     # (the echo of each connection's first line makes it synced)
@@ -105,13 +128,7 @@ def test_kill_one_director_every_held_connection_survives(lab):
             cluster.fault(PREFIX, "b", "kill")
             bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
             withdrawn = time.monotonic() - t0
-            adopters = [n for n in "ac" if laddr(lab, "b") in view(n)["adopted"]]
-            end = time.monotonic() + 10
-            while len(adopters) != 1:
-                assert time.monotonic() < end, {n: view(n) for n in "ac"}
-                time.sleep(0.05)
-                adopters = [n for n in "ac" if laddr(lab, "b") in view(n)["adopted"]]
-            (adopter,) = adopters
+            adopter = the_adopter(lab, "b", "ac")
             bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, adopter)], wait=20)
             adopted = time.monotonic() - t0
             print(f"\n[cluster] b killed: VIP via a, c after {withdrawn:.2f} s; b's laddr via "
@@ -122,8 +139,7 @@ def test_kill_one_director_every_held_connection_survives(lab):
             assert laddr(lab, "b") not in {a for p in new["peers"].values() for a in p}, new
             time.sleep(1.0)         # echoes after the new connections too
         finally:
-            Path(stop).touch()
-            out = json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+            out = end_hold(held, stop)
     assert out["ok"] == HELD and out["echoes"] == out["sent"], out
 
     # restore: b comes back, announces, and the adopter gives its laddr back
@@ -131,3 +147,27 @@ def test_kill_one_director_every_held_connection_survives(lab):
     bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
     bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
     assert view(adopter)["adopted"] == []
+
+
+def test_graceful_stop_of_one_director_keeps_every_held_connection(lab):
+    """c stops (SIGTERM): it tells its peers it leaves, withdraws its routes, and keeps
+    forwarding for a moment; a survivor adopts c's laddr at once (c said it leaves: no
+    wait for it to fall silent).  Every held connection keeps every echo, in order.  Then
+    c is started again and takes its laddr back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        held, stop = start_hold(lab, tmp, HELD)
+        try:
+            time.sleep(0.5)
+            out = cluster.fault(PREFIX, "c", "stop")
+            assert out["stopped"] == "terminated", out
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "b")], wait=20)
+            adopter = the_adopter(lab, "c", "ab")
+            bgp.wait_nexthops(PREFIX, laddr(lab, "c"), [addr(lab, adopter)], wait=20)
+            assert view(adopter)["members"]["c"]["leaving"] or not view(adopter)["members"]["c"]["alive"]
+            time.sleep(1.0)
+        finally:
+            res = end_hold(held, stop)
+    assert res["ok"] == HELD and res["echoes"] == res["sent"], res
+    cluster.fault(PREFIX, "c", "restore")
+    bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
+    bgp.wait_nexthops(PREFIX, laddr(lab, "c"), [addr(lab, "c")], wait=30)
