@@ -195,3 +195,20 @@ def test_the_ipvsadm_listing_and_the_api_name_the_mode():
     lines = [l for l in format_list(described).splitlines() if l.startswith("TCP")]
     assert lines == [f"TCP  {VIP}:80 wlc", f"TCP  {VIP}:81 wlc client_address proxy-v2",
                      f"TCP  {VIP}:82 wlc client_address proxy-v1"]
+
+
+@pytest.mark.parametrize("mode", ["proxy-v1", "proxy-v2"])
+def test_an_ipv6_connections_header_names_the_ipv6_client_tcp6_or_af_inet6(mode):
+    """Over IPv6 the header the real server reads says so in the spec's words: v1's line
+    is `PROXY TCP6 <client> <vip> <cport> <vport>`, v2's family/transport byte is 0x21
+    (AF_INET6, STREAM) before 36 address bytes; either names the IPv6 client and its port."""
+    eng = Engine(config(mode, VIP6, LADDRS6, RS6))
+    c = Conn(eng, CLIENT6, VIP6, cport=41234)
+    body = bytes(c.send("PA", 1001, 1, b"hello")[TCP].payload)
+    h = proxy.parse(body)
+    if mode == "proxy-v1":
+        assert body.startswith(f"PROXY TCP6 {CLIENT6} {VIP6} 41234 81\r\n".encode())
+    else:
+        assert body[12:16] == b"\x21\x21\x00\x24"     # v2 PROXY, AF_INET6|STREAM, 36 bytes
+    assert (str(h.src), h.sport, str(h.dst), h.dport) == (CLIENT6, 41234, VIP6, 81)
+    assert body[h.length:] == b"hello"
