@@ -21,7 +21,7 @@ from lab import state as st
 from lab.drill_pairs import LabPair
 from lab.echo import parse_stream_line
 from lab.plan import CLIENT_ADDR, REAL_SERVERS
-from lab.testing import lab_session, require_lab
+from lab.testing import lab_session, require_lab, run_in
 
 pytestmark = pytest.mark.lab
 
@@ -32,7 +32,8 @@ CONNS = 200
 @pytest.fixture(scope="module")
 def pair():
     require_lab()
-    with lab_session(PREFIX, node=True, ha=True, advert_interval=0.1) as info:
+    # dual-stack: the lab then also serves 81/udp with a PROXY v2 header on every datagram
+    with lab_session(PREFIX, node=True, ha=True, advert_interval=0.1, ipv6=True) as info:
         yield info
 
 
@@ -101,3 +102,29 @@ def test_young_proxy_connections_survive_a_kill_with_one_header_each(pair):
     after = [s for s in streams if s["at"] > r["fault_at"]]
     print(f"headers < 50 ms before the kill: {len(young)}, after it: {len(after)}")
     assert young, sorted(s["at"] - r["fault_at"] for s in streams)[:10]
+
+
+UDP_FLOWS = 50
+
+
+def test_udp_proxy_flows_keep_a_header_on_every_datagram_across_a_kill(pair):
+    """PROXY v2 over UDP (81/udp): 50 flows, each echoing a numbered datagram every 20 ms,
+    through a kill of a.  The echo answers only a datagram that opens with a valid v2
+    header, so every flow still answered after the takeover proves b puts the header on
+    its datagrams (for a flow b learned by sync nothing in the entry says so: b writes it
+    from the entry's addresses and the service's mode); no datagram is lost outside the
+    outage.  Then 100 new datagrams through b each come back naming their own client
+    address and port."""
+    before = topology.node_status(PREFIX, "b", timeout=5.0)["engine"]["proxy_dgram_headers"]
+    r = drill.run(PREFIX, "kill", conns=10, udp_flows=UDP_FLOWS, interval=0.02, duration=3.0,
+                  lead=1.0, pair=proxy_pair())
+    try:
+        assert (r["old_master"], r["new_master"]) == ("a", "b"), r
+        assert r["udp_continued"] == UDP_FLOWS and r["udp_lost_outside"] == 0, r
+        after = topology.node_status(PREFIX, "b", timeout=5.0)["engine"]["proxy_dgram_headers"]
+        assert after - before >= UDP_FLOWS, (before, after)
+        w = run_in(pair["client"]["ns"], "udp-whoami", "--host", pair["vip"], "--port", 81,
+                   "--count", 100, "--concurrency", 10, timeout=120)
+        assert w["ok"] == 100 and w["own_address_seen"] == 100, w
+    finally:
+        drill.run(PREFIX, "restore", conns=10, duration=3.0, lead=0.5, target="a")
