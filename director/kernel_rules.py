@@ -5,9 +5,10 @@ schedules it and gives it back with a mark that names the chosen binding (real s
 port, laddr).  From then on the kernel's conntrack NAT forwards both directions:
 
     conntrack (-200)
-    ip/ip6 mangle PREROUTING (-150): chain TANDEM_NEW, iptables-nft
-        -d VIP -p P --dport PORT -m conntrack --ctstate NEW ! --ctstatus CONFIRMED
-        -j NFQUEUE --queue-num Q                       only a flow's first packet
+    inet tandem queue_new (-160): ct state new, not yet confirmed, to a service
+        -> meta mark set QUEUE_MARK                    only a flow's first packet
+    ip/ip6 mangle PREROUTING (-150): chain TANDEM_QUEUE (director.rules), iptables-nft
+        -m mark --mark QUEUE_MARK -j NFQUEUE --queue-num Q
     inet tandem new_flow (-120): ct state new, to a service, with one of our marks
         -> ct mark set meta mark                       the engine's choice, kept by the flow
         -> ct timeout set "tcp4" (...)                 IPVS's timeouts, not conntrack's
@@ -19,37 +20,38 @@ port, laddr).  From then on the kernel's conntrack NAT forwards both directions:
 Both drops count into named counters of the table (DROP_COUNTERS), which
 `drop_counters()` reads back: a malformed packet is counted, dropped, in kernel mode too.
 
-The queue rule is an iptables-nft rule because this kernel has no nftables `queue`
-expression (CONFIG_NFT_QUEUE is not set; `queue num` fails with "No such file or
-directory").  Only flows not yet confirmed are queued, so a retransmitted SYN of a flow
-already bound is not scheduled again.  The guard matters: a packet the engine dropped or
-left unmarked would otherwise reach the director's own stack, which answers with RST.
+Only flows not yet confirmed are queued, so a retransmitted SYN of a flow already bound is
+not scheduled again.  The guard matters: a packet the engine dropped or left unmarked would
+otherwise reach the director's own stack, which answers with RST.
 
-Everything lives in the table `inet tandem` and the chain `TANDEM_NEW` (with one jump to
-it) of the mangle tables: loading replaces the table in one `nft -f` transaction, the
-chain in one `iptables-nft-restore --noflush`; removal deletes exactly those.  Entries
-already in conntrack keep their NAT binding across a reload, as the NAT lives in conntrack.
+The table `inet tandem` holds both modes' rules (the engine-mode part: director.rules);
+`ruleset()` renders the whole of it, and loading replaces it in one `nft -f` transaction.
+The kernel-mode chains are in it only while some service is kernel-mode: their `ct`
+expressions turn conntrack on in the namespace.  A reload refills the sets and maps
+(`update`, `rules.engine_update`) instead.  Removal deletes exactly the table, the queue
+chain and its jumps.  Entries already in conntrack keep their NAT binding across a reload,
+as the NAT lives in conntrack.
 
-`ruleset()` and `queue_rules()` are pure (their text is unit-tested); `install()`,
-`remove()` and `queue_counters()` are the thin adapter.  docs/kernel-fast-path.md says
-which kernel facts this relies on.
+`ruleset()` and `update()` are pure (their text is unit-tested); `install()`, `remove()`
+and `queue_counters()` are the thin adapter.  docs/kernel-fast-path.md says which kernel
+facts this relies on.
 """
 from __future__ import annotations
 
 import ipaddress
 import math
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-TABLE = "tandem"
-QUEUE_CHAIN = "TANDEM_NEW"
+from director import rules
+from director.rules import QUEUE_MARK, TABLE
+
 #: tandem's marks: MARK_BASE | index (index < 2**16), so a mark set by someone else never
 #: selects a binding (the new_flow rule checks the prefix)
 MARK_BASE = 0x54440000
 MARK_PREFIX_MASK = 0xFFFF0000
 NEW_FLOW_PRIORITY = -120      # after mangle (-150, the queue), before dstnat (-100)
+QUEUE_NEW_PRIORITY = -160     # after conntrack (-200), before the queue (mangle, -150)
 #: the conntrack events a kernel-forwarded flow sends (nftables `ct event set`), per protocol.
 #: TCP: its start, every TCP state change (protoinfo: the active/inactive counts and sync's
 #: state changes are made from them) and its end; UDP has no states: its start, the
@@ -75,7 +77,7 @@ TIMEOUT_POLICY = {
 DROP_COUNTERS = ("invalid", "untranslated")
 
 
-class KernelRulesError(OSError):
+class KernelRulesError(rules.RulesError):
     """nft or iptables refused the rules; the message carries the tool's own words."""
 
 
@@ -216,12 +218,18 @@ def _new_flow_rules(timeouts: bool, generation: int = 1) -> list[str]:
 
 
 def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
-            timeouts: Mapping[str, float] | None = None, generation: int = 1) -> str:
-    """The nft script that replaces `inet tandem` atomically (create, delete, define).
-    With `timeouts` (the [timeouts] section), a kernel-forwarded flow gets them as its
-    conntrack timeout policy instead of conntrack's own (5 days when established)."""
+            timeouts: Mapping[str, float] | None = None, generation: int = 1,
+            engine: Iterable[str] = ()) -> str:
+    """The nft script that replaces `inet tandem` atomically (create, delete, define): the
+    engine-mode part for the addresses `engine` (director.rules) and, when there are
+    kernel-mode services or bindings, the kernel-mode part.  With `timeouts` (the
+    [timeouts] section), a kernel-forwarded flow gets them as its conntrack timeout policy
+    instead of conntrack's own (5 days when established)."""
     services, bindings = list(services), list(bindings)
-    out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
+           *rules.engine_part(engine)]
+    if not (services or bindings or timeouts is not None):
+        return "\n".join(out + ["}"]) + "\n"
     out += [f"\tcounter {name} {{\n\t}}" for name in DROP_COUNTERS]
     if timeouts is not None:
         out += _timeout_objects(timeouts, generation)
@@ -241,6 +249,10 @@ def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
         ]
     svc = _SVC
     out += [
+        f"\tchain queue_new {{\n\t\ttype filter hook prerouting priority {QUEUE_NEW_PRIORITY}; policy accept;",
+        *(f"\t\tct state new ct status ! confirmed {svc[f]} meta mark set 0x{QUEUE_MARK:08x}"
+          for f in (4, 6)),
+        "\t}",
         f"\tchain new_flow {{\n\t\ttype filter hook prerouting priority {NEW_FLOW_PRIORITY}; policy accept;",
         *(f"\t\t{rule}" for rule in _new_flow_rules(timeouts is not None, generation)),
         "\t}",
@@ -303,63 +315,35 @@ def update(services: Iterable[KernelService], bindings: Iterable[Binding],
     return "\n".join(out) + "\n"
 
 
-def queue_rules(services: Iterable[KernelService], queue: int, family: int) -> str:
-    """iptables-nft-restore --noflush input: the mangle chain that queues first packets."""
-    lines = ["*mangle", f":{QUEUE_CHAIN} - [0:0]", f"-F {QUEUE_CHAIN}"]
-    plen = 32 if family == 4 else 128
-    for s in sorted((s for s in services if s.family == family),
-                    key=lambda s: (s.vip, s.proto, s.port)):
-        proto = _proto(s)
-        lines.append(f"-A {QUEUE_CHAIN} -d {s.vip}/{plen} -p {proto} -m {proto} --dport {s.port}"
-                     f" -m conntrack --ctstate NEW ! --ctstatus CONFIRMED"
-                     f" -j NFQUEUE --queue-num {queue}")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
-
-
 # -- the adapter ------------------------------------------------------------------------------
 
-def _tool(family: int, restore: bool = False) -> str:
-    base = "iptables" if family == 4 else "ip6tables"
-    name = f"{base}-nft{'-restore' if restore else ''}"
-    return name if shutil.which(name) else f"{base}{'-restore' if restore else ''}"
-
-
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        said = " ".join((r.stderr or r.stdout).split()) or "no output"
-        raise KernelRulesError(f"{' '.join(argv)} exited {r.returncode}: {said}")
-    return r
+def _run(argv: list[str], stdin: str | None = None, check: bool = True):
+    return rules._run(argv, stdin=stdin, check=check)
 
 
 def install(services: Iterable[KernelService], bindings: Iterable[Binding], queue: int,
             timeouts: Mapping[str, float] | None = None, fresh: bool = True,
-            generation: int = 1) -> None:
-    """Load the table and the queue chains; each step is atomic on its own.  `fresh`
-    False (a reload) refills the sets and maps of the loaded table (`update`) instead of
-    replacing it, and with `timeouts` switches new flows to that generation's policies."""
+            generation: int = 1, engine: Iterable[str] = ()) -> None:
+    """Load the table (both modes; `engine`: the engine-mode addresses) and the queue chain;
+    each step is atomic on its own.  `fresh` False (a reload) refills the kernel-mode sets
+    and maps of the loaded table (`update`) instead of replacing it, and with `timeouts`
+    switches new flows to that generation's policies."""
     services = list(services)
-    script = (ruleset(services, bindings, timeouts, generation) if fresh
+    script = (ruleset(services, bindings, timeouts, generation, engine) if fresh
               else update(services, bindings, timeouts, generation))
+    load(script)
+    rules.install_queue(queue)
+
+
+def load(script: str) -> None:
+    """One nft transaction."""
     _run(["nft", "-f", "-"], stdin=script)
-    for fam in (4, 6):
-        _run([_tool(fam, restore=True), "--noflush", "-w"], stdin=queue_rules(services, queue, fam))
-        tool = [_tool(fam), "-w", "-t", "mangle"]
-        if _run([*tool, "-C", "PREROUTING", "-j", QUEUE_CHAIN], check=False).returncode != 0:
-            _run([*tool, "-I", "PREROUTING", "1", "-j", QUEUE_CHAIN])
 
 
 def remove() -> None:
-    """Delete the table, the jumps and the chains; quiet when they are not there."""
+    """Delete the table, the queue chain and its jumps; quiet when they are not there."""
     _run(["nft", "-f", "-"], stdin=f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n", check=False)
-    for fam in (4, 6):
-        tool = _tool(fam)
-        while _run([tool, "-w", "-t", "mangle", "-D", "PREROUTING", "-j", QUEUE_CHAIN],
-                   check=False).returncode == 0:
-            pass
-        _run([tool, "-w", "-t", "mangle", "-F", QUEUE_CHAIN], check=False)
-        _run([tool, "-w", "-t", "mangle", "-X", QUEUE_CHAIN], check=False)
+    rules.remove_queue()
 
 
 def parse_counters(text: str) -> dict[str, int]:

@@ -12,9 +12,9 @@ these two capabilities, as an unprivileged user; docs/operations.md):
 =========================  ==============  ===============================================
 operation                  capability      how
 =========================  ==============  ===============================================
-install/remove rules       CAP_NET_ADMIN   iptables/ip6tables (director/rules.py), run as
-                                           children that inherit the ambient capabilities
-kernel-mode rules          CAP_NET_ADMIN   nft + iptables-nft (director/kernel_rules.py)
+install/remove rules       CAP_NET_ADMIN   nft + iptables-nft (director/rules.py,
+(both modes)                               director/kernel_rules.py), run as children that
+                                           inherit the ambient capabilities
 conntrack events, dump,    CAP_NET_ADMIN   ctnetlink (director/ct_events.py,
 delete                                     proto/ctnetlink.py)
 add/delete addresses       CAP_NET_ADMIN   rtnetlink (pyroute2); IPv6 ones with nodad
@@ -134,25 +134,46 @@ class LinuxKernel:
         #: socket waits for an RCU grace period (packet_release -> synchronize_net), tens of
         #: ms on a busy machine, on the event loop, in the middle of a takeover
         self._arp: dict[str, tuple[socket.socket, bytes]] = {}
+        #: what the one table `inet tandem` holds for each mode (None: that mode's part is
+        #: not loaded): the engine-mode addresses, and whether the kernel-mode part is in
+        self._engine: list[str] | None = None
+        self._kernel_loaded = False
 
-    # -- rules ---------------------------------------------------------------------------------
+    # -- rules: both modes share the table `inet tandem` and the queue chain -------------------
 
     def install_rules(self, addrs: Iterable[str], queue: int) -> None:
-        from director import rules
-        rules.install(list(addrs), queue)
+        from director import kernel_rules, rules
+        addrs = sorted(set(addrs))
+        if self._engine is None and not self._kernel_loaded:
+            # the first load replaces whatever a killed predecessor left
+            kernel_rules.load(kernel_rules.ruleset([], [], None, engine=addrs))
+        else:
+            kernel_rules.load(rules.engine_update(addrs))
+        rules.install_queue(queue)
+        self._engine = addrs
 
     def remove_rules(self) -> None:
-        from director import rules
-        rules.remove()
+        from director import kernel_rules, rules
+        self._engine = None
+        if self._kernel_loaded:
+            kernel_rules.load(rules.engine_update([]))
+        else:
+            kernel_rules.remove()
 
     def install_kernel_rules(self, services: list, bindings: list, queue: int,
                              timeouts: Any, fresh: bool, generation: int = 1) -> None:
         from director import kernel_rules
-        kernel_rules.install(services, bindings, queue, timeouts, fresh=fresh, generation=generation)
+        kernel_rules.install(services, bindings, queue, timeouts, fresh=fresh,
+                             generation=generation, engine=self._engine or [])
+        self._kernel_loaded = True
 
     def remove_kernel_rules(self) -> None:
         from director import kernel_rules
-        kernel_rules.remove()
+        self._kernel_loaded = False
+        if self._engine is None:
+            kernel_rules.remove()
+        else:           # the engine-mode part stays, alone
+            kernel_rules.load(kernel_rules.ruleset([], [], None, engine=self._engine))
 
     def kernel_drop_counters(self) -> dict:
         from director import kernel_rules

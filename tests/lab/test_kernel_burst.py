@@ -16,8 +16,14 @@ Judged afterwards, by content, never by timing:
   the active (ESTABLISHED) and inactive counts /services reports are those of tandem's
   marked entries in a dump, and /status "kernel" flows/active/inactive are their totals;
 - b's conntrack holds exactly a's ESTABLISHED kernel flows, both tuples (the held
-  connections), and no held connection was reset.
+  connections), and every held connection kept echoing.
 The figures (connections/s, events/s, dropped events, overruns, repairs) are printed.
+
+The pair advertises every second (ADVERT), not at the lab's 100 ms: on a 2-core box the
+repair dumps of a burst like this one hold the master's event loop long enough that 100 ms
+adverts come late, the backup takes over and gives back, and the two tables then differ
+for a reason that is not the event path (docs/kernel-fast-path.md, "Lost events under a
+burst": an open problem of its own).  The test checks that the roles stayed put.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ SMALL_RCVBUF = 32 * 1024
 NETLINK_NETFILTER = 12
 CT_GROUPS = "00000007"  # conntrack NEW, UPDATE, DESTROY (groups 1-3)
 SYS_PIDFD_GETFD = 438
+ADVERT = 1.0            # seconds between VRRP adverts (see the module docstring)
 
 DUMP = ("import json; from director.ct_events import dump; "
         "from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK; "
@@ -184,7 +191,7 @@ def lab():
     if cgen.binary() is None:
         pytest.skip("no C compiler: the C load generator cannot be built")
     servers = []
-    with lab_session(PREFIX, node=True, ha=True, kernel=True,
+    with lab_session(PREFIX, node=True, ha=True, kernel=True, advert_interval=ADVERT,
                      config_extra={"services": services()}) as info:
         try:
             for r in REAL_SERVERS:
@@ -250,15 +257,17 @@ def test_burst_loses_no_event_unrepaired_and_the_backup_matches(lab):
                                              "dump_failures")}}
     print("burst:", json.dumps(figures), "gen:", json.dumps(gen), "queue:", json.dumps(queue),
           "held:", json.dumps({k: v for k, v in held.items() if not isinstance(v, (list, dict))}),
-          "roles:", [(n, s0[n].get("role"), s2[n].get("role"), s0[n].get("role_changes"),
-                      s2[n].get("role_changes")) for n in ("a", "b")],
+          "roles:", [(n, s2[n]["role"], len(s2[n]["role_changes"]) - len(s0[n]["role_changes"]))
+                     for n in ("a", "b")],
           "a_est:", len(a_est), "b_est:", len(b_est), "view:", view["totals"], "table:", table["totals"])
     assert gen["ok"] > 1000, gen
+    assert (s2["a"]["role"], s2["b"]["role"]) == ("master", "backup")
+    assert len(s2["b"]["role_changes"]) == len(s0["b"]["role_changes"]), s2["b"]["role_changes"]
     assert drops > 0, figures                      # the burst did lose events in the kernel
     assert figures["overruns"] >= 1 and figures["resyncs"] >= 1, figures
     assert figures["dump_failures"] == 0, figures
     assert view == table, (view, table)
-    # every held connection lives on, none reset (how long one stalled is timing, not judged:
-    # docs/kernel-fast-path.md says what a burst with overruns does to the election)
-    assert (held["connected"], held["reset"], held["connect_failed"]) == (HELD, 0, 0), held
+    # with the roles put, every held connection kept echoing in order (none reset, none
+    # silent for --timeout, 20 s)
+    assert held["ok"] == HELD, held
     assert a_est == b_est and len(a_est) == HELD, (len(a_est), len(b_est), len(a_est ^ b_est))

@@ -118,18 +118,23 @@ def test_mark_binding_forwards_with_one_packet_in_user_space(namespaces):
 
 
 def test_reload_and_exact_removal(namespaces):
-    """Loading twice replaces the rules (one jump, one table); remove() leaves nothing of ours
-    and nothing else is touched."""
+    """Both modes' rules in the one table: loading twice replaces them (one jump, one
+    table); remove() leaves the ruleset exactly as it was, someone else's table and mangle
+    rule included."""
     sh([D, "nft", "add", "table", "inet", "other"])
-    py(D, RULES)
-    py(D, RULES)
-    assert sh([D, "iptables-nft", "-t", "mangle", "-S", "PREROUTING"]).stdout.count("TANDEM_NEW") == 1
-    assert "table inet tandem" in sh([D, "nft", "list", "tables"]).stdout
+    sh([D, "iptables-nft", "-t", "mangle", "-A", "PREROUTING", "-m", "comment", "--comment",
+        "theirs", "-j", "ACCEPT"])
+    before = sh([D, "nft", "list", "ruleset"]).stdout
+    both = RULES.replace("K.TIMEOUTS.defaults())", "K.TIMEOUTS.defaults(), engine=['198.19.10.50'])")
+    py(D, both)
+    py(D, both)
+    assert sh([D, "iptables-nft", "-t", "mangle", "-S", "PREROUTING"]).stdout.count("TANDEM_QUEUE") == 1
+    table = sh([D, "nft", "list", "table", "inet", "tandem"]).stdout
+    assert "198.19.10.50" in table and "chain untracked" in table and "chain guard" in table
+    assert sh([D, "nft", "list", "tables"]).stdout.count("table inet tandem") == 1
     py(D, "from director import kernel_rules as k; k.remove(); k.remove()")
-    tables = sh([D, "nft", "list", "tables"]).stdout
-    assert "tandem" not in tables and "table inet other" in tables
-    assert "TANDEM_NEW" not in sh([D, "iptables-nft", "-t", "mangle", "-S"]).stdout
-    assert "TANDEM_NEW" not in sh([D, "ip6tables-nft", "-t", "mangle", "-S"]).stdout
+    assert sh([D, "nft", "list", "ruleset"]).stdout == before
+    assert "TANDEM" not in sh([D, "ip6tables-nft", "-t", "mangle", "-S"]).stdout
 
 
 def test_reinjected_entry_carries_an_established_flow(namespaces):

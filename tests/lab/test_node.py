@@ -35,8 +35,9 @@ def sh(*argv, check=True):
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
 
 
-def raw_rules() -> str:
-    return sh("ip", "netns", "exec", NS, "iptables", "-w", "-t", "raw", "-S").stdout
+def ruleset() -> str:
+    """The namespace's whole ruleset: tandem's table and the iptables-nft queue chain."""
+    return sh("ip", "netns", "exec", NS, "nft", "list", "ruleset").stdout
 
 
 @pytest.fixture
@@ -70,15 +71,18 @@ def test_node_installs_its_rules_and_removes_them_on_sigterm(netns, tmp_path: Pa
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for_api(proc), proc.stdout.read() if proc.poll() is not None else "no API"
-        rules = raw_rules()
-        assert "-A PREROUTING -j TANDEM" in rules
-        assert "-A TANDEM -d 198.18.9.100/32 -j NOTRACK" in rules
-        assert "-A TANDEM -d 198.18.9.200/32 -j NFQUEUE --queue-num 7" in rules
+        rules = ruleset()
+        # both addresses untracked and marked for the queue, one queue rule matching the mark
+        assert "elements = { 198.18.9.100, 198.18.9.200 }" in rules
+        assert "ip daddr @engine4 notrack meta mark set 0x54450000" in rules
+        mangle = sh("ip", "netns", "exec", NS, "iptables-nft", "-t", "mangle", "-S").stdout
+        assert "-A PREROUTING -j TANDEM_QUEUE" in mangle
+        assert "-A TANDEM_QUEUE -m mark --mark 0x54450000 -j NFQUEUE --queue-num 7" in mangle
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
-    assert "TANDEM" not in raw_rules()
+    assert ruleset() == ""              # nothing of ours left, not even an empty mangle table
     assert "node x: stopped" in out
 
 
@@ -88,4 +92,4 @@ def test_bad_config_names_the_field_and_touches_nothing(netns, tmp_path: Path):
     r = sh("ip", "netns", "exec", NS, *TANDEM, "node", "--config", str(cfg), check=False)
     assert r.returncode == 2
     assert "bad.toml: services[0].real_servers[0].port: must be <= 65535" in r.stderr
-    assert "TANDEM" not in raw_rules()
+    assert ruleset() == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from director import kernel_rules as k
+from director import rules
 
 V4 = k.KernelService("198.18.0.100", "tcp", 80, ("198.18.2.100", "198.18.2.101"))
 V6 = k.KernelService("2001:2::100", "udp", 53, ("2001:2:1::100",))
@@ -65,17 +66,41 @@ def test_chains():
     assert 'ip6 daddr @laddr6 meta l4proto { tcp, udp } counter name "untranslated" drop' in guard
 
 
-def test_queue_rules_per_family():
-    assert k.queue_rules([V4, V6], 3, 4).splitlines() == [
-        "*mangle", ":TANDEM_NEW - [0:0]", "-F TANDEM_NEW",
-        "-A TANDEM_NEW -d 198.18.0.100/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate NEW"
-        " ! --ctstatus CONFIRMED -j NFQUEUE --queue-num 3",
-        "COMMIT"]
-    six = k.queue_rules([V4, V6], 3, 6).splitlines()
-    assert six[3].startswith("-A TANDEM_NEW -d 2001:2::100/128 -p udp -m udp --dport 53 ")
-    assert k.queue_rules([V4], 3, 6).splitlines() == ["*mangle", ":TANDEM_NEW - [0:0]",
-                                                      "-F TANDEM_NEW", "COMMIT"]
+def test_queue_rule_is_one_mark_match_and_the_table_marks_first_packets():
+    """The xt rule (nftables has no queue statement here) is minimal: what carries
+    QUEUE_MARK; the table decides what that is (new, unconfirmed flows to a service)."""
+    assert rules.queue_rules(3).splitlines() == [
+        "*mangle", ":TANDEM_QUEUE - [0:0]", "-F TANDEM_QUEUE",
+        "-A TANDEM_QUEUE -m mark --mark 0x54450000 -j NFQUEUE --queue-num 3", "COMMIT"]
+    queue_new = _block(k.ruleset([V4, V6], []), "chain queue_new")
+    assert queue_new == [
+        "type filter hook prerouting priority -160; policy accept;",
+        "ct state new ct status ! confirmed ip daddr . meta l4proto . th dport @svc4 meta mark set 0x54450000",
+        "ct state new ct status ! confirmed ip6 daddr . meta l4proto . th dport @svc6 meta mark set 0x54450000"]
+    assert k.QUEUE_MARK & k.MARK_PREFIX_MASK != k.MARK_BASE     # never a binding's mark
 
+
+def test_one_table_for_both_modes():
+    text = k.ruleset([V4], [], engine=["198.18.0.50", "198.18.2.50", "2001:2::50"])
+    assert text.count("table inet tandem {\n") == 1
+    assert _block(text, "set engine4")[1] == "elements = { 198.18.0.50, 198.18.2.50 }"
+    assert _block(text, "set engine6")[1] == "elements = { 2001:2::50 }"
+    assert _block(text, "chain untracked") == [
+        "type filter hook prerouting priority -300; policy accept;",
+        "ip daddr @engine4 notrack meta mark set 0x54450000",
+        "ip6 daddr @engine6 notrack meta mark set 0x54450000"]
+    assert _block(text, "chain unmark")[1] == "meta mark 0x54450000 meta mark set 0x00000000"
+    assert len(_block(text, "chain defrag")) == 2 and "chain guard {" in text
+
+
+def test_engine_only_table_has_no_conntrack_expression():
+    """Without kernel-mode services the table must not turn conntrack on in the namespace:
+    no ct expression at all (notrack needs none)."""
+    text = k.ruleset([], [], engine=["198.18.0.50"])
+    assert " ct " not in text and "queue_new" not in text and "guard" not in text
+    assert rules.engine_update(["198.18.0.50", "2001:2::50"]).splitlines() == [
+        "flush set inet tandem engine4", "add element inet tandem engine4 { 198.18.0.50 }",
+        "flush set inet tandem engine6", "add element inet tandem engine6 { 2001:2::50 }"]
 
 def test_marks_are_stable_and_never_reused():
     m = k.Marks()
@@ -101,7 +126,7 @@ def test_unknown_protocol_is_refused():
     with pytest.raises(k.KernelRulesError, match="198.18.0.100:80: protocol 'sctp'"):
         k.ruleset([bad], [])
     with pytest.raises(k.KernelRulesError):
-        k.queue_rules([bad], 1, 4)
+        k.update([bad], [])
 
 
 def test_timeout_policies_from_the_timeouts_section():
