@@ -185,3 +185,22 @@ def proc_cpu_s(pid: int) -> float | None:
         return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def generator_in_background(gen, dst: str, port: int, seconds: float):
+    """Start gen(dst, port, seconds) in a thread: (thread, box, start time).  The box
+    gets the generator's result under "gen", or its error under "error"; a window
+    reads its counters while the generator runs, then joins the thread."""
+    import threading
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["gen"] = gen(dst, port, seconds)
+        except Exception as exc:  # noqa: BLE001 - reported
+            box["error"] = repr(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    t0 = time.monotonic()
+    th.start()
+    return th, box, t0

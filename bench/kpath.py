@@ -146,18 +146,7 @@ def iperf(ns: str, dst: str, streams: int, seconds: float) -> dict[str, Any]:
 
 def udp_window(gen, rs_ns: str, dst: str, seconds: float, warm: float) -> dict[str, Any]:
     """Generator for `seconds`; packets/s counted at rs1 between warm and seconds - 0.3."""
-    import threading
-    box: dict[str, Any] = {}
-
-    def go() -> None:
-        try:
-            box["gen"] = gen(dst, UDP_PORT, seconds)
-        except Exception as exc:  # noqa: BLE001 - reported
-            box["error"] = repr(exc)
-
-    th = threading.Thread(target=go, daemon=True)
-    t0 = time.monotonic()
-    th.start()
+    th, box, t0 = common.generator_in_background(gen, dst, UDP_PORT, seconds)
     time.sleep(warm)
     n1, t1 = _udp_count(rs_ns)
     c1 = common.cpu_times()

@@ -88,18 +88,7 @@ def _window(a_ns: str, gen: Generator, dst: str, port: int, seconds: float, warm
     With the listener's pid, also its CPU time over the window: verdicts per
     CPU-second is the rate it would reach with its core to itself, a figure
     that other work on a shared 2-core box does not lower."""
-    import threading
-    box: dict[str, Any] = {}
-
-    def run_gen() -> None:
-        try:
-            box["gen"] = gen(dst, port, seconds)
-        except Exception as exc:  # noqa: BLE001 - reported
-            box["error"] = repr(exc)
-
-    t = threading.Thread(target=run_gen, daemon=True)
-    t0 = time.monotonic()
-    t.start()
+    t, box, t0 = common.generator_in_background(gen, dst, port, seconds)
     time.sleep(warm)
     c1 = common.nfq_counters(a_ns, QUEUE)
     cpu1 = common.cpu_times()
