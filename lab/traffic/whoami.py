@@ -38,6 +38,10 @@ async def tcp_probe(args) -> dict[str, Any]:
 # tcp-whoami / udp-whoami
 
 
+#: UDP sockets udp-whoami keeps open at once (below the default limit of 1024 files)
+HELD_UDP_SOCKETS = 512
+
+
 class WhoamiStats:
     def __init__(self) -> None:
         self.ok = 0
@@ -147,6 +151,11 @@ async def udp_whoami(args) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     t0 = time.monotonic()
 
+    # Each exchange's socket stays open until the run ends (up to HELD_UDP_SOCKETS of
+    # them), so the OS cannot hand a closed socket's port to a later exchange: every
+    # exchange is a flow of its own, which tests count on.
+    held: list[socket.socket] = []
+
     async def one(_i: int) -> None:
         s = socket.socket(family_of(args.host), socket.SOCK_DGRAM)
         try:
@@ -161,7 +170,13 @@ async def udp_whoami(args) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - counted
             inc(stats.errors, classify(exc))
         finally:
-            s.close()
+            held.append(s)
+            if len(held) > HELD_UDP_SOCKETS:
+                held.pop(0).close()
 
-    await _run_workers(args.count, args.concurrency, dl, one, stats)
+    try:
+        await _run_workers(args.count, args.concurrency, dl, one, stats)
+    finally:
+        for s in held:
+            s.close()
     return stats.result(args.count, "lost", time.monotonic() - t0)
