@@ -14,9 +14,7 @@ from typing import Mapping
 
 from director.persist import Template
 from director.protocol import Protocol
-from director.proxy_dgram import DgramProxy
-from director.seqadj import SeqAdj
-from director.toa import Toa
+from director.client_address import State
 from director.table import ConnTable
 from proto.consts import (ASSURED, FLAG_NAMES, INACTIVE, NOOUTPUT, ONE_PACKET, PROTO_NAMES,
                           STATE_NAMES, SYNCED)
@@ -33,7 +31,7 @@ class Conn:
         "proto", "caddr", "cport", "vaddr", "vport", "laddr", "lport", "daddr", "dport",
         "orig_key", "reply_key", "rw_in", "rw_out", "state", "flags", "dest", "service",
         "expires", "timer_tick", "alive", "created",
-        "in_pkts", "old_state", "sync_endtime", "control", "synack_seq", "seqadj",
+        "in_pkts", "old_state", "sync_endtime", "control", "synack_seq", "client_address_state",
     )
 
     def __init__(self, proto, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
@@ -61,10 +59,9 @@ class Conn:
         self.sync_endtime = 0.0
         self.control: Template | None = None     # the persistence template, if any
         self.synack_seq = -1    # TCP: the server's SYN-ACK sequence number, once seen
-        #: director.seqadj.SeqAdj when the director inserts bytes (a PROXY header) into a TCP
-        #: stream, director.proxy_dgram.DgramProxy on a UDP one's datagrams,
-        #: director.toa.Toa for a TOA option, else None
-        self.seqadj: SeqAdj | DgramProxy | Toa | None = None
+        #: how real servers learn the client's address (director.client_address: a PROXY
+        #: header in the stream or on each datagram, or a TOA option), else None
+        self.client_address_state: State | None = None
 
     def describe(self) -> dict:
         ip = ipaddress.ip_address

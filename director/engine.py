@@ -25,7 +25,8 @@ import logging
 from math import ceil as _ceil
 from typing import Any, Callable, NamedTuple
 
-from director import ctl, proxy_dgram, proxy_insert, toa
+from director import client_address_kinds, ctl
+from director.client_address import State
 from director.config import NodeConfig
 from director.conn import Conn, Connections
 from director.kernel_rules import Marks
@@ -37,7 +38,7 @@ from director.sched import Flow
 from director.service import Service
 from director.sync_apply import SyncApplier
 from proto import packet as P
-from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET, SYN_RECV, TCP, UDP
+from proto.consts import ASSURED, ICMP, ICMPV6, INACTIVE, NOOUTPUT, ONE_PACKET, SYN_RECV
 from proto.fullnat import apply, rewrite_icmp_error
 
 log = logging.getLogger("tandem.engine")
@@ -159,8 +160,9 @@ class Engine:
                     dest.packets_in += 1
                     dest.bytes_in += len(data)
                 conn.in_pkts += 1
-                if conn.seqadj is not None:
-                    return self._proxy_in(conn, conn.seqadj, data, pkt, conn.rw_in, now, state)
+                if conn.client_address_state is not None:
+                    return self._client_address_in(conn, conn.client_address_state, data, pkt,
+                                                   conn.rw_in, now, state)
                 if self.sync_hook is not None:
                     self.sync_hook(conn, conn.in_pkts, now)
                 return apply(data, pkt, conn.rw_in)
@@ -168,9 +170,8 @@ class Engine:
             if dest is not None:
                 dest.packets_out += 1
                 dest.bytes_out += len(data)
-            if conn.seqadj is not None and pkt.proto == TCP:     # UDP replies: unchanged
-                data = (toa.server_to_client if conn.seqadj.__class__ is toa.Toa
-                        else proxy_insert.server_to_client)(conn.seqadj, data, pkt)
+            if conn.client_address_state is not None:
+                data = conn.client_address_state.server_to_client(data, pkt)
             return apply(data, pkt, conn.rw_out)
         except Exception:       # nothing a packet holds may take the engine down
             self.drops["internal_error"] += 1
@@ -249,56 +250,30 @@ class Engine:
         conn.sync_endtime = now
         assert conn.rw_in is not None       # made by bind()
         if svc.client_address != "none":
-            conn.seqadj = adj = (toa.begin(data, pkt) if svc.client_address == "toa" else
-                                 proxy_insert.begin(svc.client_address, data, pkt,
-                                                    svc.client_proxy_header))
-            if adj is not None:
-                return self._proxy_in(conn, adj, data, pkt, conn.rw_in, now)
+            conn.client_address_state = cas = client_address_kinds.begin(svc, data, pkt)
+            if cas is not None:
+                return self._client_address_in(conn, cas, data, pkt, conn.rw_in, now)
         if self.sync_hook is not None:
             self.sync_hook(conn, 1, now)
         return apply(data, pkt, conn.rw_in)
 
-    def _proxy_in(self, conn: Conn, adj, data: bytes, pkt, rw, now: float, was: int = 0) -> bytes | None:
-        """A client packet of a connection with a PROXY header (director.proxy_insert),
-        or a TOA option (director.toa; `was`: its state before the packet).
-        The sync hook runs after the insertion, as ip_vs_in syncs after the transmit,
-        so the entry it sends says whether the header has gone out."""
-        if adj.__class__ is toa.Toa:
-            data, pkt, outcome = toa.client_to_server(adj, data, pkt, was == SYN_RECV)
-            if outcome is toa.DONE:
-                conn.seqadj = None      # the rest of the connection costs what a plain one does
-            elif outcome is not None:
-                self.stats["toa_no_room" if outcome is toa.NO_ROOM else "toa_inserted"] += 1
-                self.stats["toa_pruned"] += outcome is toa.PRUNED
-            if self.sync_hook is not None:
-                self.sync_hook(conn, conn.in_pkts, now)
-            return apply(data, pkt, rw)
-        if pkt.proto == UDP:        # a header on every datagram (director.proxy_dgram)
-            out, counter = proxy_dgram.client_to_server(adj, data, pkt)
-            if self.sync_hook is not None:
-                self.sync_hook(conn, conn.in_pkts, now)
-            if out is None:
-                self.drops[counter] += 1
-                return None
-            self.stats[counter] += 1
-            return apply(out[0], out[1], rw)
-        sent, refused, delta = adj.inserted, adj.refused, adj.delta
-        shifted = proxy_insert.client_to_server(adj, data, pkt)
-        if adj.inserted != sent:
-            self.stats["proxy_headers" if sent == 0 else "proxy_headers_resent"] += 1
-        elif adj.refused != refused:
-            self.stats["proxy_headers_refused"] += 1
-        elif adj.delta != delta:
-            self.stats["proxy_headers_passed"] += 1
+    def _client_address_in(self, conn: Conn, cas: State, data: bytes, pkt, rw, now: float,
+                           was: int = 0) -> bytes | None:
+        """A client packet of a connection with client-address state (director.client_address;
+        `was`: the connection's state before the packet).  The sync hook runs after the
+        state saw the packet, as ip_vs_in syncs after the transmit, so the entry it sends
+        says whether a PROXY header has gone out."""
+        out, pkt, event = cas.client_to_server(data, pkt, was == SYN_RECV)
+        if event is not None:
+            for name in event.stats:
+                self.stats[name] += 1
+            if event.drop is not None:
+                self.drops[event.drop] += 1
+            if event.release:
+                conn.client_address_state = None    # from now on it costs what a plain one does
         if self.sync_hook is not None:
             self.sync_hook(conn, conn.in_pkts, now)
-        if shifted is None:
-            self.drops["bad_checksum"] += 1
-            return None
-        if shifted is proxy_insert.REFUSED:
-            self.drops["proxy_refused"] += 1
-            return None
-        return apply(shifted[0], shifted[1], rw)
+        return None if out is None else apply(out, pkt, rw)
 
     def _hand_to_kernel(self, data: bytes, pkt, svc: Service, dest, template, now: float) -> Mark | None:
         """A new flow of a kernel-mode service: the same scheduling, persistence and
@@ -364,7 +339,8 @@ class Engine:
                                       conn.daddr, conn.laddr, conn.dport, conn.lport)
         # about a packet we sent the real server: its sequence number is in the server's
         # space when a PROXY header shifted it, and the client's stack wants its own
-        shift, mtu = (0, 0) if conn.seqadj is None else proxy_insert.quoted_shifts(conn.seqadj, data, inner)
+        cas = conn.client_address_state
+        shift, mtu = (0, 0) if cas is None else cas.quoted_shifts(data, inner)
         return rewrite_icmp_error(data, pkt, conn.vaddr, conn.caddr,
                                   conn.caddr, conn.vaddr, conn.cport, conn.vport,
                                   inner_seq_delta=shift, mtu_delta=mtu)

@@ -21,15 +21,15 @@ taken as the client's.  An ICMP "too big" from the back segment about a datagram
 carried the header reaches the client with the MTU lowered by the header's length
 (`mtu_shift`), so the client's next datagrams leave room for it.
 
-The object stands in the connection's `seqadj` slot, where the TCP half keeps its
-SeqAdj: a plain connection still pays one attribute test per packet.  It has the
-few attributes the sync policy and the ICMP path read there (nothing to announce,
-no sequence shift).
+The object is the connection's client-address state (director.client_address),
+where the TCP half keeps its StreamHeader: a plain connection still pays one
+attribute test per packet.  Nothing to announce to the peer, no sequence shift.
 """
 from __future__ import annotations
 
 import struct
 
+from director.client_address import Event
 from proto import packet as P
 from proto import proxy
 from proto.checksum import ones_sum, update
@@ -52,11 +52,10 @@ class DgramProxy:
 
     __slots__ = ("header", "csum_add", "own_passes")
 
-    #: read by the sync policy and proto.sync on whatever stands in the seqadj slot:
-    #: a datagram header has nothing the peer must be told at once
+    #: the sync policy's (director.client_address.State): a datagram header has
+    #: nothing the peer must be told at once
     decided = False
     announced = True
-    refused = False
 
     def __init__(self, header: bytes, own_passes: bool = False) -> None:
         self.header = header
@@ -66,9 +65,27 @@ class DgramProxy:
         #: through as it came (else it is dropped): never two headers
         self.own_passes = own_passes
 
+    def client_to_server(self, data: bytes, pkt, handshake: bool):
+        out, counter = client_to_server(self, data, pkt)
+        if out is None:
+            return None, pkt, _EVENTS[counter]
+        return out[0], out[1], _EVENTS[counter]
+
+    @staticmethod
+    def server_to_client(data: bytes, pkt) -> bytes:
+        """Replies pass unchanged."""
+        return data
+
+    def quoted_shifts(self, data: bytes, inner) -> tuple[int, int]:
+        return 0, mtu_shift(self)
+
     def sync_option(self) -> None:
         """No entry option: the peer writes the same header from the entry's addresses."""
         return None
+
+    @staticmethod
+    def take_sync(option: tuple) -> bool:
+        return False        # a datagram flow has no stream to shift
 
 
 def begin(mode: str, pkt, own_header: str = "refuse") -> DgramProxy | None:
@@ -91,6 +108,8 @@ def for_conn(caddr: bytes, cport: int, vaddr: bytes, vport: int,
 #: the first answer is a packet, a drop reason when it is None)
 SENT, PASSED = "proxy_dgram_headers", "proxy_headers_passed"
 TOO_BIG, REFUSED = "proxy_dgram_too_big", "proxy_refused"
+_EVENTS = {SENT: Event((SENT,)), PASSED: Event((PASSED,)),
+           TOO_BIG: Event((), TOO_BIG), REFUSED: Event((), REFUSED)}
 
 
 def client_to_server(dp: DgramProxy, data: bytes, pkt):

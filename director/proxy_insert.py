@@ -1,8 +1,9 @@
 """The client's address for real servers: a PROXY header in front of a TCP stream.
 
 The packet half of `client_address = "proxy-v1" | "proxy-v2"` (engine forwarding).
-The engine calls in here only for connections that carry a `SeqAdj`
-(director.seqadj), so a plain service pays one attribute test per packet.
+Its state is a `StreamHeader` (director.seqadj's shift, and the packet work done
+with it), the connection's client-address state (director.client_address): a plain
+service pays one attribute test per packet.
 
 - `begin` makes the state on the client's SYN: the header names the client and
   the VIP it connected to, and goes in front of the byte after the SYN.
@@ -26,15 +27,15 @@ from __future__ import annotations
 
 import struct
 
-from director import proxy_dgram
+from director.client_address import Event
 from director.seqadj import SeqAdj
 from proto import packet as P
 from proto import proxy
 from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
-from proto.consts import TCP, UDP
+from proto.consts import TCP
 
-__all__ = ["MODES", "OWN_HEADER", "REFUSED", "begin", "resume", "client_to_server", "server_to_client",
-           "quoted_seq_shift", "quoted_shifts"]
+__all__ = ["MODES", "OWN_HEADER", "REFUSED", "StreamHeader", "begin", "resume", "client_to_server",
+           "server_to_client", "quoted_seq_shift"]
 
 #: the modes of `client_address` this module serves, by the PROXY version they write
 MODES = {"proxy-v1": 1, "proxy-v2": 2}
@@ -50,19 +51,64 @@ _H = struct.Struct("!H")
 _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_SACK = 0, 1, 2, 5
 
 
-def begin(mode: str, data: bytes, pkt, own_header: str = "refuse"):
+#: what a client segment did (director.client_address.Event), by what changed
+_SENT = Event(("proxy_headers",))
+_RESENT = Event(("proxy_headers_resent",))
+_PASSED = Event(("proxy_headers_passed",))
+_REFUSED_NOW = Event(("proxy_headers_refused",), "proxy_refused")
+_REFUSED_AGAIN = Event((), "proxy_refused")
+_BAD_CHECKSUM = Event((), "bad_checksum")
+
+
+class StreamHeader(SeqAdj):
+    """A TCP connection's PROXY header and shift, as director.client_address.State."""
+
+    __slots__ = ()
+
+    def client_to_server(self, data: bytes, pkt, handshake: bool):
+        sent, refused, delta_ = self.inserted, self.refused, self.delta
+        shifted = client_to_server(self, data, pkt)
+        if shifted is None:
+            return None, pkt, _BAD_CHECKSUM
+        if shifted is REFUSED:
+            return None, pkt, _REFUSED_NOW if self.refused != refused else _REFUSED_AGAIN
+        if self.inserted != sent:
+            event = _SENT if sent == 0 else _RESENT
+        elif self.delta != delta_:
+            event = _PASSED
+        else:
+            event = None
+        return shifted[0], shifted[1], event
+
+    def server_to_client(self, data: bytes, pkt) -> bytes:
+        return server_to_client(self, data, pkt)
+
+    def quoted_shifts(self, data: bytes, inner) -> tuple[int, int]:
+        return quoted_seq_shift(self, data, inner), 0
+
+    def take_sync(self, option: tuple) -> bool:
+        """The peer's shift for the same insertion point keeps our counts; it only
+        teaches that the header went out (an insertion point moves only with a new
+        connection, which replaced ours)."""
+        if self.state() != tuple(option[:3]):
+            return False
+        if option[3] and not self.decided:
+            self.inserted = 1
+        self.announced = self.announced or bool(option[3])
+        self.refused = self.refused or option[5]
+        return True
+
+
+def begin(mode: str, data: bytes, pkt, own_header: str = "refuse") -> StreamHeader | None:
     """The state for a new connection opened by this client SYN (None: the mode writes
     no header, or the packet is no SYN).  `own_header` (OWN_HEADER): what to do if the
-    client's first bytes are a PROXY header of its own.  A UDP connection's first
-    datagram gets director.proxy_dgram's state instead (a header on every datagram)."""
-    if pkt.proto == UDP:
-        return proxy_dgram.begin(mode, pkt, own_header)
+    client's first bytes are a PROXY header of its own."""
     version = MODES.get(mode)
     if version is None or pkt.proto != TCP or not pkt.flags & _SYN or pkt.flags & _ACK:
         return None
     isn = _L.unpack_from(data, pkt.l4 + 4)[0]
     header = proxy.encode(version, pkt.src, pkt.dst, pkt.sport, pkt.dport)
-    adj = SeqAdj(isn + 1, header)
+    adj = StreamHeader(isn + 1, header)
     adj.own_passes = own_header == "pass"
     return adj
 
@@ -73,7 +119,7 @@ def _own_header(payload: bytes) -> bool:
     return payload[:6] == b"PROXY " or payload[:12] == proxy.SIGNATURE
 
 
-def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) -> SeqAdj | None:
+def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) -> StreamHeader | None:
     """The shift of a connection learned from the peer (the sync entry option "seq":
     init_seq, delta, previous_delta, sent, version): the same header written again, so a
     retransmitted first segment gets exactly what the peer put in the stream.  None when
@@ -86,7 +132,7 @@ def resume(option: tuple, caddr: bytes, cport: int, vaddr: bytes, vport: int) ->
         header = proxy.encode(version, caddr, vaddr, cport, vport)
         if len(header) != delta_ - previous_delta:
             return None
-    adj = SeqAdj(init_seq, header, previous_delta)
+    adj = StreamHeader(init_seq, header, previous_delta)
     adj.refused = refused
     if sent:
         adj.inserted = 1 if header else 0
@@ -209,15 +255,6 @@ def _options(adj: SeqAdj, out: bytearray, i: int, end: int, syn: int) -> None:
             mss = _H.unpack_from(out, i + 2)[0]
             _H.pack_into(out, i + 2, max(mss - adj.delta, 64))
         i += size
-
-
-def quoted_shifts(adj, data: bytes, inner) -> tuple[int, int]:
-    """(quoted_seq_shift, how much lower the MTU of a "too big" error must be at the
-    client) for an ICMP error about a packet of this connection sent to the real server:
-    a UDP datagram carried the header, and the client must leave room for it."""
-    if inner.proto == UDP:
-        return 0, proxy_dgram.mtu_shift(adj)
-    return quoted_seq_shift(adj, data, inner), 0
 
 
 def quoted_seq_shift(adj: SeqAdj, data: bytes, inner) -> int:

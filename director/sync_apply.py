@@ -7,10 +7,9 @@ accounting is the same as for a connection this node scheduled itself.
 """
 from __future__ import annotations
 
-from director import proxy_dgram, proxy_insert, toa
+from director import client_address_kinds, proxy_insert
 from director.conn import Conn, Connections
 from director.persist import Templates, template_key
-from director.seqadj import SeqAdj
 from proto.consts import (ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, SYN_RECV, SYNC_FLAGS, SYNCED,
                           TCP, TIME_WAIT, UDP)
 from proto.packet import flow_key
@@ -86,12 +85,8 @@ class SyncApplier:
             if svc is not None and dest is not None:
                 conns.bind(conn, svc, dest, now)
                 svc.laddrs.claim(proto, laddr, daddr, dport, lport)
-                if proto == UDP and svc.client_address in proxy_dgram.MODES:
-                    # no option carries it: the header follows from the entry's addresses
-                    conn.seqadj = proxy_dgram.for_conn(caddr, cport, vaddr, vport,
-                                                       svc.client_proxy_header)
-                elif svc.client_address == "toa":   # rebuilt from the entry, nothing synced
-                    conn.seqadj = toa.synced(conn)
+                if svc.client_address != "none":
+                    conn.client_address_state = client_address_kinds.synced(svc, conn)
             else:
                 conns.keep_unbound(conn, now)
                 st["unbound"] += 1
@@ -125,17 +120,13 @@ class SyncApplier:
         insertion point can move only with a new connection, which replaced ours)."""
         if conn.proto != TCP:       # no stream to shift: a datagram flow ignores the option
             return
-        adj = conn.seqadj
-        if isinstance(adj, SeqAdj) and adj.state() == seq[:3]:
-            if seq[3] and not adj.decided:
-                adj.inserted = 1
-            adj.announced = adj.announced or bool(seq[3])
-            adj.refused = adj.refused or seq[5]
+        held = conn.client_address_state
+        if held is not None and held.take_sync(seq):
             return
         adj = proxy_insert.resume(seq, conn.caddr, conn.cport, conn.vaddr, conn.vport)
         if adj is None:
             self.stats["seq_refused"] += 1
-        conn.seqadj = adj
+        conn.client_address_state = adj
 
     def _apply_template(self, proto, caddr, vaddr, vport, daddr, dport, timeout, now) -> str:
         """A persistence template from the peer: pin the client here too, keyed

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import struct
 
+from director.client_address import Event
 from proto import packet as P
 from proto.checksum import fold, ones_sum, update
 from proto.consts import TCP
@@ -58,6 +59,10 @@ INSERTED, PRUNED, NO_ROOM = "inserted", "pruned", "no_room"
 #: ...or: the real server has shown it holds the connection's socket (it sent something
 #: other than its SYN-ACK), so no later segment can create it: the TOA state can go
 DONE = "done"
+#: the engine's counts of each (director.client_address.Event)
+_EVENTS = {None: None, INSERTED: Event(("toa_inserted",)),
+           PRUNED: Event(("toa_inserted", "toa_pruned")),
+           NO_ROOM: Event(("toa_no_room",)), DONE: Event(release=True)}
 
 _SYN, _RST, _ACK = 0x02, 0x04, 0x10
 _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_TS = 0, 1, 2, 8
@@ -73,10 +78,9 @@ def option(caddr: bytes, cport: int) -> bytes:
 
 
 class Toa:
-    """One connection's TOA state, kept in Conn.seqadj (the connection's
-    client-address state) so a plain service pays no extra attribute test per
-    packet.  It shifts no sequence number: what the PROXY path asks of a SeqAdj
-    (the sync option, the ICMP quote's shift) answers "nothing"."""
+    """One connection's TOA state, its client-address state (director.client_address),
+    so a plain service pays no extra attribute test per packet.  It shifts no sequence
+    number: the ICMP quote's shift is none."""
 
     __slots__ = ("option", "fdata", "inserted", "done")
 
@@ -93,14 +97,24 @@ class Toa:
         #: the real server sent a segment other than a SYN-ACK or RST: its socket exists
         self.done = False
 
+    def client_to_server(self, data: bytes, pkt, handshake: bool):
+        data, pkt, outcome = client_to_server(self, data, pkt, handshake)
+        return data, pkt, _EVENTS[outcome]
+
+    def server_to_client(self, data: bytes, pkt) -> bytes:
+        return server_to_client(self, data, pkt)
+
+    @staticmethod
+    def quoted_shifts(data: bytes, inner) -> tuple[int, int]:
+        return 0, 0
+
     def sync_option(self) -> None:
         """No sync entry option: the peer rebuilds the option from the entry's address."""
         return None
 
     @staticmethod
-    def ack_out(ack: int) -> int:
-        """An acknowledgement number in the client's space: unchanged (no shift)."""
-        return ack
+    def take_sync(option: tuple) -> bool:
+        return False        # a PROXY shift from the peer replaces TOA state
 
 
 def begin(data: bytes, pkt) -> Toa | None:

@@ -185,7 +185,7 @@ class SyncEntry:
         connection is not given a fresh full timeout on the peer.
         """
         t = time_left(conn, now, timeout)
-        adj = conn.seqadj
+        adj = conn.client_address_state
         return cls(conn.proto, conn.state, conn.flags & _ENTRY_FLAGS,
                    bytes(conn.caddr), conn.cport, bytes(conn.vaddr), conn.vport,
                    bytes(conn.laddr), conn.lport, bytes(conn.daddr), conn.dport,
@@ -313,7 +313,7 @@ def pack_conn(conn, now: float, timeout: float) -> bytes:
     wire = [conn.proto, conn.state, conn.flags & _ENTRY_FLAGS, conn.caddr, conn.cport,
             conn.vaddr, conn.vport, conn.laddr, conn.lport, conn.daddr,
             conn.dport, int(t) if t.is_integer() else t, False, conn.in_pkts]
-    adj = conn.seqadj
+    adj = conn.client_address_state
     if adj is not None:
         seq = adj.sync_option()
         if seq is not None:

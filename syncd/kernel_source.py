@@ -67,7 +67,7 @@ class _Flow:
     with every other flow of that binding (bench.kmem: a Tuple per flow cost ~250 bytes)."""
     __slots__ = ("key", "proto", "state", "old_state", "sync_endtime", "created", "reply",
                  "status", "sent", "due")
-    seqadj = None       # a kernel-forwarded flow never carries a PROXY sequence shift
+    client_address_state = None     # a kernel-forwarded flow never carries a PROXY sequence shift
 
     def __init__(self, key: ct.Tuple, now: float) -> None:
         self.key = key

@@ -45,7 +45,7 @@ client port whose old entry had passed packet 3, or a handshake slower than thre
 packets.  A failover in that window loses a connection the client saw open.
 
 A third departure follows IPVS's own intent for its sequence data: a connection
-that carries a PROXY header (conn.seqadj) is sent URGENT on the packet that first
+that carries a PROXY header (conn.client_address_state) is sent URGENT on the packet that first
 carries the header, whatever its state and packet count, so the peer learns the
 shift within one datagram of the header going out.
 """
@@ -113,7 +113,7 @@ class SyncPolicy:
         timeout_j = round(timeout * HZ)
         n = (now_j + timeout_j) & ~3
         state = conn.state
-        adj = getattr(conn, "seqadj", None)     # (a kernel-mode flow has none)
+        adj = getattr(conn, "client_address_state", None)     # (a kernel-mode flow has none)
         if adj is not None and adj.decided and not adj.announced:
             # the PROXY header has just gone out (or the client's own was passed or
             # refused): the peer must know now, or a takeover would send a second one

@@ -126,7 +126,7 @@ def test_a_plain_service_is_untouched():
     synack = c.reply("SA", 5000, 1001, options=[("MSS", 1460)])
     assert dict(synack[TCP].options)["MSS"] == 1460
     assert bytes(c.send("PA", 1001, 5001, b"hello")[TCP].payload) == b"hello"
-    assert next(iter(eng.table)).seqadj is None
+    assert next(iter(eng.table)).client_address_state is None
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -163,7 +163,7 @@ def test_the_backup_continues_the_shift_without_a_second_header():
     assert bytes(first[TCP].payload) == header + b"0123456789abcdefXYZ"
     pair.poll()                         # the same instant: the urgent entry goes now
     conn = b.index[next(iter(a.table)).orig_key]
-    assert conn.seqadj is not None and conn.seqadj.sync_option() == (0xFFFF_FFF1, 28, 0, True, 2, False)
+    assert conn.client_address_state is not None and conn.client_address_state.sync_option() == (0xFFFF_FFF1, 28, 0, True, 2, False)
     assert (conn.laddr, conn.lport) == (pk(laddr), lport)
 
     # a dies; b answers every packet, a (frozen copy of the master) says what it would have
@@ -198,14 +198,14 @@ def test_a_connection_synced_before_its_first_byte_gets_its_header_from_the_back
     assert client(a, "A", 1001, 5001, t=2.0)
     pair.poll()
     conn = b.index[next(iter(a.table)).orig_key]
-    assert conn.seqadj.sync_option() == (1001, 28, 0, False, 2, False)
+    assert conn.client_address_state.sync_option() == (1001, 28, 0, False, 2, False)
     first = IP(client(b, "PA", 1001, 5001, b"hi", t=2.5))
     assert bytes(first[TCP].payload) == proxy.encode(2, CLIENT, VIP, 40000, 81) + b"hi"
     assert b.stats["proxy_headers"] == 1
     pair.t = 2.5
     pair.poll()
     back = a.index[conn.orig_key]
-    assert back.seqadj.inserted == 1 and back.seqadj.announced      # a learned it was sent
+    assert back.client_address_state.inserted == 1 and back.client_address_state.announced      # a learned it was sent
     assert client(a, "PA", 1003, 5001, b"x", t=2.6) == client(b, "PA", 1003, 5001, b"x", t=2.6)
 
 
@@ -221,7 +221,7 @@ def test_a_bulk_resync_carries_the_shift():
     pair.deliver("b", fresh.receiver.start(2.1))
     pair.run(2.1, 4.0)
     conn = fresh.engine.index[next(iter(a.table)).orig_key]
-    assert conn.seqadj is not None and conn.seqadj.sync_option() == (1001, 28, 0, True, 2, False)
+    assert conn.client_address_state is not None and conn.client_address_state.sync_option() == (1001, 28, 0, True, 2, False)
 
 
 def test_an_option_whose_header_length_differs_is_counted_and_not_used():
@@ -229,7 +229,7 @@ def test_an_option_whose_header_length_differs_is_counted_and_not_used():
     kw = entry((1001, 29, 0, True, 2, False)).apply_kwargs()     # a v2 IPv4 header is 28 bytes
     assert b.apply_synced(now=1.0, **kw) == "created"
     assert b.sync_stats["seq_refused"] == 1
-    assert next(iter(b.table)).seqadj is None
+    assert next(iter(b.table)).client_address_state is None
 
 
 # == a client that sends its own PROXY header ===========================================
@@ -257,7 +257,7 @@ def test_refuse_drops_the_clients_own_header_and_the_backup_keeps_refusing():
     assert a.stats["proxy_headers"] == 0
     pair.poll()                         # urgent: the same instant
     conn = b.index[next(iter(a.table)).orig_key]
-    assert conn.seqadj.refused and conn.seqadj.sync_option()[5] is True
+    assert conn.client_address_state.refused and conn.client_address_state.sync_option()[5] is True
     assert client(b, "PA", 1001, 5001, OWN, t=3.0) is None          # after a takeover
     assert b.stats["proxy_headers"] == 0 and b.drops["proxy_refused"] == 1
 
@@ -277,7 +277,7 @@ def test_pass_lets_the_clients_own_header_through_alone_on_both_nodes():
     assert a.stats["proxy_headers_passed"] == 1 and a.stats["proxy_headers"] == 0
     pair.poll()
     conn = b.index[next(iter(a.table)).orig_key]
-    assert conn.seqadj.sync_option()[:4] == (1001, 0, 0, True)
+    assert conn.client_address_state.sync_option()[:4] == (1001, 0, 0, True)
     again = IP(client(b, "PA", 1001, 5001, OWN, t=3.0))
     assert bytes(again[TCP].payload) == OWN and again[TCP].seq == 1001
     assert b.stats["proxy_headers"] == 0 and b.stats["proxy_headers_resent"] == 0

@@ -242,7 +242,7 @@ def test_any_entries_pack_within_the_payload_and_round_trip(specs, max_payload):
 
 
 class _Shift:
-    """What proto.sync reads of a director.seqadj.SeqAdj: its sync option."""
+    """What proto.sync reads of a director.proxy_insert.StreamHeader: its sync option."""
     def __init__(self, option):
         self.option = option
 
@@ -266,7 +266,7 @@ def test_pack_conn_is_pack_entry_of_from_conn(expires, now, timeout, v6, option)
              a("198.18.2.21"), 8080)
     c.state, c.flags, c.in_pkts, c.expires = 3, ASSURED | SYNCED | INACTIVE, 7, expires
     if option is not None:
-        c.seqadj = _Shift(option)
+        c.client_address_state = _Shift(option)
     assert S.pack_conn(c, now, timeout) == S.pack_entry(SyncEntry.from_conn(c, now, timeout))
     # addresses held as bytearray (from_conn copies them to bytes; pack_conn does not need to)
     c.caddr, c.daddr = bytearray(c.caddr), bytearray(c.daddr)

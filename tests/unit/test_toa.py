@@ -77,7 +77,7 @@ def test_the_handshake_ack_and_early_data_carry_the_clients_address(client, vip,
     assert c.reply("PA", 5001, 1019)[TCP].ack == 1019
     later = c.send("A", 1019, 5101)                             # the server has sent data
     assert toa_of(later) is None and later[TCP].dataofs == 5
-    assert next(iter(eng.table)).seqadj is None         # no TOA state, no per-packet cost left
+    assert next(iter(eng.table)).client_address_state is None         # no TOA state, no per-packet cost left
 
 
 def test_an_upload_carries_it_only_until_the_server_acks():
@@ -92,7 +92,7 @@ def test_an_upload_carries_it_only_until_the_server_acks():
     c.reply("A", 5001, 1101)                                    # the server acks, no data
     more = c.send("PA", 1101, 5001, b"y" * 100)
     assert toa_of(more) is None and more[TCP].dataofs == 5
-    assert next(iter(eng.table)).seqadj is None and eng.stats["toa_inserted"] == 2
+    assert next(iter(eng.table)).client_address_state is None and eng.stats["toa_inserted"] == 2
     assert toa_of(c.send("R", 1019, 0)) is None
     assert (eng.stats["toa_inserted"], eng.stats["toa_pruned"], eng.stats["toa_no_room"]) == (2, 0, 0)
 
