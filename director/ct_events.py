@@ -103,26 +103,69 @@ def dump(timeout: float = 5.0, family: int = socket.AF_UNSPEC) -> list[ct.Conntr
 
 
 def _dump_once(timeout: float, family: int) -> tuple[list[ct.Conntrack], bool]:
-    seq = int(time.monotonic() * 1000) & 0xFFFFFFFF
-    interrupted = False
     entries: list[ct.Conntrack] = []
-    with _netlink() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        sock.bind((0, 0))
-        sock.send(ct.dump_request(seq, family))
+    with DumpReader(family) as reader:
         deadline = time.monotonic() + timeout
-        while True:
+        while not reader.done:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
+            if left <= 0 or not select.select([reader], [], [], left)[0]:
                 raise TimeoutError(f"conntrack dump not done after {timeout} s")
-            for m in ct.decode(sock.recv(1 << 20)):
-                if isinstance(m, ct.Done) and m.seq == seq:
-                    return entries, interrupted
-                if isinstance(m, ct.Ack) and m.seq == seq and m.errno:
+            entries += reader.read(limit=BATCH)
+        return entries, reader.interrupted
+
+
+class DumpReader:
+    """One dump of the table, read without blocking, at most `limit` datagrams per read():
+    the node reads it on the loop that sends VRRP adverts, a slice per turn (the kernel
+    walks the table as it is read: a datagram of ~32 KiB, about a hundred entries, each).
+    `done` once the dump's end was read; `interrupted` if the kernel flagged it
+    (NLM_F_DUMP_INTR: the table changed while it was walked)."""
+
+    def __init__(self, family: int = socket.AF_UNSPEC) -> None:
+        self.seq = int(time.monotonic() * 1000) & 0xFFFFFFFF
+        self.sock = _netlink()
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            self.sock.bind((0, 0))
+            self.sock.send(ct.dump_request(self.seq, family))
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+        self.done = self.interrupted = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, limit: int = 1) -> list[ct.Conntrack]:
+        """The entries of at most `limit` datagrams waiting (none when nothing waits).
+        Raises OSError when the kernel refused the dump."""
+        entries: list[ct.Conntrack] = []
+        for _ in range(limit):
+            if self.done:
+                break
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            for m in ct.decode(data):
+                if isinstance(m, ct.Done) and m.seq == self.seq:
+                    self.done = True
+                elif isinstance(m, ct.Ack) and m.seq == self.seq and m.errno:
                     raise OSError(m.errno, f"conntrack dump refused: {errno.errorcode.get(m.errno)}")
-                if isinstance(m, ct.Message) and m.seq == seq:
-                    interrupted = interrupted or bool(m.flags & NLM_F_DUMP_INTR)
+                elif isinstance(m, ct.Message) and m.seq == self.seq:
+                    self.interrupted = self.interrupted or bool(m.flags & NLM_F_DUMP_INTR)
                     entries.append(m.ct)
+        return entries
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "DumpReader":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 #: requests in flight at once (each is acknowledged)

@@ -27,12 +27,23 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Generator, Iterable, Iterator, NamedTuple
 
 from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK, Marks
 from proto import ctnetlink as ct
 
 log = logging.getLogger("tandem.kernel_flows")
+#: entries per step of a resync done in steps (KernelFlows.resync_steps)
+RESYNC_STEP = 256
+
+
+def _finish(steps: Generator[None, None, int]) -> int:
+    """Run steps to their end, all at once; their result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class Flow(NamedTuple):
@@ -85,14 +96,18 @@ class KernelFlows:
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
                                     "resyncs", "repaired", "adopted", "watcher_errors"), 0)
         self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
-        self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]], None]] = []
+        self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]],
+                                             Iterator[None] | None]] = []
 
     def watch(self, fn: Callable[[ct.Message, Flow | None], None]) -> None:
         """Call fn(message, flow) for every event about one of tandem's flows."""
         self._watchers.append(fn)
 
-    def watch_resync(self, fn: Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]], None]) -> None:
-        """Call fn(flows, entries) after every resync (the view rebuilt from dump `entries`)."""
+    def watch_resync(self, fn: Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]],
+                                        Iterator[None] | None]) -> None:
+        """Call fn(flows, entries) after every resync (the view rebuilt from dump `entries`).
+        A watcher with much to do returns an iterator: its work, one small step per next(),
+        run as part of the resync's steps (all at once by `resync` and `adopt`)."""
         self._resync_watchers.append(fn)
 
     def _count(self, key: ct.Tuple, f: Flow, delta: int) -> None:
@@ -169,7 +184,15 @@ class KernelFlows:
     def resync(self, entries: Iterable[ct.Conntrack]) -> int:
         """Replace the view with a dump of the kernel's table; return how many flows it
         added, removed or changed."""
-        changed = self._replace(list(entries))
+        return _finish(self.resync_steps(list(entries)))
+
+    def resync_steps(self, entries: list[ct.Conntrack],
+                     step: int = RESYNC_STEP) -> Generator[None, None, int]:
+        """The same repair as `resync`, in small steps: each next() does the work of at most
+        `step` entries (director.kernel_repair runs it a slice per loop turn); returns what
+        `resync` returns.  The view stays the old one until every entry is in, then it is
+        swapped whole; the resync watchers' steps follow."""
+        changed = yield from self._replace(entries, step)
         self.stats["resyncs"] += 1
         self.stats["repaired"] += changed
         return changed
@@ -178,29 +201,50 @@ class KernelFlows:
         """At start: take the flows of a dump that carry tandem's marks (a predecessor's,
         still forwarded by the kernel) as the view; return how many.  Not a repair: the
         view was empty because the node had just started, not because events were lost."""
-        self._replace(list(entries))
+        _finish(self._replace(list(entries), RESYNC_STEP))
         self.stats["adopted"] += len(self.flows)
         return len(self.flows)
 
-    def _replace(self, entries: list[ct.Conntrack]) -> int:
-        fresh = {}
-        for c in entries:
-            f = _flow(c)
-            if f is not None:
-                assert c.orig is not None       # _flow checked it
-                fresh[c.orig] = f
-        changed = sum(1 for k, f in fresh.items() if self.flows.get(k) != f)
-        changed += sum(1 for k in self.flows if k not in fresh)
-        self.dirty |= set(self.by_service)
-        self.flows = {}
-        self.counts = {}
-        self.by_service = {}
-        for k, f in fresh.items():
-            self._set(k, f)
+    def _replace(self, entries: list[ct.Conntrack], step: int) -> Generator[None, None, int]:
+        fresh: dict[ct.Tuple, Flow] = {}
+        changed = 0
+        old = self.flows
+        for i in range(0, len(entries), step):
+            for c in entries[i:i + step]:
+                f = _flow(c)
+                if f is not None:
+                    assert c.orig is not None       # _flow checked it
+                    fresh[c.orig] = f
+            yield
+        new = list(fresh.items())
+        for i in range(0, len(new), step):
+            changed += sum(1 for k, f in new[i:i + step] if old.get(k) != f)
+            yield
+        keys = list(old)
+        for i in range(0, len(keys), step):
+            changed += sum(1 for k in keys[i:i + step] if k not in fresh)
+            yield
+        # nothing reads a half-built view: the counts are built aside, then swapped in at once
+        counts: dict[int, list[int]] = {}
+        by_service: dict[tuple[int, bytes, int, int], list[int]] = {}
+        items = list(fresh.items())
+        for i in range(0, len(items), step):
+            for k, f in items[i:i + step]:
+                j = 0 if f.active else 1
+                counts.setdefault(f.mark, [0, 0])[j] += 1
+                by_service.setdefault((k.proto, k.dst, k.dport, f.mark), [0, 0])[j] += 1
+            yield
+        self.dirty |= set(self.by_service) | set(by_service)
+        self.flows, self.counts, self.by_service = fresh, counts, by_service
         self.needs_resync = False
         for rfn in self._resync_watchers:
             try:
-                rfn(self.flows, entries)
+                more = rfn(self.flows, entries)
+                while more is not None:
+                    yield
+                    next(more)
+            except StopIteration:
+                pass
             except Exception:
                 self.stats["watcher_errors"] += 1
                 log.exception("kernel flows: a watcher failed on a resync")

@@ -41,7 +41,7 @@ resync with its whole kernel table (`snapshot` and `to_entry`, as the engine's s
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from proto import ctnetlink as ct
 from proto.consts import ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, NONE, TCP, TCP_SYNC_STATES, UDP
@@ -52,6 +52,8 @@ from syncd.policy import URGENT, SyncPolicy
 MIN_REFRESH = 10.0
 #: s, the timeout that tells the peer a flow has ended (IPVS's shortest real one is 2 s)
 END_TIMEOUT = 0.0
+#: dump entries per step of a resync done in steps (`resync_steps`)
+RESYNC_STEP = 128
 #: refreshes handed out per poll at most (the rest stay due for the next one)
 POLL_LIMIT = 2048
 
@@ -251,17 +253,30 @@ class KernelSyncSource:
     def resync(self, entries: Iterable[ct.Conntrack], now: float) -> Out:
         """After lost events: make the view what a dump of the kernel's table shows, and
         send what changed (new flows, state changes, ends), as the events would have."""
+        return [x for out in self.resync_steps(list(entries), now) for x in out]
+
+    def resync_steps(self, entries: list[ct.Conntrack], now: float,
+                     step: int = RESYNC_STEP) -> Iterator[Out]:
+        """`resync` in steps of at most `step` entries, each step's entries yielded (the
+        node runs them a slice per loop turn, between which nothing else changes the view
+        but refreshes)."""
         self.stats["resyncs"] += 1
-        out: Out = []
         seen = set()
-        for c in entries:
-            if c.orig is None:
-                continue
-            seen.add(c.orig)
-            out += self.apply(ct.Message(ct.MSG_NEW, 0, 0, c.orig.family, c), now)
-        for key in [k for k in self.flows if k not in seen]:
-            self._end(key, now, out, quiet=False)
-        return out
+        for i in range(0, len(entries), step):
+            out: Out = []
+            for c in entries[i:i + step]:
+                if c.orig is None:
+                    continue
+                seen.add(c.orig)
+                out += self.apply(ct.Message(ct.MSG_NEW, 0, 0, c.orig.family, c), now)
+            yield out
+        gone = [k for k in self.flows if k not in seen]
+        for i in range(0, len(gone), step):
+            out = []
+            for key in gone[i:i + step]:
+                if key in self.flows:
+                    self._end(key, now, out, quiet=False)
+            yield out
 
     def snapshot(self) -> list[ct.Tuple]:
         """Every flow held (a bulk resync walks it; `to_entry` builds each as it goes)."""

@@ -77,6 +77,11 @@ class Kernel(Protocol):
     def dump_conntrack(self) -> list:
         """The kernel's conntrack table (proto.ctnetlink.Conntrack entries)."""
 
+    def open_ct_dump(self) -> Any:
+        """A dump of the conntrack table, asked for now and read without blocking, a slice
+        at a time (director.ct_events.DumpReader: fileno, read(limit), done, interrupted,
+        close)."""
+
     def open_ct_inject(self) -> Any:
         """A non-blocking ctnetlink socket for injecting synced connections
         (director.ct_inject.InjectSocket: run(injector, limit), portid, close())."""
@@ -186,6 +191,10 @@ class LinuxKernel:
     def dump_conntrack(self) -> list:
         from director.ct_events import dump
         return dump()
+
+    def open_ct_dump(self) -> Any:
+        from director.ct_events import DumpReader
+        return DumpReader()
 
     def open_ct_inject(self) -> Any:
         from director.ct_inject import InjectSocket

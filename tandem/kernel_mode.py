@@ -12,8 +12,9 @@ This module keeps three promises around that:
   `KernelFlows` view (director.kernel_flows), read on the event loop at most
   `ct_events.BATCH` datagrams per wake-up; the socket is bound before the rules load
   (the kernel sends no event for a flow created while nobody listened).  A lost event
-  (ENOBUFS) is counted and repaired by a dump in a worker thread; events read during the
-  dump are applied after it;
+  (ENOBUFS) is counted and repaired by a dump (tandem.kernel_resync: read and reconciled
+  on the loop a slice per turn, overruns soon after a repair coalesced into the next one);
+  events read during the repair are applied after it;
 - the connection-counting schedulers see kernel flows: after each batch the active and
   inactive counts of the real servers whose flows changed are set from the view.  A flow
   handed to the kernel counts as inactive on its real server at once, as IPVS counts a
@@ -48,6 +49,7 @@ from director.kernel_flows import KernelFlows, adoptable
 from proto import ctnetlink as ct
 from proto.consts import PROTOS
 from tandem.kernel_drops import DropCounters
+from tandem.kernel_resync import Repairs
 
 log = logging.getLogger("tandem.kernel_mode")
 #: seconds a flow handed to the kernel counts on its real server without its NEW event
@@ -105,18 +107,20 @@ class KernelPath:
         self.events: Any = None
         self.loaded = False
         self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
-                                    "deleted", "read_errors", "adopt_conflicts"), 0)
+                                    "deleted", "read_errors", "adopt_conflicts",
+                                    "dumps_coalesced", "repair_steps"), 0)
         #: the table's drop counters (invalid, untranslated), read when they are read
         self.drop_counters = DropCounters(kernel, clock)
         #: the [timeouts] the loaded table's newest policies hold, and their generation
         self.timeouts: dict[str, float] | None = None
         self.timeout_generation = 1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._resync: asyncio.Task | None = None
-        self._held: list[ct.Message] | None = None     # events read while a dump runs
-        #: events lost, dump wanted once the socket is empty / lost while a dump ran: again
-        self._want_dump = self._again = False
+        self._held: list[ct.Message] | None = None     # events read while the start's dump runs
+        #: events lost: a dump wanted once the socket is read empty
+        self._want_dump = False
         self._on_error = on_error or (lambda msg: log.warning("%s", msg))
+        #: the repairs after lost events (tandem.kernel_resync)
+        self.repairs = Repairs(self.flows, kernel, clock, self.stats, lambda m: self._on_error(m), self.account)
 
     def describe(self) -> dict[str, Any] | None:
         """What /status says under "kernel" and the metrics export; None without kernel mode."""
@@ -208,9 +212,7 @@ class KernelPath:
 
     async def stop(self) -> None:
         await self.drop_counters.stop()
-        if self._resync is not None:
-            self._resync.cancel()
-            await asyncio.gather(self._resync, return_exceptions=True)
+        await self.repairs.stop()
         if self.loaded:
             await asyncio.to_thread(self.kernel.remove_kernel_rules)
             self.loaded = False
@@ -241,7 +243,9 @@ class KernelPath:
             self._on_error(f"conntrack events: {exc}")
             msgs, overrun = [], True
         self.stats["event_batches"] += 1
-        if self._held is not None:
+        if self.repairs.repair is not None:
+            self.repairs.repair.hold(msgs)
+        elif self._held is not None:
             self._held += msgs
         else:
             for m in msgs:
@@ -273,40 +277,7 @@ class KernelPath:
             self.on_readable()
 
     def _start_resync(self) -> None:
-        if self._resync is None or self._resync.done():
-            self._held = []
-            self._resync = asyncio.get_running_loop().create_task(self._dumps(), name="ct-resync")
-        else:
-            self._again = True
-
-    async def _dumps(self) -> None:
-        """Dump until no events were lost while the last dump ran."""
-        while True:
-            self._again = False
-            if not await self._dump() or not self._again:
-                return
-            self._held = []
-
-    async def _dump(self) -> bool:
-        try:
-            entries = await asyncio.to_thread(self.kernel.dump_conntrack)
-        except (OSError, TimeoutError) as exc:
-            self.stats["dump_failures"] += 1
-            held, self._held = self._held or [], None
-            for m in held:
-                self.flows.apply(m)
-            self._on_error(f"conntrack dump after lost events failed: {exc}; next overrun retries")
-            self.flows.needs_resync = True
-            return False
-        repaired = self.flows.resync(entries)
-        held, self._held = self._held or [], None
-        for m in held:
-            self.flows.apply(m)
-        self.stats["dump_repairs"] += 1
-        log.info("conntrack events were lost: view rebuilt from a dump (%d flows, %d repaired)",
-                 len(self.flows.flows), repaired)
-        self.account()
-        return True
+        self.repairs.start()
 
     def resync_now(self) -> None:
         """Rebuild the view from a dump (e.g. on the operator's request)."""

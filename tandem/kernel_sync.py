@@ -27,7 +27,7 @@ import asyncio
 import ipaddress
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from director.ct_inject import BATCH, Injector
 from director.engine import Engine
@@ -121,9 +121,14 @@ class KernelSync:
         now = self.clock()
         self._queue(self.source.apply(msg, now), now)
 
-    def _on_resync(self, _flows: Any, entries: list[ct.Conntrack]) -> None:
-        now = self.clock()
-        self._queue(self.source.resync(entries, now), now)
+    def _on_resync(self, _flows: Any, entries: list[ct.Conntrack]) -> Iterator[None]:
+        """What the dump changed goes out a step at a time (KernelFlows.watch_resync): the
+        whole table at once would hold the loop that sends the VRRP adverts."""
+        for out in self.source.resync_steps(entries, self.clock()):
+            if out:
+                now = self.clock()
+                self._queue(out, now)
+            yield
 
     def set_role(self, role: str) -> None:
         self.source.set_active(role == "master", self.clock())

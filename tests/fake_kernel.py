@@ -127,6 +127,55 @@ class FakeEvents:
         self._wake.close()
 
 
+class FakeDump:
+    """director.ct_events.DumpReader over a snapshot of FakeKernel.conntrack, `per_datagram`
+    entries a datagram; `pause()` holds the rest back (as a kernel slow to walk its table)
+    until `resume()`."""
+
+    def __init__(self, entries: list[Any], per_datagram: int = 100) -> None:
+        self._ours, self._wake = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._ours.setblocking(False)
+        self._parts = [entries[i:i + per_datagram] for i in range(0, len(entries), per_datagram)]
+        self.done = self.interrupted = self.closed = False
+        self.paused = False
+        self._signal()
+
+    def _signal(self) -> None:
+        if not self.paused and not self.closed:
+            self._wake.send(b"x")
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._signal()
+
+    def fileno(self) -> int:
+        return self._ours.fileno()
+
+    def read(self, limit: int = 1) -> list[Any]:
+        out: list[Any] = []
+        for _ in range(limit):
+            if self.done or self.paused:
+                break
+            try:
+                self._ours.recv(16)
+            except BlockingIOError:
+                break
+            if self._parts:
+                out += self._parts.pop(0)
+            else:
+                self.done = True
+            self._signal()
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        self._ours.close()
+        self._wake.close()
+
+
 class FakeKernel:
     """Implements every method of tandem.kernel.Kernel (tests/unit/test_kernel.py checks)."""
 
@@ -146,6 +195,7 @@ class FakeKernel:
         self.events: list[FakeEvents] = []
         #: the conntrack table a dump returns (proto.ctnetlink.Conntrack entries)
         self.conntrack: list[Any] = []
+        self.dumps: list[FakeDump] = []
         #: conntrack's default timeouts in the namespace (set_ct_timeouts), as the kernel's
         self.ct_timeouts: dict[str, int] = {}
         self._fail: dict[str, OSError] = {}
@@ -210,6 +260,12 @@ class FakeKernel:
     def dump_conntrack(self) -> list:
         self._call("dump_conntrack")
         return list(self.conntrack)
+
+    def open_ct_dump(self) -> FakeDump:
+        """A snapshot of the table as dump_conntrack takes it (a test's stand-in for that
+        method is honoured), read a datagram at a time; `dumps` keeps each one."""
+        self.dumps.append(FakeDump(self.dump_conntrack()))
+        return self.dumps[-1]
 
     def delete_conntrack(self, tuples: list) -> int:
         tuples = list(tuples)

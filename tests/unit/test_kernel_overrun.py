@@ -13,7 +13,6 @@ backup's table kept flows as ESTABLISHED that the master's conntrack had closed.
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from proto import ctnetlink as ct
 from tests.fake_kernel import FakeKernel
@@ -59,24 +58,24 @@ def test_events_lost_while_a_dump_runs_bring_another_dump():
         try:
             ev = kernel.events[0]
             m0 = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
-            release = threading.Event()
-            started = threading.Event()
-            dump = kernel.dump_conntrack
+            node.kernel_path.repairs.dump_spacing = 0.0
+            opened = kernel.open_ct_dump
 
-            def slow_dump():
-                started.set()
-                assert release.wait(5)
-                return dump()
-            kernel.dump_conntrack = slow_dump
+            def first_held_back():
+                d = opened()
+                if len(kernel.dumps) == 1:
+                    d.pause()               # its snapshot is taken, its datagrams wait
+                return d
+            kernel.open_ct_dump = first_held_back
             kernel.conntrack = [event("update", 1, m0, ct.TCP_CT_ESTABLISHED).ct]
             ev.overrun()
-            while not started.is_set():
+            while not kernel.dumps:
                 await asyncio.sleep(0.01)
             # the first dump's snapshot is taken; then flow 1 closes and the event is lost
             ev.overrun()
             await settle()
             kernel.conntrack = []
-            release.set()
+            kernel.dumps[0].resume()
             for _ in range(20):
                 await settle()
             path = node.kernel_path
@@ -86,6 +85,41 @@ def test_events_lost_while_a_dump_runs_bring_another_dump():
             d0 = kdests(node)[0]
             assert (d0.active, d0.inactive) == (0, 0)
         finally:
-            release.set()
+            await node.stop()
+    asyncio.run(go())
+
+
+def test_overruns_soon_after_a_repair_wait_for_one_more_dump_together():
+    """Repeated overruns are coalesced: within dump_spacing of the last repair they are
+    counted, and one dump after the spacing repairs them all (conntrackd likewise waits
+    NetlinkOverrunResync before its dump), instead of a dump for each back to back."""
+    async def go():
+        kernel = FakeKernel()
+        node = make_node(kernel)
+        await node.start()
+        try:
+            path = node.kernel_path
+            path.repairs.dump_spacing = 0.3
+            ev = kernel.events[0]
+            m0 = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
+            kernel.conntrack = [event("update", 1, m0, ct.TCP_CT_ESTABLISHED).ct]
+            ev.overrun()
+            await settle()
+            assert len(kernel.dumps) == 1 and path.stats["dump_repairs"] == 1
+            for p in (2, 3, 4):           # three more overruns, each with a flow lost
+                kernel.conntrack = kernel.conntrack + [event("update", p, m0, ct.TCP_CT_ESTABLISHED).ct]
+                ev.overrun()
+                await settle()
+            assert len(kernel.dumps) == 1           # none yet: within the spacing
+            for _ in range(40):
+                await settle()
+                if path.stats["dump_repairs"] == 2:
+                    break
+            await settle()
+            assert len(kernel.dumps) == 2 and path.stats["dump_repairs"] == 2
+            assert path.flows.stats["overruns"] == 4 and path.stats["dumps_coalesced"] == 1
+            assert len(path.flows.flows) == 4 and not path.flows.needs_resync
+            assert (kdests(node)[0].active, kdests(node)[0].inactive) == (4, 0)
+        finally:
             await node.stop()
     asyncio.run(go())
