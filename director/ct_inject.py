@@ -25,9 +25,14 @@ Entries are coalesced per connection until sent: a burst of changes to one conne
 costs one request, with its latest state.  `requests(limit)` hands out at most `limit`
 messages, so the node's loop stays bounded.  Answers: EEXIST on a create means the kernel
 already has an entry for that tuple.  From normal sync the peer wins, as in the engine
-(the entry is deleted and created again, once); from a bulk resync the existing entry is
-kept (its NAT: a node's own flows from before a restart), updated with the peer's timeout,
-state and BE_LIBERAL.  ENOENT on an update means the
+(the entry is deleted and created again, once).  From a bulk resync the existing entry is
+kept when it has the peer's binding (`binding_of`: this node's own flows from before a
+restart, as its kernel view knows them), updated with the peer's timeout, state and
+BE_LIBERAL; one with another binding is replaced like a normal sync's (counted `stale`): the
+client port was reused for a new connection while this node was down (its old entry was in
+TIME_WAIT here, the kernel made a new one on the peer), and keeping the old NAT would send
+that connection to the old real server once this node takes over (it resets it).  An entry
+the view does not know is kept, as before.  ENOENT on an update means the
 entry expired here: it is created.  ENOENT on a delete is what was wanted.  Any other
 error is counted by errno and the connection forgotten, so the next entry starts afresh.
 """
@@ -73,16 +78,20 @@ def _ct_state(e: SyncEntry) -> int | None:
 
 
 class Injector:
-    def __init__(self, mark_of: Callable[[SyncEntry], int | None] | None = None) -> None:
+    def __init__(self, mark_of: Callable[[SyncEntry], int | None] | None = None,
+                 binding_of: Callable[[ct.Tuple], tuple | None] | None = None) -> None:
         self.mark_of = mark_of or (lambda e: None)
+        #: ORIGINAL tuple -> the binding (real server, port, laddr, lport) of this node's own
+        #: entry for it, or None when not known (syncd.kernel_source.KernelSyncSource.binding)
+        self.binding_of = binding_of or (lambda orig: None)
         self._pending: dict[_Key, tuple[SyncEntry, bool]] = {}   # coalesced, in arrival order
         self._again: deque[tuple[str, _Key, SyncEntry, bool, bool]] = deque()  # from answers
         self.known: dict[_Key, tuple] = {}        # injected by us: key -> binding
         self._inflight: dict[int, tuple[str, _Key, SyncEntry, bool, bool]] = {}
         self._seq = 0
         self.stats = dict.fromkeys(("offered", "coalesced", "skipped", "created", "updated",
-                                    "deleted", "replaced", "recreated", "kept", "gone",
-                                    "failed"), 0)
+                                    "deleted", "replaced", "recreated", "kept", "stale",
+                                    "gone", "failed"), 0)
         self.errors: dict[str, int] = {}
 
     # -- in ----------------------------------------------------------------------------
@@ -182,11 +191,14 @@ class Injector:
                 self.known[key] = _binding(entry)
             return
         if op == _NEW and err == errno.EEXIST and bulk and not retried:
-            # ours from before a restart, or already as the peer has it: keep its NAT, take
-            # the peer's timeout and state, and BE_LIBERAL (its window data is stale)
-            self._again.append((_UPDATE, key, entry, bulk, True))
-            st["kept"] += 1
-            return
+            here = self.binding_of(_orig(entry))
+            if here is None or here == _binding(entry):
+                # ours from before a restart, or already as the peer has it: keep its NAT,
+                # take the peer's timeout and state, and BE_LIBERAL (its window data is stale)
+                self._again.append((_UPDATE, key, entry, bulk, True))
+                st["kept"] += 1
+                return
+            st["stale"] += 1        # an older connection on the same ports: the peer's wins
         if op == _NEW and err == errno.EEXIST and not retried:
             self._again.append((_DELETE, key, entry, bulk, True))
             self._again.append((_NEW, key, entry, bulk, True))

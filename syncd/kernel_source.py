@@ -278,6 +278,17 @@ class KernelSyncSource:
                     self._end(key, now, out, quiet=False)
             yield out
 
+    def binding(self, key: ct.Tuple) -> tuple | None:
+        """The binding of this node's own conntrack entry for connection `key` as the view
+        knows it, in director.ct_inject's order (real server, port, laddr, lport), or None
+        if the view does not hold it: what a bulk's entry is compared with (a client port
+        reused for a new connection while this node was down gets another binding)."""
+        f = self.flows.get(key)
+        if f is None or f.reply is None:
+            return None
+        laddr, lport, rs, rport = f.reply
+        return (rs, rport, laddr, lport)
+
     def snapshot(self) -> list[ct.Tuple]:
         """Every flow held (a bulk resync walks it; `to_entry` builds each as it goes)."""
         return list(self.flows)

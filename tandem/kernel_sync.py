@@ -74,10 +74,10 @@ class KernelSync:
         self._ct_saved: dict[str, int] | None = None     # the namespace's defaults before ours
         self._ct_applied: dict[str, int] | None = None   # ours, as last set
         self.sock = kernel.open_ct_inject()
-        self.injector = Injector(self._mark_of)
         policy = SyncPolicy.from_config(sync.sender.cfg)
         self.source = KernelSyncSource(policy, self._timeout_of, _is_ours,
                                        own_pid=self.sock.portid)
+        self.injector = Injector(self._mark_of, self.source.binding)
         self.stats = dict.fromkeys(("injected", "inject_errors"), 0)
         kernel_path.flows.watch(self._on_event)
         kernel_path.flows.watch_resync(self._on_resync)

@@ -155,6 +155,36 @@ def test_an_existing_entry_is_replaced_once_from_sync_and_kept_from_a_bulk():
     assert inj.stats["kept"] == 1 and inj.known
 
 
+def test_a_bulk_replaces_an_entry_left_by_an_older_connection_on_the_same_ports():
+    """A restarted node's conntrack still holds its entry of an older connection (TIME_WAIT,
+    real server RS) when the client reuses that port for a new connection through the peer:
+    the kernel's TCP tracker takes a SYN on a TIME_WAIT entry as a new connection, and the
+    peer's scheduler gave it real server RS2.  The peer's bulk must not keep the old NAT
+    (once this node preempts, RS would answer the connection with a reset: the CI failure
+    of test_failover's stop-kernel failback, 63 of 500 reset): the entry is replaced by the
+    peer's.  An entry with the peer's binding is still kept (its NAT untouched)."""
+    src = KernelSyncSource(SyncPolicy(), lambda p, s: 900.0,
+                           lambda m: m & MARK_PREFIX_MASK == MARK_BASE)
+    old = [ct.Conntrack(orig=ct.Tuple(6, CLIENT, VIP, port, 80),
+                        reply=ct.Tuple(6, RS, LADDR, 8080, port), mark=BACKUP_MARK,
+                        status=ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY | ct.IPS_ASSURED,
+                        tcp=ct.TcpInfo(ct.TCP_CT_TIME_WAIT)) for port in (40000, 40001)]
+    src.resync(old, 1.0)                # what the node's start-up dump shows (adopted)
+    inj = Injector(lambda e: BACKUP_MARK, src.binding)
+    inj.offer(entry(40000, daddr=RS2, lport=40000), bulk=True)   # reused: RS2 now
+    inj.offer(entry(40001, daddr=RS, lport=40001), bulk=True)    # the same binding
+    ack_all(inj, sent(inj), errno.EEXIST)
+    delete, create, update = sent(inj)
+    assert delete.msg_type == ct.MSG_DELETE and delete.ct.orig.sport == 40000
+    assert create.msg_type == ct.MSG_NEW and create.flags & ct.NLM_F_CREATE
+    assert create.ct.nat_dst == ct.NatRange(RS2, 8080)
+    assert update.ct.orig.sport == 40001 and not update.flags & ct.NLM_F_CREATE
+    assert update.ct.nat_dst is None
+    ack_all(inj, [delete, create, update])
+    assert (inj.stats["stale"], inj.stats["kept"], inj.stats["created"]) == (1, 1, 1)
+    assert inj.known[(6, CLIENT, 40000, VIP, 80)] == (RS2, 8080, LADDR, 40000)
+
+
 def test_an_expired_entry_is_created_again_and_a_missing_one_needs_no_delete():
     inj = injector()
     inj.offer(entry())
