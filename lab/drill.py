@@ -218,6 +218,7 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
         # how long opening the connections took (before hold_started_at): with the fault's
         # offset from hold_started_at it bounds the connections' age at the fault
         "connect_seconds": res.get("connect_seconds"),
+        "lost_ports": res.get("lost_ports", {}),
     }
     if ures:
         report.update(udp_outage(ures, done["at"], took_at, interval))

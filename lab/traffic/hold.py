@@ -20,7 +20,7 @@ class HoldConn(asyncio.Protocol):
 
     __slots__ = ("i", "transport", "buf", "sent", "recv", "send_times", "last_echo", "max_gap",
                  "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "after_gap",
-                 "recent")
+                 "recent", "lport")
 
     #: gaps longer than this are remembered (start, end), for takeover timing
     GAP_NOTE = 0.05
@@ -55,6 +55,7 @@ class HoldConn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.lport = transport.get_extra_info("sockname")[1]
 
     def data_received(self, data: bytes) -> None:
         if self.outcome != "connected":
@@ -255,6 +256,8 @@ async def hold(args) -> dict[str, Any]:
             for g, c in reversed(gaps[-5:])
         ],
         "errors": dict(sorted(errors.items())),
+        "lost_ports": {o: sorted(c.lport for c in live if c.outcome == o)[:200]
+                       for o in ("reset", "stalled", "mismatch") if o in outcomes},
         "connect_seconds": round(connect_seconds, 3),
         "hold_started_at": round(start_wall, 3),
         "seconds": round(time.monotonic() - t0, 3),
