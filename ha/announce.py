@@ -16,6 +16,8 @@ node unhealthy (links, fault)   nothing
 engine not running              nothing
 table not synced yet (joining)  nothing: a director that announced before it
                                 held its peers' entries would reset their flows
+isolated: it hears fewer than   nothing: the others count it dead and adopt its
+half of the members not leaving laddrs; announcing them too would split them
 draining, connections left and  its laddrs (and adopted ones) only: replies of
 drain_timeout not passed        its connections keep coming back; no new flows
 draining, otherwise             nothing
@@ -26,7 +28,7 @@ otherwise                       every VIP with a usable real server, and its
 Laddrs stay announced while a VIP is down: a peer may forward a flow with this
 director's laddr (the flow's owner), and its replies must come back here.
 
-**Adopting a dead peer's laddrs.**  A peer's replies keep returning to its laddrs after
+**Adopting a dead peer's laddrs** (only with a majority heard: ``quorum``).  A peer's replies keep returning to its laddrs after
 it dies; the survivors take them over, each laddr by exactly one of them:
 ``adopter(laddr, candidates)`` is rendezvous (highest random weight) hashing over the
 directors alive and not leaving, with BLAKE2b, so every director computes the same
@@ -81,10 +83,33 @@ def adopter(laddr: str, candidates: frozenset[str] | set[str]) -> str | None:
     return max(candidates, key=lambda n: (_weight(n, laddr), n))
 
 
+def quorum(inp: Inputs) -> str:
+    """"majority", "half" or "minority": how many of the members that have not said they
+    leave (this one included) this director hears.
+
+    Sync silence cannot tell "I am cut off" from "the others died".  A director that
+    counts a peer dead adopts its laddrs; were that peer in fact cut off from sync only,
+    still routed and announcing them, the router would split their replies between the
+    two while each holds only its own new flows (split brain).  So only a majority adopts,
+    a minority withdraws everything (the majority takes its laddrs over), and an exact
+    half keeps its own and adopts nothing (the other half does the same): whatever the
+    partition, every laddr is announced from one side only.  The price: a cluster that
+    lost half or more of its members to crashes stops adopting, and with less than half
+    left goes dark (docs/cluster.md, section 6).  A member that said it leaves does not
+    count once silent (a draining one still heard counts, as heard), so graceful stops and
+    drains never cost the quorum."""
+    heard_now = inp.alive | {inp.name}
+    counted = (set(inp.laddrs) | {inp.name}) - (inp.leaving - heard_now)   # draining counts
+    heard = len(counted & heard_now)
+    if 2 * heard > len(counted):
+        return "majority"
+    return "half" if 2 * heard == len(counted) else "minority"
+
+
 def adopted(inp: Inputs) -> frozenset[str]:
     """The laddrs of dead peers that this director takes over."""
     candidates = (inp.alive | {inp.name}) - inp.leaving
-    if inp.name not in candidates:
+    if inp.name not in candidates or quorum(inp) != "majority":
         return frozenset()
     return frozenset(a for peer, pool in inp.laddrs.items()
                      if peer != inp.name and peer not in inp.alive
@@ -96,7 +121,8 @@ def decide(inp: Inputs, now: float, drain_since: float | None = None) -> Decisio
     nothing: frozenset[str] = frozenset()
     for cond, reason in ((inp.stopping, "stopping"), (not inp.node_ok, "node unhealthy"),
                          (not inp.engine_ok, "engine not running"),
-                         (not inp.synced, "waiting for the peers' table")):
+                         (not inp.synced, "waiting for the peers' table"),
+                         (quorum(inp) == "minority", "isolated: a minority of the members heard")):
         if cond:
             return Decision(nothing, nothing, reason)
     adopt = nothing if inp.draining else adopted(inp)

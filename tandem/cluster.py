@@ -47,6 +47,12 @@ ADOPT_GRACE = 3.0
 LEAVING = "leaving"
 #: the role a running cluster director's STATE message says
 ACTIVE = "active"
+#: the role a draining director's STATE message says (peers never make it an adopter,
+#: and keep its laddrs its own while they hear it)
+DRAINING = "draining"
+#: what /status `role` says of a cluster director (it is neither master nor backup:
+#: `cluster.state` says what it does)
+MEMBER = "member"
 #: seconds a stopping director keeps forwarding after its withdrawal: the router (and the
 #: peer adopting its laddrs) switch within BGP's propagation, and packets still in flight
 #: to it meanwhile find the engine and its rules in place, not a host that routes them back
@@ -73,6 +79,7 @@ class ClusterRunner:
         self.startup_sync_wait = cfg.ha.startup_sync_wait if cfg.ha else 0.0
         self.started: float | None = None
         self.stopping = False
+        self.draining = False
         self.applied: frozenset[str] | None = None      # what BIRD took last
         self.stats = dict.fromkeys(("steps", "announces", "bird_errors", "adopted", "given_back"), 0)
         self.last_error = ""
@@ -115,9 +122,11 @@ class ClusterRunner:
                 leaving.add(m)
                 continue
             heard = p is not None and now - p.heard <= live_within
+            if heard and p is not None and p.state is not None and p.state.role == DRAINING:
+                leaving.add(m)          # never an adopter; its laddrs stay its own while heard
             if heard or (grace and (p is None or p.heard == float("-inf"))):
                 alive.add(m)
-        if self.stopping:
+        if self.stopping or self.draining:
             leaving.add(self.name)
         return frozenset(alive), frozenset(leaving)
 
@@ -139,7 +148,7 @@ class ClusterRunner:
         return A.Inputs(name=self.name, vips=self.vips, laddrs=self.members,
                         vips_up=self.vips_up(), alive=alive, leaving=leaving,
                         engine_ok=self.engine_ok(), synced=self.synced(now),
-                        stopping=self.stopping,
+                        stopping=self.stopping, draining=self.draining,
                         own_conns=self.flows_owned().get(self.name, 0),
                         drain_timeout=self.cfg.drain_timeout)
 
@@ -191,18 +200,20 @@ class ClusterRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _state(self, role: str) -> None:
+    def said(self) -> str:
+        """What this director's STATE message says of it (the pair's role field)."""
+        return LEAVING if self.stopping else DRAINING if self.draining else ACTIVE
+
+    def tell_peers(self) -> None:
+        """Send this director's STATE now (and repeated): the node's one announce seam
+        (tandem.node.Node._announce) says the same whenever the node's role changes."""
         if self.sync is not None:
-            self.sync.transport.state(role, 0, "", False)
+            self.sync.announce(self.said(), 0, "", False)
 
     async def start(self) -> None:
         """Once the engine runs (queue bound, rules in place) and sync has started."""
         self.started = self.clock()
-        if self.sync is not None:
-            # the pair's STATE carries the role; a cluster member's says active or leaving
-            self.sync.announce = lambda role, priority, address, resigned: self._state(
-                LEAVING if self.stopping else ACTIVE)
-            self._state(ACTIVE)
+        self.tell_peers()
         await self.step()
         self._task = asyncio.create_task(self._run(), name=f"cluster-{self.name}")
 
@@ -214,13 +225,40 @@ class ClusterRunner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._state(LEAVING)
+        self.tell_peers()
         if self.sync is not None:
             self.sync.flush()
         had = bool(self.applied)
         await self.step()
         if had:
             await asyncio.sleep(STOP_SETTLE)
+
+    async def drain(self, on: bool = True) -> dict:
+        """Start (or cancel) a drain: the VIPs are withdrawn at once, the laddrs stay
+        announced until this director's connections have ended or `drain_timeout` passed,
+        then everything is withdrawn (ha/announce.py); peers are told (STATE `draining`),
+        so none adopts its laddrs while they hear it.  The node keeps running, withdrawn,
+        until it is stopped.  The status after the change."""
+        if on != self.draining:
+            self.draining = on
+            log.info("cluster %s: %s", self.name, "draining" if on else "drain cancelled")
+            self.tell_peers()
+            await self.step()
+        return self.status()
+
+    def state(self) -> str:
+        """One word for what this director does now (/status `cluster.state`)."""
+        d = self.announcer.last
+        reason = d.reason if d is not None else ""
+        if self.stopping:
+            return "stopping"
+        if self.draining:
+            return "drained" if not self.announcer.announced else "draining"
+        for prefix, word in (("waiting", "joining"), ("isolated", "isolated"),
+                             ("engine", "down"), ("node", "down")):
+            if reason.startswith(prefix):
+                return word
+        return "active" if d is not None else "starting"
 
     # -- status ------------------------------------------------------------------------------
 
@@ -230,15 +268,22 @@ class ClusterRunner:
         peers = self._peers()
         d = self.announcer.last
         owned = self.flows_owned()
+        candidates = alive - leaving
         members = {}
         for m, pool in sorted(self.members.items()):
             p = peers.get(m)
+            said = (self.said() if m == self.name
+                    else p.state.role if p is not None and p.state is not None else None)
             members[m] = {"laddrs": list(pool), "alive": m in alive, "leaving": m in leaving,
                           "last_heard_s": (None if m == self.name or p is None
                                            or p.heard == float("-inf")
                                            else round(now - p.heard, 3)),
-                          "flows": owned.get(m, 0)}
-        return {"name": self.name, "members": members,
+                          "flows": owned.get(m, 0), "said": said,
+                          # who should answer for each of its laddrs, as this node sees it:
+                          # itself while alive, else the adopter rendezvous hashing picks
+                          "served_by": {a: (m if m in alive else A.adopter(a, candidates))
+                                        for a in pool}}
+        return {"name": self.name, "state": self.state(), "members": members,
                 "announced": sorted(self.announcer.announced),
                 "bird_has": None if self.applied is None else sorted(self.applied),
                 "adopted": sorted(self.announcer.adopted),

@@ -43,7 +43,7 @@ from ha.takeover import Takeover
 from ha.vrrp import Cause, State
 from ha.vrrp_io import VrrpRunner
 from schema.core import FieldError, os_reason
-from tandem.cluster import attach as attach_cluster
+from tandem.cluster import MEMBER, attach as attach_cluster
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
 from tandem.kernel_mode import KernelPath, engine_addresses
@@ -142,7 +142,11 @@ class Node:
         self.kernel_sync = attach_kernel_sync(self.engine, self.kernel_path, self.sync,
                                               edges.kernel, clock)
         #: what the API and the metrics read (director/status.py)
-        self.state = NodeParts(cfg.name, "init" if ha and ha.vrrp else cfg.role, started=clock(),
+        #: the role machine's role (a cluster member's /status says "member" instead)
+        self.machine_role = "init" if ha and ha.vrrp else cfg.role
+        in_cluster = cfg.mode == "cluster" and cfg.cluster is not None
+        self.state = NodeParts(cfg.name, MEMBER if in_cluster else self.machine_role,
+                               started=clock(),
                                clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
                                control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
@@ -188,7 +192,7 @@ class Node:
         if self.sync is not None:
             await self.sync.start()
         if self.kernel_sync is not None:
-            self.kernel_sync.start(self.state.status().role)
+            self.kernel_sync.start(self.machine_role)
         log.info("node %s: up, queue %d, %d services, api http://%s:%d%s", cfg.name, cfg.queue,
                  len(cfg.services), cfg.api_host, cfg.api_port, ", syncing" if self.sync else "")
         self.role.post(R.Started())
@@ -202,6 +206,13 @@ class Node:
         self._phase = "running"
         if self.cluster is not None:
             await self.cluster.start()
+
+    @property
+    def api_address(self) -> tuple[str, int] | None:
+        """(host, port) the API listens on, once started: the port the OS chose when the
+        config's is 0 (tests)."""
+        addrs = self._http.addresses if self._http is not None else []
+        return tuple(addrs[0][:2]) if addrs else None
 
     def _queued(self, cfg: NodeConfig) -> list[str]:
         """The addresses the queue rule steers: the engine's, and in cluster mode every
@@ -339,7 +350,9 @@ class Node:
     # -- what the role runner calls --------------------------------------------------------------
 
     def _set_role(self, role: str) -> None:
-        self.state.set_role(role)
+        self.machine_role = role
+        if self.cluster is None:        # a cluster member's /status role stays "member"
+            self.state.set_role(role)
         if self.kernel_sync is not None:
             self.kernel_sync.set_role(role)
         self._announce()
@@ -348,6 +361,9 @@ class Node:
         """Tell the peer over sync what this node is (role, priority, VRRP address, resigned):
         how it tells our resignation from a stop, and what its /status shows of us."""
         if self.sync is None:
+            return
+        if self.cluster is not None:    # a member says active, draining or leaving
+            self.cluster.tell_peers()
             return
         vcfg = self.cfg.ha.vrrp if self.cfg.ha else None
         if resigned is None:

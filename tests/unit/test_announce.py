@@ -117,3 +117,61 @@ def test_a_dead_directors_laddrs_spread_over_the_survivors():
     inp = Inputs(name="a", vips=(), laddrs=pools, alive=frozenset("abc"))
     shares = [len(adopted(replace(inp, name=n))) for n in "abc"]
     assert sum(shares) == 60 and min(shares) >= 10
+
+
+@pytest.mark.parametrize("alive, leaving, isolated", [
+    ("abc", "", False),
+    ("ab", "", False),          # c dead, b heard: a and b carry on (one adopts c's laddrs)
+    ("a", "", True),            # nobody heard: cut off, or everyone else dead
+    ("a", "b", False),          # b leaves, c silent: one of two heard, a half
+    ("a", "bc", False),         # both said they leave: the last one stays
+])
+def test_a_director_hearing_a_minority_withdraws_everything(alive, leaving, isolated):
+    """A director that hears fewer than half of the members is counted dead by the
+    others, and one of them adopts its laddrs: were it still routed, both would
+    announce them and the router would split their replies (split brain).  So it
+    withdraws, and adopts nothing."""
+    inp = replace(BASE, alive=frozenset(alive), leaving=frozenset(leaving))
+    d = decide(inp, now=100.0)
+    if isolated:
+        assert d.prefixes == frozenset() and d.adopted == frozenset()
+        assert d.reason == "isolated: a minority of the members heard"
+    else:
+        assert LA in d.prefixes and d.reason == "healthy"
+
+
+def test_half_of_the_members_keeps_its_own_and_adopts_nothing():
+    pools = {n: (f"198.19.42.{10 + i}",) for i, n in enumerate("abcd")}
+    for me in "ab":
+        d = decide(Inputs(name=me, vips=(VIP1,), laddrs=pools, vips_up=frozenset({VIP1}),
+                          alive=frozenset("ab")), now=0.0)
+        assert d.adopted == frozenset() and d.prefixes == {V1, f"{pools[me][0]}/32"}
+
+
+def test_alone_by_config_is_never_isolated():
+    inp = Inputs(name="a", vips=(VIP1,), laddrs={"a": POOLS["a"]}, vips_up=frozenset({VIP1}),
+                 alive=frozenset("a"))
+    assert decide(inp, now=0.0).prefixes == {V1, LA}
+
+
+@given(st.integers(2, 6), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_laddr_is_announced_from_one_side_of_a_partition_only(n, data):
+    """Sync splits the members into two sides, all still routed: each director decides
+    from the members it hears.  Every laddr is announced from one side only (never a
+    split brain), and a side holding a majority announces every laddr."""
+    names = "abcdef"[:n]
+    side = data.draw(st.sets(st.sampled_from(names), min_size=1, max_size=n - 1))
+    pools = {m: (f"198.19.42.{10 + i}",) for i, m in enumerate(names)}
+    rest = set(names) - side
+    announced: dict[str, set[str]] = {}
+    for m in names:
+        hears = side if m in side else rest
+        d = decide(Inputs(name=m, vips=(VIP1,), laddrs=pools, vips_up=frozenset({VIP1}),
+                          alive=frozenset(hears)), now=0.0)
+        for p in d.prefixes - {V1}:
+            announced.setdefault(p, set()).add(m)
+    for prefix, by in announced.items():
+        assert by <= side or by <= rest, (prefix, by, side)
+    if 2 * max(len(side), len(rest)) > n:
+        assert len(announced) == n

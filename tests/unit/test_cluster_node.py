@@ -9,7 +9,10 @@ running announces nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import urllib.request
+from dataclasses import replace
 
 from scapy.layers.inet import IP, TCP
 
@@ -54,20 +57,28 @@ class FakeBird:
         return self.applied[-1] if self.applied else None
 
 
-def config(name: str, names: list[str], sync_ports: dict[str, int] | None, api_port: int):
+def config(name: str, names: list[str], sync_ports: dict[str, int] | None):
+    """Director `name`'s config; its API on a port the OS picks at start (read back with
+    Node.api_address: a port chosen beforehand may be taken by the time it binds)."""
     doc = {
-        "node": {"name": name, "api": f"127.0.0.1:{api_port}", "tick": 0.01, "state_dir": "",
+        "node": {"name": name, "api": "127.0.0.1:9", "tick": 0.01, "state_dir": "",
                  "mode": "cluster"},
         "services": [{"proto": "tcp", "vip": VIP, "port": 80, "scheduler": "maglev",
                       "laddrs": [LADDR[name]],
                       "real_servers": [{"addr": a, "port": 8080} for a in RS]}],
-        "cluster": {"members": {n: [LADDR[n]] for n in names}},
+        "cluster": {"members": {n: [LADDR[n]] for n in names}, "drain_timeout": 1.0},
     }
     if sync_ports:
         doc["sync"] = {"key": KEY, "mode": "unicast", "bind": "127.0.0.1",
                        "port": sync_ports[name],
                        "peers": [f"127.0.0.1:{sync_ports[n]}" for n in names if n != name]}
-    return parse(doc, f"{name}.toml")
+    return replace(parse(doc, f"{name}.toml"), api_port=0)
+
+
+def get_status(node: Node) -> dict:
+    host, port = node.api_address
+    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as r:
+        return json.loads(r.read())
 
 
 async def until(cond, what: str, wait: float = 5.0) -> None:
@@ -85,11 +96,9 @@ def own(name: str) -> frozenset[str]:
 async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
     names = ["a", "b", "c"]
     sync_ports = dict(zip(names, free_ports(3)))
-    api_ports = free_ports(3)
     birds = {n: FakeBird() for n in names}
-    nodes = {n: Node(config(n, names, sync_ports, api_ports[i]),
-                     edges=Edges(kernel=FakeKernel(), bird=birds[n]))
-             for i, n in enumerate(names)}
+    nodes = {n: Node(config(n, names, sync_ports), edges=Edges(kernel=FakeKernel(), bird=birds[n]))
+             for n in names}
     # every member's laddrs are queued on every director (an adopted one needs no new rule)
     assert nodes["a"]._queued(nodes["a"].cfg) == sorted([VIP, *LADDR.values()])
     try:
@@ -109,10 +118,30 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
                     "the entry synced to b and c")
         assert nodes["a"].cluster.status()["flows_owned"] == 1
         assert nodes["b"].cluster.status()["members"]["a"]["flows"] == 1
+        # /status: a cluster director is a member (no master in a cluster), active, and
+        # lists every member with what it says of itself and who serves its laddrs
+        st = await asyncio.to_thread(get_status, nodes["b"])
+        assert st["role"] == "member" and st["cluster"]["state"] == "active"
+        assert {m: (v["said"], v["served_by"]) for m, v in st["cluster"]["members"].items()} == {
+            m: ("active", {LADDR[m]: m}) for m in names}
         # the router moved the flow to b: b forwards it with a's laddr:lport, same real server
         fwd = IP(nodes["b"].engine.handle(tcp(CLIENT, VIP, 40000, 80, "A", seq=1001, ack=1),
                                               nodes["b"].clock()))
         assert (fwd.src, fwd[TCP].sport, fwd.dst, fwd[TCP].dport) == (LADDR["a"], lport, rs, 8080)
+
+        # a drains: VIP withdrawn at once, its laddr kept while it has a connection; the
+        # peers hear it say draining and adopt nothing; past drain_timeout (1 s) with the
+        # connection still open, it withdraws everything and still nobody adopts
+        st = await nodes["a"].cluster.drain()
+        assert birds["a"].last == {f"{LADDR['a']}/32"} and st["state"] == "draining"
+        await until(lambda: all(nodes[n].cluster.status()["members"]["a"]["said"] == "draining"
+                                for n in "bc"), "the peers hear a drains")
+        await until(lambda: birds["a"].last == frozenset(), "the drain's timeout", wait=5)
+        assert nodes["a"].cluster.status()["state"] == "drained"
+        assert nodes["a"].cluster.announcer.last.reason == "drain timeout (1 connections left)"
+        assert all(birds[n].last == own(n) for n in "bc")
+        assert all(nodes[n].cluster.status()["members"]["a"]["served_by"] == {LADDR["a"]: "a"}
+                   for n in "bc")
 
         # a stops: it says it leaves, withdraws everything; exactly one survivor adopts its laddr
         await nodes["a"].stop()
@@ -123,6 +152,8 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
         assert birds[n].last == own(n) | {f"{LADDR['a']}/32"}
         st = nodes[n].cluster.status()
         assert st["adopted"] == [LADDR["a"]] and st["members"]["a"]["leaving"]
+        assert st["members"]["a"]["said"] == "leaving"
+        assert st["members"]["a"]["served_by"] == {LADDR["a"]: n}
     finally:
         for node in nodes.values():
             await node.stop()
@@ -130,7 +161,7 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
 
 async def test_no_usable_real_server_withdraws_the_vip_and_keeps_the_laddr():
     bird = FakeBird()
-    node = Node(config("a", ["a"], None, free_ports(1)[0]), edges=Edges(kernel=FakeKernel(), bird=bird))
+    node = Node(config("a", ["a"], None), edges=Edges(kernel=FakeKernel(), bird=bird))
     try:
         await node.start()
         assert bird.last == own("a")
@@ -147,7 +178,7 @@ async def test_no_usable_real_server_withdraws_the_vip_and_keeps_the_laddr():
 
 
 async def test_engine_not_running_announces_nothing_and_bird_failures_are_retried():
-    cfg = config("a", ["a", "b"], None, free_ports(1)[0])
+    cfg = config("a", ["a", "b", "c"], None)
     node = Node(cfg, edges=Edges(kernel=FakeKernel()))
     bird, ok = FakeBird(), [True]
     t = [100.0]
@@ -159,7 +190,12 @@ async def test_engine_not_running_announces_nothing_and_bird_failures_are_retrie
     assert bird.last == own("a")
     t[0] += ADOPT_GRACE + 0.1
     await runner.step()
-    assert bird.last == own("a") | {f"{LADDR['b']}/32"}     # without sync, b is gone
+    # without sync, a hears one of three: isolated, it withdraws (b and c may well be
+    # alive and routed, and one of them adopting a's laddr)
+    assert bird.last == frozenset() and runner.state() == "isolated"
+    del runner.members["c"]             # one of two: a half keeps its own, adopts nothing
+    await runner.step()
+    assert bird.last == own("a") and runner.state() == "active"
     ok[0] = False
     await runner.step()
     assert bird.last == frozenset() and runner.announcer.last.reason == "engine not running"
@@ -168,7 +204,7 @@ async def test_engine_not_running_announces_nothing_and_bird_failures_are_retrie
     assert runner.stats["bird_errors"] == 1 and bird.last == frozenset()
     bird.fail = False
     await runner.step()                      # nothing changed, but BIRD has not taken it yet
-    assert bird.last == own("a") | {f"{LADDR['b']}/32"}
+    assert bird.last == own("a")
 
 
 def test_pair_mode_has_no_cluster():
