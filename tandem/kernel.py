@@ -52,8 +52,10 @@ IFA_F_NODAD = 0x02
 class Kernel(Protocol):
     """The privileged operations a node performs (see the module docstring)."""
 
-    def install_rules(self, addrs: Iterable[str], queue: int) -> None:
-        """Steer traffic for `addrs` into NFQUEUE `queue` (replacing the node's rules)."""
+    def install_rules(self, addrs: Iterable[str], queue: int, kernel_follows: bool = False) -> None:
+        """Steer traffic for `addrs` into NFQUEUE `queue` (replacing the node's rules).
+        `kernel_follows`: the node's start loads kernel-mode rules next (fresh), so the
+        first load leaves the table to that one, which replaces it with both parts."""
 
     def remove_rules(self) -> None:
         """Remove the node's rules; quiet when there are none."""
@@ -146,12 +148,18 @@ class LinuxKernel:
 
     # -- rules: both modes share the table `inet tandem` and the queue chain -------------------
 
-    def install_rules(self, addrs: Iterable[str], queue: int) -> None:
+    def install_rules(self, addrs: Iterable[str], queue: int, kernel_follows: bool = False) -> None:
         from director import kernel_rules, rules
         addrs = sorted(set(addrs))
         if self._engine is None and not self._kernel_loaded:
-            # the first load replaces whatever a killed predecessor left
-            kernel_rules.load(kernel_rules.ruleset([], [], None, engine=addrs))
+            # The first load replaces whatever a killed predecessor left, unless the
+            # kernel-mode part follows: then that load replaces it, with both parts, in one
+            # transaction.  Replacing it here with the engine part alone would take the nat
+            # chains away meanwhile, and a namespace without a nat chain has no NAT hooks:
+            # the flows the predecessor left in conntrack go untranslated to this host's
+            # stack, which answers them with RST.
+            if not kernel_follows:
+                kernel_rules.load(kernel_rules.ruleset([], [], None, engine=addrs))
         else:
             kernel_rules.load(rules.engine_update(addrs))
         rules.install_queue(queue)

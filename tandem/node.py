@@ -46,7 +46,7 @@ from schema.core import FieldError, os_reason
 from tandem.cluster import MEMBER, attach as attach_cluster
 from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeover_config
 from tandem.kernel import Kernel, LinuxKernel
-from tandem.kernel_mode import KernelPath, engine_addresses
+from tandem.kernel_mode import KernelPath, engine_addresses, kernel_services
 from tandem.kernel_sync import attach as attach_kernel_sync, kernel_status
 from tandem.state_file import StateFile, load as load_overrides, path_in
 
@@ -181,7 +181,8 @@ class Node:
         self.role.post(R.Starting())
         await self.role.step()
         self.adapter.start(loop)
-        await asyncio.to_thread(self.edges.kernel.install_rules, self._queued(cfg), cfg.queue)
+        await asyncio.to_thread(self.edges.kernel.install_rules, self._queued(cfg), cfg.queue,
+                                bool(kernel_services(cfg)))
         await self.kernel_path.start(cfg)
         try:
             await web.TCPSite(self._http, cfg.api_host, cfg.api_port).start()

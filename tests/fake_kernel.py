@@ -210,7 +210,7 @@ class FakeKernel:
         if exc is not None:
             raise exc
 
-    def install_rules(self, addrs: Iterable[str], queue: int) -> None:
+    def install_rules(self, addrs: Iterable[str], queue: int, kernel_follows: bool = False) -> None:
         addrs = tuple(sorted(set(addrs)))
         self._call("install_rules", addrs, queue)
         self.rules = (addrs, queue)

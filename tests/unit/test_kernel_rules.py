@@ -190,3 +190,29 @@ def test_a_timeouts_change_adds_a_generation_and_switches_new_flows_in_one_scrip
     assert not any("timeout" in line or "chain" in line
                    for line in k.update([V4], _marks().bindings()).splitlines())
     assert k.timeout_name("udp", 6) == "udp6"
+
+
+@pytest.mark.parametrize("engine_addrs", [[], ["198.18.0.200"]])
+def test_a_kernel_mode_start_never_loads_a_table_without_its_nat_chains(monkeypatch, engine_addrs):
+    """A node restarted after a kill finds its predecessor's table and flows.  Its start
+    loads the engine-mode part, then the kernel-mode part.  If the first load replaced the
+    table with the engine part alone, the namespace would for a moment have no nat chain,
+    hence no NAT hooks (nftables registers them per namespace while a nat chain exists):
+    the held flows' packets would reach the host's stack untranslated, and it answers
+    them with RST (the lab saw 10 of 10 held flows reset).  Every load that replaces the
+    table on such a start has the nat chains, and the last one has both modes' parts."""
+    from tandem.kernel import LinuxKernel
+    loads: list[str] = []
+    monkeypatch.setattr(k, "load", loads.append)
+    monkeypatch.setattr(rules, "install_queue", lambda queue: None)
+    node = LinuxKernel()
+    node.install_rules(engine_addrs, 5, kernel_follows=True)
+    b = k.Binding(k.MARK_BASE | 1, "198.18.3.10", 8080, "198.18.2.100")
+    node.install_kernel_rules([V4], [b], 5, None, fresh=True)
+    replacing = [s for s in loads if f"delete table inet {k.TABLE}" in s]
+    assert replacing and all("type nat hook prerouting" in s for s in replacing), loads
+    assert all(a in loads[-1] for a in engine_addrs) and "queue_new" in loads[-1]
+    # without a kernel-mode part to follow, the first load replaces the table at once
+    loads.clear()
+    LinuxKernel().install_rules(engine_addrs, 5)
+    assert len(loads) == 1 and f"delete table inet {k.TABLE}" in loads[0]

@@ -122,10 +122,10 @@ class Fakes:
                     "lag_ms": {"p50": None, "p99": None, "max": None}}}
 
         class Kernel(FakeKernel):
-            def install_rules(self, addrs, queue) -> None:
+            def install_rules(self, addrs, queue, kernel_follows=False) -> None:
                 fakes.threads["install"] = threading.current_thread().name
                 fakes.ops.append(f"rules {' '.join(addrs)}")
-                super().install_rules(addrs, queue)
+                super().install_rules(addrs, queue, kernel_follows)
 
             def remove_rules(self) -> None:
                 fakes.threads["remove"] = threading.current_thread().name
