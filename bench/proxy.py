@@ -1,10 +1,14 @@
-"""Per-packet cost of a PROXY-v2 service next to a plain one (the sans-IO engine alone).
+"""Per-packet cost of a PROXY-v2 and a TOA service next to a plain one (the sans-IO engine alone).
 
-TCP: both services are TCP on the same VIP with the same real servers; only
-`client_address` differs.  Each flow is opened (SYN, first data segment: the
-PROXY one gets its header there) and then timed on established traffic: client
-data segments (18 bytes, sequence numbers shifted on the PROXY service) and
-server ACKs carrying one SACK block (ack and both edges shifted back).
+TCP: the three services are TCP on the same VIP with the same real servers; only
+`client_address` differs.  Each flow is opened (SYN, the real server's SYN-ACK
+with an MSS option, first data segment: the PROXY one gets its header there,
+the TOA one its option) and then timed: client data segments sent before the
+real server sent anything (18 bytes; on the TOA service each still carries the
+option, as it might complete the server's handshake), server ACKs carrying one
+SACK block (ack and both edges shifted back on the PROXY service; the TOA one
+drops its state on the first), and client data segments after that (sequence
+numbers shifted on the PROXY service, nothing left to do on the TOA one).
 
 UDP: the same for two UDP services: established flows' client datagrams (18
 bytes; the PROXY one grows by its 28-byte header, lengths and checksums
@@ -27,6 +31,9 @@ VIP = "198.18.0.100"
 REALS = [f"198.18.2.{21 + i}" for i in range(4)]
 PAYLOAD = b"tandem-bench-0001!"
 _SACK = b"\x01\x01\x05\x0a" + struct.pack("!LL", 1100, 1200)    # NOP NOP SACK(1 block)
+_MSS = b"\x02\x04\x05\xb4"                                       # MSS 1460
+#: the services' ports by `client_address` (TCP and UDP alike)
+PORTS = {"none": 80, "proxy-v2": 81, "toa": 82}
 
 
 def _config():
@@ -34,7 +41,7 @@ def _config():
         "proto": proto, "vip": VIP, "port": port, "scheduler": "rr", "laddrs": ["198.18.2.100"],
         "client_address": mode, "real_servers": [{"addr": a, "port": 8080} for a in REALS]}
     return parse({"node": {"name": "bench"}, "services": [
-        svc("tcp", 80, "none"), svc("tcp", 81, "proxy-v2"),
+        svc("tcp", 80, "none"), svc("tcp", 81, "proxy-v2"), svc("tcp", 82, "toa"),
         svc("udp", 80, "none"), svc("udp", 81, "proxy-v2")]}, "bench")
 
 
@@ -68,14 +75,18 @@ def _service(port: int, n_flows: int, reps: int, rounds: int, proto: int = TCP) 
             ins.append(_udp4(client, VIP, 40000, port, PAYLOAD))
             continue
         eng.handle(_tcp4(client, VIP, 40000, port, 0x02, 1000, 0), 0.0)
-        eng.handle(_tcp4(client, VIP, 40000, port, 0x18, 1001, 1, PAYLOAD), 0.0)
         ins.append(_tcp4(client, VIP, 40000, port, 0x18, 1001 + len(PAYLOAD), 1, PAYLOAD))
     if proto == UDP:
         outs = [_udp4(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport, PAYLOAD)
                 for c in eng.table]
     else:
-        outs = [_tcp4(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport,
-                      0x10, 1, 2000, opts=_SACK) for c in eng.table]
+        back = [(socket.inet_ntoa(c.daddr), socket.inet_ntoa(c.laddr), c.dport, c.lport,
+                 socket.inet_ntoa(c.caddr)) for c in eng.table]
+        for real, laddr, dport, lport, client in back:      # the SYN-ACK: server ISN 0
+            eng.handle(_tcp4(real, laddr, dport, lport, 0x12, 0, 1001, opts=_MSS), 0.0)
+            eng.handle(_tcp4(client, VIP, 40000, port, 0x18, 1001, 1, PAYLOAD), 0.0)
+        outs = [_tcp4(real, laddr, dport, lport, 0x10, 1, 2000, opts=_SACK)
+                for real, laddr, dport, lport, _ in back]
 
     def best(pkts: list[bytes]) -> float:
         batch, handle, times = pkts * reps, eng.handle, []
@@ -86,8 +97,16 @@ def _service(port: int, n_flows: int, reps: int, rounds: int, proto: int = TCP) 
             times.append(time.process_time() - t0)
         return round(min(times) / len(batch) * 1e6, 3)
 
-    res = ({"dgram_in_us": best(ins), "reply_out_us": best(outs)} if proto == UDP
-           else {"data_in_us": best(ins), "sack_ack_out_us": best(outs)})
+    if proto == UDP:
+        res = {"dgram_in_us": best(ins), "reply_out_us": best(outs)}
+    else:       # in this order: the server's first ACK ends the early segments
+        res = {"early_data_in_us": best(ins)}
+        toa_early = eng.stats["toa_inserted"]
+        res["sack_ack_out_us"] = best(outs)
+        res["data_in_us"] = best(ins)
+        if port == PORTS["toa"] and (toa_early < n_flows * reps * rounds
+                                     or eng.stats["toa_inserted"] != toa_early):
+            raise RuntimeError(f"the TOA bench timed other segments than it says: {eng.stats}")
     if any(eng.drops.values()):
         raise RuntimeError(f"packets dropped in the PROXY bench: {eng.drops}")
     return res
@@ -95,9 +114,11 @@ def _service(port: int, n_flows: int, reps: int, rounds: int, proto: int = TCP) 
 
 def run(quick: bool = False) -> dict[str, Any]:
     n, reps, rounds = (300, 5, 3) if quick else (1000, 20, 7)
-    return {"plain": _service(80, n, reps, rounds), "proxy_v2": _service(81, n, reps, rounds),
-            "udp_plain": _service(80, n, reps, rounds, UDP),
-            "udp_proxy_v2": _service(81, n, reps, rounds, UDP),
+    return {"plain": _service(PORTS["none"], n, reps, rounds),
+            "proxy_v2": _service(PORTS["proxy-v2"], n, reps, rounds),
+            "toa": _service(PORTS["toa"], n, reps, rounds),
+            "udp_plain": _service(PORTS["none"], n, reps, rounds, UDP),
+            "udp_proxy_v2": _service(PORTS["proxy-v2"], n, reps, rounds, UDP),
             "flows": n, "packet": f"IPv4 TCP, {len(PAYLOAD)}-byte data in; ACK + 1 SACK block out",
             "udp_packet": f"IPv4 UDP, {len(PAYLOAD)}-byte datagram in (+28-byte header on proxy-v2); "
                           f"{len(PAYLOAD)}-byte reply out"}

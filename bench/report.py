@@ -188,16 +188,21 @@ def render_engine(r: dict[str, Any]) -> str:
                   ""]
     px = r.get("proxy_v2_vs_plain") or {}
     if px.get("plain"):
-        rows = [[f"TCP {label}", (px.get("plain") or {}).get(k), (px.get("proxy_v2") or {}).get(k)]
-                for label, k in (("client data in (seq shifted)", "data_in_us"),
-                                 ("server ACK + SACK block out (ack, edges shifted back)", "sack_ack_out_us"))]
-        rows += [[f"UDP {label}", (px.get("udp_plain") or {}).get(k), (px.get("udp_proxy_v2") or {}).get(k)]
+        tcp = [px.get(k) or {} for k in ("plain", "proxy_v2", "toa")]
+        rows = [[f"TCP {label}"] + [m.get(k) for m in tcp]
+                for label, k in (("client data in before the server's first byte (TOA: option in)",
+                                  "early_data_in_us"),
+                                 ("client data in (seq shifted; TOA: nothing left)", "data_in_us"),
+                                 ("server ACK + SACK block out (ack, edges shifted back)", "sack_ack_out_us"))
+                if any(m.get(k) for m in tcp)]
+        rows += [[f"UDP {label}", (px.get("udp_plain") or {}).get(k), (px.get("udp_proxy_v2") or {}).get(k), None]
                  for label, k in (("client datagram in (header prepended)", "dgram_in_us"),
                                   ("server reply out (unchanged)", "reply_out_us"))
                  if px.get("udp_plain")]
-        lines += [f"A PROXY-v2 service next to a plain one (`bench.proxy`, {fmt(px.get('flows'))} "
+        lines += [f"A PROXY-v2 service next to a plain one and a TOA one, measured in the same run "
+                  f"(`bench.proxy`, {fmt(px.get('flows'))} "
                   f"established flows; {px.get('packet')}; {px.get('udp_packet', '')}), µs per packet:", "",
-                  table(["packet", "plain", "proxy-v2"], rows), ""]
+                  table(["packet", "plain", "proxy-v2", "toa"], rows), ""]
     if sp.get("profile_top"):
         lines += [f"cProfile of `Engine.handle` over {fmt(sp.get('profile_packets'))} packets "
                   "(shares of total profiled time; the profiler inflates call overhead):", "",

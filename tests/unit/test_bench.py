@@ -352,9 +352,11 @@ def test_the_engine_report_shows_a_proxy_v2_service_next_to_a_plain_one_tcp_and_
     r = proxy.run(quick=True)
     for key, fields in (("plain", ("data_in_us", "sack_ack_out_us")),
                         ("proxy_v2", ("data_in_us", "sack_ack_out_us")),
+                        ("toa", ("early_data_in_us", "data_in_us", "sack_ack_out_us")),
                         ("udp_plain", ("dgram_in_us", "reply_out_us")),
                         ("udp_proxy_v2", ("dgram_in_us", "reply_out_us"))):
         assert all(r[key][f] > 0 for f in fields), (key, r)
     text = render_engine({"proxy_v2_vs_plain": r})
     assert "A PROXY-v2 service next to a plain one" in text
     assert "| UDP client datagram in (header prepended) |" in text
+    assert "| packet | plain | proxy-v2 | toa |" in text and "(TOA: option in) |" in text
