@@ -1,7 +1,7 @@
 """The node's HTTP API (aiohttp): status reads, and changes behind a bearer token.
 
 Reads (GET) are open, except client addresses in GET /conns, which only a caller
-with the token sees; every changing request (POST: weight, drain, resign, resume, reload;
+with the token sees; every changing request (POST: weight, drain, resign, resume, reload, cluster drain;
 DELETE: an override)
 needs `Authorization: Bearer <node.api_token>` and is refused with 401 without it,
 or always when no token is configured.  The routes are the table ROUTES; the
@@ -48,6 +48,8 @@ ROUTES = (
     Route("POST", "/resign", "resign"),
     Route("POST", "/resume", "resume"),
     Route("POST", "/reload", "reload"),
+    Route("POST", "/cluster/drain", "cluster_drain"),
+    Route("DELETE", "/cluster/drain", "cluster_undrain"),
 )
 
 
@@ -272,6 +274,20 @@ class NodeApi:
         if answer is None:
             raise web.HTTPConflict(text="no election runs: nothing to resume")
         return web.json_response(answer)
+
+    async def _cluster_drain(self, on: bool) -> web.Response:
+        wired = getattr(self.node, "cluster_drain", None)
+        answer = await wired(on) if wired is not None else None
+        if answer is None:
+            raise web.HTTPConflict(text='not a cluster member (node.mode = "cluster"): '
+                                        "nothing to drain")
+        return web.json_response(answer)
+
+    async def cluster_drain(self, _request: web.Request) -> web.Response:
+        return await self._cluster_drain(True)
+
+    async def cluster_undrain(self, _request: web.Request) -> web.Response:
+        return await self._cluster_drain(False)
 
     async def reload(self, _request: web.Request) -> web.Response:
         from director.config import ConfigError

@@ -38,6 +38,12 @@ Names follow what people already scrape, with a `tandem_` prefix:
   `tandem_kernel_sync_{entries,urgent,refreshes,ends}_total`,
   `tandem_kernel_inject_{created,updated,deleted,failed}_total`, the gauge
   `tandem_kernel_inject_backlog`; nothing without a kernel-mode service.
+* cluster mode (director.metrics_cluster): `tandem_cluster_state{state}`,
+  `tandem_cluster_member_{alive,leaving,flows}{member}`,
+  `tandem_cluster_laddr_served_by{laddr,owner,member}`, `tandem_cluster_announced{prefix}`,
+  `tandem_cluster_adopted_laddrs`, `tandem_cluster_announcements_total`,
+  `tandem_cluster_bird_errors_total`, `tandem_cluster_laddrs_{adopted,given_back}_total`;
+  nothing in pair mode.
 * sync: `tandem_sync_apply_*_total` from the engine's sync_stats, and from the
   sync link's SyncStats `tandem_sync_{sender,receiver,transport,applied}_<key>_total`,
   the gauges `tandem_sync_missing` and `tandem_sync_lag_seconds{quantile}`.
@@ -64,6 +70,7 @@ from prometheus_client.registry import Collector
 
 from director.metrics_ipvs import BACKEND_LABELS, IpvsCollector
 from director.metrics_source import PREFIX, Source
+from director.metrics_cluster import ClusterCollector
 from director.metrics_kernel import KernelCollector
 from director.metrics_sync import SyncCollector
 from director.metrics_vrrp import ROLE_STATE, VRRP_LABELS, VrrpCollector
@@ -213,6 +220,7 @@ def collectors(engine, node: "NodeSource", *, health: Callable[[], Mapping[tuple
             QueueCollector(engine.cfg.queue, queue_stats or node.queue_stats, prefix),
             VrrpCollector(node.vrrp_status, lambda: (node.name, node.status().role), prefix),
             KernelCollector(getattr(node, "kernel_stats", lambda: None), prefix),
+            ClusterCollector(getattr(node, "cluster_status", lambda: None), prefix),
             SyncCollector(engine, node.sync_stats, prefix)]
 
 

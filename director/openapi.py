@@ -137,6 +137,17 @@ SPEC: dict[str, Any] = {
             "its master down timer (`expected` says when, at most).  Idempotent; answers with "
             "the state now and the one expected.",
             "ResignResult", not_found=False),
+        "/cluster/drain": {**_change(
+            "Drain this cluster member",
+            "Withdraws the VIPs' routes at once (no new flows), keeps announcing this "
+            "director's laddrs while it owns connections, for at most [cluster] "
+            "drain_timeout, then withdraws everything; the node stays up, withdrawn, until "
+            "stopped.  Its peers hear it drains and adopt none of its laddrs.  Answers with "
+            "/status's `cluster` after the change (`state`: draining or drained).",
+            "ClusterView", not_found=False), **_change(
+            "Cancel a drain",
+            "The director announces again what a healthy member does.",
+            "ClusterView", not_found=False, method="delete")},
         "/reload": _change(
             "Re-read the config file and apply it",
             "Nothing is applied unless the whole file is valid (400 with the error otherwise); "
@@ -159,6 +170,9 @@ SPEC: dict[str, Any] = {
 }
 SPEC["paths"]["/reload"]["post"]["responses"]["400"] = json_response(
     "the file is invalid: nothing changed", ref("Error"))
+for _method in ("post", "delete"):
+    SPEC["paths"]["/cluster/drain"][_method]["responses"]["409"] = json_response(
+        'not a cluster member (node.mode = "cluster")', ref("Error"))
 for _path, _why in (("/resign", "no election is configured"), ("/resume", "no election is configured"),
                     ("/reload", "the node was not started from a file")):
     SPEC["paths"][_path]["post"]["responses"]["409"] = json_response(_why, ref("Error"))

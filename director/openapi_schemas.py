@@ -111,7 +111,8 @@ SCHEMAS: dict[str, Any] = {
                                "is announced, what BIRD took last (bird_has), the peers' "
                                "laddrs adopted, the announcer's reason, flows_owned (ours) "
                                "and flows_foreign (peers' entries held here)",
-                "properties": {"members": {"type": "object", "additionalProperties": True},
+                "properties": {"state": {"type": "string", "description": "docs/operations.md"},
+                               "members": {"type": "object", "additionalProperties": True},
                                "announced": {"type": "array", "items": STR},
                                "adopted": {"type": "array", "items": STR},
                                "flows_owned": _INT, "flows_foreign": _INT},
@@ -373,6 +374,9 @@ SCHEMAS: dict[str, Any] = {
                        "cleared": {"type": "boolean", "description": "DELETE .../override: "
                                    "whether an override was in force"}},
     },
+    "ClusterView": {"type": "object", "additionalProperties": True,
+                    "description": "a cluster member's view, as /status `cluster`",
+                    "required": ["name", "state", "members", "announced", "reason"]},
     "ResignResult": {
         "type": "object", "required": ["resigned", "role"],
         "description": "The node's state after the change (the role machine has carried it out: "

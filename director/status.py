@@ -168,10 +168,12 @@ class NodeParts:
                  resume: Callable[[], Awaitable[dict | None]] | None = None,
                  kernel: Callable[[], Mapping[str, Any] | None] | None = None,
                  cluster: Callable[[], Mapping[str, Any] | None] | None = None,
+                 cluster_drain: Callable[[bool], Awaitable[dict | None]] | None = None,
                  kernel_path: Callable[[], Any | None] | None = None) -> None:
         self.name = name
         self._kernel = kernel or (lambda: None)
         self._cluster = cluster or (lambda: None)
+        self._cluster_drain = cluster_drain
         #: () -> the running kernel path (tandem.kernel_mode.KernelPath) or None: /conns
         self.kernel_path = kernel_path or (lambda: None)
         self.control = control
@@ -207,6 +209,11 @@ class NodeParts:
     def kernel_stats(self) -> Mapping[str, Any] | None:
         """Kernel-mode forwarding's counters (tandem.kernel_mode), None without it."""
         return self._kernel()
+
+    async def cluster_drain(self, on: bool) -> dict | None:
+        """Start (on) or cancel a cluster member's drain (tandem.cluster); its cluster status
+        after the change, None in pair mode."""
+        return await self._cluster_drain(on) if self._cluster_drain is not None else None
 
     def cluster_status(self) -> Mapping[str, Any] | None:
         """Cluster mode's membership, announcements and flows owned (tandem.cluster), None

@@ -228,11 +228,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from .faults import FAULT_TABLE
 
     fault = sub.add_parser("fault", help="inject a fault into a director of the pair or "
-                                         "the cluster (kill, link, stop, restore)")
+                                         "the cluster (kill, link, stop, restore; drain in a cluster)")
     prefix(fault)
     fault.add_argument("director", choices=[chr(ord("a") + i) for i in range(MAX_DIRECTORS)])
-    fault.add_argument("kind", choices=tuple(FAULT_TABLE),
-                       help="; ".join(f"{k}: {what}" for k, (what, _steps) in FAULT_TABLE.items()))
+    fault.add_argument("kind", choices=tuple(FAULT_TABLE) + ("drain",),
+                       help="; ".join(f"{k}: {what}" for k, (what, _steps) in FAULT_TABLE.items())
+                       + "; drain (a cluster director only): VIP routes withdrawn, its laddrs "
+                         "kept while it has connections, for at most [cluster] drain_timeout")
     fault.add_argument("--json", action="store_true")
     fault.set_defaults(func=cmd_fault)
 

@@ -15,10 +15,11 @@ and BIRD's include and socket in the lab's state directory.  The router's revers
 filter is off: a director forwards a peer's flow with the peer's laddr as source
 (docs/cluster.md, "Foreign flows"), which the router routes back to the owner.
 
-Faults (`tandem lab fault <name> kill|link|stop|restore`): kill is a crash (link down,
-then the node and its BIRD SIGKILLed), link takes the link down, stop is the node's
-graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), restore brings the
-link up and starts whatever is not running.  `tandem lab down` removes it all (the
+Faults (`tandem lab fault <name> kill|link|stop|drain|restore`): kill is a crash (link
+down, then the node and its BIRD SIGKILLed), link takes the link down, stop is the node's
+graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), drain is the node's
+drain (POST /cluster/drain: the VIP withdrawn, its laddrs kept while it has flows),
+restore cancels a drain, brings the link up and starts whatever is not running.  `tandem lab down` removes it all (the
 processes by PID, the namespaces by name: topology.down).
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ from .plan import API_TOKEN, SYNC_KEY
 
 API_PORT, SYNC_PORT, SERVICE_PORT, RS_PORT = 9100, 8848, 80, 8080
 BACK_BRIDGE = "back"
+#: what `tandem lab fault <name> ...` does to a cluster director
+FAULTS = ("kill", "link", "stop", "drain", "restore")
 #: the lab's health checks (tcp connect): quick, so a stopped echo server is seen soon
 HEALTH = {"kind": "tcp", "interval": 0.5, "timeout": 0.4, "rise": 1, "fall": 2}
 
@@ -162,6 +165,14 @@ def status(prefix: str, name: str, state: dict[str, Any] | None = None,
     return json.loads(body)
 
 
+def _api(state: dict[str, Any], name: str, method: str, path: str) -> dict[str, Any]:
+    d = director(state, name)
+    code, body = nsutil.http_call(d["ns"], d["front_addr"], API_PORT, path, method)
+    if code != 200:
+        raise OSError(f"node {name}: {method} {path}: HTTP {code} {body[:200]!r}")
+    return json.loads(body)
+
+
 def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
     """The router's routes now: the VIP's next hops and each laddr's."""
     dsts = [desc["vip"]] + [a for d in desc["directors"] for a in d["laddrs"]]
@@ -239,7 +250,7 @@ def _sigkill_node(state: dict[str, Any], name: str, out: dict[str, Any]) -> None
 
 
 def fault(prefix: str, name: str, kind: str, wait: float = 20.0) -> dict[str, Any]:
-    """Fault `kind` (kill, link, stop, restore) on director `name` of a cluster lab."""
+    """Fault `kind` (FAULTS) on director `name` of a cluster lab."""
     return nsutil.outside_event_loop(_fault, prefix, name, kind, wait)
 
 
@@ -263,7 +274,15 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
             rec = _node_running(state, name)
             if rec is not None:
                 out["stopped"] = st.stop_process(rec, term_wait=wait)
+        elif kind == "drain":    # the node's drain: VIPs withdrawn, laddrs kept while it has flows
+            out["at"] = time.time()
+            out["cluster"] = _api(state, name, "POST", "/cluster/drain")
         elif kind == "restore":
+            if _node_running(state, name) is not None:     # a drain is cancelled
+                try:
+                    _api(state, name, "DELETE", "/cluster/drain")
+                except OSError:
+                    pass                # link down or node hung: the steps below restore it
             bgp.set_link(prefix, name, True)
             with netns.ipr(director(state, name)["ns"]) as i:   # the link's loss took it
                 bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
@@ -274,7 +293,7 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
                 out["restarted_pid"] = start_node(prefix, state, name, wait)["pid"]
             out["at"] = time.time()
         else:
-            raise ValueError(f"a cluster fault is kill, link, stop or restore, not {kind!r}")
+            raise ValueError(f"a cluster fault is {', '.join(FAULTS)}, not {kind!r}")
         st.save_state(prefix, state)
         return out
 

@@ -98,13 +98,14 @@ def tcp_whoami(ns: str, host: str, port: int, timeout: float = 1.0) -> str:
     return in_netns(ns, _tcp_whoami, host, port, timeout, timeout=timeout * 3 + 1)
 
 
-def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, bytes]:
+def _http_get(host: str, port: int, path: str, timeout: float,
+              method: str = "GET") -> tuple[int, bytes]:
     import http.client
 
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Connection": "close",
-                                           "Authorization": f"Bearer {LAB_API_TOKEN}"})
+        conn.request(method, path, headers={"Connection": "close",
+                                            "Authorization": f"Bearer {LAB_API_TOKEN}"})
         resp = conn.getresponse()
         return resp.status, resp.read(1 << 20)
     finally:
@@ -114,6 +115,12 @@ def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, byt
 def http_get(ns: str, host: str, port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
     """HTTP GET from inside ns (status, body)."""
     return in_netns(ns, _http_get, host, port, path, timeout, timeout=timeout * 3 + 1)
+
+
+def http_call(ns: str, host: str, port: int, path: str, method: str,
+              timeout: float = 5.0) -> tuple[int, bytes]:
+    """An HTTP request with the lab's token from inside ns (status, body)."""
+    return in_netns(ns, _http_get, host, port, path, timeout, method, timeout=timeout * 3 + 1)
 
 
 def outside_event_loop(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:

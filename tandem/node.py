@@ -153,6 +153,7 @@ class Node:
                                reload=self.reload, resign=self.resign, resume=self.resume,
                                kernel=lambda: kernel_status(self.kernel_path, self.kernel_sync),
                                cluster=lambda: self.cluster.status() if self.cluster else None,
+                               cluster_drain=self._cluster_drain,
                                kernel_path=lambda: self.kernel_path if self.kernel_path.loaded else None)
         if self.sync is not None:
             self.sync.on_peer_state(self._on_peer_state)
@@ -207,6 +208,9 @@ class Node:
         self._phase = "running"
         if self.cluster is not None:
             await self.cluster.start()
+
+    async def _cluster_drain(self, on: bool) -> dict | None:
+        return await self.cluster.drain(on) if self.cluster is not None else None
 
     @property
     def api_address(self) -> tuple[str, int] | None:

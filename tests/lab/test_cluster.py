@@ -171,3 +171,36 @@ def test_graceful_stop_of_one_director_keeps_every_held_connection(lab):
     cluster.fault(PREFIX, "c", "restore")
     bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
     bgp.wait_nexthops(PREFIX, laddr(lab, "c"), [addr(lab, "c")], wait=30)
+
+
+def test_drain_of_one_director_keeps_every_held_connection(lab):
+    """a drains (POST /cluster/drain through `lab fault a drain`): its VIP route goes at
+    once, its laddr stays announced while it holds connections (drain_timeout 300 s), and
+    no peer adopts it (they hear it say `draining`).  a's flows that the router now sends
+    to b or c are forwarded with a's laddr; the real servers' replies still reach a.  Every
+    held connection keeps every echo in order; new connections succeed, none through a's
+    laddr.  Restore cancels the drain: a announces the VIP again."""
+    client = f"{PREFIX}-client"
+    with tempfile.TemporaryDirectory() as tmp:
+        held, stop = start_hold(lab, tmp, HELD)
+        try:
+            time.sleep(0.5)
+            out = cluster.fault(PREFIX, "a", "drain")
+            assert out["cluster"]["state"] == "draining", out
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "b"), addr(lab, "c")], wait=20)
+            assert bgp.nexthops(PREFIX, laddr(lab, "a")) == [addr(lab, "a")]
+            for n in "bc":
+                v = view(n)
+                assert v["members"]["a"]["said"] == "draining" and v["adopted"] == [], v
+            new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 30,
+                         "--concurrency", 6)
+            assert new["ok"] == 30, new
+            assert laddr(lab, "a") not in {x for p in new["peers"].values() for x in p}, new
+            time.sleep(1.0)
+        finally:
+            res = end_hold(held, stop)
+    assert res["ok"] == HELD and res["echoes"] == res["sent"], res
+    assert view("a")["state"] == "draining"
+    cluster.fault(PREFIX, "a", "restore")
+    bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
+    assert view("a")["state"] == "active"

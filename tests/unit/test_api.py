@@ -50,7 +50,8 @@ def test_openapi_paths_have_responses_and_refs_resolve():
             ("get", "/metrics"), ("get", "/openapi.json"), ("post", "/services/{service}/real_servers/{addr_port}/weight"),
             ("post", "/services/{service}/real_servers/{addr_port}/drain"),
             ("delete", "/services/{service}/real_servers/{addr_port}/override"),
-            ("post", "/resign"), ("post", "/resume"), ("post", "/reload")}
+            ("post", "/resign"), ("post", "/resume"), ("post", "/reload"),
+            ("post", "/cluster/drain"), ("delete", "/cluster/drain")}
     have = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert have == want
     for path, ops in doc["paths"].items():

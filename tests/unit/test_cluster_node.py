@@ -26,6 +26,7 @@ VIP, CLIENT = "198.19.41.100", "198.19.44.10"
 LADDR = {"a": "198.19.42.11", "b": "198.19.42.12", "c": "198.19.42.13"}
 RS = ["198.19.46.21", "198.19.46.22", "198.19.46.23"]
 KEY = "cluster-test-sync-key-0123456789"
+TOKEN = "cluster-test-api-token-0123456789"
 
 
 def free_ports(n: int) -> list[int]:
@@ -62,6 +63,7 @@ def config(name: str, names: list[str], sync_ports: dict[str, int] | None):
     Node.api_address: a port chosen beforehand may be taken by the time it binds)."""
     doc = {
         "node": {"name": name, "api": "127.0.0.1:9", "tick": 0.01, "state_dir": "",
+                 "api_token": TOKEN,
                  "mode": "cluster"},
         "services": [{"proto": "tcp", "vip": VIP, "port": 80, "scheduler": "maglev",
                       "laddrs": [LADDR[name]],
@@ -75,10 +77,22 @@ def config(name: str, names: list[str], sync_ports: dict[str, int] | None):
     return replace(parse(doc, f"{name}.toml"), api_port=0)
 
 
-def get_status(node: Node) -> dict:
+def call(node: Node, path: str, method: str = "GET") -> dict:
     host, port = node.api_address
-    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as r:
+    req = urllib.request.Request(f"http://{host}:{port}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
+
+
+def get_status(node: Node) -> dict:
+    return call(node, "/status")
+
+
+def get_metrics(node: Node) -> set[str]:
+    host, port = node.api_address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+        return {line for line in r.read().decode().splitlines() if not line.startswith("#")}
 
 
 async def until(cond, what: str, wait: float = 5.0) -> None:
@@ -124,6 +138,18 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
         assert st["role"] == "member" and st["cluster"]["state"] == "active"
         assert {m: (v["said"], v["served_by"]) for m, v in st["cluster"]["members"].items()} == {
             m: ("active", {LADDR[m]: m}) for m in names}
+        # ... and /metrics: the same membership, state, announcement and flows per member
+        metrics = await asyncio.to_thread(get_metrics, nodes["b"])
+        assert {'tandem_cluster_state{state="active"} 1.0',
+                'tandem_cluster_state{state="isolated"} 0.0',
+                'tandem_cluster_member_alive{member="a"} 1.0',
+                'tandem_cluster_member_flows{member="a"} 1.0',
+                'tandem_cluster_member_flows{member="b"} 0.0',
+                f'tandem_cluster_laddr_served_by{{laddr="{LADDR["a"]}",member="a",owner="a"}} 1.0',
+                f'tandem_cluster_announced{{prefix="{VIP}/32"}} 1.0',
+                'tandem_cluster_adopted_laddrs 0.0'} <= metrics, sorted(
+                    m for m in metrics if "cluster" in m)
+        assert not any("tandem_vrrp_state" in m for m in metrics)    # no election, no VRRP state
         # the router moved the flow to b: b forwards it with a's laddr:lport, same real server
         fwd = IP(nodes["b"].engine.handle(tcp(CLIENT, VIP, 40000, 80, "A", seq=1001, ack=1),
                                               nodes["b"].clock()))
@@ -132,7 +158,7 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
         # a drains: VIP withdrawn at once, its laddr kept while it has a connection; the
         # peers hear it say draining and adopt nothing; past drain_timeout (1 s) with the
         # connection still open, it withdraws everything and still nobody adopts
-        st = await nodes["a"].cluster.drain()
+        st = await asyncio.to_thread(call, nodes["a"], "/cluster/drain", "POST")
         assert birds["a"].last == {f"{LADDR['a']}/32"} and st["state"] == "draining"
         await until(lambda: all(nodes[n].cluster.status()["members"]["a"]["said"] == "draining"
                                 for n in "bc"), "the peers hear a drains")
@@ -142,6 +168,9 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
         assert all(birds[n].last == own(n) for n in "bc")
         assert all(nodes[n].cluster.status()["members"]["a"]["served_by"] == {LADDR["a"]: "a"}
                    for n in "bc")
+        # cancelled: a announces again
+        st = await asyncio.to_thread(call, nodes["a"], "/cluster/drain", "DELETE")
+        assert st["state"] == "active" and birds["a"].last == own("a")
 
         # a stops: it says it leaves, withdraws everything; exactly one survivor adopts its laddr
         await nodes["a"].stop()
@@ -213,3 +242,4 @@ def test_pair_mode_has_no_cluster():
                          "real_servers": [{"addr": RS[0], "port": 8080}]}]}
     node = Node(parse(doc, "p.toml"), edges=Edges(kernel=FakeKernel()))
     assert node.cluster is None and node.state.cluster_status() is None
+    assert asyncio.run(node.state.cluster_drain(True)) is None     # the API answers 409
