@@ -18,7 +18,9 @@ What each entry becomes (docs/kernel-fast-path.md says why each part is needed):
   cannot set window tracking; the mark of the binding on this node (`mark_of`);
 - one already injected with the same binding: an update (timeout, TCP state, mark): the
   master's state changes and its periodic refreshes keep the entry alive here;
-- one whose binding changed (a client port reused for a new connection): delete, create;
+- one whose binding changed (a client port reused for a new connection), or whose entry here
+  the kernel view (`binding_of`) shows with another binding than the one injected (this node
+  forwarded a newer connection on those ports while it was master): delete, create;
 - the end (timeout 0, syncd.kernel_source.END_TIMEOUT): delete.
 
 Entries are coalesced per connection until sent: a burst of changes to one connection
@@ -143,7 +145,11 @@ class Injector:
         binding = self.known.get(key)
         if binding is None:
             return (_NEW,)
-        if binding != _binding(entry):
+        here = self.binding_of(_orig(entry))
+        if binding != _binding(entry) or (here is not None and here != binding):
+            # a new binding, or the kernel's entry is no longer the one injected (this node
+            # forwarded a newer connection on the same ports meanwhile): an update would
+            # leave that entry's NAT
             return (_DELETE, _NEW)
         return (_UPDATE,)
 

@@ -64,12 +64,15 @@ class _FakePacket:
 
 class FakeInject:
     """director.ct_inject.InjectSocket as a kernel that accepts every request: `sent` holds
-    the decoded requests (proto.ctnetlink.Message), in order."""
+    the decoded requests (proto.ctnetlink.Message), in order.  With `table` set (the
+    ORIGINAL tuples conntrack holds) it answers as the kernel does: EEXIST to an exclusive
+    create of an entry there, ENOENT to an update or delete of one that is not."""
     portid = 777
 
     def __init__(self) -> None:
         self.sent: list[Any] = []
         self.closed = False
+        self.table: set | None = None
 
     def run(self, inj: Any, limit: int) -> int:
         from proto import ctnetlink as ct
@@ -77,8 +80,25 @@ class FakeInject:
         for raw in reqs:
             for m in ct.decode(raw):
                 self.sent.append(m)
-                inj.on_ack(m.seq, 0)
+                inj.on_ack(m.seq, self._answer(m, ct))
         return len(reqs)
+
+    def _answer(self, m: Any, ct: Any) -> int:
+        import errno
+        table, key = self.table, m.ct.orig
+        if table is None:
+            return 0
+        if m.msg_type == ct.MSG_DELETE:
+            if key not in table:
+                return errno.ENOENT
+            table.discard(key)
+        elif m.flags & ct.NLM_F_CREATE:
+            if key in table:
+                return errno.EEXIST
+            table.add(key)
+        elif key not in table:
+            return errno.ENOENT
+        return 0
 
     def close(self) -> None:
         self.closed = True

@@ -185,6 +185,28 @@ def test_a_bulk_replaces_an_entry_left_by_an_older_connection_on_the_same_ports(
     assert inj.known[(6, CLIENT, 40000, VIP, 80)] == (RS2, 8080, LADDR, 40000)
 
 
+def test_an_injected_entry_that_the_node_replaced_itself_is_not_updated_blindly():
+    """b injected a's connection on client port 40000 (real server RS).  Later, as master,
+    b forwarded a newer connection on the same ports (the kernel replaced the TIME_WAIT
+    entry on the new SYN; b's scheduler chose RS2).  When a, master again, sends a third
+    connection on those ports to RS, an update would keep RS2's NAT (it carries none):
+    the entry is deleted and created with a's binding."""
+    view: dict[ct.Tuple, tuple] = {}
+    inj = Injector(lambda e: BACKUP_MARK, view.get)
+    inj.offer(entry(40000, daddr=RS))
+    ack_all(inj, sent(inj))
+    assert inj.known
+    view[ct.Tuple(6, CLIENT, VIP, 40000, 80)] = (RS2, 8080, LADDR, 61000)   # b's own, newer
+    inj.offer(entry(40000, daddr=RS))
+    delete, create = sent(inj)
+    assert delete.msg_type == ct.MSG_DELETE and create.ct.nat_dst == ct.NatRange(RS, 8080)
+    ack_all(inj, [delete, create])
+    view[ct.Tuple(6, CLIENT, VIP, 40000, 80)] = (RS, 8080, LADDR, 61000)    # its events read
+    inj.offer(entry(40000, daddr=RS, timeout=120.0))
+    [update] = sent(inj)
+    assert update.msg_type == ct.MSG_NEW and not update.flags & ct.NLM_F_CREATE
+
+
 def test_an_expired_entry_is_created_again_and_a_missing_one_needs_no_delete():
     inj = injector()
     inj.offer(entry())

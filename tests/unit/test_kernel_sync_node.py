@@ -111,6 +111,35 @@ def test_the_peers_kernel_mode_entries_are_injected_and_engine_mode_ones_applied
     asyncio.run(go())
 
 
+def test_a_bulk_from_the_peer_replaces_a_flow_left_here_by_an_older_connection():
+    """The CI failure of test_failover's stop-kernel failback (437 kept, 63 reset): the
+    restarted node's conntrack still held the stop drill's entry for client port 40000
+    (TIME_WAIT, real server RS[0]), adopted into its view at start; the client had reused
+    that port for a new connection through the peer, which the peer's kernel took as new
+    (a SYN on a TIME_WAIT entry) and sent to RS[1].  The peer's bulk entry must replace the
+    old entry (delete, create with the peer's NAT), not keep its NAT: the node forwards
+    the connection once it preempts."""
+    async def go():
+        node = make_node()
+        inj: FakeInject = node.edges.kernel.inject
+        old = ct.Conntrack(orig=ct.Tuple(6, packed(CLIENT), packed(KVIP), 40000, 80),
+                           reply=ct.Tuple(6, packed(RS[0]), packed(KLADDR), 8080, 61000),
+                           mark=node.engine.marks.mark_for(RS[0], 8080, KLADDR),
+                           status=ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY | ct.IPS_ASSURED,
+                           tcp=ct.TcpInfo(ct.TCP_CT_TIME_WAIT))
+        node.kernel_path.flows.adopt([old])     # what the start-up dump showed
+        inj.table = {old.orig}
+        new = SyncEntry(6, C.ESTABLISHED, C.ASSURED, packed(CLIENT), 40000, packed(KVIP), 80,
+                        packed(KLADDR), 61000, packed(RS[1]), 8080, 900.0, False, 3)
+        assert node.sync.receiver.apply_bulk(new, 1.0) == "injected"
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert [m.msg_type for m in inj.sent] == [ct.MSG_NEW, ct.MSG_DELETE, ct.MSG_NEW]
+        assert inj.sent[-1].ct.nat_dst == ct.NatRange(packed(RS[1]), 8080)
+        assert node.kernel_sync.injector.stats["stale"] == 1
+    asyncio.run(go())
+
+
 def test_injected_entries_follow_the_timeouts_policy_through_the_namespaces_defaults():
     """Issue 13: an entry injected through ctnetlink gets no `ct timeout` policy (no
     attribute attaches one, and nftables attaches one only to an unconfirmed entry:
