@@ -88,7 +88,8 @@ def views(now: float) -> tuple[KernelFlows, KernelSyncSource]:
     flows = KernelFlows()
     timeouts = {0: 120.0}
     src = KernelSyncSource(SyncPolicy(), lambda proto, state: 900.0 if state == 1 else timeouts[0],
-                           lambda mark: mark & MARK_PREFIX_MASK == MARK_BASE, active=True)
+                           lambda mark: mark & MARK_PREFIX_MASK == MARK_BASE, active=True,
+                           table=flows.table)
     flows.watch(lambda msg, f: src.apply(msg, now))
     return flows, src
 

@@ -154,20 +154,22 @@ def _kernel_match(query: ConnQuery, engine: Any, key: ct.Tuple, flow: Any) -> bo
     return True
 
 
-async def _walk_kernel(flows: dict, engine: Any, query: ConnQuery, skip: int,
+async def _walk_kernel(flows: Any, engine: Any, query: ConnQuery, skip: int,
                        want: int) -> tuple[list[ct.Tuple], int]:
     """The original tuples of the kernel flows `skip` .. `skip + want` of those matching,
-    and how many match, in bounded slices (as _walk)."""
+    and how many match, in bounded slices (as _walk).  `flows` is KernelFlows.flows: its
+    rows are taken packed and unpacked a slice at a time."""
     if not query.filtered:
         if not want:
             return [], len(flows)       # a page the engine's entries filled: only the count
-        items = list(itertools.islice(flows.items(), skip + want))
+        items = flows.packed(skip + want)
     else:
-        items = list(flows.items())
+        items = flows.packed()
     page: list[ct.Tuple] = []
     matched = 0
     for start in range(0, len(items), WALK_SLICE):
-        for key, flow in items[start:start + WALK_SLICE]:
+        for item in items[start:start + WALK_SLICE]:
+            key, flow = flows.unpack(item)
             if query.filtered and not _kernel_match(query, engine, key, flow):
                 continue
             if skip <= matched < skip + want:

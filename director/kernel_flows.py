@@ -29,6 +29,7 @@ import ipaddress
 import logging
 from typing import Callable, Generator, Iterable, Iterator, NamedTuple
 
+from proto.flow_table import F16, MARK, VIEW, VIEW_FIELDS, VTCP, VTCP_NONE, FlowTable, Members
 from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK, Marks
 from proto import ctnetlink as ct
 
@@ -52,18 +53,31 @@ class Flow(NamedTuple):
     tcp_state: int | None
 
 
-#: every distinct Flow value, kept once: a view of 1M flows holds a few hundred of them
-#: (marks x TCP states), not a tuple and a mark int per flow (~96 bytes each; bench.kmem)
+#: every distinct Flow value, kept once (marks x TCP states)
 _FLOWS: dict[Flow, Flow] = {}
 
 
-def _flow(c: ct.Conntrack) -> Flow | None:
+def _fields(c: ct.Conntrack) -> int | None:
+    """The view's fields of a row for conntrack entry c, or None if it is not tandem's."""
     mark = c.mark or 0
     if mark & MARK_PREFIX_MASK != MARK_BASE or c.orig is None:
         return None
     state = c.tcp.state if c.tcp is not None else None
-    f = Flow(mark, state == ct.TCP_CT_ESTABLISHED, state)
+    code = VTCP_NONE if state is None or not 0 <= state < VTCP_NONE else state
+    return VIEW | code << VTCP | (mark & F16) << MARK
+
+
+def _decode(row: int) -> Flow:
+    code = row >> VTCP & 0xFF
+    state = None if code == VTCP_NONE else code
+    f = Flow(MARK_BASE | row >> MARK & F16, state == ct.TCP_CT_ESTABLISHED, state)
     return _FLOWS.setdefault(f, f)
+
+
+def _flow(c: ct.Conntrack) -> Flow | None:
+    """The Flow the view keeps for conntrack entry c (None: not tandem's)."""
+    fields = _fields(c)
+    return None if fields is None else _decode(fields)
 
 
 def adoptable(entries: Iterable[ct.Conntrack], marks: Marks) -> tuple[list[ct.Conntrack], int]:
@@ -85,8 +99,12 @@ def adoptable(entries: Iterable[ct.Conntrack], marks: Marks) -> tuple[list[ct.Co
 
 
 class KernelFlows:
-    def __init__(self) -> None:
-        self.flows: dict[ct.Tuple, Flow] = {}
+    def __init__(self, table: FlowTable | None = None) -> None:
+        #: the rows, shared with the sync source (proto.flow_table: one int key and one
+        #: int value per flow)
+        self.table = table if table is not None else FlowTable()
+        #: original Tuple -> Flow, read-only (len, iteration, lookups, comparison)
+        self.flows: Members = self.table.members(VIEW, _decode)
         #: mark -> [active, inactive]
         self.counts: dict[int, list[int]] = {}
         #: (proto, vip, vport, mark) -> [active, inactive]
@@ -96,38 +114,27 @@ class KernelFlows:
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
                                     "resyncs", "repaired", "adopted", "watcher_errors"), 0)
         self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
-        self._resync_watchers: list[Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]],
+        self._resync_watchers: list[Callable[[Members, list[ct.Conntrack]],
                                              Iterator[None] | None]] = []
 
     def watch(self, fn: Callable[[ct.Message, Flow | None], None]) -> None:
         """Call fn(message, flow) for every event about one of tandem's flows."""
         self._watchers.append(fn)
 
-    def watch_resync(self, fn: Callable[[dict[ct.Tuple, Flow], list[ct.Conntrack]],
+    def watch_resync(self, fn: Callable[[Members, list[ct.Conntrack]],
                                         Iterator[None] | None]) -> None:
         """Call fn(flows, entries) after every resync (the view rebuilt from dump `entries`).
         A watcher with much to do returns an iterator: its work, one small step per next(),
         run as part of the resync's steps (all at once by `resync` and `adopt`)."""
         self._resync_watchers.append(fn)
 
-    def _count(self, key: ct.Tuple, f: Flow, delta: int) -> None:
-        i = 0 if f.active else 1
-        self.counts.setdefault(f.mark, [0, 0])[i] += delta
-        skey = (key.proto, key.dst, key.dport, f.mark)
+    def _count(self, t: ct.Tuple, row: int, delta: int) -> None:
+        i = 0 if row >> VTCP & 0xFF == ct.TCP_CT_ESTABLISHED else 1
+        mark = MARK_BASE | row >> MARK & F16
+        self.counts.setdefault(mark, [0, 0])[i] += delta
+        skey = (t.proto, t.dst, t.dport, mark)
         self.by_service.setdefault(skey, [0, 0])[i] += delta
         self.dirty.add(skey)
-
-    def _set(self, key: ct.Tuple, f: Flow | None) -> None:
-        # assigned in place, never popped and re-inserted: the dict keeps the key object of
-        # the flow's first event, the one the sync source keeps too (one tuple, not two)
-        old = self.flows.get(key)
-        if old is not None:
-            self._count(key, old, -1)
-        if f is not None:
-            self.flows[key] = f
-            self._count(key, f, +1)
-        elif old is not None:
-            del self.flows[key]
 
     def take_dirty(self) -> set[tuple[int, bytes, int, int]]:
         """The (proto, vip, vport, mark) whose counts changed since the last call."""
@@ -140,30 +147,45 @@ class KernelFlows:
 
     def flows_of(self, marks: set[int]) -> list[ct.Tuple]:
         """The original tuples of the flows carrying one of `marks` (a walk of the view)."""
-        return [k for k, f in self.flows.items() if f.mark in marks]
+        idx = {m & F16 for m in marks if m & MARK_PREFIX_MASK == MARK_BASE}
+        tuple_of = self.table.tuple_of
+        return [tuple_of(k) for k, r in self.table.rows.items()
+                if r & VIEW and r >> MARK & F16 in idx]
 
     def apply(self, msg: ct.Message) -> None:
         """One event: a new flow, a change (state, mark), or its end."""
         self.stats["events"] += 1
-        key = msg.ct.orig
-        if key is None:
+        t = msg.ct.orig
+        if t is None:
             self.stats["ignored"] += 1
             return
+        table = self.table
         if msg.event == "destroy":
-            if key in self.flows:
+            k, row = table.find(t)
+            if row & VIEW:
                 self.stats["destroyed"] += 1
-                self._set(key, None)
+                self._count(t, row, -1)
+                table.release(k, row, VIEW)
                 self._tell(msg, None)
             return
-        f = _flow(msg.ct)          # the kernel sends the mark in every event when it is set
-        if f is None:
+        fields = _fields(msg.ct)    # the kernel sends the mark in every event when it is set
+        if fields is None:
             self.stats["ignored"] += 1
-            self._set(key, None)
+            k, row = table.find(t)
+            if row & VIEW:
+                self._count(t, row, -1)
+                table.release(k, row, VIEW)
             return
-        if key not in self.flows:
+        k = table.key(t)
+        old = table.rows.get(k, 0)
+        if old & VIEW:
+            self._count(t, old, -1)
+        else:
             self.stats["new"] += 1
-        self._set(key, f)
-        self._tell(msg, f)
+        row = old & ~VIEW_FIELDS | fields
+        table.put(k, row, VIEW)
+        self._count(t, row, +1)
+        self._tell(msg, _decode(row))
 
     def _tell(self, msg: ct.Message, f: Flow | None) -> None:
         """The watchers, each on its own: one that fails is counted and logged and takes
@@ -190,8 +212,9 @@ class KernelFlows:
                      step: int = RESYNC_STEP) -> Generator[None, None, int]:
         """The same repair as `resync`, in small steps: each next() does the work of at most
         `step` entries (director.kernel_repair runs it a slice per loop turn); returns what
-        `resync` returns.  The view stays the old one until every entry is in, then it is
-        swapped whole; the resync watchers' steps follow."""
+        `resync` returns.  The view stays the old one until every entry is read and compared;
+        then its rows change, a step at a time, and its counts are swapped in whole; the
+        resync watchers' steps follow."""
         changed = yield from self._replace(entries, step)
         self.stats["resyncs"] += 1
         self.stats["repaired"] += changed
@@ -206,36 +229,45 @@ class KernelFlows:
         return len(self.flows)
 
     def _replace(self, entries: list[ct.Conntrack], step: int) -> Generator[None, None, int]:
-        fresh: dict[ct.Tuple, Flow] = {}
+        table, rows = self.table, self.table.rows
+        fresh: dict[int, tuple[ct.Tuple, int]] = {}
         changed = 0
-        old = self.flows
         for i in range(0, len(entries), step):
             for c in entries[i:i + step]:
-                f = _flow(c)
-                if f is not None:
-                    assert c.orig is not None       # _flow checked it
-                    fresh[c.orig] = f
+                fields = _fields(c)
+                if fields is not None:
+                    assert c.orig is not None       # _fields checked it
+                    fresh[table.key(c.orig)] = (c.orig, fields)
             yield
         new = list(fresh.items())
         for i in range(0, len(new), step):
-            changed += sum(1 for k, f in new[i:i + step] if old.get(k) != f)
+            changed += sum(1 for k, (_, fields) in new[i:i + step]
+                           if rows.get(k, 0) & VIEW_FIELDS != fields)
             yield
-        keys = list(old)
-        for i in range(0, len(keys), step):
-            changed += sum(1 for k in keys[i:i + step] if k not in fresh)
-            yield
-        # nothing reads a half-built view: the counts are built aside, then swapped in at once
+        gone = [(k, r) for k, r in rows.items() if r & VIEW and k not in fresh]
+        changed += len(gone)
+        yield
+        # the counts are built aside and swapped in at once; the rows (shared with the sync
+        # source, which keeps its own fields in them) change in place, a step at a time
         counts: dict[int, list[int]] = {}
         by_service: dict[tuple[int, bytes, int, int], list[int]] = {}
-        items = list(fresh.items())
-        for i in range(0, len(items), step):
-            for k, f in items[i:i + step]:
-                j = 0 if f.active else 1
-                counts.setdefault(f.mark, [0, 0])[j] += 1
-                by_service.setdefault((k.proto, k.dst, k.dport, f.mark), [0, 0])[j] += 1
+        for i in range(0, len(gone), step):
+            for k, r in gone[i:i + step]:
+                r = rows.get(k, 0)
+                if r & VIEW and k not in fresh:
+                    table.release(k, r, VIEW)
+            yield
+        for i in range(0, len(new), step):
+            for k, (t, fields) in new[i:i + step]:
+                row = rows.get(k, 0) & ~VIEW_FIELDS | fields
+                table.put(k, row, VIEW)
+                j = 0 if fields >> VTCP & 0xFF == ct.TCP_CT_ESTABLISHED else 1
+                mark = MARK_BASE | fields >> MARK & F16
+                counts.setdefault(mark, [0, 0])[j] += 1
+                by_service.setdefault((t.proto, t.dst, t.dport, mark), [0, 0])[j] += 1
             yield
         self.dirty |= set(self.by_service) | set(by_service)
-        self.flows, self.counts, self.by_service = fresh, counts, by_service
+        self.counts, self.by_service = counts, by_service
         self.needs_resync = False
         for rfn in self._resync_watchers:
             try:

@@ -37,16 +37,25 @@ this node's own ctnetlink requests (its port id is `own_pid`) only updates the v
 the peer's flow, injected here, which the peer already has.  The view keeps every flow, so
 that a node which takes over refreshes the flows it inherited and can answer a bulk
 resync with its whole kernel table (`snapshot` and `to_entry`, as the engine's source).
+
+Its flows are rows of proto.flow_table.FlowTable, the table the node's KernelFlows view
+holds too (`table=`; one of its own otherwise): one int key and one int value per flow
+(state, old_state, status bits, binding, sync_endtime in jiffies, refresh due time).
+Refreshes are filed by the second they fall due, each as the row's key; a row's own due
+time tells a slot still valid from one left behind by a reschedule.
 """
 from __future__ import annotations
 
-from collections import deque
-from typing import Callable, Iterable, Iterator
+import math
+from typing import Callable, Iterable, Iterator, NamedTuple
 
+from proto.flow_table import (ASSURED, BINDING, DUE, END, F4, F16, F24, F48, F52, LPORT, OLD_STATE,
+                                 SEEN_REPLY, SENT, SOURCE, STATE, FlowTable, Members)
 from proto import ctnetlink as ct
-from proto.consts import ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, NONE, TCP, TCP_SYNC_STATES, UDP
+from proto.consts import ASSURED as F_ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, NONE, TCP, \
+    TCP_SYNC_STATES, UDP
 from proto.sync import SyncEntry
-from syncd.policy import URGENT, SyncPolicy
+from syncd.policy import HZ, URGENT, SyncPolicy
 
 #: s, the shortest refresh interval, as IPVS's bound on sync_refresh_period's difference
 MIN_REFRESH = 10.0
@@ -56,88 +65,127 @@ END_TIMEOUT = 0.0
 RESYNC_STEP = 128
 #: refreshes handed out per poll at most (the rest stay due for the next one)
 POLL_LIMIT = 2048
+#: µs per second: a refresh's due time is kept in µs
+_US = 1_000_000
 
 Out = list[tuple[SyncEntry, bool]]
+_STATE_BITS = F4 << STATE | F4 << OLD_STATE
+_REPLY_BITS = F16 << LPORT | F24 << BINDING
+_END_BITS, _DUE_BITS = F48 << END, F52 << DUE
 
 
-class _Flow:
-    """One kernel flow as the policy sees a connection (the attributes SyncPolicy reads).
+class SourceFlow(NamedTuple):
+    """One flow as the source holds it (decoded from its row: `flows` values)."""
+    proto: int
+    state: int
+    old_state: int
+    reply: tuple[bytes, int, bytes, int] | None
+    assured: bool
+    seen_reply: bool
+    sent: bool
+    sync_endtime: float
+    due: float | None
 
-    `key` is the flow's original tuple as first seen (the object the view's dict holds:
-    refresh slots name it, never a later event's equal copy); `reply` is the binding in
-    the entry's order (laddr, lport, real server, port), its addresses and port shared
-    with every other flow of that binding (bench.kmem: a Tuple per flow cost ~250 bytes)."""
-    __slots__ = ("key", "proto", "state", "old_state", "sync_endtime", "created", "reply",
-                 "status", "sent", "due")
+
+class _Conn:
+    """What SyncPolicy.needed reads and writes, for one flow while it decides.  `created`
+    is never equal to sync_endtime: the row keeps the stamp the policy would read."""
+    __slots__ = ("proto", "state", "old_state", "sync_endtime")
     client_address_state = None     # a kernel-forwarded flow never carries a PROXY sequence shift
+    created = None
 
-    def __init__(self, key: ct.Tuple, now: float) -> None:
-        self.key = key
-        self.proto = key.proto
-        self.state = self.old_state = NONE
-        self.created = self.sync_endtime = now
-        self.reply: tuple[bytes, int, bytes, int] | None = None
-        self.status = 0
-        self.sent = False           # the peer may hold it: its end must be sent
-        self.due: float | None = None
+    def __init__(self, proto: int, row: int) -> None:
+        self.proto = proto
+        self.state = row >> STATE & F4
+        self.old_state = row >> OLD_STATE & F4
+        self.sync_endtime = (row >> END & F48) / HZ
+
+    def into(self, row: int) -> int:
+        return (row & ~(F4 << OLD_STATE | _END_BITS) | self.old_state << OLD_STATE
+                | round(self.sync_endtime * HZ) << END)
+
+
+def _due_of(row: int) -> int:
+    """The row's refresh due time in µs, -1 if none."""
+    return (row >> DUE & F52) - 1
 
 
 class KernelSyncSource:
     def __init__(self, policy: SyncPolicy, timeout_of: Callable[[int, int], float],
                  is_ours: Callable[[int], bool], *, own_pid: int = 0,
-                 active: bool = False) -> None:
+                 active: bool = False, table: FlowTable | None = None) -> None:
         self.policy = policy
         self.timeout_of = timeout_of        # (proto, IPVS state) -> full timeout, s
         self.is_ours = is_ours              # mark -> is it one of tandem's bindings
         self.own_pid = own_pid              # the injecting socket's netlink port id (0: none)
         self.active = active
-        self.flows: dict[ct.Tuple, _Flow] = {}
-        self._shared: dict = {}          # addresses, ports and status values, kept once
-        self._due: dict[float, deque[tuple[float, ct.Tuple]]] = {}
+        self.table = table if table is not None else FlowTable()
+        #: original Tuple -> SourceFlow, read-only
+        self.flows: Members = self.table.members(SOURCE, self._decode)
+        #: second -> keys of the rows whose refresh falls due in it
+        self._due: dict[int, list[int]] = {}
         self.stats = dict.fromkeys(("events", "ignored", "own", "entries", "urgent", "refreshes",
                                     "ends", "resyncs"), 0)
 
+    def _decode(self, row: int, proto: int | None = None) -> SourceFlow:
+        b = self.table.binding_of(row >> BINDING & F24)
+        reply = None if b is None else (b[0], row >> LPORT & F16, b[1], b[2])
+        due = _due_of(row)
+        return SourceFlow(proto if proto is not None else -1, row >> STATE & F4,
+                          row >> OLD_STATE & F4, reply, bool(row & ASSURED),
+                          bool(row & SEEN_REPLY), bool(row & SENT), (row >> END & F48) / HZ,
+                          None if due < 0 else due / _US)
+
     # -- the entry ---------------------------------------------------------------------
 
-    def _entry(self, key: ct.Tuple, f: _Flow, timeout: float) -> SyncEntry:
-        reply = f.reply
-        assert reply is not None        # a flow is kept only with its reply tuple
-        flags = 0 if f.state == ESTABLISHED and f.proto == TCP else INACTIVE
-        if f.status & ct.IPS_ASSURED:
-            flags |= ASSURED
-        if not f.status & ct.IPS_SEEN_REPLY:
+    def _entry(self, t: ct.Tuple, row: int, timeout: float) -> SyncEntry:
+        laddr, rs, rs_port = self.table.binding_of(row >> BINDING & F24) or (b"", b"", 0)
+        state = row >> STATE & F4
+        flags = 0 if state == ESTABLISHED and t.proto == TCP else INACTIVE
+        if row & ASSURED:
+            flags |= F_ASSURED
+        if not row & SEEN_REPLY:
             flags |= NOOUTPUT
-        return SyncEntry(f.proto, f.state, flags, key.src, key.sport, key.dst, key.dport,
-                         *reply, timeout, False, self.policy.threshold)
+        return SyncEntry(t.proto, state, flags, t.src, t.sport, t.dst, t.dport,
+                         laddr, row >> LPORT & F16, rs, rs_port, timeout, False,
+                         self.policy.threshold)
 
-    def _interval(self, f: _Flow) -> float:
-        half = max(self.timeout_of(f.proto, f.state) / 2, MIN_REFRESH)
+    def _interval(self, proto: int, state: int) -> float:
+        half = max(self.timeout_of(proto, state) / 2, MIN_REFRESH)
         r = self.policy.refresh_period
         return min(r, half) if r > 0 else half
 
-    def _syncable(self, f: _Flow) -> bool:
-        return f.proto != TCP or f.state in TCP_SYNC_STATES
+    @staticmethod
+    def _syncable(proto: int, row: int) -> bool:
+        return proto != TCP or row >> STATE & F4 in TCP_SYNC_STATES
 
-    def _schedule(self, key: ct.Tuple, f: _Flow, now: float, first: float | None = None) -> None:
-        if not self.active or not self._syncable(f):
-            f.due = None
-            return
-        interval = self._interval(f)
-        f.due = now + (interval if first is None else first)
-        q = self._due.get(interval)
-        if q is None:
-            q = self._due[interval] = deque()
-        q.append((f.due, key))
+    def _schedule(self, k: int, proto: int, row: int, now: float,
+                  first: float | None = None) -> int:
+        """The row with its next refresh set (filed under its second), or cleared."""
+        row &= ~_DUE_BITS
+        if not self.active or not self._syncable(proto, row):
+            return row
+        interval = self._interval(proto, row >> STATE & F4)
+        due = max(0, round((now + (interval if first is None else first)) * _US))
+        slot = self._due.get(due // _US)
+        if slot is None:
+            slot = self._due[due // _US] = []
+        slot.append(k)
+        return row | (due + 1) << DUE
 
-    def _send(self, key: ct.Tuple, f: _Flow, now: float, decision: int, out: Out) -> None:
-        out.append((self._entry(key, f, self.timeout_of(f.proto, f.state)), decision == URGENT))
-        f.sent = True
+    def _send(self, t: ct.Tuple, k: int, row: int, now: float, decision: int, out: Out) -> int:
+        out.append((self._entry(t, row, self.timeout_of(t.proto, row >> STATE & F4)),
+                    decision == URGENT))
         self.stats["entries"] += 1
         self.stats["urgent"] += decision == URGENT
-        self._schedule(key, f, now)
+        return self._schedule(k, t.proto, row | SENT, now)
 
-    def _ask(self, f: _Flow, now: float) -> int:
-        return self.policy.needed(f, self.policy.threshold, now, self.timeout_of(f.proto, f.state))
+    def _ask(self, proto: int, row: int, now: float) -> tuple[int, int]:
+        """The policy's decision for the row, and the row as the decision left it."""
+        c = _Conn(proto, row)
+        decision = self.policy.needed(c, self.policy.threshold, now,
+                                      self.timeout_of(proto, c.state))
+        return decision, c.into(row)
 
     # -- events ------------------------------------------------------------------------
 
@@ -145,88 +193,124 @@ class KernelSyncSource:
         """One conntrack event; the entries it makes due, each with its urgency."""
         out: Out = []
         self.stats["events"] += 1
-        key = msg.ct.orig
-        if key is None:
+        t = msg.ct.orig
+        if t is None:
             self.stats["ignored"] += 1
             return out
         own = self.own_pid != 0 and msg.pid == self.own_pid
         self.stats["own"] += own
         if msg.event == "destroy":
-            self._end(key, now, out, quiet=own)
+            self._end(t, now, out, quiet=own)
             return out
         c = msg.ct
-        if (c.reply is None or key.proto not in (TCP, UDP) or c.mark is None
+        if (c.reply is None or t.proto not in (TCP, UDP) or c.mark is None
                 or not self.is_ours(c.mark)):
             self.stats["ignored"] += 1
-            self._end(key, now, out, quiet=True)     # no longer ours, if it was
+            self._end(t, now, out, quiet=True)     # no longer ours, if it was
             return out
-        f = self.flows.get(key)
-        fresh = f is None
-        if f is None:
-            f = self.flows[key] = _Flow(key, now)
-        key = f.key
-        share = self._shared.setdefault
+        table = self.table
+        k = table.key(t)
+        row = table.rows.get(k, 0)
+        fresh = not row & SOURCE
+        if fresh:
+            # state and old_state NONE; sync_endtime the creation stamp (jiffies & ~3)
+            row = row & ~(_STATE_BITS | ASSURED | SEEN_REPLY | SENT | _END_BITS | _DUE_BITS) \
+                | SOURCE | (max(0, math.floor(now * HZ)) & ~3) << END
         r = c.reply
-        f.reply = (share(r.dst, r.dst), r.dport, share(r.src, r.src), share(r.sport, r.sport))
+        row = row & ~_REPLY_BITS | r.dport << LPORT | table.binding(r.dst, r.src, r.sport) << BINDING
         if c.status is not None:
-            f.status = share(c.status, c.status)
-        if key.proto == TCP:
+            row = (row & ~(ASSURED | SEEN_REPLY) | (ASSURED if c.status & ct.IPS_ASSURED else 0)
+                   | (SEEN_REPLY if c.status & ct.IPS_SEEN_REPLY else 0))
+        if t.proto == TCP:
             if c.tcp is not None and c.tcp.state is not None and c.tcp.state < len(ct.IPVS_STATE_OF_CT):
-                f.state = ct.IPVS_STATE_OF_CT[c.tcp.state]
+                row = row & ~(F4 << STATE) | ct.IPVS_STATE_OF_CT[c.tcp.state] << STATE
         if own:
             # the peer's flow, injected here: the peer has it; note it as sent, so that if
             # this node takes over, its end is sent back
-            f.sent = True
-            f.old_state = f.state
-            return out
-        if not self.active:
-            return out
-        if key.proto == TCP:
-            if fresh or f.state != f.old_state:
-                decision = self._ask(f, now)
-                if decision:
-                    self._send(key, f, now, decision, out)
-                elif not self._syncable(f):
-                    f.due = None
-        elif not f.sent and f.status & ct.IPS_ASSURED:
-            decision = self._ask(f, now)
-            if decision:
-                self._send(key, f, now, decision, out)
+            row = row & ~(F4 << OLD_STATE) | (row >> STATE & F4) << OLD_STATE | SENT
+        elif self.active:
+            row = self._decide(t, k, row, fresh, now, out)
+        table.put(k, row, SOURCE)
         return out
 
-    def _end(self, key: ct.Tuple, now: float, out: Out, quiet: bool) -> None:
-        f = self.flows.pop(key, None)
-        if f is None or quiet or not self.active or not f.sent or f.reply is None:
+    def _decide(self, t: ct.Tuple, k: int, row: int, fresh: bool, now: float, out: Out) -> int:
+        if t.proto == TCP:
+            if fresh or row >> STATE & F4 != row >> OLD_STATE & F4:
+                decision, row = self._ask(t.proto, row, now)
+                if decision:
+                    row = self._send(t, k, row, now, decision, out)
+                elif not self._syncable(t.proto, row):
+                    row &= ~_DUE_BITS
+        elif not row & SENT and row & ASSURED:
+            decision, row = self._ask(t.proto, row, now)
+            if decision:
+                row = self._send(t, k, row, now, decision, out)
+        return row
+
+    def _end(self, t: ct.Tuple, now: float, out: Out, quiet: bool) -> None:
+        table = self.table
+        k, row = table.find(t)
+        if not row & SOURCE:
             return
-        if f.proto == TCP:
-            f.state = CLOSE
-        f.status &= ~ct.IPS_ASSURED
-        out.append((self._entry(key, f, END_TIMEOUT), False))
+        table.release(k, row, SOURCE)
+        if quiet or not self.active or not row & SENT:
+            return
+        if t.proto == TCP:
+            row = row & ~(F4 << STATE) | CLOSE << STATE
+        out.append((self._entry(t, row & ~ASSURED, END_TIMEOUT), False))
         self.stats["ends"] += 1
 
     # -- refresh -----------------------------------------------------------------------
 
+    def _valid(self, k: int, second: int) -> int:
+        """Row k if its slot in `second` is the one that counts (0: ended or moved)."""
+        row = self.table.rows.get(k, 0)
+        if not row & SOURCE:
+            return 0
+        due = _due_of(row)
+        return row if due >= 0 and due // _US == second else 0
+
     def next_deadline(self) -> float:
         """When poll() next has something to do (infinity: nothing scheduled)."""
-        return min((q[0][0] for q in self._due.values() if q), default=float("inf"))
+        for second in sorted(self._due):
+            dues = [_due_of(r) for r in (self._valid(k, second) for k in self._due[second]) if r]
+            if dues:
+                return min(dues) / _US
+            del self._due[second]           # only slots left behind
+        return float("inf")
 
     def poll(self, now: float, limit: int = POLL_LIMIT) -> Out:
         """The refreshes due by now (at most `limit`), as the policy decides each."""
         out: Out = []
         n = 0
-        for q in self._due.values():
-            while q and q[0][0] <= now and n < limit:
-                due, key = q.popleft()
-                f = self.flows.get(key)
-                if f is None or f.due != due:
+        now_us = round(now * _US)
+        table, tuple_of = self.table, self.table.tuple_of
+        for second in sorted(s for s in self._due if s <= now_us // _US):
+            keys = self._due.pop(second)
+            later: list[int] = []
+            for i, k in enumerate(keys):
+                if n >= limit:
+                    later += keys[i:]
+                    break
+                row = self._valid(k, second)
+                if not row:
                     continue                # ended, or rescheduled since
+                if _due_of(row) > now_us:
+                    later.append(k)
+                    continue
                 n += 1
-                decision = self._ask(f, now)
+                t = tuple_of(k)
+                decision, row = self._ask(t.proto, row, now)
                 if decision:
                     self.stats["refreshes"] += 1
-                    self._send(key, f, now, decision, out)
+                    row = self._send(t, k, row, now, decision, out)
                 else:
-                    self._schedule(key, f, now)
+                    row = self._schedule(k, t.proto, row, now)
+                table.rows[k] = row
+            if later:
+                self._due.setdefault(second, []).extend(later)
+            if n >= limit:
+                break
         return out
 
     def set_active(self, active: bool, now: float) -> None:
@@ -237,16 +321,20 @@ class KernelSyncSource:
             return
         self.active = active
         self._due.clear()
+        rows, tuple_of = self.table.rows, self.table.tuple_of
+        held = [(k, r) for k, r in rows.items() if r & SOURCE]
         if not active:
-            for f in self.flows.values():
-                f.due = None
+            for k, r in held:
+                rows[k] = r & ~_DUE_BITS
             return
-        items = [(k, f) for k, f in self.flows.items() if self._syncable(f)]
-        for i, (k, f) in enumerate(items):
-            self._schedule(k, f, now, first=self._interval(f) * (i + 1) / (len(items) + 1))
-        # one deque per interval must stay in due order: sort each once
-        for interval, q in self._due.items():
-            self._due[interval] = deque(sorted(q, key=lambda item: item[0]))
+        items = []
+        for k, r in held:
+            proto = tuple_of(k).proto
+            if self._syncable(proto, r):
+                items.append((k, proto, r))
+        for i, (k, proto, r) in enumerate(items):
+            first = self._interval(proto, r >> STATE & F4) * (i + 1) / (len(items) + 1)
+            rows[k] = self._schedule(k, proto, r, now, first=first)
 
     # -- repair and bulk -----------------------------------------------------------------
 
@@ -262,20 +350,21 @@ class KernelSyncSource:
         but refreshes)."""
         self.stats["resyncs"] += 1
         seen = set()
+        find = self.table.find
         for i in range(0, len(entries), step):
             out: Out = []
             for c in entries[i:i + step]:
                 if c.orig is None:
                     continue
-                seen.add(c.orig)
                 out += self.apply(ct.Message(ct.MSG_NEW, 0, 0, c.orig.family, c), now)
+                seen.add(find(c.orig)[0])
             yield out
-        gone = [k for k in self.flows if k not in seen]
+        gone = [k for k, r in self.table.rows.items() if r & SOURCE and k not in seen]
+        tuple_of = self.table.tuple_of
         for i in range(0, len(gone), step):
             out = []
-            for key in gone[i:i + step]:
-                if key in self.flows:
-                    self._end(key, now, out, quiet=False)
+            for k in gone[i:i + step]:
+                self._end(tuple_of(k), now, out, quiet=False)
             yield out
 
     def binding(self, key: ct.Tuple) -> tuple | None:
@@ -293,10 +382,10 @@ class KernelSyncSource:
         """Every flow held (a bulk resync walks it; `to_entry` builds each as it goes)."""
         return list(self.flows)
 
-    def to_entry(self, key: ct.Tuple, now: float) -> SyncEntry | None:
-        """The entry of flow `key` now, or None if it has ended or is not worth sending."""
-        f = self.flows.get(key)
-        if f is None or f.reply is None or (f.proto == TCP and f.state == NONE):
+    def to_entry(self, t: ct.Tuple, now: float) -> SyncEntry | None:
+        """The entry of flow `t` now, or None if it has ended or is not worth sending."""
+        k, row = self.table.find(t)
+        if not row & SOURCE or not row >> BINDING & F24 or (t.proto == TCP and row >> STATE & F4 == NONE):
             return None
-        f.sent = True
-        return self._entry(key, f, self.timeout_of(f.proto, f.state))
+        self.table.rows[k] = row | SENT
+        return self._entry(t, row, self.timeout_of(t.proto, row >> STATE & F4))
