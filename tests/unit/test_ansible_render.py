@@ -39,8 +39,9 @@ def role_vars(cfg: dict) -> dict:
     }
 
 
-def render(tmp_path: Path, evars: dict) -> tuple[str, str]:
-    """(node config, sysctl file) as the role's templates write them."""
+def render(tmp_path: Path, evars: dict, bird: bool = False) -> tuple[str, str]:
+    """(node config, sysctl file) as the role's templates write them (and BIRD's config,
+    to tmp_path/bird.conf, with `bird`)."""
     play = tmp_path / "play.yml"
     play.write_text(
         "- hosts: localhost\n  gather_facts: false\n  connection: local\n"
@@ -48,7 +49,9 @@ def render(tmp_path: Path, evars: dict) -> tuple[str, str]:
         "  tasks:\n"
         f"    - ansible.builtin.include_tasks: '{ROLE}/tasks/assert.yml'\n"
         f"    - ansible.builtin.template: {{src: '{ROLE}/templates/node.toml.j2', dest: '{tmp_path}/n.toml'}}\n"
-        f"    - ansible.builtin.template: {{src: '{ROLE}/templates/sysctl.conf.j2', dest: '{tmp_path}/s.conf'}}\n")
+        f"    - ansible.builtin.template: {{src: '{ROLE}/templates/sysctl.conf.j2', dest: '{tmp_path}/s.conf'}}\n"
+        + (f"    - ansible.builtin.template: {{src: '{ROLE}/templates/bird.conf.j2', dest: '{tmp_path}/bird.conf'}}\n"
+           if bird else ""))
     (tmp_path / "extra.json").write_text(json.dumps({"tandem_service_manager": "supervisor", "ansible_python_interpreter": sys.executable, **evars}))
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
                ANSIBLE_HOME=str(tmp_path / ".ansible"), ANSIBLE_NOCOLOR="1")
@@ -70,3 +73,39 @@ def test_the_role_writes_the_config_the_node_reads_and_forwards_the_families_it_
     settings = dict(line.split(" = ") for line in sysctls.splitlines() if " = " in line)
     assert settings["net.ipv4.ip_forward"] == "1"
     assert settings.get("net.ipv6.conf.all.forwarding") == ("1" if ipv6 else None), settings
+
+
+def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_runs(tmp_path):
+    """tandem_mode = "cluster": the role writes director b's node config exactly as the
+    cluster lab runs it (mode, unicast sync to every peer, [cluster] members, BIRD's
+    include and socket; no [vrrp]) and BIRD's config as the lab's (the same lines), which
+    `bird -p` accepts."""
+    import shutil
+    import tomllib
+
+    from ha.bird import announce_include
+    from lab import bgp, cluster, cluster_plan
+    desc = cluster_plan.plan("tcl", 3)
+    cfg = cluster.node_config("tcl", desc, "b")
+    node, sync, cl = cfg["node"], cfg["sync"], cfg["cluster"]
+    include = tmp_path / "announce.conf"
+    evars = {
+        "tandem_node_name": "b", "tandem_api": node["api"], "tandem_api_token": node["api_token"],
+        "tandem_node_extra": {"state_dir": node["state_dir"]}, "tandem_services": cfg["services"],
+        "tandem_mode": "cluster", "tandem_sync_key": sync["key"], "tandem_sync_id": sync["sync_id"],
+        "tandem_sync_extra": {k: sync[k] for k in ("bind", "port", "peers")},
+        "tandem_cluster": {"members": cl["members"]}, "tandem_bird_socket": cl["bird_socket"],
+        "tandem_bird_announce_include": cl["announce_include"],
+        "tandem_bgp_local_address": "198.19.40.12", "tandem_bgp_neighbor": bgp.ROUTER_ADDR,
+    }
+    toml, _sysctls = render(tmp_path, evars, bird=True)
+    assert parse(tomllib.loads(toml), "n.toml") == parse(tomllib.loads(dump_toml(cfg)), "n.toml")
+    code = lambda text: [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    rendered = (tmp_path / "bird.conf").read_text()
+    lab_conf = bgp.director_config({"addr": "198.19.40.12"}, cl["announce_include"])
+    assert code(rendered) == code(lab_conf)
+    if shutil.which("bird"):
+        include.write_text(announce_include([]))
+        conf = tmp_path / "check.conf"
+        conf.write_text(rendered.replace(cl["announce_include"], str(include)))
+        bgp.check_config(conf)
