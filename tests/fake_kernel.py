@@ -210,6 +210,12 @@ class FakeKernel:
         #: the kernel-mode table as last loaded: (services, bindings, queue, timeouts)
         self.kernel_rules: tuple[tuple, tuple, int, Any] | None = None
         self.timeout_generation = 0
+        #: whether the kernel-mode part was in the table after each rule operation (both
+        #: modes share one table, as tandem.kernel.LinuxKernel loads it: the first load of
+        #: a kernel object replaces whatever a killed predecessor left, unless the
+        #: kernel-mode load follows and replaces it)
+        self.kernel_part_history: list[bool] = []
+        self._kernel_loaded = False
         #: the table's drop counters (director.kernel_rules.DROP_COUNTERS), as a test sets them
         self.drops = {"invalid": 0, "untranslated": 0}
         self.events: list[FakeEvents] = []
@@ -233,11 +239,15 @@ class FakeKernel:
     def install_rules(self, addrs: Iterable[str], queue: int, kernel_follows: bool = False) -> None:
         addrs = tuple(sorted(set(addrs)))
         self._call("install_rules", addrs, queue)
+        if self.rules is None and not self._kernel_loaded and not kernel_follows:
+            self.kernel_rules = None        # the table replaced by the engine-mode part alone
         self.rules = (addrs, queue)
+        self.kernel_part_history.append(self.kernel_rules is not None)
 
     def remove_rules(self) -> None:
         self._call("remove_rules")
         self.rules = None
+        self.kernel_part_history.append(self.kernel_rules is not None)
 
     def install_kernel_rules(self, services: list, bindings: list, queue: int,
                              timeouts: Any, fresh: bool, generation: int = 1) -> None:
@@ -246,6 +256,8 @@ class FakeKernel:
             raise OSError(errno.ENOENT, "no table inet tandem to update")
         keep = timeouts if fresh or timeouts is not None else self.kernel_rules[3]
         self.kernel_rules = (tuple(services), tuple(bindings), queue, keep)
+        self._kernel_loaded = True
+        self.kernel_part_history.append(True)
         self.timeout_generation = generation if timeouts is not None else self.timeout_generation
         if fresh:
             self.drops = dict.fromkeys(self.drops, 0)     # a new table's counters
@@ -253,6 +265,8 @@ class FakeKernel:
     def remove_kernel_rules(self) -> None:
         self._call("remove_kernel_rules")
         self.kernel_rules = None
+        self._kernel_loaded = False
+        self.kernel_part_history.append(False)
 
     def kernel_drop_counters(self) -> dict:
         self._call("kernel_drop_counters")

@@ -18,7 +18,7 @@ from proto import ctnetlink as ct
 from schema.core import dump_toml
 from tandem.node import Edges, Node
 from tests.fake_kernel import FakeKernel
-from tests.unit.test_kernel_node import CLIENT, KLADDR, KVIP, RS, Queue, doc, free_port, kdests, make_node, settle
+from tests.unit.test_kernel_node import CLIENT, ELADDR, EVIP, KLADDR, KVIP, RS, Queue, doc, free_port, kdests, make_node, settle
 
 
 def packed(a: str) -> bytes:
@@ -65,6 +65,33 @@ def test_a_restarted_node_adopts_the_flows_its_predecessor_left():
             assert ((d0.active, d0.inactive), (d1.active, d1.inactive)) == ((1, 0), (1, 1))
         finally:
             await node.stop()
+    asyncio.run(go())
+
+
+def test_a_restarted_node_never_takes_its_predecessors_kernel_rules_out_of_the_table():
+    """A killed node leaves its table loaded, and the kernel forwards its flows on: their
+    NAT is in conntrack, but the kernel applies it only while a nat chain is loaded (the
+    nat hooks come and go with it).  Were the table ever without the kernel-mode part
+    during the restart, every packet of those flows in that moment would reach the
+    director's own stack untranslated, still addressed to the VIP, and it answers RST (the
+    lab measured it: held connections reset).  So the node's start tells its first
+    engine-mode load that the kernel-mode load follows (which replaces the table whole,
+    both modes' parts in one transaction), and nothing leaves the kernel-mode part out."""
+    async def go():
+        kernel = FakeKernel()
+        mark = MARK_BASE | 1
+        kernel.conntrack = [entry(1, RS[0], mark)]
+        kernel.kernel_rules = ((), (), 0, None)             # what the killed node loaded
+        node = make_node(kernel)
+        await node.start()
+        try:
+            assert kernel.kernel_part_history and all(kernel.kernel_part_history), kernel.calls
+            assert kernel.rules == ((EVIP, ELADDR), 0)      # the engine-mode part is in too
+            assert mark in {b.mark for b in kernel.kernel_rules[1]}
+            assert node.state.kernel_stats()["adopted"] == 1
+        finally:
+            await node.stop()
+        assert kernel.kernel_rules is None and kernel.rules is None
     asyncio.run(go())
 
 
