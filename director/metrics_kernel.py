@@ -46,6 +46,9 @@ _EXPORTED = (
      "Peer's entries that updated one in this node's conntrack (state, timeout, mark)."),
     ("inject_deleted", "kernel_inject_deleted", CounterMetricFamily,
      "Entries deleted from this node's conntrack on the peer's word (a flow's end)."),
+    ("inject_stale", "kernel_inject_stale", CounterMetricFamily,
+     "Entries here replaced because the peer has another binding for the connection (its "
+     "ports reused by a newer connection)."),
     ("inject_failed", "kernel_inject_failed", CounterMetricFamily,
      "Injection requests the kernel refused (by any errno but the handled ones)."),
     ("inject_backlog", "kernel_inject_backlog", GaugeMetricFamily,

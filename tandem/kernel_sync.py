@@ -218,7 +218,8 @@ class KernelSync:
         return {"sync_entries": src["entries"] + src["ends"], "sync_urgent": src["urgent"],
                 "sync_refreshes": src["refreshes"], "sync_ends": src["ends"],
                 "inject_created": inj["created"], "inject_updated": inj["updated"],
-                "inject_deleted": inj["deleted"], "inject_failed": inj["failed"],
+                "inject_deleted": inj["deleted"], "inject_stale": inj["stale"],
+                "inject_failed": inj["failed"],
                 "inject_backlog": self.injector.backlog}
 
     def describe(self) -> dict:

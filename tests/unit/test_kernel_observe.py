@@ -226,6 +226,7 @@ def test_kernel_sync_counters_are_metrics_as_the_node_produces_them():
                               ("inject_created", "kernel_inject_created_total"),
                               ("inject_updated", "kernel_inject_updated_total"),
                               ("inject_deleted", "kernel_inject_deleted_total"),
+                              ("inject_stale", "kernel_inject_stale_total"),
                               ("inject_failed", "kernel_inject_failed_total"),
                               ("inject_backlog", "kernel_inject_backlog")):
                 assert f"tandem_{name} {float(c[key])}" in text, (name, c)

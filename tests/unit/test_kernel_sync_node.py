@@ -136,7 +136,7 @@ def test_a_bulk_from_the_peer_replaces_a_flow_left_here_by_an_older_connection()
             await asyncio.sleep(0)
         assert [m.msg_type for m in inj.sent] == [ct.MSG_NEW, ct.MSG_DELETE, ct.MSG_NEW]
         assert inj.sent[-1].ct.nat_dst == ct.NatRange(packed(RS[1]), 8080)
-        assert node.kernel_sync.injector.stats["stale"] == 1
+        assert node.kernel_sync.counters()["inject_stale"] == 1
     asyncio.run(go())
 
 
