@@ -58,14 +58,15 @@ class State(Protocol):
         client)."""
         ...
 
-    def sync_option(self) -> tuple | None:
-        """The entry option "seq" (proto.sync) that carries this state to the peer, or
-        None when the peer rebuilds it from the entry's addresses."""
+    def sync_options(self) -> dict | None:
+        """The sync entry's options map (proto.sync: "seq", "toa") that carries this state
+        to the peer, or None when the peer rebuilds it from the entry's addresses."""
         ...
 
-    def take_sync(self, option: tuple) -> bool:
-        """The peer's "seq" option for this connection: True when this state is the one
-        it describes (and has learnt from it), False when it must be replaced."""
+    def take_sync(self, name: str, value: Any) -> bool:
+        """The peer's entry option `name` (proto.sync) for this connection: True when this
+        state is the one it describes (and has learnt from it), False when it must be
+        replaced."""
         ...
 
 

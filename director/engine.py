@@ -373,7 +373,7 @@ class Engine:
     # -- state from the peer (director.sync_apply) ---------------------------------
 
     #: apply_synced(*, proto, state, flags, caddr, cport, vaddr, vport, laddr,
-    #: lport, daddr, dport, timeout, now, in_pkts=3, template=False) -> str:
+    #: lport, daddr, dport, timeout, now, in_pkts=3, template=False, seq=None, toa=None) -> str:
     #: create or update a connection from a sync entry and say what happened
     #: (director.sync_apply.SyncApplier.apply; bound in __init__, no extra call)
     apply_synced: Callable[..., str]

@@ -79,12 +79,13 @@ class DgramProxy:
     def quoted_shifts(self, data: bytes, inner) -> tuple[int, int]:
         return 0, mtu_shift(self)
 
-    def sync_option(self) -> None:
+    @staticmethod
+    def sync_options() -> None:
         """No entry option: the peer writes the same header from the entry's addresses."""
         return None
 
     @staticmethod
-    def take_sync(option: tuple) -> bool:
+    def take_sync(name: str, value) -> bool:
         return False        # a datagram flow has no stream to shift
 
 

@@ -33,6 +33,7 @@ from proto import packet as P
 from proto import proxy
 from proto.checksum import checksum, delta, fold, ones_sum, pseudo_header_sum, update
 from proto.consts import TCP
+from proto.sync import OPT_SEQ, seq_options
 
 __all__ = ["MODES", "OWN_HEADER", "REFUSED", "StreamHeader", "begin", "resume", "client_to_server",
            "server_to_client", "quoted_seq_shift"]
@@ -86,11 +87,14 @@ class StreamHeader(SeqAdj):
     def quoted_shifts(self, data: bytes, inner) -> tuple[int, int]:
         return quoted_seq_shift(self, data, inner), 0
 
-    def take_sync(self, option: tuple) -> bool:
+    def sync_options(self) -> dict:
+        return seq_options(self.sync_option())
+
+    def take_sync(self, name: str, option) -> bool:
         """The peer's shift for the same insertion point keeps our counts; it only
         teaches that the header went out (an insertion point moves only with a new
         connection, which replaced ours)."""
-        if self.state() != tuple(option[:3]):
+        if name != OPT_SEQ or self.state() != tuple(option[:3]):
             return False
         if option[3] and not self.decided:
             self.inserted = 1

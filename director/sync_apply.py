@@ -13,6 +13,7 @@ from director.persist import Templates, template_key
 from proto.consts import (ASSURED, CLOSE, ESTABLISHED, INACTIVE, NOOUTPUT, SYN_RECV, SYNC_FLAGS, SYNCED,
                           TCP, TIME_WAIT, UDP)
 from proto.packet import flow_key
+from proto.sync import OPT_SEQ, OPT_TOA
 
 #: what `apply` can answer; each has a counter of the same name in `stats`
 OUTCOMES = ("created", "updated", "replaced", "ignored", "unbound", "conflicts")
@@ -32,7 +33,7 @@ class SyncApplier:
     def apply(self, *, proto: int, state: int, flags: int, caddr: bytes, cport: int,
               vaddr: bytes, vport: int, laddr: bytes, lport: int, daddr: bytes,
               dport: int, timeout: float, now: float, in_pkts: int = 3,
-              template: bool = False, seq: tuple | None = None) -> str:
+              template: bool = False, seq: tuple | None = None, toa: int | None = None) -> str:
         """Create or update a connection from a sync entry; return what happened.
 
         As ip_vs_proc_conn: an entry whose real server or local pair changed
@@ -43,7 +44,8 @@ class SyncApplier:
         The peer's choice of laddr:lport wins over a local entry holding the
         same pair: the master's view is the one clients are using.  `seq`, the
         entry's option of that name, is the PROXY header's sequence shift: the
-        connection takes it (see _take_seq).
+        connection takes it (see _take_seq); `toa`, a TOA connection's real
+        server's first sequence number (see _take_toa).
         """
         st = self.stats
         st["applied"] += 1
@@ -98,6 +100,8 @@ class SyncApplier:
                 conns.assure(conn)
             if seq is not None:
                 self._take_seq(conn, seq)
+            if toa is not None:
+                self._take_toa(conn, toa)
             st["created"] += 1
             return "created"
         conns.set_inactive(conn, bool(sync_flags & INACTIVE))
@@ -110,6 +114,8 @@ class SyncApplier:
         self.table.wheel.refresh(conn, now + timeout)
         if seq is not None:
             self._take_seq(conn, seq)
+        if toa is not None:
+            self._take_toa(conn, toa)
         st["updated"] += 1
         return "updated"
 
@@ -121,12 +127,22 @@ class SyncApplier:
         if conn.proto != TCP:       # no stream to shift: a datagram flow ignores the option
             return
         held = conn.client_address_state
-        if held is not None and held.take_sync(seq):
+        if held is not None and held.take_sync(OPT_SEQ, seq):
             return
         adj = proxy_insert.resume(seq, conn.caddr, conn.cport, conn.vaddr, conn.vport)
         if adj is None:
             self.stats["seq_refused"] += 1
         conn.client_address_state = adj
+
+    @staticmethod
+    def _take_toa(conn: Conn, first_byte: int) -> None:
+        """The real server's first sequence number of a TOA connection, as the peer saw it
+        in the SYN-ACK: a segment that acknowledges it may still complete the server's
+        handshake, so after a takeover this node writes the option on it too.  A
+        connection whose service here has no TOA (or that is unbound) ignores it."""
+        held = conn.client_address_state
+        if held is not None:
+            held.take_sync(OPT_TOA, first_byte)
 
     def _apply_template(self, proto, caddr, vaddr, vport, daddr, dport, timeout, now) -> str:
         """A persistence template from the peer: pin the client here too, keyed

@@ -48,6 +48,7 @@ from director.client_address import Event
 from proto import packet as P
 from proto.checksum import fold, ones_sum, update
 from proto.consts import TCP
+from proto.sync import OPT_TOA, toa_options
 
 __all__ = ["KIND", "Toa", "begin", "synced", "option", "insert", "client_to_server",
            "server_to_client", "INSERTED", "PRUNED", "NO_ROOM", "DONE"]
@@ -82,11 +83,7 @@ class Toa:
     so a plain service pays no extra attribute test per packet.  It shifts no sequence
     number: the ICMP quote's shift is none."""
 
-    __slots__ = ("option", "fdata", "inserted", "done")
-
-    #: syncd.policy: nothing to announce at once (TOA changes no sequence number)
-    decided = False
-    announced = True
+    __slots__ = ("option", "fdata", "inserted", "done", "announced")
 
     def __init__(self, caddr: bytes, cport: int) -> None:
         self.option = option(caddr, cport)
@@ -96,6 +93,15 @@ class Toa:
         self.inserted = 0
         #: the real server sent a segment other than a SYN-ACK or RST: its socket exists
         self.done = False
+        #: syncd.policy has sent the peer the server's first sequence number
+        self.announced = False
+
+    @property
+    def decided(self) -> bool:
+        """The real server's first sequence number is known: the peer must learn it at
+        once (URGENT), so that after a takeover it still writes the option on every
+        segment that can complete the server's handshake."""
+        return self.fdata >= 0
 
     def client_to_server(self, data: bytes, pkt, handshake: bool):
         data, pkt, outcome = client_to_server(self, data, pkt, handshake)
@@ -108,13 +114,19 @@ class Toa:
     def quoted_shifts(data: bytes, inner) -> tuple[int, int]:
         return 0, 0
 
-    def sync_option(self) -> None:
-        """No sync entry option: the peer rebuilds the option from the entry's address."""
-        return None
+    def sync_options(self) -> dict | None:
+        """Option "toa" while the option may still be due and the server's first sequence
+        number is known (the option itself the peer rebuilds from the entry's address)."""
+        return None if self.fdata < 0 or self.done else toa_options(self.fdata)
 
-    @staticmethod
-    def take_sync(option: tuple) -> bool:
-        return False        # a PROXY shift from the peer replaces TOA state
+    def take_sync(self, name: str, value) -> bool:
+        """The peer's "toa" option: its view of the server's first sequence number (a
+        PROXY shift from the peer replaces TOA state)."""
+        if name != OPT_TOA:
+            return False
+        self.fdata = value
+        self.announced = True
+        return True
 
 
 def begin(data: bytes, pkt) -> Toa | None:

@@ -74,6 +74,10 @@ entry is the 14 elements above, byte for byte.  Known options:
             no header (the client's own was passed through).
     "refused"  true: the client opened with a PROXY header of its own and the service
             refuses that; the connection forwards no client packet (only with "seq").
+    "toa"   int 0..2**32-1: the real server's first sequence number (its SYN-ACK's + 1)
+            of a TOA connection whose option may still have to be sent: the segments
+            that acknowledge it can still complete the server's handshake, so a node
+            that takes over writes the option on them (docs/client-address.md).
 
 A node older than options refuses an entry of 15 elements (its whole message is
 counted malformed); see docs/client-address.md.
@@ -135,6 +139,8 @@ U32 = (1 << 32) - 1
 OPT_SEQ = "seq"
 #: beside "seq": the connection was refused for the client's own PROXY header
 OPT_REFUSED = "refused"
+#: a TOA connection's real server's first sequence number, while the option may be due
+OPT_TOA = "toa"
 MAX_TIMEOUT = float(1 << 31)
 _ENTRY_FLAGS = SYNC_FLAGS
 
@@ -173,6 +179,8 @@ class SyncEntry:
     #: options "seq" and "refused": (init_seq, delta, previous_delta, sent, version,
     #: refused), or None
     seq: tuple | None = None
+    #: option "toa": the real server's first sequence number, or None
+    toa: int | None = None
 
     @classmethod
     def from_conn(cls, conn, now: float, timeout: float) -> "SyncEntry":
@@ -186,10 +194,12 @@ class SyncEntry:
         """
         t = time_left(conn, now, timeout)
         adj = conn.client_address_state
+        options = None if adj is None else adj.sync_options()
+        seq, toa = (None, None) if options is None else _options(options)
         return cls(conn.proto, conn.state, conn.flags & _ENTRY_FLAGS,
                    bytes(conn.caddr), conn.cport, bytes(conn.vaddr), conn.vport,
                    bytes(conn.laddr), conn.lport, bytes(conn.daddr), conn.dport,
-                   t, False, conn.in_pkts, None if adj is None else adj.sync_option())
+                   t, False, conn.in_pkts, seq, toa)
 
     @classmethod
     def from_template(cls, t, now: float) -> "SyncEntry":
@@ -202,8 +212,8 @@ class SyncEntry:
                    bytes(t.dest.addr), t.dest.port, max(t.expires - now, 0.0), True, 0)
 
     def apply_kwargs(self) -> dict:
-        """Keyword arguments for Engine.apply_synced (add `now=`); `seq` only when the
-        entry carries that option."""
+        """Keyword arguments for Engine.apply_synced (add `now=`); `seq` and `toa` only
+        when the entry carries that option."""
         kw = {"proto": self.proto, "state": self.state, "flags": self.flags,
               "caddr": self.caddr, "cport": self.cport, "vaddr": self.vaddr,
               "vport": self.vport, "laddr": self.laddr, "lport": self.lport,
@@ -211,6 +221,8 @@ class SyncEntry:
               "in_pkts": self.in_pkts, "template": self.template}
         if self.seq is not None:
             kw["seq"] = self.seq
+        if self.toa is not None:
+            kw["toa"] = self.toa
         return kw
 
     @property
@@ -224,17 +236,26 @@ class SyncEntry:
         wire = [self.proto, self.state, self.flags, self.caddr, self.cport, self.vaddr,
                 self.vport, self.laddr, self.lport, self.daddr, self.dport, t,
                 bool(self.template), self.in_pkts]
-        if self.seq is not None:
-            wire.append(_seq_wire(self.seq))
+        options = {} if self.seq is None else seq_options(self.seq)
+        if self.toa is not None:
+            options.update(toa_options(self.toa))
+        if options:
+            wire.append(options)
         return wire
 
 
-def _seq_wire(seq: tuple) -> dict:
+def seq_options(seq: tuple) -> dict:
+    """The options map of a PROXY connection's shift (the "seq" tuple)."""
     init_seq, delta, previous_delta, sent, version, refused = seq
     options: dict = {OPT_SEQ: [init_seq, delta, previous_delta, bool(sent), version]}
     if refused:
         options[OPT_REFUSED] = True
     return options
+
+
+def toa_options(first_byte: int) -> dict:
+    """The options map of a TOA connection whose option may still be due."""
+    return {OPT_TOA: first_byte}
 
 
 @dataclass(slots=True)
@@ -315,9 +336,9 @@ def pack_conn(conn, now: float, timeout: float) -> bytes:
             conn.dport, int(t) if t.is_integer() else t, False, conn.in_pkts]
     adj = conn.client_address_state
     if adj is not None:
-        seq = adj.sync_option()
-        if seq is not None:
-            wire.append(_seq_wire(seq))
+        options = adj.sync_options()
+        if options is not None:
+            wire.append(options)
     return _pack(wire)
 
 
@@ -461,17 +482,21 @@ def _seq_option(v: Any) -> tuple:
     return init_seq, delta, previous_delta, v[3], _int(v[4], 1, 2)
 
 
-def _options(v: Any) -> tuple | None:
-    """An entry's options map: the seq option, checked; unknown names ignored."""
+def _options(v: Any) -> tuple[tuple | None, int | None]:
+    """An entry's options map: (the seq option, the toa option), each checked or None;
+    unknown names ignored."""
     if type(v) is not dict:
         raise SyncError(MALFORMED)
+    toa = v.get(OPT_TOA)
+    if toa is not None:
+        toa = _int(toa, 0, U32)
     seq = v.get(OPT_SEQ)
     if seq is None:
-        return None
+        return None, toa
     refused = v.get(OPT_REFUSED, False)
     if type(refused) is not bool:
         raise SyncError(MALFORMED)
-    return _seq_option(seq) + (refused,)
+    return _seq_option(seq) + (refused,), toa
 
 
 def _entry(v: Any) -> SyncEntry:
@@ -479,7 +504,7 @@ def _entry(v: Any) -> SyncEntry:
         raise SyncError(MALFORMED)
     (proto, state, flags, caddr, cport, vaddr, vport, laddr, lport, daddr, dport,
      timeout, template, in_pkts) = v[:14]
-    seq = _options(v[14]) if len(v) == 15 else None
+    seq, toa = _options(v[14]) if len(v) == 15 else (None, None)
     caddr, vaddr, laddr, daddr = _addr(caddr), _addr(vaddr), _addr(laddr), _addr(daddr)
     if not len(caddr) == len(vaddr) == len(laddr) == len(daddr):
         # one family per connection: a service and its real servers share the
@@ -495,7 +520,7 @@ def _entry(v: Any) -> SyncEntry:
     return SyncEntry(_int(proto, 0, 255), _int(state, 0, 255), flags,
                      caddr, _int(cport, 0, 65535), vaddr, _int(vport, 0, 65535),
                      laddr, _int(lport, 0, 65535), daddr, _int(dport, 0, 65535),
-                     float(timeout), template, _int(in_pkts, 0, U64), seq)
+                     float(timeout), template, _int(in_pkts, 0, U64), seq, toa)
 
 
 def decode(raw: bytes, key: bytes, sync_id: int | None, max_len: int = MAX_DATAGRAM) -> Message:

@@ -47,7 +47,9 @@ packets.  A failover in that window loses a connection the client saw open.
 A third departure follows IPVS's own intent for its sequence data: a connection
 that carries a PROXY header (conn.client_address_state) is sent URGENT on the packet that first
 carries the header, whatever its state and packet count, so the peer learns the
-shift within one datagram of the header going out.
+shift within one datagram of the header going out; a TOA connection likewise on the
+packet after the real server's SYN-ACK, so the peer learns the server's first sequence
+number (docs/client-address.md, "TOA and failover").
 """
 from __future__ import annotations
 

@@ -246,8 +246,8 @@ class _Shift:
     def __init__(self, option):
         self.option = option
 
-    def sync_option(self):
-        return self.option
+    def sync_options(self):
+        return S.seq_options(self.option)
 
 
 @pytest.mark.parametrize("expires, now, timeout", [

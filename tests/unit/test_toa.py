@@ -201,18 +201,18 @@ def test_the_mss_is_lowered_wherever_padding_puts_it():
 
 
 def test_a_new_master_that_never_saw_the_synack_writes_it_on_the_handshake_ack():
-    """After a takeover between the SYN-ACK and the client's ACK the backup knows the
-    connection from its sync entry only (TOA syncs nothing: no sequence number moves).
-    It writes the same option on the packet that ends the handshake in its view, and
-    on nothing of a connection the entry says is established (the real server already
-    has its socket: a TOA module reads only the segment that creates it)."""
+    """After a takeover between the client's SYN and the real server's SYN-ACK the backup
+    knows the connection from its sync entry only, which holds nothing TOA-specific (the
+    server's first byte is not known yet).  It writes the same option on the packet that
+    ends the handshake in its view, and on nothing of a connection the entry says is
+    established without naming the server's first byte (the real server already has its
+    socket: a TOA module reads only the segment that creates it)."""
     a = Engine(config("toa"))
     c = Conn(a)
-    c.reply("SA", 5000, 1001)
     conn = next(iter(a.table))
     b = Engine(config("toa"))
     e = SyncEntry.from_conn(conn, 0.1, 60.0)
-    assert e.seq is None                                    # nothing TOA-specific on the wire
+    assert e.seq is None and e.toa is None                  # nothing TOA-specific on the wire
     assert len(msgpack.unpackb(S.pack_conn(conn, 0.1, 60.0))) == 14    # a plain entry's 14
     assert b.apply_synced(**e.apply_kwargs(), now=0.2) == "created"
     c.eng = b
@@ -228,6 +228,56 @@ def test_a_new_master_that_never_saw_the_synack_writes_it_on_the_handshake_ack()
     d.apply_synced(**e.apply_kwargs(), now=0.2)
     c.eng = d
     assert toa_of(c.send("PA", 1003, 5001, b"more")) is None and d.stats["toa_inserted"] == 0
+
+
+def test_a_lost_handshake_ack_then_a_takeover_still_gives_the_server_the_option():
+    """The gap TOA had across a failover: the old master forwards the handshake ACK with
+    the option, the back segment loses it, the takeover follows, and the client's request
+    (which then completes the server's handshake) went out of the new master without the
+    option, the connection being established in its view.  Now the master syncs the real
+    server's first sequence number (entry option "toa") on the handshake ACK, urgently,
+    through the real sync hook, wire and applier; the new master writes the option on
+    every client segment that acknowledges it, as the old one would have (DPVS, with no
+    such state in its sync, leaves this case uncovered)."""
+    from syncd.policy import SyncPolicy, make_hook
+    key = b"k" * 32
+    a, b = Engine(config("toa")), Engine(config("toa"))
+    sent: list = []
+    a.sync_hook = make_hook(SyncPolicy(), a, lambda e, now, urgent=False: None,
+                            lambda packed, now, urgent=False: sent.append((packed, urgent)))
+    c = Conn(a)
+    c.reply("SA", 5000, 1001)
+    lost = c.send("A", 1001, 5001)                          # forwarded with the option, lost
+    assert toa_of(lost) == (CLIENT, 40000)
+    packed, urgent = sent[-1]
+    assert urgent and msgpack.unpackb(packed)[14] == {"toa": 5001}
+    raw = S.encode_data(sync_id=1, node_id="a", epoch=1, seq=1, send_time=0.1, flags=0,
+                        packed_entries=[p for p, _ in sent], key=key)
+    for entry in S.decode(raw, key, 1).entries:             # the takeover: b has what a sent
+        b.apply_synced(**entry.apply_kwargs(), now=0.2)
+    assert next(iter(b.table)).state == ESTABLISHED
+    c.eng = b
+    request = c.send("PA", 1001, 5001, b"GET / HTTP/1.0\r\n\r\n")
+    assert toa_of(request) == (CLIENT, 40000) and b.stats["toa_inserted"] == 1
+    assert bytes(request[TCP].payload) == b"GET / HTTP/1.0\r\n\r\n" and request[TCP].seq == 1001
+    assert c.reply("A", 5001, 1019)[TCP].ack == 1019        # the server has its socket now
+    assert toa_of(c.send("PA", 1019, 5001, b"more")) is None
+    assert next(iter(b.table)).client_address_state is None
+
+
+def test_the_toa_option_is_sent_only_while_the_option_may_be_due():
+    """The entry carries "toa" from the SYN-ACK until the server shows it holds the socket;
+    the packed path (pack_conn) and the entry path send the same bytes."""
+    a = Engine(config("toa"))
+    c = Conn(a)
+    conn = next(iter(a.table))
+    assert S.pack_conn(conn, 0.1, 60.0) == S.pack_entry(SyncEntry.from_conn(conn, 0.1, 60.0))
+    c.reply("SA", 0xFFFFFFFF, 1001)                         # the first byte wraps to 0
+    e = SyncEntry.from_conn(conn, 0.1, 60.0)
+    assert e.toa == 0 and e.apply_kwargs()["toa"] == 0
+    assert S.pack_conn(conn, 0.1, 60.0) == S.pack_entry(e)
+    c.reply("A", 0, 1001)
+    assert SyncEntry.from_conn(conn, 0.1, 60.0).toa is None
 
 
 def test_the_labs_wire_reader_reads_the_option_as_a_toa_module_does():
