@@ -108,7 +108,7 @@ class KernelPath:
         self.loaded = False
         self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
                                     "deleted", "read_errors", "adopt_conflicts",
-                                    "dumps_coalesced", "repair_steps"), 0)
+                                    "dumps_coalesced", "repair_steps", "dump_entries"), 0)
         #: the table's drop counters (invalid, untranslated), read when they are read
         self.drop_counters = DropCounters(kernel, clock)
         #: the [timeouts] the loaded table's newest policies hold, and their generation
@@ -121,6 +121,12 @@ class KernelPath:
         self._on_error = on_error or (lambda msg: log.warning("%s", msg))
         #: the repairs after lost events (tandem.kernel_resync)
         self.repairs = Repairs(self.flows, kernel, clock, self.stats, lambda m: self._on_error(m), self.account)
+
+    def objects_made(self) -> int:
+        """Decoded events and dump entries so far: what the node's GcFreezer counts, since
+        those held for a repair and the flows kept live long enough to reach the
+        collector's oldest generation."""
+        return self.flows.stats["events"] + self.stats["dump_entries"]
 
     def describe(self) -> dict[str, Any] | None:
         """What /status says under "kernel" and the metrics export; None without kernel mode."""

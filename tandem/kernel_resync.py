@@ -129,6 +129,7 @@ class Repairs:
             if not got and not reader.done:
                 break               # nothing waiting (or a datagram without entries)
             repair.add(got)
+            self.stats["dump_entries"] += len(got)
             read = True
             if self.clock() >= end:
                 break

@@ -59,6 +59,8 @@ SYNC_POLL_INTERVAL = 0.01
 ELECTION_SETTLE_TIMEOUT = 2.0
 #: freeze the collector's view of long-lived objects every this many new entries
 GC_FREEZE_EVERY = 50_000
+#: and every this many conntrack events and dump entries decoded (kernel mode)
+GC_FREEZE_EVERY_KERNEL = 10_000
 
 
 class GcFreezer:
@@ -72,16 +74,27 @@ class GcFreezer:
     (gc.freeze), where collections no longer scan them.  The price: cyclic
     garbage that reached the oldest generation by then is never collected;
     the young collection just before each freeze keeps that small.
+
+    Kernel mode makes its long-lived objects from conntrack events, and a repair
+    dump holds tens of thousands of decoded entries for a second or two: enough
+    for full collections of 100-250 ms during a burst (measured in the lab), longer
+    than a 100 ms advert interval allows.  So `kernel_made` (the events and dump
+    entries decoded) counts too, by a finer step: a full collection then sees at
+    most ~GC_FREEZE_EVERY_KERNEL entries' objects.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, kernel_made: Callable[[], int] = lambda: 0) -> None:
         self.engine = engine
+        self.kernel_made = kernel_made
         self.at = 0
+        self.kernel_at = 0
 
     def maybe_freeze(self, force: bool = False) -> None:
         made = self.engine.stats["conns_new"] + self.engine.sync_stats["created"]
-        if force or made - self.at >= GC_FREEZE_EVERY:
-            self.at = made
+        kmade = self.kernel_made()
+        if (force or made - self.at >= GC_FREEZE_EVERY
+                or kmade - self.kernel_at >= GC_FREEZE_EVERY_KERNEL):
+            self.at, self.kernel_at = made, kmade
             gc.collect(1)
             gc.freeze()
 
@@ -135,9 +148,9 @@ class Node:
                                set_role=self._set_role, start_election=self._start_election,
                                set_fault=self._set_fault, clock=clock)
         self.vrrp: VrrpRunner | None = None
-        self.freezer = GcFreezer(self.engine)
         #: kernel-mode services: their rules, the conntrack event feed, the accounting
         self.kernel_path = KernelPath(self.engine, edges.kernel, cfg.queue, clock=clock)
+        self.freezer = GcFreezer(self.engine, self.kernel_path.objects_made)
         #: sync of kernel-mode flows: sent from events, injected into conntrack on the peer
         self.kernel_sync = attach_kernel_sync(self.engine, self.kernel_path, self.sync,
                                               edges.kernel, clock)
