@@ -32,6 +32,8 @@ Names follow what people already scrape, with a `tandem_` prefix:
   `tandem_kernel_flows_{active,inactive}`, `tandem_kernel_events_total`,
   `tandem_kernel_events_lost_total` (ENOBUFS overruns), `tandem_kernel_dump_repairs_total`,
   `tandem_kernel_dump_repaired_flows_total`, `tandem_kernel_dump_failures_total`,
+  `tandem_kernel_dumps_coalesced_total`, `tandem_kernel_repair_steps_total`,
+  `tandem_kernel_dump_entries_total`,
   `tandem_kernel_flows_deleted_total`, `tandem_kernel_flows_adopted_total`,
   `tandem_kernel_drops_total{reason="invalid"|"untranslated"}` (the `inet tandem` table's
   counters), `tandem_kernel_drop_counter_read_failures_total`, and with sync

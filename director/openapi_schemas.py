@@ -93,7 +93,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {**{k: _INT for k in (
                     "flows", "active", "inactive", "events", "overruns", "resyncs", "repaired",
                     "adopted", "adopt_conflicts", "counter_read_failures",
-                    "dump_failures", "deleted", "sync_entries", "sync_urgent", "sync_refreshes",
+                    "dump_failures", "dumps_coalesced", "repair_steps", "dump_entries",
+                    "deleted", "sync_entries", "sync_urgent", "sync_refreshes",
                     "sync_ends", "inject_created", "inject_updated", "inject_deleted",
                     "inject_failed", "inject_backlog")},
                     "drops": {"type": "object", "description": "packets to kernel-mode services "
