@@ -16,6 +16,7 @@ import socket
 import struct
 import time
 
+from director.kernel_flows import MERGED_TCP_STATES
 from proto import ctnetlink as ct
 from proto.ctevent import decode_event
 
@@ -50,8 +51,7 @@ SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 #: the TCP states whose update events the filter drops: the node reads NEW, ESTABLISHED,
 #: FIN_WAIT or CLOSE (the end of ESTABLISHED) and the DESTROY; SYN_RECV and the states
 #: that follow the first FIN change neither count (all inactive) nor the flow's end
-SKIPPED_TCP_STATES = (ct.TCP_CT_SYN_RECV, ct.TCP_CT_CLOSE_WAIT, ct.TCP_CT_LAST_ACK,
-                      ct.TCP_CT_TIME_WAIT)
+SKIPPED_TCP_STATES = tuple(sorted(MERGED_TCP_STATES))
 _ACCEPT = 0xFFFFFFFF
 
 

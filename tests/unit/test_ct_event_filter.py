@@ -87,8 +87,9 @@ def _flow_events(mark: int) -> list[bytes]:
 
 
 def test_the_view_counts_as_with_every_event_at_each_step_the_node_reads(filtered):
-    """Active (ESTABLISHED) and inactive counts, as IPVS keeps them, are the same whether
-    the view reads all eight events or the four the filter lets through, after each one."""
+    """Active (ESTABLISHED) and inactive counts, as IPVS keeps them, and the view itself are
+    the same whether it reads all eight events or the four the filter lets through, after
+    each one."""
     mark = MARK_BASE | 7
     events = _flow_events(mark)
     every, some = KernelFlows(), KernelFlows()
@@ -99,5 +100,6 @@ def test_the_view_counts_as_with_every_event_at_each_step_the_node_reads(filtere
             some.apply(c.decode(passed)[0])
             kept += 1
         assert some.active_inactive(mark) == every.active_inactive(mark), c.decode(raw)[0]
+        assert some.flows == every.flows         # the view, state included, as a dump reads
     assert kept == 4
     assert every.active_inactive(mark) == (0, 0) and not some.flows
