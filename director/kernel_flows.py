@@ -71,7 +71,8 @@ def _fields(c: ct.Conntrack) -> int | None:
     if mark & MARK_PREFIX_MASK != MARK_BASE or c.orig is None:
         return None
     state = c.tcp.state if c.tcp is not None else None
-    state = MERGED_TCP_STATES.get(state, state)
+    if state is not None:
+        state = MERGED_TCP_STATES.get(state, state)
     code = VTCP_NONE if state is None or not 0 <= state < VTCP_NONE else state
     return VIEW | code << VTCP | (mark & F16) << MARK
 

@@ -122,7 +122,7 @@ class Marks:
         self._memo: dict[tuple, int] = {}
 
     @staticmethod
-    def _binding_key(rs_addr: str, rs_port: int, laddr: str) -> tuple[str, int, str]:
+    def _binding_key(rs_addr: str | bytes, rs_port: int, laddr: str | bytes) -> tuple[str, int, str]:
         return (str(ipaddress.ip_address(rs_addr)), rs_port, str(ipaddress.ip_address(laddr)))
 
     def mark_for(self, rs_addr: str | bytes, rs_port: int, laddr: str | bytes) -> int:
