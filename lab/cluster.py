@@ -15,11 +15,12 @@ and BIRD's include and socket in the lab's state directory.  The router's revers
 filter is off: a director forwards a peer's flow with the peer's laddr as source
 (docs/cluster.md, "Foreign flows"), which the router routes back to the owner.
 
-Faults (`tandem lab fault <name> kill|link|stop|drain|restore`): kill is a crash (link
+Faults (`tandem lab fault <name> kill|link|stop|drain|partition|restore`): kill is a crash (link
 down, then the node and its BIRD SIGKILLed), link takes the link down, stop is the node's
 graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), drain is the node's
 drain (POST /cluster/drain: the VIP withdrawn, its laddrs kept while it has flows),
-restore cancels a drain, brings the link up and starts whatever is not running.  `tandem lab down` removes it all (the
+partition drops every sync datagram in and out of it (still routed: its peers count it
+dead, it hears nobody), restore lifts a partition, cancels a drain, brings the link up and starts whatever is not running.  `tandem lab down` removes it all (the
 processes by PID, the namespaces by name: topology.down).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +44,9 @@ from .plan import API_TOKEN, SYNC_KEY
 API_PORT, SYNC_PORT, SERVICE_PORT, RS_PORT = 9100, 8848, 80, 8080
 BACK_BRIDGE = "back"
 #: what `tandem lab fault <name> ...` does to a cluster director
-FAULTS = ("kill", "link", "stop", "drain", "restore")
+FAULTS = ("kill", "link", "stop", "drain", "partition", "restore")
+#: the nftables tables (in the director's namespace) of the partition fault, by hook
+PARTITION_TABLES = {"input": "tandem_lab_part_in", "output": "tandem_lab_part_out"}
 #: the lab's health checks (tcp connect): quick, so a stopped echo server is seen soon
 HEALTH = {"kind": "tcp", "interval": 0.5, "timeout": 0.4, "rise": 1, "fall": 2}
 
@@ -165,6 +169,18 @@ def status(prefix: str, name: str, state: dict[str, Any] | None = None,
     return json.loads(body)
 
 
+def _partition(ns: str, on: bool) -> None:
+    """Drop every sync datagram in and out of namespace `ns` (on), or stop dropping."""
+    for hook, table in PARTITION_TABLES.items():
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", table],
+                       capture_output=True)
+        if on:
+            script = (f"table inet {table} {{ chain {hook} {{ type filter hook {hook} "
+                      f"priority 0; udp dport {SYNC_PORT} counter drop; }}; }}\n")
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script,
+                           text=True, check=True, capture_output=True)
+
+
 def _api(state: dict[str, Any], name: str, method: str, path: str) -> dict[str, Any]:
     d = director(state, name)
     code, body = nsutil.http_call(d["ns"], d["front_addr"], API_PORT, path, method)
@@ -277,7 +293,11 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
         elif kind == "drain":    # the node's drain: VIPs withdrawn, laddrs kept while it has flows
             out["at"] = time.time()
             out["cluster"] = _api(state, name, "POST", "/cluster/drain")
+        elif kind == "partition":   # cut from its peers' sync only: still routed, still up
+            out["at"] = time.time()
+            _partition(director(state, name)["ns"], True)
         elif kind == "restore":
+            _partition(director(state, name)["ns"], False)
             if _node_running(state, name) is not None:     # a drain is cancelled
                 try:
                     _api(state, name, "DELETE", "/cluster/drain")

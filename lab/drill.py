@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab import topology
-from lab.drill_pairs import FORWARDING, DeployedPair, LabPair
+from lab import cluster, topology
+from lab.drill_pairs import FORWARDING, DeployedPair, LabCluster, LabPair
 from lab.drill_report import overlap_ms, plot, table, udp_outage
 from lab.testing import client_env
 from lab.traffic.common import MAX_CONNS, MAX_SECONDS
 
-__all__ = ["run", "table", "plot", "main", "add_parser", "LabPair", "DeployedPair"]
+__all__ = ["run", "table", "plot", "main", "add_parser", "LabPair", "LabCluster", "DeployedPair"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: the longest a drill waits after its traffic time for the roles to settle
@@ -117,6 +117,8 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
     pair.check()
     before = _roles(pair)
     old_master = next((n for n, s in before.items() if s.get("role") == "master"), None)
+    if target is None and hasattr(pair, "default_target"):      # a cluster has no master
+        target = pair.default_target(fault)
     if target is None:
         target = old_master if fault != "restore" else next(
             (n for n, s in before.items() if s.get("role") != "master"), pair.names[0])
@@ -162,7 +164,8 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
             show.roles(done["at"], r, pair.names)
             now = time.monotonic()
             masters = [n for n in pair.names if r[n].get("role") == "master"]
-            settled = len(masters) == 1 and expect in (None, masters[0])
+            settled = (pair.settled(r) if hasattr(pair, "settled")
+                       else len(masters) == 1 and expect in (None, masters[0]))
             if (now >= t_ready + duration and now >= t_done + max(duration - lead, 0.5)
                     and settled) or now >= give_up:
                 break
@@ -209,7 +212,8 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
         "old_master": old_master,
         "new_master": new_master,
         "vrrp_takeover_ms": round((took_at - done["at"]) * 1000, 1) if took_at else None,
-        "dual_master_ms": overlap_ms(changes, done["at"] - 1.0),
+        # a cluster has no master (every member active): nothing to overlap
+        "dual_master_ms": None if hasattr(pair, "settled") else overlap_ms(changes, done["at"] - 1.0),
         "max_gap_ms": res.get("max_gap_ms"),
         "worst": res.get("worst", []),
         "fault_at": done["at"],
@@ -263,6 +267,8 @@ def main(args) -> int:
         pair = DeployedPair(args.vip, args.port, apis, args.token, args.fault_command)
     args.fault = args.fault or "kill"
     try:
+        if pair is None and cluster.is_cluster(args.prefix):
+            pair = LabCluster(args.prefix)
         if pair is None and (args.ipv6 or args.forwarding != "engine"):
             pair = LabPair(args.prefix, ipv6=args.ipv6, forwarding=args.forwarding)
         r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
@@ -303,8 +309,9 @@ def add_parser(sub) -> None:
         raise SystemExit(2)
 
     d.error = one_line_error  # type: ignore[method-assign]
-    d.add_argument("--fault", choices=(*topology.FAULTS, "resign", "command"),
-                   help="lab: kill|link|stop|restore (default kill); a deployment (--vip): "
+    d.add_argument("--fault", choices=(*topology.FAULTS, "drain", "partition", "resign", "command"),
+                   help="lab: kill|link|stop|restore (default kill), in a cluster lab also "
+                        "drain|partition (any --target, default b); a deployment (--vip): "
                         "resign through the API (the default) or command (the default with "
                         "--fault-command)")
     d.add_argument("--target", help="director to fault (default: the master; "

@@ -119,3 +119,52 @@ class DeployedPair:
             on_at(at)
         subprocess.run(argv, check=True, timeout=60)
         return {"at": at}
+
+
+class LabCluster:
+    """The lab's cluster (`tandem lab up --cluster N`): any director faulted through
+    lab.cluster (kill, link, stop, drain, partition, restore), traffic from its client
+    namespace.  A cluster has no master: the drill has settled once every director that
+    answers has left its start-up and all of them agree who serves every laddr."""
+
+    def __init__(self, prefix: str) -> None:
+        from lab import cluster
+        self.prefix, self.forwarding = prefix, "engine"
+        self.faults = cluster.FAULTS
+        state = st.load_state(prefix) or {}
+        desc = state.get("cluster") or {}
+        self.vip, self.port = desc.get("vip", ""), cluster.SERVICE_PORT
+        self.names = tuple(d["name"] for d in desc.get("directors", []))
+
+    def client_argv(self) -> list[str]:
+        from lab import cluster_plan
+        return ["ip", "netns", "exec", cluster_plan.plan(self.prefix, 1)["client"]["ns"],
+                sys.executable, "-m", "lab.client"]
+
+    def check(self) -> None:
+        if not self.names:
+            raise RuntimeError(f"no cluster lab {self.prefix!r} is up (tandem lab up --cluster N)")
+
+    def status(self, name: str) -> dict:
+        from lab import cluster
+        return cluster.status(self.prefix, name, timeout=0.5)
+
+    def fault(self, name: str, kind: str, on_at=None) -> dict:
+        from lab import cluster
+        done = cluster.fault(self.prefix, name, kind)
+        if on_at:
+            on_at(done["at"])
+        return done
+
+    def expected_master(self, fault: str, target: str) -> str | None:
+        return None
+
+    def default_target(self, fault: str) -> str:
+        return self.names[1] if len(self.names) > 1 else self.names[0]
+
+    def settled(self, roles: dict[str, dict]) -> bool:
+        views = [s["cluster"] for s in roles.values() if s.get("cluster")]
+        if not views or any(v["state"] in ("starting", "joining") for v in views):
+            return False
+        served = [{m: x.get("served_by") for m, x in v["members"].items()} for v in views]
+        return all(s == served[0] for s in served)

@@ -88,7 +88,8 @@ def table(r: dict[str, Any]) -> str:
         ("first echo after the fault", first),
         ("gap per connection", gaps),
         ("longest silence of the run", _ms(r.get("max_gap_ms"), "none measured")),
-        ("two masters at once", f"{r['dual_master_ms']} ms"),
+        ("two masters at once", "n/a (a cluster)" if r["dual_master_ms"] is None
+         else f"{r['dual_master_ms']} ms"),
     ]
     if r.get("forwarding"):             # the lab's: which of its services was drilled
         rows.insert(0, ("service", f"{r['vip']} ({r['forwarding']} forwarding)"))

@@ -20,3 +20,21 @@ def test_every_directors_config_is_read_by_the_node():
         assert peers == {o["front_addr"] for o in desc["directors"]} - {d["front_addr"]}
         assert cfg.ha.sync.bind == d["front_addr"] and cfg.ha.vrrp is None
         assert cfg.cluster.bird_socket.endswith(f"bird-{d['name']}.ctl")
+
+
+def test_a_cluster_drill_settles_when_every_answering_director_agrees_who_serves_each_laddr():
+    """A cluster has no master: `tandem drill` against the cluster lab waits until every
+    director that answers is past its start-up and all of them name the same director for
+    every laddr (a killed one does not answer; an adoption seen by one only is not yet)."""
+    from lab.drill_pairs import LabCluster
+
+    def st(state, served):
+        return {"cluster": {"state": state, "members": {
+            m: {"served_by": {f"198.19.42.{11 + i}": s}} for i, (m, s) in enumerate(served.items())}}}
+    adopted = {"a": "a", "b": "c", "c": "c"}
+    lc = LabCluster("tclnone")
+    assert lc.settled({"a": st("active", adopted), "b": {}, "c": st("active", adopted)})
+    assert not lc.settled({"a": st("active", {"a": "a", "b": "b", "c": "c"}), "b": {},
+                           "c": st("active", adopted)})
+    assert not lc.settled({"a": st("joining", adopted), "c": st("active", adopted)})
+    assert not lc.settled({"a": {}, "b": {}})

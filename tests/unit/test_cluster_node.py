@@ -119,6 +119,8 @@ async def test_three_directors_announce_sync_forward_foreign_flows_and_adopt():
         for n in names:
             await nodes[n].start()
         await until(lambda: all(birds[n].last == own(n) for n in names), "each announces its own")
+        # the cluster speaks through the sync link's own announce, never a patched one
+        assert all("announce" not in vars(nodes[n].sync) for n in names)
         await until(lambda: all(all(m["alive"] for m in nodes[n].cluster.status()["members"].values())
                                 for n in names), "every member alive everywhere")
 
