@@ -4,7 +4,8 @@
 
 In kernel mode the node keeps two views of each flow: director.kernel_flows.KernelFlows
 (mark, active/inactive, for the schedulers) and syncd.kernel_source.KernelSyncSource (what
-sync sends and refreshes).  Both are fed here as the node feeds them (KernelFlows.apply,
+sync sends and refreshes), both in one shared proto.flow_table.FlowTable, as
+tandem.kernel_sync wires them.  Both are fed here as the node feeds them (KernelFlows.apply,
 its watcher calling the source's apply), from real ctnetlink event datagrams decoded by
 proto.ctnetlink: per flow a NEW event (the tracker's SYN_SENT, reply tuple already
 translated, tandem's mark) and an update into ESTABLISHED (SEEN_REPLY, ASSURED), as a
@@ -84,7 +85,8 @@ class Events:
 
 
 def views(now: float) -> tuple[KernelFlows, KernelSyncSource]:
-    """The node's two views, wired as tandem.kernel_sync wires them (an active source)."""
+    """The node's two views, wired as tandem.kernel_sync wires them (an active source, the
+    view's table shared)."""
     flows = KernelFlows()
     timeouts = {0: 120.0}
     src = KernelSyncSource(SyncPolicy(), lambda proto, state: 900.0 if state == 1 else timeouts[0],

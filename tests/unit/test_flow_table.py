@@ -132,3 +132,20 @@ def test_services_beyond_the_short_ids_take_long_keys():
     assert sum(k & 1 for k in keys) == 5       # the last five: long form
     assert [table.tuple_of(k) for k in keys] == ts and len(set(keys)) == len(ts)
     assert table.find(ct.Tuple(6, V4[0], bytes(4), 2, 443)) == (table.key(ct.Tuple(6, V4[0], bytes(4), 2, 443)), 0)
+
+
+def test_a_rescheduled_flow_is_refreshed_once_by_its_live_slot():
+    """Refreshes are filed by the second they fall due; a state change that reschedules a
+    flow leaves its old slot behind, which must neither refresh it early nor twice."""
+    flows, src = views()
+    t = ct.Tuple(6, V4[0], VIPS[4][0], 1, 80)
+    for state, now in ((ct.TCP_CT_SYN_SENT, 0.0), (ct.TCP_CT_ESTABLISHED, 1.0)):
+        out = src.apply(message("update", t, state, MARK_BASE | 1, 1024, True, True), now)
+        assert out and out[-1][0].state in (C.SYN_RECV, C.ESTABLISHED)
+    # timeout 100 s: refreshed every 50 s; a FIN at 30.5 s moves it to 80.5 s
+    fin = message("update", t, ct.TCP_CT_FIN_WAIT, MARK_BASE | 1, 1024, True, True)
+    assert [e.state for e, _ in src.apply(fin, 30.5)] == [C.FIN_WAIT]
+    assert src.next_deadline() == 80.5
+    assert src.poll(51.0) == [] and src.poll(80.4) == []
+    assert [e.state for e, _ in src.poll(80.5)] == [C.FIN_WAIT]
+    assert src.poll(80.9) == [] and src.stats["refreshes"] == 1 and src.next_deadline() == 130.5
