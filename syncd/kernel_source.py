@@ -46,7 +46,9 @@ time tells a slot still valid from one left behind by a reschedule.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from array import array
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 from proto.flow_table import (ASSURED, BINDING, DUE, END, F4, F16, F24, F48, F52, LPORT, OLD_STATE,
@@ -105,6 +107,27 @@ class _Conn:
                 | round(self.sync_endtime * HZ) << END)
 
 
+class _Slots:
+    """The keys of the rows filed under one second.  A key of up to 64 bits (every IPv4
+    TCP/UDP flow's) is kept as 8 bytes of an array, not as an int object: the event that
+    files a flow brings its own copy of the key, and keeping that copy would hold a second
+    32-byte int per flow besides the one the table's dict holds."""
+    __slots__ = ("short", "long")
+
+    def __init__(self) -> None:
+        self.short = array("Q")
+        self.long: list[int] = []
+
+    def append(self, k: int) -> None:
+        (self.short if k < 1 << 64 else self.long).append(k)
+
+    def __len__(self) -> int:
+        return len(self.short) + len(self.long)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.chain(self.short, self.long)
+
+
 def _due_of(row: int) -> int:
     """The row's refresh due time in µs, -1 if none."""
     return (row >> DUE & F52) - 1
@@ -123,7 +146,7 @@ class KernelSyncSource:
         #: original Tuple -> SourceFlow, read-only
         self.flows: Members = self.table.members(SOURCE, self._decode)
         #: second -> keys of the rows whose refresh falls due in it
-        self._due: dict[int, list[int]] = {}
+        self._due: dict[int, _Slots] = {}
         self.stats = dict.fromkeys(("events", "ignored", "own", "entries", "urgent", "refreshes",
                                     "ends", "resyncs"), 0)
 
@@ -167,10 +190,10 @@ class KernelSyncSource:
             return row
         interval = self._interval(proto, row >> STATE & F4)
         due = max(0, round((now + (interval if first is None else first)) * _US))
-        slot = self._due.get(due // _US)
-        if slot is None:
-            slot = self._due[due // _US] = []
-        slot.append(k)
+        slots = self._due.get(due // _US)
+        if slots is None:
+            slots = self._due[due // _US] = _Slots()
+        slots.append(k)
         return row | (due + 1) << DUE
 
     def _send(self, t: ct.Tuple, k: int, row: int, now: float, decision: int, out: Out) -> int:
@@ -286,7 +309,7 @@ class KernelSyncSource:
         now_us = round(now * _US)
         table, tuple_of = self.table, self.table.tuple_of
         for second in sorted(s for s in self._due if s <= now_us // _US):
-            keys = self._due.pop(second)
+            keys = list(self._due.pop(second))
             later: list[int] = []
             for i, k in enumerate(keys):
                 if n >= limit:
@@ -308,7 +331,9 @@ class KernelSyncSource:
                     row = self._schedule(k, t.proto, row, now)
                 table.rows[k] = row
             if later:
-                self._due.setdefault(second, []).extend(later)
+                slots = self._due.setdefault(second, _Slots())
+                for k in later:
+                    slots.append(k)
             if n >= limit:
                 break
         return out
