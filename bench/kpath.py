@@ -179,7 +179,10 @@ def _rotated(seq: tuple[str, ...], k: int) -> list[str]:
     return list(seq[k:] + seq[:k])
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, metrics: tuple[str, ...] = METRICS,
+        paths: tuple[str, ...] = PATHS) -> dict[str, Any]:
+    """The side-by-side run; `metrics` and `paths` narrow it (a development run of one
+    measure: `python -m bench.kpath --quick --metrics cps --paths nft_nat,kernel`)."""
     from lab import topology
     from bench.nfq import Generator
     t0 = time.monotonic()
@@ -225,17 +228,19 @@ def run(quick: bool = False) -> dict[str, Any]:
             rec = common.start_node(PREFIX, "a", cpu=cgen.DIRECTOR_CPU)
             gen = Generator(PREFIX, "raw")
             for r in range(rounds):
-                order = _rotated(PATHS, r)
+                order = [p for p in _rotated(PATHS, r) if p in paths]
                 for streams, m in ((1, "tput_1"), (4, "tput_4")):
+                    if m not in metrics:
+                        continue
                     for p in order:
                         x = iperf(client_ns, dst_of(p), streams, tput_s)
                         runs[m][p].append(x)
                         samples[m][p].append(x["gbps"])
-                for p in order:
+                for p in (order if "udp_pps" in metrics else []):
                     x = udp_window(gen, rs_ns, dst_of(p), win_s, 1.0)
                     runs["udp_pps"][p].append(x)
                     samples["udp_pps"][p].append(x["pps"])
-                for p in order:
+                for p in (order if "cps" in metrics else []):
                     n0 = common.proc_cpu_s(rec["pid"])
                     k0 = _kernel_stats(PREFIX)
                     c0 = common.cpu_times()
@@ -299,4 +304,7 @@ def _rss_kb(pid: int) -> int | None:
 
 if __name__ == "__main__":
     import sys
-    print(json.dumps(run("--quick" in sys.argv), indent=1))
+    def _arg(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sys.argv[sys.argv.index(name) + 1].split(",")) if name in sys.argv else default
+    print(json.dumps(run("--quick" in sys.argv, _arg("--metrics", METRICS), _arg("--paths", PATHS)),
+                     indent=1))

@@ -20,7 +20,6 @@ reconfiguration (director.ctl).
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 from math import ceil as _ceil
 from typing import Any, Callable, NamedTuple
@@ -294,7 +293,7 @@ class Engine:
         dest.packets_in += 1
         dest.bytes_in += len(data)
         self.stats["kernel_handoffs"] += 1
-        mark = self.marks.mark_for(dest.addr_str, dest.port, str(ipaddress.ip_address(laddr)))
+        mark = self.marks.mark_for(dest.addr, dest.port, laddr)
         if self.kernel_hook is not None:
             self.kernel_hook(svc, dest, mark, now)
         return Mark(mark)

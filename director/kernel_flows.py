@@ -57,12 +57,22 @@ class Flow(NamedTuple):
 _FLOWS: dict[Flow, Flow] = {}
 
 
+#: TCP states the view does not tell apart, each -> the state it is kept as.  The node's
+#: event socket filters their updates out in the kernel (director.ct_events.state_filter):
+#: none changes a count (IPVS counts only ESTABLISHED active) or sync's ESTABLISHED and end.
+#: A dump's entries are read the same way, so a repair compares like with like.
+MERGED_TCP_STATES = {ct.TCP_CT_SYN_RECV: ct.TCP_CT_SYN_SENT, ct.TCP_CT_CLOSE_WAIT: ct.TCP_CT_FIN_WAIT,
+                     ct.TCP_CT_LAST_ACK: ct.TCP_CT_FIN_WAIT, ct.TCP_CT_TIME_WAIT: ct.TCP_CT_FIN_WAIT}
+
+
 def _fields(c: ct.Conntrack) -> int | None:
     """The view's fields of a row for conntrack entry c, or None if it is not tandem's."""
     mark = c.mark or 0
     if mark & MARK_PREFIX_MASK != MARK_BASE or c.orig is None:
         return None
     state = c.tcp.state if c.tcp is not None else None
+    if state is not None:
+        state = MERGED_TCP_STATES.get(state, state)
     code = VTCP_NONE if state is None or not 0 <= state < VTCP_NONE else state
     return VIEW | code << VTCP | (mark & F16) << MARK
 

@@ -65,6 +65,7 @@ GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
 CTA_NAT_SRC, CTA_TIMEOUT, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 6, 7, 8, 9, 10
 CTA_USE, CTA_ID, CTA_NAT_DST, CTA_ZONE = 11, 12, 13, 18
+CTA_MARK_MASK = 21
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -323,9 +324,16 @@ def get_request(orig: Tuple, seq: int) -> bytes:
                           Conntrack(orig=orig)))
 
 
-def dump_request(seq: int, family: int = socket.AF_UNSPEC) -> bytes:
-    """The whole table (AF_UNSPEC: both families), answered with NLM_F_MULTI and NLMSG_DONE."""
-    return encode(Message(MSG_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family))
+def dump_request(seq: int, family: int = socket.AF_UNSPEC,
+                 mark: tuple[int, int] | None = None) -> bytes:
+    """The whole table (AF_UNSPEC: both families), answered with NLM_F_MULTI and NLMSG_DONE.
+    With `mark` (value, mask) the kernel sends only the entries whose mark & mask == value
+    (CTA_MARK and CTA_MARK_MASK in a dump request: the kernel's own dump filter)."""
+    msg = encode(Message(MSG_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family))
+    if mark is None:
+        return msg
+    attrs = _attr(CTA_MARK, _BE32.pack(mark[0])) + _attr(CTA_MARK_MASK, _BE32.pack(mark[1]))
+    return _NLMSG.pack(len(msg) + len(attrs), *_NLMSG.unpack_from(msg)[1:]) + msg[_NLMSG.size:] + attrs
 
 
 def injection(orig: Tuple, real: NatRange, local: NatRange, timeout: int, *,

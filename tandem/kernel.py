@@ -196,13 +196,18 @@ class LinuxKernel:
         from director.ct_events import EventSocket
         return EventSocket()
 
+    # Both dumps ask the kernel for the entries with tandem's marks only: every reader of a
+    # dump (adoption, repair, sync's resync) keeps those alone, and a director's table may
+    # hold far more of others (bench.kpath: plain NAT's flows beside tandem's).
     def dump_conntrack(self) -> list:
         from director.ct_events import dump
-        return dump()
+        from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+        return dump(mark=(MARK_BASE, MARK_PREFIX_MASK))
 
     def open_ct_dump(self) -> Any:
         from director.ct_events import DumpReader
-        return DumpReader()
+        from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK
+        return DumpReader(mark=(MARK_BASE, MARK_PREFIX_MASK))
 
     def open_ct_inject(self) -> Any:
         from director.ct_inject import InjectSocket

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -210,3 +211,16 @@ def test_corrupted_kernel_message(pos, value):
         c.decode(bytes(data))
     except c.CtnetlinkError:
         pass
+
+
+def test_a_dump_request_with_a_mark_asks_the_kernel_to_filter():
+    """CTA_MARK and CTA_MARK_MASK in a dump request: the kernel sends only the entries
+    whose mark & mask equals the mark (ctnetlink's dump filter)."""
+    plain, marked = c.dump_request(4), c.dump_request(4, mark=(0x54440000, 0xFFFF0000))
+    [dump] = c.decode(marked)
+    assert (dump.msg_type, dump.flags, dump.seq, dump.ct.mark) == (
+        c.MSG_GET, c.NLM_F_REQUEST | c.NLM_F_DUMP, 4, 0x54440000)
+    assert marked[:4] == len(marked).to_bytes(4, sys.byteorder)
+    assert marked.endswith(bytes.fromhex("0800") + c.CTA_MARK_MASK.to_bytes(2, sys.byteorder)
+                           + bytes.fromhex("ffff0000"))
+    assert c.decode(plain)[0].ct.mark is None

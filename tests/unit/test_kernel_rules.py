@@ -216,3 +216,16 @@ def test_a_kernel_mode_start_never_loads_a_table_without_its_nat_chains(monkeypa
     loads.clear()
     LinuxKernel().install_rules(engine_addrs, 5)
     assert len(loads) == 1 and f"delete table inet {k.TABLE}" in loads[0]
+
+
+def test_a_binding_has_one_mark_whether_its_addresses_come_packed_or_as_text():
+    """The engine hands packed addresses (no parsing per new flow); the reload and adoption
+    paths text: both name the same binding, and a mark adopted first is the one given."""
+    import ipaddress
+    m = k.Marks()
+    assert m.adopt(k.MARK_BASE | 9, "198.18.2.21", 8080, "198.18.2.100")
+    packed = (ipaddress.ip_address("198.18.2.21").packed, 8080, ipaddress.ip_address("198.18.2.100").packed)
+    assert m.mark_for(*packed) == k.MARK_BASE | 9 == m.mark_for(*packed)
+    six = (ipaddress.ip_address("2001:2:1::21").packed, 53, ipaddress.ip_address("2001:2:1::100").packed)
+    assert m.mark_for(*six) == m.mark_for("2001:2:1:0::21", 53, "2001:2:1::100") != k.MARK_BASE | 9
+    assert len(m.bindings()) == 2
