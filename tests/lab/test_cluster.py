@@ -204,3 +204,31 @@ def test_drain_of_one_director_keeps_every_held_connection(lab):
     cluster.fault(PREFIX, "a", "restore")
     bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
     assert view("a")["state"] == "active"
+
+
+def test_a_director_cut_from_sync_withdraws_and_a_survivor_adopts(lab):
+    """b loses its peers' sync (every sync datagram in and out dropped) while its link and
+    BGP stay up: the split brain of docs/cluster.md section 6.  a and c, a majority, count
+    b dead and one adopts b's laddr; b hears a minority and withdraws everything, so the
+    router has b's laddr from the adopter only, never from both.  Every held connection
+    (synced before the cut) keeps every echo in order.  Restore: b hears its peers again,
+    announces, and the adopter gives its laddr back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        held, stop = start_hold(lab, tmp, HELD)
+        try:
+            time.sleep(0.5)
+            cluster.fault(PREFIX, "b", "partition")
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
+            adopter = the_adopter(lab, "b", "ac")
+            bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, adopter)], wait=20)
+            b = view("b")
+            assert b["state"] == "isolated" and b["announced"] == [], b
+            time.sleep(1.0)
+            assert bgp.nexthops(PREFIX, laddr(lab, "b")) == [addr(lab, adopter)]
+        finally:
+            res = end_hold(held, stop)
+    assert res["ok"] == HELD and res["echoes"] == res["sent"], res
+    cluster.fault(PREFIX, "b", "restore")
+    bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
+    bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
+    assert view(adopter)["adopted"] == [] and view("b")["state"] == "active"
