@@ -97,6 +97,12 @@ class FlowTable:
         self._last = (t, k)
         return k
 
+    def proto_of(self, k: int) -> int:
+        """The protocol of key k, without unpacking the rest."""
+        if not k & 1:
+            return self._svc_of[k >> 1 & _SVC_MASK][0]
+        return k >> 2 & 0xFF
+
     def tuple_of(self, k: int) -> ct.Tuple:
         if not k & 1:
             k >>= 1

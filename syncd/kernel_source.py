@@ -346,7 +346,7 @@ class KernelSyncSource:
             return
         self.active = active
         self._due.clear()
-        rows, tuple_of = self.table.rows, self.table.tuple_of
+        rows, proto_of = self.table.rows, self.table.proto_of
         held = [(k, r) for k, r in rows.items() if r & SOURCE]
         if not active:
             for k, r in held:
@@ -354,7 +354,7 @@ class KernelSyncSource:
             return
         items = []
         for k, r in held:
-            proto = tuple_of(k).proto
+            proto = proto_of(k)
             if self._syncable(proto, r):
                 items.append((k, proto, r))
         for i, (k, proto, r) in enumerate(items):

@@ -81,6 +81,7 @@ def test_keys_unpack_to_the_tuple_they_were_packed_from(ts):
     table = FlowTable()
     keys = [table.key(t) for t in ts]
     assert [table.tuple_of(k) for k in keys] == ts
+    assert [table.proto_of(k) for k in keys] == [t.proto for t in ts]
     assert all(table.key(t) == k and table.find(t)[0] == k for t, k in zip(ts, keys))
     assert len(set(keys)) == len(set(ts))
 
