@@ -146,11 +146,21 @@ def test_the_table_drains_to_zero_once_traffic_stops(lab):
         assert k["overruns"] == 0 or k["resyncs"] >= 1, k
         return
     assert status(lab)["conns"]["total"] > 0
-    deadline = time.monotonic() + 20
+    # Closed connections leave within the short closing timeouts.  A connection whose end
+    # the director never saw (its last packets lost on a busy machine, as CI once saw)
+    # leaves when tcp_established runs out, as in IPVS: the bound allows for both.
+    deadline = time.monotonic() + SHORT["tcp_established"] + 10
     while time.monotonic() < deadline:
         s = status(lab)
         if s["conns"]["total"] == 0:
             break
         time.sleep(0.5)
-    assert s["conns"] == {"total": 0, "active": 0, "inactive": 0}, s
+    assert s["conns"] == {"total": 0, "active": 0, "inactive": 0}, (s["conns"], conns(lab))
+
+
+def conns(lab) -> dict:
+    """/conns, to say which connections are left when the table does not drain."""
+    a = lab["directors"][0]
+    host, port = a["api"].removeprefix("http://").split(":")
+    return json.loads(http_get(a["ns"], host, int(port), "/conns", timeout=3.0)[1])
 
