@@ -64,8 +64,11 @@ def state_filter() -> list[tuple[int, int, int, int]]:
     """A socket filter (cBPF) that drops, in the kernel, the TCP state updates in
     SKIPPED_TCP_STATES: a short connection then costs the node 4 events (NEW, ESTABLISHED,
     FIN_WAIT, DESTROY) instead of 7.  Everything else passes: a new flow's event, a DESTROY,
-    an update without TCP protoinfo (UDP's ASSURED, a mark), and whatever the filter does
-    not recognise.  The kernel's netlink attribute search (SKF_AD_NLATTR, _NEST) finds
+    an update without TCP protoinfo (UDP's ASSURED, a mark), an update a netlink request
+    made (the kernel stamps its event with the requester's port id, 0 for traffic: a
+    peer's entry injected over one this node holds, say ESTABLISHED over TIME_WAIT, must
+    reach the view, or the node would later sync the flow back as ESTABLISHED), and
+    whatever the filter does not recognise.  The kernel's netlink attribute search (SKF_AD_NLATTR, _NEST) finds
     CTA_PROTOINFO > CTA_PROTOINFO_TCP > CTA_PROTOINFO_TCP_STATE, as libnetfilter_conntrack's
     filters do.  Measured in `bench.kpath` (docs/benchmarks.md): without it a short
     connection's ~6 events cost the node about half its CPU per connection."""
@@ -75,6 +78,8 @@ def state_filter() -> list[tuple[int, int, int, int]]:
         (_JEQ_K, 0, A, _be16_of_host(ct.MSG_NEW)),              # DESTROY and others pass
         (_LD_H_ABS, 0, 0, 6),                                   # nlmsg_flags
         (_JSET_K, A, 0, _be16_of_host(ct.NLM_F_CREATE)),        # a new flow passes
+        (_LD_W_ABS, 0, 0, 12),                                  # nlmsg_pid
+        (_JEQ_K, 0, A, 0),                                      # a request's own event passes
         (_LDX_IMM, 0, 0, ct.CTA_PROTOINFO),
         (_LD_IMM, 0, 0, ct._HDR),                               # search after nfgenmsg
         (_LD_W_ABS, 0, 0, _SKF_AD_NLATTR),                      # A: offset or 0

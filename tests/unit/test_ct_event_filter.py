@@ -20,10 +20,12 @@ from tests.unit.test_ctnetlink import KERNEL_TCP4_NEW, KERNEL_UDP6_NEW
 _STATE_AT = KERNEL_TCP4_NEW.index(bytes.fromhex("2c000180050001000100000005000200")) + 8
 
 
-def _event(state: int, *, new: bool = False, mark: int | None = None) -> bytes:
+def _event(state: int, *, new: bool = False, mark: int | None = None, pid: int = 0) -> bytes:
     """KERNEL_TCP4_NEW as the kernel sends a later update of that flow: no NLM_F_CREATE,
-    the TCP state `state`."""
+    the TCP state `state`; `pid`, the port id of the netlink request that caused it (0:
+    traffic did)."""
     b = bytearray(KERNEL_TCP4_NEW)
+    b[12:16] = pid.to_bytes(4, "little")
     if not new:
         b[6:8] = (0).to_bytes(2, "little")
     b[_STATE_AT] = state
@@ -103,3 +105,15 @@ def test_the_view_counts_as_with_every_event_at_each_step_the_node_reads(filtere
         assert some.flows == every.flows         # the view, state included, as a dump reads
     assert kept == 4
     assert every.active_inactive(mark) == (0, 0) and not some.flows
+
+
+def test_an_update_a_netlink_request_made_passes_whatever_its_state(filtered):
+    """An entry the node injects over one it holds (a peer's bulk: TIME_WAIT over
+    ESTABLISHED, as after a port's reuse) changes the state by request, not by traffic.
+    The kernel stamps such an event with the requester's port id (traffic's carry 0;
+    measured with `conntrack -I/-U` in a namespace): it passes, so the view follows the
+    injected state; the same update caused by traffic is dropped as before."""
+    assert int.from_bytes(KERNEL_TCP4_NEW[12:16], "little") == 0
+    for state in ct_events.SKIPPED_TCP_STATES:
+        by_request = _event(state, pid=3729566701)
+        assert filtered([_event(state), by_request]) == [by_request]
