@@ -77,11 +77,28 @@ def _fields(c: ct.Conntrack) -> int | None:
     return VIEW | code << VTCP | (mark & F16) << MARK
 
 
+def _mark(row: int) -> int:
+    """The mark a row's view fields name."""
+    return MARK_BASE | row >> MARK & F16
+
+
 def _decode(row: int) -> Flow:
     code = row >> VTCP & 0xFF
     state = None if code == VTCP_NONE else code
-    f = Flow(MARK_BASE | row >> MARK & F16, state == ct.TCP_CT_ESTABLISHED, state)
+    f = Flow(_mark(row), state == ct.TCP_CT_ESTABLISHED, state)
     return _FLOWS.setdefault(f, f)
+
+
+def _tally(counts: dict[int, list[int]], by_service: dict[tuple[int, bytes, int, int], list[int]],
+           t: ct.Tuple, row: int, delta: int) -> tuple[int, bytes, int, int]:
+    """Add `delta` to the [active, inactive] counts of flow t's mark and service (IPVS
+    counts only ESTABLISHED active); return the service key."""
+    i = 0 if row >> VTCP & 0xFF == ct.TCP_CT_ESTABLISHED else 1
+    mark = _mark(row)
+    counts.setdefault(mark, [0, 0])[i] += delta
+    skey = (t.proto, t.dst, t.dport, mark)
+    by_service.setdefault(skey, [0, 0])[i] += delta
+    return skey
 
 
 def _flow(c: ct.Conntrack) -> Flow | None:
@@ -139,12 +156,16 @@ class KernelFlows:
         self._resync_watchers.append(fn)
 
     def _count(self, t: ct.Tuple, row: int, delta: int) -> None:
-        i = 0 if row >> VTCP & 0xFF == ct.TCP_CT_ESTABLISHED else 1
-        mark = MARK_BASE | row >> MARK & F16
-        self.counts.setdefault(mark, [0, 0])[i] += delta
-        skey = (t.proto, t.dst, t.dport, mark)
-        self.by_service.setdefault(skey, [0, 0])[i] += delta
-        self.dirty.add(skey)
+        self.dirty.add(_tally(self.counts, self.by_service, t, row, delta))
+
+    def _forget(self, t: ct.Tuple) -> bool:
+        """Take flow t out of the view (and its counts); False when the view did not hold it."""
+        k, row = self.table.find(t)
+        if not row & VIEW:
+            return False
+        self._count(t, row, -1)
+        self.table.release(k, row, VIEW)
+        return True
 
     def take_dirty(self) -> set[tuple[int, bytes, int, int]]:
         """The (proto, vip, vport, mark) whose counts changed since the last call."""
@@ -171,20 +192,14 @@ class KernelFlows:
             return
         table = self.table
         if msg.event == "destroy":
-            k, row = table.find(t)
-            if row & VIEW:
+            if self._forget(t):
                 self.stats["destroyed"] += 1
-                self._count(t, row, -1)
-                table.release(k, row, VIEW)
                 self._tell(msg, None)
             return
         fields = _fields(msg.ct)    # the kernel sends the mark in every event when it is set
         if fields is None:
             self.stats["ignored"] += 1
-            k, row = table.find(t)
-            if row & VIEW:
-                self._count(t, row, -1)
-                table.release(k, row, VIEW)
+            self._forget(t)
             return
         k = table.key(t)
         old = table.rows.get(k, 0)
@@ -271,10 +286,7 @@ class KernelFlows:
             for k, (t, fields) in new[i:i + step]:
                 row = rows.get(k, 0) & ~VIEW_FIELDS | fields
                 table.put(k, row, VIEW)
-                j = 0 if fields >> VTCP & 0xFF == ct.TCP_CT_ESTABLISHED else 1
-                mark = MARK_BASE | fields >> MARK & F16
-                counts.setdefault(mark, [0, 0])[j] += 1
-                by_service.setdefault((t.proto, t.dst, t.dport, mark), [0, 0])[j] += 1
+                _tally(counts, by_service, t, fields, +1)
             yield
         self.dirty |= set(self.by_service) | set(by_service)
         self.counts, self.by_service = counts, by_service
