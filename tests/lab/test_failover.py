@@ -169,16 +169,19 @@ def test_fast_adverts_take_over_with_sync_loss_and_lose_no_connection():
     require_lab()
     with lab_session("tf10", node=True, ha=True, advert_interval=0.01, kernel=True):
         sync_loss("tf10", 20)
+        start = sync_receiver("tf10", "b")
         for forwarding in ("engine", "kernel"):
-            before = sync_receiver("tf10", "b")
             r = drill.run("tf10", "kill", conns=200, interval=0.02, duration=3.0, lead=1.5,
                           pair=LabPair("tf10", forwarding=forwarding))
             check(r, 200)
             change = took_over("tf10", r, "kill", "b")
             assert "3 x 10 ms" in change["reason"], change
-            after = sync_receiver("tf10", "b")
-            assert after["gaps"] > before["gaps"], (before, after)     # the loss was real
             if forwarding == "engine":          # a back, as master, b its backup again
                 topology.fault("tf10", "a", "restore")
                 topology.wait_role("tf10", "a", "master", 20)
                 topology.wait_role("tf10", "b", "backup", 20)
+        # the loss was real: b found sequence gaps (or a lost last message) and repaired
+        # them.  Judged over both drills, not each: one drill's few dozen datagrams can,
+        # by chance, lose none whose loss shows as a gap (CI saw 3 gaps before and after)
+        end = sync_receiver("tf10", "b")
+        assert end["gaps"] + end["tail_gaps"] > start["gaps"] + start["tail_gaps"], (start, end)
