@@ -243,10 +243,16 @@ _HA_SECTION = {"front_if": "interfaces", "back_if": "interfaces", "garp_count": 
 
 def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
     """The sections that differ between two configs and that only a restart applies
-    (schema: Section.restart): [interfaces], [vrrp], [sync].  The VIP list the election
-    advertises follows the services and is left out of the comparison."""
+    (schema: Section.restart): [interfaces], [vrrp], [sync], [cluster].  The VIP list the
+    election advertises follows the services and is left out of the comparison; in cluster
+    mode so are the membership keys, `[cluster] members` and `[sync] peers`, which a reload
+    applies (a director joins or leaves the cluster: docs/cluster.md, "Membership changes")."""
     import dataclasses
     o, n = old.ha or HAConfig(), new.ha or HAConfig()
+    members_only = old.mode == new.mode == "cluster"
+    if members_only and o.sync is not None and n.sync is not None:
+        # a cluster's membership is reloadable (a director joins or leaves): its peers
+        n = dataclasses.replace(n, sync=dataclasses.replace(n.sync, peers=o.sync.peers))
     if (old.ha is None) != (new.ha is None):
         changed = {"interfaces", "vrrp", "sync"}
     else:
@@ -257,7 +263,10 @@ def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
             b = dataclasses.replace(b, addresses=a.addresses)
         if a != b:
             changed.add(section)
-    if old.cluster != new.cluster:
+    oc, nc = old.cluster, new.cluster
+    if members_only and oc is not None and nc is not None:
+        nc = dataclasses.replace(nc, members=oc.members)      # and its members
+    if oc != nc:
         changed.add("cluster")
     return [s for s in K.restart_sections() if s in changed]
 

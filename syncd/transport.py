@@ -189,6 +189,15 @@ class SyncTransport:
         self._send(self.receiver.start(self.clock()))
         self._arm()
 
+    def set_peers(self, peers: list[tuple[str, int]]) -> None:
+        """Unicast: send to `peers` from now on and accept datagrams only from them (a
+        cluster's membership reloaded).  A peer added hears the next datagram; its
+        receiver asks for what it lacks (its own start asks every peer for a bulk)."""
+        if self.cfg.mode == "multicast":
+            raise ValueError("a multicast sync has no peers to change")
+        self.peers = list(peers)
+        self.allowed = frozenset(_canonical(host) for host, _ in self.peers)
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

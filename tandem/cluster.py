@@ -85,8 +85,27 @@ class ClusterRunner:
         self.last_error = ""
         self.changes: deque[dict] = deque(maxlen=20)
         self._leaving: set[tuple[str, int]] = set()      # (member, epoch) that said leaving
+        self._added: dict[str, float] = {}               # member -> when a reload added it
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+
+    # -- membership changes (a reload) -------------------------------------------------------
+
+    def set_members(self, cc, now: float) -> list[str]:
+        """`[cluster]` after a reload: the new membership (a director joined or left).  A
+        member added is counted alive for ADOPT_GRACE from now until it is heard, as every
+        member is after this director's own start: its node may still be starting, and its
+        laddrs must not be adopted meanwhile.  The members added."""
+        members = dict(cc.members) or {self.name: self.members.get(self.name, ())}
+        added = sorted(set(members) - set(self.members))
+        for m in added:
+            self._added[m] = now
+        for m in set(self._added) - set(members):
+            del self._added[m]
+        self.members, self.cfg = members, cc
+        if added or len(members) != len(self.members):
+            log.info("cluster %s: members now %s", self.name, " ".join(sorted(members)))
+        return added
 
     # -- what the node's rules and status need ----------------------------------------------
 
@@ -124,7 +143,9 @@ class ClusterRunner:
             heard = p is not None and now - p.heard <= live_within
             if heard and p is not None and p.state is not None and p.state.role == DRAINING:
                 leaving.add(m)          # never an adopter; its laddrs stay its own while heard
-            if heard or (grace and (p is None or p.heard == float("-inf"))):
+            unheard = p is None or p.heard == float("-inf")
+            fresh = grace or now - self._added.get(m, float("-inf")) < ADOPT_GRACE
+            if heard or (fresh and unheard):
                 alive.add(m)
         if self.stopping or self.draining:
             leaving.add(self.name)

@@ -112,6 +112,10 @@ class SyncLink:
     def send_overrides(self, items: list[list]) -> None:
         self.transport.send_overrides(items)
 
+    def set_peers(self, peers) -> None:
+        """A cluster's unicast peers after a reload (SyncTransport.set_peers)."""
+        self.transport.set_peers([tuple(p) for p in peers])
+
     def flush(self) -> int:
         """Every pending entry to the peer now; the datagrams sent."""
         return self.transport.flush()

@@ -492,6 +492,7 @@ class Node:
         new = await asyncio.to_thread(load, self.path)
         old = self.cfg
         check_reloadable(old, new)
+        queued = self._queued(old)
         await self.kernel_path.reload(old, new)        # the new marks exist before the engine
         summary = self.engine.reconfigure(new, self.clock())
         if self.kernel_sync is not None:
@@ -501,7 +502,8 @@ class Node:
             summary["kernel_flows_deleted"] = deleted
         self.control.apply_all()
         await self.checker.set_targets(health_targets(self.engine))
-        if engine_addresses(new) != engine_addresses(old):
+        summary.update(self._reload_membership(old, new))
+        if self._queued(new) != queued:         # services' addresses, or members' laddrs
             await asyncio.to_thread(self.edges.kernel.install_rules, self._queued(new), new.queue)
         self.state.api_token = new.api_token
         if new.state_dir != old.state_dir:
@@ -513,6 +515,23 @@ class Node:
         log.info("node %s: reloaded %s (%s)", new.name, self.path,
                  ", ".join(f"{k} {v}" for k, v in summary.items()))
         return {"changed": True, **summary}
+
+    def _reload_membership(self, old: NodeConfig, new: NodeConfig) -> dict:
+        """Cluster mode: the members and sync peers a reload changed (the only [cluster] and
+        [sync] keys it applies: check_reloadable refuses the rest)."""
+        out: dict = {}
+        if self.cluster is None:
+            return out
+        o, n = old.ha.sync if old.ha else None, new.ha.sync if new.ha else None
+        if self.sync is not None and n is not None and o is not None and n.peers != o.peers:
+            self.sync.set_peers(n.peers)
+            out["sync_peers"] = len(n.peers)
+        if new.cluster.members != old.cluster.members:
+            added = self.cluster.set_members(new.cluster, self.clock())
+            out["members"] = len(self.cluster.members)
+            if added:
+                out["members_added"] = added
+        return out
 
     def _on_sighup(self) -> None:
         async def go() -> None:

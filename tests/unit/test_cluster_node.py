@@ -14,6 +14,8 @@ import socket
 import urllib.request
 from dataclasses import replace
 
+import pytest
+
 from scapy.layers.inet import IP, TCP
 
 from director.config import parse
@@ -61,6 +63,10 @@ class FakeBird:
 def config(name: str, names: list[str], sync_ports: dict[str, int] | None):
     """Director `name`'s config; its API on a port the OS picks at start (read back with
     Node.api_address: a port chosen beforehand may be taken by the time it binds)."""
+    return replace(parse(config_doc(name, names, sync_ports), f"{name}.toml"), api_port=0)
+
+
+def config_doc(name: str, names: list[str], sync_ports: dict[str, int] | None) -> dict:
     doc = {
         "node": {"name": name, "api": "127.0.0.1:9", "tick": 0.01, "state_dir": "",
                  "api_token": TOKEN,
@@ -74,7 +80,7 @@ def config(name: str, names: list[str], sync_ports: dict[str, int] | None):
         doc["sync"] = {"key": KEY, "mode": "unicast", "bind": "127.0.0.1",
                        "port": sync_ports[name],
                        "peers": [f"127.0.0.1:{sync_ports[n]}" for n in names if n != name]}
-    return replace(parse(doc, f"{name}.toml"), api_port=0)
+    return doc
 
 
 def call(node: Node, path: str, method: str = "GET") -> dict:
@@ -236,6 +242,97 @@ async def test_engine_not_running_announces_nothing_and_bird_failures_are_retrie
     bird.fail = False
     await runner.step()                      # nothing changed, but BIRD has not taken it yet
     assert bird.last == own("a")
+
+
+async def test_a_director_joins_through_a_reload_of_the_others(tmp_path):
+    """a and b run; c joins: a's and b's files gain c as a member and a sync peer and a
+    reload applies it (no restart: their connections and routes stay), then c starts.  c
+    pulls the table before it announces, a's connection reaches c and c's reaches a and b;
+    c's laddr is queued on a and b from the reload on and no one adopts it while c starts;
+    every director then sees three members alive, each serving its own laddr."""
+    from schema.core import dump_toml
+    from director.config import load
+    names = ["a", "b", "c"]
+    sync_ports = dict(zip(names, free_ports(3)))
+    api_ports = dict(zip(names, free_ports_tcp(3)))
+
+    def write(name: str, members: list[str]) -> str:
+        doc = config_doc(name, members, sync_ports)
+        doc["node"]["api"] = f"127.0.0.1:{api_ports[name]}"
+        path = tmp_path / f"{name}.toml"
+        path.write_text(dump_toml(doc))
+        return str(path)
+
+    birds = {n: FakeBird() for n in names}
+    kernels = {n: FakeKernel() for n in names}
+    paths = {n: write(n, ["a", "b"]) for n in "ab"}
+    nodes = {n: Node(load(paths[n]), path=paths[n],
+                     edges=Edges(kernel=kernels[n], bird=birds[n])) for n in "ab"}
+    try:
+        for n in "ab":
+            await nodes[n].start()
+        await until(lambda: all(birds[n].last == own(n) for n in "ab"), "a and b announce")
+        syn = nodes["a"].engine.handle(tcp(CLIENT, VIP, 40001, 80, "S", seq=1000), nodes["a"].clock())
+        assert IP(syn).src == LADDR["a"]
+        await until(lambda: nodes["b"].cluster.status()["flows_foreign"] == 1, "a's flow at b")
+        await asyncio.sleep(ADOPT_GRACE)           # past a's and b's own start-up grace
+
+        for n in "ab":
+            write(n, names)
+            summary = await nodes[n].reload()
+            assert summary["members_added"] == ["c"] and summary["sync_peers"] == 2, summary
+            assert LADDR["c"] in kernels[n].rules[0]        # c's laddr queued here from now on
+            assert nodes[n].cluster.status()["members"]["c"]["served_by"] == {LADDR["c"]: "c"}
+        paths["c"] = write("c", names)
+        nodes["c"] = Node(load(paths["c"]), path=paths["c"],
+                          edges=Edges(kernel=kernels["c"], bird=birds["c"]))
+        await nodes["c"].start()
+        await until(lambda: birds["c"].last == own("c"), "c announces its own")
+        # the table came first: a's connection was at c by the time c announced
+        assert nodes["c"].cluster.status()["members"]["a"]["flows"] == 1
+        syn = nodes["c"].engine.handle(tcp(CLIENT, VIP, 40002, 80, "S", seq=1000), nodes["c"].clock())
+        assert IP(syn).src == LADDR["c"]
+        await until(lambda: all(nodes[n].cluster.status()["members"]["c"]["flows"] == 1
+                                for n in "ab"), "c's flow at a and b")
+        await until(lambda: all(all(m["alive"] for m in nodes[n].cluster.status()["members"].values())
+                                for n in names), "three members alive everywhere")
+        for n in names:
+            st = nodes[n].cluster.status()
+            assert st["adopted"] == [] and birds[n].last == own(n), st
+            assert {m: v["served_by"] for m, v in st["members"].items()} == {
+                m: {LADDR[m]: m} for m in names}
+        # no one ever announced c's laddr but c
+        assert all(f"{LADDR['c']}/32" not in a for n in "ab" for a in birds[n].applied)
+    finally:
+        for node in nodes.values():
+            await node.stop()
+
+
+async def test_a_reload_changes_membership_only():
+    """The membership keys are what a reload applies of [cluster] and [sync]: any other key
+    of theirs still needs a restart (the reload is refused, nothing changed)."""
+    from director.config import ConfigError, check_reloadable
+    ports = dict(zip("abc", free_ports(3)))
+    old = parse(config_doc("a", ["a", "b"], ports), "a.toml")
+    check_reloadable(old, parse(config_doc("a", ["a", "b", "c"], ports), "a.toml"))   # joins
+    check_reloadable(parse(config_doc("a", ["a", "b", "c"], ports), "a.toml"), old)   # leaves
+    for section, key, value in (("cluster", "drain_timeout", 5.0), ("sync", "port", 1),
+                                ("sync", "heartbeat_interval", 0.5)):
+        doc = config_doc("a", ["a", "b", "c"], ports)
+        doc[section][key] = value
+        with pytest.raises(ConfigError, match=rf"\[{section}\]"):
+            check_reloadable(old, parse(doc, "a.toml"))
+
+
+def free_ports_tcp(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_pair_mode_has_no_cluster():
