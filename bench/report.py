@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import report_kpath, report_toolchain
+from bench import report_cluster, report_kpath, report_toolchain
 
 HAND_BEGIN = "<!-- hand-written: begin (kept by `tandem bench --write`) -->"
 HAND_END = "<!-- hand-written: end -->"
@@ -54,6 +54,7 @@ HEADLINE = [
     ("health_down_s_max", "stopped real server out of scheduling after, max (s; fall 3 x 0.5 s)"),
     ("health_up_s_max", "restarted real server back after, max (s; rise 2 x 0.5 s)"),
     *report_kpath.HEADLINE,
+    *report_cluster.HEADLINE,
     *report_toolchain.HEADLINE,
 ]
 
@@ -362,6 +363,7 @@ def render(res: dict[str, Any], hand: str | None = None) -> str:
             report_kpath.render_kmem(_section(res, "kmem"), fmt, table, _err),
             render_sync(_section(res, "sync")),
             render_health(_section(res, "health")), render_takeover(_section(res, "takeover")),
+            report_cluster.render_cluster(_section(res, "cluster"), fmt, table, _err),
             report_toolchain.render_toolchain(_section(res, "toolchain"), fmt, table, _err)]
     hand = hand if hand is not None else HAND_PLACEHOLDER
     return "\n".join(head + body + [HAND_BEGIN, hand.strip("\n"), HAND_END, ""])

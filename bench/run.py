@@ -1,7 +1,7 @@
 """`tandem bench`: run the benchmarks, print one JSON object, optionally write
 docs/benchmarks.md.
 
-    tandem bench [--json] [--write FILE] [--quick] [--only engine,nfq,conn_rate,sync,health,takeover]
+    tandem bench [--json] [--write FILE] [--quick] [--only engine,nfq,conn_rate,sync,health,takeover,cluster]
 
 The director CLI registers it with `bench.run.add_parser(subparsers)`.  Without
 the CLI: `python -c "import sys; from bench.run import main; sys.exit(main(sys.argv[1:]))" --json`.
@@ -50,6 +50,9 @@ KEYS = {
     "tandem_kill_200_takeover_ms_p50": "toolchain", "toolchain_kill_200_takeover_ms_p50": "toolchain",
     "tandem_young_sync_loss_survived_share": "toolchain",
     "toolchain_young_sync_loss_survived_share": "toolchain",
+    # cluster mode: 3 directors against 1 behind the router's ECMP (bench.cluster)
+    "cluster_pps_3": "cluster", "cluster_pps_1": "cluster", "cluster_pps_ratio": "cluster",
+    "cluster_projected_ratio": "cluster",
 }
 
 #: name -> (op, bound): the targets from the benchmark issue; None = report only
@@ -67,10 +70,13 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "kernel_pps_ratio": (">=", 0.9),
     "kernel_cps_ratio": (">=", 0.7),
     "kernel_bytes_per_conn": ("<=", 150),
+    "cluster_pps_ratio": None,
+    "cluster_projected_ratio": None,
 }
 
-ORDER = ("engine", "kmem", "nfq", "conn_rate", "kpath", "sync", "health", "takeover", "toolchain")
-LAB_MEASUREMENTS = ("nfq", "conn_rate", "kpath", "sync", "health", "takeover", "toolchain")
+ORDER = ("engine", "kmem", "nfq", "conn_rate", "kpath", "sync", "health", "takeover", "cluster",
+         "toolchain")
+LAB_MEASUREMENTS = ("nfq", "conn_rate", "kpath", "sync", "health", "takeover", "cluster", "toolchain")
 
 
 def _engine(quick: bool) -> dict[str, Any]:
@@ -105,6 +111,7 @@ MEASUREMENTS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": _engine, "nfq": _lab("nfq"), "conn_rate": _lab("conn_rate"),
     "sync": _lab("sync"), "health": _lab("health"), "takeover": _lab("takeover"),
     "kmem": _kmem, "kpath": _lab("kpath"), "toolchain": _lab("toolchain"),
+    "cluster": _lab("cluster"),
 }
 
 

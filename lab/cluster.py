@@ -51,17 +51,20 @@ PARTITION_TABLES = {"input": "tandem_lab_part_in", "output": "tandem_lab_part_ou
 HEALTH = {"kind": "tcp", "interval": 0.5, "timeout": 0.4, "rise": 1, "fall": 2}
 
 
-def node_config(prefix: str, desc: dict[str, Any], name: str) -> dict[str, Any]:
-    """Director `name`'s node config (cluster mode)."""
+def node_config(prefix: str, desc: dict[str, Any], name: str,
+                extra_services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Director `name`'s node config (cluster mode).  `extra_services` (a benchmark's own,
+    e.g. a UDP service) are added beside VIP:80, each with this director's laddrs."""
     me = next(d for d in desc["directors"] if d["name"] == name)
     files = bgp._files(prefix, name)
+    extra = [{**s, "laddrs": list(me["laddrs"])} for s in extra_services or []]
     return {
         "node": {"name": name, "api": f"{me['front_addr']}:{API_PORT}", "mode": "cluster",
                  "api_token": API_TOKEN, "state_dir": str(st.state_dir(prefix) / f"{name}-state")},
         "services": [{"proto": "tcp", "vip": desc["vip"], "port": SERVICE_PORT,
                       "scheduler": "maglev", "laddrs": list(me["laddrs"]), "health": dict(HEALTH),
                       "real_servers": [{"addr": r["addr"], "port": RS_PORT}
-                                       for r in desc["real_servers"]]}],
+                                       for r in desc["real_servers"]]}, *extra],
         "sync": {"key": SYNC_KEY, "sync_id": 61, "mode": "unicast", "bind": me["front_addr"],
                  "port": SYNC_PORT,
                  "peers": [f"{d['front_addr']}:{SYNC_PORT}" for d in desc["directors"]
@@ -195,14 +198,17 @@ def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
     return {f"{dst}/32": bgp.nexthops(prefix, dst) for dst in dsts}
 
 
-def up(prefix: str, n: int = 3, wait: float = 30.0) -> dict[str, Any]:
+def up(prefix: str, n: int = 3, wait: float = 30.0,
+       extra_services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Build the cluster lab of `n` directors (replacing a lab of the same prefix); its
     description (cluster_plan.plan, with the router's routes as they are).  On failure
-    everything is removed again and the exception re-raised."""
-    return nsutil.outside_event_loop(_up, prefix, n, wait)
+    everything is removed again and the exception re-raised.  `extra_services`: see
+    node_config (bench.cluster adds a UDP service)."""
+    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services)
 
 
-def _up(prefix: str, n: int, wait: float) -> dict[str, Any]:
+def _up(prefix: str, n: int, wait: float,
+        extra_services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     from . import topology
     desc = cp.plan(prefix, n)
     topology.down(prefix)
@@ -227,7 +233,7 @@ def _up(prefix: str, n: int, wait: float) -> dict[str, Any]:
                 with netns.ipr(d["ns"]) as i:
                     bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
                 path = sd / f"{d['name']}.toml"
-                write_config(path, node_config(prefix, desc, d["name"]))
+                write_config(path, node_config(prefix, desc, d["name"], extra_services))
                 state["configs"][d["name"]] = str(path)
             st.save_state(prefix, state)
             _start_echo(prefix, state, desc, wait)
