@@ -167,3 +167,47 @@ def test_a_node_that_may_not_read_the_queue_list_still_sets_the_range_and_starts
     with ours, kernel:
         assert set_copy_range(ours.fileno(), 4, path=_proc(tmp_path, 4, 4016)) is False
         assert kernel.recv(1 << 16) == config_message(4)
+
+
+def test_a_wake_up_stops_taking_packets_when_its_time_budget_is_spent():
+    """A verdict may cost the kernel's whole onward path (kernel mode's first packets): the
+    adapter hands the loop back once TURN_BUDGET has passed, not after BATCH packets, and
+    loses none of the packets it left for the next wake-up."""
+    from director import nfqueue
+    t = [100.0]
+    per_packet = nfqueue.TURN_BUDGET * 0.6   # the second packet of a wake-up spends it
+    seen: list[int] = []                # the wake-up each packet was handled in
+    adapter: list[QueueAdapter] = []
+
+    def handle(data: bytes, now: float) -> bytes:
+        seen.append(adapter[0].wakeups)
+        t[0] += per_packet              # what the verdict of this packet costs
+        return data
+
+    k = FakeKernel()
+    queues: list[FakeQueue] = []
+
+    def bind(queue, callback, max_len, sock_len):
+        k.bind_queue(queue, callback, max_len, sock_len)
+        queues.append(_NfqLikeQueue(queue, callback))
+        return queues[0]
+
+    packets = [bytes([i]) * 40 for i in range(10)]
+
+    async def go():
+        a = QueueAdapter(handle, 0, clock=lambda: t[0], bind=bind)
+        adapter.append(a)
+        a.start(asyncio.get_running_loop())
+        for p in packets:
+            queues[0].feed.send(p)
+        for _ in range(300):
+            if len(queues[0].verdicts) == len(packets):
+                break
+            await asyncio.sleep(0.01)
+        a.stop()
+        return queues[0].verdicts
+
+    verdicts = asyncio.run(go())
+    assert [v for _, v in verdicts] == packets and {k for k, _ in verdicts} == {"accept"}
+    per_wakeup = [seen.count(w) for w in sorted(set(seen))]
+    assert max(per_wakeup) == 2 and len(per_wakeup) == 5
