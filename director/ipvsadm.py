@@ -2,6 +2,11 @@
 prints them.  The layouts are director.ipvsadm_format's (-L, -c, -S) and
 director.ipvsadm_rate's (--stats, --rate), re-exported here; this module is the command:
 fetching from the API, selecting a service, the arguments.
+
+A node in cluster mode adds director.ipvsadm_cluster's block (membership, routes
+announced, flows per member, from /status `cluster`) after the whole `-L` listing;
+`--cluster` prints that block alone.  A single service (`-t`/`-u`), `-S`, `--stats`,
+`--rate` and `-c` stay ipvsadm's layouts only.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import urllib.request
 from typing import Any, Mapping, Sequence
 
 from director.ipvsadm_args import api_url, seconds, vip_port
+from director.ipvsadm_cluster import format_cluster
 from director.ipvsadm_format import (CONN_TAB_SIZE, FORWARD_NAMES, FORWARD_SWITCHES, IPVS_VERSION,
                                      TITLE_LIST, addrport, expire_str, format_conns, format_list,
                                      format_save, forward_name, largenum, override_mark,
@@ -27,7 +33,7 @@ __all__ = [
     "DEFAULT_API", "IPVS_VERSION", "CONN_TAB_SIZE", "FORWARD_NAMES", "FORWARD_SWITCHES",
     "TITLE_LIST", "addrport", "expire_str", "format_conns", "format_list", "format_save",
     "forward_name", "largenum", "override_mark", "sched_flags", "svc_name", "svc_rule_name",
-    "version_line", "compute_rates", "format_rate", "format_stats",
+    "version_line", "compute_rates", "format_rate", "format_stats", "format_cluster",
     "ApiError", "fetch", "run", "add_parser", "main",
 ]
 
@@ -94,15 +100,33 @@ def _select(services: list, args) -> tuple[list, bool]:
     return hit, True
 
 
+def _cluster_of(args) -> Mapping | None:
+    """The node's /status `cluster` (None: not in cluster mode)."""
+    st = fetch(args.api, "/status", timeout=args.timeout, token=args.token)
+    return st.get("cluster")
+
+
 def run(args: argparse.Namespace) -> int:
     """The body of `tandem ipvsadm`; returns the exit code."""
     if args.save and (args.stats or args.rate or args.connection):
         print("tandem ipvsadm: -S takes none of --stats, --rate, -c", file=sys.stderr)
         return 2
+    if args.cluster and (args.stats or args.rate or args.connection or args.tcp_service
+                         or args.udp_service):
+        print("tandem ipvsadm: --cluster takes none of --stats, --rate, -c, -t, -u",
+              file=sys.stderr)
+        return 2
     if args.rate and not 0 < args.interval <= 60:
         print("tandem ipvsadm: --interval must be in (0, 60]", file=sys.stderr)
         return 2
     try:
+        if args.cluster:
+            cluster = _cluster_of(args)
+            if cluster is None:
+                raise ApiError(f"the node at {args.api} is not a cluster member "
+                               '(node.mode = "cluster")')
+            sys.stdout.write(format_cluster(cluster))
+            return 0
         if args.connection:
             body = _fetch_all_conns(args)
             now = body.get("now")
@@ -128,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
                 text = format_stats(svcs, exact=args.exact, nosort=args.nosort, single=single)
             else:
                 text = format_list(svcs, nosort=args.nosort, single=single)
+                cluster = None if single else _cluster_of(args)
+                if cluster is not None:
+                    text += "\n" + format_cluster(cluster)
         sys.stdout.write(text)
         return 0
     except ApiError as exc:
@@ -147,6 +174,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       help="list the table (the default)")
     what.add_argument("-S", "--save", dest="save", action="store_true",
                       help="print the table in ipvsadm -R format")
+    what.add_argument("--cluster", action="store_true",
+                      help="only the cluster block: membership, routes announced, flows per "
+                           "member (a node in cluster mode; -L shows it after the table)")
     p.add_argument("-n", "--numeric", action="store_true",
                    help="numeric output (always: accepted for ipvsadm's sake)")
     shape = p.add_mutually_exclusive_group()

@@ -65,6 +65,20 @@ def test_up_lists_the_directors_and_the_routers_routes(lab):
         assert v["announced"] == sorted([f"{lab['vip']}/32", f"{laddr(lab, n)}/32"])
         assert v["bird_has"] == v["announced"] and v["reason"] == "healthy"
         assert all(m["alive"] for m in v["members"].values())
+    # the ipvsadm listing's cluster block, from a's own API inside its namespace
+    cp = subprocess.run(["ip", "netns", "exec", f"{PREFIX}-a", sys.executable, "-m",
+                         "director.ipvsadm", "-L", "-n", "--api", f"http://{addr(lab, 'a')}:9100"],
+                        cwd=str(REPO), env=client_env(), capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    table, _, block = cp.stdout.partition("\n\n")
+    assert f"TCP  {lab['vip']}:80 maglev" in table
+    lines = block.splitlines()
+    assert lines[0] == "Cluster member a: active (healthy; 3 members, 3 alive)"
+    assert lines[1] == f"  Announced: {lab['vip']}/32 {laddr(lab, 'a')}/32"
+    rows = {ln.split()[0]: ln.split() for ln in lines[lines.index(
+        "  Member           Said      Alive Heard    Flows      Laddrs (served by another)") + 1:]}
+    assert {n: (r[1], r[2], r[-1]) for n, r in rows.items()} == {
+        n: ("active", "yes", laddr(lab, n)) for n in "abc"}
 
 
 def start_hold(lab, tmp: str, conns: int) -> tuple[subprocess.Popen, str]:
