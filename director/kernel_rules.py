@@ -39,11 +39,13 @@ facts this relies on.
 from __future__ import annotations
 
 import ipaddress
-import math
+import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from director import rules
+from director.kernel_timeouts import (TIMEOUT_POLICY, delete_timeouts, policies,  # noqa: F401
+                                      timeout_generation, timeout_name, timeout_objects)
 from director.rules import QUEUE_MARK, TABLE
 
 #: tandem's marks: MARK_BASE | index (index < 2**16), so a mark set by someone else never
@@ -59,16 +61,6 @@ QUEUE_NEW_PRIORITY = -160     # after conntrack (-200), before the queue (mangle
 #: sends every status, mark and counter change as well.
 CT_EVENTS = {"tcp": "new,protoinfo,destroy", "udp": "new,assured,destroy"}
 _PROTO_NAMES = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
-#: conntrack's timeout-policy state -> the [timeouts] key that gives its value.  conntrack
-#: names TCP states as the tracker sees them: its SYN_SENT is the client's SYN unanswered
-#: (IPVS's SYN_RECV at the director), its SYN_RECV the server's SYN-ACK (IPVS's SYNACK).
-TIMEOUT_POLICY = {
-    "tcp": {"syn_sent": "tcp_syn_recv", "syn_recv": "tcp_synack",
-            "established": "tcp_established", "fin_wait": "tcp_fin_wait",
-            "close_wait": "tcp_close_wait", "last_ack": "tcp_last_ack",
-            "time_wait": "tcp_time_wait", "close": "tcp_close", "syn_sent2": "tcp_syn_sent"},
-    "udp": {"unreplied": "udp", "replied": "udp"},
-}
 #: the table's named counters -> what they count: `invalid`, TCP/UDP packets to a service's
 #: VIP or a laddr that conntrack found invalid (a bad checksum, a truncated or bad header, a
 #: segment not valid in its connection's TCP state), dropped before NAT; `untranslated`,
@@ -182,29 +174,30 @@ def _elements(items: Iterable[str]) -> str:
     return f"\n\t\telements = {{ {', '.join(items)} }}" if items else ""
 
 
-def timeout_name(proto: str, family: int, generation: int = 1) -> str:
-    """The `ct timeout` object of a protocol and family: `tcp4`, and `tcp4_2`, ... for the
-    policies a reload of [timeouts] adds (an object cannot be changed in place: nft accepts
-    the same name with another policy and keeps the old one, measured)."""
-    return f"{proto}{family}" + (f"_{generation}" if generation > 1 else "")
+@dataclass(frozen=True)
+class TableContents:
+    """What a loaded `inet tandem` holds, by name: its `ct timeout` objects, and the rest
+    (chains, sets, maps, counters) as (kind, name)."""
+    timeouts: tuple[str, ...] = ()
+    others: tuple[tuple[str, str], ...] = ()
 
 
-def _policies(timeouts: Mapping[str, float]) -> dict[str, str]:
-    """Each protocol's policy text; values in whole seconds (>= 1)."""
-    return {proto: ", ".join(f"{state} : {max(1, math.ceil(timeouts[key]))}"
-                             for state, key in states.items())
-            for proto, states in TIMEOUT_POLICY.items()}
+#: the kinds of `nft -j list table` items a fresh load deletes by name (the timeouts stay)
+_REPLACED_KINDS = ("chain", "set", "map", "counter")
 
 
-def _timeout_objects(timeouts: Mapping[str, float], generation: int = 1) -> list[str]:
-    """One `ct timeout` object per protocol and family."""
-    out = []
-    for proto, policy in _policies(timeouts).items():
-        for fam, l3 in ((4, "ip"), (6, "ip6")):
-            out.append(f"\tct timeout {timeout_name(proto, fam, generation)} {{\n"
-                       f"\t\tprotocol {proto}\n\t\tl3proto {l3}\n"
-                       f"\t\tpolicy = {{ {policy} }}\n\t}}")
-    return out
+def parse_table(text: str) -> TableContents:
+    """`nft -j list table inet tandem` -> TableContents."""
+    timeouts, others = [], []
+    for item in json.loads(text).get("nftables", []):
+        for kind, obj in item.items():
+            if not isinstance(obj, dict) or obj.get("table") != TABLE:
+                continue
+            if kind == "ct timeout":
+                timeouts.append(obj["name"])
+            elif kind in _REPLACED_KINDS:
+                others.append((kind, obj["name"]))
+    return TableContents(tuple(timeouts), tuple(others))
 
 
 _SVC = {fam: f"{ip} daddr . meta l4proto . th dport @svc{fam}" for fam, ip in ((4, "ip"), (6, "ip6"))}
@@ -228,20 +221,34 @@ def _new_flow_rules(timeouts: bool, generation: int = 1) -> list[str]:
 
 def ruleset(services: Iterable[KernelService], bindings: Iterable[Binding],
             timeouts: Mapping[str, float] | None = None, generation: int = 1,
-            engine: Iterable[str] = ()) -> str:
+            engine: Iterable[str] = (), keep: TableContents | None = None) -> str:
     """The nft script that replaces `inet tandem` atomically (create, delete, define): the
     engine-mode part for the addresses `engine` (director.rules) and, when there are
     kernel-mode services or bindings, the kernel-mode part.  With `timeouts` (the
     [timeouts] section), a kernel-forwarded flow gets them as its conntrack timeout policy
-    instead of conntrack's own (5 days when established)."""
+    instead of conntrack's own (5 days when established).
+
+    `keep` (the table as loaded now, when it holds `ct timeout` objects: a predecessor's):
+    everything else in it is deleted by name in the same transaction and the objects
+    stay, since deleting one takes its policy off every flow that uses it, and the flows
+    a restarted node adopts would then fall back to conntrack's own timeouts at their
+    next packet (docs/kernel-fast-path.md).  `generation` must then name new objects."""
     services, bindings = list(services), list(bindings)
-    out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
-           *rules.engine_part(engine)]
+    if keep is not None and keep.timeouts:
+        clash = set(keep.timeouts) & {timeout_name(p, f, generation) for p in TIMEOUT_POLICY
+                                      for f in (4, 6)} if timeouts is not None else set()
+        if clash:
+            raise KernelRulesError(f"timeout objects {sorted(clash)} already in the table")
+        out = [f"table inet {TABLE} {{}}", f"flush table inet {TABLE}",
+               *(f"delete {kind} inet {TABLE} {name}" for kind, name in keep.others)]
+    else:
+        out = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}"]
+    out += [f"table inet {TABLE} {{", *rules.engine_part(engine)]
     if not (services or bindings or timeouts is not None):
         return "\n".join(out + ["}"]) + "\n"
     out += [f"\tcounter {name} {{\n\t}}" for name in DROP_COUNTERS]
     if timeouts is not None:
-        out += _timeout_objects(timeouts, generation)
+        out += timeout_objects(timeouts, generation)
     for fam, ip, addr_t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
         svcs = [s for s in services if s.family == fam]
         binds = [b for b in bindings if b.family == fam]
@@ -310,7 +317,7 @@ def update(services: Iterable[KernelService], bindings: Iterable[Binding],
     stays in the table; an object cannot be changed in place)."""
     out = []
     if timeouts is not None:
-        for proto, policy in _policies(timeouts).items():
+        for proto, policy in policies(timeouts).items():
             for fam, l3 in ((4, "ip"), (6, "ip6")):
                 out.append(f"add ct timeout inet {TABLE} {timeout_name(proto, fam, generation)} "
                            f"{{ protocol {proto}; l3proto {l3}; policy = {{ {policy} }}; }}")
@@ -338,10 +345,25 @@ def install(services: Iterable[KernelService], bindings: Iterable[Binding], queu
     and maps of the loaded table (`update`) instead of replacing it, and with `timeouts`
     switches new flows to that generation's policies."""
     services = list(services)
-    script = (ruleset(services, bindings, timeouts, generation, engine) if fresh
-              else update(services, bindings, timeouts, generation))
+    script = (ruleset(services, bindings, timeouts, generation, engine, keep=table_contents())
+              if fresh else update(services, bindings, timeouts, generation))
     load(script)
     rules.install_queue(queue)
+
+
+def table_contents() -> TableContents | None:
+    """What `inet tandem` holds now (None: no such table)."""
+    out = _run(["nft", "-j", "list", "table", "inet", TABLE], check=False)
+    return parse_table(out.stdout) if out.returncode == 0 else None
+
+
+def remove_timeouts(names: Iterable[str]) -> list[str]:
+    """Delete those of these `ct timeout` objects still in the table; the names deleted."""
+    have = table_contents()
+    gone = sorted(set(names) & set(have.timeouts)) if have is not None else []
+    if gone:
+        load(delete_timeouts(gone))
+    return gone
 
 
 def load(script: str) -> None:
@@ -357,7 +379,6 @@ def remove() -> None:
 
 def parse_counters(text: str) -> dict[str, int]:
     """Packets of each of DROP_COUNTERS from `nft -j list counters table inet tandem`."""
-    import json
     out = dict.fromkeys(DROP_COUNTERS, 0)
     for item in json.loads(text).get("nftables", []):
         c = item.get("counter")

@@ -70,6 +70,13 @@ class Kernel(Protocol):
     def remove_kernel_rules(self) -> None:
         """Remove the kernel-mode table and chains; quiet when there are none."""
 
+    def kernel_timeout_objects(self) -> list[str]:
+        """The `ct timeout` objects in the loaded table (a predecessor's too), by name; a
+        fresh load keeps them (director.kernel_rules.ruleset's `keep`)."""
+
+    def remove_timeouts(self, names: list[str]) -> list[str]:
+        """Delete those of these `ct timeout` objects still in the table; the names deleted."""
+
     def kernel_drop_counters(self) -> dict:
         """The kernel-mode table's drop counters by name (director.kernel_rules.DROP_COUNTERS)."""
 
@@ -187,6 +194,15 @@ class LinuxKernel:
             kernel_rules.remove()
         else:           # the engine-mode part stays, alone
             kernel_rules.load(kernel_rules.ruleset([], [], None, engine=self._engine))
+
+    def kernel_timeout_objects(self) -> list[str]:
+        from director import kernel_rules
+        have = kernel_rules.table_contents()
+        return list(have.timeouts) if have is not None else []
+
+    def remove_timeouts(self, names: list[str]) -> list[str]:
+        from director import kernel_rules
+        return kernel_rules.remove_timeouts(names)
 
     def kernel_drop_counters(self) -> dict:
         from director import kernel_rules

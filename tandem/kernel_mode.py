@@ -187,7 +187,11 @@ class KernelPath:
         bindings = make_bindings(cfg, self.engine.marks)
         want = dict(cfg.timeouts)
         if fresh:
-            timeouts, generation = want, 1
+            # a predecessor's timeout objects stay (the flows adopted use them): this run's
+            # generation comes after theirs
+            left = await asyncio.to_thread(self.kernel.kernel_timeout_objects)
+            timeouts = want
+            generation = max((KR.timeout_generation(n) or 0 for n in left), default=0) + 1
         elif want != self.timeouts:
             timeouts, generation = want, self.timeout_generation + 1
         else:

@@ -210,6 +210,9 @@ class FakeKernel:
         #: the kernel-mode table as last loaded: (services, bindings, queue, timeouts)
         self.kernel_rules: tuple[tuple, tuple, int, Any] | None = None
         self.timeout_generation = 0
+        #: the `ct timeout` objects in the table by name (a fresh load keeps them, as
+        #: director.kernel_rules does; a test sets a predecessor's)
+        self.timeout_objects: set[str] = set()
         #: whether the kernel-mode part was in the table after each rule operation (both
         #: modes share one table, as tandem.kernel.LinuxKernel loads it: the first load of
         #: a kernel object replaces whatever a killed predecessor left, unless the
@@ -241,6 +244,7 @@ class FakeKernel:
         self._call("install_rules", addrs, queue)
         if self.rules is None and not self._kernel_loaded and not kernel_follows:
             self.kernel_rules = None        # the table replaced by the engine-mode part alone
+            self.timeout_objects = set()
         self.rules = (addrs, queue)
         self.kernel_part_history.append(self.kernel_rules is not None)
 
@@ -259,12 +263,29 @@ class FakeKernel:
         self._kernel_loaded = True
         self.kernel_part_history.append(True)
         self.timeout_generation = generation if timeouts is not None else self.timeout_generation
+        if timeouts is not None:
+            from director.kernel_rules import TIMEOUT_POLICY, timeout_name
+            names = {timeout_name(p, f, generation) for p in TIMEOUT_POLICY for f in (4, 6)}
+            if fresh and names & self.timeout_objects:
+                raise OSError(errno.EEXIST, "timeout objects already in the table")
+            self.timeout_objects |= names
         if fresh:
             self.drops = dict.fromkeys(self.drops, 0)     # a new table's counters
+
+    def kernel_timeout_objects(self) -> list[str]:
+        self._call("kernel_timeout_objects")
+        return sorted(self.timeout_objects)
+
+    def remove_timeouts(self, names: list[str]) -> list[str]:
+        self._call("remove_timeouts", tuple(sorted(names)))
+        gone = sorted(set(names) & self.timeout_objects)
+        self.timeout_objects -= set(gone)
+        return gone
 
     def remove_kernel_rules(self) -> None:
         self._call("remove_kernel_rules")
         self.kernel_rules = None
+        self.timeout_objects = set()
         self._kernel_loaded = False
         self.kernel_part_history.append(False)
 

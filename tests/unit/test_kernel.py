@@ -31,7 +31,7 @@ def _methods(cls) -> dict[str, list[str]]:
 def test_the_fake_and_the_real_kernel_implement_every_operation_of_the_interface():
     wanted = _methods(Kernel)
     assert set(wanted) == {"install_rules", "remove_rules", "install_kernel_rules",
-                           "remove_kernel_rules", "kernel_drop_counters", "open_ct_events", "dump_conntrack", "open_ct_dump",
+                           "remove_kernel_rules", "kernel_timeout_objects", "remove_timeouts", "kernel_drop_counters", "open_ct_events", "dump_conntrack", "open_ct_dump",
                            "delete_conntrack", "get_conntrack", "open_ct_inject", "set_ct_timeouts", "add_addresses", "del_addresses",
                            "links_down", "announce", "bind_queue", "open_vrrp_socket"}
     for impl in (LinuxKernel, FakeKernel):

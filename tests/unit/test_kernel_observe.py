@@ -95,6 +95,26 @@ def test_a_restarted_node_never_takes_its_predecessors_kernel_rules_out_of_the_t
     asyncio.run(go())
 
 
+def test_a_restarted_node_keeps_its_predecessors_timeout_objects_for_the_flows_it_adopts():
+    """The predecessor's `ct timeout` objects give the flows it left IPVS's timeouts; the
+    restarted node's fresh load keeps them (deleting one would put its flows on
+    conntrack's 5 days) and brings its own policy as the next generation."""
+    async def go():
+        kernel = FakeKernel()
+        kernel.conntrack = [entry(1, RS[0], MARK_BASE | 1)]
+        kernel.kernel_rules = ((), (), 0, None)
+        left = {"tcp4_2", "tcp6_2", "udp4_2", "udp6_2"}
+        kernel.timeout_objects = set(left)
+        node = make_node(kernel)
+        await node.start()
+        try:
+            assert node.kernel_path.timeout_generation == kernel.timeout_generation == 3
+            assert left < kernel.timeout_objects and "tcp4_3" in kernel.timeout_objects
+        finally:
+            await node.stop()
+    asyncio.run(go())
+
+
 def test_a_timeouts_change_on_reload_reaches_new_kernel_flows(tmp_path):
     path = tmp_path / "k.toml"
     api = f"127.0.0.1:{free_port()}"

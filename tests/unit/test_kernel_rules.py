@@ -204,6 +204,7 @@ def test_a_kernel_mode_start_never_loads_a_table_without_its_nat_chains(monkeypa
     from tandem.kernel import LinuxKernel
     loads: list[str] = []
     monkeypatch.setattr(k, "load", loads.append)
+    monkeypatch.setattr(k, "table_contents", lambda: None)
     monkeypatch.setattr(rules, "install_queue", lambda queue: None)
     node = LinuxKernel()
     node.install_rules(engine_addrs, 5, kernel_follows=True)
@@ -229,3 +230,40 @@ def test_a_binding_has_one_mark_whether_its_addresses_come_packed_or_as_text():
     six = (ipaddress.ip_address("2001:2:1::21").packed, 53, ipaddress.ip_address("2001:2:1::100").packed)
     assert m.mark_for(*six) == m.mark_for("2001:2:1:0::21", 53, "2001:2:1::100") != k.MARK_BASE | 9
     assert len(m.bindings()) == 2
+
+
+def test_a_fresh_load_over_a_predecessors_table_keeps_its_timeout_objects():
+    """Deleting a `ct timeout` object takes its policy off every flow that uses it (the
+    kernel's untimeout walk): a restarted node that replaced the table whole left the
+    flows it adopts on conntrack's own timeouts (the lab measured 432000 s established
+    after their next packet).  A fresh load over a table holding timeout objects deletes
+    everything else by name in the one transaction and keeps them; its own objects are a
+    later generation."""
+    from schema import keys as K
+    listing = ('{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", '
+               '"name": "tandem", "handle": 2}}, {"counter": {"family": "inet", "name": "invalid", '
+               '"table": "tandem", "packets": 0}}, {"ct timeout": {"family": "inet", "name": "tcp4", '
+               '"table": "tandem", "protocol": "tcp", "l3proto": "ip", "policy": {"established": 900}}}, '
+               '{"ct timeout": {"family": "inet", "name": "udp6_2", "table": "tandem"}}, '
+               '{"set": {"family": "inet", "name": "svc4", "table": "tandem"}}, '
+               '{"map": {"family": "inet", "name": "dnat4", "table": "tandem"}}, '
+               '{"chain": {"family": "inet", "table": "tandem", "name": "new_flow", "hook": "prerouting"}}, '
+               '{"rule": {"family": "inet", "table": "tandem", "chain": "new_flow", "expr": []}}]}')
+    have = k.parse_table(listing)
+    assert have.timeouts == ("tcp4", "udp6_2")
+    assert have.others == (("counter", "invalid"), ("set", "svc4"), ("map", "dnat4"), ("chain", "new_flow"))
+    assert [k.timeout_generation(n) for n in ("tcp4", "udp6_2", "tcp4_13", "mine")] == [1, 2, 13, None]
+    timeouts = K.TIMEOUTS.defaults()
+    lines = k.ruleset([V4], _marks().bindings(), timeouts, 3, keep=have).splitlines()
+    assert f"delete table inet {k.TABLE}" not in lines
+    assert lines[:6] == [f"table inet {k.TABLE} {{}}", f"flush table inet {k.TABLE}",
+                         "delete counter inet tandem invalid", "delete set inet tandem svc4",
+                         "delete map inet tandem dnat4", "delete chain inet tandem new_flow"]
+    assert not any(line.startswith("delete ct timeout") for line in lines)
+    assert "\tct timeout tcp4_3 {" in lines and "\tct timeout tcp4 {" not in lines
+    with pytest.raises(k.KernelRulesError, match="tcp4"):       # the caller's generation is new
+        k.ruleset([V4], [], timeouts, 1, keep=have)
+    # no timeout objects to keep: the table is replaced whole, as before
+    assert lines[:2] != k.ruleset([V4], [], timeouts, 1, keep=k.TableContents()).splitlines()[:2]
+    assert k.delete_timeouts(["udp6_2", "tcp4"]) == ("delete ct timeout inet tandem tcp4\n"
+                                                     "delete ct timeout inet tandem udp6_2\n")
