@@ -58,10 +58,7 @@ def reconfigure(services: dict, conns: Connections, templates: Templates, ports:
     new = Settings.of(cfg, services)
     summary = {"services_added": 0, "services_removed": 0, "servers_removed": 0,
                "conns_expired": 0}
-    wanted = {}
-    for sc in cfg.services:
-        probe = Service(sc, ports)
-        wanted[probe.key] = (sc, probe)
+    wanted = {Service.key_of(sc): sc for sc in cfg.services}
     gone_dests: set[int] = set()
     for key, svc in list(services.items()):
         if key not in wanted:
@@ -70,10 +67,10 @@ def reconfigure(services: dict, conns: Connections, templates: Templates, ports:
                 d.available = False
             del services[key]
             summary["services_removed"] += 1
-    for key, (sc, probe) in wanted.items():
+    for key, sc in wanted.items():
         svc = services.get(key)
-        if svc is None:
-            services[key] = probe
+        if svc is None:         # only a new service is built (a scheduler's table with it)
+            services[key] = Service(sc, ports)
             summary["services_added"] += 1
             continue
         removed = svc.reconfigure(sc)

@@ -34,6 +34,11 @@ class Service:
     def key(self) -> tuple[int, bytes, int]:
         return (self.proto, self.vip, self.port)
 
+    @staticmethod
+    def key_of(cfg: ServiceConfig) -> tuple[int, bytes, int]:
+        """The key a Service of `cfg` would have, without building one."""
+        return (PROTOS[cfg.proto], ipaddress.ip_address(cfg.vip).packed, cfg.port)
+
     def reconfigure(self, cfg: ServiceConfig) -> list[Dest]:
         """Apply a new config for the same VIP:port; return the dests removed.
 

@@ -121,6 +121,8 @@ class Maglev(Scheduler):
         self.size = size
         self.fallback = FALLBACK in self.flags
         self.table: list = [None] * size
+        #: what the table was built from: (dest, weight) per member, in canonical order
+        self.built_from: tuple | None = None
 
     def update(self, dests):
         dests = list(dests)
@@ -128,7 +130,13 @@ class Maglev(Scheduler):
         if len(members) > self.size:
             raise ValueError(f"maglev: {len(members)} dests do not fit a table of {self.size}")
         super().update(dests)
-        self.table = self._build(members)
+        # the table is a function of the members and their weights alone: an update that
+        # changes neither (a reload that leaves the service as it was) keeps it, where a
+        # build of 65537 slots holds the event loop for tens of milliseconds
+        built_from = tuple((d, d.weight) for d in members)
+        if built_from != self.built_from:
+            self.table = self._build(members)
+            self.built_from = built_from
 
     def _build(self, members) -> list:
         M = self.size
