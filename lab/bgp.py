@@ -243,6 +243,17 @@ def wait_nexthops(prefix: str, dst: str, want: list[str], wait: float = 20.0,
     raise TimeoutError(f"{dst} via {got} after {wait}s, wanted {want}")
 
 
+def wait_until_via(prefix: str, dst: str, hop: str, wait: float = 20.0) -> float:
+    """Poll the router until `hop` is one of `dst`'s next hops (whatever the others); the
+    seconds it took.  TimeoutError after `wait`."""
+    t0 = time.monotonic()
+    while hop not in (got := nexthops(prefix, dst)):
+        if time.monotonic() - t0 >= wait:
+            raise TimeoutError(f"{dst} via {got} after {wait}s, not via {hop}")
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
 def _namespaces(prefix: str, directors: list[dict[str, str]]) -> list[str]:
     return [ns_name(prefix, "router")] + [ns_name(prefix, d["name"]) for d in directors]
 
@@ -287,6 +298,29 @@ def up(prefix: str, n: int = 3, timers: Timers = Timers(),
     return {"prefix": prefix, "vip": VIP, "router": {"ns": router, "addr": ROUTER_ADDR},
             "directors": [{**d, "ns": ns_name(prefix, d["name"])} for d in directors],
             "timers": timers.__dict__}
+
+
+def add_director(prefix: str, state: dict[str, Any], directors: list[dict[str, str]],
+                 timers: Timers = Timers()) -> None:
+    """One more director on a running lab: `directors` are all of them now, the new one
+    last (its namespace made and recorded by the caller).  Its link to the router's
+    segment, its BIRD (announcing nothing until its node writes the include), and the
+    router's BIRD told of its session (`birdc configure`: the sessions already up stay)."""
+    d = directors[-1]
+    _wire_director(prefix, d)
+    # the router first: the new BIRD's first connection then finds its neighbour configured,
+    # where a refused one would wait out BIRD's connect retry and error wait (seconds)
+    router = _files(prefix, "router")
+    router["conf"].write_text(router_config(directors, timers))
+    check_config(router["conf"])
+    said = birdc(prefix, "router", "configure")
+    if "Reconfigured" not in said:
+        raise RuntimeError(f"the router's BIRD did not take director {d['name']}: {said.strip()}")
+    f = _files(prefix, d["name"])
+    f["announce"].write_text(bird.announce_include([]))
+    f["conf"].write_text(director_config(d, str(f["announce"]), timers))
+    check_config(f["conf"])
+    start_bird(prefix, state, d["name"])
 
 
 def _wire_director(prefix: str, d: dict[str, str]) -> None:

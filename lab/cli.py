@@ -177,10 +177,30 @@ def cmd_fault(args) -> int:
     return 0
 
 
+def cmd_join(args) -> int:
+    from . import cluster_join
+
+    try:
+        out = cluster_join.join(args.prefix, args.director)
+    except Exception as exc:  # noqa: BLE001 - reported, exit code
+        print(f"lab join failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"director {out['director']} joined: announced after {out['announced_after_s']} s; "
+              f"reloaded {' '.join(out['reloaded']) or 'none'}"
+              + (f"; not running (they read the new config on restore): "
+                 f"{' '.join(out['not_running'])}" if out["not_running"] else ""))
+        for dst, hops in out["routes"].items():
+            print(f"  route {dst} via {' '.join(hops) or 'nothing'}")
+    return 0
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``lab`` with subcommands up / down / status to an argparse subparsers object."""
     lab = subparsers.add_parser("lab", help="the network-namespace lab (root)")
-    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status,fault}")
+    sub = lab.add_subparsers(dest="lab_command", metavar="{up,down,status,fault,join}")
     sub.required = True
 
     def prefix(p):
@@ -238,6 +258,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          "partition (a cluster director only): its sync cut, its routes not")
     fault.add_argument("--json", action="store_true")
     fault.set_defaults(func=cmd_fault)
+
+    join = sub.add_parser("join", help="add one more director to a running cluster lab (its "
+                                       "namespace, link, BIRD and node; the running nodes "
+                                       "learn it by a reload; it pulls the table, then announces)")
+    prefix(join)
+    join.add_argument("director", choices=[chr(ord("a") + i) for i in range(MAX_DIRECTORS)],
+                      help="the new director's letter (its addresses follow from it)")
+    join.add_argument("--json", action="store_true")
+    join.set_defaults(func=cmd_join)
 
     status = sub.add_parser("status", help="what of the lab exists")
     prefix(status)

@@ -21,7 +21,8 @@ graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), drain is the
 drain (POST /cluster/drain: the VIP withdrawn, its laddrs kept while it has flows),
 partition drops every sync datagram in and out of it (still routed: its peers count it
 dead, it hears nobody), restore lifts a partition, cancels a drain, brings the link up and starts whatever is not running.  `tandem lab down` removes it all (the
-processes by PID, the namespaces by name: topology.down).
+processes by PID, the namespaces by name: topology.down).  `tandem lab join <name>` adds a
+director to the running lab (lab/cluster_join.py).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def node_config(prefix: str, desc: dict[str, Any], name: str,
     }
 
 
-def _ensure_ns(state: dict[str, Any], ns: str) -> None:
+def ensure_ns(state: dict[str, Any], ns: str) -> None:
     if ns not in nsutil.list_netns():
         _netns.create(ns)
     if ns not in state.setdefault("namespaces", []):
@@ -92,7 +93,7 @@ def _build_back(prefix: str, desc: dict[str, Any]) -> None:
                    prefixlen=cp.BACK_NET.prefixlen)
         i.link("set", index=netns.idx(i, BACK_BRIDGE), state="up")
     for r in desc["real_servers"]:
-        _ensure_ns(state, r["ns"])
+        ensure_ns(state, r["ns"])
         st.save_state(prefix, state)
         nsutil.set_sysctls(r["ns"], {"net.ipv6.conf.all.disable_ipv6": 1}, optional=True)
         with netns.ipr(r["ns"]) as i:
@@ -184,7 +185,7 @@ def _partition(ns: str, on: bool) -> None:
                            text=True, check=True, capture_output=True)
 
 
-def _api(state: dict[str, Any], name: str, method: str, path: str) -> dict[str, Any]:
+def api(state: dict[str, Any], name: str, method: str, path: str) -> dict[str, Any]:
     d = director(state, name)
     code, body = nsutil.http_call(d["ns"], d["front_addr"], API_PORT, path, method)
     if code != 200:
@@ -256,13 +257,13 @@ def _up(prefix: str, n: int, wait: float,
 
 # -- faults ------------------------------------------------------------------------------
 
-def _node_running(state: dict[str, Any], name: str) -> dict | None:
+def node_running(state: dict[str, Any], name: str) -> dict | None:
     rec = procs.find(state, f"node-{name}")
     return rec if rec is not None and st.process_matches(rec) else None
 
 
 def _sigkill_node(state: dict[str, Any], name: str, out: dict[str, Any]) -> None:
-    rec = _node_running(state, name)
+    rec = node_running(state, name)
     if rec is not None:
         os.kill(int(rec["pid"]), signal.SIGKILL)
         out["killed_pid"] = rec["pid"]
@@ -293,20 +294,20 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
             bgp.set_link(prefix, name, False)
         elif kind == "stop":     # graceful: the node withdraws, then stops; BIRD stays
             out["at"] = time.time()
-            rec = _node_running(state, name)
+            rec = node_running(state, name)
             if rec is not None:
                 out["stopped"] = st.stop_process(rec, term_wait=wait)
         elif kind == "drain":    # the node's drain: VIPs withdrawn, laddrs kept while it has flows
             out["at"] = time.time()
-            out["cluster"] = _api(state, name, "POST", "/cluster/drain")
+            out["cluster"] = api(state, name, "POST", "/cluster/drain")
         elif kind == "partition":   # cut from its peers' sync only: still routed, still up
             out["at"] = time.time()
             _partition(director(state, name)["ns"], True)
         elif kind == "restore":
             _partition(director(state, name)["ns"], False)
-            if _node_running(state, name) is not None:     # a drain is cancelled
+            if node_running(state, name) is not None:     # a drain is cancelled
                 try:
-                    _api(state, name, "DELETE", "/cluster/drain")
+                    api(state, name, "DELETE", "/cluster/drain")
                 except OSError:
                     pass                # link down or node hung: the steps below restore it
             bgp.set_link(prefix, name, True)
@@ -315,7 +316,7 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
             bird = procs.find(state, f"bird-{name}")
             if bird is None or not st.process_matches(bird):
                 bgp.start_bird(prefix, state, name)
-            if _node_running(state, name) is None:
+            if node_running(state, name) is None:
                 out["restarted_pid"] = start_node(prefix, state, name, wait)["pid"]
             out["at"] = time.time()
         else:

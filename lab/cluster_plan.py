@@ -1,4 +1,4 @@
-"""The plan of the cluster lab (`tandem lab up --cluster N`, not built yet): every name,
+"""The plan of the cluster lab (`tandem lab up --cluster N`, `tandem lab join`): every name,
 address and expected route, as data; nothing here touches the system.
 
 ::
@@ -14,9 +14,9 @@ Each director is single-homed on the router's segment: clients reach the VIP thr
 router's multipath route (one next hop per director announcing it), and real servers,
 which sit behind the router, reach each laddr through the /32 its owner announces, so a
 reply always returns to the director that owns its laddr (or, after the owner died, to
-the survivor that adopted it: ha/announce.py).  The routing half (router and directors
-running BIRD) is built today by lab/bgp.py with these addresses; the client, the real
-servers and the nodes in cluster mode are what `--cluster` still has to add.
+the survivor that adopted it: ha/announce.py).  lab/bgp.py builds the routing half
+(router and directors running BIRD) with these addresses, lab/cluster.py the rest; a
+director joined later (lab/cluster_join.py) gets the addresses of its letter.
 """
 from __future__ import annotations
 
@@ -54,14 +54,24 @@ def plan(prefix: str, n: int) -> dict[str, Any]:
             "routes": {f"{bgp.VIP}/32": [d["addr"] for d in rows],
                        **{f"{d['laddr']}/32": [d["addr"]] for d in rows}},
         },
-        "directors": [
-            {"name": d["name"], "ns": f"{p}-{d['name']}", "front_addr": d["addr"],
-             "as": bgp.DIRECTOR_AS, "laddrs": [d["laddr"]],
-             "api": f"http://{d['addr']}:9100"}
-            for d in rows
-        ],
+        "directors": [_director(p, d) for d in rows],
         "real_servers": [{**r, "ns": f"{p}-{r['name']}", "port": 8080} for r in REAL_SERVERS],
     }
+
+
+def _director(p: str, row: dict[str, str]) -> dict[str, Any]:
+    return {"name": row["name"], "ns": f"{p}-{row['name']}", "front_addr": row["addr"],
+            "as": bgp.DIRECTOR_AS, "laddrs": [row["laddr"]], "api": f"http://{row['addr']}:9100"}
+
+
+def director(prefix: str, name: str) -> dict[str, Any]:
+    """Director `name` (a, b, ...) as the plan of a lab large enough to hold it lists it:
+    what `tandem lab join <name>` adds."""
+    index = ord(name) - ord("a") if len(name) == 1 else -1
+    if not 0 <= index < bgp.MAX_DIRECTORS:
+        raise ValueError(f"a cluster director is one of a..{chr(ord('a') + bgp.MAX_DIRECTORS - 1)}, "
+                         f"not {name!r}")
+    return _director(st.check_prefix(prefix), bgp.director_rows(index + 1)[index])
 
 
 def addresses(desc: dict[str, Any]) -> list[str]:

@@ -37,3 +37,11 @@ def test_plan_refuses_bad_sizes_and_prefixes():
             cluster_plan.plan("cl", n)
     with pytest.raises(ValueError):
         cluster_plan.plan("bad prefix!", 3)
+
+
+def test_a_joining_director_gets_the_addresses_of_its_letter():
+    """`tandem lab join d` on a lab of three adds what a lab of four would have had as d."""
+    assert cluster_plan.director("tcl", "d") == cluster_plan.plan("tcl", 4)["directors"][3]
+    for bad in ("z", "", "ab", "A"):
+        with pytest.raises(ValueError, match="a cluster director is one of a..h"):
+            cluster_plan.director("tcl", bad)
