@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="written (JSON) once all connections are open")
     p.add_argument("--no-spread", action="store_true",
                    help="every connection sends its first line at once (not spread over one interval)")
-    p.add_argument("--fault-file", help="read at the end: {\"at\": wall time of a fault} to time the takeover")
+    p.add_argument("--fault-file", help="read every 0.1 s: {\"at\": wall time of a fault}, or {\"at\": "
+                                        "[T1, T2, ...]} for a sequence, to time each takeover")
     p.add_argument("--stop-file", help="stop holding once this file exists (at most --seconds)")
     common(p, timeout=5.0, deadline=0.0)
     p.set_defaults(run=hold)

@@ -21,47 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from lab import cluster, topology
+from lab.drill_client import REPO, result as _result, roles as _roles, spawn
 from lab.drill_pairs import FORWARDING, DeployedPair, LabCluster, LabPair
 from lab.drill_report import overlap_ms, plot, table, udp_outage
-from lab.testing import client_env
 from lab.traffic.common import MAX_CONNS, MAX_SECONDS
 
 __all__ = ["run", "table", "plot", "main", "add_parser", "LabPair", "LabCluster", "DeployedPair"]
 
-REPO = Path(__file__).resolve().parents[1]
 #: the longest a drill waits after its traffic time for the roles to settle
 SETTLE_WAIT = 30.0
-
-
-def _roles(pair) -> dict[str, dict]:
-    out = {}
-    for name in pair.names:
-        try:
-            out[name] = pair.status(name)
-        except Exception:  # noqa: BLE001 - a killed or link-less node does not answer
-            out[name] = {}
-    return out
+#: held connections of a one-fault drill unless --conns says
+DRILL_CONNS = 200
+#: seconds between one held connection's messages in a one-fault drill unless --interval says
+DRILL_INTERVAL = 0.02
 
 
 def _client(pair, *args: Any) -> subprocess.Popen:
-    argv = [*pair.client_argv(), *map(str, args)]
-    if isinstance(pair, DeployedPair):
-        argv.append("--operator-target")
-    return subprocess.Popen(argv, cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _result(proc: subprocess.Popen, timeout: float) -> dict:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    if not lines:
-        last = (err.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the traffic tool failed (exit {proc.returncode}): {last}")
-    return json.loads(lines[-1])
+    return spawn(pair, *args, extra=("--operator-target",) if isinstance(pair, DeployedPair) else ())
 
 
 class _Progress:
@@ -235,7 +211,42 @@ def passed(r: dict[str, Any]) -> bool:
             and not r.get("udp_lost_outside"))
 
 
+def _sequence(args) -> int:
+    """`--sequence`: the steps in one run against the cluster lab (lab/drill_sequence.py)."""
+    from lab import drill_sequence as seq
+    for given, flag in ((args.vip, "--vip"), (args.fault, "--fault"), (args.target, "--target"),
+                        (args.udp_flows, "--udp-flows"), (args.plot, "--plot"),
+                        (args.ipv6, "--ipv6")):
+        if given:
+            print(f"tandem drill: --sequence names its own faults and targets; {flag} does not "
+                  "apply", file=sys.stderr)
+            return 2
+    try:
+        steps = seq.parse_steps(args.sequence)
+        if not cluster.is_cluster(args.prefix):
+            raise RuntimeError(f"--sequence needs a cluster lab: none {args.prefix!r} is up "
+                               "(tandem lab up --cluster 3)")
+        conns = args.conns or seq.SEQUENCE_CONNS
+        interval = args.interval or seq.SEQUENCE_INTERVAL
+        _check_numbers(conns, 0, args.duration, args.lead, interval)
+        say = (lambda text: None) if args.json else (
+            lambda text: print(f"drill: {text}", file=sys.stderr, flush=True))
+        r = seq.run(args.prefix, steps, conns, interval, args.duration, args.lead, say=say)
+    except ValueError as exc:
+        print(f"tandem drill: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"tandem drill: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(r) if args.json else seq.table(r))
+    return 0 if seq.passed(r) else 1
+
+
 def main(args) -> int:
+    if args.sequence:
+        return _sequence(args)
+    args.conns = args.conns or DRILL_CONNS
+    args.interval = args.interval or DRILL_INTERVAL
     pair = None
     if args.vip and args.forwarding != "engine":
         print("tandem drill: --forwarding picks the lab's service; a deployment is drilled "
@@ -301,6 +312,7 @@ def _number(kind, low: float, what: str):
 
 
 def add_parser(sub) -> None:
+    from lab.drill_sequence import ISSUE_SEQUENCE, SEQUENCE_CONNS, SEQUENCE_INTERVAL
     d = sub.add_parser("drill", help="failover drill against the lab: traffic, a fault, what survived")
 
     def one_line_error(message: str):
@@ -323,9 +335,17 @@ def add_parser(sub) -> None:
     d.add_argument("--token", default="", help="the nodes' api_token (for --fault resign)")
     d.add_argument("--fault-command", default="",
                    help="the operator's fault, run once; {node} is the faulted node's name")
-    d.add_argument("--conns", type=_number(int, 1, "a whole number of 1 or more"), default=200)
+    d.add_argument("--conns", type=_number(int, 1, "a whole number of 1 or more"),
+                   help=f"held connections (default {DRILL_CONNS}; {SEQUENCE_CONNS} with --sequence)")
     d.add_argument("--interval", type=_number(float, 0.001, "a number of seconds above 0"),
-                   default=0.02, help="seconds between one connection's messages (default %(default)s)")
+                   help=f"seconds between one connection's messages (default {DRILL_INTERVAL}; "
+                        f"{SEQUENCE_INTERVAL} with --sequence)")
+    d.add_argument("--sequence", nargs="?", const=ISSUE_SEQUENCE, metavar="KIND:DIR,...",
+                   help="cluster lab: several steps in one run, every held connection held "
+                        "through all of them, figures per step; KIND is kill, link, stop, "
+                        "drain, partition, restore or join (adds the director: lab join); "
+                        f"without a value, issue 16's: {ISSUE_SEQUENCE}; --duration is each "
+                        "step's least time")
     d.add_argument("--udp-flows", type=_number(int, 0, "a whole number of 0 or more"), default=0)
     d.add_argument("--duration", type=_number(float, 0.1, "a number of seconds above 0"),
                    default=6.0, help="seconds of traffic (at least; on until the roles settle)")

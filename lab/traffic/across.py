@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from typing import Any
 
 
-def read_fault(path: str, start: float, start_wall: float) -> float | None:
-    """The fault's wall-clock time from the drill's file, as this process's monotonic time."""
+def read_faults(path: str, start: float, start_wall: float) -> list[float]:
+    """The faults' wall-clock times from the drill's file (`{"at": T}` for one fault, `{"at":
+    [T1, T2, ...]}` for a sequence, in order), as this process's monotonic times; none
+    while the file is missing or half-written."""
     try:
         with open(path) as fh:
-            return start + (float(json.load(fh)["at"]) - start_wall)
+            at = json.load(fh)["at"]
+        return [start + (float(t) - start_wall) for t in (at if isinstance(at, list) else [at])]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return []
+
+
+def step_of(ats: list[float], t: float) -> int:
+    """The index of the last fault at or before `t` (0 before the first)."""
+    return max(0, bisect.bisect_right(ats, t) - 1)
 
 
 def cut_after(interval: float) -> float:
@@ -23,26 +32,38 @@ def cut_after(interval: float) -> float:
     return max(2.5 * interval, 0.05)
 
 
+def fault_reports(args, live, start: float, start_wall: float,
+                  ats: list[float]) -> dict[str, Any]:
+    """`fault`: the report of the first fault (None without one); with more than one,
+    `faults`: a report per fault, each over the silences that ended after it and before the
+    next one (a silence that ended in the moment before the hold learned of a fault, at
+    most one check of the file, may count to the fault before it too)."""
+    if not args.fault_file:
+        return {"fault": None}
+    ats = ats or read_faults(args.fault_file, start, start_wall)
+    if not ats:
+        return {"fault": None}
+    reports = [fault_report(args, live, start, start_wall, ats, k) for k in range(len(ats))]
+    return {"fault": reports[0], **({"faults": reports} if len(reports) > 1 else {})}
+
+
 def fault_report(args, live, start: float, start_wall: float,
-                 fault_at: float | None) -> dict[str, Any] | None:
-    """From the fault on: each connection's longest silence that ended after the fault
-    (spanning it in a takeover, or later in a failback, when the restored node preempts;
+                 ats: list[float], k: int = 0) -> dict[str, Any]:
+    """From fault k on (until the next one, in a sequence): each connection's longest
+    silence that ended after the fault (spanning it in a takeover, or later in a failback, when the restored node preempts;
     a connection that got no echo after the fault counts to the end), how many were cut
     (that silence longer than `cut_after`), and when the first of those silences ended
     (takeover_ms). Not the first cut of any kind: on a busy machine a connection can be
     silent a little longer than its rhythm just before the fault and get an echo the old
     master passed on just after it (9 ms after a kill whose new master took 290 ms)."""
-    if not args.fault_file:
-        return None
-    at = fault_at or read_fault(args.fault_file, start, start_wall)
-    if at is None:
-        return None
+    at = ats[k]
     end = time.monotonic()
     cut = cut_after(args.interval)
     firsts, gaps = [], []
     for c in live:
-        if c.after_gap is not None:
-            since, until = c.after_gap
+        gap = c.after_gaps.get(k)
+        if gap is not None:
+            since, until = gap
             gaps.append((until - since) * 1000)
             if until - since > cut:
                 firsts.append(until)

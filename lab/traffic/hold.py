@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from .across import fault_report, read_fault
+from .across import fault_reports, read_faults, step_of
 from .common import Deadline, classify, inc
 
 
@@ -19,7 +19,7 @@ class HoldConn(asyncio.Protocol):
     here as they arrive (no task, future or timer per message)."""
 
     __slots__ = ("i", "transport", "buf", "sent", "recv", "send_times", "last_echo", "max_gap",
-                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "after_gap",
+                 "max_gap_end", "outcome", "closing", "t_start", "lost", "gaps", "after_gaps",
                  "recent", "lport")
 
     #: gaps longer than this are remembered (start, end), for takeover timing
@@ -28,8 +28,9 @@ class HoldConn(asyncio.Protocol):
     #: echoes per 10 ms since the hold started, shared by all connections (for plots)
     bins: collections.Counter = collections.Counter()
     origin = 0.0
-    #: monotonic time of a fault, once the drill has announced it (--fault-file)
-    fault_at: float | None = None
+    #: monotonic times of the faults, as the drill announces them (--fault-file): one for
+    #: a drill, one per step for a drill's sequence
+    fault_ats: list[float] = []
 
     def __init__(self, i: int):
         self.i = i
@@ -45,10 +46,10 @@ class HoldConn(asyncio.Protocol):
         self.closing = False
         self.lost = asyncio.get_running_loop().create_future()
         self.gaps: list[tuple[float, float]] = []
-        # the longest silence that ended after the fault (from the echo before it to the
-        # one that ended it), whether it spans the fault (a takeover) or comes later (a
-        # failback, when the restored node preempts)
-        self.after_gap: tuple[float, float] | None = None
+        # per fault: the longest silence that ended after it and before the next one (from
+        # the echo before it to the one that ended it), whether it spans the fault (a
+        # takeover) or comes later (a failback, when the restored node preempts)
+        self.after_gaps: dict[int, tuple[float, float]] = {}
         # echo times of the last seconds: the fault's time arrives after the fault,
         # so the silences since are found here, not guessed
         self.recent: collections.deque[float] = collections.deque(maxlen=256)
@@ -81,19 +82,20 @@ class HoldConn(asyncio.Protocol):
             if gap > self.GAP_NOTE and len(self.gaps) < self.GAPS_KEPT:
                 self.gaps.append((self.last_echo, now))
             HoldConn.bins[int((now - HoldConn.origin) * 100)] += 1
-            fault_at = HoldConn.fault_at
-            if fault_at is not None and now > fault_at:
+            if HoldConn.fault_ats and now > HoldConn.fault_ats[0]:
                 self._after(self.last_echo, now)
             self.recent.append(now)
             self.last_echo = now
 
     def _after(self, since: float, now: float) -> None:
-        """A silence from `since` to `now` ended after the fault."""
-        if self.after_gap is None or now - since > self.after_gap[1] - self.after_gap[0]:
-            self.after_gap = (since, now)
+        """A silence from `since` to `now` ended after a fault: the last one before `now`."""
+        k = step_of(HoldConn.fault_ats, now)
+        gap = self.after_gaps.get(k)
+        if gap is None or now - since > gap[1] - gap[0]:
+            self.after_gaps[k] = (since, now)
 
     def learn_fault(self, at: float) -> None:
-        """The fault's time is known now: look back over the recent echoes."""
+        """A fault's time is known now (the latest): look back over the recent echoes."""
         # with every echo since the start still in `recent`, the first one's silence
         # began at the start of the hold; otherwise it is unknown and skipped
         prev = HoldConn.origin if len(self.recent) < (self.recent.maxlen or 0) else None
@@ -126,7 +128,7 @@ class HoldConn(asyncio.Protocol):
                 self.max_gap_end = time.time()
             if len(self.gaps) < self.GAPS_KEPT:
                 self.gaps.append((self.last_echo, now))
-            if HoldConn.fault_at is not None and now > HoldConn.fault_at:
+            if HoldConn.fault_ats and now > HoldConn.fault_ats[0]:
                 self._after(self.last_echo, now)
         self.outcome = outcome
         self.closing = True
@@ -179,7 +181,7 @@ async def hold(args) -> dict[str, Any]:
     start_wall = time.time()
     HoldConn.origin = start
     HoldConn.bins.clear()
-    HoldConn.fault_at = None
+    HoldConn.fault_ats = []
     stop_at = min(start + args.seconds, start + max(0.0, dl.left() - args.timeout))
     for c in live:
         c.last_echo = start
@@ -205,11 +207,12 @@ async def hold(args) -> dict[str, Any]:
             next_check = now + 0.1
             if args.stop_file and os.path.exists(args.stop_file):
                 break
-            if args.fault_file and HoldConn.fault_at is None:
-                HoldConn.fault_at = read_fault(args.fault_file, start, start_wall)
-                if HoldConn.fault_at is not None:
+            if args.fault_file:
+                ats = read_faults(args.fault_file, start, start_wall)
+                for at in ats[len(HoldConn.fault_ats):]:     # each new one, in order
+                    HoldConn.fault_ats.append(at)
                     for c in live:
-                        c.learn_fault(HoldConn.fault_at)
+                        c.learn_fault(at)
             for c in live:
                 if c.outcome == "connected" and c.send_times and now - c.send_times[0] > args.timeout:
                     c._fail("stalled")
@@ -261,6 +264,6 @@ async def hold(args) -> dict[str, Any]:
         "connect_seconds": round(connect_seconds, 3),
         "hold_started_at": round(start_wall, 3),
         "seconds": round(time.monotonic() - t0, 3),
-        "fault": fault_report(args, live, start, start_wall, HoldConn.fault_at),
+        **fault_reports(args, live, start, start_wall, HoldConn.fault_ats),
         "echo_bins_10ms": [HoldConn.bins.get(k, 0) for k in range(max(HoldConn.bins, default=-1) + 1)],
     }

@@ -122,7 +122,7 @@ async def test_takeover_is_when_the_interruption_ended_not_a_jitter_before_it(mo
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(H, "time", SimpleNamespace(monotonic=lambda: clock.now,
                                                    time=lambda: 1e6 + clock.now))
-    monkeypatch.setattr(H.HoldConn, "fault_at", 1.0)
+    monkeypatch.setattr(H.HoldConn, "fault_ats", [1.0])
     monkeypatch.setattr(H.HoldConn, "origin", 0.0)
 
     def echoes(c, times):
@@ -136,9 +136,72 @@ async def test_takeover_is_when_the_interruption_ended_not_a_jitter_before_it(mo
     echoes(jittery, steady + [1.009, 1.70] + [1.70 + k * 0.02 for k in range(1, 15)])
     echoes(calm, steady + [0.96, 0.98, 1.72] + [1.72 + k * 0.02 for k in range(1, 14)])
     args = SimpleNamespace(fault_file="unused: the fault's time is known", interval=0.02)
-    r = fault_report(args, [jittery, calm], 0.0, 1e6, 1.0)
+    r = fault_report(args, [jittery, calm], 0.0, 1e6, [1.0])
     assert (r["takeover_ms"], r["interrupted"]) == (700.0, 2), r
     assert (r["gap_ms"]["p50"], r["gap_ms"]["max"]) == (740.0, 740.0), r
+
+
+async def test_a_sequence_reports_each_steps_silences_apart(monkeypatch, tmp_path):
+    """`tandem drill --sequence` (issue 16): one hold through several faults, the fault
+    file listing their times in order; each step's report counts only the silences that
+    ended after it and before the next step (HoldConn.data_received with a fake clock)."""
+    import json
+    from types import SimpleNamespace
+
+    from lab.traffic import hold as H
+    from lab.traffic.across import fault_reports, read_faults
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(H, "time", SimpleNamespace(monotonic=lambda: clock.now,
+                                                   time=lambda: 1e6 + clock.now))
+    monkeypatch.setattr(H.HoldConn, "origin", 0.0)
+    path = tmp_path / "fault.json"
+    path.write_text(json.dumps({"at": [1e6 + 1.0, 1e6 + 3.0]}))
+    ats = read_faults(str(path), 0.0, 1e6)
+    assert ats == [1.0, 3.0]
+    monkeypatch.setattr(H.HoldConn, "fault_ats", ats)
+
+    def echoes(c, times):
+        for t in times:
+            clock.now = t
+            c.send_times.append(t - 0.001)
+            c.data_received(f"{c.i} {c.recv}\n".encode())
+
+    every = lambda a, b: [round(a + k * 0.02, 3) for k in range(int(round((b - a) / 0.02)) + 1)]
+    first, second = H.HoldConn(0), H.HoldConn(1)
+    # first: cut 0.98 -> 1.30 by step 1, untouched by step 2
+    echoes(first, every(0.02, 0.98) + every(1.30, 4.0))
+    # second: untouched by step 1, cut 2.98 -> 3.50 by step 2
+    echoes(second, every(0.02, 2.98) + every(3.50, 4.0))
+    args = SimpleNamespace(fault_file=str(path), interval=0.02)
+    r = fault_reports(args, [first, second], 0.0, 1e6, ats)
+    one, two = r["faults"]
+    assert r["fault"] == one and (one["at"], two["at"]) == (1e6 + 1.0, 1e6 + 3.0)
+    assert (one["takeover_ms"], one["interrupted"], one["gap_ms"]["max"]) == (300.0, 1, 320.0), one
+    assert (two["takeover_ms"], two["interrupted"], two["gap_ms"]["max"]) == (500.0, 1, 520.0), two
+    # one fault: the report of old, no `faults`
+    path.write_text(json.dumps({"at": 1e6 + 1.0}))
+    assert read_faults(str(path), 0.0, 1e6) == [1.0]
+
+
+def test_a_drill_sequence_is_checked_before_anything_runs():
+    """`--sequence kill:b,...`: each step a known kind and a director letter; a target must
+    be a member by then (a join adds one, and cannot add a member twice)."""
+    import pytest
+
+    from lab import drill_sequence as seq
+    assert seq.parse_steps(seq.ISSUE_SEQUENCE) == [("kill", "b"), ("restore", "b"),
+                                                   ("drain", "a"), ("join", "d")]
+    seq._check_targets(seq.parse_steps("join:d,kill:d"), ("a", "b", "c"))
+    for bad in ("explode:b", "kill", "kill:z", "kill:bb", ""):
+        with pytest.raises(ValueError, match="KIND:DIRECTOR"):
+            seq.parse_steps(bad)
+    with pytest.raises(ValueError, match="no director d"):
+        seq._check_targets(seq.parse_steps("kill:d"), ("a", "b", "c"))
+    with pytest.raises(ValueError, match="a member already"):
+        seq._check_targets(seq.parse_steps("join:c"), ("a", "b", "c"))
+    cp = _drill_cli("--sequence", "kill:b", "--fault", "kill")
+    assert cp.returncode == 2 and "--fault does not apply" in cp.stderr, cp.stderr
 
 
 def test_drill_forwarding_picks_the_labs_service_and_refuses_what_it_cannot_drill():
