@@ -18,6 +18,12 @@ rule that counts them: the aggregate rate is what reached them, over a window th
 after the flows are open.  Per director: the verdicts its queue gave (the kernel's NFQUEUE
 counters) and its node's CPU time over the window.
 
+New connections/s in the same rounds and shapes: bench/gen.c tcp from the client (connect,
+one line, close; CONNS in flight, each a new source port the router hashes) to
+VIP:CPS_PORT, a TCP service to bench/gen.c serve in every real server.  A connection costs
+a director more in a cluster than a packet does: its entry is synced to every peer at the
+SYN and again when established, and every peer applies it.
+
 On a machine with fewer cores than directors plus load, the directors share the cores,
 and the measured 3/1 ratio says how much more the cluster forwards *on this machine*.
 The projection says what the run measured about scaling itself: each director's packets
@@ -43,6 +49,9 @@ PREFIX = "tbcl"
 UDP_PORT = 9000
 FLOWS = 256
 SIZE = 18
+#: the new-connection measure: a TCP service to bench/gen.c serve in every real server
+CPS_PORT = 8089
+CONNS = 32
 SHAPES = ("3", "1")
 #: the directors that drain for the 1-director shape (a stays)
 WITHDRAWN = ("b", "c")
@@ -59,9 +68,18 @@ RS_SCRIPT = f"""table inet {RS_TABLE} {{
 
 def udp_service() -> dict[str, Any]:
     """The benchmark's service on every director (lab/cluster.py adds each one's laddrs)."""
+    return _service("udp", UDP_PORT)
+
+
+def tcp_service() -> dict[str, Any]:
+    """The new-connection measure's service (to bench/gen.c serve on CPS_PORT)."""
+    return _service("tcp", CPS_PORT)
+
+
+def _service(proto: str, port: int) -> dict[str, Any]:
     from lab import bgp, cluster_plan as cp
-    return {"proto": "udp", "vip": bgp.VIP, "port": UDP_PORT, "scheduler": "maglev",
-            "real_servers": [{"addr": r["addr"], "port": UDP_PORT} for r in cp.REAL_SERVERS]}
+    return {"proto": proto, "vip": bgp.VIP, "port": port, "scheduler": "maglev",
+            "real_servers": [{"addr": r["addr"], "port": port} for r in cp.REAL_SERVERS]}
 
 
 # -- the figures (pure: unit-tested through the shape run() builds) ----------------------------
@@ -117,13 +135,62 @@ def summarize(windows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def cpu_us_per_conn(w: dict[str, Any]) -> dict[str, float | None]:
+    """Each director's node CPU per connection of the whole cluster (µs): its own
+    connections' packets and the peers' entries it applies (sync among N)."""
+    return {d: (round(x["cpu_share"] / w["cps"] * 1e6, 1)
+                if x.get("cpu_share") is not None and w["cps"] else None)
+            for d, x in (w.get("directors") or {}).items()}
+
+
+def projected_cps(w: dict[str, Any]) -> float | None:
+    """With a core to each director: the connections/s at which the first one saturates
+    (the lowest of connections/s / its node's CPU share), CPU taken as growing with the rate."""
+    caps = [w["cps"] / x["cpu_share"] for x in (w.get("directors") or {}).values()
+            if x.get("cpu_share")]
+    return round(min(caps)) if caps and w["cps"] else None
+
+
+def summarize_cps(windows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """New connections/s: best window of each shape (the generator's completed connections
+    per second), the 3/1 ratio measured, each director's CPU per connection, and the ratio
+    projected with a core per director."""
+    best = {s: (max(ws, key=lambda w: w["cps"]) if ws else None) for s, ws in windows.items()}
+    b3, b1 = best.get("3"), best.get("1")
+    p3 = projected_cps(b3) if b3 else None
+    p1 = projected_cps(b1) if b1 else None
+    return {
+        "best": best,
+        "samples_cps": {s: [w["cps"] for w in ws] for s, ws in windows.items()},
+        "cpu_us_per_conn": {s: cpu_us_per_conn(w) for s, w in best.items() if w},
+        "projected_cps": {"3": p3, "1": p1},
+        "cluster_cps_3": b3["cps"] if b3 else None,
+        "cluster_cps_1": b1["cps"] if b1 else None,
+        "cluster_cps_ratio": round(b3["cps"] / b1["cps"], 3) if b3 and b1 and b1["cps"] else None,
+        "cluster_cps_projected_ratio": round(p3 / p1, 3) if p3 and p1 else None,
+    }
+
+
+def results(windows: dict[str, list[dict[str, Any]]],
+            cps_windows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The part's result from both measures' windows: the packets/s figures at the top (the
+    public keys among them), the connections/s ones under "cps" but for their keys."""
+    cps = summarize_cps(cps_windows)
+    return {**summarize(windows), "windows": windows,
+            **{k: v for k, v in cps.items() if k.startswith("cluster_")},
+            "cps": {"best": cps["best"], "samples": cps["samples_cps"], "windows": cps_windows,
+                    "cpu_us_per_conn": cps["cpu_us_per_conn"], "projected": cps["projected_cps"],
+                    "load": f"bench/gen.c tcp in the client (connect, one line, close; {CONNS} "
+                            f"in flight) to VIP:{CPS_PORT}, bench/gen.c serve in every real server"}}
+
+
 # -- the lab -----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def _lab() -> Iterator[dict[str, Any]]:
     from lab import cluster, topology
     try:
-        yield cluster.up(PREFIX, 3, extra_services=[udp_service()])
+        yield cluster.up(PREFIX, 3, extra_services=[udp_service(), tcp_service()])
     finally:
         res = topology.down(PREFIX)
         if res.get("errors"):
@@ -173,6 +240,20 @@ def _window(info: dict[str, Any], pids: dict[str, int], seconds: float,
     return out
 
 
+def _cps_window(info: dict[str, Any], pids: dict[str, int], seconds: float) -> dict[str, Any]:
+    """bench/gen.c tcp (connect, one line, close; CONNS in flight) from the client to
+    VIP:CPS_PORT for `seconds`: its connections/s, and each director's share of the
+    packets (queue verdicts) and its node's CPU over the run."""
+    r1, c1 = _reading(info, pids), common.cpu_times()
+    g = cgen.run_gen(info["client"]["ns"], "tcp", dst=info["vip"], port=CPS_PORT,
+                     seconds=seconds, conns=CONNS, timeout=2)
+    r2, c2 = _reading(info, pids), common.cpu_times()
+    fig = window_figures(r1, r2)
+    return {"cps": round(g["cps"]), "ok": g.get("ok"), "errors": g.get("errors"),
+            "window_s": fig["window_s"], "directors": fig["directors"],
+            "cpu_busy": common.cpu_busy(c1, c2)}
+
+
 def _shape(prefix: str, info: dict[str, Any], shape: str, wait: float = 20.0) -> float:
     """Put the cluster into `shape` ("3": drains cancelled; "1": b and c drained); the
     seconds until the router's route to the VIP had exactly the expected next hops."""
@@ -205,23 +286,30 @@ def run(quick: bool = False) -> dict[str, Any]:
     if cgen.binary() is None:
         return {**out, "error": "no C compiler: generator unavailable", "seconds": 0}
     windows: dict[str, list[dict[str, Any]]] = {s: [] for s in SHAPES}
+    cps_windows: dict[str, list[dict[str, Any]]] = {s: [] for s in SHAPES}
     switch_s: list[float] = []
+    servers = []
     with _lab() as info:
-        for r in info["real_servers"]:
-            cgen.nft(r["ns"], RS_SCRIPT)
-        state = st.load_state(PREFIX) or {}
-        pids = {p["name"][len("node-"):]: int(p["pid"]) for p in state.get("processes", [])
-                if str(p.get("name", "")).startswith("node-")}
-        for i in range(rounds):
-            for shape in SHAPES:
-                switch_s.append(round(_shape(PREFIX, info, shape), 3))
-                w = _window(info, pids, seconds, 1.0)
-                w["round"] = i
-                windows[shape].append(w)
-        _shape(PREFIX, info, "3")
-        out["status_after"] = {d["name"]: _cluster_status(d["name"]) for d in info["directors"]}
-    out.update(summarize(windows))
-    out["windows"] = windows
+        try:
+            for r in info["real_servers"]:
+                cgen.nft(r["ns"], RS_SCRIPT)
+                servers.append(cgen.start(r["ns"], [str(cgen.binary()), "serve", "--port",
+                                                    str(CPS_PORT), "--name", r["name"],
+                                                    "--seconds", str(int(60 * rounds + 60))]))
+            state = st.load_state(PREFIX) or {}
+            pids = {p["name"][len("node-"):]: int(p["pid"]) for p in state.get("processes", [])
+                    if str(p.get("name", "")).startswith("node-")}
+            for i in range(rounds):
+                for shape in SHAPES:
+                    switch_s.append(round(_shape(PREFIX, info, shape), 3))
+                    windows[shape].append({**_window(info, pids, seconds, 1.0), "round": i})
+                    cps_windows[shape].append({**_cps_window(info, pids, seconds - 1.0), "round": i})
+            _shape(PREFIX, info, "3")
+            out["status_after"] = {d["name"]: _cluster_status(d["name"]) for d in info["directors"]}
+        finally:
+            for pr in servers:
+                cgen.stop(pr)
+    out.update(results(windows, cps_windows))
     out["route_switch_s"] = switch_s
     out["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out["seconds"] = round(time.monotonic() - t0, 1)

@@ -10,6 +10,10 @@ HEADLINE = [
     ("cluster_pps_1", "the same load, 1 director (b and c drained)"),
     ("cluster_pps_ratio", "cluster_pps_3 / cluster_pps_1, measured (all directors share this machine's cores)"),
     ("cluster_projected_ratio", "3 / 1 with a core per director, from each one's packets per CPU-second and share"),
+    ("cluster_cps_3", "cluster of 3 directors, new TCP connections/s"),
+    ("cluster_cps_1", "the same load, 1 director"),
+    ("cluster_cps_ratio", "cluster_cps_3 / cluster_cps_1, measured"),
+    ("cluster_cps_projected_ratio", "the same with a core per director, from each node's CPU per connection"),
 ]
 
 #: a window that forwarded this share of the offered load or more was limited by the load
@@ -76,6 +80,7 @@ def render_cluster(r: dict[str, Any] | None, fmt, table, err) -> str:
     if limited:
         lines += ["In this run the generator was the limit of: " + ", ".join(limited)
                   + " (forwarded 90 % or more of what it offered).", ""]
+    lines += _render_cps(r.get("cps") or {}, r, fmt, table)
     after = r.get("status_after") or {}
     if after:
         lines += ["`/status` `cluster` after the run: " + "; ".join(
@@ -83,3 +88,33 @@ def render_cluster(r: dict[str, Any] | None, fmt, table, err) -> str:
             f"{fmt(x.get('flows_foreign'))} of its peers'" for d, x in after.items()
             if isinstance(x, dict) and not x.get("error")) + ".", ""]
     return "\n".join(lines)
+
+
+def _render_cps(c: dict[str, Any], r: dict[str, Any], fmt, table) -> list[str]:
+    if not c.get("best"):
+        return []
+    rows = []
+    us = c.get("cpu_us_per_conn") or {}
+    for s, label in SHAPE_LABELS.items():
+        w = c["best"].get(s) or {}
+        split = ", ".join(f"{d} {_pct(x.get('share'))}" for d, x in (w.get("directors") or {}).items())
+        cost = ", ".join(f"{d} {fmt(v)}" for d, v in (us.get(s) or {}).items())
+        rows.append([label, w.get("cps"), sum((w.get("errors") or {}).values()), split, cost,
+                     " / ".join(_pct(x) for x in w.get("cpu_busy") or []),
+                     ", ".join(fmt(x) for x in (c.get("samples") or {}).get(s) or [])])
+    proj = c.get("projected") or {}
+    return [f"New connections/s, same rounds and shapes: {c.get('load')}.", "",
+            table(["shape", "connections/s (best)", "errors", "packets per director",
+                   "node CPU per connection, µs", "CPU busy (0 / 1)", "samples"], rows), "",
+            f"Measured 3 / 1: **{fmt(r.get('cluster_cps_ratio'))}**. Projected with a core per "
+            f"director: {fmt(proj.get('3'))} / {fmt(proj.get('1'))} connections/s = "
+            f"**{fmt(r.get('cluster_cps_projected_ratio'))}** (the lowest of connections/s / "
+            "node CPU share over the directors). *Node CPU per connection* is over all the "
+            "cluster's connections: a director's own ones and the peers' entries it applies "
+            "(each connection is synced to every peer at the SYN and when established), which is "
+            "why b and c spend CPU in the 1-director shape, and why a connection costs the "
+            "cluster more than one director: with N directors each one applies the entries of "
+            "the other N-1, so sync bounds how far the connection rate scales. The measured ratio "
+            "has the packets' limit, and more so: the generator, the line servers and every "
+            "connection's kernel work share the same cores (CPU busy).", ""]
+

@@ -53,6 +53,8 @@ KEYS = {
     # cluster mode: 3 directors against 1 behind the router's ECMP (bench.cluster)
     "cluster_pps_3": "cluster", "cluster_pps_1": "cluster", "cluster_pps_ratio": "cluster",
     "cluster_projected_ratio": "cluster",
+    "cluster_cps_3": "cluster", "cluster_cps_1": "cluster", "cluster_cps_ratio": "cluster",
+    "cluster_cps_projected_ratio": "cluster",
 }
 
 #: name -> (op, bound): the targets from the benchmark issue; None = report only
@@ -72,6 +74,8 @@ TARGETS: dict[str, tuple[str, float] | None] = {
     "kernel_bytes_per_conn": ("<=", 150),
     "cluster_pps_ratio": None,
     "cluster_projected_ratio": None,
+    "cluster_cps_ratio": None,
+    "cluster_cps_projected_ratio": None,
 }
 
 ORDER = ("engine", "kmem", "nfq", "conn_rate", "kpath", "sync", "health", "takeover", "cluster",

@@ -60,15 +60,18 @@ def test_best_of_rounds_the_measured_ratio_and_the_projection_by_the_busiest_dir
 
 
 def test_keys_order_and_the_report_section():
-    for key in ("cluster_pps_3", "cluster_pps_1", "cluster_pps_ratio", "cluster_projected_ratio"):
+    for key in ("cluster_pps_3", "cluster_pps_1", "cluster_pps_ratio", "cluster_projected_ratio",
+                "cluster_cps_3", "cluster_cps_1", "cluster_cps_ratio", "cluster_cps_projected_ratio"):
         assert run.KEYS[key] == "cluster"
     assert "cluster" in run.LAB_MEASUREMENTS and run.parse_only("cluster") == ["cluster"]
     windows = {"3": [window(0, 2.0, {"rs1": 90_000}, {"a": 30_000, "b": 30_000, "c": 30_000},
                             {"a": 0.3, "b": 0.3, "c": 0.3})],
                "1": [window(3, 2.0, {"rs1": 50_000}, {"a": 50_000, "b": 0, "c": 0},
                             {"a": 0.5, "b": 0.0, "c": 0.0})]}
-    summary = cluster.summarize(windows)
-    res_cluster = {**summary, "windows": windows, "rounds": 1, "window_seconds": 4.0,
+    cps_windows = {"3": [cps_window(0, 3000, {"a": 9000, "b": 9000, "c": 12000})],
+                   "1": [cps_window(5, 1200, {"a": 12000, "b": 0, "c": 0})]}
+    summary = cluster.results(windows, cps_windows)
+    res_cluster = {**summary, "rounds": 1, "window_seconds": 4.0,
                    "shapes": {"3": "all three", "1": "a alone"}, "load": "gen",
                    "loadavg_at_start": [1.0, 0.5, 0.25],
                    "status_after": {"a": {"state": "active", "flows_owned": 7, "flows_foreign": 3}}}
@@ -79,6 +82,10 @@ def test_keys_order_and_the_report_section():
     line = next(ln for ln in text.splitlines() if ln.startswith("| `cluster_pps_ratio`"))
     assert "1.8" in line                          # 45,000 / 25,000
     assert "Measured 3 / 1: **1.8**" in text
+    assert "Measured 3 / 1: **2.5**" in text              # 3,000 / 1,200 connections/s
+    assert ("| 3 directors (a, b, c announce) | 3,000 | 1 | a 30%, b 30%, c 40% | a 133.3, b 133.3, c 133.3 |"
+            in text)
+    assert "7,500 / 3,000 connections/s = **2.5**" in text
     assert "| 3 directors (a, b, c announce) | a | 15,000 | 33% |" in text
     assert "a active, owns 7, holds 3 of its peers'" in text
     assert "the generator was the limit" not in text      # no offered rate in these windows
@@ -89,13 +96,43 @@ def test_keys_order_and_the_report_section():
     assert "**error:** `boom`" in report.render(fake_result(results={"cluster": {"error": "boom"}}))
 
 
+def cps_window(t0, cps, fwd, cpu=None):
+    """A new-connection window as bench.cluster._cps_window returns it: the generator's
+    figures and the readings' per-director split over 1 s (node CPU 0.4 s each unless
+    given)."""
+    fig = window(t0, 1.0, {}, fwd, cpu or {d: 0.4 for d in fwd})
+    return {"cps": cps, "ok": cps, "errors": {"connect": 1, "reset": 0}, "window_s": 1.0,
+            "directors": fig["directors"], "cpu_busy": [1.0, 0.5]}
+
+
+def test_connections_best_of_rounds_and_their_ratio():
+    s = cluster.summarize_cps({"3": [cps_window(0, 2000, {"a": 1}), cps_window(1, 2600, {"a": 1})],
+                               "1": [cps_window(2, 1300, {"a": 1})]})
+    assert s["samples_cps"] == {"3": [2000, 2600], "1": [1300]}
+    assert (s["cluster_cps_3"], s["cluster_cps_1"], s["cluster_cps_ratio"]) == (2600, 1300, 2.0)
+    assert cluster.summarize_cps({"3": [], "1": []})["cluster_cps_ratio"] is None
+    # a alone at 0.5 CPU owns every connection; b and c, drained, apply its entries at 0.1
+    one = cps_window(0, 2000, {"a": 20_000, "b": 0, "c": 0}, {"a": 0.5, "b": 0.1, "c": 0.1})
+    # three: each owns a third and applies the others' (c gets more of the router's hash)
+    three = cps_window(1, 3000, {"a": 9000, "b": 9000, "c": 12000}, {"a": 0.4, "b": 0.4, "c": 0.6})
+    s = cluster.summarize_cps({"3": [three], "1": [one]})
+    assert s["cpu_us_per_conn"]["1"] == {"a": 250.0, "b": 50.0, "c": 50.0}
+    assert s["cpu_us_per_conn"]["3"] == {"a": 133.3, "b": 133.3, "c": 200.0}
+    # c saturates first: 3000 / 0.6; a alone: 2000 / 0.5 (b and c would go on to 20,000)
+    assert s["projected_cps"] == {"3": 5000, "1": 4000}
+    assert s["cluster_cps_ratio"] == 1.5 and s["cluster_cps_projected_ratio"] == 1.25
+
+
 def test_the_benchmarks_udp_service_is_read_by_every_director_with_its_own_laddrs():
     from director.config import parse
     from lab import cluster as lab_cluster, cluster_plan
     desc = cluster_plan.plan("tbcl", 3)
     for d in desc["directors"]:
-        cfg = parse(lab_cluster.node_config("tbcl", desc, d["name"], [cluster.udp_service()]),
+        cfg = parse(lab_cluster.node_config("tbcl", desc, d["name"],
+                                            [cluster.udp_service(), cluster.tcp_service()]),
                     f"{d['name']}.toml")
+        tcp = [s for s in cfg.services if s.port == cluster.CPS_PORT]
+        assert len(tcp) == 1 and tcp[0].proto == "tcp" and list(tcp[0].laddrs) == d["laddrs"]
         udp = [s for s in cfg.services if s.proto == "udp"]
         assert len(udp) == 1 and udp[0].port == cluster.UDP_PORT and udp[0].scheduler == "maglev"
         assert list(udp[0].laddrs) == d["laddrs"]
