@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from director.rules import TABLE
 
@@ -64,3 +64,85 @@ def timeout_objects(timeouts: Mapping[str, float], generation: int = 1) -> list[
 def delete_timeouts(names: Iterable[str]) -> str:
     """The nft script that deletes these `ct timeout` objects (each must be in the table)."""
     return "".join(f"delete ct timeout inet {TABLE} {name}\n" for name in sorted(names))
+
+
+#: seconds after new_flow switched to another generation during which a flow seen new may
+#: still carry the generation it left: its first packet passed the old rule just before
+#: the commit and its NEW event was read after.  That takes microseconds (rule, NAT and
+#: confirmation run in one pass of the packet), so the window is wide; it closes at the
+#: first read that finds the event socket empty this long after the switch.
+SWITCH_GRACE = 1.0
+
+
+class _Retired:
+    """One retired set of objects and the flows (view keys) that may still use it."""
+    __slots__ = ("names", "keys", "since", "open")
+
+    def __init__(self, names: Iterable[str], keys: Iterable[int], since: float) -> None:
+        self.names = set(names)
+        self.keys = set(keys)
+        self.since = since
+        self.open = True
+
+
+class RetiredTimeouts:
+    """The `ct timeout` objects new flows no longer get, each held while a flow may use it.
+
+    A sans-IO core.  Nothing tells which object an entry uses (ctnetlink has no attribute
+    for it), but every flow that started before a switch of chain new_flow is in the view
+    by then, and no flow starts on a retired object after it.  So `retire(names, keys,
+    now)` takes the view's keys at the switch (after its commit) as the flows that may use
+    those objects; `seen_new(key)` adds the flows seen new while its window is open (see
+    SWITCH_GRACE; `read_empty(now)` closes it); `resynced(keys)` adds every flow a repair
+    leaves in the view (one whose NEW event was lost may be older than the switch); and
+    `collect(in_view)` forgets the flows that left the view and returns the objects no
+    flow may use any more, for the adapter to delete.  A set is released only once its
+    window is closed; a flow kept too long only delays it.  Deleting an object still in
+    use would put its flows on conntrack's own timeouts (5 days established).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[_Retired] = []
+
+    @property
+    def window_open(self) -> bool:
+        return any(r.open for r in self.pending)
+
+    def held(self) -> list[str]:
+        """The names of every object still held, sorted."""
+        return sorted(n for r in self.pending for n in r.names)
+
+    def retire(self, names: Iterable[str], keys: Iterable[int], now: float) -> None:
+        names = set(names)
+        if names:
+            self.pending.append(_Retired(names, keys, now))
+
+    def seen_new(self, key: int) -> None:
+        for r in self.pending:
+            if r.open:
+                r.keys.add(key)
+
+    def read_empty(self, now: float) -> None:
+        """The event socket was read empty at `now`."""
+        for r in self.pending:
+            if r.open and now >= r.since + SWITCH_GRACE:
+                r.open = False
+
+    def resynced(self, keys: Iterable[int]) -> None:
+        keys = set(keys)
+        for r in self.pending:
+            r.keys |= keys
+
+    def collect(self, in_view: Callable[[int], bool]) -> list[str]:
+        """The names of the objects no flow may use any more (forgotten here)."""
+        out: list[str] = []
+        keep = []
+        for r in self.pending:
+            if not r.open:
+                r.keys = {k for k in r.keys if in_view(k)}
+            if r.open or r.keys:
+                keep.append(r)
+            else:
+                out += r.names
+        self.pending = keep
+        return sorted(out)

@@ -36,6 +36,8 @@ _EXPORTED = (
      "Flows the node deleted from conntrack (quiescing, removed real servers)."),
     ("adopted", "kernel_flows_adopted", CounterMetricFamily,
      "Flows of a previous run found in conntrack at start and taken into the view."),
+    ("timeout_objects_removed", "kernel_timeout_objects_removed", CounterMetricFamily,
+     "Old ct timeout objects deleted once no flow could use them any more."),
     ("counter_read_failures", "kernel_drop_counter_read_failures", CounterMetricFamily,
      "Reads of the table's drop counters that failed."),
     # the sync of kernel flows (tandem.kernel_sync): present when the node syncs

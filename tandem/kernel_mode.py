@@ -50,6 +50,7 @@ from proto import ctnetlink as ct
 from proto.consts import PROTOS
 from tandem.kernel_drops import DropCounters
 from tandem.kernel_resync import Repairs
+from tandem.kernel_timeout_gc import TimeoutGc, generation_names
 
 log = logging.getLogger("tandem.kernel_mode")
 #: seconds a flow handed to the kernel counts on its real server without its NEW event
@@ -121,6 +122,8 @@ class KernelPath:
         self._on_error = on_error or (lambda msg: log.warning("%s", msg))
         #: the repairs after lost events (tandem.kernel_resync)
         self.repairs = Repairs(self.flows, kernel, clock, self.stats, lambda m: self._on_error(m), self.account)
+        #: old timeout objects, deleted once no flow may use them
+        self.timeout_gc = TimeoutGc(kernel, self.flows, clock, lambda m: self._on_error(m))
 
     def objects_made(self) -> int:
         """Decoded events and dump entries so far: what the node's GcFreezer counts, since
@@ -139,6 +142,8 @@ class KernelPath:
                 **{k: flows.stats[k] for k in ("events", "new", "destroyed", "overruns",
                                                 "resyncs", "repaired", "adopted")},
                 **self.stats, "counter_read_failures": self.drop_counters.failures,
+                "timeout_objects_held": self.timeout_gc.retired.held(),
+                "timeout_objects_removed": self.timeout_gc.removed,
                 "drops": self.drop_counters.read()}
 
     # -- rules -------------------------------------------------------------------------------
@@ -198,6 +203,10 @@ class KernelPath:
             timeouts, generation = None, self.timeout_generation
         await asyncio.to_thread(self.kernel.install_kernel_rules, rule_services(cfg), bindings,
                                 cfg.queue, timeouts, fresh, generation)
+        if fresh:           # the predecessor's objects, held for the flows adopted
+            self.timeout_gc.switched(left)
+        elif timeouts is not None:
+            self.timeout_gc.switched(generation_names(self.timeout_generation))
         if timeouts is not None:
             self.timeouts, self.timeout_generation = timeouts, generation
         if fresh:
@@ -222,6 +231,7 @@ class KernelPath:
 
     async def stop(self) -> None:
         await self.drop_counters.stop()
+        await self.timeout_gc.stop()
         await self.repairs.stop()
         if self.loaded:
             await asyncio.to_thread(self.kernel.remove_kernel_rules)
@@ -264,6 +274,8 @@ class KernelPath:
             self.flows.overrun()
             self._want_dump = True
             self._rearm()
+        if getattr(self.events, "empty", True):
+            self.timeout_gc.read_empty()
         if self._want_dump and getattr(self.events, "empty", True):
             # only now: until its queue is read empty the kernel drops every event for it (no
             # further ENOBUFS), and a dump taken before would miss those (test_kernel_overrun)
@@ -285,6 +297,7 @@ class KernelPath:
         finds the overrun, and the counts of flows whose event never came."""
         if self.events is not None:
             self.on_readable()
+        self.timeout_gc.poll(self.repairs.repair is not None)
 
     def _start_resync(self) -> None:
         self.repairs.start()

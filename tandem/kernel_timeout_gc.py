@@ -1,0 +1,96 @@
+"""Old `ct timeout` objects deleted once no kernel flow may use them.
+
+A change of [timeouts] (a reload, or a start over a predecessor's table) gives new flows
+the next generation of objects, and the older ones stay for the flows that started on
+them (director.kernel_timeouts).  `TimeoutGc` follows those flows in the view
+(director.kernel_timeouts.RetiredTimeouts) and, from the node's tick at most every
+COLLECT_EVERY, deletes in a worker thread the objects whose flows have all ended.  A
+repair in progress (lost events) holds every deletion until it is done.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from typing import Any, Callable, Iterable
+
+from director.kernel_flows import KernelFlows
+from director.kernel_timeouts import TIMEOUT_POLICY, RetiredTimeouts, timeout_name
+from proto import ctnetlink as ct
+from proto.flow_table import VIEW
+
+log = logging.getLogger("tandem.kernel_mode")
+
+#: s between two looks for objects no flow uses (a walk of the flows held for them)
+COLLECT_EVERY = 2.0
+
+
+def generation_names(generation: int) -> list[str]:
+    """The objects of one generation: one per protocol and family."""
+    return [timeout_name(p, f, generation) for p in TIMEOUT_POLICY for f in (4, 6)]
+
+
+class TimeoutGc:
+    """`kernel`: the node's privileged interface (remove_timeouts); `flows`: the view."""
+
+    def __init__(self, kernel: Any, flows: KernelFlows, clock: Callable[[], float],
+                 on_error: Callable[[str], None]) -> None:
+        self.kernel = kernel
+        self.flows = flows
+        self.clock = clock
+        self.retired = RetiredTimeouts()
+        self.removed = 0
+        self._on_error = on_error
+        self._next = 0.0
+        self._task: asyncio.Task | None = None
+        flows.watch(self._seen)
+        flows.watch_resync(self._resynced)
+
+    def switched(self, names: Iterable[str]) -> None:
+        """New flows no longer get these objects (call once the rules' commit is done)."""
+        rows = self.flows.table.rows
+        self.retired.retire(names, [k for k, r in rows.items() if r & VIEW], self.clock())
+
+    def _seen(self, msg: ct.Message, flow: Any) -> None:
+        if msg.event == "new" and flow is not None and msg.ct.orig is not None \
+                and self.retired.window_open:
+            self.retired.seen_new(self.flows.table.key(msg.ct.orig))
+
+    def _resynced(self, flows: Any, entries: list) -> None:
+        if self.retired.pending:
+            self.retired.resynced(k for k, r in self.flows.table.rows.items() if r & VIEW)
+
+    def read_empty(self) -> None:
+        """The event socket was just read empty."""
+        if self.retired.window_open:
+            self.retired.read_empty(self.clock())
+
+    def poll(self, repairing: bool) -> None:
+        """From the node's tick: delete what no flow may use (never during a repair)."""
+        now = self.clock()
+        if now < self._next or repairing or self.flows.needs_resync or not self.retired.pending \
+                or (self._task is not None and not self._task.done()):
+            return
+        self._next = now + COLLECT_EVERY
+        rows = self.flows.table.rows
+        names = self.retired.collect(lambda k: bool(rows.get(k, 0) & VIEW))
+        if names:
+            self._task = asyncio.get_running_loop().create_task(self._remove(names),
+                                                                name="kernel-timeout-gc")
+
+    async def _remove(self, names: list[str]) -> None:
+        try:
+            gone = await asyncio.to_thread(self.kernel.remove_timeouts, names)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            self._on_error(f"old timeout objects {names} not deleted: {exc}; tried again later")
+            self.retired.retire(names, (), float("-inf"))
+            self.retired.read_empty(self.clock())
+            return
+        self.removed += len(gone)
+        log.info("timeout objects no flow uses any more deleted: %s", " ".join(gone) or "none left")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,98 @@
+"""Old `ct timeout` generations: held while a flow may use them, deleted after
+(director.kernel_timeouts.RetiredTimeouts, tandem.kernel_timeout_gc through the kernel
+path against the fake kernel, time injected)."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+
+from director.engine import Engine
+from director.kernel_rules import MARK_BASE
+from director.kernel_timeouts import SWITCH_GRACE, RetiredTimeouts
+from proto import ctnetlink as ct
+from tandem.kernel_mode import KernelPath
+from tandem.kernel_timeout_gc import COLLECT_EVERY, generation_names
+from tests.fake_kernel import FakeKernel
+from tests.helpers import CLIENT, VIP
+from tests.unit.test_kernel_mode import kernel_config
+
+GEN1 = ["tcp4", "tcp6", "udp4", "udp6"]
+
+
+def test_a_retired_generation_is_released_once_its_flows_and_its_window_are_gone():
+    r = RetiredTimeouts()
+    r.retire(GEN1, {1, 2}, 100.0)
+    view = {1, 2, 3, 4}
+    r.seen_new(3)                                  # its first packet may have met the old rule
+    r.read_empty(100.0 + SWITCH_GRACE / 2)         # too soon: the window stays open
+    assert r.window_open and r.collect(view.__contains__) == []
+    r.read_empty(100.0 + SWITCH_GRACE)
+    r.seen_new(4)                                  # after the window: the new generation's
+    assert not r.window_open and r.collect(view.__contains__) == []
+    view -= {1, 2}
+    assert r.collect(view.__contains__) == [] and r.held() == sorted(GEN1)
+    view.discard(3)                                # the last flow that may use it ended
+    assert r.collect(view.__contains__) == sorted(GEN1) and r.held() == []
+
+
+def test_a_repair_holds_every_retired_generation_for_the_flows_it_leaves_in_the_view():
+    r = RetiredTimeouts()
+    r.retire(["tcp4_2"], (), 0.0)
+    r.retire(["tcp4_3"], {7}, 5.0)
+    r.read_empty(10.0)
+    r.resynced({8})                 # a flow found by the dump: its NEW event was lost
+    assert r.collect({7, 8}.__contains__) == []
+    assert r.collect({7}.__contains__) == ["tcp4_2"] and r.held() == ["tcp4_3"]
+
+
+def _msg(kind: str, port: int, mark: int = MARK_BASE | 1) -> ct.Message:
+    mtype, flags = {"new": (ct.MSG_NEW, ct.NLM_F_CREATE), "destroy": (ct.MSG_DELETE, 0)}[kind]
+    orig = ct.Tuple(6, ipaddress.ip_address(CLIENT).packed, ipaddress.ip_address(VIP).packed,
+                    port, 80)
+    return ct.Message(mtype, flags, 0, 2, ct.Conntrack(orig=orig, mark=mark,
+                                                       tcp=ct.TcpInfo(ct.TCP_CT_ESTABLISHED)))
+
+
+def test_a_timeouts_reload_deletes_the_old_generation_when_its_last_flow_ends():
+    """tcp_established 900 -> 60 by a reload while one flow runs: generation 1 stays for it
+    (deleting it would put the flow on conntrack's 5 days), generation 2 gets new flows;
+    when the flow ends, the next look deletes generation 1.  A restart over a table that
+    holds generation 1 holds it for the flows adopted the same way."""
+    async def go():
+        now = [0.0]
+        kernel = FakeKernel()
+        cfg = kernel_config()
+        kp = KernelPath(Engine(cfg), kernel, 0, clock=lambda: now[0])
+        await kp.start(cfg)
+        ev = kernel.events[-1]
+
+        def turn(dt: float) -> None:
+            now[0] += dt
+            kp.on_readable()
+            kp.poll()
+        ev.push([_msg("new", 40000)])
+        turn(0.1)
+        assert kp.flows.stats["new"] == 1
+        faster = dataclasses.replace(cfg, timeouts={**dict(cfg.timeouts), "tcp_established": 60.0})
+        await kp.reload(cfg, faster)
+        assert kp.timeout_generation == 2
+        assert kernel.timeout_objects == set(GEN1) | set(generation_names(2))
+        ev.push([_msg("new", 40001)])              # read within the window: held for gen 1 too
+        for _ in range(10):
+            turn(COLLECT_EVERY)
+            await asyncio.sleep(0)
+        assert kernel.timeout_objects == set(GEN1) | set(generation_names(2))
+        ev.push([_msg("destroy", 40000)])
+        turn(COLLECT_EVERY)
+        await asyncio.sleep(0)
+        assert set(GEN1) <= kernel.timeout_objects, "40001 may still use generation 1"
+        ev.push([_msg("destroy", 40001)])
+        turn(COLLECT_EVERY)
+        for _ in range(3):
+            await asyncio.sleep(0.01)
+        assert kernel.timeout_objects == set(generation_names(2))
+        assert kp.describe()["timeout_objects_removed"] == 4
+        assert kp.describe()["timeout_objects_held"] == []
+        await kp.stop()
+    asyncio.run(go())
