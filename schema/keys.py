@@ -260,6 +260,13 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "a lost last message is made good within milliseconds, before a failover could "
             "orphan its connections. A copy the peer already had counts as `replayed` there. "
             "0 = off"),
+    Key("urgent_repeat", float, 0.010, unit="s", lo=0.0,
+        doc="a message with an urgent entry (a new or an ESTABLISHED connection) is sent once "
+            "more this long after it first went out, whatever followed it: a young "
+            "connection's entry survives the loss of one copy without a NACK round trip, which "
+            "a master that dies tens of milliseconds later may not live to answer. One more "
+            "datagram per urgent message; a copy the peer already had counts as `replayed` "
+            "there. 0 = off"),
     Key("resend_window", int, 4096, unit="messages", lo=1,
         doc="messages kept for answering NACKs. Beyond this, a bulk resync is sent"),
     Key("resend_holdoff", float, 0.020, unit="s", lo=0.0,

@@ -57,6 +57,11 @@ class SyncConfig:
     #: before the master died, its loss was otherwise seen only at the next idle
     #: heartbeat, too late for a NACK to repair it.  0 = off.
     tail_probe: float = _D("tail_probe")
+    #: A DATA message that carried an urgent entry is sent once more this long after it
+    #: first went out, whatever followed: under loss, a repair needs the peer to see the
+    #: gap, its NACK to arrive and the resend to arrive, and a master killed tens of ms
+    #: after a burst of new connections may not live that long.  0 = off.
+    urgent_repeat: float = _D("urgent_repeat")
     #: Sent DATA datagrams kept for answering NACKs (a ring, per sender).
     resend_window: int = _D("resend_window")
     #: The same seq is not re-sent twice within this long (several NACKs for one

@@ -15,6 +15,10 @@ TCP's tail loss probe sends its last segment) and heartbeats follow at doubling
 intervals up to the idle one: a new or just-ESTABLISHED connection whose message was
 lost right before the master died is made good within milliseconds (by the copy, or
 by the NACK a heartbeat brings), not orphaned by a kill before the idle heartbeat.
+Every message that carried an urgent entry is also sent once more cfg.urgent_repeat
+after it went out, whatever followed it: in a burst later messages reveal a loss at
+once, but the repair still needs the NACK and the resend to arrive, and a master
+killed tens of milliseconds after the burst may not answer; the copy needs neither.
 
 Reliability is NACK-based (the receiver asks; there are no ACKs): the last
 cfg.resend_window datagrams are kept as sent and re-sent byte for byte (same
@@ -39,13 +43,12 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 from proto import sync as S
 from proto.sync import Message, SyncEntry
 from syncd.config import SyncConfig, resolve_key
-
-Snapshot = Callable[[], Iterable[Any]]
+from syncd.sender_bulk import BulkSend, Snapshot
 
 _MIN_ENTRY = 40     # the smallest packed entry (IPv4, small numbers) is a little over this
 #: seconds between repeats of this node's STATE message (sent at once on every change)
@@ -64,7 +67,7 @@ class _PeerCtl:
         self.epoch, self.seq = epoch, seq
 
 
-class SyncSender:
+class SyncSender(BulkSend):
     def __init__(self, cfg: SyncConfig, node_id: str, epoch: int | None = None,
                  key: bytes | None = None, *, snapshot: Snapshot | None = None,
                  to_entry: Callable[[Any, float], SyncEntry | None] | None = None,
@@ -91,17 +94,10 @@ class SyncSender:
         self._tail_at = float("inf")            # the next tail probe or heartbeat (see poll)
         self._tail_step = 0.0
         self._tail_probe = False                # the first tail action re-sends the last seq
-        # bulk resync
-        self._bulk: Iterator | None = None
-        self._bulk_to_entry: Callable[[Any, float], SyncEntry | None] | None = None
-        self._bulk_first = True
-        self._bulk_entries: list[bytes] = []
-        self._bulk_size = 0
-        self._bulk_tokens = 0.0
-        self._bulk_last = 0.0
-        self._bulk_again: tuple[Snapshot | None, Callable[[Any, float], SyncEntry | None] | None] | None = None
-        self._bulk_base = -1        # the last seq before the most recent bulk's first message
-        self._bulk_burst = max(cfg.bulk_rate * cfg.bulk_interval * 2, 64.0)
+        self._urgent_seqs: set[int] = set()     # sealed with an urgent entry, not yet sent
+        self._pending_urgent = False            # the open message holds an urgent entry
+        self._repeats: deque[tuple[float, int]] = deque()   # (when, seq) to send once more
+        self._init_bulk()
         self._ctl: dict[str, _PeerCtl] = {}
         self._resend_tokens = float(cfg.resend_per_nack)
         self._resend_last = 0.0
@@ -110,7 +106,8 @@ class SyncSender:
         self._state_tx = float("-inf")
         self.stats = dict.fromkeys((
             "sent", "entries_sent", "entries_queued", "resends", "resends_held_off",
-            "resends_capped", "heartbeats", "tail_probes", "tail_heartbeats", "bulk_runs", "bulk_entries",
+            "resends_capped", "heartbeats", "tail_probes", "tail_heartbeats", "urgent_repeats",
+            "bulk_runs", "bulk_entries",
             "nacks_received", "nacks_past_window",
             "resync_requests", "control_replayed", "queue_drops", "states"), 0)
 
@@ -137,6 +134,9 @@ class SyncSender:
     def _close_pending(self, now: float) -> None:
         if self._pending:
             self._seal(self._pending, 0, now)
+            if self._pending_urgent and self.cfg.urgent_repeat > 0:
+                self._urgent_seqs.add(self.seq)
+            self._pending_urgent = False
             self._pending = []
             self._pending_size = 0
 
@@ -160,6 +160,7 @@ class SyncSender:
         if urgent:
             self._pending_since = float("-inf")
             self._urgent_unsent = True
+            self._pending_urgent = True
         if self.budget - self._pending_size < _MIN_ENTRY:
             self._close_pending(now)
 
@@ -170,6 +171,7 @@ class SyncSender:
         if self._bulk is not None:
             self._run_bulk(now)
         out = self._transmit(now)
+        out += self._due_repeats(now)
         if not out:
             # (an open message will reveal the last seq as well, when it goes)
             tail = now >= self._tail_at and not self._pending
@@ -177,6 +179,7 @@ class SyncSender:
             if tail and last is not None:
                 # the last message again (not held off: a NACK for it must still be answered)
                 out.append(last)
+                self._forget_repeat(self.seq)
                 self._last_tx = now
                 self.stats["tail_probes"] += 1
             elif tail or self._last_tx is None or now >= self._last_tx + self.cfg.heartbeat_interval:
@@ -225,6 +228,8 @@ class SyncSender:
         out = list(self._ready)
         self._ready.clear()
         if out:
+            if self._urgent_seqs:
+                self._plan_repeats(self.seq - len(out) + 1, now)
             self.stats["sent"] += len(out)
             self._last_tx = now
             if self._urgent_unsent and self.cfg.tail_probe > 0:
@@ -234,6 +239,33 @@ class SyncSender:
                 self._tail_at = now + self._tail_step   # a new last seq: its tail from now
             self._urgent_unsent = False
         return out
+
+    def _plan_repeats(self, first_sent: int, now: float) -> None:
+        """The urgent messages just sent (seqs first_sent..self.seq) go once more at
+        now + urgent_repeat; those dropped from the queue unsent are left to NACKs."""
+        at = now + self.cfg.urgent_repeat
+        for seq in sorted(self._urgent_seqs):
+            if seq >= first_sent:
+                self._repeats.append((at, seq))
+        self._urgent_seqs.clear()
+
+    def _due_repeats(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        repeats, ring, window = self._repeats, self._ring, len(self._ring)
+        while repeats and repeats[0][0] <= now:
+            _, seq = repeats.popleft()
+            raw = ring[seq % window]
+            if raw is not None and seq > self.seq - window:     # still that seq's message
+                out.append(raw)
+        if out:
+            self.stats["urgent_repeats"] += len(out)
+            self._last_tx = now
+        return out
+
+    def _forget_repeat(self, seq: int) -> None:
+        """The tail probe just sent `seq` again: its planned repeat would be a third copy."""
+        if self._repeats and self._repeats[-1][1] == seq:
+            self._repeats.pop()
 
     def heartbeat(self, now: float) -> bytes:
         self.stats["heartbeats"] += 1
@@ -252,13 +284,11 @@ class SyncSender:
             d = min(d, self._tail_at)
         if self._bulk is not None:
             d = min(d, self._bulk_last + self.cfg.bulk_interval)
+        if self._repeats:
+            d = min(d, self._repeats[0][0])
         if self._state is not None:
             d = min(d, self._state_tx + STATE_INTERVAL)
         return d
-
-    @property
-    def bulk_active(self) -> bool:
-        return self._bulk is not None
 
     def on_message(self, msg: Message, now: float) -> list[bytes]:
         """Handle a peer's NACK or RESYNC_REQUEST; returns datagrams to send now."""
@@ -341,61 +371,3 @@ class SyncSender:
             self.stats["nacks_past_window"] += 1
             self.start_bulk(now)
         return out
-
-    # -- bulk resync -------------------------------------------------------------------
-
-    def start_bulk(self, now: float, snapshot: Snapshot | None = None,
-                   to_entry: Callable[[Any, float], SyncEntry | None] | None = None) -> None:
-        """Begin sending the whole table (or queue one more run if one is going)."""
-        snapshot = snapshot or self.snapshot
-        if self._bulk is not None:
-            if self._bulk_again is None:
-                self._bulk_again = (snapshot, to_entry)
-            return
-        self.stats["bulk_runs"] += 1
-        self._bulk_base = self.seq
-        self._bulk = iter(snapshot() if snapshot is not None else ())
-        self._bulk_to_entry = to_entry or self.to_entry
-        self._bulk_first = True
-        self._bulk_entries, self._bulk_size = [], 0
-        self._bulk_tokens = self.cfg.bulk_rate * self.cfg.bulk_interval
-        self._bulk_last = now
-        # Seal the first message now, before any normal message takes a seq: a
-        # receiver may then take "seq < the BULK_START seq" to mean "covered by
-        # this bulk" (every such message was sealed before the snapshot).
-        self._run_bulk(now)
-        if self._bulk is not None and self._bulk_first:
-            self._seal_bulk(now, end=False)
-
-    def _seal_bulk(self, now: float, end: bool) -> None:
-        flags = S.F_BULK | (S.F_BULK_START if self._bulk_first else 0) | (S.F_BULK_END if end else 0)
-        self._seal(self._bulk_entries, flags, now)
-        self._bulk_first = False
-        self._bulk_entries, self._bulk_size = [], 0
-
-    def _run_bulk(self, now: float) -> None:
-        rate = self.cfg.bulk_rate
-        self._bulk_tokens = min(self._bulk_tokens + (now - self._bulk_last) * rate, self._bulk_burst)
-        self._bulk_last = now
-        it, to_entry, budget = self._bulk, self._bulk_to_entry, self.budget
-        assert it is not None       # called only while a bulk runs
-        done = object()
-        while self._bulk_tokens >= 1:
-            item: Any = next(it, done)
-            if item is done:
-                self._seal_bulk(now, end=True)
-                self._bulk = None
-                if self._bulk_again is not None:
-                    (snap, conv), self._bulk_again = self._bulk_again, None
-                    self.start_bulk(now, snap, conv)
-                return
-            self._bulk_tokens -= 1
-            entry = to_entry(item, now) if to_entry is not None else item
-            if entry is None:
-                continue
-            b = S.pack_entry(entry)
-            if self._bulk_size + len(b) > budget:
-                self._seal_bulk(now, end=False)
-            self._bulk_entries.append(b)
-            self._bulk_size += len(b)
-            self.stats["bulk_entries"] += 1

@@ -82,6 +82,8 @@ def test_an_urgent_entry_makes_the_open_message_due_at_once():
     out = s.poll(0.05)
     assert len(out) == 1 and decode(out[0]).entries == [entry(0), entry(1), entry(2)]
     s.queue(entry(3), 0.06)
+    assert s.next_deadline() == pytest.approx(0.06)                   # its repeat (urgent_repeat)
+    assert s.poll(s.next_deadline()) == out
     assert s.next_deadline() == pytest.approx(0.08)                   # back to the flush delay
 
 
@@ -691,3 +693,75 @@ def test_the_tail_probe_sends_the_last_message_once_then_heartbeats_double():
     assert s.stats["tail_probes"] == 1 and s.stats["tail_heartbeats"] == 5
     s.queue(entry(1), 2.0)                                  # not urgent: no probe
     assert len(s.poll(2.02)) == 1 and s.next_deadline() == pytest.approx(2.22)
+
+
+def test_an_urgent_message_is_sent_once_more_after_urgent_repeat_whatever_followed():
+    """Each message that carried an urgent entry goes a second time urgent_repeat after it
+    went out, whatever followed; ordinary ones never (the tail probe, off here, is below)."""
+    s = SyncSender(SyncConfig(sync_id=5, key=KEY, tail_probe=0.0), "a", epoch=1, key=KEY)
+    s.poll(0.0)
+    s.queue(entry(0), 1.0, urgent=True)
+    first = s.poll(1.0)
+    s.queue(entry(1), 1.002)                                # ordinary: the flush delay
+    s.queue(entry(2), 1.004, urgent=True)                   # joins it, and makes it urgent
+    second = s.poll(1.004)
+    assert [decode(d).seq for d in first + second] == [1, 2]
+    sent = {}
+    t = 1.004
+    while t < 1.1:
+        t = max(t, s.next_deadline())
+        for d in s.poll(t):
+            m = decode(d)
+            if m.type == S.DATA:
+                sent.setdefault(m.seq, []).append((round(t - 1.0, 3), d))
+        t += 0.0005
+    assert {seq: [at for at, _ in v] for seq, v in sent.items()} == {1: [0.01], 2: [0.014]}
+    assert sent[1][0][1] == first[0] and sent[2][0][1] == second[0]   # byte for byte
+    assert s.stats["urgent_repeats"] == 2
+    s.queue(entry(3), 2.0)                                  # ordinary alone: sent once
+    assert len(s.poll(2.02)) == 1 and s.next_deadline() == pytest.approx(2.22)
+
+
+def test_the_tail_probe_copy_stands_for_the_repeat():
+    """When the tail probe has already sent the last message again, the planned repeat
+    would be a third copy: it is not sent."""
+    s = SyncSender(CFG, "a", epoch=1, key=KEY)
+    s.poll(0.0)
+    s.queue(entry(0), 1.0, urgent=True)
+    first = s.poll(1.0)
+    assert s.poll(1.005) == first                           # the tail probe
+    out = [decode(d).type for t in (1.01, 1.012) for d in s.poll(t)]
+    assert S.DATA not in out and s.stats["urgent_repeats"] == 0
+
+
+@pytest.mark.parametrize("repeat", [0.010, 0.0])
+def test_a_lost_urgent_message_whose_nack_is_lost_too_arrives_by_its_repeat(repeat):
+    """A burst of new connections on a: the message with the first of them is lost, b
+    sees the gap at the next one and NACKs it, and the NACK is lost too.  The re-request
+    comes only nack_retry (25 ms) later, when a master killed 20 ms after the burst is
+    gone; the repeat brings the entries 10 ms after they first went out."""
+    cfg = SyncConfig(sync_id=5, key=KEY, urgent_repeat=repeat)
+    s = SyncSender(cfg, "a", epoch=1, key=KEY)
+    rec = Recorder()
+    r = SyncReceiver(cfg, "b", KEY, rec)
+    trust(r)
+    s.poll(0.0)
+    wire_to_b, nacks = [], []
+    for i in range(20):                                     # a connection a ms, each urgent
+        t = round(1.0 + i * 0.001, 6)
+        s.queue(entry(i), t, urgent=True)
+        out = s.poll(t)
+        wire_to_b += [(t, d) for d in (out if i else [])]  # the first message is lost
+    t = 1.0
+    while t < 1.020:                                        # a is killed at 20 ms
+        for d in s.poll(t):
+            wire_to_b.append((t, d))
+        for at, d in [w for w in wire_to_b if w[0] <= t]:
+            wire_to_b.remove((at, d))
+            nacks += [m for m in map(decode, r.on_datagram(d, t)) if m.type == S.NACK]
+        r.poll(t)                                           # its re-requests: lost with a
+        t = round(t + 0.0005, 6)
+    assert nacks and nacks[0].ranges == [(1, 1)]            # the gap was seen, and NACKed
+    got = {e.cport for e in rec.applied}
+    assert (entry(0).cport in got) == (repeat > 0)
+    assert got >= {entry(i).cport for i in range(1, 10)}
