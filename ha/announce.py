@@ -53,6 +53,7 @@ class Inputs:
     vips_up: frozenset[str] = frozenset()       # VIPs with at least one usable real server
     alive: frozenset[str] = frozenset()         # directors heard from (this one included)
     leaving: frozenset[str] = frozenset()       # directors draining or stopping (never adopt)
+    joining: frozenset[str] = frozenset()       # directors heard whose routes are not up yet
     node_ok: bool = True                        # tracked links up, no fault
     engine_ok: bool = True                      # the data plane runs (queue bound / rules loaded)
     synced: bool = True                         # the peers' table has arrived (or the wait ended)
@@ -106,18 +107,29 @@ def quorum(inp: Inputs) -> str:
     return "half" if 2 * heard == len(counted) else "minority"
 
 
-def adopted(inp: Inputs) -> frozenset[str]:
-    """The laddrs of dead peers that this director takes over."""
-    candidates = (inp.alive | {inp.name}) - inp.leaving
+def adopted(inp: Inputs, held: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The laddrs of dead peers that this director takes over, and of those it `held`
+    (adopted until now) the ones whose owner is back but still joining: an owner that has
+    just started announces its laddrs once it holds the table, but the router routes them
+    to it only once its BGP session is up, which can take seconds after its BIRD started;
+    given back before that, the laddr's replies would have no route at all.  Kept, both
+    announce it for a moment, which is harmless: both hold its flows (section 6 of
+    docs/cluster.md).  A joining member is never a candidate: it announces nothing yet."""
+    candidates = (inp.alive | {inp.name}) - inp.leaving - inp.joining
     if inp.name not in candidates or quorum(inp) != "majority":
         return frozenset()
-    return frozenset(a for peer, pool in inp.laddrs.items()
+    dead = frozenset(a for peer, pool in inp.laddrs.items()
                      if peer != inp.name and peer not in inp.alive
                      for a in pool if adopter(a, candidates) == inp.name)
+    back = frozenset(a for peer in inp.joining & inp.alive if peer != inp.name
+                     for a in inp.laddrs.get(peer, ()) if a in held)
+    return dead | back
 
 
-def decide(inp: Inputs, now: float, drain_since: float | None = None) -> Decision:
-    """What to announce now (the table in the module's docstring)."""
+def decide(inp: Inputs, now: float, drain_since: float | None = None,
+           held: frozenset[str] = frozenset()) -> Decision:
+    """What to announce now (the table in the module's docstring); `held`: the laddrs
+    adopted until now (see `adopted`)."""
     nothing: frozenset[str] = frozenset()
     for cond, reason in ((inp.stopping, "stopping"), (not inp.node_ok, "node unhealthy"),
                          (not inp.engine_ok, "engine not running"),
@@ -125,7 +137,7 @@ def decide(inp: Inputs, now: float, drain_since: float | None = None) -> Decisio
                          (quorum(inp) == "minority", "isolated: a minority of the members heard")):
         if cond:
             return Decision(nothing, nothing, reason)
-    adopt = nothing if inp.draining else adopted(inp)
+    adopt = nothing if inp.draining else adopted(inp, held)
     laddrs = frozenset(map(host_prefix, (*inp.laddrs.get(inp.name, ()), *adopt)))
     if inp.draining:
         since = now if drain_since is None else drain_since
@@ -173,7 +185,7 @@ class Announcer:
             self.drain_since = now
         elif not inp.draining:
             self.drain_since = None
-        d = decide(inp, now, self.drain_since)
+        d = decide(inp, now, self.drain_since, self.adopted)
         self.last = d
         actions: list = []
         gained, lost = d.adopted - self.adopted, self.adopted - d.adopted

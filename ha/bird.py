@@ -64,3 +64,19 @@ def reconfigured(output: str) -> bool:
     """Whether `birdc configure`'s output says the new config was taken
     ("Reconfigured", "Reconfiguration in progress"), not refused (a parse error)."""
     return any(w in output for w in ("Reconfigured", "Reconfiguration in progress"))
+
+
+def protocols_argv(socket_path: str) -> list[str]:
+    """The command that lists BIRD's protocols and their states."""
+    return ["birdc", "-s", socket_path, "show", "protocols"]
+
+
+def bgp_established(output: str) -> bool:
+    """Whether `birdc show protocols` lists a BGP session that is up and Established
+    (rows `NAME BGP TABLE STATE SINCE INFO`): only then does what BIRD announces reach a
+    router."""
+    for line in output.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[1] == "BGP" and cols[3] == "up" and "Established" in cols[4:]:
+            return True
+    return False

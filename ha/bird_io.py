@@ -53,3 +53,13 @@ class BirdAnnouncer:
         if cp.returncode != 0 or not bird.reconfigured(out):
             raise BirdError(f"birdc configure ({self.socket_path}): {out.strip()}")
         return out
+
+    def established(self) -> bool:
+        """Whether a BGP session of BIRD's is Established (`birdc show protocols`): what it
+        announces reaches a router.  False if BIRD does not answer."""
+        try:
+            cp = subprocess.run(bird.protocols_argv(self.socket_path), capture_output=True,
+                                text=True, timeout=self.timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return cp.returncode == 0 and bird.bgp_established(cp.stdout)

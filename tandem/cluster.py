@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ha import announce as A
+from ha.bird import host_prefix
 from ha.bird_io import BirdAnnouncer
 
 log = logging.getLogger("tandem.cluster")
@@ -45,8 +46,11 @@ CLUSTER_TICK = 0.1
 ADOPT_GRACE = 3.0
 #: the role a director's STATE message says while it stops (peers stop counting it)
 LEAVING = "leaving"
-#: the role a running cluster director's STATE message says
+#: the role a running cluster director's STATE message says once its routes are up (its
+#: BIRD took its laddrs and has a BGP session Established)
 ACTIVE = "active"
+#: the role it says before: an adopter of its laddrs keeps them meanwhile (ha/announce.py)
+JOINING = "joining"
 #: the role a draining director's STATE message says (peers never make it an adopter,
 #: and keep its laddrs its own while they hear it)
 DRAINING = "draining"
@@ -81,6 +85,9 @@ class ClusterRunner:
         self.stopping = False
         self.draining = False
         self.applied: frozenset[str] | None = None      # what BIRD took last
+        #: its own laddrs taken by BIRD with a BGP session up (once per life: a later session
+        #: flap is for the router's BFD to see)
+        self.in_place = False
         self.stats = dict.fromkeys(("steps", "announces", "bird_errors", "adopted", "given_back"), 0)
         self.last_error = ""
         self.changes: deque[dict] = deque(maxlen=20)
@@ -124,13 +131,14 @@ class ClusterRunner:
     def _peers(self) -> dict:
         return self.sync.receiver.peers if self.sync is not None else {}
 
-    def membership(self, now: float) -> tuple[frozenset[str], frozenset[str]]:
-        """(alive, leaving): members heard within the sync's liveness and not leaving
-        (this one always alive unless stopping); members that said they leave."""
+    def membership(self, now: float) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """(alive, leaving, joining): members heard within the sync's liveness and not
+        leaving (this one always alive unless stopping); members that said they leave;
+        members heard saying their routes are not up yet."""
         peers = self._peers()
         live_within = self.sync.live_within if self.sync is not None else 0.0
         grace = self.started is not None and now - self.started < ADOPT_GRACE
-        alive, leaving = {self.name}, set()
+        alive, leaving, joining = {self.name}, set(), set()
         for m in self.members:
             if m == self.name:
                 continue
@@ -143,13 +151,15 @@ class ClusterRunner:
             heard = p is not None and now - p.heard <= live_within
             if heard and p is not None and p.state is not None and p.state.role == DRAINING:
                 leaving.add(m)          # never an adopter; its laddrs stay its own while heard
+            if heard and p is not None and p.state is not None and p.state.role == JOINING:
+                joining.add(m)          # its adopter keeps its laddrs until its routes are up
             unheard = p is None or p.heard == float("-inf")
             fresh = grace or now - self._added.get(m, float("-inf")) < ADOPT_GRACE
             if heard or (fresh and unheard):
                 alive.add(m)
         if self.stopping or self.draining:
             leaving.add(self.name)
-        return frozenset(alive), frozenset(leaving)
+        return frozenset(alive), frozenset(leaving), frozenset(joining)
 
     def vips_up(self) -> frozenset[str]:
         from director.status import is_scheduled
@@ -165,9 +175,9 @@ class ClusterRunner:
         return self.started is not None and now - self.started >= self.startup_sync_wait
 
     def inputs(self, now: float) -> A.Inputs:
-        alive, leaving = self.membership(now)
+        alive, leaving, joining = self.membership(now)
         return A.Inputs(name=self.name, vips=self.vips, laddrs=self.members,
-                        vips_up=self.vips_up(), alive=alive, leaving=leaving,
+                        vips_up=self.vips_up(), alive=alive, leaving=leaving, joining=joining,
                         engine_ok=self.engine_ok(), synced=self.synced(now),
                         stopping=self.stopping, draining=self.draining,
                         own_conns=self.flows_owned().get(self.name, 0),
@@ -195,6 +205,17 @@ class ClusterRunner:
                              " ".join(sorted(a.prefixes)) or "nothing", a.reason)
             if self.applied != self.announcer.announced:
                 await self._apply(self.announcer.announced)
+            if not self.in_place and self._own_applied():
+                check = getattr(self.bird, "established", None)
+                if check is None or await asyncio.to_thread(check):
+                    self.in_place = True
+                    log.info("cluster %s: routes up (BGP session established): active",
+                             self.name)
+                    self.tell_peers()
+
+    def _own_applied(self) -> bool:
+        own = {host_prefix(a) for a in self.members.get(self.name, ())}
+        return bool(own) and self.applied is not None and own <= self.applied
 
     async def _apply(self, prefixes: frozenset[str]) -> None:
         try:
@@ -223,7 +244,9 @@ class ClusterRunner:
 
     def said(self) -> str:
         """What this director's STATE message says of it (the pair's role field)."""
-        return LEAVING if self.stopping else DRAINING if self.draining else ACTIVE
+        if self.stopping or self.draining:
+            return LEAVING if self.stopping else DRAINING
+        return ACTIVE if self.in_place else JOINING
 
     def tell_peers(self) -> None:
         """Send this director's STATE now (and repeated): the node's one announce seam
@@ -279,13 +302,15 @@ class ClusterRunner:
                              ("engine", "down"), ("node", "down")):
             if reason.startswith(prefix):
                 return word
-        return "active" if d is not None else "starting"
+        if d is None:
+            return "starting"
+        return "active" if self.in_place else "joining"
 
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict:
         now = self.clock()
-        alive, leaving = self.membership(now)
+        alive, leaving, _joining = self.membership(now)
         peers = self._peers()
         d = self.announcer.last
         owned = self.flows_owned()

@@ -175,3 +175,32 @@ def test_a_laddr_is_announced_from_one_side_of_a_partition_only(n, data):
         assert by <= side or by <= rest, (prefix, by, side)
     if 2 * max(len(side), len(rest)) > n:
         assert len(announced) == n
+
+
+def test_an_adopter_keeps_a_laddr_until_its_returning_owner_says_its_routes_are_up():
+    """b died and a adopted its laddr; b comes back (heard again) but says `joining` until
+    its BGP session is up: a keeps announcing b's laddr meanwhile (given back before, the
+    router would have no route for it), and gives it back once b says it is up.  A
+    joining member's laddrs are never newly adopted, and it is never a candidate."""
+    pools = {"a": ("198.19.42.11",), "b": ("198.19.42.12",), "c": ("198.19.42.13",)}
+    base = replace(BASE, laddrs=pools)
+    lb = "198.19.42.12"
+    holder = adopter(lb, frozenset("ac"))
+    ann = Announcer()
+    for_holder = replace(base, name=holder)
+    ann.step(replace(for_holder, alive=frozenset("ac")), 0.0)
+    assert ann.adopted == {lb}
+    back = replace(for_holder, alive=frozenset("abc"), joining=frozenset("b"))
+    assert ann.step(back, 1.0) == [] and ann.adopted == {lb}          # kept, nothing changes
+    assert f"{lb}/32" in ann.announced
+    acts = ann.step(replace(back, joining=frozenset()), 2.0)              # b's routes are up
+    assert ann.adopted == set() and acts[-1] == RemoveAddresses(frozenset({lb}))
+    # nobody takes a joining member's laddr that it did not hold
+    other = "a" if holder == "c" else "c"
+    assert adopted(replace(base, name=other, alive=frozenset("abc"), joining=frozenset("b")),
+                   frozenset()) == set()
+    # a joining member is no candidate: c's laddr, c dead, goes to the one active survivor
+    assert adopted(replace(base, name="a", alive=frozenset("ab"), joining=frozenset("b"))) \
+        == {"198.19.42.13"}
+    assert adopted(replace(base, name="b", alive=frozenset("ab"), joining=frozenset("b"))) \
+        == set()

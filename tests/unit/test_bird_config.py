@@ -117,3 +117,19 @@ def test_adapter_says_when_no_bird_listens(tmp_path):
         BirdAnnouncer(tmp_path / "announce.conf", tmp_path / "bird.ctl").apply(["198.19.41.100"])
     # the file is written all the same: BIRD reads it when it starts
     assert "198.19.41.100/32" in (tmp_path / "announce.conf").read_text()
+
+
+def test_a_bgp_session_is_established_only_when_birdc_says_so():
+    """`birdc show protocols` (BIRD 2): a cluster director says its routes are up only
+    once a BGP session is up and Established (tandem/cluster.py)."""
+    from ha.bird import bgp_established
+    head = ("BIRD 2.0.12 ready.\n"
+            "Name       Proto      Table      State  Since         Info\n"
+            "device1    Device     ---        up     15:36:47.470  \n"
+            "tandem_announce4 Static master4 up     15:36:47.470  \n")
+    assert bgp_established(head + "uplink     BGP        ---        up     15:36:48.617  Established   \n")
+    for row in ("uplink     BGP        ---        start  15:36:48.617  Active        Socket: Connection refused\n",
+                "uplink     BGP        ---        start  15:36:48.617  Connect       \n",
+                "uplink     BGP        ---        down   15:36:48.617  \n"):
+        assert not bgp_established(head + row)
+    assert not bgp_established("Unable to connect to server control socket (/run/bird/bird.ctl): No such file\n")

@@ -335,6 +335,30 @@ def free_ports_tcp(n: int) -> list[int]:
             s.close()
 
 
+async def test_a_director_says_joining_until_its_bgp_session_is_up():
+    """A director's STATE says `joining` (its peers' adopter keeps its laddrs) from its
+    start until BIRD has taken its own laddrs and reports a BGP session Established, then
+    `active`; once up it stays so (a later flap is the router's BFD's to see)."""
+    cfg = config("a", ["a"], None)
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+    bird = FakeBird()
+    session = [False]
+    bird.established = lambda: session[0]
+    runner = ClusterRunner(cfg, node.engine, None, clock=lambda: 100.0, bird=bird)
+    runner.started = 100.0
+    await runner.step()
+    assert bird.last == own("a")
+    assert runner.said() == "joining" and runner.state() == "joining"
+    await runner.step()
+    assert runner.said() == "joining"
+    session[0] = True
+    await runner.step()
+    assert runner.said() == "active" and runner.state() == "active"
+    session[0] = False
+    await runner.step()
+    assert runner.said() == "active"
+
+
 def test_pair_mode_has_no_cluster():
     doc = {"node": {"name": "a", "api": "127.0.0.1:1", "state_dir": ""},
            "services": [{"proto": "tcp", "vip": VIP, "port": 80, "laddrs": [LADDR["a"]],
