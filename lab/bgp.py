@@ -154,6 +154,12 @@ def announce(prefix: str, name: str, prefixes: list[str]) -> str:
     return BirdAnnouncer(f["announce"], f["ctl"]).apply(prefixes)
 
 
+def clear_announcements(prefix: str, name: str) -> None:
+    """Director `name`'s include says nothing (its BIRD, when it next reads it, withdraws
+    or announces nothing)."""
+    _files(prefix, name)["announce"].write_text(bird.announce_include([]))
+
+
 def start_bird(prefix: str, state: dict[str, Any], role: str, wait: float = 10.0) -> dict:
     """BIRD in the foreground inside {prefix}-{role}, recorded by PID, then waited on
     (bounded) until its control socket answers."""

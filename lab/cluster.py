@@ -315,6 +315,12 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
                 bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
             bird = procs.find(state, f"bird-{name}")
             if bird is None or not st.process_matches(bird):
+                if node_running(state, name) is None:
+                    # the include still says what the killed node announced last; a BIRD
+                    # started from it would announce the VIP and laddr before any node runs
+                    # here, and the router's share of flows would be dropped until it does
+                    # (up to 1.9 s seen): start it announcing nothing, the node writes it
+                    bgp.clear_announcements(prefix, name)
                 bgp.start_bird(prefix, state, name)
             if node_running(state, name) is None:
                 out["restarted_pid"] = start_node(prefix, state, name, wait)["pid"]
