@@ -27,15 +27,19 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from typing import Callable, Generator, Iterable, Iterator, NamedTuple
 
 from proto.flow_table import F16, MARK, VIEW, VIEW_FIELDS, VTCP, VTCP_NONE, FlowTable, Members
+from director.kernel_expiry import FlowDeadlines
 from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK, Marks
 from proto import ctnetlink as ct
 
 log = logging.getLogger("tandem.kernel_flows")
 #: entries per step of a resync done in steps (KernelFlows.resync_steps)
 RESYNC_STEP = 256
+#: s a flow retired at its deadline is remembered, for its DESTROY to count as late
+RETIRED_FOR = 60.0
 
 
 def _finish(steps: Generator[None, None, int]) -> int:
@@ -139,7 +143,14 @@ class KernelFlows:
         self.dirty: set[tuple[int, bytes, int, int]] = set()
         self.needs_resync = False
         self.stats = dict.fromkeys(("events", "new", "destroyed", "ignored", "overruns",
-                                    "resyncs", "repaired", "adopted", "watcher_errors"), 0)
+                                    "resyncs", "repaired", "adopted", "watcher_errors",
+                                    "expired", "late_destroys"), 0)
+        #: when each flow's time in conntrack runs out, as its last event or dump entry
+        #: said (director.kernel_expiry); armed only when the caller gives the time
+        self.deadlines = FlowDeadlines()
+        #: keys of flows retired at their deadline, whose DESTROY may still come (then
+        #: counted `late_destroys`, not `destroyed`): key -> when retired
+        self._retired: dict[int, float] = {}
         self._watchers: list[Callable[[ct.Message, Flow | None], None]] = []
         self._resync_watchers: list[Callable[[Members, list[ct.Conntrack]],
                                              Iterator[None] | None]] = []
@@ -165,6 +176,7 @@ class KernelFlows:
             return False
         self._count(t, row, -1)
         self.table.release(k, row, VIEW)
+        self.deadlines.disarm(k)
         return True
 
     def take_dirty(self) -> set[tuple[int, bytes, int, int]]:
@@ -183,8 +195,9 @@ class KernelFlows:
         return [tuple_of(k) for k, r in self.table.rows.items()
                 if r & VIEW and r >> MARK & F16 in idx]
 
-    def apply(self, msg: ct.Message) -> None:
-        """One event: a new flow, a change (state, mark), or its end."""
+    def apply(self, msg: ct.Message, now: float | None = None) -> None:
+        """One event: a new flow, a change (state, mark), or its end.  With `now` (the
+        time it was read), the flow's deadline is armed from the time it has left."""
         self.stats["events"] += 1
         t = msg.ct.orig
         if t is None:
@@ -195,6 +208,8 @@ class KernelFlows:
             if self._forget(t):
                 self.stats["destroyed"] += 1
                 self._tell(msg, None)
+            elif self._retired and self._retired.pop(table.find(t)[0], None) is not None:
+                self.stats["late_destroys"] += 1
             return
         fields = _fields(msg.ct)    # the kernel sends the mark in every event when it is set
         if fields is None:
@@ -210,7 +225,51 @@ class KernelFlows:
         row = old & ~VIEW_FIELDS | fields
         table.put(k, row, VIEW)
         self._count(t, row, +1)
+        if now is not None and msg.ct.timeout is not None:
+            self.deadlines.arm(k, now + msg.ct.timeout)
         self._tell(msg, _decode(row))
+
+    # -- deadlines: flows whose time ran out, asked of the kernel (director.kernel_expiry) --
+
+    def due(self, now: float) -> list[ct.Tuple]:
+        """The flows whose time in conntrack ran out by `now`, as the view last heard: the
+        caller asks the kernel which are gone and hands the answer to `checked`."""
+        rows, tuple_of = self.table.rows, self.table.tuple_of
+        self._prune_retired(now)
+        return [tuple_of(k) for k in self.deadlines.due(now) if rows.get(k, 0) & VIEW]
+
+    def checked(self, asked: Iterable[ct.Tuple], found: dict[ct.Tuple, ct.Conntrack],
+                now: float) -> int:
+        """The kernel's answer for flows `due` gave: those it still holds are armed again
+        from the time they have left; those it does not are retired from the view, as
+        their DESTROY would (and watchers hear of the end); a DESTROY that comes after is
+        counted `late_destroys`.  A flow an event re-armed meanwhile stays.  Returns how
+        many were retired."""
+        retired = 0
+        for t in asked:
+            k, row = self.table.find(t)
+            if not row & VIEW or self.deadlines.deadline(k) is not None:
+                continue
+            c = found.get(t)
+            if c is not None:
+                self.deadlines.arm(k, now + (c.timeout or 0))
+                continue
+            self._forget(t)
+            self._retired[k] = now
+            self.stats["expired"] += 1
+            retired += 1
+            family = socket.AF_INET if len(t.src) == 4 else socket.AF_INET6
+            self._tell(ct.Message(ct.MSG_DELETE, 0, 0, family,
+                                  ct.Conntrack(orig=t, mark=_mark(row))), None)
+        return retired
+
+    def _prune_retired(self, now: float) -> None:
+        """Forget retired flows whose DESTROY never came (the kernel sent it before the
+        GET's answer was read, or it was lost) after RETIRED_FOR seconds."""
+        if self._retired:
+            old = [k for k, at in self._retired.items() if at < now - RETIRED_FOR]
+            for k in old:
+                del self._retired[k]
 
     def _tell(self, msg: ct.Message, f: Flow | None) -> None:
         """The watchers, each on its own: one that fails is counted and logged and takes
@@ -228,41 +287,47 @@ class KernelFlows:
         self.stats["overruns"] += 1
         self.needs_resync = True
 
-    def resync(self, entries: Iterable[ct.Conntrack]) -> int:
+    def resync(self, entries: Iterable[ct.Conntrack], now: float | None = None) -> int:
         """Replace the view with a dump of the kernel's table; return how many flows it
-        added, removed or changed."""
-        return _finish(self.resync_steps(list(entries)))
+        added, removed or changed.  With `now` (when the dump was read), each flow's
+        deadline is armed from the time its entry has left."""
+        return _finish(self.resync_steps(list(entries), now=now))
 
-    def resync_steps(self, entries: list[ct.Conntrack],
-                     step: int = RESYNC_STEP) -> Generator[None, None, int]:
+    def resync_steps(self, entries: list[ct.Conntrack], step: int = RESYNC_STEP,
+                     now: float | None = None) -> Generator[None, None, int]:
         """The same repair as `resync`, in small steps: each next() does the work of at most
         `step` entries (director.kernel_repair runs it a slice per loop turn); returns what
         `resync` returns.  The view stays the old one until every entry is read and compared;
         then its rows change, a step at a time, and its counts are swapped in whole; the
         resync watchers' steps follow."""
-        changed = yield from self._replace(entries, step)
+        changed = yield from self._replace(entries, step, now)
         self.stats["resyncs"] += 1
         self.stats["repaired"] += changed
         return changed
 
-    def adopt(self, entries: Iterable[ct.Conntrack]) -> int:
+    def adopt(self, entries: Iterable[ct.Conntrack], now: float | None = None) -> int:
         """At start: take the flows of a dump that carry tandem's marks (a predecessor's,
         still forwarded by the kernel) as the view; return how many.  Not a repair: the
         view was empty because the node had just started, not because events were lost."""
-        _finish(self._replace(list(entries), RESYNC_STEP))
+        _finish(self._replace(list(entries), RESYNC_STEP, now))
         self.stats["adopted"] += len(self.flows)
         return len(self.flows)
 
-    def _replace(self, entries: list[ct.Conntrack], step: int) -> Generator[None, None, int]:
+    def _replace(self, entries: list[ct.Conntrack], step: int,
+                 now: float | None = None) -> Generator[None, None, int]:
         table, rows = self.table, self.table.rows
         fresh: dict[int, tuple[ct.Tuple, int]] = {}
+        left: dict[int, int] = {}           # key -> the time its entry had left
         changed = 0
         for i in range(0, len(entries), step):
             for c in entries[i:i + step]:
                 fields = _fields(c)
                 if fields is not None:
                     assert c.orig is not None       # _fields checked it
-                    fresh[table.key(c.orig)] = (c.orig, fields)
+                    k = table.key(c.orig)
+                    fresh[k] = (c.orig, fields)
+                    if c.timeout is not None:
+                        left[k] = c.timeout
             yield
         new = list(fresh.items())
         for i in range(0, len(new), step):
@@ -281,12 +346,15 @@ class KernelFlows:
                 r = rows.get(k, 0)
                 if r & VIEW and k not in fresh:
                     table.release(k, r, VIEW)
+                    self.deadlines.disarm(k)
             yield
         for i in range(0, len(new), step):
             for k, (t, fields) in new[i:i + step]:
                 row = rows.get(k, 0) & ~VIEW_FIELDS | fields
                 table.put(k, row, VIEW)
                 _tally(counts, by_service, t, fields, +1)
+                if now is not None and k in left:
+                    self.deadlines.arm(k, now + left[k])
             yield
         self.dirty |= set(self.by_service) | set(by_service)
         self.counts, self.by_service = counts, by_service

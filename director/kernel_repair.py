@@ -63,7 +63,7 @@ class Repair:
 
     def dump_done(self) -> None:
         """The whole dump is in: reconcile it with the view (in the next steps)."""
-        self._work = self.flows.resync_steps(self.entries)
+        self._work = self.flows.resync_steps(self.entries, now=self.clock())
 
     def dump_failed(self) -> None:
         """No dump: the held events go to the old view, which still needs a repair."""
@@ -91,9 +91,9 @@ class Repair:
                     self.entries = []
                     self._replaying = True
             elif self._replaying:
-                held, apply = self.held, self.flows.apply
+                held, apply, now = self.held, self.flows.apply, self.clock()
                 for _ in range(min(EVENTS_PER_CHECK, len(held))):
-                    apply(held.popleft())
+                    apply(held.popleft(), now)
                 if not held:
                     return True
             else:

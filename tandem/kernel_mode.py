@@ -49,6 +49,7 @@ from director.kernel_flows import KernelFlows, adoptable
 from proto import ctnetlink as ct
 from proto.consts import PROTOS
 from tandem.kernel_drops import DropCounters
+from tandem.kernel_expiry import ExpiryChecks
 from tandem.kernel_resync import Repairs
 from tandem.kernel_timeout_gc import TimeoutGc, generation_names
 
@@ -124,6 +125,7 @@ class KernelPath:
         self.repairs = Repairs(self.flows, kernel, clock, self.stats, lambda m: self._on_error(m), self.account)
         #: old timeout objects, deleted once no flow may use them
         self.timeout_gc = TimeoutGc(kernel, self.flows, clock, lambda m: self._on_error(m))
+        self.expiry = ExpiryChecks(kernel, self.flows, clock, self._on_error, self.account)
 
     def objects_made(self) -> int:
         """Decoded events and dump entries so far: what the node's GcFreezer counts, since
@@ -140,10 +142,12 @@ class KernelPath:
         inactive = sum(c[1] for c in flows.counts.values())
         return {"flows": len(flows.flows), "active": active, "inactive": inactive,
                 **{k: flows.stats[k] for k in ("events", "new", "destroyed", "overruns",
-                                                "resyncs", "repaired", "adopted")},
+                                                "resyncs", "repaired", "adopted", "expired",
+                                                "late_destroys")},
                 **self.stats, "counter_read_failures": self.drop_counters.failures,
                 "timeout_objects_held": self.timeout_gc.retired.held(),
                 "timeout_objects_removed": self.timeout_gc.removed,
+                "expiry_checks": self.expiry.checks, "expiry_check_failures": self.expiry.failures,
                 "drops": self.drop_counters.read()}
 
     # -- rules -------------------------------------------------------------------------------
@@ -178,10 +182,10 @@ class KernelPath:
             entries = []
         kept, conflicts = adoptable(entries, self.engine.marks)
         self.stats["adopt_conflicts"] += conflicts
-        n = self.flows.adopt(kept)
+        n = self.flows.adopt(kept, self.clock())
         held, self._held = self._held, None
         for m in held:
-            self.flows.apply(m)
+            self.flows.apply(m, self.clock())
         if n or self.stats["adopt_conflicts"]:
             log.info("start: %d kernel flows of a previous run adopted (%d with a mark that "
                      "names another binding, left out)", n, self.stats["adopt_conflicts"])
@@ -232,6 +236,7 @@ class KernelPath:
     async def stop(self) -> None:
         await self.drop_counters.stop()
         await self.timeout_gc.stop()
+        await self.expiry.stop()
         await self.repairs.stop()
         if self.loaded:
             await asyncio.to_thread(self.kernel.remove_kernel_rules)
@@ -269,7 +274,7 @@ class KernelPath:
             self._held += msgs
         else:
             for m in msgs:
-                self.flows.apply(m)
+                self.flows.apply(m, self.clock())
         if overrun:
             self.flows.overrun()
             self._want_dump = True
@@ -298,6 +303,7 @@ class KernelPath:
         if self.events is not None:
             self.on_readable()
         self.timeout_gc.poll(self.repairs.repair is not None)
+        self.expiry.poll(self.repairs.repair is not None)
 
     def _start_resync(self) -> None:
         self.repairs.start()

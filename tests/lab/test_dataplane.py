@@ -133,8 +133,10 @@ def _kernel_malformed(lab):
 
 def test_the_table_drains_to_zero_once_traffic_stops(lab):
     if lab["mode"] == "kernel":
-        # the flows end in conntrack; their DESTROY events come when its garbage
-        # collection reaps them, tens of seconds after the (short) timeouts
+        # the flows end in conntrack; the node asks for each once the time its last event
+        # gave has passed (the GET reaps an expired entry: its DESTROY follows) and retires
+        # the gone, rather than wait for conntrack's garbage collection, tens of seconds
+        # later (director.kernel_expiry); the bound allows for that collection still
         assert status(lab)["kernel"]["flows"] > 0
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
