@@ -107,6 +107,20 @@ def quorum(inp: Inputs) -> str:
     return "half" if 2 * heard == len(counted) else "minority"
 
 
+def table_arrived(peers: frozenset[str], heard: frozenset[str], answered: frozenset[str],
+                  waited: float, settle: float, wait: float) -> bool:
+    """Whether a starting director holds its peers' table, so may announce: every peer of
+    the membership has answered its request with a whole bulk; or, once `settle` seconds
+    have passed since the start (long enough for every live peer to have been heard: the
+    sync's liveness), every peer heard has, and one at least; or `wait` is over (the
+    start-up wait: peers that answer late fill their entries in as they come).  Waiting for
+    the first bulk only, a flow of a peer whose bulk had not arrived yet was scheduled as
+    new when it reached the director."""
+    if waited >= wait or (peers and peers <= answered):
+        return True
+    return waited >= settle and bool(answered) and heard <= answered
+
+
 def adopted(inp: Inputs, held: frozenset[str] = frozenset()) -> frozenset[str]:
     """The laddrs of dead peers that this director takes over, and of those it `held`
     (adopted until now) the ones whose owner is back but still joining: an owner that has

@@ -117,6 +117,9 @@ class SyncReceiver(GapRepair, EpochHandshake):
         self._held: dict[str, list[Message]] = {}   # data of an epoch being challenged
         self._ctl_seq = 0
         self._startup_want: float | None = None     # when start() last asked (no peer yet)
+        #: a cluster: the start-up asks every peer for its table, the first answer does not
+        #: end it (startup_done does)
+        self.every_peer_bulk = False
         self.lags: deque[float] = deque(maxlen=cfg.lag_samples)
         self.stats = dict.fromkeys((
             "received", "data", "heartbeats", "control", "entries_applied", "entries_skipped",
@@ -141,6 +144,15 @@ class SyncReceiver(GapRepair, EpochHandshake):
     def resync_complete(self) -> bool:
         """A bulk resync answering this node's own request has fully arrived."""
         return self.stats["bulks_answered"] > 0
+
+    def answered_by(self) -> frozenset[str]:
+        """The peers (current epochs) whose bulk answering this node's request came whole."""
+        return frozenset(n for n, p in self.peers.items() if p.answered)
+
+    def startup_done(self) -> None:
+        """With `every_peer_bulk`: the node holds the table; a peer authenticated from now
+        on is not asked for its whole table (as after a pair's first answered bulk)."""
+        self._startup_want = None
 
     # -- helpers ---------------------------------------------------------------------
 

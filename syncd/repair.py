@@ -27,7 +27,7 @@ class PeerStream:
     """What the receiver keeps of one sender's stream (its current epoch)."""
     __slots__ = ("epoch", "highest", "missing", "asked", "newest_time", "nack_due",
                  "recent", "want_after", "want_asked", "bulk_seen", "answer_start", "answer_end",
-                 "heard", "state", "state_seq", "state_at")
+                 "heard", "state", "state_seq", "state_at", "answered")
 
     def __init__(self, epoch: int, send_time: float) -> None:
         self.epoch = epoch
@@ -46,6 +46,7 @@ class PeerStream:
         self.state: Message | None = None       # its latest STATE (role, priority, ...)
         self.state_seq = 0
         self.state_at = 0.0                     # when that arrived
+        self.answered = False                   # a bulk answering our request came whole
 
 
 class GapRepair:
@@ -54,6 +55,7 @@ class GapRepair:
     node_id: str
     stats: dict[str, int]
     peers: dict[str, PeerStream]
+    every_peer_bulk: bool
     _startup_want: float | None
     _control: Callable[..., bytes]
     _resync_request: Callable[[float, "str | None"], bytes]
@@ -93,8 +95,10 @@ class GapRepair:
         if peer.missing and next(iter(peer.missing)) <= peer.answer_end:
             return
         peer.answer_start = peer.answer_end = 0
+        peer.answered = True
         self.stats["bulks_answered"] += 1
-        self._startup_want = None
+        if not self.every_peer_bulk:    # a pair: its one peer's table is the table
+            self._startup_want = None
 
     def _gap(self, node: str, peer: PeerStream, upto: int, now: float) -> list[bytes]:
         """Seqs highest+1..upto are missing: record them and NACK them at once."""

@@ -81,6 +81,9 @@ class ClusterRunner:
                                                                 cc.bird_socket)
         self.announcer = A.Announcer()
         self.startup_sync_wait = cfg.ha.startup_sync_wait if cfg.ha else 0.0
+        self._synced = sync is None                      # latched: the table arrived once
+        if sync is not None and hasattr(sync, "want_every_peer_bulk"):
+            sync.want_every_peer_bulk()
         self.started: float | None = None
         self.stopping = False
         self.draining = False
@@ -170,9 +173,23 @@ class ClusterRunner:
         return frozenset(up)
 
     def synced(self, now: float) -> bool:
-        if self.sync is None or self.sync.bulk_done:
+        """Whether this director holds its peers' table (ha/announce.table_arrived: every
+        live peer's bulk, or the start-up wait over); once true, true for good."""
+        if self._synced:
             return True
-        return self.started is not None and now - self.started >= self.startup_sync_wait
+        if self.started is None:
+            return False
+        live_within = self.sync.live_within
+        peers = frozenset(self.members) - {self.name}
+        heard = frozenset(m for m, p in self._peers().items()
+                          if m in peers and now - p.heard <= live_within)
+        if A.table_arrived(peers, heard, self.sync.answered_by(), now - self.started,
+                           live_within, self.startup_sync_wait):
+            self._synced = True
+            self.sync.startup_done()
+            log.info("cluster %s: the peers' table arrived (from %s)", self.name,
+                     " ".join(sorted(self.sync.answered_by())) or "none: the start-up wait ended")
+        return self._synced
 
     def inputs(self, now: float) -> A.Inputs:
         alive, leaving, joining = self.membership(now)

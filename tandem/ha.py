@@ -101,6 +101,17 @@ class SyncLink:
         (an older or replayed bulk does not count)."""
         return self.receiver.resync_complete
 
+    def answered_by(self) -> frozenset[str]:
+        """The peers whose bulk answering this node's start-up request came whole."""
+        return self.receiver.answered_by()
+
+    def want_every_peer_bulk(self) -> None:
+        """A cluster: the start-up wants every peer's table, until `startup_done`."""
+        self.receiver.every_peer_bulk = True
+
+    def startup_done(self) -> None:
+        self.receiver.startup_done()
+
     def carry_overrides(self, entries: Callable[[], list[list]],
                         apply: Callable[[str, list[list]], None]) -> None:
         """Carry the operator's overrides to and from the peer (syncd.overrides)."""

@@ -204,3 +204,22 @@ def test_an_adopter_keeps_a_laddr_until_its_returning_owner_says_its_routes_are_
         == {"198.19.42.13"}
     assert adopted(replace(base, name="b", alive=frozenset("ab"), joining=frozenset("b"))) \
         == set()
+
+
+def test_a_starting_director_waits_for_every_live_peers_table():
+    """table_arrived: every member's bulk arrived -> at once; past the settle time (every
+    live peer heard by then) -> when every peer heard has answered, one at least; the
+    start-up wait over -> whatever arrived.  The first bulk alone is not the table."""
+    from ha.announce import table_arrived
+    peers = frozenset("bc")
+    f = lambda heard, answered, waited: table_arrived(peers, frozenset(heard), frozenset(answered),
+                                                      waited, settle=0.6, wait=1.0)
+    assert f("bc", "bc", 0.01)                      # everyone's table: go
+    assert not f("bc", "b", 0.01)                   # the first bulk only: wait
+    assert not f("bc", "b", 0.7)                    # c heard, its bulk not whole yet
+    assert not f("b", "b", 0.3)                     # c not heard yet, but may be alive
+    assert f("b", "b", 0.7)                         # c silent past the settle: b's will do
+    assert not f("", "", 0.7)                       # nobody answered: the wait decides
+    assert f("bc", "", 1.0) and f("", "", 1.0)      # the start-up wait over
+    assert table_arrived(frozenset(), frozenset(), frozenset(), 0.0, 0.6, 1.0) is False
+    assert table_arrived(frozenset(), frozenset(), frozenset(), 1.0, 0.6, 1.0)

@@ -274,7 +274,10 @@ async def test_a_director_joins_through_a_reload_of_the_others(tmp_path):
         await until(lambda: all(birds[n].last == own(n) for n in "ab"), "a and b announce")
         syn = nodes["a"].engine.handle(tcp(CLIENT, VIP, 40001, 80, "S", seq=1000), nodes["a"].clock())
         assert IP(syn).src == LADDR["a"]
-        await until(lambda: nodes["b"].cluster.status()["flows_foreign"] == 1, "a's flow at b")
+        syn = nodes["b"].engine.handle(tcp(CLIENT, VIP, 40003, 80, "S", seq=1000), nodes["b"].clock())
+        assert IP(syn).src == LADDR["b"]
+        await until(lambda: all(nodes[n].cluster.status()["flows_foreign"] == 1 for n in "ab"),
+                    "a's flow at b, b's at a")
         await asyncio.sleep(ADOPT_GRACE)           # past a's and b's own start-up grace
 
         for n in "ab":
@@ -288,8 +291,11 @@ async def test_a_director_joins_through_a_reload_of_the_others(tmp_path):
                           edges=Edges(kernel=kernels["c"], bird=birds["c"]))
         await nodes["c"].start()
         await until(lambda: birds["c"].last == own("c"), "c announces its own")
-        # the table came first: a's connection was at c by the time c announced
-        assert nodes["c"].cluster.status()["members"]["a"]["flows"] == 1
+        # the table came first, every peer's: a's and b's connections were at c by the
+        # time c announced, each from its owner's bulk
+        st = nodes["c"].cluster.status()["members"]
+        assert (st["a"]["flows"], st["b"]["flows"]) == (1, 1), st
+        assert nodes["c"].sync.answered_by() == {"a", "b"}
         syn = nodes["c"].engine.handle(tcp(CLIENT, VIP, 40002, 80, "S", seq=1000), nodes["c"].clock())
         assert IP(syn).src == LADDR["c"]
         await until(lambda: all(nodes[n].cluster.status()["members"]["c"]["flows"] == 1
