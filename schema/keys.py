@@ -269,9 +269,11 @@ SYNC = section("sync", "connection sync to the peer", restart=True, keys=[
             "there. 0 = off"),
     Key("resend_window", int, 4096, unit="messages", lo=1,
         doc="messages kept for answering NACKs. Beyond this, a bulk resync is sent"),
-    Key("resend_holdoff", float, 0.020, unit="s", lo=0.0,
-        doc="the same message is not re-sent twice within this long (below `nack_retry`, "
-            "so the peer's quick retry is answered)"),
+    Key("resend_holdoff", float, 0.005, unit="s", lo=0.0,
+        doc="the same message is not re-sent twice within this long (two NACKs for one loss "
+            "crossing). Well below `nack_retry`: the peer times its quick retry from its NACK, "
+            "this node its holdoff from its answer, and a master busy with a burst answered "
+            "10 ms late, so a 20 ms holdoff refused the retry of a lost resend"),
     Key("resend_per_nack", int, 256, unit="messages", lo=1,
         doc="at most this many messages are re-sent for one NACK; the peer asks again for "
             "the rest"),

@@ -116,7 +116,7 @@ def test_nacks_are_answered_with_the_stored_datagrams_byte_for_byte():
     # a replay of that NACK is refused; the same seq again too soon is held off
     assert s.on_message(nack([(2, 3)]), 5.0) == []
     assert s.stats["control_replayed"] == 1
-    assert s.on_message(nack([(2, 2)], seq=2), 5.01) == []
+    assert s.on_message(nack([(2, 2)], seq=2), 5.003) == []
     assert s.on_message(nack([(2, 2)], seq=3), 5.05) == [sent[1]]
     # not for us: another target or another epoch of ours
     assert s.on_message(nack([(2, 2)], target="c", seq=4), 6.0) == []
@@ -258,7 +258,7 @@ def test_gaps_are_nacked_at_once_then_re_requested_then_abandoned_for_a_resync()
 
 def test_a_fresh_gap_is_asked_for_again_soon_then_at_doubling_intervals():
     """A NACK or its resend lost in the last tens of ms before the sender dies: the gap is
-    asked for again 25 ms after the first NACK (above the sender's 20 ms resend holdoff),
+    asked for again 25 ms after the first NACK (above the sender's 5 ms resend holdoff),
     then 50, 100 ms after it (nack_interval from then on), not only 50 ms later."""
     r = SyncReceiver(CFG, "b", KEY, Recorder())
     trust(r)
@@ -765,3 +765,16 @@ def test_a_lost_urgent_message_whose_nack_is_lost_too_arrives_by_its_repeat(repe
     got = {e.cport for e in rec.applied}
     assert (entry(0).cport in got) == (repeat > 0)
     assert got >= {entry(i).cport for i in range(1, 10)}
+
+
+def test_a_retry_of_a_lost_resend_is_answered_even_when_the_first_answer_was_late():
+    """The peer asks again nack_retry (25 ms) after its NACK; this node's holdoff runs from
+    its own resend.  A master busy with a burst answered the NACK 10 ms late, the resend
+    was lost, and the retry came 15 ms after it: it must be answered, not held off."""
+    s = SyncSender(CFG, "a", epoch=1, key=KEY)
+    s.poll(0.0)
+    s.queue(entry(0), 1.0, urgent=True)
+    first = s.poll(1.0)
+    assert s.on_message(nack([(1, 1)], seq=1), 1.011) == first     # NACKed at 1.001, late
+    assert s.on_message(nack([(1, 1)], seq=2), 1.026) == first     # its retry, 25 ms on
+    assert s.stats["resends"] == 2 and s.stats["resends_held_off"] == 0
