@@ -41,6 +41,9 @@ BATCH = 256                         # packets per wake-up (~3 ms) before other w
 #: s, the most one wake-up spends on queued packets before other work (conntrack events,
 #: sync, VRRP) runs; the packet under way is finished, so a turn may run one packet over
 TURN_BUDGET = 0.002
+#: packets per call of serve_pending: another reader's turn looks at the queue between its
+#: slices of work, and takes what waited then, bounded like its own turn
+PENDING_BATCH = 32
 #: bytes of each queued packet the kernel copies to us: the most it can (NFQNL_MAX_COPY_RANGE:
 #: a netlink attribute's 16-bit length less its 4-byte header).  Every packet up to 65,531
 #: bytes arrives whole; the 4 largest sizes IPv4 allows (UDP payloads of 65,504 to 65,507
@@ -152,6 +155,19 @@ class QueueAdapter:
         self._budget.until = self._now + TURN_BUDGET
         assert self._nfq is not None        # readable only between start() and stop()
         # the stub wants a socket; run_socket only calls recv(), which _Budget provides
+        self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
+
+    def serve_pending(self, limit: int = PENDING_BATCH) -> None:
+        """The packets queued now, at most `limit`, verdicted from another reader's turn:
+        the conntrack event reader calls it before each slice of events (tandem.kernel_mode,
+        director.turn_slices), so a first packet that arrives meanwhile does not wait for
+        the whole batch of events.  Costs one recv that fails (EAGAIN) when none waits.
+        Nothing before start() or after stop()."""
+        if self._nfq is None:
+            return
+        self._now = self._clock()
+        self._budget.left = limit
+        self._budget.until = self._now + TURN_BUDGET
         self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
 
     def _on_packet(self, pkt) -> None:

@@ -8,9 +8,10 @@ This module keeps three promises around that:
   engine can hand it out: the bindings (real server, port, laddr; the sorry server too)
   are made from the config and loaded before the config reaches the engine (start and
   reload);
-- the flows are followed from conntrack events (director.ct_events) into a
-  `KernelFlows` view (director.kernel_flows), read on the event loop at most
-  `ct_events.BATCH` datagrams per wake-up; the socket is bound before the rules load
+- the flows are followed from conntrack events (director.ct_events) into a `KernelFlows`
+  view (director.kernel_flows), read on the event loop at most 64 datagrams or 2 ms per
+  wake-up, in slices with the queued first packets served before each (director.turn_slices);
+  the socket is bound before the rules load
   (the kernel sends no event for a flow created while nobody listened).  A lost event
   (ENOBUFS) is counted and repaired by a dump (tandem.kernel_resync: read and reconciled
   on the loop a slice per turn, overruns soon after a repair coalesced into the next one);
@@ -32,6 +33,9 @@ Two more things an operator relies on:
   from the start;
 - the table's drop counters (invalid, untranslated: kernel_rules.DROP_COUNTERS) are read
   when someone reads them (tandem.kernel_drops).
+
+Size: one adapter keeping three promises that share the view, the pending counts and the
+event reader; repairs, drop counters, timeout objects and expiry checks are modules apart.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from director import kernel_rules as KR
 from director.config import NodeConfig, ServiceConfig
 from director.engine import Engine
 from director.kernel_flows import KernelFlows, adoptable
+from director.turn_slices import Slices
 from proto import ctnetlink as ct
 from proto.consts import PROTOS
 from tandem.kernel_drops import DropCounters
@@ -107,6 +112,8 @@ class KernelPath:
         self.flows = KernelFlows()
         self.flows.watch(self._seen)
         self.events: Any = None
+        #: the event reader's turns; the node sets `urgent` (queued first packets first)
+        self.slices = Slices(lambda: None, clock)
         self.loaded = False
         self.stats = dict.fromkeys(("event_batches", "dump_repairs", "dump_failures",
                                     "deleted", "read_errors", "adopt_conflicts",
@@ -262,12 +269,25 @@ class KernelPath:
             self._start_resync()
 
     def _read_once(self) -> None:
+        self.stats["event_batches"] += 1
+        self.slices.run(self._read_slice)
+        if getattr(self.events, "empty", True):
+            self.timeout_gc.read_empty()
+        if self._want_dump and getattr(self.events, "empty", True):
+            # only now: until its queue is read empty the kernel drops every event for it (no
+            # further ENOBUFS), and a dump taken before would miss those (test_kernel_overrun)
+            self._want_dump = False
+            self._start_resync()
+        self.account()
+
+    def _read_slice(self, limit: int) -> bool:
+        """At most `limit` datagrams of events, applied (or held during a dump); whether
+        more wait in the socket."""
         try:
-            msgs, overrun = self.events.read()
+            msgs, overrun = self.events.read(limit)
         except OSError as exc:
             self._on_error(f"conntrack events: {exc}")
             msgs, overrun = [], True
-        self.stats["event_batches"] += 1
         if self.repairs.repair is not None:
             self.repairs.repair.hold(msgs)
         elif self._held is not None:
@@ -279,14 +299,8 @@ class KernelPath:
             self.flows.overrun()
             self._want_dump = True
             self._rearm()
-        if getattr(self.events, "empty", True):
-            self.timeout_gc.read_empty()
-        if self._want_dump and getattr(self.events, "empty", True):
-            # only now: until its queue is read empty the kernel drops every event for it (no
-            # further ENOBUFS), and a dump taken before would miss those (test_kernel_overrun)
-            self._want_dump = False
-            self._start_resync()
-        self.account()
+            return False
+        return not getattr(self.events, "empty", True)
 
     def _rearm(self) -> None:
         """Register the reader again.  An overrun leaves an error on the socket (POLLERR)

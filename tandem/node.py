@@ -150,6 +150,8 @@ class Node:
         self.vrrp: VrrpRunner | None = None
         #: kernel-mode services: their rules, the conntrack event feed, the accounting
         self.kernel_path = KernelPath(self.engine, edges.kernel, cfg.queue, clock=clock)
+        # the queued first packets before each slice of conntrack events (director.turn_slices)
+        self.kernel_path.slices.urgent = getattr(self.adapter, "serve_pending", lambda: None)
         self.freezer = GcFreezer(self.engine, self.kernel_path.objects_made)
         #: sync of kernel-mode flows: sent from events, injected into conntrack on the peer
         self.kernel_sync = attach_kernel_sync(self.engine, self.kernel_path, self.sync,

@@ -26,6 +26,7 @@ class FakeQueue:
         self._ours, self.feed = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.feed.setblocking(False)
         self.verdicts: list[tuple[str, bytes]] = []
+        self.marks: list[int] = []      # the marks set on verdicts, in order
         self.bound = True
 
     def get_fd(self) -> int:
@@ -54,6 +55,9 @@ class _FakePacket:
 
     def set_payload(self, data: bytes) -> None:
         self.data = data
+
+    def set_mark(self, mark: int) -> None:      # kernel mode: the verdict carries a mark
+        self.q.marks.append(mark)
 
     def accept(self) -> None:
         self.q.verdicts.append(("accept", self.data))

@@ -272,3 +272,41 @@ def test_a_handed_over_flow_whose_event_never_comes_stops_counting():
         finally:
             await node.stop()
     asyncio.run(go())
+
+
+def test_a_queued_first_packet_is_verdicted_before_the_events_read_in_the_same_turn():
+    """The event reader serves the queue before each slice of events
+    (director.turn_slices): a SYN that waits while events are read is verdicted before
+    them, not after the whole batch.  Real QueueAdapter on the fake kernel's queue."""
+    from director.turn_slices import SLICE
+
+    async def go():
+        kernel = FakeKernel()
+        node = Node(parse(doc(), "k.toml"), edges=Edges(kernel=kernel))
+        await node.start()
+        try:
+            path = node.kernel_path
+            m0 = node.engine.marks.mark_for(RS[0], 8080, KLADDR)
+            ev, q = kernel.events[0], kernel.queues[0]
+            for p in range(3 * SLICE):
+                ev.push([event("new", 1000 + p, m0, ct.TCP_CT_SYN_SENT)])
+            q.feed.send(tcp(CLIENT, KVIP, 40000, 80, "S"))
+            looks: list[tuple[int, int]] = []   # (events applied, verdicts) at each look
+            serve = path.slices.urgent
+
+            def urgent() -> None:
+                applied = path.flows.stats["events"]
+                serve()
+                looks.append((applied, len(q.verdicts)))
+            path.slices.urgent = urgent
+            path.on_readable()              # one turn of the event reader, as the loop calls it
+            return looks, q, path.flows.stats["events"]
+        finally:
+            await node.stop()
+
+    looks, q, applied = asyncio.run(go())
+    # the SYN went first, with its mark, before any event of the turn
+    assert len(q.verdicts) == 1 and q.verdicts[0][0] == "accept" and len(q.marks) == 1
+    assert looks[0] == (0, 1) and applied >= SLICE
+    # then a look before every slice (how many slices fit the turn's 2 ms is the box's)
+    assert looks == [(SLICE * i, 1) for i in range(len(looks))]
