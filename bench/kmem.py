@@ -96,14 +96,15 @@ def views(now: float) -> tuple[KernelFlows, KernelSyncSource]:
     return flows, src
 
 
-def fill(flows: KernelFlows, n: int, events: Events, start: int = 0) -> float:
-    """Feed n flows' events; seconds taken."""
+def fill(flows: KernelFlows, n: int, events: Events, start: int = 0, now: float = 1000.0) -> float:
+    """Feed n flows' events, each with the time it is read, as the node does (it arms the
+    flow's deadline from the time its entry has left); seconds taken."""
     decode, apply = ct.decode, flows.apply
     t0 = time.perf_counter()
     for i in range(start, start + n):
         for datagram in events.of(i):
             for msg in decode(datagram):
-                apply(msg)
+                apply(msg, now)
     return time.perf_counter() - t0
 
 

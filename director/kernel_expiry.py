@@ -1,82 +1,96 @@
 """When each kernel flow's time in conntrack runs out, as the view last heard it.
 
 conntrack expires an entry when its timeout passes, but says so (the DESTROY event) only
-when its garbage collection reaps it, tens of seconds later (the lab measured 35-40 s);
-until then the view counted the flow inactive on its real server (lc/wlc read that) and
-in /status.  Every event and dump entry carries the time the entry has left
-(CTA_TIMEOUT), so the view knows each flow's deadline as of its last event.  Packets
-without an event (data on an ESTABLISHED flow, a UDP flow's datagrams) push the kernel's
-deadline on unseen, so a deadline passed is a question for the kernel, not an answer:
-the node asks for the flows that are due (a conntrack GET, which also reaps an entry
-that has expired, so its DESTROY comes at once), retires those gone and re-arms the
-others from the time they have left (director.kernel_flows.KernelFlows.checked).
+when its garbage collection reaps it, tens of seconds later; until then the view counted
+the flow inactive on its real server (lc/wlc read that) and in /status.  Every event and
+dump entry carries the time the entry has left (CTA_TIMEOUT), so the view knows each
+flow's deadline as of its last event.  Packets without an event (data on an ESTABLISHED
+flow, a UDP flow's datagrams) push the kernel's deadline on unseen, so a deadline passed
+is a question for the kernel, not an answer: the node asks for the flows that are due (a
+conntrack GET, which also reaps an entry that has expired, so its DESTROY comes at once),
+retires those gone and re-arms the others from the time they have left
+(director.kernel_flows.KernelFlows.checked).
 
-`FlowDeadlines` is the timer wheel of that, sans-IO with time injected: one slot per
-TICK seconds, each a list of flow keys (proto.flow_table's int keys), and one dict key ->
-(deadline, slot).  A later deadline only rewrites the dict (the key is filed again when
-its old slot comes due), an earlier one files the key again, as director.timer does for
-the engine's table; no task or timer per flow.
+`FlowDeadlines` is the timer wheel of that, sans-IO with time injected: one slot per TICK
+seconds.  A flow's deadline is a field of its row in the shared proto.flow_table
+(VDEADLINE: its slot + 1, 0 when not armed), so it costs no object per flow, and each
+slot is an array of the keys filed in it (8 bytes a key; the long keys of IPv6 flows go
+to a list).  A later deadline only rewrites the field (the key is filed again when its
+old slot comes due), an earlier one files the key again, as director.timer does for the
+engine's table; a filing whose slot no longer matches the field is stale and skipped.  No
+task or timer per flow.
 """
 from __future__ import annotations
 
 import math
+from array import array
+from itertools import chain
 from typing import Iterable
+
+from proto.flow_table import DEADLINE_BITS, F32, VDEADLINE, VIEW
 
 #: s, the width of a slot: a flow is looked at no later than this after its deadline
 TICK = 1.0
+_SHORT = 1 << 63            # keys below this fit an array('q') slot
 
 
 class FlowDeadlines:
-    def __init__(self, start: float = 0.0) -> None:
-        #: key -> (deadline, the slot it is filed in)
-        self.deadlines: dict[int, tuple[float, int]] = {}
-        self._slots: dict[int, list[int]] = {}
+    """Deadlines of the view's rows (`rows`: proto.flow_table.FlowTable.rows)."""
+
+    def __init__(self, rows: dict[int, int], start: float = 0.0) -> None:
+        self.rows = rows
+        self._short: dict[int, array] = {}
+        self._long: dict[int, list[int]] = {}
         self._next = math.floor(start / TICK)
 
-    def __len__(self) -> int:
-        return len(self.deadlines)
-
-    def _file(self, key: int, deadline: float) -> None:
-        slot = max(math.ceil(deadline / TICK), self._next)
-        self.deadlines[key] = (deadline, slot)
-        self._slots.setdefault(slot, []).append(key)
+    def _file(self, key: int, slot: int) -> None:
+        if 0 <= key < _SHORT:
+            a = self._short.get(slot)
+            if a is None:
+                a = self._short[slot] = array("q")
+            a.append(key)
+        else:
+            self._long.setdefault(slot, []).append(key)
 
     def arm(self, key: int, deadline: float) -> None:
-        """Flow `key` runs out at `deadline` (seconds, the clock of `due`)."""
-        had = self.deadlines.get(key)
-        if had is not None and math.ceil(deadline / TICK) >= had[1]:
-            self.deadlines[key] = (deadline, had[1])     # re-filed when its slot comes due
-        else:
-            self._file(key, deadline)
+        """The view's flow `key` runs out at `deadline` (seconds, the clock of `due`)."""
+        row = self.rows.get(key, 0)
+        if not row & VIEW:
+            return
+        slot = max(math.ceil(deadline / TICK), self._next)
+        had = row >> VDEADLINE & F32
+        if not had or had - 1 > slot:
+            self._file(key, slot)
+        self.rows[key] = row & ~DEADLINE_BITS | (slot + 1) << VDEADLINE
 
-    def disarm(self, key: int) -> None:
-        self.deadlines.pop(key, None)
+    def armed(self, key: int) -> bool:
+        return bool(self.rows.get(key, 0) & DEADLINE_BITS)
 
-    def deadline(self, key: int) -> float | None:
-        had = self.deadlines.get(key)
-        return None if had is None else had[0]
+    def filed(self) -> int:
+        """Filings held (live and stale): what the wheel costs beyond the rows."""
+        return sum(map(len, self._short.values())) + sum(map(len, self._long.values()))
 
     def due(self, now: float) -> list[int]:
-        """The keys whose deadline is <= now, each taken out (arm it again to keep it)."""
+        """The keys whose deadline is <= now, each disarmed (arm it again to keep it)."""
         target = math.floor(now / TICK)
         if target < self._next:
             return []
-        slots = self._slots
         visit: Iterable[int]
-        if target - self._next > len(slots):
-            visit = sorted(s for s in slots if s <= target)
+        if target - self._next > len(self._short) + len(self._long):
+            visit = sorted(s for s in self._short.keys() | self._long.keys() if s <= target)
         else:
             visit = range(self._next, target + 1)
         self._next = target + 1
-        out = []
+        rows, out = self.rows, []
         for slot in visit:
-            for key in slots.pop(slot, ()):
-                had = self.deadlines.get(key)
-                if had is None or had[1] != slot:
-                    continue                    # disarmed, or filed again earlier
-                if had[0] <= now:
-                    del self.deadlines[key]
+            for key in chain(self._short.pop(slot, ()), self._long.pop(slot, ())):
+                row = rows.get(key, 0)
+                at = (row >> VDEADLINE & F32) - 1
+                if not row & VIEW or at < slot:
+                    continue                    # gone, disarmed, or a stale filing
+                if at <= target:
+                    rows[key] = row & ~DEADLINE_BITS
                     out.append(key)
                 else:
-                    self._file(key, had[0])
+                    self._file(key, at)
         return out

@@ -30,7 +30,8 @@ import logging
 import socket
 from typing import Callable, Generator, Iterable, Iterator, NamedTuple
 
-from proto.flow_table import F16, MARK, VIEW, VIEW_FIELDS, VTCP, VTCP_NONE, FlowTable, Members
+from proto.flow_table import (DEADLINE_BITS, F16, MARK, VIEW, VIEW_FIELDS, VTCP, VTCP_NONE,
+                              FlowTable, Members)
 from director.kernel_expiry import FlowDeadlines
 from director.kernel_rules import MARK_BASE, MARK_PREFIX_MASK, Marks
 from proto import ctnetlink as ct
@@ -38,8 +39,12 @@ from proto import ctnetlink as ct
 log = logging.getLogger("tandem.kernel_flows")
 #: entries per step of a resync done in steps (KernelFlows.resync_steps)
 RESYNC_STEP = 256
-#: s a flow retired at its deadline is remembered, for its DESTROY to count as late
-RETIRED_FOR = 60.0
+#: s a flow retired at its deadline is remembered, for its DESTROY to count as late (it
+#: comes within milliseconds: the GET that found the entry gone had reaped it, or the
+#: garbage collection had, and sent it before)
+RETIRED_FOR = 5.0
+#: the view's fields an event or a dump entry gives (its deadline is kept across them)
+_GIVEN = VIEW_FIELDS & ~DEADLINE_BITS
 
 
 def _finish(steps: Generator[None, None, int]) -> int:
@@ -147,7 +152,7 @@ class KernelFlows:
                                     "expired", "late_destroys"), 0)
         #: when each flow's time in conntrack runs out, as its last event or dump entry
         #: said (director.kernel_expiry); armed only when the caller gives the time
-        self.deadlines = FlowDeadlines()
+        self.deadlines = FlowDeadlines(self.table.rows)
         #: keys of flows retired at their deadline, whose DESTROY may still come (then
         #: counted `late_destroys`, not `destroyed`): key -> when retired
         self._retired: dict[int, float] = {}
@@ -175,8 +180,7 @@ class KernelFlows:
         if not row & VIEW:
             return False
         self._count(t, row, -1)
-        self.table.release(k, row, VIEW)
-        self.deadlines.disarm(k)
+        self.table.release(k, row, VIEW)          # its deadline goes with the view's fields
         return True
 
     def take_dirty(self) -> set[tuple[int, bytes, int, int]]:
@@ -222,7 +226,7 @@ class KernelFlows:
             self._count(t, old, -1)
         else:
             self.stats["new"] += 1
-        row = old & ~VIEW_FIELDS | fields
+        row = old & ~_GIVEN | fields
         table.put(k, row, VIEW)
         self._count(t, row, +1)
         if now is not None and msg.ct.timeout is not None:
@@ -248,7 +252,7 @@ class KernelFlows:
         retired = 0
         for t in asked:
             k, row = self.table.find(t)
-            if not row & VIEW or self.deadlines.deadline(k) is not None:
+            if not row & VIEW or self.deadlines.armed(k):
                 continue
             c = found.get(t)
             if c is not None:
@@ -264,12 +268,14 @@ class KernelFlows:
         return retired
 
     def _prune_retired(self, now: float) -> None:
-        """Forget retired flows whose DESTROY never came (the kernel sent it before the
-        GET's answer was read, or it was lost) after RETIRED_FOR seconds."""
-        if self._retired:
-            old = [k for k, at in self._retired.items() if at < now - RETIRED_FOR]
-            for k in old:
-                del self._retired[k]
+        """Forget retired flows whose DESTROY did not come after them (read before the
+        GET's answer, or lost) after RETIRED_FOR seconds; oldest first, as they came."""
+        retired = self._retired
+        while retired:
+            k, at = next(iter(retired.items()))
+            if at >= now - RETIRED_FOR:
+                break
+            del retired[k]
 
     def _tell(self, msg: ct.Message, f: Flow | None) -> None:
         """The watchers, each on its own: one that fails is counted and logged and takes
@@ -332,7 +338,7 @@ class KernelFlows:
         new = list(fresh.items())
         for i in range(0, len(new), step):
             changed += sum(1 for k, (_, fields) in new[i:i + step]
-                           if rows.get(k, 0) & VIEW_FIELDS != fields)
+                           if rows.get(k, 0) & _GIVEN != fields)
             yield
         gone = [(k, r) for k, r in rows.items() if r & VIEW and k not in fresh]
         changed += len(gone)
@@ -346,11 +352,10 @@ class KernelFlows:
                 r = rows.get(k, 0)
                 if r & VIEW and k not in fresh:
                     table.release(k, r, VIEW)
-                    self.deadlines.disarm(k)
             yield
         for i in range(0, len(new), step):
             for k, (t, fields) in new[i:i + step]:
-                row = rows.get(k, 0) & ~VIEW_FIELDS | fields
+                row = rows.get(k, 0) & ~_GIVEN | fields
                 table.put(k, row, VIEW)
                 _tally(counts, by_service, t, fields, +1)
                 if now is not None and k in left:

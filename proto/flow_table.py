@@ -12,7 +12,8 @@ table keeps each flow as one dict slot whose key and value are plain ints:
   SERVICE_IDS) takes the long form, every field of the tuple.  `key(t)` and `tuple_of(k)`
   go both ways; a given tuple always packs the same way, since service ids are never
   given back.
-- the value packs both views' fields (the layout below), under 180 bits: a 48-byte int.
+- the value packs both views' fields (the layout below), under 210 bits: a 52-byte int
+  (56 with the allocator's rounding).
   Each view owns a bit (VIEW, SOURCE): a row lives while either holds it, so the end of a
   flow can reach both views in either order.
 
@@ -42,8 +43,12 @@ MARK = 37                               # the mark's index (mark & 0xFFFF, 16 bi
 BINDING = 53                            # interned (laddr, real server, port), 24 bits
 END = 77                                # sync_endtime in jiffies (48 bits)
 DUE = 125                               # refresh due time in µs + 1 (52 bits; 0: none)
+VDEADLINE = 177                         # the view's deadline slot + 1 (32 bits; 0: none)
 F4, F16, F24, F48, F52 = 0xF, 0xFFFF, 0xFFFFFF, (1 << 48) - 1, (1 << 52) - 1
-VIEW_FIELDS = VIEW | 0xFF << VTCP | F16 << MARK
+F32 = (1 << 32) - 1
+#: the view's deadline (director.kernel_expiry), a field of the view's own
+DEADLINE_BITS = F32 << VDEADLINE
+VIEW_FIELDS = VIEW | 0xFF << VTCP | F16 << MARK | DEADLINE_BITS
 SOURCE_FIELDS = ~(VIEW_FIELDS)
 
 

@@ -10,6 +10,7 @@ from director.engine import Engine
 from director.kernel_expiry import TICK, FlowDeadlines
 from director.kernel_flows import KernelFlows
 from proto import ctnetlink as ct
+from proto.flow_table import SOURCE, VIEW
 from tandem.kernel_mode import KernelPath
 from tests.fake_kernel import FakeKernel
 from tests.helpers import CLIENT, VIP
@@ -18,18 +19,26 @@ from tests.unit.test_kernel_mode import kernel_config
 
 
 def test_the_wheel_gives_each_key_once_at_its_latest_deadline():
-    w = FlowDeadlines()
+    """Deadlines live in the view's rows; the slots hold keys (IPv6 flows' long keys too)."""
+    rows = {k: VIEW for k in (1, 2, 3, 4)}
+    long_key = 1 << 70
+    rows[long_key] = VIEW | SOURCE
+    w = FlowDeadlines(rows)
     w.arm(1, 5.0)
     w.arm(2, 5.0)
     w.arm(3, 30.0)
+    w.arm(long_key, 7.0)
     w.arm(1, 12.0)                  # later: stays filed where it was, re-filed when due
     w.arm(3, 2.0)                   # earlier: filed again
-    w.disarm(2)
+    rows[2] = SOURCE                # the view let go of it (its fields, deadline too)
     assert w.due(1.9) == [] and w.due(2.0) == [3]
-    assert w.due(11.0) == [] and len(w) == 1
-    assert w.due(100.0) == [1] and len(w) == 0     # a gap wider than the slots: no walk
+    assert w.due(7.0) == [long_key] and rows[long_key] == VIEW | SOURCE
+    assert w.due(11.0) == [] and w.armed(1) and not w.armed(3)
+    assert w.due(100.0) == [1] and w.filed() == 0     # a gap wider than the slots: no walk
     w.arm(4, 100.0 + TICK / 2)
     assert w.due(100.0 + TICK) == [4] and w.due(1000.0) == []
+    w.arm(4, 990.0)                 # a deadline already passed: due at the next look
+    assert w.due(1001.0) == [4]
 
 
 def _with_timeout(msg: ct.Message, seconds: int) -> ct.Message:
