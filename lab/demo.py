@@ -1,4 +1,8 @@
-"""`tandem demo`: the lab, real traffic through the VIP, what each server saw."""
+"""`tandem demo`: the lab, real traffic through the VIP, what each server saw.
+
+It drives the kernel-mode service (KERNEL_VIP) by default, as a deployment would run:
+the engine schedules each new flow and the kernel's conntrack NAT forwards the rest;
+`--forwarding engine` drives the engine-mode VIP instead (every packet through the engine)."""
 from __future__ import annotations
 
 import json
@@ -24,8 +28,24 @@ def _node_status(info: dict) -> dict:
     return json.loads(body) if code == 200 else {}
 
 
-def traffic_table(info: dict, tcp_count: int = 300, udp_count: int = 300) -> int:
-    vip, ns = info["vip"], info["client"]["ns"]
+def _director_line(st: dict, forwarding: str) -> str:
+    """What director a did, from its /status: the engine's table, or the kernel's flows."""
+    drops = sum(st.get("engine", {}).get("drops", {}).values())
+    engine = st.get("engine", {})
+    if forwarding == "kernel":
+        k = st.get("kernel") or {}
+        return (f"director a: {engine.get('kernel_handoffs', '?')} new flows scheduled by the "
+                f"engine and handed to the kernel, {k.get('flows', '?')} flows followed in its "
+                f"conntrack, {drops} packets dropped")
+    return (f"director a: {engine.get('conns_new', '?')} connections made, "
+            f"{st.get('conns', {}).get('total', '?')} in the table, {drops} packets dropped")
+
+
+def traffic_table(info: dict, tcp_count: int = 300, udp_count: int = 300,
+                  forwarding: str = "engine") -> int:
+    from lab.plan import KERNEL_VIP
+    vip = KERNEL_VIP if forwarding == "kernel" else info["vip"]
+    ns = info["client"]["ns"]
     print(f"traffic: {tcp_count} TCP connections, {udp_count} UDP exchanges through {vip}:80 "
           f"from {info['client']['addr']}")
     tcp = run_in(ns, "tcp-whoami", "--host", vip, "--port", 80, "--count", tcp_count,
@@ -40,36 +60,40 @@ def traffic_table(info: dict, tcp_count: int = 300, udp_count: int = 300) -> int
     print()
     failed = tcp.get("failed", 0) + udp.get("lost", 0)
     st = _node_status(info)
-    drops = sum(st.get("engine", {}).get("drops", {}).values())
     print(f"tcp: {tcp['ok']} ok, {tcp.get('failed', 0)} failed; udp: {udp['ok']} ok, {udp.get('lost', 0)} lost")
-    print(f"director a: {st.get('engine', {}).get('conns_new', '?')} connections made, "
-          f"{st.get('conns', {}).get('total', '?')} in the table, {drops} packets dropped")
+    print(_director_line(st, forwarding))
     client_seen = any(info["client"]["addr"] in p for r in (tcp, udp) for p in r["peers"].values())
     if client_seen:
         print("FAIL: a real server saw the client's own address (FULLNAT broken)")
     return 1 if failed or client_seen else 0
 
 
-def main(prefix: str = PREFIX) -> int:
+def main(prefix: str = PREFIX, forwarding: str = "kernel") -> int:
     from lab import drill
+    from lab.drill_pairs import LabPair
+    from lab.plan import KERNEL_VIP
     # a line as soon as it is known, also into a pipe or a file (`make demo | tee demo.log`)
     sys.stdout.reconfigure(line_buffering=True)     # type: ignore[union-attr]
     try:
-        info = topology.up(prefix, node=True, scheduler="rr")
+        info = topology.up(prefix, node=True, scheduler="rr", kernel=forwarding == "kernel")
     except Exception as exc:      # a failed up has already cleaned up after itself
         print(f"lab up failed: {exc}", file=sys.stderr)
         return 1
     try:
         names = " ".join(r["name"] for r in info["real_servers"])
-        print(f"lab up: VIP {info['vip']}, directors a (master, priority 150) and b (backup, 100), "
-              f"real servers {names}")
-        rc = traffic_table(info)
+        vip = KERNEL_VIP if forwarding == "kernel" else info["vip"]
+        how = ("the engine schedules each new flow, the kernel forwards the rest"
+               if forwarding == "kernel" else "every packet through the engine")
+        print(f"lab up: VIP {vip} (forwarding = \"{forwarding}\": {how}), directors a (master, "
+              f"priority 150) and b (backup, 100), real servers {names}")
+        rc = traffic_table(info, forwarding=forwarding)
+        pair = LabPair(prefix, forwarding=forwarding)
         for title, kw in (("kill drill: director a is killed (links down, SIGKILL)",
                            dict(fault="kill")),
                           ("failback drill: director a is restored and preempts",
                            dict(fault="restore", target="a"))):
             print(f"\n{title}; 200 connections, one message each 20 ms")
-            r = drill.run(prefix, conns=200, duration=4.0, lead=1.0, **kw)
+            r = drill.run(prefix, conns=200, duration=4.0, lead=1.0, pair=pair, **kw)
             print(drill.table(r))
             if (r["survived"], r["reset"], r["stalled"]) != (r["conns"], 0, 0):
                 rc = 1

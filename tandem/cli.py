@@ -75,7 +75,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from lab import demo
-    return demo.main(args.prefix)
+    return demo.main(args.prefix, args.forwarding)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_check)
     d = sub.add_parser("demo", help="lab up, traffic through the VIP, a table of who served it, lab down")
     d.add_argument("--prefix", default="tandem", help="the lab's namespace prefix (default %(default)s)")
+    d.add_argument("--forwarding", choices=("kernel", "engine"), default="kernel",
+                   help='the service the demo drives: "kernel" (the engine schedules each new '
+                        'flow, the kernel forwards the rest; the default) or "engine" (every '
+                        "packet through the engine)")
     d.set_defaults(func=_demo)
     try:
         from lab import cli as lab_cli

@@ -35,14 +35,16 @@ def test_the_demo_says_what_happened_in_plain_lines():
     """Issue 17, done-when: `make demo`'s output contains no `None`. The demo (its own lab,
     traffic, a kill drill and a failback drill) through `tandem demo`, its output piped: no
     None, no traceback, no carriage return, each part in order and the lab down at the end.
+    Issue 13: the demo runs the kernel-mode service by default.
     (First in this module: it runs before the module's pair is up.)"""
     require_lab()
     cp = _tandem("demo", "--prefix", "tdemo", timeout=300)
     out = cp.stdout + cp.stderr
     assert cp.returncode == 0, out
     assert "None" not in out and "Traceback" not in out and "\r" not in out, out
-    parts = ["lab up: VIP", "proto  real server  served  peer addresses seen\n",
-             "tcp: 300 ok, 0 failed", "kill drill:", "200/200 survived, 0 reset, 0 stalled",
+    parts = ["lab up: VIP 198.18.0.101 (forwarding = \"kernel\"",
+             "proto  real server  served  peer addresses seen\n",
+             "tcp: 300 ok, 0 failed", "600 new flows scheduled by the engine and handed to the kernel", "kill drill:", "200/200 survived, 0 reset, 0 stalled",
              "failback drill:", "master                      b -> a", "\nlab down\n"]
     at = [cp.stdout.find(p) for p in parts]
     assert all(i >= 0 for i in at) and at == sorted(at), (at, cp.stdout)
