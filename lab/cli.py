@@ -67,7 +67,7 @@ def cmd_up(args) -> int:
         kw["timeouts"] = dict(args.timeout)
     if args.scheduler:
         kw["scheduler"] = args.scheduler
-    if args.kernel_service:
+    if not args.engine_only and not args.no_node:
         kw["kernel"] = True
     try:
         info = topology.up(args.prefix, node=not args.no_node, ha=not args.single,
@@ -79,7 +79,15 @@ def cmd_up(args) -> int:
             print(json.dumps({"error": msg}))
         print(msg, file=sys.stderr)
         return 1
-    print(json.dumps(info, indent=2) if args.json else _summary(info))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(_summary(info))
+        if kw.get("kernel"):
+            from .plan import KERNEL_LADDRS, KERNEL_VIP
+            print(f"  kernel-mode service: VIP {KERNEL_VIP} tcp/80 udp/80 (forwarding = \"kernel\": "
+                  f"the engine schedules each new flow, the kernel forwards the rest)  laddrs "
+                  f"{' '.join(KERNEL_LADDRS)}; tandem drill --forwarding kernel drills it")
     return 0
 
 
@@ -221,8 +229,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="(implies --ipv6) the pair syncs over IPv6 (ff02::81 on the back link)")
     up.add_argument("--scheduler", help="scheduler for both services (default wlc)")
     up.add_argument("--kernel-service", action="store_true",
-                    help='add the kernel-mode service: KERNEL_VIP:80 tcp+udp, forwarding = "kernel" '
-                         "(its own VIP 198.18.0.101 and laddr 198.18.2.102)")
+                    help='(the default) the nodes also run the kernel-mode service: KERNEL_VIP:80 '
+                         'tcp+udp, forwarding = "kernel" (its own VIP 198.18.0.101 and laddr '
+                         "198.18.2.102)")
+    up.add_argument("--engine-only", action="store_true",
+                    help="leave the kernel-mode service out: only the engine-mode VIP")
     up.add_argument(
         "--timeout",
         action="append",
