@@ -154,8 +154,12 @@ class ClusterRunner:
             heard = p is not None and now - p.heard <= live_within
             if heard and p is not None and p.state is not None and p.state.role == DRAINING:
                 leaving.add(m)          # never an adopter; its laddrs stay its own while heard
-            if heard and p is not None and p.state is not None and p.state.role == JOINING:
-                joining.add(m)          # its adopter keeps its laddrs until its routes are up
+            if heard and p is not None and (p.state is None or p.state.role == JOINING):
+                # its adopter keeps its laddrs until its routes are up; a new epoch heard
+                # before its first STATE (sent before the epoch was proven, so dropped) is
+                # one that has just started, so joining too: taken for active, its laddrs
+                # were given back with no route to them
+                joining.add(m)
             unheard = p is None or p.heard == float("-inf")
             fresh = grace or now - self._added.get(m, float("-inf")) < ADOPT_GRACE
             if heard or (fresh and unheard):

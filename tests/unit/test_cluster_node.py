@@ -365,6 +365,28 @@ async def test_a_director_says_joining_until_its_bgp_session_is_up():
     assert runner.said() == "active"
 
 
+async def test_a_peer_heard_before_its_first_state_counts_as_joining():
+    """A restarted member's new epoch is heard (heartbeats) before its STATE arrives (the
+    one sent before its epoch was proven is dropped): it is joining, so its adopter keeps
+    its laddrs, until it says `active`."""
+    from types import SimpleNamespace
+
+    from syncd.repair import PeerStream
+    cfg = config("a", ["a", "b", "c"], None)
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+    b = PeerStream(epoch=2, send_time=0.0)
+    b.heard = 100.0
+    sync = SimpleNamespace(receiver=SimpleNamespace(peers={"b": b}), live_within=0.6)
+    runner = ClusterRunner(cfg, node.engine, sync, clock=lambda: 100.0, bird=FakeBird())
+    runner.started = 0.0
+    assert runner.membership(100.0)[2] == {"b"}
+    b.state = SimpleNamespace(role="joining")
+    assert runner.membership(100.0)[2] == {"b"}
+    b.state = SimpleNamespace(role="active")
+    alive, _leaving, joining = runner.membership(100.0)
+    assert joining == set() and "b" in alive and "c" not in alive
+
+
 def test_pair_mode_has_no_cluster():
     doc = {"node": {"name": "a", "api": "127.0.0.1:1", "state_dir": ""},
            "services": [{"proto": "tcp", "vip": VIP, "port": 80, "laddrs": [LADDR["a"]],
