@@ -109,3 +109,29 @@ def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_run
         conf = tmp_path / "check.conf"
         conf.write_text(rendered.replace(cl["announce_include"], str(include)))
         bgp.check_config(conf)
+
+
+def test_a_service_that_names_no_forwarding_runs_in_kernel_mode_unless_it_needs_the_engine(tmp_path):
+    """Issue 13: kernel mode is the role's default (tandem_forwarding). A service without
+    `forwarding` gets it; one with a client address, every other service on its VIP (an
+    address is forwarded one way: the node refuses a mix) and a service that says
+    "engine" keep the engine; the node reads the result."""
+    import tomllib
+    cfg = topology.node_config("a", ha=True)
+    rs = [{"addr": "198.18.2.21", "port": 8080}]
+    svc = lambda vip, port, **kw: {"proto": "tcp", "vip": vip, "port": port, "scheduler": "wlc",
+                                   "laddrs": [kw.pop("laddr")], "real_servers": rs, **kw}
+    services = [svc("198.18.0.101", 80, laddr="198.18.2.102"),
+                svc("198.18.0.101", 443, laddr="198.18.2.102"),
+                svc("198.18.0.100", 80, laddr="198.18.2.100"),
+                svc("198.18.0.100", 81, laddr="198.18.2.100", client_address="proxy-v2"),
+                svc("198.18.0.102", 80, laddr="198.18.2.103", forwarding="engine")]
+    toml, _ = render(tmp_path, {**role_vars(cfg), "tandem_services": services})
+    node = parse(tomllib.loads(toml), "n.toml")
+    got = {(s.vip, s.port): s.forwarding for s in node.services}
+    assert got == {("198.18.0.101", 80): "kernel", ("198.18.0.101", 443): "kernel",
+                   ("198.18.0.100", 80): "engine", ("198.18.0.100", 81): "engine",
+                   ("198.18.0.102", 80): "engine"}
+    everything_engine = render(tmp_path, {**role_vars(cfg), "tandem_services": services[:2],
+                                          "tandem_forwarding": "engine"})[0]
+    assert {s.forwarding for s in parse(tomllib.loads(everything_engine), "n.toml").services} == {"engine"}
