@@ -15,6 +15,10 @@ from typing import Iterable
 from ha import bird
 
 
+#: the include's permissions: readable by BIRD's user, written by the node alone
+INCLUDE_MODE = 0o644
+
+
 class BirdError(RuntimeError):
     """BIRD did not take the new announcements (not running, or it refused the file)."""
 
@@ -36,6 +40,9 @@ class BirdAnnouncer:
             pass
         tmp = self.include_path.with_name(self.include_path.name + ".tmp")
         with open(tmp, "w") as fh:
+            # BIRD reads it as its own user, and the node's umask (0077 under the role's
+            # unit) would make it the node's alone; it holds only prefixes
+            os.fchmod(fh.fileno(), INCLUDE_MODE)
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -329,7 +329,7 @@ CLUSTER = section("cluster", "cluster mode (`node.mode = \"cluster\"`): how the 
                   restart=True, keys=[
     Key("bird_socket", str, "/run/bird/bird.ctl",
         doc="BIRD's control socket (`birdc -s`); Debian's bird2 listens here"),
-    Key("announce_include", str, "/etc/bird/tandem-announce.conf",
+    Key("announce_include", str, "/etc/bird/tandem/announce.conf",
         doc="the file the node writes the announced prefixes to; BIRD's config includes it "
             "and exports its two static protocols, `tandem_announce4` and `tandem_announce6`, "
             "to the router (docs/cluster.md has the BIRD side)"),

@@ -133,3 +133,19 @@ def test_a_bgp_session_is_established_only_when_birdc_says_so():
                 "uplink     BGP        ---        down   15:36:48.617  \n"):
         assert not bgp_established(head + row)
     assert not bgp_established("Unable to connect to server control socket (/run/bird/bird.ctl): No such file\n")
+
+
+def test_the_include_is_readable_by_birds_user_whatever_the_nodes_umask(tmp_path):
+    """BIRD reads the include as its own user; the role's unit runs the node with umask
+    0077, which made the rewritten file the node's alone (mode 0600)."""
+    import os
+    import stat
+
+    from ha.bird_io import BirdAnnouncer
+    ann = BirdAnnouncer(tmp_path / "announce.conf", tmp_path / "bird.ctl")
+    old = os.umask(0o077)
+    try:
+        assert ann.write(["198.19.41.100/32"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "announce.conf").stat().st_mode) == 0o644

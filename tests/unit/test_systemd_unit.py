@@ -2,6 +2,7 @@
 CAP_NET_RAW, the same credentials the unprivileged lab test gives its nodes."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,9 +17,10 @@ VARS = {"ansible_managed": "managed", "tandem_node_name": "a", "tandem_ctl_max_r
         "tandem_config_file": "/etc/tandem/a.toml", "tandem_stop_wait": 20}
 
 
-def render() -> str:
+def render(**extra) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(TEMPLATE.read_text()).render(**VARS)
+    env.filters["dirname"] = os.path.dirname        # Ansible's filter of that name
+    return env.from_string(TEMPLATE.read_text()).render(**{**VARS, **extra})
 
 
 def directives(text: str) -> dict[str, list[str]]:
@@ -62,3 +64,15 @@ def test_systemd_accepts_the_unit(tmp_path):
     problems = [ln for ln in (r.stdout + r.stderr).splitlines()
                 if ln.strip() and "/opt/tandem/venv" not in ln and "/etc/tandem" not in ln]
     assert not problems, problems
+
+
+def test_a_cluster_node_may_write_its_announcement_include_and_reach_birds_socket():
+    """Cluster mode: under ProtectSystem=strict the node could write nothing in /etc, and
+    BIRD's control socket is BIRD's group's; the unit opens exactly the include's own
+    directory and adds that group (a pair node gets neither)."""
+    d = directives(render(tandem_mode="cluster", tandem_bird_group="bird",
+                          tandem_bird_announce_include="/etc/bird/tandem/announce.conf"))
+    assert d["ReadWritePaths"] == ["/etc/bird/tandem"] and d["SupplementaryGroups"] == ["bird"]
+    assert d["ProtectSystem"] == ["strict"]
+    pair = directives(render())
+    assert "ReadWritePaths" not in pair and "SupplementaryGroups" not in pair
