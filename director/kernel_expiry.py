@@ -55,13 +55,17 @@ class FlowDeadlines:
     def arm(self, key: int, deadline: float) -> None:
         """The view's flow `key` runs out at `deadline` (seconds, the clock of `due`)."""
         row = self.rows.get(key, 0)
-        if not row & VIEW:
-            return
+        if row & VIEW:
+            self.rows[key] = self.stamp(key, row, deadline)
+
+    def stamp(self, key: int, row: int, deadline: float) -> int:
+        """`row` (flow `key`'s, about to be stored) with `deadline` in it, filed: one
+        store per event instead of two (each store makes a new int)."""
         slot = max(math.ceil(deadline / TICK), self._next)
         had = row >> VDEADLINE & F32
         if not had or had - 1 > slot:
             self._file(key, slot)
-        self.rows[key] = row & ~DEADLINE_BITS | (slot + 1) << VDEADLINE
+        return row & ~DEADLINE_BITS | (slot + 1) << VDEADLINE
 
     def armed(self, key: int) -> bool:
         return bool(self.rows.get(key, 0) & DEADLINE_BITS)

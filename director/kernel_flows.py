@@ -227,10 +227,10 @@ class KernelFlows:
         else:
             self.stats["new"] += 1
         row = old & ~_GIVEN | fields
+        if now is not None and msg.ct.timeout is not None:
+            row = self.deadlines.stamp(k, row, now + msg.ct.timeout)
         table.put(k, row, VIEW)
         self._count(t, row, +1)
-        if now is not None and msg.ct.timeout is not None:
-            self.deadlines.arm(k, now + msg.ct.timeout)
         self._tell(msg, _decode(row))
 
     # -- deadlines: flows whose time ran out, asked of the kernel (director.kernel_expiry) --
