@@ -77,9 +77,26 @@ def test_a_flow_past_its_deadline_is_retired_when_the_kernel_no_longer_holds_it(
 def test_a_resync_arms_the_deadlines_from_the_dump():
     flows = KernelFlows()
     flows.apply(_with_timeout(event("new", 1), 60), now=0.0)
-    entries = [ct.Conntrack(orig=orig(2), timeout=5, mark=A, tcp=ct.TcpInfo(ct.TCP_CT_ESTABLISHED))]
+    entries = [ct.Conntrack(orig=orig(2), timeout=5, mark=A, tcp=ct.TcpInfo(ct.TCP_CT_FIN_WAIT)),
+               ct.Conntrack(orig=orig(3), timeout=5, mark=A, tcp=ct.TcpInfo(ct.TCP_CT_ESTABLISHED))]
     flows.resync(entries, now=100.0)
     assert orig(1) not in flows.flows and flows.due(104.0) == [] and flows.due(105.0) == [orig(2)]
+    assert flows.due(2000.0) == [], "an ESTABLISHED flow's end is left to its events and GC"
+
+
+def test_an_established_flow_keeps_no_deadline_in_its_row():
+    """ESTABLISHED: data refreshes it without events, and it mostly ends by a FIN or RST
+    (events): its row keeps no deadline (the int stays as small as without one) and it is
+    never asked about; its closing states are."""
+    flows = KernelFlows()
+    flows.apply(_with_timeout(event("new", 1, ct.TCP_CT_SYN_SENT), 60), now=0.0)
+    k = flows.table.key(orig(1))
+    assert flows.deadlines.armed(k)
+    flows.apply(_with_timeout(event("update", 1, ct.TCP_CT_ESTABLISHED), 900), now=0.5)
+    assert not flows.deadlines.armed(k) and flows.table.rows[k] < 1 << 177
+    assert flows.due(1000.0) == []
+    flows.apply(_with_timeout(event("update", 1, ct.TCP_CT_FIN_WAIT), 3), now=1000.0)
+    assert flows.due(1003.0) == [orig(1)]
 
 
 def test_the_node_retires_an_expired_kernel_flow_before_conntracks_gc_reports_it():

@@ -14,7 +14,7 @@ from proto import ctnetlink as ct
 from tandem.kernel_mode import KernelPath
 from tandem.kernel_timeout_gc import COLLECT_EVERY, generation_names
 from tests.fake_kernel import FakeKernel
-from tests.helpers import CLIENT, VIP
+from tests.helpers import CLIENT, LADDRS, RS, VIP
 from tests.unit.test_kernel_mode import kernel_config
 
 GEN1 = ["tcp4", "tcp6", "udp4", "udp6"]
@@ -94,5 +94,36 @@ def test_a_timeouts_reload_deletes_the_old_generation_when_its_last_flow_ends():
         assert kernel.timeout_objects == set(generation_names(2))
         assert kp.describe()["timeout_objects_removed"] == 4
         assert kp.describe()["timeout_objects_held"] == []
+        await kp.stop()
+    asyncio.run(go())
+
+
+def test_a_start_over_a_predecessors_objects_deletes_them_when_the_flows_it_adopted_end():
+    async def go():
+        now = [0.0]
+        kernel = FakeKernel()
+        kernel.timeout_objects = set(GEN1)                 # the predecessor's generation 1
+        adopted = _msg("new", 40000).ct._replace(
+            reply=ct.Tuple(6, ipaddress.ip_address(RS[0]).packed,
+                           ipaddress.ip_address(LADDRS[0]).packed, 8080, 40000))
+        kernel.conntrack = [adopted]
+        cfg = kernel_config()
+        kp = KernelPath(Engine(cfg), kernel, 0, clock=lambda: now[0])
+        await kp.start(cfg)
+        assert kp.flows.stats["adopted"] == 1 and kp.timeout_generation == 2
+        ev = kernel.events[-1]
+
+        async def turn() -> None:
+            now[0] += COLLECT_EVERY
+            kp.on_readable()
+            kp.poll()
+            for _ in range(3):
+                await asyncio.sleep(0.01)
+        await turn()
+        await turn()
+        assert set(GEN1) < kernel.timeout_objects, "the adopted flow may use generation 1"
+        ev.push([_msg("destroy", 40000)])
+        await turn()
+        assert kernel.timeout_objects == set(generation_names(2))
         await kp.stop()
     asyncio.run(go())
