@@ -11,7 +11,8 @@ time (TURN_BUDGET): a verdict is a syscall in which the kernel goes on with the 
 held the loop 40 ms, and the conntrack events those verdicts caused, hence the sync
 entries of the new connections, waited behind it: a master killed in that window had
 sent none of them.  The engine's clock is read once per batch; the budget's once per
-packet (a monotonic read, under 1 % of the cheapest packet).
+packet: 35 ns more per packet (timeit here: 44 ns for the read and compare against 9 for
+the count alone), 0.4 % of the ~8.8 us an engine-mode packet costs end to end.
 
 Whole packets: the kernel reassembles fragments before the queue (director/rules.py), so
 a queued UDP datagram may be up to 65,535 bytes.  netfilterqueue asks the kernel for at
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 import struct
@@ -34,6 +36,8 @@ from typing import Callable
 from netfilterqueue import NetfilterQueue
 
 from director.engine import Mark
+
+log = logging.getLogger("tandem.nfqueue")
 
 QUEUE_MAXLEN = 8192                 # packets the kernel may hold for us
 SOCK_RCVBUF = 16 * 1024 * 1024      # room for bursts between wake-ups
@@ -136,6 +140,8 @@ class QueueAdapter:
         self._nfq: NetfilterQueue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.wakeups = 0
+        #: verdicts that failed inside another reader's turn (serve_pending), kept there
+        self.serve_errors = 0
         #: binds the queue: (queue_num, callback, max_len, sock_len) -> a bound NetfilterQueue;
         #: the node passes its privileged interface's (tandem.kernel), tests a fake
         self._bind = bind or _bind
@@ -168,7 +174,14 @@ class QueueAdapter:
         self._now = self._clock()
         self._budget.left = limit
         self._budget.until = self._now + TURN_BUDGET
-        self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
+        try:
+            self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
+        except Exception:
+            # the queue's fault, not the caller's: a failed verdict must not pass for a
+            # conntrack read error there (which rebuilds the whole view from a dump)
+            self.serve_errors += 1
+            if self.serve_errors <= 10:
+                log.exception("NFQUEUE: serving the queued packets failed")
 
     def _on_packet(self, pkt) -> None:
         data = pkt.get_payload()

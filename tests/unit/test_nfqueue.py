@@ -211,3 +211,31 @@ def test_a_wake_up_stops_taking_packets_when_its_time_budget_is_spent():
     assert [v for _, v in verdicts] == packets and {k for k, _ in verdicts} == {"accept"}
     per_wakeup = [seen.count(w) for w in sorted(set(seen))]
     assert max(per_wakeup) == 2 and len(per_wakeup) == 5
+
+
+def test_a_verdict_that_fails_inside_another_readers_turn_stays_the_queues_fault():
+    """serve_pending runs inside the conntrack event reader's turn (kernel mode): an
+    exception out of a verdict is counted and logged there, not raised into that reader,
+    which would take it for a failed read and rebuild its whole view from a dump."""
+    k = FakeKernel()
+    queues: list[FakeQueue] = []
+
+    def bind(queue, callback, max_len, sock_len):
+        k.bind_queue(queue, callback, max_len, sock_len)
+        queues.append(_NfqLikeQueue(queue, callback))
+        return queues[0]
+
+    def handle(data: bytes, now: float) -> bytes:
+        raise RuntimeError("a bug in the engine")
+
+    async def go():
+        a = QueueAdapter(handle, 0, clock=lambda: 1.0, bind=bind)
+        a.start(asyncio.get_running_loop())
+        a._loop.remove_reader(queues[0].get_fd())       # only serve_pending reads here
+        queues[0].feed.send(b"\x45" + bytes(39))
+        a.serve_pending()
+        errors = a.serve_errors
+        a.stop()
+        return errors
+
+    assert asyncio.run(go()) == 1
