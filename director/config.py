@@ -23,7 +23,7 @@ from schema import keys as K
 from schema.core import ConfigError, Reader
 
 __all__ = ["ConfigError", "HAConfig", "NodeConfig", "RealServerConfig", "ServiceConfig",
-           "check_reloadable", "load", "parse", "restart_needed"]
+           "check_reloadable", "load", "parse", "restart_needed", "unicast_peers_reloadable"]
 
 log = logging.getLogger("tandem.config")
 
@@ -246,11 +246,13 @@ def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
     (schema: Section.restart): [interfaces], [vrrp], [sync], [cluster].  The VIP list the
     election advertises follows the services and is left out of the comparison; in cluster
     mode so are the membership keys, `[cluster] members` and `[sync] peers`, which a reload
-    applies (a director joins or leaves the cluster: docs/cluster.md, "Membership changes")."""
+    applies (a director joins or leaves the cluster: docs/cluster.md, "Membership changes").
+    The peers only of a unicast sync: a multicast sync sends to its group and has no peers
+    to change, so a change of its (unused) peers is a [sync] change like any other."""
     import dataclasses
     o, n = old.ha or HAConfig(), new.ha or HAConfig()
     members_only = old.mode == new.mode == "cluster"
-    if members_only and o.sync is not None and n.sync is not None:
+    if members_only and unicast_peers_reloadable(o.sync, n.sync):
         # a cluster's membership is reloadable (a director joins or leaves): its peers
         n = dataclasses.replace(n, sync=dataclasses.replace(n.sync, peers=o.sync.peers))
     if (old.ha is None) != (new.ha is None):
@@ -269,6 +271,14 @@ def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
     if oc != nc:
         changed.add("cluster")
     return [s for s in K.restart_sections() if s in changed]
+
+
+def unicast_peers_reloadable(old: Any, new: Any) -> bool:
+    """Whether a reload may change the sync peers (of two SyncConfigs, or None): only when
+    both are unicast.  The transport's set_peers refuses a multicast sync, and a reload
+    refused must be refused before it applies anything (check_reloadable)."""
+    return (old is not None and new is not None
+            and old.mode == new.mode == "unicast")
 
 
 #: the NodeConfig fields of each [node] key that only a restart applies (schema: Key.restart)

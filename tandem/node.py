@@ -31,7 +31,8 @@ from typing import Any, Callable
 from aiohttp import web
 
 from director.api import make_app
-from director.config import ConfigError, NodeConfig, check_reloadable, load
+from director.config import (ConfigError, NodeConfig, check_reloadable, load,
+                             unicast_peers_reloadable)
 from director.control import Control
 from director.engine import Engine
 from director.health import HealthChecker, targets_for_service
@@ -525,7 +526,8 @@ class Node:
         if self.cluster is None:
             return out
         o, n = old.ha.sync if old.ha else None, new.ha.sync if new.ha else None
-        if self.sync is not None and n is not None and o is not None and n.peers != o.peers:
+        if (self.sync is not None and o is not None and n is not None
+                and unicast_peers_reloadable(o, n) and n.peers != o.peers):
             self.sync.set_peers(n.peers)
             out["sync_peers"] = len(n.peers)
         if new.cluster.members != old.cluster.members:

@@ -330,6 +330,28 @@ async def test_a_reload_changes_membership_only():
             check_reloadable(old, parse(doc, "a.toml"))
 
 
+def test_a_multicast_sync_peers_change_needs_a_restart():
+    """Only a unicast sync has peers a reload can change: a cluster on a multicast sync
+    whose file changes [sync] peers is refused before anything is applied (the transport
+    would refuse the peers after the engine, kernel rules and health targets had changed)."""
+    from director.config import ConfigError, check_reloadable, restart_needed
+    ports = dict(zip("abc", free_ports(3)))
+
+    def multicast(names: list[str]):
+        doc = config_doc("a", names, ports)
+        doc["sync"].update(mode="multicast", interface="127.0.0.1")
+        del doc["sync"]["bind"]
+        return parse(doc, "a.toml")
+    old, new = multicast(["a", "b"]), multicast(["a", "b", "c"])
+    assert old.ha.sync.mode == "multicast" and old.ha.sync.peers != new.ha.sync.peers
+    assert restart_needed(old, new) == ["sync"]
+    with pytest.raises(ConfigError, match=r"\[sync\].*restart"):
+        check_reloadable(old, new)
+    # the members alone stay reloadable on a multicast sync
+    same_peers = replace(new, ha=replace(new.ha, sync=old.ha.sync))
+    assert restart_needed(old, same_peers) == []
+
+
 def free_ports_tcp(n: int) -> list[int]:
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
