@@ -63,6 +63,15 @@ MEMBER = "member"
 STOP_SETTLE = 0.5
 
 
+def membership_change(old: dict[str, tuple[str, ...]],
+                      new: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """What a reload changed of the members (name -> laddr pool): the members added, removed,
+    and kept with another laddr pool, each sorted."""
+    return {"added": sorted(set(new) - set(old)),
+            "removed": sorted(set(old) - set(new)),
+            "laddrs changed": sorted(m for m in set(old) & set(new) if old[m] != new[m])}
+
+
 class ClusterRunner:
     def __init__(self, cfg, engine, sync, *, clock: Callable[[], float] = time.monotonic,
                  bird: Any = None, engine_ok: Callable[[], bool] = lambda: True) -> None:
@@ -107,15 +116,17 @@ class ClusterRunner:
         member is after this director's own start: its node may still be starting, and its
         laddrs must not be adopted meanwhile.  The members added."""
         members = dict(cc.members) or {self.name: self.members.get(self.name, ())}
-        added = sorted(set(members) - set(self.members))
-        for m in added:
+        change = membership_change(self.members, members)
+        for m in change["added"]:
             self._added[m] = now
         for m in set(self._added) - set(members):
             del self._added[m]
         self.members, self.cfg = members, cc
-        if added or len(members) != len(self.members):
-            log.info("cluster %s: members now %s", self.name, " ".join(sorted(members)))
-        return added
+        if any(change.values()):
+            said = "; ".join(f"{k} {' '.join(v)}" for k, v in change.items() if v)
+            log.info("cluster %s: members now %s (%s)", self.name, " ".join(sorted(members)),
+                     said)
+        return change["added"]
 
     # -- what the node's rules and status need ----------------------------------------------
 

@@ -409,6 +409,29 @@ async def test_a_peer_heard_before_its_first_state_counts_as_joining():
     assert joining == set() and "b" in alive and "c" not in alive
 
 
+def test_a_membership_change_is_logged_in_one_line(caplog):
+    """A reload's membership change says what changed in one line: a member removed as
+    well as one added (the removal was once compared after the assignment, never seen)."""
+    import logging
+    cfg = config("a", ["a", "b", "c"], None)
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+    runner = ClusterRunner(cfg, node.engine, None, clock=lambda: 100.0, bird=FakeBird())
+    caplog.set_level(logging.INFO, logger="tandem.cluster")
+
+    def reload(names, pools=None):
+        cc = config("a", names, None).cluster
+        if pools:
+            cc = replace(cc, members={**cc.members, **pools})
+        caplog.clear()
+        added = runner.set_members(cc, 100.0)
+        return added, [r.getMessage() for r in caplog.records]
+    assert reload(["a", "b"]) == ([], ["cluster a: members now a b (removed c)"])
+    assert reload(["a", "b"]) == ([], [])
+    assert reload(["a", "b", "c"], {"b": ("198.19.42.22",)}) == (
+        ["c"], ["cluster a: members now a b c (added c; laddrs changed b)"])
+    assert runner.members["b"] == ("198.19.42.22",)
+
+
 def test_pair_mode_has_no_cluster():
     doc = {"node": {"name": "a", "api": "127.0.0.1:1", "state_dir": ""},
            "services": [{"proto": "tcp", "vip": VIP, "port": 80, "laddrs": [LADDR["a"]],
