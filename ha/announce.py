@@ -53,7 +53,9 @@ class Inputs:
     vips_up: frozenset[str] = frozenset()       # VIPs with at least one usable real server
     alive: frozenset[str] = frozenset()         # directors heard from (this one included)
     leaving: frozenset[str] = frozenset()       # directors draining or stopping (never adopt)
-    joining: frozenset[str] = frozenset()       # directors heard whose routes are not up yet
+    #: directors whose routes are not up yet: peers heard saying `joining`, and this one
+    #: until its own BGP session is up (it adopts nothing meanwhile: `adopted`)
+    joining: frozenset[str] = frozenset()
     node_ok: bool = True                        # tracked links up, no fault
     engine_ok: bool = True                      # the data plane runs (queue bound / rules loaded)
     synced: bool = True                         # the peers' table has arrived (or the wait ended)
@@ -128,7 +130,9 @@ def adopted(inp: Inputs, held: frozenset[str] = frozenset()) -> frozenset[str]:
     to it only once its BGP session is up, which can take seconds after its BIRD started;
     given back before that, the laddr's replies would have no route at all.  Kept, both
     announce it for a moment, which is harmless: both hold its flows (section 6 of
-    docs/cluster.md).  A joining member is never a candidate: it announces nothing yet."""
+    docs/cluster.md).  A joining member is never a candidate, this director included: a
+    director adopts nothing until its own routes are up (its peers, hearing it say
+    `joining`, have given its candidates' laddrs to others meanwhile)."""
     candidates = (inp.alive | {inp.name}) - inp.leaving - inp.joining
     if inp.name not in candidates or quorum(inp) != "majority":
         return frozenset()

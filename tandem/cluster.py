@@ -208,6 +208,11 @@ class ClusterRunner:
 
     def inputs(self, now: float) -> A.Inputs:
         alive, leaving, joining = self.membership(now)
+        if not self.in_place:
+            # this director's own routes are not up yet (it says `joining`): it adopts
+            # nothing, as its peers, hearing it say so, do not count it a candidate; else
+            # it could announce a dead peer's laddr that they had given to another
+            joining |= {self.name}
         return A.Inputs(name=self.name, vips=self.vips, laddrs=self.members,
                         vips_up=self.vips_up(), alive=alive, leaving=leaving, joining=joining,
                         engine_ok=self.engine_ok(), synced=self.synced(now),

@@ -206,6 +206,33 @@ def test_an_adopter_keeps_a_laddr_until_its_returning_owner_says_its_routes_are_
         == set()
 
 
+@given(st.integers(2, 6), st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_joining_director_adopts_nothing_and_every_dead_laddr_has_one_adopter(n, data):
+    """Every director hears the same members, some of them joining (their own routes not
+    up: each says so of itself, and the others hear it).  A joining director adopts
+    nothing and announces no peer's laddr, whatever it held; a dead peer's laddr is
+    adopted by one active director at most."""
+    names = "abcdef"[:n]
+    pools = {m: (f"198.19.42.{10 + i}", f"198.19.43.{10 + i}") for i, m in enumerate(names)}
+    alive = data.draw(st.sets(st.sampled_from(names), min_size=1))
+    joining = data.draw(st.sets(st.sampled_from(sorted(alive))))
+    held = data.draw(st.frozensets(st.sampled_from([a for p in pools.values() for a in p])))
+    by: dict[str, set[str]] = {}
+    for m in alive:
+        inp = Inputs(name=m, vips=(VIP1,), laddrs=pools, vips_up=frozenset({VIP1}),
+                     alive=frozenset(alive), joining=frozenset(joining))
+        d = decide(inp, now=0.0, held=held if m in joining else frozenset())
+        if m in joining:
+            assert d.adopted == set() and adopted(inp, held) == set()
+            assert d.prefixes <= {V1, *(f"{a}/32" for a in pools[m])}, d
+        for a in d.adopted:
+            by.setdefault(a, set()).add(m)
+    dead = {a for m in set(names) - alive for a in pools[m]}
+    assert all(len(ms) == 1 and not ms & joining for ms in by.values()), by
+    assert set(by) <= dead
+
+
 def test_a_starting_director_waits_for_every_live_peers_table():
     """table_arrived: every member's bulk arrived -> at once; past the settle time (every
     live peer heard by then) -> when every peer heard has answered, one at least; the

@@ -19,6 +19,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from director.config import parse
+from ha.announce import Inputs, adopted
 from tandem.cluster import ADOPT_GRACE, ClusterRunner
 from tandem.node import Edges, Node
 from tests.fake_kernel import FakeKernel
@@ -385,6 +386,41 @@ async def test_a_director_says_joining_until_its_bgp_session_is_up():
     session[0] = False
     await runner.step()
     assert runner.said() == "active"
+
+
+async def test_a_joining_director_adopts_nothing_until_its_bgp_session_is_up():
+    """c is dead and b active; a, whose own BGP session is not up yet (it says
+    `joining`), adopts none of c's laddrs (b, hearing a say so, takes them all); once its
+    session is up it says `active` and takes its share."""
+    from types import SimpleNamespace
+
+    from syncd.repair import PeerStream
+    pools = {"a": ("198.19.42.11", "198.19.42.21", "198.19.42.31"),
+             "b": ("198.19.42.12",),
+             "c": tuple(f"198.19.42.{i}" for i in range(40, 56))}
+    cfg = config("a", ["a", "b", "c"], None)
+    cfg = replace(cfg, cluster=replace(cfg.cluster, members=pools))
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+    b = PeerStream(epoch=2, send_time=0.0)
+    b.heard, b.state = 100.0, SimpleNamespace(role="active")
+    sync = SimpleNamespace(receiver=SimpleNamespace(peers={"b": b}), live_within=0.6,
+                           announce=lambda *a: None)
+    bird, session = FakeBird(), [False]
+    bird.established = lambda: session[0]
+    runner = ClusterRunner(cfg, node.engine, sync, clock=lambda: 100.0, bird=bird)
+    runner.started, runner._synced = 0.0, True
+    share = adopted(Inputs(name="a", vips=(VIP,), laddrs=pools, alive=frozenset("ab")))
+    assert share, "a is the adopter of some of c's laddrs once active"
+    await runner.step()
+    assert runner.said() == "joining" and runner.announcer.adopted == set()
+    assert bird.last == {f"{VIP}/32"} | {f"{a}/32" for a in pools["a"]}
+    await runner.step()
+    assert runner.announcer.adopted == set()
+    session[0] = True
+    await runner.step()                 # its routes are up: active from now on
+    assert runner.said() == "active"
+    await runner.step()
+    assert runner.announcer.adopted == share
 
 
 async def test_a_peer_heard_before_its_first_state_counts_as_joining():
