@@ -54,6 +54,8 @@ JOINING = "joining"
 #: the role a draining director's STATE message says (peers never make it an adopter,
 #: and keep its laddrs its own while they hear it)
 DRAINING = "draining"
+#: every word a cluster director's STATE message says (`said`), in the order of its life
+SAID = (JOINING, ACTIVE, DRAINING, LEAVING)
 #: what /status `role` says of a cluster director (it is neither master nor backup:
 #: `cluster.state` says what it does)
 MEMBER = "member"

@@ -117,3 +117,18 @@ async def test_a_pair_mode_node_has_no_block_and_cluster_says_why(capsys):
         assert rc == 1 and "not a cluster member" in capsys.readouterr().err
     finally:
         await runner.cleanup()
+
+
+def test_every_word_a_state_says_is_documented():
+    """The Said column's legend and docs/cluster.md's sentence on the STATE message name
+    every word a director's STATE can say (`joining` was once missing from both)."""
+    import re
+    from pathlib import Path
+
+    import director.ipvsadm_cluster as block
+    from tandem.cluster import SAID
+    legend = block.__doc__.split("*Said*", 1)[1].split(")", 1)[0]
+    assert set(re.findall(r"`([a-z]+)`", legend)) >= set(SAID), legend
+    doc = Path(__file__).parents[2].joinpath("docs", "cluster.md").read_text()
+    sentence = doc.split("A cluster director's STATE message says", 1)[1].split(" (section", 1)[0]
+    assert set(re.findall(r"`([a-z]+)`", sentence)) == set(SAID), sentence
