@@ -101,19 +101,20 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
     if target is None:
         raise RuntimeError("no master to fault (is the pair up?)")
     show = _Progress(progress, f"{fault} {target}")
-    tmp = Path(tempfile.mkdtemp(prefix="tandem-drill-"))
+    scratch = tempfile.TemporaryDirectory(prefix="tandem-drill-")   # removed in `finally`
+    tmp = Path(scratch.name)
     ready, fault_file, stop = tmp / "ready.json", tmp / "fault.json", tmp / "stop"
     cap = min(MAX_SECONDS, duration + SETTLE_WAIT + 60)
-    hold = _client(pair, "hold", "--host", pair.vip, "--port", pair.port,
-                   "--conns", conns, "--seconds", cap, "--interval", interval,
-                   "--ready-file", ready, "--fault-file", fault_file, "--stop-file", stop,
-                   "--timeout", 2.0)
-    udp = None
-    if udp_flows:
-        udp = _client(pair, "udp-hold", "--host", pair.vip, "--port", pair.port,
-                      "--flows", udp_flows, "--seconds", cap, "--interval", interval,
-                      "--stop-file", stop)
+    hold = udp = None
     try:
+        hold = _client(pair, "hold", "--host", pair.vip, "--port", pair.port,
+                       "--conns", conns, "--seconds", cap, "--interval", interval,
+                       "--ready-file", ready, "--fault-file", fault_file, "--stop-file", stop,
+                       "--timeout", 2.0)
+        if udp_flows:
+            udp = _client(pair, "udp-hold", "--host", pair.vip, "--port", pair.port,
+                          "--flows", udp_flows, "--seconds", cap, "--interval", interval,
+                          "--stop-file", stop)
         deadline = time.monotonic() + 30
         while not ready.exists():
             if hold.poll() is not None or time.monotonic() > deadline:
@@ -156,6 +157,7 @@ def run(prefix: str = "tandem", fault: str = "kill", conns: int = 200, udp_flows
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+        scratch.cleanup()
     after = _roles(pair)
     new_master = next((n for n, s in after.items() if s.get("role") == "master"), None)
     # each node's own log, from after the drill if it still answers, else from before

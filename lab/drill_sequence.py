@@ -96,16 +96,17 @@ def run(prefix: str, steps: list[tuple[str, str]], conns: int = SEQUENCE_CONNS,
     pair = LabCluster(prefix)
     pair.check()
     _check_targets(steps, pair.names)
-    tmp = Path(tempfile.mkdtemp(prefix="tandem-drill-seq-"))
+    scratch = tempfile.TemporaryDirectory(prefix="tandem-drill-seq-")   # removed in `finally`
+    tmp = Path(scratch.name)
     ready, fault_file, stop = tmp / "ready.json", tmp / "fault.json", tmp / "stop"
     cap = lead + len(steps) * (step_seconds + SETTLE_WAIT + ROUTE_WAIT + 40) + 60
-    hold = spawn(pair, "hold", "--host", pair.vip, "--port", pair.port, "--conns", conns,
-                   "--seconds", cap, "--deadline", cap + 30, "--interval", interval,
-                   "--ready-file", ready, "--fault-file", fault_file, "--stop-file", stop,
-                   "--timeout", STALL)
     out_steps: list[dict[str, Any]] = []
-    new = None
+    hold = new = None
     try:
+        hold = spawn(pair, "hold", "--host", pair.vip, "--port", pair.port, "--conns", conns,
+                     "--seconds", cap, "--deadline", cap + 30, "--interval", interval,
+                     "--ready-file", ready, "--fault-file", fault_file, "--stop-file", stop,
+                     "--timeout", STALL)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if hold.poll() is not None or time.monotonic() > deadline:
@@ -159,6 +160,7 @@ def run(prefix: str, steps: list[tuple[str, str]], conns: int = SEQUENCE_CONNS,
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+        scratch.cleanup()
     per = res.get("faults") or ([res["fault"]] if res.get("fault") else [])
     for s, f in zip(out_steps, per):
         s.update({"takeover_ms": f.get("takeover_ms"), "interrupted": f.get("interrupted", 0),
