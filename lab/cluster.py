@@ -199,6 +199,17 @@ def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
     return {f"{dst}/32": bgp.nexthops(prefix, dst) for dst in dsts}
 
 
+def write_configs(prefix: str, state: dict[str, Any]) -> None:
+    """Every director's node config written from the lab's state: its plan (`cluster`) and
+    the services added at `lab up` (`extra_services`, recorded then), so that a join
+    rewrites each config as `up` wrote it; `state["configs"]` names the files."""
+    desc, sd = state["cluster"], st.state_dir(prefix)
+    for d in desc["directors"]:
+        path = sd / f"{d['name']}.toml"
+        write_config(path, node_config(prefix, desc, d["name"], state.get("extra_services")))
+        state["configs"][d["name"]] = str(path)
+
+
 def up(prefix: str, n: int = 3, wait: float = 30.0,
        extra_services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Build the cluster lab of `n` directors (replacing a lab of the same prefix); its
@@ -217,7 +228,8 @@ def _up(prefix: str, n: int, wait: float,
         sd = st.state_dir(prefix)
         sd.mkdir(parents=True, exist_ok=True)
         state: dict[str, Any] = {"prefix": prefix, "created": time.time(), "namespaces": [],
-                                 "processes": [], "configs": {}, "ha": False, "cluster": desc}
+                                 "processes": [], "configs": {}, "ha": False, "cluster": desc,
+                                 "extra_services": list(extra_services or [])}
         st.save_state(prefix, state)
         try:
             bgp.up(prefix, n, lab_announces=False)
@@ -233,9 +245,7 @@ def _up(prefix: str, n: int, wait: float,
                                              "net.ipv4.conf.eth0.rp_filter": 0}, optional=True)
                 with netns.ipr(d["ns"]) as i:
                     bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
-                path = sd / f"{d['name']}.toml"
-                write_config(path, node_config(prefix, desc, d["name"], extra_services))
-                state["configs"][d["name"]] = str(path)
+            write_configs(prefix, state)
             st.save_state(prefix, state)
             _start_echo(prefix, state, desc, wait)
             for d in desc["directors"]:

@@ -24,7 +24,6 @@ from typing import Any
 
 from . import bgp, bgp_traffic, cluster, cluster_plan, netns, nsutil
 from . import state as st
-from .nodeconf import write_config
 
 
 def join(prefix: str, name: str, wait: float = 30.0) -> dict[str, Any]:
@@ -59,11 +58,7 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
         desc["directors"].append(d)
         desc["router"]["routes"][f"{desc['vip']}/32"].append(d["front_addr"])
         desc["router"]["routes"][f"{d['laddrs'][0]}/32"] = [d["front_addr"]]
-        sd = st.state_dir(prefix)
-        for x in desc["directors"]:
-            path = sd / f"{x['name']}.toml"
-            write_config(path, cluster.node_config(prefix, desc, x["name"]))
-            state["configs"][x["name"]] = str(path)
+        cluster.write_configs(prefix, state)        # with the services `lab up` added
         st.save_state(prefix, state)
 
         reloaded, skipped = [], []

@@ -22,6 +22,30 @@ def test_every_directors_config_is_read_by_the_node():
         assert cfg.cluster.bird_socket.endswith(f"bird-{d['name']}.ctl")
 
 
+def test_a_join_rewrites_every_config_with_the_services_lab_up_added(tmp_path, monkeypatch):
+    """`lab up` records the services a benchmark added (bench.cluster's UDP and TCP) in the
+    lab's state; a join rewrites every director's config from that state
+    (cluster.write_configs, as `up` wrote them), the new director's included: once they
+    were dropped from every config a join rewrote."""
+    from bench.cluster import tcp_service, udp_service
+    from director.config import load
+    from lab import state as st
+    monkeypatch.setattr(st, "RUN_ROOT", tmp_path)
+    st.state_dir("tcl").mkdir()
+    extra = [udp_service(), tcp_service()]
+    state = {"cluster": cluster_plan.plan("tcl", 3), "configs": {}, "extra_services": extra}
+    cluster.write_configs("tcl", state)
+    state["cluster"]["directors"].append(cluster_plan.director("tcl", "d"))   # the join
+    cluster.write_configs("tcl", state)
+    assert sorted(state["configs"]) == ["a", "b", "c", "d"]
+    for d in state["cluster"]["directors"]:
+        cfg = load(state["configs"][d["name"]])
+        assert sorted(cfg.cluster.members) == ["a", "b", "c", "d"]
+        assert [(s.proto, s.port) for s in cfg.services[1:]] == [
+            (x["proto"], x["port"]) for x in extra]
+        assert all(list(s.laddrs) == d["laddrs"] for s in cfg.services), cfg.services
+
+
 def test_a_cluster_drill_settles_when_every_answering_director_agrees_who_serves_each_laddr():
     """A cluster has no master: `tandem drill` against the cluster lab waits until every
     director that answers is past its start-up and all of them name the same director for
