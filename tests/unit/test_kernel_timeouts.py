@@ -127,3 +127,41 @@ def test_a_start_over_a_predecessors_objects_deletes_them_when_the_flows_it_adop
         assert kernel.timeout_objects == set(generation_names(2))
         await kp.stop()
     asyncio.run(go())
+
+
+def test_a_failed_start_dump_holds_the_predecessors_objects_until_a_repair_finds_its_flows():
+    """The dump at start fails: the view is empty, but the predecessor's flows still use its
+    objects.  The view is marked for a repair, nothing is deleted meanwhile, and the repair's
+    dump (taken once the socket is read empty) brings the flows in and holds the objects
+    for them until they end."""
+    async def go():
+        now = [0.0]
+        kernel = FakeKernel()
+        kernel.timeout_objects = set(GEN1)                 # the predecessor's generation 1
+        adopted = _msg("new", 40000).ct._replace(
+            reply=ct.Tuple(6, ipaddress.ip_address(RS[0]).packed,
+                           ipaddress.ip_address(LADDRS[0]).packed, 8080, 40000))
+        kernel.conntrack = [adopted]
+        kernel.fail("dump_conntrack", OSError("ENOBUFS"))
+        cfg = kernel_config()
+        kp = KernelPath(Engine(cfg), kernel, 0, clock=lambda: now[0], on_error=lambda m: None)
+        await kp.start(cfg)
+        assert len(kp.flows.flows) == 0 and kp.flows.needs_resync
+        ev = kernel.events[-1]
+
+        async def turn() -> None:
+            now[0] += COLLECT_EVERY
+            kp.on_readable()
+            kp.poll()
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+        for _ in range(4):
+            await turn()
+            assert set(GEN1) < kernel.timeout_objects, "the predecessor's flow uses generation 1"
+        assert adopted.orig in kp.flows.flows and not kp.flows.needs_resync
+        assert kp.describe()["dump_failures"] == 1 and kp.describe()["dump_repairs"] == 1
+        ev.push([_msg("destroy", 40000)])
+        await turn()
+        assert kernel.timeout_objects == set(generation_names(2))
+        await kp.stop()
+    asyncio.run(go())
