@@ -54,10 +54,11 @@ class ExpiryChecks:
             self.checks += 1
             try:
                 found = await asyncio.to_thread(self.kernel.get_conntrack, part)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:    # ValueError: an answer ct.decode refuses
                 self.failures += 1
                 if self.failures <= 10:
                     self._on_error(f"conntrack get of flows past their timeout failed: {exc}")
+                # due() disarmed them: armed again, asked again in CHECK_RETRY s
                 found = {t: ct.Conntrack(orig=t, timeout=CHECK_RETRY) for t in part}
             self.flows.checked(part, found, self.clock())
             self._account()

@@ -233,7 +233,7 @@ class FakeKernel:
         self.ct_timeouts: dict[str, int] = {}
         self._fail: dict[str, OSError] = {}
 
-    def fail(self, op: str, exc: OSError) -> None:
+    def fail(self, op: str, exc: Exception) -> None:
         """The next call of `op` raises `exc`."""
         self._fail[op] = exc
 

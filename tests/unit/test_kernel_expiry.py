@@ -11,6 +11,7 @@ from director.kernel_expiry import TICK, FlowDeadlines
 from director.kernel_flows import KernelFlows
 from proto import ctnetlink as ct
 from proto.flow_table import SOURCE, VIEW
+from tandem.kernel_expiry import CHECK_RETRY
 from tandem.kernel_mode import KernelPath
 from tests.fake_kernel import FakeKernel
 from tests.helpers import CLIENT, VIP
@@ -137,5 +138,40 @@ def test_the_node_retires_an_expired_kernel_flow_before_conntracks_gc_reports_it
         assert len(kp.flows.flows) == 0 and (svc.dests[0].active, svc.dests[0].inactive) == (0, 0)
         d = kp.describe()
         assert (d["flows"], d["expired"], d["destroyed"], d["expiry_checks"]) == (0, 1, 0, 2)
+        await kp.stop()
+    asyncio.run(go())
+
+
+def test_a_get_whose_answer_does_not_decode_is_counted_and_its_flows_asked_again():
+    """ct.decode refuses the GET's answer (CtnetlinkError, a ValueError): the failure is
+    counted, the flows due() disarmed are armed again and asked CHECK_RETRY s later."""
+    async def go():
+        now = [0.0]
+        kernel = FakeKernel()
+        cfg = kernel_config()
+        eng = Engine(cfg)
+        kp = KernelPath(eng, kernel, 0, clock=lambda: now[0], on_error=lambda m: None)
+        await kp.start(cfg)
+        svc = next(s for s in eng.services.values() if s.forwarding == "kernel")
+        mark = eng.marks.mark_for(svc.dests[0].addr_str, svc.dests[0].port, cfg.services[0].laddrs[0])
+        t = ct.Tuple(6, ipaddress.ip_address(CLIENT).packed, ipaddress.ip_address(VIP).packed, 40000, 80)
+        entry = ct.Conntrack(orig=t, timeout=3, mark=mark, tcp=ct.TcpInfo(ct.TCP_CT_TIME_WAIT))
+        kernel.events[-1].push([ct.Message(ct.MSG_NEW, ct.NLM_F_CREATE, 0, 2, entry)])
+        kp.on_readable()
+
+        async def at(when: float) -> None:
+            now[0] = when
+            kp.poll()
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+        kernel.fail("get_conntrack", ct.CtnetlinkError("attribute runs past the message"))
+        await at(3.0)
+        d = kp.describe()
+        assert (d["expiry_checks"], d["expiry_check_failures"]) == (1, 1)
+        assert t in kp.flows.flows and kp.flows.deadlines.armed(kp.flows.table.find(t)[0])
+        await at(3.0 + CHECK_RETRY)                         # asked again: gone from the kernel
+        d = kp.describe()
+        assert (d["expiry_checks"], d["expiry_check_failures"], d["expired"]) == (2, 1, 1)
+        assert t not in kp.flows.flows and svc.dests[0].inactive == 0
         await kp.stop()
     asyncio.run(go())
