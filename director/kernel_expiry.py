@@ -74,8 +74,11 @@ class FlowDeadlines:
         """Filings held (live and stale): what the wheel costs beyond the rows."""
         return sum(map(len, self._short.values())) + sum(map(len, self._long.values()))
 
-    def due(self, now: float) -> list[int]:
-        """The keys whose deadline is <= now, each disarmed (arm it again to keep it)."""
+    def due(self, now: float, limit: int | None = None) -> list[int]:
+        """The keys whose deadline is <= now, each disarmed (arm it again to keep it).
+        With `limit`, at most that many filings are looked at (live and stale): a slot
+        not finished keeps the rest for the next call, so a slot of 50k keys costs a
+        few ms a call over several calls, not 120 ms in one."""
         target = math.floor(now / TICK)
         if target < self._next:
             return []
@@ -84,10 +87,19 @@ class FlowDeadlines:
             visit = sorted(s for s in self._short.keys() | self._long.keys() if s <= target)
         else:
             visit = range(self._next, target + 1)
+        left = limit if limit is not None else -1
         self._next = target + 1
         rows, out = self.rows, []
         for slot in visit:
-            for key in chain(self._short.pop(slot, ()), self._long.pop(slot, ())):
+            if left == 0:
+                self._next = slot               # this slot and those after: next call
+                break
+            keys, n, rest = self._take(slot, left)
+            if rest:
+                self._next = slot
+            if left > 0:
+                left -= n
+            for key in keys:
                 row = rows.get(key, 0)
                 at = (row >> VDEADLINE & F32) - 1
                 if not row & VIEW or at < slot:
@@ -97,4 +109,25 @@ class FlowDeadlines:
                     out.append(key)
                 else:
                     self._file(key, at)
+            if rest:
+                break
         return out
+
+    def _take(self, slot: int, n: int) -> tuple[Iterable[int], int, bool]:
+        """Up to `n` filings of `slot` (all when n < 0), taken out of it: them, how many,
+        and whether some stay filed there."""
+        short, long = self._short.get(slot), self._long.get(slot)
+        size = len(short or ()) + len(long or ())
+        if n < 0 or size <= n:
+            self._short.pop(slot, None)
+            self._long.pop(slot, None)
+            return chain(short or (), long or ()), size, False
+        taken: list[int] = []
+        for held, filed in ((short, self._short), (long, self._long)):
+            if held and n > len(taken):
+                m = n - len(taken)
+                taken += held[-m:]              # from the end: no copy of what stays
+                del held[-m:]
+                if not held:
+                    del filed[slot]
+        return taken, len(taken), True

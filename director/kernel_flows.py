@@ -255,12 +255,14 @@ class KernelFlows:
 
     # -- deadlines: flows whose time ran out, asked of the kernel (director.kernel_expiry) --
 
-    def due(self, now: float) -> list[ct.Tuple]:
+    def due(self, now: float, limit: int | None = None) -> list[ct.Tuple]:
         """The flows whose time in conntrack ran out by `now`, as the view last heard: the
-        caller asks the kernel which are gone and hands the answer to `checked`."""
+        caller asks the kernel which are gone and hands the answer to `checked`.  With
+        `limit`, at most that many of the wheel's filings are looked at; the rest come
+        at the next calls (FlowDeadlines.due)."""
         rows, tuple_of = self.table.rows, self.table.tuple_of
         self._prune_retired(now)
-        return [tuple_of(k) for k in self.deadlines.due(now) if rows.get(k, 0) & VIEW]
+        return [tuple_of(k) for k in self.deadlines.due(now, limit) if rows.get(k, 0) & VIEW]
 
     def checked(self, asked: Iterable[ct.Tuple], found: dict[ct.Tuple, ct.Conntrack],
                 now: float) -> int:

@@ -3,12 +3,12 @@
 conntrack tells an entry's end (DESTROY) only when its garbage collection reaps it, tens
 of seconds after it expired; the view knows each flow's deadline as of its last event
 (director.kernel_expiry).  From the node's tick, `ExpiryChecks` takes the flows whose
-deadline passed (`KernelFlows.due`) and asks the kernel for them with a conntrack GET in a
-worker thread, CHECK_BATCH at a time, one check at a time.  The GET finds an expired entry
-and reaps it (the kernel's lookup kills what has expired, so its DESTROY follows at once);
-the flows the kernel no longer holds are retired from the view, the others armed again
-from the time they have left (`KernelFlows.checked`); the counts follow.  Nothing runs
-during a repair, which rebuilds the view and its deadlines.
+deadline passed (`KernelFlows.due`, at most DUE_PER_TICK a tick) and asks the kernel for
+them with a conntrack GET in a worker thread, CHECK_BATCH at a time, one check at a time.
+The GET finds an expired entry and reaps it (the kernel's lookup kills what has expired,
+so its DESTROY follows at once); the flows the kernel no longer holds are retired from the
+view, the others armed again from the time they have left (`KernelFlows.checked`); the
+counts follow.  Nothing runs during a repair, which rebuilds the view and its deadlines.
 """
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ from proto import ctnetlink as ct
 CHECK_BATCH = 1024
 #: s until flows whose GET failed are asked again
 CHECK_RETRY = 5
+#: the wheel's filings looked at per tick at most (KernelFlows.due's limit): the rest of a
+#: full slot waits for the next ticks, so the loop that sends VRRP adverts is never held
+#: for a whole slot (50k keys in one call took 123 ms)
+DUE_PER_TICK = 4 * CHECK_BATCH
 
 
 class ExpiryChecks:
@@ -43,7 +47,7 @@ class ExpiryChecks:
         """From the node's tick: start a check of the flows due, unless one runs."""
         if repairing or (self._task is not None and not self._task.done()):
             return
-        due = self.flows.due(self.clock())
+        due = self.flows.due(self.clock(), DUE_PER_TICK)
         if due:
             self._task = asyncio.get_running_loop().create_task(self._check(due),
                                                                 name="kernel-expiry")

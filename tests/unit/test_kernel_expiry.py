@@ -175,3 +175,44 @@ def test_a_get_whose_answer_does_not_decode_is_counted_and_its_flows_asked_again
         assert t not in kp.flows.flows and svc.dests[0].inactive == 0
         await kp.stop()
     asyncio.run(go())
+
+
+def test_a_full_slot_is_drained_over_several_calls_with_a_limit_and_no_key_is_lost():
+    """due(now, limit) looks at `limit` filings at most: a slot of 10k keys (IPv6 long keys
+    and stale filings among them) comes out over several calls, each key once; a later
+    slot waits for the full one; a key armed meanwhile is not lost either."""
+    long_keys = [(1 << 70) + i for i in range(50)]
+    keys = list(range(1, 10_001)) + long_keys
+    rows = {k: VIEW for k in keys}
+    w = FlowDeadlines(rows)
+    for k in keys:
+        w.arm(k, 5.0)
+    for k in range(1, 101):
+        w.arm(k, 3.0)               # earlier: filed again, their slot-5 filings go stale
+    rows[20_000] = VIEW
+    w.arm(20_000, 6.0)
+    assert w.filed() == len(keys) + 100 + 1
+    got: list[int] = []
+    calls = 0
+    while True:
+        out = w.due(7.0, limit=1000)
+        calls += 1
+        assert len(out) <= 1000
+        if calls == 3:
+            rows[30_000] = VIEW
+            w.arm(30_000, 6.5)      # armed while slot 5 is half drained
+        if not out and calls > 3:
+            break
+        got += out
+    assert sorted(got) == sorted(keys + [20_000, 30_000]) and len(got) == len(set(got))
+    assert calls > 10 and w.filed() == 0
+    assert got.index(20_000) > max(got.index(k) for k in keys)     # slot 6 after slot 5
+
+
+def test_the_views_due_passes_the_limit_on_and_loses_no_flow():
+    flows = KernelFlows()
+    for port in range(1, 301):
+        flows.apply(_with_timeout(event("new", port, ct.TCP_CT_TIME_WAIT), 3), now=0.0)
+    parts = [flows.due(10.0, limit=100) for _ in range(4)]
+    assert [len(p) for p in parts] == [100, 100, 100, 0]
+    assert sorted(t.sport for p in parts for t in p) == list(range(1, 301))
