@@ -72,6 +72,10 @@ def delete_timeouts(names: Iterable[str]) -> str:
 #: confirmation run in one pass of the packet), so the window is wide; it closes at the
 #: first read that finds the event socket empty this long after the switch.
 SWITCH_GRACE = 1.0
+#: seconds after a switch at which its window closes even if the event socket was never
+#: read empty (sustained load): the reader is then at most a socket buffer behind the
+#: kernel (an overrun beyond that means a repair, which holds every flow in the view)
+SWITCH_WINDOW_MAX = 5.0
 
 
 class _Retired:
@@ -93,12 +97,15 @@ class RetiredTimeouts:
     by then, and no flow starts on a retired object after it.  So `retire(names, keys,
     now)` takes the view's keys at the switch (after its commit) as the flows that may use
     those objects; `seen_new(key)` adds the flows seen new while its window is open (see
-    SWITCH_GRACE; `read_empty(now)` closes it); `resynced(keys)` adds every flow a repair
-    leaves in the view (one whose NEW event was lost may be older than the switch); and
-    `collect(in_view)` forgets the flows that left the view and returns the objects no
-    flow may use any more, for the adapter to delete.  A set is released only once its
-    window is closed; a flow kept too long only delays it.  Deleting an object still in
-    use would put its flows on conntrack's own timeouts (5 days established).
+    SWITCH_GRACE; `read_empty(now)` closes it, `tick(now)` at the latest SWITCH_WINDOW_MAX
+    after the switch); `ended(key)` forgets a flow that left the view (its DESTROY, or the
+    expiry checks' retirement); `resynced(keys)` makes every flow a repair leaves in the
+    view the ones held (one whose NEW event was lost may be older than the switch, and
+    one that left the view unseen is gone); and `collect()` returns the objects no flow
+    may use any more, for the adapter to delete: a look at each set, not at its flows.
+    A set is released only once its window is closed; a flow kept too long only delays
+    it.  Deleting an object still in use would put its flows on conntrack's own timeouts
+    (5 days established).
     """
 
     def __init__(self) -> None:
@@ -112,6 +119,10 @@ class RetiredTimeouts:
         """The names of every object still held, sorted."""
         return sorted(n for r in self.pending for n in r.names)
 
+    def flows_held(self) -> int:
+        """Flow keys held, over every set (a flow may be in several)."""
+        return sum(len(r.keys) for r in self.pending)
+
     def retire(self, names: Iterable[str], keys: Iterable[int], now: float) -> None:
         names = set(names)
         if names:
@@ -122,24 +133,38 @@ class RetiredTimeouts:
             if r.open:
                 r.keys.add(key)
 
+    def ended(self, key: int) -> None:
+        """Flow `key` left the view: no object is held for it any more."""
+        for r in self.pending:
+            r.keys.discard(key)
+
     def read_empty(self, now: float) -> None:
         """The event socket was read empty at `now`."""
         for r in self.pending:
             if r.open and now >= r.since + SWITCH_GRACE:
                 r.open = False
 
-    def resynced(self, keys: Iterable[int]) -> None:
-        keys = set(keys)
+    def tick(self, now: float) -> None:
+        """Close the windows open SWITCH_WINDOW_MAX, read empty or not."""
         for r in self.pending:
-            r.keys |= keys
+            if r.open and now >= r.since + SWITCH_WINDOW_MAX:
+                r.open = False
 
-    def collect(self, in_view: Callable[[int], bool]) -> list[str]:
+    def resynced(self, keys: set[int], before: Iterable[_Retired] | None = None) -> None:
+        """A repair left the flows `keys` in the view: each set retired `before` it began
+        (all when None) holds those, one retired since holds them too."""
+        old = {id(r) for r in (self.pending if before is None else before)}
+        for r in self.pending:
+            if id(r) in old:
+                r.keys = set(keys)
+            else:
+                r.keys |= keys
+
+    def collect(self) -> list[str]:
         """The names of the objects no flow may use any more (forgotten here)."""
         out: list[str] = []
         keep = []
         for r in self.pending:
-            if not r.open:
-                r.keys = {k for k in r.keys if in_view(k)}
             if r.open or r.keys:
                 keep.append(r)
             else:
