@@ -46,8 +46,15 @@ BATCH = 256                         # packets per wake-up (~3 ms) before other w
 #: sync, VRRP) runs; the packet under way is finished, so a turn may run one packet over
 TURN_BUDGET = 0.002
 #: packets per call of serve_pending: another reader's turn looks at the queue between its
-#: slices of work, and takes what waited then, bounded like its own turn
+#: slices of work, and takes what waited then
 PENDING_BATCH = 32
+#: s, the most one call of serve_pending spends: a first packet that waits behind a slice
+#: of events is served, but a burst of them cannot take the event reader's turn.  With 2 ms
+#: (this queue's own turn) a burst of 200 SYNs left each of the event reader's turns one
+#: slice of 16 events: their sync entries trickled out ~20 per 4.5 ms, and a master killed
+#: 40 ms after the burst had not sent 16-64 of 200 young connections (make bench,
+#: toolchain: 136/200 kept)
+PENDING_BUDGET = 0.0003
 #: bytes of each queued packet the kernel copies to us: the most it can (NFQNL_MAX_COPY_RANGE:
 #: a netlink attribute's 16-bit length less its 4-byte header).  Every packet up to 65,531
 #: bytes arrives whole; the 4 largest sizes IPv4 allows (UDP payloads of 65,504 to 65,507
@@ -167,13 +174,14 @@ class QueueAdapter:
         """The packets queued now, at most `limit`, verdicted from another reader's turn:
         the conntrack event reader calls it before each slice of events (tandem.kernel_mode,
         director.turn_slices), so a first packet that arrives meanwhile does not wait for
-        the whole batch of events.  Costs one recv that fails (EAGAIN) when none waits.
+        the whole batch of events; at most PENDING_BUDGET of that turn, so a burst of them
+        cannot starve the events.  Costs one recv that fails (EAGAIN) when none waits.
         Nothing before start() or after stop()."""
         if self._nfq is None:
             return
         self._now = self._clock()
         self._budget.left = limit
-        self._budget.until = self._now + TURN_BUDGET
+        self._budget.until = self._now + PENDING_BUDGET
         try:
             self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
         except Exception:

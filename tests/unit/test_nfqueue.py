@@ -239,3 +239,40 @@ def test_a_verdict_that_fails_inside_another_readers_turn_stays_the_queues_fault
         return errors
 
     assert asyncio.run(go()) == 1
+
+
+def test_serve_pending_takes_only_a_short_budget_of_another_readers_turn():
+    """The event reader calls serve_pending before each slice of events: it serves what
+    waits for at most PENDING_BUDGET, so a burst of first packets cannot starve the events
+    (and the sync entries they make) of the event reader's own turn."""
+    from director import nfqueue
+    t = [100.0]
+    served: list[bytes] = []
+    k = FakeKernel()
+    queues: list[FakeQueue] = []
+
+    def bind(queue, callback, max_len, sock_len):
+        k.bind_queue(queue, callback, max_len, sock_len)
+        queues.append(_NfqLikeQueue(queue, callback))
+        return queues[0]
+
+    def handle(data: bytes, now: float) -> bytes:
+        served.append(data)
+        t[0] += nfqueue.PENDING_BUDGET * 0.6        # two verdicts spend one call's budget
+        return data
+
+    async def go():
+        a = QueueAdapter(handle, 0, clock=lambda: t[0], bind=bind)
+        a.start(asyncio.get_running_loop())
+        a._loop.remove_reader(queues[0].get_fd())   # only serve_pending reads here
+        for i in range(10):
+            queues[0].feed.send(bytes([i]) * 40)
+        per_call = []
+        for _ in range(5):
+            before = len(served)
+            a.serve_pending()
+            per_call.append(len(served) - before)
+        a.stop()
+        return per_call
+
+    assert asyncio.run(go()) == [2, 2, 2, 2, 2]
