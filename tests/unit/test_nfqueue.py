@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from typing import Callable
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -37,15 +38,21 @@ class _NfqLikeQueue(FakeQueue):
             self.callback(_FakePacket(self, data))
 
 
-def _run_adapter(handle, packets: list[bytes]) -> list[tuple[str, bytes]]:
+def _fake_binding() -> tuple[Callable, list[FakeQueue]]:
+    """A `bind` for QueueAdapter onto a fake kernel, and the queues it binds (read as
+    netfilterqueue reads)."""
     k = FakeKernel()
     queues: list[FakeQueue] = []
 
     def bind(queue, callback, max_len, sock_len):
         k.bind_queue(queue, callback, max_len, sock_len)
-        q = _NfqLikeQueue(queue, callback)
-        queues.append(q)
-        return q
+        queues.append(_NfqLikeQueue(queue, callback))
+        return queues[-1]
+    return bind, queues
+
+
+def _run_adapter(handle, packets: list[bytes]) -> list[tuple[str, bytes]]:
+    bind, queues = _fake_binding()
 
     async def go():
         a = QueueAdapter(handle, 0, clock=lambda: 1.0, bind=bind)
@@ -184,13 +191,7 @@ def test_a_wake_up_stops_taking_packets_when_its_time_budget_is_spent():
         t[0] += per_packet              # what the verdict of this packet costs
         return data
 
-    k = FakeKernel()
-    queues: list[FakeQueue] = []
-
-    def bind(queue, callback, max_len, sock_len):
-        k.bind_queue(queue, callback, max_len, sock_len)
-        queues.append(_NfqLikeQueue(queue, callback))
-        return queues[0]
+    bind, queues = _fake_binding()
 
     packets = [bytes([i]) * 40 for i in range(10)]
 
@@ -217,13 +218,7 @@ def test_a_verdict_that_fails_inside_another_readers_turn_stays_the_queues_fault
     """serve_pending runs inside the conntrack event reader's turn (kernel mode): an
     exception out of a verdict is counted and logged there, not raised into that reader,
     which would take it for a failed read and rebuild its whole view from a dump."""
-    k = FakeKernel()
-    queues: list[FakeQueue] = []
-
-    def bind(queue, callback, max_len, sock_len):
-        k.bind_queue(queue, callback, max_len, sock_len)
-        queues.append(_NfqLikeQueue(queue, callback))
-        return queues[0]
+    bind, queues = _fake_binding()
 
     def handle(data: bytes, now: float) -> bytes:
         raise RuntimeError("a bug in the engine")
@@ -248,13 +243,7 @@ def test_serve_pending_takes_only_a_short_budget_of_another_readers_turn():
     from director import nfqueue
     t = [100.0]
     served: list[bytes] = []
-    k = FakeKernel()
-    queues: list[FakeQueue] = []
-
-    def bind(queue, callback, max_len, sock_len):
-        k.bind_queue(queue, callback, max_len, sock_len)
-        queues.append(_NfqLikeQueue(queue, callback))
-        return queues[0]
+    bind, queues = _fake_binding()
 
     def handle(data: bytes, now: float) -> bytes:
         served.append(data)
