@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from lab import bgp, cluster
-from lab.testing import client_env, require_lab, run_in
+from lab.testing import client_env, run_in
+from tests.lab.cluster_lab import cluster_lab
 
 pytestmark = pytest.mark.lab
 
@@ -32,15 +32,7 @@ HELD = 60
 
 @pytest.fixture(scope="module")
 def lab():
-    require_lab()
-    if shutil.which("bird") is None:
-        pytest.fail("bird2 is not installed: run make setup")
-    try:
-        yield cluster.up(PREFIX, 3)
-    finally:
-        from lab import topology
-        result = topology.down(PREFIX)
-        assert not result["errors"], result
+    yield from cluster_lab(PREFIX)
 
 
 def addr(lab, name: str) -> str:

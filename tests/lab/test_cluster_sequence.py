@@ -15,12 +15,11 @@ asserted.  300 held connections rather than the CLI's 600, and 4 s per step rath
 director about a hundred."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
 from lab import cluster, drill_sequence
-from lab.testing import require_lab
+from tests.lab.cluster_lab import cluster_lab
 
 pytestmark = pytest.mark.lab
 
@@ -30,15 +29,7 @@ HELD = 300
 
 @pytest.fixture(scope="module")
 def lab():
-    require_lab()
-    if shutil.which("bird") is None:
-        pytest.fail("bird2 is not installed: run make setup")
-    try:
-        yield cluster.up(PREFIX, 3)
-    finally:
-        from lab import topology
-        result = topology.down(PREFIX)
-        assert not result["errors"], result
+    yield from cluster_lab(PREFIX)
 
 
 def test_kill_restore_drain_join_in_one_run_every_held_connection_survives(lab):

@@ -1,0 +1,23 @@
+"""The cluster lab as a test module's fixture (lab.cluster.up, then down whatever happened)."""
+from __future__ import annotations
+
+import shutil
+from typing import Any, Iterator
+
+import pytest
+
+from lab import cluster, topology
+from lab.testing import require_lab
+
+
+def cluster_lab(prefix: str, directors: int = 3) -> Iterator[dict[str, Any]]:
+    """A test module's cluster lab (lab.cluster.up), taken down after it; a lab down that
+    reports errors fails the module (it left something behind).  BIRD 2 is required."""
+    require_lab()
+    if shutil.which("bird") is None:
+        pytest.fail("bird2 is not installed: run make setup")
+    try:
+        yield cluster.up(prefix, directors)
+    finally:
+        result = topology.down(prefix)
+        assert not result["errors"], result
