@@ -19,6 +19,12 @@ to a list).  A later deadline only rewrites the field (the key is filed again wh
 old slot comes due), an earlier one files the key again, as director.timer does for the
 engine's table; a filing whose slot no longer matches the field is stale and skipped.  No
 task or timer per flow.
+
+A key stamped is first kept with those stamped since the last `due` (`_young`), and filed
+in its slot there only if its flow still has a deadline: a new flow's NEW event gives it its
+SYN timeout, and its ESTABLISHED (which keeps no deadline) comes milliseconds later.  Filed
+at once, that first deadline stayed in its slot, stale, for the whole SYN timeout: at 1M
+flows opened within it, 8 MB held and 168 bytes a flow by RSS (bench.kmem) against 146.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ class FlowDeadlines:
         self.rows = rows
         self._short: dict[int, array] = {}
         self._long: dict[int, list[int]] = {}
+        self._young: list[int] = []     # stamped since the last due(), not filed yet
         self._next = math.floor(start / TICK)
 
     def _file(self, key: int, slot: int) -> None:
@@ -64,15 +71,31 @@ class FlowDeadlines:
         slot = max(math.ceil(deadline / TICK), self._next)
         had = row >> VDEADLINE & F32
         if not had or had - 1 > slot:
-            self._file(key, slot)
+            self._young.append(key)
         return row & ~DEADLINE_BITS | (slot + 1) << VDEADLINE
+
+    def _place_young(self) -> None:
+        """File the keys stamped since the last look, each at its deadline as its row says
+        now; one whose flow lost its deadline meanwhile (the view let go of it, or it
+        reached a lasting state) is dropped.  Before any slot is looked at, and no later
+        than the next tick, so a deadline is never missed (stamp made it >= _next)."""
+        if not self._young:
+            return
+        rows, nxt = self.rows, self._next
+        for key in dict.fromkeys(self._young):
+            row = rows.get(key, 0)
+            at = (row >> VDEADLINE & F32) - 1
+            if row & VIEW and at >= 0:
+                self._file(key, max(at, nxt))
+        self._young = []
 
     def armed(self, key: int) -> bool:
         return bool(self.rows.get(key, 0) & DEADLINE_BITS)
 
     def filed(self) -> int:
         """Filings held (live and stale): what the wheel costs beyond the rows."""
-        return sum(map(len, self._short.values())) + sum(map(len, self._long.values()))
+        return (sum(map(len, self._short.values())) + sum(map(len, self._long.values()))
+                + len(self._young))
 
     def due(self, now: float, limit: int | None = None) -> list[int]:
         """The keys whose deadline is <= now, each disarmed (arm it again to keep it).
@@ -80,6 +103,7 @@ class FlowDeadlines:
         not finished keeps the rest for the next call, so a slot of 50k keys costs a
         few ms a call over several calls, not 120 ms in one."""
         target = math.floor(now / TICK)
+        self._place_young()
         if target < self._next:
             return []
         visit: Iterable[int]
