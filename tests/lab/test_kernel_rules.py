@@ -119,18 +119,20 @@ def test_mark_binding_forwards_with_one_packet_in_user_space(namespaces):
 
 def test_reload_and_exact_removal(namespaces):
     """Both modes' rules in the one table: loading twice replaces them (one jump, one
-    table); remove() leaves the ruleset exactly as it was, someone else's table and mangle
-    rule included."""
+    table; the second load names the next timeout generation, as a restarted node does:
+    the first's objects stay, flows may still use them); remove() leaves the ruleset
+    exactly as it was, someone else's table and mangle rule included."""
     sh([D, "nft", "add", "table", "inet", "other"])
     sh([D, "iptables-nft", "-t", "mangle", "-A", "PREROUTING", "-m", "comment", "--comment",
         "theirs", "-j", "ACCEPT"])
     before = sh([D, "nft", "list", "ruleset"]).stdout
     both = RULES.replace("K.TIMEOUTS.defaults())", "K.TIMEOUTS.defaults(), engine=['198.19.10.50'])")
     py(D, both)
-    py(D, both)
+    py(D, both.replace("engine=['198.19.10.50'])", "engine=['198.19.10.50'], generation=2)"))
     assert sh([D, "iptables-nft", "-t", "mangle", "-S", "PREROUTING"]).stdout.count("TANDEM_QUEUE") == 1
     table = sh([D, "nft", "list", "table", "inet", "tandem"]).stdout
     assert "198.19.10.50" in table and "chain untracked" in table and "chain guard" in table
+    assert all(f"ct timeout {name} " in table for name in ("tcp4", "tcp4_2")), table
     assert sh([D, "nft", "list", "tables"]).stdout.count("table inet tandem") == 1
     py(D, "from director import kernel_rules as k; k.remove(); k.remove()")
     assert sh([D, "nft", "list", "ruleset"]).stdout == before
