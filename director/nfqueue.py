@@ -161,14 +161,19 @@ class QueueAdapter:
         self._budget = _Budget(sock, self._clock)
         loop.add_reader(nfq.get_fd(), self._on_readable)
 
-    def _on_readable(self) -> None:
-        self.wakeups += 1
+    def _serve(self, limit: int, seconds: float) -> None:
+        """Verdict what is queued, at most `limit` packets or `seconds` (the engine's clock
+        read once for them all)."""
+        assert self._nfq is not None        # only between start() and stop()
         self._now = self._clock()
-        self._budget.left = BATCH
-        self._budget.until = self._now + TURN_BUDGET
-        assert self._nfq is not None        # readable only between start() and stop()
+        self._budget.left = limit
+        self._budget.until = self._now + seconds
         # the stub wants a socket; run_socket only calls recv(), which _Budget provides
         self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
+
+    def _on_readable(self) -> None:
+        self.wakeups += 1
+        self._serve(BATCH, TURN_BUDGET)
 
     def serve_pending(self, limit: int = PENDING_BATCH) -> None:
         """The packets queued now, at most `limit`, verdicted from another reader's turn:
@@ -179,11 +184,8 @@ class QueueAdapter:
         Nothing before start() or after stop()."""
         if self._nfq is None:
             return
-        self._now = self._clock()
-        self._budget.left = limit
-        self._budget.until = self._now + PENDING_BUDGET
         try:
-            self._nfq.run_socket(self._budget)  # type: ignore[arg-type]
+            self._serve(limit, PENDING_BUDGET)
         except Exception:
             # the queue's fault, not the caller's: a failed verdict must not pass for a
             # conntrack read error there (which rebuilds the whole view from a dump)

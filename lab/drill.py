@@ -213,6 +213,15 @@ def passed(r: dict[str, Any]) -> bool:
             and not r.get("udp_lost_outside"))
 
 
+#: what a drill reports as its exit code: a bad argument (2) or a lab that failed it (1)
+_REFUSED = (ValueError, RuntimeError, OSError, subprocess.SubprocessError)
+
+
+def _refused(exc: Exception) -> int:
+    print(f"tandem drill: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ValueError) else 1
+
+
 def _sequence(args) -> int:
     """`--sequence`: the steps in one run against the cluster lab (lab/drill_sequence.py)."""
     from lab import drill_sequence as seq
@@ -234,12 +243,8 @@ def _sequence(args) -> int:
         say = (lambda text: None) if args.json else (
             lambda text: print(f"drill: {text}", file=sys.stderr, flush=True))
         r = seq.run(args.prefix, steps, conns, interval, args.duration, args.lead, say=say)
-    except ValueError as exc:
-        print(f"tandem drill: {exc}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"tandem drill: {exc}", file=sys.stderr)
-        return 1
+    except _REFUSED as exc:
+        return _refused(exc)
     print(json.dumps(r) if args.json else seq.table(r))
     return 0 if seq.passed(r) else 1
 
@@ -286,12 +291,8 @@ def main(args) -> int:
             pair = LabPair(args.prefix, ipv6=args.ipv6, forwarding=args.forwarding)
         r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,
                 args.target, progress=not args.json, interval=args.interval, pair=pair)
-    except ValueError as exc:
-        print(f"tandem drill: {exc}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"tandem drill: {exc}", file=sys.stderr)
-        return 1
+    except _REFUSED as exc:
+        return _refused(exc)
     if args.plot:
         plot(r, args.plot)
     if args.json:
