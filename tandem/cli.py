@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         drill.add_parser(sub)
     from director import ipvsadm
     ipvsadm.add_parser(sub)
+    from tandem import cluster_cli
+    cluster_cli.add_parser(sub)
     try:
         from bench import run as bench_run
     except ImportError:      # an install without the bench package

@@ -293,6 +293,13 @@ class ClusterRunner:
         if self.sync is not None:
             self.sync.announce(self.said(), 0, "", False)
 
+    async def clear(self) -> None:
+        """Announce nothing, first thing at the node's start: a node that died left the
+        include as it was (a crash; a reboot whose BIRD started first), and its routes
+        would draw flows here before this node forwards anything.  A failure (BIRD not
+        running yet) is counted and the first step tries again."""
+        await self._apply(frozenset())
+
     async def start(self) -> None:
         """Once the engine runs (queue bound, rules in place) and sync has started."""
         self.started = self.clock()

@@ -193,6 +193,8 @@ class Node:
         self._phase = "starting"
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        if self.cluster is not None:    # a dead node's stale routes go before anything else
+            await self.cluster.clear()
         self._http = web.AppRunner(make_app(self.engine, self.state, self.clock), access_log=None)
         await self._http.setup()
         self.role.post(R.Starting())
