@@ -55,9 +55,10 @@ def test_the_lab_gives_its_unprivileged_nodes_the_units_capabilities():
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze")
-def test_systemd_accepts_the_unit(tmp_path):
+@pytest.mark.parametrize("mode", ["pair", "cluster"])
+def test_systemd_accepts_the_unit(tmp_path, mode):
     unit = tmp_path / "tandem-test.service"
-    unit.write_text(render())
+    unit.write_text(render(**(CLUSTER if mode == "cluster" else {})))
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
                        timeout=60)
     # it may note that the ExecStart binary is missing here; nothing else may be wrong
@@ -70,9 +71,47 @@ def test_a_cluster_node_may_write_its_announcement_include_and_reach_birds_socke
     """Cluster mode: under ProtectSystem=strict the node could write nothing in /etc, and
     BIRD's control socket is BIRD's group's; the unit opens exactly the include's own
     directory and adds that group (a pair node gets neither)."""
-    d = directives(render(tandem_mode="cluster", tandem_bird_group="bird",
-                          tandem_bird_announce_include="/etc/bird/tandem/announce.conf"))
+    d = directives(render(**CLUSTER))
     assert d["ReadWritePaths"] == ["/etc/bird/tandem"] and d["SupplementaryGroups"] == ["bird"]
     assert d["ProtectSystem"] == ["strict"]
     pair = directives(render())
     assert "ReadWritePaths" not in pair and "SupplementaryGroups" not in pair
+
+
+CLUSTER = dict(tandem_mode="cluster", tandem_bird_group="bird", tandem_bird_service="bird",
+               tandem_bird_announce_include="/etc/bird/tandem/announce.conf")
+
+
+def runs_withdraw(command: str) -> list[str]:
+    """The `tandem cluster withdraw` a unit line runs, read by tandem's own parser: the
+    config it names and whether it only empties the file; AssertionError if it is not."""
+    from tandem.cli import build_parser
+    argv = command.lstrip("-").split()
+    assert argv[0] == "/opt/tandem/venv/bin/tandem", argv
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.cluster_command) == ("cluster", "withdraw"), argv
+    return [args.config, "file-only" if args.file_only else "then birdc"]
+
+
+def test_a_cluster_unit_withdraws_the_routes_after_every_exit_of_the_node():
+    """A node that dies leaves its routes announced (BIRD runs on): the unit withdraws them
+    after every exit (ExecStopPost, best effort), and stops before BIRD at shutdown; a pair
+    node's unit has neither."""
+    d = directives(render(**CLUSTER))
+    [post] = d["ExecStopPost"]
+    assert post.startswith("-")                 # best effort: never fails the unit
+    assert runs_withdraw(post) == ["/etc/tandem/a.toml", "then birdc"]
+    assert "bird.service" in d["After"]
+    pair = directives(render())
+    assert "ExecStopPost" not in pair and "bird.service" not in pair["After"]
+
+
+def test_birds_unit_gets_a_drop_in_that_empties_the_include_before_bird_starts():
+    """At boot BIRD starts before the node: the include a dead node left would be announced
+    until the node runs, so BIRD's unit empties it first (the file alone, BIRD not yet up)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = env.from_string((TEMPLATE.parent / "bird-withdraw.conf.j2").read_text()).render(**VARS)
+    d = directives(text)
+    assert "[Service]" in text.splitlines()
+    [pre] = d["ExecStartPre"]
+    assert pre.startswith("-") and runs_withdraw(pre) == ["/etc/tandem/a.toml", "file-only"]
