@@ -262,9 +262,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                          "the cluster (kill, link, stop, restore; drain in a cluster)")
     prefix(fault)
     fault.add_argument("director", choices=[chr(ord("a") + i) for i in range(MAX_DIRECTORS)])
-    fault.add_argument("kind", choices=tuple(FAULT_TABLE) + ("drain", "partition"),
+    fault.add_argument("kind", choices=tuple(FAULT_TABLE) + ("crash", "drain", "partition"),
                        help="; ".join(f"{k}: {what}" for k, (what, _steps) in FAULT_TABLE.items())
-                       + "; drain (a cluster director only): VIP routes withdrawn, its laddrs "
+                       + "; crash (a cluster director only): its node SIGKILLed, its BIRD "
+                         "left running, then `tandem cluster withdraw` as a service manager "
+                         "runs it; drain (a cluster director only): VIP routes withdrawn, its laddrs "
                          "kept while it has connections, for at most [cluster] drain_timeout; "
                          "partition (a cluster director only): its sync cut, its routes not")
     fault.add_argument("--json", action="store_true")

@@ -15,8 +15,10 @@ and BIRD's include and socket in the lab's state directory.  The router's revers
 filter is off: a director forwards a peer's flow with the peer's laddr as source
 (docs/cluster.md, "Foreign flows"), which the router routes back to the owner.
 
-Faults (`tandem lab fault <name> kill|link|stop|drain|partition|restore`): kill is a crash (link
-down, then the node and its BIRD SIGKILLed), link takes the link down, stop is the node's
+Faults (`tandem lab fault <name> kill|crash|link|stop|drain|partition|restore`): kill is a
+crash of the box (link down, then the node and its BIRD SIGKILLed), crash the node's alone
+(SIGKILL; BIRD runs on and keeps announcing until `tandem cluster withdraw` runs, as a
+service manager would after the node's exit), link takes the link down, stop is the node's
 graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), drain is the node's
 drain (POST /cluster/drain: the VIP withdrawn, its laddrs kept while it has flows),
 partition drops every sync datagram in and out of it (still routed: its peers count it
@@ -45,7 +47,10 @@ from .plan import API_TOKEN, SYNC_KEY
 API_PORT, SYNC_PORT, SERVICE_PORT, RS_PORT = 9100, 8848, 80, 8080
 BACK_BRIDGE = "back"
 #: what `tandem lab fault <name> ...` does to a cluster director
-FAULTS = ("kill", "link", "stop", "drain", "partition", "restore")
+FAULTS = ("kill", "crash", "link", "stop", "drain", "partition", "restore")
+#: the longest the crash fault waits for the survivors to announce the crashed node's
+#: laddrs before the withdrawal (none do with fewer than a majority left)
+ADOPTION_WAIT = 3.0
 #: the nftables tables (in the director's namespace) of the partition fault, by hook
 PARTITION_TABLES = {"input": "tandem_lab_part_in", "output": "tandem_lab_part_out"}
 #: the lab's health checks (tcp connect): quick, so a stopped echo server is seen soon
@@ -282,6 +287,41 @@ def _sigkill_node(state: dict[str, Any], name: str, out: dict[str, Any]) -> None
             time.sleep(0.005)
 
 
+def _adoption(prefix: str, state: dict[str, Any], name: str) -> dict[str, str | None]:
+    """Each laddr of crashed director `name` -> the survivor whose BIRD announces it (None
+    while none does), waited on for at most ADOPTION_WAIT."""
+    pool = director(state, name)["laddrs"]
+    survivors = [d["name"] for d in state["cluster"]["directors"]
+                 if d["name"] != name and node_running(state, d["name"]) is not None]
+    end = time.monotonic() + ADOPTION_WAIT
+    while True:
+        by: dict[str, str | None] = dict.fromkeys(pool)
+        for s in survivors:
+            try:
+                has = status(prefix, s, state, timeout=0.5)["cluster"]["bird_has"] or []
+            except Exception:  # noqa: BLE001 - a survivor not answering adopts nothing here
+                continue
+            for a in pool:
+                if f"{a}/32" in has:
+                    by[a] = s
+        if all(by.values()) or time.monotonic() >= end:
+            return by
+        time.sleep(0.05)
+
+
+def withdraw_cmd(config: str) -> list[str]:
+    """`tandem cluster withdraw --config FILE` (what a service manager runs after the node's
+    exit: the role's unit's ExecStopPost)."""
+    return procs.tandem_cmd(Path(config))[:-3] + ["cluster", "withdraw", "--config", config]
+
+
+def _withdraw(state: dict[str, Any], name: str) -> dict[str, Any]:
+    cp = subprocess.run(["ip", "netns", "exec", director(state, name)["ns"],
+                         *withdraw_cmd(state["configs"][name])],
+                        capture_output=True, text=True, timeout=60)
+    return {"rc": cp.returncode, "said": (cp.stdout + cp.stderr).strip()}
+
+
 def fault(prefix: str, name: str, kind: str, wait: float = 20.0) -> dict[str, Any]:
     """Fault `kind` (FAULTS) on director `name` of a cluster lab."""
     return nsutil.outside_event_loop(_fault, prefix, name, kind, wait)
@@ -299,6 +339,14 @@ def _fault(prefix: str, name: str, kind: str, wait: float) -> dict[str, Any]:
             bgp.set_link(prefix, name, False)
             _sigkill_node(state, name, out)
             bgp.kill_bird(prefix, state, name)
+        elif kind == "crash":    # the node alone; BIRD runs on, announcing what it left
+            out["at"] = time.time()
+            _sigkill_node(state, name, out)
+            # what a crash leaves until the withdrawal: the peers took its laddrs, and the
+            # router still sends it its share of the VIP's flows
+            out["adopted_by"] = _adoption(prefix, state, name)
+            out["routes_before_withdraw"] = routes(prefix, state["cluster"])
+            out["withdraw"] = _withdraw(state, name)
         elif kind == "link":
             out["at"] = time.time()
             bgp.set_link(prefix, name, False)

@@ -324,9 +324,10 @@ def add_parser(sub) -> None:
         raise SystemExit(2)
 
     d.error = one_line_error  # type: ignore[method-assign]
-    d.add_argument("--fault", choices=(*topology.FAULTS, "drain", "partition", "resign", "command"),
+    d.add_argument("--fault", choices=(*topology.FAULTS, "crash", "drain", "partition", "resign",
+                                       "command"),
                    help="lab: kill|link|stop|restore (default kill), in a cluster lab also "
-                        "drain|partition (any --target, default b); a deployment (--vip): "
+                        "crash|drain|partition (any --target, default b); a deployment (--vip): "
                         "resign through the API (the default) or command (the default with "
                         "--fault-command)")
     d.add_argument("--target", help="director to fault (default: the master; "
@@ -345,8 +346,8 @@ def add_parser(sub) -> None:
                         f"{SEQUENCE_INTERVAL} with --sequence)")
     d.add_argument("--sequence", nargs="?", const=ISSUE_SEQUENCE, metavar="KIND:DIR,...",
                    help="cluster lab: several steps in one run, every held connection held "
-                        "through all of them, figures per step; KIND is kill, link, stop, "
-                        "drain, partition, restore or join (adds the director: lab join); "
+                        "through all of them, figures per step; KIND is kill, crash, link, "
+                        "stop, drain, partition, restore or join (adds the director: lab join); "
                         f"without a value, issue 16's: {ISSUE_SEQUENCE}; --duration is each "
                         "step's least time")
     d.add_argument("--udp-flows", type=_number(int, 0, "a whole number of 0 or more"), default=0)

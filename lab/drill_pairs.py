@@ -123,7 +123,7 @@ class DeployedPair:
 
 class LabCluster:
     """The lab's cluster (`tandem lab up --cluster N`): any director faulted through
-    lab.cluster (kill, link, stop, drain, partition, restore), traffic from its client
+    lab.cluster (kill, crash, link, stop, drain, partition, restore), traffic from its client
     namespace.  A cluster has no master: the drill has settled once every director that
     answers has left its start-up and all of them agree who serves every laddr."""
 

@@ -155,6 +155,47 @@ def test_kill_one_director_every_held_connection_survives(lab):
     assert view(adopter)["adopted"] == []
 
 
+def test_a_crashed_node_whose_bird_runs_on_is_withdrawn_by_the_service_managers_command(lab):
+    """b's node alone crashes (SIGKILL) while its BIRD runs on (`lab fault b crash`).  Until
+    the withdrawal, once a survivor has adopted b's laddr, the router still lists b as a
+    next hop of the VIP (BIRD announces what the dead node left: the new flows hashed to b
+    die there) and routes b's laddr to b too.  `tandem cluster withdraw`, which the fault
+    then runs in b's namespace as a service manager would after the node's exit, empties
+    b's include: b's next hop goes, b's laddr is the adopter's alone, every held connection
+    keeps every echo in order and new connections all succeed.  Restore starts b's node
+    again (its BIRD never stopped): b announces, and the adopter gives the laddr back."""
+    client, vip = f"{PREFIX}-client", f"{lab['vip']}/32"
+    with tempfile.TemporaryDirectory() as tmp:
+        held, stop = start_hold(lab, tmp, HELD)
+        try:
+            time.sleep(0.5)
+            out = cluster.fault(PREFIX, "b", "crash")
+            assert out["killed_pid"] and out["withdraw"]["rc"] == 0, out
+            assert out["withdraw"]["said"].startswith("withdrawn: "), out
+            adopter = out["adopted_by"][laddr(lab, "b")]
+            assert adopter in ("a", "c"), out
+            before = out["routes_before_withdraw"]
+            assert addr(lab, "b") in before[vip], before                    # the gap, shown
+            assert addr(lab, "b") in before[f"{laddr(lab, 'b')}/32"], before
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
+            bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, adopter)], wait=20)
+            assert "BIRD" in bgp.birdc(PREFIX, "b", "show", "status")     # it ran on throughout
+            print(f"\n[cluster] b's node crashed, its BIRD on: before the withdrawal VIP via "
+                  f"{before[vip]}, b's laddr via {before[laddr(lab, 'b') + '/32']}; after: "
+                  f"VIP via a, c; laddr via {adopter}")
+            new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 60,
+                         "--concurrency", 6)
+            assert new["ok"] == 60, new
+            time.sleep(1.0)
+        finally:
+            res = end_hold(held, stop)
+    assert res["ok"] == HELD and res["echoes"] == res["sent"], res
+    cluster.fault(PREFIX, "b", "restore")
+    bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
+    bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
+    assert view(adopter)["adopted"] == []
+
+
 def test_graceful_stop_of_one_director_keeps_every_held_connection(lab):
     """c stops (SIGTERM): it tells its peers it leaves, withdraws its routes, and keeps
     forwarding for a moment; a survivor adopts c's laddr at once (c said it leaves: no
