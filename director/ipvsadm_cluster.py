@@ -21,7 +21,7 @@ ipvsadm's lines keeps reading them: none of its lines starts with a protocol nam
 *Flows* per member are the connections this director holds that use the member's laddrs
 (every director holds every connection: sync among N); *Heard* is the time since its last
 sync message; *Said* what its STATE message said (`joining`, `active`, `draining`,
-`leaving`; `-` before its first STATE).
+`fault`, `leaving`; `-` before its first STATE).
 """
 from __future__ import annotations
 

@@ -183,11 +183,14 @@ REAL_SERVER = section("services.real_servers", "one real server of a service", k
             "of `u_threshold`"),
 ])
 
-INTERFACES = section("interfaces", "the pair's two interfaces", restart=True, keys=[
+INTERFACES = section("interfaces", "the pair's two interfaces, tracked with `[vrrp]`: one down "
+                     "puts the node in fault. In cluster mode they are tracked only (no address is "
+                     "added to them): one down withdraws every route the director announces",
+                     restart=True, keys=[
     Key("front", str, doc="the name of the interface that gets the VIPs (and carries VRRP), "
-                          "e.g. `eth0`"),
+                          "e.g. `eth0`; in cluster mode, the one towards the router"),
     Key("back", str, doc="the name of the interface that gets the laddrs (towards the real "
-                         "servers)"),
+                         "servers); it may be `front` itself"),
     Key("garp_count", int, 3, lo=0, hi=100,
         doc="how many gratuitous ARPs to send on each segment on becoming master"),
     Key("garp_interval", float, 0.05, unit="s", lo=0.0, hi=10.0, doc="the time between them"),

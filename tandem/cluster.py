@@ -54,8 +54,11 @@ JOINING = "joining"
 #: the role a draining director's STATE message says (peers never make it an adopter,
 #: and keep its laddrs its own while they hear it)
 DRAINING = "draining"
+#: the role a director says while a tracked interface is down: it announces nothing, and
+#: its peers adopt its laddrs as a leaving member's (not for good: it comes back joining)
+FAULT = "fault"
 #: every word a cluster director's STATE message says (`said`), in the order of its life
-SAID = (JOINING, ACTIVE, DRAINING, LEAVING)
+SAID = (JOINING, ACTIVE, DRAINING, FAULT, LEAVING)
 #: what /status `role` says of a cluster director (it is neither master nor backup:
 #: `cluster.state` says what it does)
 MEMBER = "member"
@@ -98,6 +101,8 @@ class ClusterRunner:
         self.started: float | None = None
         self.stopping = False
         self.draining = False
+        #: the tracked interfaces ([interfaces] front, back) down now: it announces nothing
+        self.links_down: tuple[str, ...] = ()
         self.applied: frozenset[str] | None = None      # what BIRD took last
         #: its own laddrs taken by BIRD with a BGP session up (once per life: a later session
         #: flap is for the router's BFD to see)
@@ -165,6 +170,9 @@ class ClusterRunner:
                 leaving.add(m)
                 continue
             heard = p is not None and now - p.heard <= live_within
+            if heard and p is not None and p.state is not None and p.state.role == FAULT:
+                leaving.add(m)          # withdrawn (a link down): its laddrs adopted, for now
+                continue
             if heard and p is not None and p.state is not None and p.state.role == DRAINING:
                 leaving.add(m)          # never an adopter; its laddrs stay its own while heard
             if heard and p is not None and (p.state is None or p.state.role == JOINING):
@@ -217,6 +225,7 @@ class ClusterRunner:
             joining |= {self.name}
         return A.Inputs(name=self.name, vips=self.vips, laddrs=self.members,
                         vips_up=self.vips_up(), alive=alive, leaving=leaving, joining=joining,
+                        node_ok=not self.links_down,
                         engine_ok=self.engine_ok(), synced=self.synced(now),
                         stopping=self.stopping, draining=self.draining,
                         own_conns=self.flows_owned().get(self.name, 0),
@@ -283,9 +292,25 @@ class ClusterRunner:
 
     def said(self) -> str:
         """What this director's STATE message says of it (the pair's role field)."""
-        if self.stopping or self.draining:
-            return LEAVING if self.stopping else DRAINING
+        if self.stopping or self.links_down or self.draining:
+            return LEAVING if self.stopping else FAULT if self.links_down else DRAINING
         return ACTIVE if self.in_place else JOINING
+
+    def links_changed(self, down) -> None:
+        """The tracked interfaces down now (the node's link check).  Any down: announce
+        nothing (`node_ok`), say `fault` (the peers adopt its laddrs); all up: announce
+        again, saying `joining` (the adopter keeps them) until its routes are up."""
+        down = tuple(sorted(down))
+        if down == self.links_down:
+            return
+        was, self.links_down = self.links_down, down
+        if down:
+            self.in_place = False
+            log.warning("cluster %s: tracked interfaces down: %s: announcing nothing",
+                        self.name, " ".join(down))
+        else:
+            log.info("cluster %s: tracked interfaces up again: %s", self.name, " ".join(was))
+        self.tell_peers()
 
     def tell_peers(self) -> None:
         """Send this director's STATE now (and repeated): the node's one announce seam
@@ -294,10 +319,8 @@ class ClusterRunner:
             self.sync.announce(self.said(), 0, "", False)
 
     async def clear(self) -> None:
-        """Announce nothing, first thing at the node's start: a node that died left the
-        include as it was (a crash; a reboot whose BIRD started first), and its routes
-        would draw flows here before this node forwards anything.  A failure (BIRD not
-        running yet) is counted and the first step tries again."""
+        """Announce nothing, first thing at the start: a node that died left its routes in
+        the include (BIRD ran on, or started first).  A failure is retried by the step."""
         await self._apply(frozenset())
 
     async def start(self) -> None:
@@ -380,6 +403,7 @@ class ClusterRunner:
                 "bird_has": None if self.applied is None else sorted(self.applied),
                 "adopted": sorted(self.announcer.adopted),
                 "reason": d.reason if d is not None else None,
+                "links_down": list(self.links_down),
                 "flows_owned": owned.get(self.name, 0),
                 "flows_foreign": sum(v for m, v in owned.items() if m != self.name),
                 "stats": dict(self.stats), "last_error": self.last_error or None}

@@ -237,8 +237,10 @@ def election_answer(instance, role: str, now: float, preempt_yield: float = 0.0)
 
 
 def takeover_config(cfg) -> TakeoverConfig | None:
+    """The addresses a master holds; none in cluster mode, where [interfaces] names the
+    tracked links only (BGP routes each /32 to the directors announcing it)."""
     ha = cfg.ha
-    if ha is None or not (ha.front_if and ha.back_if):
+    if ha is None or not (ha.front_if and ha.back_if) or cfg.mode == "cluster":
         return None
     return TakeoverConfig(ha.front_if, ha.back_if, tuple(cfg.vips), tuple(cfg.laddrs),
                           ha.garp_count, ha.garp_interval)

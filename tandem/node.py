@@ -173,7 +173,10 @@ class Node:
                                kernel_path=lambda: self.kernel_path if self.kernel_path.loaded else None)
         if self.sync is not None:
             self.sync.on_peer_state(self._on_peer_state)
-        self._tracked = [i for i in ((ha.front_if, ha.back_if) if ha and ha.vrrp else ()) if i]
+        #: the interfaces whose loss puts the node in fault: the pair's election, or in
+        #: cluster mode its announcements (tandem/cluster.py links_changed)
+        self._tracked = list(dict.fromkeys(
+            i for i in ((ha.front_if, ha.back_if) if ha and (ha.vrrp or in_cluster) else ()) if i))
         self._http: web.AppRunner | None = None
         self._pump_task: asyncio.Task | None = None
         self._links: asyncio.Task | None = None
@@ -367,6 +370,9 @@ class Node:
             down = await asyncio.to_thread(self.edges.kernel.links_down, self._tracked)
         except OSError as exc:
             log.warning("link check failed: %s", exc)
+            return
+        if self.cluster is not None:    # no election: the links feed what it announces
+            self.cluster.links_changed(down)
             return
         self.role.post(R.LinkChanged(not down, tuple(down) or tuple(self._tracked)))
 
