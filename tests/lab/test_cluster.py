@@ -279,3 +279,68 @@ def test_a_director_cut_from_sync_withdraws_and_a_survivor_adopts(lab):
     bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
     bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
     assert view(adopter)["adopted"] == [] and view("b")["state"] == "active"
+
+
+def _ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "ip", *args], check=True, capture_output=True,
+                   timeout=10)
+
+
+def _restart_b() -> None:
+    assert cluster.fault(PREFIX, "b", "stop")["stopped"] == "terminated"
+    cluster.fault(PREFIX, "b", "restore")
+
+
+def test_a_tracked_link_down_withdraws_the_director_and_held_connections_survive(lab):
+    """b's node is restarted tracking a link of its namespace (`[interfaces]` front eth0,
+    back trk0: one end of a veth pair, both ends in b's namespace).  trk0 down: b withdraws
+    everything (its BGP session stays up: the router hears a withdrawal, not a BFD loss), says `fault`, and a peer adopts b's laddr;
+    b's flows that now land on a or c are forwarded with b's laddr.  Every held connection
+    keeps every echo in order, new connections succeed.  trk0 up: b announces again and the
+    adopter gives the laddr back.  b then runs its lab config again."""
+    from lab import state as st
+    from lab.nodeconf import write_config
+    client, ns = f"{PREFIX}-client", f"{PREFIX}-b"
+    state = st.load_state(PREFIX)
+    doc = cluster.node_config(PREFIX, state["cluster"], "b", state.get("extra_services"))
+    _ip(ns, "link", "add", "trk0", "type", "veth", "peer", "name", "trk0p")
+    try:
+        _ip(ns, "link", "set", "trk0p", "up")
+        _ip(ns, "link", "set", "trk0", "up")
+        write_config(Path(state["configs"]["b"]), {**doc, "interfaces": {"front": "eth0",
+                                                                         "back": "trk0"}})
+        _restart_b()
+        bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
+        bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
+        with tempfile.TemporaryDirectory() as tmp:
+            held, stop = start_hold(lab, tmp, HELD)
+            try:
+                time.sleep(0.5)
+                _ip(ns, "link", "set", "trk0", "down")
+                t0 = time.monotonic()
+                bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
+                withdrawn = time.monotonic() - t0
+                adopter = the_adopter(lab, "b", "ac")
+                bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, adopter)], wait=20)
+                print(f"\n[cluster] b's trk0 down: VIP via a, c after {withdrawn:.2f} s; b's "
+                      f"laddr via {adopter} after {time.monotonic() - t0:.2f} s")
+                b = view("b")
+                assert (b["state"], b["links_down"], b["announced"]) == ("down", ["trk0"], []), b
+                assert view(adopter)["members"]["b"]["said"] == "fault"
+                new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80,
+                             "--count", 30, "--concurrency", 6)
+                assert new["ok"] == 30, new
+                _ip(ns, "link", "set", "trk0", "up")
+                bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=20)
+                bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=20)
+                time.sleep(1.0)
+                assert view(adopter)["adopted"] == [] and view("b")["state"] == "active"
+            finally:
+                res = end_hold(held, stop)
+        assert res["ok"] == HELD and res["echoes"] == res["sent"], res
+    finally:
+        cluster.write_configs(PREFIX, state)
+        _restart_b()
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "del", "trk0"],
+                       capture_output=True, timeout=10)
+    bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
