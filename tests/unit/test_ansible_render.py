@@ -75,10 +75,12 @@ def test_the_role_writes_the_config_the_node_reads_and_forwards_the_families_it_
     assert settings.get("net.ipv6.conf.all.forwarding") == ("1" if ipv6 else None), settings
 
 
-def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_runs(tmp_path):
+@pytest.mark.parametrize("track", [False, True], ids=["untracked", "tracked links"])
+def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_runs(tmp_path, track):
     """tandem_mode = "cluster": the role writes director b's node config exactly as the
     cluster lab runs it (mode, unicast sync to every peer, [cluster] members, BIRD's
-    include and socket; no [vrrp]) and BIRD's config as the lab's (the same lines), which
+    include and socket; no [vrrp]; [interfaces], the links tracked, with
+    tandem_cluster_track_links) and BIRD's config as the lab's (the same lines), which
     `bird -p` accepts."""
     import shutil
     import tomllib
@@ -98,6 +100,10 @@ def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_run
         "tandem_bird_announce_include": cl["announce_include"],
         "tandem_bgp_local_address": "198.19.40.12", "tandem_bgp_neighbor": bgp.ROUTER_ADDR,
     }
+    if track:
+        evars.update(tandem_cluster_track_links=True, tandem_front_interface="eth0",
+                     tandem_back_interface="eth1")
+        cfg = {**cfg, "interfaces": {"front": "eth0", "back": "eth1"}}
     toml, _sysctls = render(tmp_path, evars, bird=True)
     assert parse(tomllib.loads(toml), "n.toml") == parse(tomllib.loads(dump_toml(cfg)), "n.toml")
     code = lambda text: [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
