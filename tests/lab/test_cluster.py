@@ -169,7 +169,7 @@ def test_a_crashed_node_whose_bird_runs_on_is_withdrawn_by_the_service_managers_
         held, stop = start_hold(lab, tmp, HELD)
         try:
             time.sleep(0.5)
-            out = cluster.fault(PREFIX, "b", "crash")
+            out = cluster.fault(PREFIX, "b", "crash", show_gap=True)
             assert out["killed_pid"] and out["withdraw"]["rc"] == 0, out
             assert out["withdraw"]["said"].startswith("withdrawn: "), out
             adopter = out["adopted_by"][laddr(lab, "b")]
