@@ -190,7 +190,8 @@ def results(windows: dict[str, list[dict[str, Any]]],
 def _lab() -> Iterator[dict[str, Any]]:
     from lab import cluster, topology
     try:
-        yield cluster.up(PREFIX, 3, extra_services=[udp_service(), tcp_service()])
+        # engine-mode services only, as the figures in docs/benchmarks.md were measured
+        yield cluster.up(PREFIX, 3, extra_services=[udp_service(), tcp_service()], kernel=False)
     finally:
         res = topology.down(PREFIX)
         if res.get("errors"):

@@ -267,7 +267,8 @@ def restart_needed(old: NodeConfig, new: NodeConfig) -> list[str]:
             changed.add(section)
     oc, nc = old.cluster, new.cluster
     if members_only and oc is not None and nc is not None:
-        nc = dataclasses.replace(nc, members=oc.members)      # and its members
+        nc = dataclasses.replace(nc, members=oc.members,     # and its members
+                                 kernel_laddrs=oc.kernel_laddrs)
     if oc != nc:
         changed.add("cluster")
     return [s for s in K.restart_sections() if s in changed]

@@ -32,6 +32,9 @@ class ClusterConfig:
     drain_timeout: float = K.CLUSTER.default("drain_timeout")
     #: director name -> its own laddr pool (canonical address strings); empty: alone
     members: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the laddrs of every member's kernel-mode services (a member's pool given by mode):
+    #: their replies must stay tracked by conntrack, never go to the queue untracked
+    kernel_laddrs: frozenset[str] = frozenset()
 
 
 def parse_cluster(source: str, mode: str, top: Reader, services: list,
@@ -54,34 +57,71 @@ def parse_cluster(source: str, mode: str, top: Reader, services: list,
                               "server for a flow")
     c = Reader(source, "cluster", raw or {}, K.CLUSTER)
     got: dict[str, Any] = {k.name: c.take(k) for k in c.section}
-    got["members"] = _members(c, got["members"], name, services)
+    got["members"], got["kernel_laddrs"] = _members(c, got["members"], name, services)
     c.finish()
     return ClusterConfig(**got)
 
 
-def _members(c: Reader, raw: dict, name: str, services: list) -> dict[str, tuple[str, ...]]:
-    """`[cluster] members`, checked: names to canonical laddr pools."""
-    own = sorted({str(ipaddress.ip_address(a)) for sv in services
-                  if sv.forwarding == "engine" for a in sv.laddrs})
+#: the forwarding modes a member's pool may be given by (`{ engine = [...], kernel = [...] }`)
+POOL_MODES = ("engine", "kernel")
+
+
+def _laddrs(services: list, modes: tuple[str, ...]) -> list[str]:
+    return sorted({str(ipaddress.ip_address(a)) for sv in services
+                   if sv.forwarding in modes for a in sv.laddrs})
+
+
+def _pool(c: Reader, where: str, pool: Any, by_mode: bool) -> dict[str, list]:
+    """One member's pool as {mode: [laddrs as given]}: a list is its engine-mode laddrs; a
+    table names each mode's, and is required once the cluster has kernel-mode services
+    (every director must know which of its peers' laddrs conntrack must track)."""
+    if isinstance(pool, list):
+        if by_mode:
+            c.fail(where, "this cluster has kernel-mode services: give the director's laddrs "
+                          "by forwarding mode, { engine = [...], kernel = [...] }")
+        pool = {"engine": pool}
+    if not isinstance(pool, dict) or not pool or set(pool) - set(POOL_MODES):
+        c.fail(where, "must be a non-empty list of the director's laddrs, or a table of them "
+                      "by forwarding mode: { engine = [...], kernel = [...] }")
+    for mode, addrs in pool.items():
+        if not isinstance(addrs, list) or not addrs:
+            c.fail(f"{where}.{mode}", "must be a non-empty list of the director's laddrs")
+    return pool
+
+
+def _members(c: Reader, raw: dict, name: str,
+             services: list) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
+    """`[cluster] members`, checked: names to canonical laddr pools, and every member's
+    kernel-mode laddrs."""
+    by_mode = any(sv.forwarding == "kernel" for sv in services)
     out: dict[str, tuple[str, ...]] = {}
-    owner: dict[str, str] = {}
-    for member, pool in raw.items():
+    kernel: dict[str, list[str]] = {}
+    owner: dict[str, tuple[str, str]] = {}
+    for member, raw_pool in raw.items():
         where = f"members.{member}"
-        if not isinstance(pool, list) or not pool:
-            c.fail(where, "must be a non-empty list of the director's laddrs")
         addrs = []
-        for j, a in enumerate(pool):
-            addr = c.address(f"{where}[{j}]", a)
-            if addr in owner and owner[addr] != member:
-                c.fail(f"{where}[{j}]", f"{addr} is also director {owner[addr]!r}'s: a laddr "
-                                        "belongs to one director")
-            owner[addr] = member
-            addrs.append(addr)
+        for mode, pool in _pool(c, where, raw_pool, by_mode).items():
+            at = where if isinstance(raw_pool, list) else f"{where}.{mode}"
+            for j, a in enumerate(pool):
+                addr = c.address(f"{at}[{j}]", a)
+                if owner.setdefault(addr, (member, mode)) != (member, mode):
+                    other, other_mode = owner[addr]
+                    c.fail(f"{at}[{j}]", f"{addr} is already a laddr of director {other!r} "
+                                         f"({other_mode}): "
+                                         "a laddr belongs to one director, in one mode")
+                addrs.append(addr)
+                if mode == "kernel":
+                    kernel.setdefault(str(member), []).append(addr)
         out[str(member)] = tuple(sorted(set(addrs)))
     if out:
+        own = _laddrs(services, POOL_MODES)
         if name not in out:
             c.fail("members", f"does not name this director ({name!r}, node.name)")
         if sorted(out[name]) != own:
             c.fail(f"members.{name}", f"must be this director's laddrs, its services' "
                                       f"({', '.join(own) or 'none'}), got {', '.join(out[name])}")
-    return out
+        own_kernel = _laddrs(services, ("kernel",))
+        if sorted(kernel.get(name, [])) != own_kernel:
+            c.fail(f"members.{name}.kernel", "must be the laddrs of this director's kernel-mode "
+                                             f"services ({', '.join(own_kernel) or 'none'})")
+    return out, frozenset(a for pool in kernel.values() for a in pool)

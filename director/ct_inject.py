@@ -26,8 +26,11 @@ What each entry becomes (docs/kernel-fast-path.md says why each part is needed):
 Entries are coalesced per connection until sent: a burst of changes to one connection
 costs one request, with its latest state.  `requests(limit)` hands out at most `limit`
 messages, so the node's loop stays bounded.  Answers: EEXIST on a create means the kernel
-already has an entry for that tuple.  From normal sync the peer wins, as in the engine
-(the entry is deleted and created again, once).  From a bulk resync the existing entry is
+already has an entry for that tuple.  One the kernel view shows with the entry's own
+binding is kept and updated, from normal sync as from a bulk: it is the same connection
+(in a cluster, a director's own flow that a peer now forwards and tells of).  Otherwise,
+from normal sync the peer wins, as in the engine (the entry is deleted and created again,
+once).  From a bulk resync the existing entry is
 kept when it has the peer's binding (`binding_of`: this node's own flows from before a
 restart, as its kernel view knows them), updated with the peer's timeout, state and
 BE_LIBERAL; one with another binding is replaced like a normal sync's (counted `stale`): the
@@ -196,15 +199,18 @@ class Injector:
                 st["created" if op == _NEW else "updated"] += 1
                 self.known[key] = _binding(entry)
             return
-        if op == _NEW and err == errno.EEXIST and bulk and not retried:
+        if op == _NEW and err == errno.EEXIST and not retried:
             here = self.binding_of(_orig(entry))
-            if here is None or here == _binding(entry):
-                # ours from before a restart, or already as the peer has it: keep its NAT,
-                # take the peer's timeout and state, and BE_LIBERAL (its window data is stale)
+            if here == _binding(entry) or (bulk and here is None):
+                # already as the peer has it (this node's own flow, from before a restart,
+                # or, in a cluster, one a peer forwards now and tells of), or from a bulk
+                # unknown to the view: keep its NAT, take the peer's timeout and state, and
+                # BE_LIBERAL (its window data is stale)
                 self._again.append((_UPDATE, key, entry, bulk, True))
                 st["kept"] += 1
                 return
-            st["stale"] += 1        # an older connection on the same ports: the peer's wins
+            if bulk:
+                st["stale"] += 1    # an older connection on the same ports: the peer's wins
         if op == _NEW and err == errno.EEXIST and not retried:
             self._again.append((_DELETE, key, entry, bulk, True))
             self._again.append((_NEW, key, entry, bulk, True))

@@ -135,6 +135,14 @@ class Marks:
         self._memo[(rs_addr, rs_port, laddr)] = b.mark
         return b.mark
 
+    def lookup(self, rs_addr: str | bytes, rs_port: int, laddr: str | bytes) -> int | None:
+        """The mark of this binding if it has one (none is made)."""
+        memo = self._memo.get((rs_addr, rs_port, laddr))
+        if memo is not None:
+            return memo
+        b = self._by_binding.get(self._binding_key(rs_addr, rs_port, laddr))
+        return None if b is None else self._memo.setdefault((rs_addr, rs_port, laddr), b.mark)
+
     def adopt(self, mark: int, rs_addr: str, rs_port: int, laddr: str) -> bool:
         """Give `mark` to this binding, as a flow already in conntrack carries it; False
         when the mark or the binding already stands for something else."""

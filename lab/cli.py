@@ -95,7 +95,7 @@ def _cluster_up(args) -> int:
     from . import cluster
 
     try:
-        info = cluster.up(args.prefix, args.cluster)
+        info = cluster.up(args.prefix, args.cluster, kernel=not args.engine_only)
     except Exception as exc:  # noqa: BLE001 - reported, exit code
         msg = f"lab up --cluster failed: {exc}"
         if args.json:
@@ -244,7 +244,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     up.add_argument("--cluster", type=int, metavar="N",
                     help="cluster mode instead of the pair: N directors a, b, c, ... (1-8) behind "
                          "an ECMP router, BIRD 2 everywhere, each running the node in cluster "
-                         "mode (lab/cluster.py); the pair's options do not apply")
+                         "mode (lab/cluster.py), with the kernel-mode service beside the "
+                         "engine-mode VIP unless --engine-only; the pair's other options do not "
+                         "apply")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the lab's processes, delete its namespaces")

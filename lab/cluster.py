@@ -63,12 +63,19 @@ def node_config(prefix: str, desc: dict[str, Any], name: str,
     e.g. a UDP service) are added beside VIP:80, each with this director's laddrs."""
     me = next(d for d in desc["directors"] if d["name"] == name)
     files = bgp._files(prefix, name)
-    extra = [{**s, "laddrs": list(me["laddrs"])} for s in extra_services or []]
+    laddr = me["laddrs"][:1]            # the engine-mode services' (the kernel one has its own)
+    extra = [{**s, "laddrs": list(laddr)} for s in extra_services or []]
+    if desc.get("kernel_vip"):
+        extra.append({"proto": "tcp", "vip": desc["kernel_vip"], "port": SERVICE_PORT,
+                      "scheduler": "maglev", "forwarding": "kernel",
+                      "laddrs": [me["kernel_laddr"]], "health": dict(HEALTH),
+                      "real_servers": [{"addr": r["addr"], "port": RS_PORT}
+                                       for r in desc["real_servers"]]})
     return {
         "node": {"name": name, "api": f"{me['front_addr']}:{API_PORT}", "mode": "cluster",
                  "api_token": API_TOKEN, "state_dir": str(st.state_dir(prefix) / f"{name}-state")},
         "services": [{"proto": "tcp", "vip": desc["vip"], "port": SERVICE_PORT,
-                      "scheduler": "maglev", "laddrs": list(me["laddrs"]), "health": dict(HEALTH),
+                      "scheduler": "maglev", "laddrs": list(laddr), "health": dict(HEALTH),
                       "real_servers": [{"addr": r["addr"], "port": RS_PORT}
                                        for r in desc["real_servers"]]}, *extra],
         "sync": {"key": SYNC_KEY, "sync_id": 61, "mode": "unicast", "bind": me["front_addr"],
@@ -76,8 +83,17 @@ def node_config(prefix: str, desc: dict[str, Any], name: str,
                  "peers": [f"{d['front_addr']}:{SYNC_PORT}" for d in desc["directors"]
                            if d["name"] != name]},
         "cluster": {"bird_socket": str(files["ctl"]), "announce_include": str(files["announce"]),
-                    "members": {d["name"]: list(d["laddrs"]) for d in desc["directors"]}},
+                    "members": {d["name"]: _pool(d) for d in desc["directors"]}},
     }
+
+
+def _pool(d: dict[str, Any]) -> list[str] | dict[str, list[str]]:
+    """A director's `[cluster] members` entry: by forwarding mode once it has a kernel-mode
+    laddr (every director must know which of its peers' laddrs conntrack tracks)."""
+    if not d.get("kernel_laddr"):
+        return list(d["laddrs"])
+    return {"engine": [a for a in d["laddrs"] if a != d["kernel_laddr"]],
+            "kernel": [d["kernel_laddr"]]}
 
 
 def ensure_ns(state: dict[str, Any], ns: str) -> None:
@@ -199,8 +215,8 @@ def api(state: dict[str, Any], name: str, method: str, path: str) -> dict[str, A
 
 
 def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
-    """The router's routes now: the VIP's next hops and each laddr's."""
-    dsts = [desc["vip"]] + [a for d in desc["directors"] for a in d["laddrs"]]
+    """The router's routes now: the VIPs' next hops and each laddr's."""
+    dsts = cp.vips(desc) + [a for d in desc["directors"] for a in d["laddrs"]]
     return {f"{dst}/32": bgp.nexthops(prefix, dst) for dst in dsts}
 
 
@@ -216,18 +232,20 @@ def write_configs(prefix: str, state: dict[str, Any]) -> None:
 
 
 def up(prefix: str, n: int = 3, wait: float = 30.0,
-       extra_services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+       extra_services: list[dict[str, Any]] | None = None,
+       kernel: bool = True) -> dict[str, Any]:
     """Build the cluster lab of `n` directors (replacing a lab of the same prefix); its
     description (cluster_plan.plan, with the router's routes as they are).  On failure
     everything is removed again and the exception re-raised.  `extra_services`: see
-    node_config (bench.cluster adds a UDP service)."""
-    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services)
+    node_config (bench.cluster adds a UDP service).  `kernel`: the kernel-mode service
+    (KERNEL_VIP) beside the engine-mode VIP."""
+    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services, kernel)
 
 
 def _up(prefix: str, n: int, wait: float,
-        extra_services: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        extra_services: list[dict[str, Any]] | None = None, kernel: bool = True) -> dict[str, Any]:
     from . import topology
-    desc = cp.plan(prefix, n)
+    desc = cp.plan(prefix, n, kernel)
     topology.down(prefix)
     with st.prefix_lock(prefix):
         sd = st.state_dir(prefix)
@@ -255,8 +273,9 @@ def _up(prefix: str, n: int, wait: float,
             _start_echo(prefix, state, desc, wait)
             for d in desc["directors"]:
                 start_node(prefix, state, d["name"], wait)
-            bgp.wait_nexthops(prefix, desc["vip"], [d["front_addr"] for d in desc["directors"]],
-                              wait=wait)
+            for vip in cp.vips(desc):
+                bgp.wait_nexthops(prefix, vip, [d["front_addr"] for d in desc["directors"]],
+                                  wait=wait)
             info = {**desc, "state_dir": str(sd), "api_token": API_TOKEN}
             info["router"] = {**desc["router"], "routes": routes(prefix, desc)}
             info["directors"] = [{**d, "node": True} for d in desc["directors"]]
@@ -401,6 +420,9 @@ def summary(info: dict[str, Any]) -> str:
     lines = [f"cluster lab {info['prefix']!r} is up: {len(info['directors'])} directors "
              f"(state and logs in {info['state_dir']})",
              f"  VIP {info['vip']}:{SERVICE_PORT} (maglev) -> real servers :{RS_PORT}",
+             *([f"  VIP {info['kernel_vip']}:{SERVICE_PORT} (maglev, forwarding = \"kernel\": "
+                f"the engine schedules each new flow, the kernel forwards the rest; "
+                f"tandem drill --forwarding kernel drills it)"] if info.get("kernel_vip") else []),
              f"  client    {info['client']['ns']:<16} {info['client']['addr']}",
              f"  router    {info['router']['ns']:<16} {info['router']['front_addr']} (BIRD, ECMP)"]
     for d in info["directors"]:

@@ -42,7 +42,7 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
         names = [d["name"] for d in desc["directors"]]
         if name in names:
             raise ValueError(f"director {name!r} is already a member ({', '.join(names)})")
-        d = cluster_plan.director(prefix, name)
+        d = cluster_plan.director(prefix, name, kernel=bool(desc.get("kernel_vip")))
         t0, at = time.monotonic(), time.time()
         cluster.ensure_ns(state, d["ns"])
         st.save_state(prefix, state)
@@ -56,8 +56,10 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
             bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
 
         desc["directors"].append(d)
-        desc["router"]["routes"][f"{desc['vip']}/32"].append(d["front_addr"])
-        desc["router"]["routes"][f"{d['laddrs'][0]}/32"] = [d["front_addr"]]
+        for vip in cluster_plan.vips(desc):
+            desc["router"]["routes"][f"{vip}/32"].append(d["front_addr"])
+        for a in d["laddrs"]:
+            desc["router"]["routes"][f"{a}/32"] = [d["front_addr"]]
         cluster.write_configs(prefix, state)        # with the services `lab up` added
         st.save_state(prefix, state)
 
@@ -72,8 +74,10 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
             reloaded.append(other)
         pid = cluster.start_node(prefix, state, name, wait)["pid"]
         started = round(time.monotonic() - t0, 2)
-        bgp.wait_until_via(prefix, desc["vip"], d["front_addr"], wait=wait)
-        bgp.wait_nexthops(prefix, d["laddrs"][0], [d["front_addr"]], wait=wait)
+        for vip in cluster_plan.vips(desc):
+            bgp.wait_until_via(prefix, vip, d["front_addr"], wait=wait)
+        for a in d["laddrs"]:
+            bgp.wait_nexthops(prefix, a, [d["front_addr"]], wait=wait)
         if state.get("info"):
             state["info"]["directors"].append({**d, "node": True})
             state["info"]["router"]["routes"] = cluster.routes(prefix, desc)

@@ -9,6 +9,7 @@ address and expected route, as data; nothing here touches the system.
                  ┌───────────────────────┼─────────────────────┐
     {p}-a  eth0 198.19.40.11/24   {p}-b  198.19.40.12   {p}-c  198.19.40.13   ...
            VIP 198.19.41.100/32 on lo, laddrs 198.19.42.11/32 (a), .12 (b), .13 (c) on lo
+           kernel-mode VIP 198.19.41.101, laddrs 198.19.43.11 (a), .12 (b), .13 (c)
 
 Each director is single-homed on the router's segment: clients reach the VIP through the
 router's multipath route (one next hop per director announcing it), and real servers,
@@ -31,53 +32,69 @@ BACK_NET = ipaddress.ip_network("198.19.46.0/24")
 ROUTER_CLIENT_ADDR, CLIENT_ADDR = str(CLIENT_NET[1]), str(CLIENT_NET[10])
 ROUTER_BACK_ADDR = str(BACK_NET[1])
 REAL_SERVERS = [{"name": f"rs{i}", "addr": str(BACK_NET[20 + i])} for i in (1, 2, 3)]
+#: the kernel-mode service's VIP (`forwarding = "kernel"`, beside the engine-mode VIP) and
+#: the range of each director's laddr for it (a kernel-mode service needs laddrs of its own:
+#: docs/kernel-fast-path.md), the same last byte as its engine-mode laddr
+KERNEL_VIP = "198.19.41.101"
+KERNEL_LADDR_NET = ipaddress.ip_network("198.19.43.0/24")
 #: the cluster lab's whole range: disjoint from the pair lab's (lab/plan.py) and the
 #: other lab tests' (198.19.10-11, 198.19.20-21)
 CLUSTER_RANGE = ipaddress.ip_network("198.19.40.0/21")
 
 
-def plan(prefix: str, n: int) -> dict[str, Any]:
+def plan(prefix: str, n: int, kernel: bool = True) -> dict[str, Any]:
     """The cluster lab of `n` directors, as `tandem lab up --cluster N --json` would list it:
     the directors under `directors` (as the pair lab does), plus the router's expected
-    routes (the VIP via every director, each laddr via its owner)."""
+    routes (the VIPs via every director, each laddr via its owner).  `kernel`: the
+    kernel-mode service too (`kernel_vip`; each director's second laddr is its own)."""
     p = st.check_prefix(prefix)
     rows = bgp.director_rows(n)
+    directors = [_director(p, d, kernel) for d in rows]
+    vips = [bgp.VIP] + ([KERNEL_VIP] if kernel else [])
     return {
         "prefix": p,
         "mode": "cluster",
         "vip": bgp.VIP,
+        "kernel_vip": KERNEL_VIP if kernel else None,
         "client": {"ns": f"{p}-client", "addr": CLIENT_ADDR, "gateway": ROUTER_CLIENT_ADDR},
         "router": {
             "ns": f"{p}-router", "as": bgp.ROUTER_AS,
             "client_addr": ROUTER_CLIENT_ADDR, "front_addr": bgp.ROUTER_ADDR,
             "back_addr": ROUTER_BACK_ADDR,
-            "routes": {f"{bgp.VIP}/32": [d["addr"] for d in rows],
-                       **{f"{d['laddr']}/32": [d["addr"]] for d in rows}},
+            "routes": {**{f"{v}/32": [d["addr"] for d in rows] for v in vips},
+                       **{f"{a}/32": [d["front_addr"]] for d in directors for a in d["laddrs"]}},
         },
-        "directors": [_director(p, d) for d in rows],
+        "directors": directors,
         "real_servers": [{**r, "ns": f"{p}-{r['name']}", "port": 8080} for r in REAL_SERVERS],
     }
 
 
-def _director(p: str, row: dict[str, str]) -> dict[str, Any]:
+def _director(p: str, row: dict[str, str], kernel: bool) -> dict[str, Any]:
+    kernel_laddr = str(KERNEL_LADDR_NET[int(row["laddr"].rsplit(".", 1)[1])]) if kernel else None
     return {"name": row["name"], "ns": f"{p}-{row['name']}", "front_addr": row["addr"],
-            "as": bgp.DIRECTOR_AS, "laddrs": [row["laddr"]], "api": f"http://{row['addr']}:9100"}
+            "as": bgp.DIRECTOR_AS, "laddrs": [row["laddr"]] + ([kernel_laddr] if kernel else []),
+            "kernel_laddr": kernel_laddr, "api": f"http://{row['addr']}:9100"}
 
 
-def director(prefix: str, name: str) -> dict[str, Any]:
+def director(prefix: str, name: str, kernel: bool = True) -> dict[str, Any]:
     """Director `name` (a, b, ...) as the plan of a lab large enough to hold it lists it:
     what `tandem lab join <name>` adds."""
     index = ord(name) - ord("a") if len(name) == 1 else -1
     if not 0 <= index < bgp.MAX_DIRECTORS:
         raise ValueError(f"a cluster director is one of a..{chr(ord('a') + bgp.MAX_DIRECTORS - 1)}, "
                          f"not {name!r}")
-    return _director(st.check_prefix(prefix), bgp.director_rows(index + 1)[index])
+    return _director(st.check_prefix(prefix), bgp.director_rows(index + 1)[index], kernel)
+
+
+def vips(desc: dict[str, Any]) -> list[str]:
+    """The lab's VIPs: the engine-mode one, and the kernel-mode one when it has it."""
+    return [desc["vip"]] + ([desc["kernel_vip"]] if desc.get("kernel_vip") else [])
 
 
 def addresses(desc: dict[str, Any]) -> list[str]:
     """Every address the plan hands out (for the range and uniqueness checks)."""
     r = desc["router"]
-    return ([desc["vip"], desc["client"]["addr"], r["client_addr"], r["front_addr"],
+    return ([*vips(desc), desc["client"]["addr"], r["client_addr"], r["front_addr"],
              r["back_addr"]]
             + [a for d in desc["directors"] for a in [d["front_addr"], *d["laddrs"]]]
             + [s["addr"] for s in desc["real_servers"]])

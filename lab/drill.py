@@ -242,7 +242,8 @@ def _sequence(args) -> int:
         _check_numbers(conns, 0, args.duration, args.lead, interval)
         say = (lambda text: None) if args.json else (
             lambda text: print(f"drill: {text}", file=sys.stderr, flush=True))
-        r = seq.run(args.prefix, steps, conns, interval, args.duration, args.lead, say=say)
+        r = seq.run(args.prefix, steps, conns, interval, args.duration, args.lead, say=say,
+                    forwarding=args.forwarding)
     except _REFUSED as exc:
         return _refused(exc)
     print(json.dumps(r) if args.json else seq.table(r))
@@ -286,7 +287,7 @@ def main(args) -> int:
     args.fault = args.fault or "kill"
     try:
         if pair is None and cluster.is_cluster(args.prefix):
-            pair = LabCluster(args.prefix)
+            pair = LabCluster(args.prefix, forwarding=args.forwarding)
         if pair is None and (args.ipv6 or args.forwarding != "engine"):
             pair = LabPair(args.prefix, ipv6=args.ipv6, forwarding=args.forwarding)
         r = run(args.prefix, args.fault, args.conns, args.udp_flows, args.duration, args.lead,

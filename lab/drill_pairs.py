@@ -127,13 +127,17 @@ class LabCluster:
     namespace.  A cluster has no master: the drill has settled once every director that
     answers has left its start-up and all of them agree who serves every laddr."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, forwarding: str = "engine") -> None:
         from lab import cluster
-        self.prefix, self.forwarding = prefix, "engine"
+        if forwarding not in FORWARDING:
+            raise ValueError(f"forwarding must be one of {', '.join(FORWARDING)}, not {forwarding!r}")
+        self.prefix, self.forwarding = prefix, forwarding
         self.faults = cluster.FAULTS
         state = st.load_state(prefix) or {}
         desc = state.get("cluster") or {}
-        self.vip, self.port = desc.get("vip", ""), cluster.SERVICE_PORT
+        self.has_kernel = bool(desc.get("kernel_vip"))
+        self.vip = desc.get("kernel_vip" if forwarding == "kernel" else "vip") or ""
+        self.port = cluster.SERVICE_PORT
         self.names = tuple(d["name"] for d in desc.get("directors", []))
 
     def client_argv(self) -> list[str]:
@@ -144,6 +148,9 @@ class LabCluster:
     def check(self) -> None:
         if not self.names:
             raise RuntimeError(f"no cluster lab {self.prefix!r} is up (tandem lab up --cluster N)")
+        if self.forwarding == "kernel" and not self.has_kernel:
+            raise RuntimeError(f"cluster lab {self.prefix!r} has no kernel-mode service (it was "
+                               "brought up with --engine-only)")
 
     def status(self, name: str) -> dict:
         from lab import cluster

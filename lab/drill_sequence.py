@@ -91,9 +91,10 @@ def _owned(pair: LabCluster) -> dict[str, int]:
 
 def run(prefix: str, steps: list[tuple[str, str]], conns: int = SEQUENCE_CONNS,
         interval: float = SEQUENCE_INTERVAL, step_seconds: float = 6.0, lead: float = 1.5,
-        say=lambda text: None) -> dict[str, Any]:
-    """The sequence against the cluster lab `prefix`; the report (JSON-ready)."""
-    pair = LabCluster(prefix)
+        say=lambda text: None, forwarding: str = "engine") -> dict[str, Any]:
+    """The sequence against the cluster lab `prefix`, through its engine-mode VIP or (with
+    `forwarding = "kernel"`) its kernel-mode one; the report (JSON-ready)."""
+    pair = LabCluster(prefix, forwarding)
     pair.check()
     _check_targets(steps, pair.names)
     scratch = tempfile.TemporaryDirectory(prefix="tandem-drill-seq-")   # removed in `finally`
@@ -135,7 +136,7 @@ def run(prefix: str, steps: list[tuple[str, str]], conns: int = SEQUENCE_CONNS,
             tmp_fault.replace(fault_file)
             addr = cluster.director(st.load_state(prefix), target)["front_addr"]
             route = _route_ms(prefix, pair.vip, addr, GONE[kind], done["at"])
-            pair = LabCluster(prefix)           # a join adds a member
+            pair = LabCluster(prefix, forwarding)   # a join adds a member
             give_up = t0 + step_seconds + SETTLE_WAIT
             while hold.poll() is None:
                 now = time.monotonic()
@@ -166,6 +167,7 @@ def run(prefix: str, steps: list[tuple[str, str]], conns: int = SEQUENCE_CONNS,
         s.update({"takeover_ms": f.get("takeover_ms"), "interrupted": f.get("interrupted", 0),
                   "gap_ms": f.get("gap_ms")})
     return {"sequence": ",".join(f"{k}:{t}" for k, t in steps), "conns": conns,
+            "forwarding": forwarding, "vip": pair.vip,
             "connected": res.get("connected", 0), "interval": interval,
             "survived": res.get("ok", 0), "reset": res.get("reset", 0),
             "stalled": res.get("stalled", 0), "mismatch": res.get("mismatch", 0),
@@ -183,7 +185,8 @@ def passed(r: dict[str, Any]) -> bool:
 
 
 def table(r: dict[str, Any]) -> str:
-    lines = [f"  sequence      {r['sequence']}",
+    lines = [f"  sequence      {r['sequence']} (VIP {r.get('vip')}, forwarding "
+             f"{r.get('forwarding', 'engine')})",
              f"  connections   {r['survived']}/{r['conns']} survived every step, {r['reset']} "
              f"reset, {r['stalled']} stalled (an echo {STALL:g} s late), every {r['interval']:g} s "
              f"each; owned before: " + ", ".join(f"{n} {k}" for n, k in r["owned_before"].items()),

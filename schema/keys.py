@@ -341,11 +341,14 @@ CLUSTER = section("cluster", "cluster mode (`node.mode = \"cluster\"`): how the 
             "connections have ended or after this long, whichever comes first"),
     Key("members", dict, {}, shown="{} (this director alone)",
         doc="every director of the cluster by node name, this one included, with its own "
-            "laddr pool: `{ a = [\"198.19.42.11\"], b = [\"198.19.42.12\"] }`. This "
+            "laddr pool: `{ a = [\"198.19.42.11\"], b = [\"198.19.42.12\"] }`; once the "
+            "cluster has kernel-mode services, each pool by forwarding mode: "
+            "`a = { engine = [\"198.19.42.11\"], kernel = [\"198.19.43.11\"] }` (a peer's "
+            "kernel-mode laddrs stay tracked by conntrack, its engine-mode ones are queued). This "
             "director's pool must be its services' laddrs; no laddr belongs to two directors. "
             "The same table on every director: it says whose laddr a synced connection "
             "uses (flows owned), which laddrs a survivor adopts when their owner is gone, and "
-            "every director's laddrs are queued on every director (an adopted laddr's replies "
+            "every director's engine-mode laddrs are queued on every director (an adopted laddr's replies "
             "need no new rule). The peers' sync addresses are `[sync] peers` (unicast)"),
 ])
 

@@ -13,9 +13,11 @@ carries out its decisions:
 - the actions: `Announce` goes to BIRD through ha/bird_io.py (the include, then
   `birdc configure`) in a worker thread, one at a time; a failure is counted and
   retried on the next step.  `AddAddresses`/`RemoveAddresses` (a dead peer's laddrs
-  adopted or given back) need nothing on the host in engine forwarding: every
-  member's laddrs are in the node's queue rule from the start (`rule_addresses`), and
-  the synced entries carry the rewrite, so announcing the /32 is all an adoption takes.
+  adopted or given back) need nothing on the host: every member's engine-mode laddrs
+  are in the node's queue rule from the start (`rule_addresses`), and the synced
+  entries carry the rewrite; a kernel-mode laddr's replies find the peer's flows in
+  this node's conntrack (injected from sync, tandem/kernel_sync.py), which translates
+  them before routing.  Announcing the /32 is all an adoption takes.
 
 Membership, adoption and flows owned all come from `[cluster] members` (each director's
 own laddr pool): a connection belongs to the director whose laddr it uses.
@@ -79,7 +81,8 @@ def membership_change(old: dict[str, tuple[str, ...]],
 
 class ClusterRunner:
     def __init__(self, cfg, engine, sync, *, clock: Callable[[], float] = time.monotonic,
-                 bird: Any = None, engine_ok: Callable[[], bool] = lambda: True) -> None:
+                 bird: Any = None, engine_ok: Callable[[], bool] = lambda: True,
+                 kernel_flows: Any = None) -> None:
         cc = cfg.cluster
         self.name = cfg.name
         self.cfg = cc
@@ -88,9 +91,11 @@ class ClusterRunner:
         self.clock = clock
         self.engine_ok = engine_ok
         own = tuple(sorted({str(ipaddress.ip_address(a)) for s in cfg.services
-                            if s.forwarding == "engine" for a in s.laddrs}))
+                            for a in s.laddrs}))
         self.members: dict[str, tuple[str, ...]] = dict(cc.members) or {cfg.name: own}
-        self.vips = tuple(sorted({s.vip for s in cfg.services if s.forwarding == "engine"}))
+        self.vips = tuple(sorted({s.vip for s in cfg.services}))
+        #: the kernel-mode flows' view (tandem.kernel_mode.KernelFlows), or None
+        self.kernel_flows = kernel_flows
         self.bird = bird if bird is not None else BirdAnnouncer(cc.announce_include,
                                                                 cc.bird_socket)
         self.announcer = A.Announcer()
@@ -138,14 +143,28 @@ class ClusterRunner:
     # -- what the node's rules and status need ----------------------------------------------
 
     def rule_addresses(self) -> list[str]:
-        """Every member's laddrs: queued here too, so an adopted laddr needs no new rule."""
-        return sorted({a for pool in self.members.values() for a in pool})
+        """Every member's engine-mode laddrs: queued here too, so an adopted laddr needs no
+        new rule.  Kernel-mode laddrs stay out: their replies must be tracked by conntrack,
+        which holds the synced flows (injected) and translates them."""
+        kernel = self.cfg.kernel_laddrs
+        return sorted({a for pool in self.members.values() for a in pool if a not in kernel})
 
     def flows_owned(self) -> dict[str, int]:
-        """Connections in this node's table by the member whose laddr they use."""
+        """Connections this node holds by the member whose laddr they use: the engine's
+        table, and the kernel-mode flows of its conntrack view (its own and those injected
+        from its peers' sync), counted by their binding's laddr."""
         packed = {m: [ipaddress.ip_address(a).packed for a in pool]
                   for m, pool in self.members.items()}
-        return {m: sum(self.engine.ports.used(p).values()) for m, p in packed.items()}
+        owned = {m: sum(self.engine.ports.used(p).values()) for m, p in packed.items()}
+        if self.kernel_flows is not None:
+            owner = {a: m for m, pool in self.members.items() for a in pool}
+            marks = self.engine.marks
+            for mark, (active, inactive) in self.kernel_flows.counts.items():
+                b = marks.binding(mark)
+                m = owner.get(b.laddr) if b is not None else None
+                if m is not None:
+                    owned[m] += active + inactive
+        return owned
 
     # -- the inputs ----------------------------------------------------------------------
 
@@ -193,7 +212,7 @@ class ClusterRunner:
         from director.status import is_scheduled
         up = set()
         for svc in self.engine.services.values():
-            if svc.forwarding == "engine" and any(is_scheduled(svc, d) for d in svc.dests):
+            if any(is_scheduled(svc, d) for d in svc.dests):
                 up.add(svc.cfg.vip)
         return frozenset(up)
 
@@ -416,4 +435,5 @@ def attach(node) -> ClusterRunner | None:
         return None
     return ClusterRunner(cfg, node.engine, node.sync, clock=node.clock,
                          bird=getattr(node.edges, "bird", None),
-                         engine_ok=lambda: node._phase == "running")
+                         engine_ok=lambda: node._phase == "running",
+                         kernel_flows=node.kernel_path.flows)

@@ -53,11 +53,23 @@ CT_DEFAULTS = {
 }
 
 
-def ct_defaults(timeouts: dict[str, float]) -> dict[str, int]:
+#: what a cluster director's namespace sets besides (sysctl net.netfilter.<name>): after
+#: the router moves a flow, one director sees only its client's packets and the flow's owner
+#: only the real server's, so neither tracker sees the other direction's sequence numbers
+#: and acknowledgements; without window tracking relaxed (as for any conntrack on
+#: asymmetric paths) the owner finds the replies out of window, INVALID, and drops them.
+#: Injected entries carry the per-flow BE_LIBERAL already; a director's own flows cannot
+#: (nftables has no statement for it), hence the namespace's switch.
+CLUSTER_CT = {"nf_conntrack_tcp_be_liberal": 1}
+
+
+def ct_defaults(timeouts: dict[str, float], cluster: bool = False) -> dict[str, int]:
     """The namespace's default timeouts that match the [timeouts] policy: sysctl name ->
-    whole seconds (rounded up, at least 1, as the policy objects are)."""
-    return {name: max(1, math.ceil(timeouts[TIMEOUT_POLICY[proto][state]]))
-            for proto, states in CT_DEFAULTS.items() for state, name in states.items()}
+    whole seconds (rounded up, at least 1, as the policy objects are); in cluster mode
+    with CLUSTER_CT too."""
+    out = {name: max(1, math.ceil(timeouts[TIMEOUT_POLICY[proto][state]]))
+           for proto, states in CT_DEFAULTS.items() for state, name in states.items()}
+    return {**out, **CLUSTER_CT} if cluster else out
 
 
 def _is_ours(mark: int) -> bool:
@@ -98,14 +110,17 @@ class KernelSync:
 
     def _mark_of(self, e: SyncEntry) -> int | None:
         """This node's mark for the entry's binding (made from the config at start), or
-        None for one it does not know (the entry is injected unmarked)."""
+        None for one it does not know (the entry is injected unmarked).  In a cluster a
+        peer's flow uses the peer's laddr, which no binding of this node has: a kernel-mode
+        laddr of `[cluster] members` gets its binding's mark made here, so the flow is in
+        this node's view (counted, owned by its member, in this node's bulk for a restarted
+        peer)."""
         marks = self.engine.marks
-        rs, laddr = str(ipaddress.ip_address(e.daddr)), str(ipaddress.ip_address(e.laddr))
-        for m in marks.marks_of(rs, e.dport):
-            b = marks.binding(m)
-            if b is not None and b.laddr == laddr:
-                return m
-        return None
+        mark = marks.lookup(e.daddr, e.dport, e.laddr)
+        cc = self.engine.cfg.cluster
+        if mark is None and cc is not None and str(ipaddress.ip_address(e.laddr)) in cc.kernel_laddrs:
+            mark = marks.mark_for(e.daddr, e.dport, e.laddr)
+        return mark
 
     def _kernel_mode(self, e: SyncEntry) -> bool:
         svc = self.engine.services.get((e.proto, e.vaddr, e.vport))
@@ -180,7 +195,7 @@ class KernelSync:
         cfg = self.engine.cfg
         if not any(s.forwarding == "kernel" for s in cfg.services):
             return
-        want = ct_defaults(dict(cfg.timeouts))
+        want = ct_defaults(dict(cfg.timeouts), cluster=cfg.mode == "cluster")
         if want == self._ct_applied:
             return
         try:

@@ -10,14 +10,15 @@ from lab import cluster, topology
 from lab.testing import require_lab
 
 
-def cluster_lab(prefix: str, directors: int = 3) -> Iterator[dict[str, Any]]:
+def cluster_lab(prefix: str, directors: int = 3, kernel: bool = True) -> Iterator[dict[str, Any]]:
     """A test module's cluster lab (lab.cluster.up), taken down after it; a lab down that
-    reports errors fails the module (it left something behind).  BIRD 2 is required."""
+    reports errors fails the module (it left something behind).  BIRD 2 is required.
+    `kernel`: with the kernel-mode service (KERNEL_VIP) beside the engine-mode VIP."""
     require_lab()
     if shutil.which("bird") is None:
         pytest.fail("bird2 is not installed: run make setup")
     try:
-        yield cluster.up(prefix, directors)
+        yield cluster.up(prefix, directors, kernel=kernel)
     finally:
         result = topology.down(prefix)
         assert not result["errors"], result

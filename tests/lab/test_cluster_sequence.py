@@ -9,7 +9,8 @@ What is judged is content: every held connection survives every step with every 
 order (none reset, none an echo 2 s late: the hold's stall bound), every new connection
 opened during each step succeeds, each director owned connections before the first step,
 the router showed each step in the VIP's route, and the fourth director ends a member on
-every director.  The per-step figures (route, first echo, longest gap) are printed, never
+every director.  Run once per forwarding mode: through the engine-mode VIP and through the
+kernel-mode one.  The per-step figures (route, first echo, longest gap) are printed, never
 asserted.  300 held connections rather than the CLI's 600, and 4 s per step rather than
 6: the suite runs on a busy 2-core machine within its time budget; 300 still gives each
 director about a hundred."""
@@ -27,15 +28,23 @@ PREFIX = "tcs"
 HELD = 300
 
 
-@pytest.fixture(scope="module")
-def lab():
-    yield from cluster_lab(PREFIX)
+@pytest.fixture(scope="module", params=["engine", "kernel"])
+def lab(request):
+    """A lab per forwarding mode (a join changes it): the sequence through the engine-mode
+    VIP, then through the kernel-mode one (the kernel's conntrack NAT forwards every
+    packet after the first, and each director holds its peers' flows as injected
+    conntrack entries)."""
+    for info in cluster_lab(PREFIX):
+        yield {**info, "forwarding": request.param}
 
 
 def test_kill_restore_drain_join_in_one_run_every_held_connection_survives(lab):
     steps = drill_sequence.parse_steps(drill_sequence.ISSUE_SEQUENCE)
     r = drill_sequence.run(PREFIX, steps, conns=HELD, step_seconds=4.0, lead=1.0,
-                           say=lambda text: print(f"[sequence] {text}"))
+                           say=lambda text: print(f"[sequence] {text}"),
+                           forwarding=lab["forwarding"])
+    assert r["forwarding"] == lab["forwarding"]
+    assert r["vip"] == (lab["kernel_vip"] if lab["forwarding"] == "kernel" else lab["vip"])
     print("\n" + drill_sequence.table(r))
     assert all(r["owned_before"][n] > 0 for n in "abc"), r["owned_before"]
     assert r["connected"] == HELD and r["survived"] == HELD, r
@@ -48,3 +57,9 @@ def test_kill_restore_drain_join_in_one_run_every_held_connection_survives(lab):
     for n in "abcd":
         members = cluster.status(PREFIX, n)["cluster"]["members"]
         assert set(members) == set("abcd") and members["d"]["alive"], (n, members)
+    if lab["forwarding"] == "kernel":
+        # the kernel path carried it: every director injected its peers' flows into its
+        # conntrack (a, b and c since the start, d from its peers' bulk)
+        for n in "abcd":
+            kernel = cluster.status(PREFIX, n)["kernel"]
+            assert kernel["inject_created"] + kernel["inject_updated"] > 0, (n, kernel)

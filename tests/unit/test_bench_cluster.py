@@ -126,7 +126,7 @@ def test_connections_best_of_rounds_and_their_ratio():
 def test_the_benchmarks_udp_service_is_read_by_every_director_with_its_own_laddrs():
     from director.config import parse
     from lab import cluster as lab_cluster, cluster_plan
-    desc = cluster_plan.plan("tbcl", 3)
+    desc = cluster_plan.plan("tbcl", 3, kernel=False)
     for d in desc["directors"]:
         cfg = parse(lab_cluster.node_config("tbcl", desc, d["name"],
                                             [cluster.udp_service(), cluster.tcp_service()]),

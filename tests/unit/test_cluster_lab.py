@@ -41,9 +41,13 @@ def test_a_join_rewrites_every_config_with_the_services_lab_up_added(tmp_path, m
     for d in state["cluster"]["directors"]:
         cfg = load(state["configs"][d["name"]])
         assert sorted(cfg.cluster.members) == ["a", "b", "c", "d"]
-        assert [(s.proto, s.port) for s in cfg.services[1:]] == [
+        assert [(s.proto, s.port) for s in cfg.services[1:-1]] == [
             (x["proto"], x["port"]) for x in extra]
-        assert all(list(s.laddrs) == d["laddrs"] for s in cfg.services), cfg.services
+        # the engine-mode services share the director's first laddr; the kernel-mode
+        # service (the last) has its own
+        assert all(list(s.laddrs) == d["laddrs"][:1] for s in cfg.services[:-1]), cfg.services
+        assert cfg.services[-1].forwarding == "kernel"
+        assert list(cfg.services[-1].laddrs) == [d["kernel_laddr"]] == d["laddrs"][1:]
 
 
 def test_a_cluster_drill_settles_when_every_answering_director_agrees_who_serves_each_laddr():

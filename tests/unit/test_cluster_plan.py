@@ -9,15 +9,23 @@ from lab import cluster_plan, plan as pair_plan
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])
-def test_plan_lists_n_directors_and_the_routes_the_router_should_hold(n):
-    desc = cluster_plan.plan("cl", n)
+@pytest.mark.parametrize("kernel", [True, False])
+def test_plan_lists_n_directors_and_the_routes_the_router_should_hold(n, kernel):
+    """Each VIP via every director, each laddr via its owner; with the kernel-mode service
+    (the default) a second VIP and a second laddr per director, its own."""
+    desc = cluster_plan.plan("cl", n, kernel)
     names = [d["name"] for d in desc["directors"]]
     assert names == [chr(ord("a") + i) for i in range(n)]
     routes = desc["router"]["routes"]
-    assert routes[f"{desc['vip']}/32"] == [d["front_addr"] for d in desc["directors"]]
+    assert cluster_plan.vips(desc) == [desc["vip"]] + ([cluster_plan.KERNEL_VIP] if kernel else [])
+    for vip in cluster_plan.vips(desc):
+        assert routes[f"{vip}/32"] == [d["front_addr"] for d in desc["directors"]]
     for d in desc["directors"]:
-        assert routes[f"{d['laddrs'][0]}/32"] == [d["front_addr"]]
-    assert len(routes) == n + 1
+        assert len(d["laddrs"]) == 1 + kernel and d["kernel_laddr"] == (
+            d["laddrs"][1] if kernel else None)
+        for a in d["laddrs"]:
+            assert routes[f"{a}/32"] == [d["front_addr"]]
+    assert len(routes) == (n + 1) * (1 + kernel)
 
 
 def test_addresses_unique_and_in_the_cluster_range_away_from_the_pair_lab():

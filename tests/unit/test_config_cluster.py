@@ -70,6 +70,45 @@ def test_members_are_checked(a, field, words):
     assert msg.startswith(f"c.toml: {field}") and words in msg
 
 
+KERNEL_SERVICE = """
+[[services]]
+proto = "tcp"
+vip = "198.19.41.101"
+port = 80
+scheduler = "maglev"
+forwarding = "kernel"
+laddrs = ["198.19.43.11"]
+  [[services.real_servers]]
+  addr = "198.19.44.21"
+  port = 8080
+"""
+BY_MODE = ('[cluster]\nmembers = {{ a = {a}, b = {{ engine = ["198.19.42.12"], '
+           'kernel = ["198.19.43.12"] }} }}\n')
+
+
+def test_with_kernel_mode_services_every_pool_is_given_by_mode():
+    """A peer's kernel-mode laddrs must stay tracked by conntrack (never queued untracked),
+    so once the cluster forwards in kernel mode each pool names its modes."""
+    good = '{ engine = ["198.19.42.11"], kernel = ["198.19.43.11"] }'
+    cfg = parse(doc(extra=BY_MODE.format(a=good)) | {"services": doc()["services"] + tomllib.loads(
+        KERNEL_SERVICE)["services"]}, "c.toml")
+    assert cfg.cluster.members == {"a": ("198.19.42.11", "198.19.43.11"),
+                                   "b": ("198.19.42.12", "198.19.43.12")}
+    assert cfg.cluster.kernel_laddrs == {"198.19.43.11", "198.19.43.12"}
+    for a, field, words in [
+            ('["198.19.42.11", "198.19.43.11"]', "cluster.members.a", "by forwarding mode"),
+            ('{ engine = ["198.19.42.11", "198.19.43.11"] }', "cluster.members.a.kernel",
+             "kernel-mode services (198.19.43.11)"),
+            ('{ engine = ["198.19.42.11"], kernel = ["198.19.43.11"], ipvs = ["198.19.42.9"] }',
+             "cluster.members.a", "by forwarding mode"),
+            ('{ engine = ["198.19.42.11"], kernel = ["198.19.42.12"] }',
+             "cluster.members.b.engine[0]", "a laddr of director 'a' (kernel)")]:
+        d = doc(extra=BY_MODE.format(a=a))
+        d["services"] += tomllib.loads(KERNEL_SERVICE)["services"]
+        msg = problem(d)
+        assert msg.startswith(f"c.toml: {field}") and words in msg, (a, msg)
+
+
 def test_members_must_name_this_director():
     msg = problem(doc(extra='[cluster]\nmembers = { b = ["198.19.42.12"] }\n'))
     assert msg.startswith("c.toml: cluster.members: does not name this director")

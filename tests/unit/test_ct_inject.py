@@ -155,6 +155,27 @@ def test_an_existing_entry_is_replaced_once_from_sync_and_kept_from_a_bulk():
     assert inj.stats["kept"] == 1 and inj.known
 
 
+def test_a_peers_entry_for_a_connection_the_node_holds_as_it_is_updates_it():
+    """In a cluster, director a forwards its own connection until the router moves it to b;
+    b now sees the client's FIN and tells every peer, a included.  a's kernel holds that
+    connection with the very binding the entry carries: the entry updates it (state,
+    timeout, BE_LIBERAL; its NAT untouched), never deletes it, which would drop the replies
+    arriving meanwhile.  An entry with another binding still wins as before."""
+    view = {ct.Tuple(6, CLIENT, VIP, 40000, 80): (RS, 8080, LADDR, 40000),
+            ct.Tuple(6, CLIENT, VIP, 40001, 80): (RS2, 8080, LADDR, 40001)}
+    inj = Injector(lambda e: BACKUP_MARK, view.get)
+    inj.offer(entry(40000, daddr=RS, lport=40000))
+    inj.offer(entry(40001, daddr=RS, lport=40001))
+    ack_all(inj, sent(inj), errno.EEXIST)
+    update, delete, create = sent(inj)
+    assert update.ct.orig.sport == 40000 and not update.flags & ct.NLM_F_CREATE
+    assert update.ct.nat_dst is None and update.ct.tcp.flags_orig == LIBERAL
+    assert delete.msg_type == ct.MSG_DELETE and delete.ct.orig.sport == 40001
+    assert create.ct.nat_dst == ct.NatRange(RS, 8080)
+    ack_all(inj, [update, delete, create])
+    assert (inj.stats["kept"], inj.stats["replaced"], inj.stats["stale"]) == (1, 1, 0)
+
+
 def test_a_bulk_replaces_an_entry_left_by_an_older_connection_on_the_same_ports():
     """A restarted node's conntrack still holds its entry of an older connection (TIME_WAIT,
     real server RS) when the client reuses that port for a new connection through the peer:

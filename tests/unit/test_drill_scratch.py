@@ -87,7 +87,7 @@ def test_a_drill_whose_traffic_failed_leaves_no_scratch_directory(scratch_root):
 def test_a_sequence_whose_traffic_failed_leaves_no_scratch_directory(scratch_root,
                                                                        monkeypatch):
     pair = FakePair([sys.executable, "-c", "raise SystemExit(3)"])
-    monkeypatch.setattr(drill_sequence, "LabCluster", lambda prefix: pair)
+    monkeypatch.setattr(drill_sequence, "LabCluster", lambda prefix, forwarding="engine": pair)
     with pytest.raises(RuntimeError, match="exit 3"):
         drill_sequence.run("nolab", [("kill", "a")])
     assert list(scratch_root.iterdir()) == []
