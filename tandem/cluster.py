@@ -37,6 +37,7 @@ from typing import Any, Callable
 from ha import announce as A
 from ha.bird import host_prefix
 from ha.bird_io import BirdAnnouncer
+from tandem import cluster_status
 
 log = logging.getLogger("tandem.cluster")
 
@@ -150,21 +151,8 @@ class ClusterRunner:
         return sorted({a for pool in self.members.values() for a in pool if a not in kernel})
 
     def flows_owned(self) -> dict[str, int]:
-        """Connections this node holds by the member whose laddr they use: the engine's
-        table, and the kernel-mode flows of its conntrack view (its own and those injected
-        from its peers' sync), counted by their binding's laddr."""
-        packed = {m: [ipaddress.ip_address(a).packed for a in pool]
-                  for m, pool in self.members.items()}
-        owned = {m: sum(self.engine.ports.used(p).values()) for m, p in packed.items()}
-        if self.kernel_flows is not None:
-            owner = {a: m for m, pool in self.members.items() for a in pool}
-            marks = self.engine.marks
-            for mark, (active, inactive) in self.kernel_flows.counts.items():
-                b = marks.binding(mark)
-                m = owner.get(b.laddr) if b is not None else None
-                if m is not None:
-                    owned[m] += active + inactive
-        return owned
+        """Connections this node holds by the member whose laddr they use."""
+        return cluster_status.flows_owned(self.members, self.engine, self.kernel_flows)
 
     # -- the inputs ----------------------------------------------------------------------
 
@@ -397,36 +385,8 @@ class ClusterRunner:
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict:
-        now = self.clock()
-        alive, leaving, _joining = self.membership(now)
-        peers = self._peers()
-        d = self.announcer.last
-        owned = self.flows_owned()
-        candidates = alive - leaving
-        members = {}
-        for m, pool in sorted(self.members.items()):
-            p = peers.get(m)
-            said = (self.said() if m == self.name
-                    else p.state.role if p is not None and p.state is not None else None)
-            members[m] = {"laddrs": list(pool), "alive": m in alive, "leaving": m in leaving,
-                          "last_heard_s": (None if m == self.name or p is None
-                                           or p.heard == float("-inf")
-                                           else round(now - p.heard, 3)),
-                          "flows": owned.get(m, 0), "said": said,
-                          # who should answer for each of its laddrs, as this node sees it:
-                          # itself while alive, else the adopter rendezvous hashing picks
-                          "served_by": {a: (m if m in alive else A.adopter(a, candidates))
-                                        for a in pool}}
-        return {"name": self.name, "state": self.state(), "members": members,
-                "announced": sorted(self.announcer.announced),
-                "bird_has": None if self.applied is None else sorted(self.applied),
-                "adopted": sorted(self.announcer.adopted),
-                "reason": d.reason if d is not None else None,
-                "links_down": list(self.links_down),
-                "flows_owned": owned.get(self.name, 0),
-                "flows_foreign": sum(v for m, v in owned.items() if m != self.name),
-                "stats": dict(self.stats), "last_error": self.last_error or None}
-
+        """/status `cluster` (tandem/cluster_status.py)."""
+        return cluster_status.status(self)
 
 def attach(node) -> ClusterRunner | None:
     """The node's cluster runner in node.mode = "cluster", else None (pair mode unchanged)."""
