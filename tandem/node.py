@@ -228,6 +228,8 @@ class Node:
         self._pump_task = asyncio.create_task(self._pump(), name=f"node-{cfg.name}")
         self._phase = "running"
         if self.cluster is not None:
+            if self._tracked:           # never announce, even once, with a tracked link down
+                await self._check_links()
             await self.cluster.start()
 
     async def _cluster_drain(self, on: bool) -> dict | None:

@@ -74,3 +74,24 @@ async def test_a_tracked_link_down_withdraws_the_director_and_its_peers_adopt_it
     finally:
         for node in nodes.values():
             await node.stop()
+
+
+async def test_a_director_starting_with_a_tracked_link_down_never_announces():
+    """The links are looked at before the first announcement: a director whose tracked
+    link is down at its start tells BIRD nothing but the empty announcement."""
+    kernel, bird = FakeKernel(links=("front", "back")), FakeBird()
+    kernel.links["front"] = False
+    cfg = replace(parse({**config_doc("a", ["a"], None),
+                         "interfaces": {"front": "front", "back": "back"}}, "a.toml"), api_port=0)
+    node = Node(cfg, edges=Edges(kernel=kernel, bird=bird))
+    try:
+        await node.start()
+        await asyncio.sleep(0.3)        # a few steps of the announcer and link checks
+        assert set(bird.applied) == {frozenset()}, bird.applied
+        st = node.cluster.status()
+        assert (st["state"], st["links_down"], st["members"]["a"]["said"]) == (
+            "down", ["front"], "fault")
+        kernel.links["front"] = True
+        await until(lambda: bird.last == own("a"), "announced once the link is up")
+    finally:
+        await node.stop()
