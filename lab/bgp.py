@@ -265,10 +265,13 @@ def _namespaces(prefix: str, directors: list[dict[str, str]]) -> list[str]:
 
 
 def up(prefix: str, n: int = 3, timers: Timers = Timers(),
-       announce_laddrs: bool = True, lab_announces: bool = True) -> dict[str, Any]:
+       announce_laddrs: bool = True, lab_announces: bool = True,
+       director_birds: bool = True) -> dict[str, Any]:
     """Build the namespaces, start BIRD on the router and on every director, and have
     each director announce the VIP (and its laddr /32), unless `lab_announces` is False
-    (the cluster lab: its nodes announce).  Returns the description."""
+    (the cluster lab: its nodes announce).  `director_birds` False: BIRD on the router
+    only (a deployment brings the directors' own, tests/lab/test_ansible_cluster.py).
+    Returns the description."""
     directors = director_rows(n)
     state = st.load_state(prefix) or {"prefix": prefix, "namespaces": [], "processes": []}
     sd = st.state_dir(prefix)
@@ -292,14 +295,15 @@ def up(prefix: str, n: int = 3, timers: Timers = Timers(),
     for d in directors:
         _wire_director(prefix, d)
     _files(prefix, "router")["conf"].write_text(router_config(directors, timers))
-    for d in directors:
+    birds = directors if director_birds else []
+    for d in birds:
         f = _files(prefix, d["name"])
         f["announce"].write_text(bird.announce_include([]))
         f["conf"].write_text(director_config(d, str(f["announce"]), timers))
-    for role in ["router"] + [d["name"] for d in directors]:
+    for role in ["router"] + [d["name"] for d in birds]:
         check_config(_files(prefix, role)["conf"])
         start_bird(prefix, state, role)
-    for d in directors if lab_announces else ():
+    for d in birds if lab_announces else ():
         announce(prefix, d["name"], [VIP] + ([d["laddr"]] if announce_laddrs else []))
     return {"prefix": prefix, "vip": VIP, "router": {"ns": router, "addr": ROUTER_ADDR},
             "directors": [{**d, "ns": ns_name(prefix, d["name"])} for d in directors],

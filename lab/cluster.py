@@ -181,17 +181,20 @@ def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
 
 def up(prefix: str, n: int = 3, wait: float = 30.0,
        extra_services: list[dict[str, Any]] | None = None,
-       kernel: bool = True) -> dict[str, Any]:
+       kernel: bool = True, nodes: bool = True) -> dict[str, Any]:
     """Build the cluster lab of `n` directors (replacing a lab of the same prefix); its
     description (cluster_plan.plan, with the router's routes as they are).  On failure
     everything is removed again and the exception re-raised.  `extra_services`: see
     node_config (bench.cluster adds a UDP service).  `kernel`: the kernel-mode service
-    (KERNEL_VIP) beside the engine-mode VIP."""
-    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services, kernel)
+    (KERNEL_VIP) beside the engine-mode VIP.  `nodes` False: the network, the router's
+    BIRD and the echo servers only, no node and no BIRD on any director (a deployment
+    brings both: tests/lab/test_ansible_cluster.py)."""
+    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services, kernel, nodes)
 
 
 def _up(prefix: str, n: int, wait: float,
-        extra_services: list[dict[str, Any]] | None = None, kernel: bool = True) -> dict[str, Any]:
+        extra_services: list[dict[str, Any]] | None = None, kernel: bool = True,
+        nodes: bool = True) -> dict[str, Any]:
     from . import topology
     desc = cp.plan(prefix, n, kernel)
     topology.down(prefix)
@@ -203,7 +206,7 @@ def _up(prefix: str, n: int, wait: float,
                                  "extra_services": list(extra_services or [])}
         st.save_state(prefix, state)
         try:
-            bgp.up(prefix, n, lab_announces=False)
+            bgp.up(prefix, n, lab_announces=False, director_birds=nodes)
             router = bgp.ns_name(prefix, "router")
             nsutil.set_sysctls(router, {"net.ipv4.conf.all.rp_filter": 0,
                                         "net.ipv4.conf.default.rp_filter": 0}, optional=True)
@@ -219,14 +222,14 @@ def _up(prefix: str, n: int, wait: float,
             write_configs(prefix, state)
             st.save_state(prefix, state)
             _start_echo(prefix, state, desc, wait)
-            for d in desc["directors"]:
+            for d in desc["directors"] if nodes else ():
                 start_node(prefix, state, d["name"], wait)
-            for vip in cp.vips(desc):
+            for vip in cp.vips(desc) if nodes else ():
                 bgp.wait_nexthops(prefix, vip, [d["front_addr"] for d in desc["directors"]],
                                   wait=wait)
             info = {**desc, "state_dir": str(sd), "api_token": API_TOKEN}
             info["router"] = {**desc["router"], "routes": routes(prefix, desc)}
-            info["directors"] = [{**d, "node": True} for d in desc["directors"]]
+            info["directors"] = [{**d, "node": nodes} for d in desc["directors"]]
             info["processes"] = [{"name": p["name"], "ns": p["ns"], "pid": p["pid"]}
                                  for p in state["processes"]]
             state["info"] = info
