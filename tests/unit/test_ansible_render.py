@@ -79,9 +79,10 @@ def test_the_role_writes_the_config_the_node_reads_and_forwards_the_families_it_
 def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_runs(tmp_path, track):
     """tandem_mode = "cluster": the role writes director b's node config exactly as the
     cluster lab runs it (mode, unicast sync to every peer, [cluster] members, BIRD's
-    include and socket; no [vrrp]; [interfaces], the links tracked, with
-    tandem_cluster_track_links) and BIRD's config as the lab's (the same lines), which
-    `bird -p` accepts."""
+    include and socket, its state directory; no [vrrp]; [interfaces], the links tracked,
+    with tandem_cluster_track_links) and BIRD's config as the lab's (the same lines, plus
+    the log file asked for), which `bird -p` accepts.  A director on one interface (front
+    and back the same) gets each kernel setting once."""
     import shutil
     import tomllib
 
@@ -91,30 +92,48 @@ def test_a_cluster_director_gets_the_node_config_and_the_bird_config_the_lab_run
     cfg = cluster.node_config("tcl", desc, "b")
     node, sync, cl = cfg["node"], cfg["sync"], cfg["cluster"]
     include = tmp_path / "announce.conf"
+    log = tmp_path / "log" / "bird.log"
     evars = {
         "tandem_node_name": "b", "tandem_api": node["api"], "tandem_api_token": node["api_token"],
-        "tandem_node_extra": {"state_dir": node["state_dir"]}, "tandem_services": cfg["services"],
+        "tandem_state_dir": node["state_dir"], "tandem_services": cfg["services"],
         "tandem_mode": "cluster", "tandem_sync_key": sync["key"], "tandem_sync_id": sync["sync_id"],
         "tandem_sync_extra": {k: sync[k] for k in ("bind", "port", "peers")},
         "tandem_cluster": {"members": cl["members"]}, "tandem_bird_socket": cl["bird_socket"],
-        "tandem_bird_announce_include": cl["announce_include"],
+        "tandem_bird_announce_include": cl["announce_include"], "tandem_bird_log_file": str(log),
         "tandem_bgp_local_address": "198.19.40.12", "tandem_bgp_neighbor": bgp.ROUTER_ADDR,
+        "tandem_front_interface": "eth0", "tandem_back_interface": "eth0",
     }
     if track:
         evars.update(tandem_cluster_track_links=True, tandem_front_interface="eth0",
                      tandem_back_interface="eth1")
         cfg = {**cfg, "interfaces": {"front": "eth0", "back": "eth1"}}
-    toml, _sysctls = render(tmp_path, evars, bird=True)
+    toml, sysctls = render(tmp_path, evars, bird=True)
     assert parse(tomllib.loads(toml), "n.toml") == parse(tomllib.loads(dump_toml(cfg)), "n.toml")
+    keys = [line.split(" = ")[0] for line in sysctls.splitlines() if " = " in line]
+    assert len(keys) == len(set(keys)) and "net.ipv4.conf.eth0.rp_filter" in keys, keys
     code = lambda text: [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     rendered = (tmp_path / "bird.conf").read_text()
+    log_line = f'log "{log}" all;'
+    assert log_line in code(rendered)
     lab_conf = bgp.director_config({"addr": "198.19.40.12"}, cl["announce_include"])
-    assert code(rendered) == code(lab_conf)
+    assert [ln for ln in code(rendered) if ln != log_line] == code(lab_conf)
     if shutil.which("bird"):
+        log.parent.mkdir()
         include.write_text(announce_include([]))
         conf = tmp_path / "check.conf"
         conf.write_text(rendered.replace(cl["announce_include"], str(include)))
         bgp.check_config(conf)
+
+
+def test_the_role_starts_bird_with_the_include_the_node_writes_for_nothing():
+    """Before its node runs, a director's BIRD reads the include the role writes: the one
+    the node itself writes when it announces nothing (ha/bird.py), so BIRD's view of it
+    is the same whoever wrote it last."""
+    import yaml
+
+    from ha.bird import announce_include
+    role_vars = yaml.safe_load((ROLE / "vars/main.yml").read_text())
+    assert role_vars["tandem_bird_empty_include"] == announce_include([])
 
 
 def test_a_service_that_names_no_forwarding_runs_in_kernel_mode_unless_it_needs_the_engine(tmp_path):
