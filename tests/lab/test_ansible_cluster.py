@@ -3,7 +3,8 @@ lab, over real SSH: three directors, each with its node and its own BIRD.
 
 The cluster lab comes up without nodes and without BIRD on the directors
 (`lab.cluster.up(nodes=False)`: the router with its BIRD and ECMP, the client, the real
-servers with their echo servers).  An sshd runs in each director namespace, and
+servers with their echo servers), and with its engine-mode service only (the inventory's
+one service: `kernel=False`).  An sshd runs in each director namespace, and
 ansible-playbook runs in the router namespace (tests/lab/ansible_ssh.py).  The playbook
 deploys the three directors from a fresh state: tandem in cluster mode and BIRD 2, both
 under the role's supervisor (BIRD as its own daemon with a pid file and a control socket
@@ -144,7 +145,7 @@ def test_ansible_deploys_the_cluster_and_its_bird_idempotently_and_a_director_st
     root = tmp / "root"
     try:
         try:
-            info = cluster.up(PREFIX, len(NAMES), nodes=False)
+            info = cluster.up(PREFIX, len(NAMES), kernel=False, nodes=False)
             hosts = [A.Host(d["name"], d["ns"], d["front_addr"]) for d in info["directors"]]
             with A.sshd_per_director(tmp, info["router"]["ns"], hosts) as ctl:
                 try:
@@ -163,7 +164,7 @@ def test_ansible_deploys_the_cluster_and_its_bird_idempotently_and_a_director_st
 
 def _deploy_and_drill(ctl: A.Controller, root: Path) -> None:
     tmp = ctl.tmp
-    desc = cluster_plan.plan(PREFIX, len(NAMES))
+    desc = cluster_plan.plan(PREFIX, len(NAMES), kernel=False)
     vip = desc["vip"]
     extra = tmp / "extra-vars.json"
     extra.write_text(json.dumps({
