@@ -11,6 +11,7 @@ module turns those into the same sync entries, by the same SyncPolicy:
     out = src.poll(now)            # refreshes due (call at src.next_deadline() or later)
     out = src.resync(dump, now)    # after lost events: the table as a dump shows it
     src.set_active(True, now)      # this node forwards: produce entries (False: keep the view)
+    src.take_over(laddrs, now)     # cluster: refresh the flows of a dead peer's adopted laddrs
 
 What is sent when:
 - a new TCP flow (the tracker's SYN_SENT, IPVS's SYN_RECV) at once, URGENT (`on_syn`); each
@@ -43,6 +44,9 @@ holds too (`table=`; one of its own otherwise): one int key and one int value pe
 (state, old_state, status bits, binding, sync_endtime in jiffies, refresh due time).
 Refreshes are filed by the second they fall due, each as the row's key; a row's own due
 time tells a slot still valid from one left behind by a reschedule.
+
+Size: one sans-IO core over one packed row layout (proto.flow_table): events, refreshes,
+repair and a cluster's take-over all read and write the same bits of the same rows.
 """
 from __future__ import annotations
 
@@ -346,20 +350,41 @@ class KernelSyncSource:
             return
         self.active = active
         self._due.clear()
-        rows, proto_of = self.table.rows, self.table.proto_of
+        rows = self.table.rows
         held = [(k, r) for k, r in rows.items() if r & SOURCE]
         if not active:
             for k, r in held:
                 rows[k] = r & ~_DUE_BITS
             return
-        items = []
-        for k, r in held:
-            proto = proto_of(k)
-            if self._syncable(proto, r):
-                items.append((k, proto, r))
+        self._spread(held, now)
+
+    def _spread(self, held: list[tuple[int, int]], now: float) -> int:
+        """Schedule a refresh of each held (key, row) that can be synced, spread over each
+        one's interval so a large table does not go out in one burst; how many."""
+        rows, proto_of = self.table.rows, self.table.proto_of
+        items = [(k, proto_of(k), r) for k, r in held]
+        items = [(k, proto, r) for k, proto, r in items if self._syncable(proto, r)]
         for i, (k, proto, r) in enumerate(items):
             first = self._interval(proto, r >> STATE & F4) * (i + 1) / (len(items) + 1)
             rows[k] = self._schedule(k, proto, r, now, first=first)
+        return len(items)
+
+    def _of_laddrs(self, laddrs: frozenset[bytes]) -> list[tuple[int, int]]:
+        binding_of = self.table.binding_of
+        return [(k, r) for k, r in self.table.rows.items()
+                if r & SOURCE and (binding_of(r >> BINDING & F24) or (b"",))[0] in laddrs]
+
+    def take_over(self, laddrs: frozenset[bytes], now: float) -> int:
+        """Cluster mode: this node adopted these laddrs (packed), whose owner is gone, so it
+        refreshes their flows from now on, as a pair's new master refreshes the flows it
+        inherited (nobody else would: a node refreshes only the flows it sent); how many."""
+        return self._spread([(k, r) for k, r in self._of_laddrs(laddrs) if not r & _DUE_BITS],
+                            now)
+
+    def release(self, laddrs: frozenset[bytes]) -> None:
+        """Cluster mode: these laddrs went back to their owner, who refreshes their flows."""
+        for k, r in self._of_laddrs(laddrs):
+            self.table.rows[k] = r & ~_DUE_BITS
 
     # -- repair and bulk -----------------------------------------------------------------
 

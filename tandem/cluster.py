@@ -83,7 +83,8 @@ def membership_change(old: dict[str, tuple[str, ...]],
 class ClusterRunner:
     def __init__(self, cfg, engine, sync, *, clock: Callable[[], float] = time.monotonic,
                  bird: Any = None, engine_ok: Callable[[], bool] = lambda: True,
-                 kernel_flows: Any = None) -> None:
+                 kernel_flows: Any = None,
+                 on_adopt: Callable[[frozenset[str], bool], object] | None = None) -> None:
         cc = cfg.cluster
         self.name = cfg.name
         self.cfg = cc
@@ -97,6 +98,9 @@ class ClusterRunner:
         self.vips = tuple(sorted({s.vip for s in cfg.services}))
         #: the kernel-mode flows' view (tandem.kernel_mode.KernelFlows), or None
         self.kernel_flows = kernel_flows
+        #: told of laddrs adopted (True) or given back (False): kernel sync then refreshes
+        #: (or stops refreshing) their flows (tandem.kernel_sync.KernelSync.adopted)
+        self.on_adopt = on_adopt
         self.bird = bird if bird is not None else BirdAnnouncer(cc.announce_include,
                                                                 cc.bird_socket)
         self.announcer = A.Announcer()
@@ -250,9 +254,13 @@ class ClusterRunner:
                     self.stats["adopted"] += len(a.addrs)
                     log.info("cluster %s: adopting %s (their owner is gone)", self.name,
                              " ".join(sorted(a.addrs)))
+                    if self.on_adopt is not None:
+                        self.on_adopt(a.addrs, True)
                 elif isinstance(a, A.RemoveAddresses):
                     self.stats["given_back"] += len(a.addrs)
                     log.info("cluster %s: giving back %s", self.name, " ".join(sorted(a.addrs)))
+                    if self.on_adopt is not None:
+                        self.on_adopt(a.addrs, False)
                 elif isinstance(a, A.Announce):
                     self.changes.append({"at": now, "prefixes": sorted(a.prefixes),
                                          "reason": a.reason})
@@ -396,4 +404,5 @@ def attach(node) -> ClusterRunner | None:
     return ClusterRunner(cfg, node.engine, node.sync, clock=node.clock,
                          bird=getattr(node.edges, "bird", None),
                          engine_ok=lambda: node._phase == "running",
-                         kernel_flows=node.kernel_path.flows)
+                         kernel_flows=node.kernel_path.flows,
+                         on_adopt=node.kernel_sync.adopted if node.kernel_sync else None)

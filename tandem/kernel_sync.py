@@ -148,6 +148,19 @@ class KernelSync:
     def set_role(self, role: str) -> None:
         self.source.set_active(role == "master", self.clock())
 
+    def adopted(self, laddrs: frozenset[str], taken: bool) -> int:
+        """Cluster mode: this node adopted these laddrs (their owner is gone), so it refreshes
+        their flows over sync from now on, or gave them back to their owner, who does; how
+        many flows it takes over."""
+        packed = frozenset(ipaddress.ip_address(a).packed for a in laddrs)
+        if not taken:
+            self.source.release(packed)
+            return 0
+        n = self.source.take_over(packed, self.clock())
+        if n:
+            log.info("kernel sync: refreshing %d flows of adopted %s", n, " ".join(sorted(laddrs)))
+        return n
+
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_TICK)

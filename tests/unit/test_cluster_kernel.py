@@ -43,14 +43,15 @@ def own(name: str) -> frozenset[str]:
     return frozenset({f"{VIP}/32", f"{KVIP}/32", f"{LADDR[name]}/32", f"{KLADDR[name]}/32"})
 
 
-def event(node: Node, kind: str, laddr: str, state: int, pid: int = 0) -> ct.Message:
-    """A conntrack event of the flow CLIENT:40000 -> KVIP:80, bound to RS[0] and `laddr`
-    (lport 61000), carrying `node`'s mark for that binding."""
+def event(node: Node, kind: str, laddr: str, state: int, pid: int = 0,
+          cport: int = 40000) -> ct.Message:
+    """A conntrack event of the flow CLIENT:cport -> KVIP:80, bound to RS[0] and `laddr`
+    (lport 21000 + cport), carrying `node`'s mark for that binding."""
     mtype, flags = {"new": (ct.MSG_NEW, ct.NLM_F_CREATE), "update": (ct.MSG_NEW, 0)}[kind]
     mark = node.engine.marks.mark_for(RS[0], 8080, laddr)
     return ct.Message(mtype, flags, 0, 2, ct.Conntrack(
-        orig=ct.Tuple(6, packed(CLIENT), packed(KVIP), 40000, 80),
-        reply=ct.Tuple(6, packed(RS[0]), packed(laddr), 8080, 61000), mark=mark,
+        orig=ct.Tuple(6, packed(CLIENT), packed(KVIP), cport, 80),
+        reply=ct.Tuple(6, packed(RS[0]), packed(laddr), 8080, 21000 + cport), mark=mark,
         status=ct.IPS_CONFIRMED | ct.IPS_SEEN_REPLY | ct.IPS_ASSURED, tcp=ct.TcpInfo(state)), pid)
 
 
@@ -105,6 +106,16 @@ async def test_a_kernel_mode_flow_is_announced_synced_owned_and_moved_in_a_clust
         assert update.ct.nat_dst is None and update.ct.tcp.state == ct.TCP_CT_FIN_WAIT
         assert a.kernel_sync.injector.stats["kept"] == 1
         assert a.kernel_sync.injector.stats["replaced"] == 0
+
+        # a flow of b's own, held on a as injected: refreshed by b, never by a ...
+        orig = ct.Tuple(6, packed(CLIENT), packed(KVIP), 40001, 80)
+        a.kernel_path.flows.apply(event(a, "new", KLADDR["b"], ct.TCP_CT_ESTABLISHED,
+                                        pid=inj_a.portid, cport=40001))
+        assert a.kernel_sync.source.flows[orig].due is None
+        # ... until b stops and a adopts b's laddrs: a refreshes b's flows from then on
+        await b.stop()
+        await until(lambda: KLADDR["b"] in a.cluster.status()["adopted"], "a adopts b's laddrs")
+        assert a.kernel_sync.source.flows[orig].due is not None
     finally:
         for node in nodes.values():
             await node.stop()

@@ -34,13 +34,13 @@ def source(active: bool = True, **policy) -> KernelSyncSource:
 
 def event(kind: str, cport: int = 40000, state: int | None = ct.TCP_CT_SYN_SENT, *,
           proto: int = 6, mark: int | None = MARK, status: int = ct.IPS_CONFIRMED | 0x1b0,
-          lport: int = 61000, pid: int = 0) -> ct.Message:
+          lport: int = 61000, pid: int = 0, laddr: bytes = LADDR) -> ct.Message:
     """An event as the kernel sends it (encoded and decoded by the codec): the reply tuple
     already translated, real server -> laddr:lport."""
     mtype, flags = {"new": (ct.MSG_NEW, ct.NLM_F_CREATE), "update": (ct.MSG_NEW, 0),
                     "destroy": (ct.MSG_DELETE, 0)}[kind]
     orig = ct.Tuple(proto, CLIENT, VIP, cport, 80)
-    reply = ct.Tuple(proto, RS, LADDR, 8080, lport)
+    reply = ct.Tuple(proto, RS, laddr, 8080, lport)
     tcp = ct.TcpInfo(state) if proto == 6 and state is not None else None
     msg = ct.Message(mtype, flags, 0, socket.AF_INET,
                      ct.Conntrack(orig=orig, reply=reply, status=status, timeout=100, mark=mark,
@@ -196,6 +196,29 @@ def test_a_backup_keeps_the_view_and_sends_after_taking_over():
     src.set_active(False, 700.0)
     assert src.next_deadline() == float("inf")
     assert src.apply(event("destroy", 3, None), 701.0) == []
+
+
+def test_a_cluster_director_refreshes_the_flows_of_the_laddrs_it_adopted():
+    """In a cluster every director is active and refreshes the flows it sent; its peers'
+    flows, injected here, are refreshed by their owner.  When the owner dies and this
+    director adopts its laddr, nobody else would: it takes their refreshes over (spread
+    out), and stops once it gives the laddr back."""
+    peer = bytes([198, 18, 2, 101])
+    src = source()
+    [(own, _)] = src.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    assert own.laddr == LADDR
+    for port in (2, 3, 4):
+        assert src.apply(event("new", port, ct.TCP_CT_ESTABLISHED, pid=INJECTOR_PID,
+                               status=ESTABLISHED_STATUS, laddr=peer), 0.0) == []
+    assert [e.cport for e, _ in src.poll(1000.0)] == [1]          # its own flow only
+    assert src.take_over(frozenset({peer}), 1000.0) == 3
+    assert src.take_over(frozenset({peer}), 1001.0) == 0          # already scheduled
+    dues = sorted(f.due for f in src.flows.values() if f.due is not None)
+    assert len(set(dues)) == 4 and dues[-1] <= 1450.0
+    refreshed = [(e.cport, e.laddr) for e, _ in src.poll(1450.0)]
+    assert sorted(refreshed) == [(1, LADDR), (2, peer), (3, peer), (4, peer)]
+    src.release(frozenset({peer}))
+    assert [e.cport for e, _ in src.poll(5000.0)] == [1]
 
 
 def test_resync_sends_what_the_lost_events_would_have():
