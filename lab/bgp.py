@@ -10,7 +10,11 @@
 
 The router is AS 65000, every director AS 65001 (one anycast origin), so the VIP's
 routes from all directors are equally good and the router installs one route with a
-next hop per director.  Each director's announcements come from the include file of
+next hop per director.  The router sends every director the routes it holds from the
+others, every path (ADD-PATH), and each director keeps them in its session's import
+table, never in a routing table: the router's view, from which a node reads which peers
+the router still routes via (ha/bird.py, docs/cluster.md section 6).  Same-AS routes
+coming back need `allow local as` on the directors' sessions.  Each director's announcements come from the include file of
 ha/bird.py, so this lab exercises the same file and `birdc configure` a node's BIRD
 adapter uses.  Addresses are in 198.19.40.0/22, away from the main lab's (lab/plan.py)
 and the other lab tests'.
@@ -85,8 +89,9 @@ def _session_timers(t: Timers) -> list[str]:
 
 
 def router_config(directors: list[dict[str, str]], timers: Timers = Timers()) -> str:
-    """BIRD config of the router: learns from every director, exports nothing, and
-    installs the best routes into the kernel, equal ones merged into one multipath route."""
+    """BIRD config of the router: learns from every director, installs the best routes
+    into the kernel, equal ones merged into one multipath route, and sends each director
+    every path it learnt from the others (ADD-PATH: the router's view, ha/bird.py)."""
     lines = [f"router id {ROUTER_ADDR};",
              "protocol device { scan time 10; }",
              "protocol kernel {",
@@ -99,7 +104,8 @@ def router_config(directors: list[dict[str, str]], timers: Timers = Timers()) ->
                   f"  local {ROUTER_ADDR} as {ROUTER_AS};",
                   f"  neighbor {d['addr']} as {DIRECTOR_AS};",
                   *_session_timers(timers),
-                  "  ipv4 { import all; export none; };",
+                  "  ipv4 { import all; add paths tx;",
+                  f'         export where proto ~ "dir_*" && proto != "dir_{d["name"]}"; }};',
                   "}"]
     return "\n".join(lines) + "\n"
 
@@ -107,7 +113,9 @@ def router_config(directors: list[dict[str, str]], timers: Timers = Timers()) ->
 def director_config(d: dict[str, str], include_path: str, timers: Timers = Timers()) -> str:
     """BIRD config of a director: announces what the include holds (ha/bird.py), to the
     router only; no kernel protocol, so nothing BIRD learns or announces touches the
-    director's own routing table."""
+    director's own routing table.  What the router sends back (its view: the others'
+    routes, every path) stays in the session's import table (`import table on`, imported
+    into no routing table: `import none`)."""
     lines = [f"router id {d['addr']};",
              "protocol device { scan time 10; }",
              f'include "{include_path}";',
@@ -115,8 +123,9 @@ def director_config(d: dict[str, str], include_path: str, timers: Timers = Timer
              "protocol bgp uplink {",
              f"  local {d['addr']} as {DIRECTOR_AS};",
              f"  neighbor {ROUTER_ADDR} as {ROUTER_AS};",
+             "  allow local as;",
              *_session_timers(timers),
-             f"  ipv4 {{ import none; {bird.export_filter(4)} }};",
+             f"  ipv4 {{ add paths rx; import table on; import none; {bird.export_filter(4)} }};",
              "}"]
     return "\n".join(lines) + "\n"
 

@@ -15,8 +15,8 @@ needs_bird = pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 not 
 
 
 def routes(text: str, proto: str) -> list[str]:
-    body = re.search(r"protocol static %s \{(.*?)\}" % proto, text, re.S).group(1)
-    return re.findall(r"route (\S+) blackhole;", body)
+    body = re.search(r"protocol static %s \{(.*?)\n\}" % proto, text, re.S).group(1)
+    return re.findall(r"route (\S+) blackhole[ ;]", body)
 
 
 def test_include_sorts_splits_by_family_and_dedups():
@@ -149,3 +149,70 @@ def test_the_include_is_readable_by_birds_user_whatever_the_nodes_umask(tmp_path
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "announce.conf").stat().st_mode) == 0o644
+
+
+def test_own_routes_carry_the_own_community_and_adopted_ones_do_not():
+    """The router's view tells a peer's own route from an adopter's by OWN_COMMUNITY."""
+    text = bird.announce_include(["198.19.41.100", "198.19.42.11", "198.19.42.12"],
+                                 adopted=["198.19.42.12/32"])
+    tag = "{ bgp_large_community.add((64512, 1, 1)); };"
+    assert f"route 198.19.41.100/32 blackhole {tag}" in text
+    assert f"route 198.19.42.11/32 blackhole {tag}" in text
+    assert "route 198.19.42.12/32 blackhole;" in text
+    assert routes(text, "tandem_announce4") == ["198.19.41.100/32", "198.19.42.11/32",
+                                                "198.19.42.12/32"]
+
+
+HEAD = "BIRD 2.0.12 ready.\n"
+VIEW = (HEAD + "Table import:\n"
+        "198.19.42.11/32      unicast [uplink 18:08:13.951 from 198.19.40.1] * (100) [AS65001i]\n"
+        "\tvia 198.19.40.11 on eth0\n"
+        "198.19.42.13/32      unicast [uplink 18:08:13.233 from 198.19.40.1] * (100) [AS65001i]\n"
+        "\tvia 198.19.40.13 on eth0\n"
+        "                     unicast [uplink 18:08:14.001 from 198.19.40.1] (100) [AS65001i]\n"
+        "\tvia 198.19.40.14 on eth0\n")
+
+
+@pytest.mark.parametrize("output, listed", [
+    (VIEW, {"198.19.42.11/32", "198.19.42.13/32"}),
+    (HEAD + "Table import:\n", set()),                     # a view: nobody routed
+    (HEAD + "No import table in channel uplink.ipv4\n", None),
+    (HEAD + "Channel uplink.ipv6 not found\n", None),
+    ("Unable to connect to server control socket (/x): No such file or directory\n", None),
+])
+def test_routes_listed_reads_a_view_and_tells_an_error_from_an_empty_one(output, listed):
+    got = bird.routes_listed(output)
+    assert got == (None if listed is None else frozenset(listed))
+
+
+def test_established_sessions_and_the_view_query():
+    out = (HEAD + "Name       Proto      Table      State  Since         Info\n"
+           "device1    Device     ---        up     18:11:06.980  \n"
+           "uplink     BGP        ---        up     18:11:07.980  Established   \n"
+           "uplink2    BGP        ---        start  18:11:06.980  Active        \n"
+           "tor2       BGP        ---        up     18:11:08.100  Established   \n")
+    assert bird.established_sessions(out) == ["uplink", "tor2"]
+    assert bird.bgp_established(out) and not bird.bgp_established(out.replace("Established", "Idle"))
+    assert bird.owned_routes_argv("/x.ctl", "uplink") == [
+        "birdc", "-s", "/x.ctl", "show", "route", "import", "table", "uplink.ipv4", "where",
+        "bgp_large_community", "~", "[(64512, 1, 1)]"]
+
+
+def test_router_sends_each_director_the_others_routes_every_path_and_directors_keep_them_aside():
+    rows = bgp.director_rows(3)
+    text = bgp.router_config(rows)
+    assert text.count("add paths tx;") == 3
+    for r in rows:
+        assert f'export where proto ~ "dir_*" && proto != "dir_{r["name"]}";' in text
+    d = bgp.director_config(rows[0], "/x")
+    assert "allow local as;" in d
+    assert "ipv4 { add paths rx; import table on; import none; " in d
+
+
+@needs_bird
+def test_bird_parses_an_include_with_adopted_routes(tmp_path):
+    include = tmp_path / "announce.conf"
+    (tmp_path / "a.conf").write_text(bgp.director_config(bgp.director_rows(1)[0], str(include)))
+    include.write_text(bird.announce_include(["198.19.41.100", "198.19.42.11", "198.19.42.12",
+                                              "2001:2:40::1"], adopted=["198.19.42.12"]))
+    bgp.check_config(tmp_path / "a.conf")
