@@ -16,8 +16,9 @@ node unhealthy (links, fault)   nothing
 engine not running              nothing
 table not synced yet (joining)  nothing: a director that announced before it
                                 held its peers' entries would reset their flows
-isolated: it hears fewer than   nothing: the others count it dead and adopt its
-half of the members not leaving laddrs; announcing them too would split them
+isolated: no router view, and   nothing: the others count it dead and adopt its
+it hears fewer than half of     laddrs; announcing them too would split them
+the members not leaving
 draining, connections left and  its laddrs (and adopted ones) only: replies of
 drain_timeout not passed        its connections keep coming back; no new flows
 draining, otherwise             nothing
@@ -28,12 +29,22 @@ otherwise                       every VIP with a usable real server, and its
 Laddrs stay announced while a VIP is down: a peer may forward a flow with this
 director's laddr (the flow's owner), and its replies must come back here.
 
-**Adopting a dead peer's laddrs** (only with a majority heard: ``quorum``).  A peer's replies keep returning to its laddrs after
+**Adopting a dead peer's laddrs.**  A peer's replies keep returning to its laddrs after
 it dies; the survivors take them over, each laddr by exactly one of them:
 ``adopter(laddr, candidates)`` is rendezvous (highest random weight) hashing over the
 directors alive and not leaving, with BLAKE2b, so every director computes the same
 adopter from the same membership, a laddr moves only when its adopter goes, and a dead
 director's laddrs spread over the survivors.
+
+**Who is dead: the router decides** (``Inputs.routed``).  Sync silence alone cannot
+tell a dead peer from one cut off from sync but still routed, still announcing its
+laddrs; adopting those would split their replies (split brain).  The router can: it
+routes a peer's laddrs via that peer only while its BGP session (and BFD) is up.  So
+with the router's view, a peer is dead when it is silent on sync *and* the router no
+longer routes its laddrs via it; a silent peer still routed keeps its laddrs, and counts
+as a candidate (every side of a sync partition then computes the same adopters).
+Without a view (BIRD not answering, no import table configured, this director's own
+session down) the quorum rule decides instead (``quorum``).
 """
 from __future__ import annotations
 
@@ -53,6 +64,9 @@ class Inputs:
     vips_up: frozenset[str] = frozenset()       # VIPs with at least one usable real server
     alive: frozenset[str] = frozenset()         # directors heard from (this one included)
     leaving: frozenset[str] = frozenset()       # directors draining or stopping (never adopt)
+    #: peers the router still routes their own laddrs via (its view, through BGP); None:
+    #: no view, so sync silence is weighed by the quorum rule (`quorum`)
+    routed: frozenset[str] | None = None
     #: directors whose routes are not up yet: peers heard saying `joining`, and this one
     #: until its own BGP session is up (it adopts nothing meanwhile: `adopted`)
     joining: frozenset[str] = frozenset()
@@ -100,7 +114,7 @@ def quorum(inp: Inputs) -> str:
     lost half or more of its members to crashes stops adopting, and with less than half
     left goes dark (docs/cluster.md, section 6).  A member that said it leaves does not
     count once silent (a draining one still heard counts, as heard), so graceful stops and
-    drains never cost the quorum."""
+    drains never cost the quorum.  Used only without the router's view (`Inputs.routed`)."""
     heard_now = inp.alive | {inp.name}
     counted = (set(inp.laddrs) | {inp.name}) - (inp.leaving - heard_now)   # draining counts
     heard = len(counted & heard_now)
@@ -132,12 +146,17 @@ def adopted(inp: Inputs, held: frozenset[str] = frozenset()) -> frozenset[str]:
     announce it for a moment, which is harmless: both hold its flows (section 6 of
     docs/cluster.md).  A joining member is never a candidate, this director included: a
     director adopts nothing until its own routes are up (its peers, hearing it say
-    `joining`, have given its candidates' laddrs to others meanwhile)."""
-    candidates = (inp.alive | {inp.name}) - inp.leaving - inp.joining
-    if inp.name not in candidates or quorum(inp) != "majority":
+    `joining`, have given its candidates' laddrs to others meanwhile).
+
+    With the router's view (`Inputs.routed`), a peer is dead when it is silent and not
+    routed, and a silent peer still routed is a candidate; without it, only a director
+    that hears a majority adopts (`quorum`)."""
+    routed = inp.routed if inp.routed is not None else frozenset()
+    candidates = (inp.alive | routed | {inp.name}) - inp.leaving - inp.joining
+    if inp.name not in candidates or (inp.routed is None and quorum(inp) != "majority"):
         return frozenset()
     dead = frozenset(a for peer, pool in inp.laddrs.items()
-                     if peer != inp.name and peer not in inp.alive
+                     if peer != inp.name and peer not in inp.alive and peer not in routed
                      for a in pool if adopter(a, candidates) == inp.name)
     back = frozenset(a for peer in inp.joining & inp.alive if peer != inp.name
                      for a in inp.laddrs.get(peer, ()) if a in held)
@@ -152,7 +171,8 @@ def decide(inp: Inputs, now: float, drain_since: float | None = None,
     for cond, reason in ((inp.stopping, "stopping"), (not inp.node_ok, "node unhealthy"),
                          (not inp.engine_ok, "engine not running"),
                          (not inp.synced, "waiting for the peers' table"),
-                         (quorum(inp) == "minority", "isolated: a minority of the members heard")):
+                         (inp.routed is None and quorum(inp) == "minority",
+                          "isolated: a minority of the members heard")):
         if cond:
             return Decision(nothing, nothing, reason)
     adopt = nothing if inp.draining else adopted(inp, held)

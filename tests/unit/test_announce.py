@@ -250,3 +250,75 @@ def test_a_starting_director_waits_for_every_live_peers_table():
     assert f("bc", "", 1.0) and f("", "", 1.0)      # the start-up wait over
     assert table_arrived(frozenset(), frozenset(), frozenset(), 0.0, 0.6, 1.0) is False
     assert table_arrived(frozenset(), frozenset(), frozenset(), 1.0, 0.6, 1.0)
+
+
+# -- the router's view (Inputs.routed) --------------------------------------------------
+
+ALL_LADDRS = {f"{a}/32" for pool in POOLS.values() for a in pool}
+
+
+def test_the_last_director_keeps_serving_and_adopts_every_laddr_with_the_router_view():
+    """b and c crashed one after the other: silent on sync, and the router routes them no
+    more.  Without a view a hears a minority and goes dark; with it, a announces the VIPs,
+    its own laddr and every laddr of b and c."""
+    alone = replace(BASE, alive=frozenset("a"))
+    assert decide(alone, 0.0).prefixes == frozenset()
+    d = decide(replace(alone, routed=frozenset()), 0.0)
+    assert d.prefixes == {V1, V2} | ALL_LADDRS and d.reason == "healthy"
+    assert d.adopted == set(POOLS["b"] + POOLS["c"])
+
+
+def test_a_peer_silent_but_still_routed_keeps_its_laddrs_and_stays_a_candidate():
+    """c is cut from sync (a and b hear each other, not c) but the router still routes
+    it: nobody adopts c's laddrs; c itself, hearing nobody, keeps its own.  When the
+    router stops routing c, one of a and b adopts each; when it routes c again, the
+    adopter gives it back."""
+    for me in "ab":
+        d = decide(replace(BASE, name=me, alive=frozenset("ab"), routed=frozenset("abc")), 0.0)
+        assert d.adopted == frozenset() and d.prefixes == {V1, V2, f"{POOLS[me][0]}/32"}
+    c = decide(replace(BASE, name="c", alive=frozenset("c"), routed=frozenset("ab")), 0.0)
+    assert c.prefixes == {V1, V2} | {f"{a}/32" for a in POOLS["c"]} and c.adopted == set()
+    gone = {n: adopted(replace(BASE, name=n, alive=frozenset("ab"), routed=frozenset("ab")))
+            for n in "ab"}
+    assert gone["a"] | gone["b"] == set(POOLS["c"]) and not gone["a"] & gone["b"]
+    holder = next(n for n in "ab" if gone[n])
+    ann = Announcer()
+    ann.step(replace(BASE, name=holder, alive=frozenset("ab"), routed=frozenset("ab")), 0.0)
+    acts = ann.step(replace(BASE, name=holder, alive=frozenset("ab"), routed=frozenset("abc")), 1.0)
+    assert ann.adopted == set() and acts[-1] == RemoveAddresses(gone[holder])
+
+
+def test_half_of_four_adopts_the_dead_half_with_the_router_view():
+    pools = {n: (f"198.19.42.{10 + i}",) for i, n in enumerate("abcd")}
+    base = Inputs(name="a", vips=(VIP1,), laddrs=pools, vips_up=frozenset({VIP1}),
+                  alive=frozenset("ab"))
+    assert adopted(base) == set()                               # quorum: a half adopts nothing
+    takers = [adopted(replace(base, name=n, routed=frozenset("ab"))) for n in "ab"]
+    assert takers[0] | takers[1] == {pools["c"][0], pools["d"][0]}
+    assert not takers[0] & takers[1]
+
+
+@given(st.integers(2, 6), st.data())
+@settings(max_examples=300, deadline=None)
+def test_with_the_router_view_every_laddr_has_exactly_one_announcer(n, data):
+    """Some members crashed (silent, and the router routes them no more), the live ones are
+    split by a sync partition (each hears its side only) but all still routed.  Each live
+    director decides from the members it hears and the router's view: every laddr, of the
+    dead and of the live, is announced by exactly one director, whatever the partition
+    (no split brain, no dark laddr), and a live member's laddrs by itself."""
+    names = "abcdef"[:n]
+    dead = data.draw(st.sets(st.sampled_from(names), max_size=n - 1))
+    live = set(names) - dead
+    side = data.draw(st.sets(st.sampled_from(sorted(live))))
+    pools = {m: (f"198.19.42.{10 + i}", f"198.19.43.{10 + i}") for i, m in enumerate(names)}
+    by: dict[str, set[str]] = {}
+    for m in live:
+        hears = side if m in side else live - side
+        d = decide(Inputs(name=m, vips=(VIP1,), laddrs=pools, vips_up=frozenset({VIP1}),
+                          alive=frozenset(hears), routed=frozenset(live)), now=0.0)
+        assert V1 in d.prefixes
+        for p in d.prefixes - {V1}:
+            by.setdefault(p, set()).add(m)
+    assert set(by) == {f"{a}/32" for pool in pools.values() for a in pool}
+    assert all(len(ms) == 1 for ms in by.values()), by
+    assert all(by[f"{a}/32"] == {m} for m in live for a in pools[m])
