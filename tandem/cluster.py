@@ -9,7 +9,8 @@ carries out its decisions:
   stopping, the peers' table arrived (or the start-up wait over), and the membership:
   a member is alive while sync hears it (within the pair's own liveness, three
   heartbeat intervals) and has not said it is leaving (a STATE whose role is
-  `leaving`, sent by a stopping director before it withdraws);
+  `leaving`, sent by a stopping director before it withdraws); and the router's view
+  (tandem/cluster_view.py: the peers it still routes via, read from BIRD);
 - the actions: `Announce` goes to BIRD through ha/bird_io.py (the include, then
   `birdc configure`) in a worker thread, one at a time; a failure is counted and
   retried on the next step.  `AddAddresses`/`RemoveAddresses` (a dead peer's laddrs
@@ -38,6 +39,7 @@ from ha import announce as A
 from ha.bird import host_prefix
 from ha.bird_io import BirdAnnouncer
 from tandem import cluster_status
+from tandem.cluster_view import RouterView
 
 log = logging.getLogger("tandem.cluster")
 
@@ -124,6 +126,7 @@ class ClusterRunner:
         self._added: dict[str, float] = {}               # member -> when a reload added it
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.view = RouterView(self.bird)
 
     # -- membership changes (a reload) -------------------------------------------------------
 
@@ -237,6 +240,7 @@ class ClusterRunner:
         return A.Inputs(name=self.name, vips=self.vips, laddrs=self.members,
                         vips_up=self.vips_up(), alive=alive, leaving=leaving, joining=joining,
                         node_ok=not self.links_down,
+                        routed=self.view.routed(self.members, self.name),
                         engine_ok=self.engine_ok(), synced=self.synced(now),
                         stopping=self.stopping, draining=self.draining,
                         own_conns=self.flows_owned().get(self.name, 0),
@@ -249,6 +253,7 @@ class ClusterRunner:
         async with self._lock:
             now = self.clock()
             self.stats["steps"] += 1
+            await self.view.refresh(now)
             for a in self.announcer.step(self.inputs(now), now):
                 if isinstance(a, A.AddAddresses):
                     self.stats["adopted"] += len(a.addrs)
@@ -282,7 +287,8 @@ class ClusterRunner:
 
     async def _apply(self, prefixes: frozenset[str]) -> None:
         try:
-            await asyncio.to_thread(self.bird.apply, sorted(prefixes))
+            adopted = sorted(host_prefix(a) for a in self.announcer.adopted)
+            await asyncio.to_thread(self.bird.apply, sorted(prefixes), adopted)
         except Exception as exc:   # noqa: BLE001 - BirdError, no birdc, a timeout: retried
             self.stats["bird_errors"] += 1
             self.last_error = str(exc)[:300]

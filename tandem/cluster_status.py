@@ -52,6 +52,9 @@ def status(runner: Any) -> dict:
             "announced": sorted(runner.announcer.announced),
             "bird_has": None if runner.applied is None else sorted(runner.applied),
             "adopted": sorted(runner.announcer.adopted),
+            # the peers the router routes their own laddrs via; null: no view (quorum)
+            "routed": None if (r := runner.view.routed(runner.members, runner.name)) is None
+            else sorted(r),
             "reason": d.reason if d is not None else None,
             "links_down": list(runner.links_down),
             "flows_owned": owned.get(runner.name, 0),

@@ -48,12 +48,14 @@ class FakeBird:
 
     def __init__(self) -> None:
         self.applied: list[frozenset[str]] = []
+        self.adopted: frozenset[str] = frozenset()      # announced for a dead peer, last
         self.fail = False
 
-    def apply(self, prefixes) -> str:
+    def apply(self, prefixes, adopted=()) -> str:
         if self.fail:
             raise RuntimeError("birdc: Unable to connect to server control socket")
         self.applied.append(frozenset(prefixes))
+        self.adopted = frozenset(adopted)
         return "Reconfigured"
 
     @property
