@@ -255,32 +255,87 @@ def test_drain_of_one_director_keeps_every_held_connection(lab):
     assert view("a")["state"] == "active"
 
 
-def test_a_director_cut_from_sync_withdraws_and_a_survivor_adopts(lab):
+def test_a_director_cut_from_sync_but_still_routed_keeps_its_laddr(lab):
     """b loses its peers' sync (every sync datagram in and out dropped) while its link and
-    BGP stay up: the split brain of docs/cluster.md section 6.  a and c, a majority, count
-    b dead and one adopts b's laddr; b hears a minority and withdraws everything, so the
-    router has b's laddr from the adopter only, never from both.  Every held connection
-    (synced before the cut) keeps every echo in order.  Restore: b hears its peers again,
-    announces, and the adopter gives its laddr back."""
+    BGP stay up: the split brain of docs/cluster.md section 6.  The router still routes b's
+    laddr via b, and every director sees so in the routes it sends back (the router's
+    view), so a and c adopt nothing and b, hearing nobody, keeps announcing: b's laddr stays
+    routed via b alone, never via two.  Every held connection keeps every echo in order
+    and new connections succeed.  Restore: b hears its peers again."""
+    client = f"{PREFIX}-client"
     with tempfile.TemporaryDirectory() as tmp:
         held, stop = start_hold(lab, tmp, HELD)
         try:
             time.sleep(0.5)
             cluster.fault(PREFIX, "b", "partition")
-            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
-            adopter = the_adopter(lab, "b", "ac")
-            bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, adopter)], wait=20)
+            end = time.monotonic() + 20
+            while not all(not view(n)["members"]["b"]["alive"] for n in "ac"):
+                assert time.monotonic() < end, {n: view(n) for n in "ac"}
+                time.sleep(0.1)
+            time.sleep(1.0)                     # steps enough for an adoption, were it made
+            for n in "ac":
+                v = view(n)
+                assert "b" in v["routed"] and v["adopted"] == [], v
             b = view("b")
-            assert b["state"] == "isolated" and b["announced"] == [], b
-            time.sleep(1.0)
-            assert bgp.nexthops(PREFIX, laddr(lab, "b")) == [addr(lab, adopter)]
+            assert b["state"] == "active" and f"{laddr(lab, 'b')}/32" in b["announced"], b
+            assert sorted(b["routed"]) == ["a", "c"], b
+            assert bgp.nexthops(PREFIX, laddr(lab, "b")) == [addr(lab, "b")]
+            assert bgp.nexthops(PREFIX, lab["vip"]) == [addr(lab, n) for n in "abc"]
+            new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 30,
+                         "--concurrency", 6)
+            assert new["ok"] == 30, new
+            time.sleep(0.5)
         finally:
             res = end_hold(held, stop)
     assert res["ok"] == HELD and res["echoes"] == res["sent"], res
     cluster.fault(PREFIX, "b", "restore")
+    end = time.monotonic() + 20
+    while not all(view(n)["members"]["b"]["alive"] for n in "ac"):
+        assert time.monotonic() < end, {n: view(n) for n in "ac"}
+        time.sleep(0.1)
+    assert bgp.nexthops(PREFIX, laddr(lab, "b")) == [addr(lab, "b")]
+
+
+def test_two_directors_killed_one_after_the_other_the_last_one_serves_everything(lab):
+    """b crashes, then c: a hears only itself, a minority of three, but the router's view
+    shows b and c routed no more, so a keeps announcing the VIP and adopts b's and c's
+    laddrs.  Every held connection (spread over all three) keeps every echo in order, and
+    new connections succeed, all through a.  Then both are restored."""
+    client = f"{PREFIX}-client"
+    with tempfile.TemporaryDirectory() as tmp:
+        held, stop = start_hold(lab, tmp, HELD)
+        try:
+            end = time.monotonic() + 10
+            while not all(view(n)["flows_owned"] > 0 for n in "abc"):
+                assert time.monotonic() < end, {n: view(n)["flows_owned"] for n in "abc"}
+                time.sleep(0.1)
+            cluster.fault(PREFIX, "b", "kill")
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a"), addr(lab, "c")], wait=20)
+            bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, the_adopter(lab, "b", "ac"))],
+                              wait=20)
+            time.sleep(0.5)
+            cluster.fault(PREFIX, "c", "kill")
+            bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a")], wait=20)
+            for n in "bc":
+                bgp.wait_nexthops(PREFIX, laddr(lab, n), [addr(lab, "a")], wait=20)
+            a = view("a")
+            assert a["state"] == "active" and a["routed"] == [], a
+            assert sorted(a["adopted"]) == sorted([laddr(lab, "b"), laddr(lab, "c")]), a
+            assert f"{lab['vip']}/32" in a["announced"], a
+            new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 30,
+                         "--concurrency", 6)
+            assert new["ok"] == 30, new
+            assert {x for p in new["peers"].values() for x in p} <= {laddr(lab, "a")}, new
+            time.sleep(1.0)
+        finally:
+            res = end_hold(held, stop)
+    assert res["ok"] == HELD and res["echoes"] == res["sent"], res
+    for n in "bc":
+        cluster.fault(PREFIX, n, "restore")
     bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
-    bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, "b")], wait=30)
-    assert view(adopter)["adopted"] == [] and view("b")["state"] == "active"
+    for n in "bc":
+        bgp.wait_nexthops(PREFIX, laddr(lab, n), [addr(lab, n)], wait=30)
+    assert view("a")["adopted"] == []
 
 
 def _ip(ns: str, *args: str) -> None:
