@@ -33,7 +33,9 @@ def status(runner: Any) -> dict:
     peers = runner._peers()
     d = runner.announcer.last
     owned = runner.flows_owned()
-    candidates = alive - leaving
+    routed = runner.view.routed(runner.members, runner.name)
+    serving = alive | (routed or frozenset())       # a silent peer still routed serves
+    candidates = serving - leaving
     members = {}
     for m, pool in sorted(runner.members.items()):
         p = peers.get(m)
@@ -45,16 +47,16 @@ def status(runner: Any) -> dict:
                                        else round(now - p.heard, 3)),
                       "flows": owned.get(m, 0), "said": said,
                       # who should answer for each of its laddrs, as this node sees it:
-                      # itself while alive, else the adopter rendezvous hashing picks
-                      "served_by": {a: (m if m in alive else A.adopter(a, candidates))
+                      # itself while alive or routed, else the adopter rendezvous
+                      # hashing picks
+                      "served_by": {a: (m if m in serving else A.adopter(a, candidates))
                                     for a in pool}}
     return {"name": runner.name, "state": runner.state(), "members": members,
             "announced": sorted(runner.announcer.announced),
             "bird_has": None if runner.applied is None else sorted(runner.applied),
             "adopted": sorted(runner.announcer.adopted),
             # the peers the router routes their own laddrs via; null: no view (quorum)
-            "routed": None if (r := runner.view.routed(runner.members, runner.name)) is None
-            else sorted(r),
+            "routed": None if routed is None else sorted(routed),
             "reason": d.reason if d is not None else None,
             "links_down": list(runner.links_down),
             "flows_owned": owned.get(runner.name, 0),

@@ -314,10 +314,14 @@ def test_two_directors_killed_one_after_the_other_the_last_one_serves_everything
             bgp.wait_nexthops(PREFIX, laddr(lab, "b"), [addr(lab, the_adopter(lab, "b", "ac"))],
                               wait=20)
             time.sleep(0.5)
+            t0 = time.monotonic()
             cluster.fault(PREFIX, "c", "kill")
             bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, "a")], wait=20)
+            withdrawn = time.monotonic() - t0
             for n in "bc":
                 bgp.wait_nexthops(PREFIX, laddr(lab, n), [addr(lab, "a")], wait=20)
+            print(f"\n[cluster] c killed after b: VIP via a alone after {withdrawn:.2f} s, b's "
+                  f"and c's laddrs via a after {time.monotonic() - t0:.2f} s")
             a = view("a")
             assert a["state"] == "active" and a["routed"] == [], a
             assert sorted(a["adopted"]) == sorted([laddr(lab, "b"), laddr(lab, "c")]), a
