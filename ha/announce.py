@@ -149,14 +149,17 @@ def adopted(inp: Inputs, held: frozenset[str] = frozenset()) -> frozenset[str]:
     `joining`, have given its candidates' laddrs to others meanwhile).
 
     With the router's view (`Inputs.routed`), a peer is dead when it is silent and not
-    routed, and a silent peer still routed is a candidate; without it, only a director
-    that hears a majority adopts (`quorum`)."""
+    routed, or said it leaves (a stop, a fault: it withdraws its routes itself, so its
+    laddrs are taken at once, not a moment after its withdrawal reached the router), and a
+    silent peer still routed is a candidate; without it, only a director that hears a
+    majority adopts (`quorum`)."""
     routed = inp.routed if inp.routed is not None else frozenset()
     candidates = (inp.alive | routed | {inp.name}) - inp.leaving - inp.joining
     if inp.name not in candidates or (inp.routed is None and quorum(inp) != "majority"):
         return frozenset()
     dead = frozenset(a for peer, pool in inp.laddrs.items()
-                     if peer != inp.name and peer not in inp.alive and peer not in routed
+                     if peer != inp.name and peer not in inp.alive
+                     and (peer in inp.leaving or peer not in routed)
                      for a in pool if adopter(a, candidates) == inp.name)
     back = frozenset(a for peer in inp.joining & inp.alive if peer != inp.name
                      for a in inp.laddrs.get(peer, ()) if a in held)

@@ -322,3 +322,11 @@ def test_with_the_router_view_every_laddr_has_exactly_one_announcer(n, data):
     assert set(by) == {f"{a}/32" for pool in pools.values() for a in pool}
     assert all(len(ms) == 1 for ms in by.values()), by
     assert all(by[f"{a}/32"] == {m} for m in live for a in pools[m])
+
+
+def test_a_peer_that_said_it_leaves_is_adopted_at_once_though_still_routed():
+    """c stops (or says `fault`): it withdraws its routes itself, so a and b take its laddrs
+    while the router still routes them via c, not a moment after: both hold c's flows."""
+    takers = {n: adopted(replace(BASE, name=n, alive=frozenset("ab"), leaving=frozenset("c"),
+                                 routed=frozenset("abc"))) for n in "ab"}
+    assert takers["a"] | takers["b"] == set(POOLS["c"]) and not takers["a"] & takers["b"]
