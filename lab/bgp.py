@@ -14,10 +14,10 @@ next hop per director.  The router sends every director the routes it holds from
 others, every path (ADD-PATH), and each director keeps them in its session's import
 table, never in a routing table: the router's view, from which a node reads which peers
 the router still routes via (ha/bird.py, docs/cluster.md section 6).  Same-AS routes
-coming back need `allow local as` on the directors' sessions.  Each director's announcements come from the include file of
-ha/bird.py, so this lab exercises the same file and `birdc configure` a node's BIRD
-adapter uses.  Addresses are in 198.19.40.0/22, away from the main lab's (lab/plan.py)
-and the other lab tests'.
+coming back need `allow local as` on the directors' sessions.  Each director's
+announcements come from the include file of ha/bird.py, so this lab exercises the same
+file and `birdc configure` a node's BIRD adapter uses.  Addresses are in 198.19.40.0/22,
+away from the main lab's (lab/plan.py) and the other lab tests'.
 
 Config text is built by pure functions (``router_config``, ``director_config``); ``up``
 builds namespaces and starts the daemons, recording every namespace and PID in the

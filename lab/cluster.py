@@ -21,8 +21,9 @@ crash of the box (link down, then the node and its BIRD SIGKILLed), crash the no
 as a service manager would after the node's exit), link takes the link down, stop is the node's
 graceful stop (SIGTERM: it withdraws its routes first; BIRD stays), drain is the node's
 drain (POST /cluster/drain: the VIP withdrawn, its laddrs kept while it has flows),
-partition drops every sync datagram in and out of it (still routed: its peers count it
-dead, it hears nobody), restore lifts a partition, cancels a drain, brings the link up and starts whatever is not running.  `tandem lab down` removes it all (the
+partition drops every sync datagram in and out of it (still routed: its peers hear it no
+more and it hears nobody, but the router's view keeps its laddrs its own), restore lifts a
+partition, cancels a drain, brings the link up and starts whatever is not running.  `tandem lab down` removes it all (the
 processes by PID, the namespaces by name: topology.down).  `tandem lab join <name>` adds a
 director to the running lab (lab/cluster_join.py).
 """
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pyroute2 import netns as _netns
 
@@ -48,8 +49,8 @@ from .plan import API_TOKEN
 BACK_BRIDGE = "back"
 #: what `tandem lab fault <name> ...` does to a cluster director
 FAULTS = ("kill", "crash", "link", "stop", "drain", "partition", "restore")
-#: the longest the crash fault waits for the survivors to announce the crashed node's
-#: laddrs before the withdrawal (none do with fewer than a majority left)
+#: the longest the crash fault waits for the survivors to count the crashed node silent
+#: (before the withdrawal), and to announce its laddrs (after it)
 ADOPTION_WAIT = 3.0
 #: the nftables tables (in the director's namespace) of the partition fault, by hook
 PARTITION_TABLES = {"input": "tandem_lab_part_in", "output": "tandem_lab_part_out"}
@@ -257,25 +258,21 @@ def _sigkill_node(state: dict[str, Any], name: str, out: dict[str, Any]) -> None
             time.sleep(0.005)
 
 
-def _adoption(prefix: str, state: dict[str, Any], name: str) -> dict[str, str | None]:
-    """Each laddr of crashed director `name` -> the survivor whose BIRD announces it (None
-    while none does), waited on for at most ADOPTION_WAIT."""
-    pool = director(state, name)["laddrs"]
-    survivors = [d["name"] for d in state["cluster"]["directors"]
-                 if d["name"] != name and node_running(state, d["name"]) is not None]
+def _survivors_until(prefix: str, state: dict[str, Any], name: str,
+                     done: Callable[[dict[str, dict]], bool]) -> dict[str, dict]:
+    """The /status `cluster` of every survivor of crashed director `name` (those answering),
+    polled until `done` says so of them, or for at most ADOPTION_WAIT."""
     end = time.monotonic() + ADOPTION_WAIT
     while True:
-        by: dict[str, str | None] = dict.fromkeys(pool)
-        for s in survivors:
-            try:
-                has = status(prefix, s, state, timeout=0.5)["cluster"]["bird_has"] or []
-            except Exception:  # noqa: BLE001 - a survivor not answering adopts nothing here
-                continue
-            for a in pool:
-                if f"{a}/32" in has:
-                    by[a] = s
-        if all(by.values()) or time.monotonic() >= end:
-            return by
+        views = {}
+        for d in state["cluster"]["directors"]:
+            if d["name"] != name and node_running(state, d["name"]) is not None:
+                try:
+                    views[d["name"]] = status(prefix, d["name"], state, timeout=0.5)["cluster"]
+                except Exception:  # noqa: BLE001 - a survivor not answering: not counted
+                    continue
+        if done(views) or time.monotonic() >= end:
+            return views
         time.sleep(0.05)
 
 
@@ -295,8 +292,10 @@ def _withdraw(state: dict[str, Any], name: str) -> dict[str, Any]:
 def fault(prefix: str, name: str, kind: str, wait: float = 20.0,
           show_gap: bool = False) -> dict[str, Any]:
     """Fault `kind` (FAULTS) on director `name` of a cluster lab.  `show_gap` (crash): the
-    withdrawal waits until a survivor announces the dead node's laddrs (a test shows what
-    a crash leaves unwithdrawn); otherwise it runs at once, as a service manager's would."""
+    withdrawal waits until every survivor hears the dead node no more (a test shows what a
+    crash leaves unwithdrawn: the router still routes its laddrs via it, so none adopts
+    them), and the adopters are reported after it; otherwise it runs at once, as a service
+    manager's would."""
     return nsutil.outside_event_loop(_fault, prefix, name, kind, wait, show_gap)
 
 
@@ -316,10 +315,20 @@ def _fault(prefix: str, name: str, kind: str, wait: float,
         elif kind == "crash":    # the node alone; BIRD runs on, announcing what it left
             out["at"] = time.time()
             _sigkill_node(state, name, out)
-            if show_gap:    # the peers take its laddrs; the router still sends it flows
-                out["adopted_by"] = _adoption(prefix, state, name)
+            if show_gap:    # the peers hear it no more, but the router still routes it
+                silent = _survivors_until(prefix, state, name, lambda vs: bool(vs) and not any(
+                    v["members"][name]["alive"] for v in vs.values()))
+                out["silent_to"] = sorted(s for s, v in silent.items()
+                                          if not v["members"][name]["alive"])
             out["routes_before_withdraw"] = routes(prefix, state["cluster"])
             out["withdraw"] = _withdraw(state, name)
+            if show_gap:    # then a survivor adopts each of its laddrs
+                has = lambda v, a: f"{a}/32" in (v["bird_has"] or [])  # noqa: E731
+                pool = director(state, name)["laddrs"]
+                views = _survivors_until(prefix, state, name, lambda vs: all(
+                    any(has(v, a) for v in vs.values()) for a in pool))
+                out["adopted_by"] = {a: next((s for s, v in views.items() if has(v, a)), None)
+                                     for a in pool}
         elif kind == "link":
             out["at"] = time.time()
             bgp.set_link(prefix, name, False)
