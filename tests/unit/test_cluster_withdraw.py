@@ -129,9 +129,9 @@ async def test_a_starting_node_announces_nothing_before_anything_else():
     kernel = FakeKernel()
 
     class Recording(FakeBird):
-        def apply(self, prefixes):
+        def apply(self, prefixes, adopted=()):
             self.when.append(kernel.rules)
-            return super().apply(prefixes)
+            return super().apply(prefixes, adopted)
 
     bird = Recording()
     bird.when = []
