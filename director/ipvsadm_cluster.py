@@ -21,7 +21,9 @@ ipvsadm's lines keeps reading them: none of its lines starts with a protocol nam
 *Flows* per member are the connections this director holds that use the member's laddrs
 (every director holds every connection: sync among N); *Heard* is the time since its last
 sync message; *Said* what its STATE message said (`joining`, `active`, `draining`,
-`fault`, `leaving`; `-` before its first STATE).
+`fault`, `leaving`; `-` before its first STATE).  A `Links down:` line names the tracked
+interfaces that are down (the director then announces nothing), a `BIRD has:` line what
+BIRD holds when it differs from what is announced.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ def format_cluster(cluster: Mapping[str, Any]) -> str:
     lines = [f"Cluster member {cluster['name']}: {cluster['state']} "
              f"({why}{len(members)} members, {alive} alive)",
              f"  Announced: {_words(cluster.get('announced'))}"]
+    if cluster.get("links_down"):
+        lines.append(f"  Links down: {_words(cluster['links_down'])} (tracked: nothing announced)")
     bird_has = cluster.get("bird_has")
     if bird_has != cluster.get("announced"):
         lines.append(f"  BIRD has:  {'not told yet' if bird_has is None else _words(bird_has)}")

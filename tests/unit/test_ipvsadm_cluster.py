@@ -132,3 +132,19 @@ def test_every_word_a_state_says_is_documented():
     doc = Path(__file__).parents[2].joinpath("docs", "cluster.md").read_text()
     sentence = doc.split("A cluster director's STATE message says", 1)[1].split(" (section", 1)[0]
     assert set(re.findall(r"`([a-z]+)`", sentence)) == set(SAID), sentence
+
+
+async def test_the_block_says_which_tracked_links_are_down():
+    cfg = config("a", ["a"], None)
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+    runner = ClusterRunner(cfg, node.engine, None, clock=lambda: 100.0, bird=FakeBird())
+    runner.started = 100.0
+    await runner.step()
+    assert "Links down" not in format_cluster(json.loads(json.dumps(runner.status())))
+    runner.links_changed(["back"])
+    await runner.step()
+    lines = format_cluster(json.loads(json.dumps(runner.status()))).splitlines()
+    assert lines[0] == "Cluster member a: down (node unhealthy; 1 members, 1 alive)"
+    assert lines[1:3] == ["  Announced: none",
+                          "  Links down: back (tracked: nothing announced)"]
+    assert block_rows("\n".join(lines))["a"][1] == "fault"
