@@ -3,8 +3,7 @@ lab, over real SSH: three directors, each with its node and its own BIRD.
 
 The cluster lab comes up without nodes and without BIRD on the directors
 (`lab.cluster.up(nodes=False)`: the router with its BIRD and ECMP, the client, the real
-servers with their echo servers), and with its engine-mode service only (the inventory's
-one service: `kernel=False`).  An sshd runs in each director namespace, and
+servers with their echo servers).  An sshd runs in each director namespace, and
 ansible-playbook runs in the router namespace (tests/lab/ansible_ssh.py).  The playbook
 deploys the three directors from a fresh state: tandem in cluster mode and BIRD 2, both
 under the role's supervisor (BIRD as its own daemon with a pid file and a control socket
@@ -12,14 +11,16 @@ per director).  Then the test checks what the deployment must give:
 
 - each node runs the config the cluster lab would give it (paths aside);
 - a second run changes nothing;
-- the router's kernel routes the VIP via all three directors and each laddr via its
-  owner (BGP from the deployed BIRDs, ECMP at the router);
+- the router's kernel routes both VIPs (the engine-mode one and the kernel-mode one) via
+  all three directors and each laddr via its owner (BGP from the deployed BIRDs, ECMP at
+  the router);
 - each node's /status says `cluster` state active, three members, all alive;
-- connections through the VIP succeed, reach the real servers, and pass through every
-  director (each one's laddr seen by the real servers);
+- connections through each VIP succeed, reach the real servers, and pass through every
+  director (each one's laddr of that mode seen by the real servers);
 - a graceful stop of one director through the role's supervisor script (`tandemctl
-  stop`) keeps every held connection, and the router drops that director's VIP next hop
-  while its laddr stays routed (its adopter).
+  stop`) keeps every held connection (engine-mode VIP), the router drops that director's
+  next hop of both VIPs while its laddrs stay routed (their adopters), and new
+  connections through each VIP still succeed.
 
 Everything lives under a temporary root (`tandem_prefix`), in directories named after
 each director.  Nodes are stopped through their supervisor's pid file, each BIRD by
@@ -130,8 +131,24 @@ def _addr(desc: dict, name: str) -> str:
     return next(d["front_addr"] for d in desc["directors"] if d["name"] == name)
 
 
-def _laddr(desc: dict, name: str) -> str:
-    return next(d["laddrs"][0] for d in desc["directors"] if d["name"] == name)
+def _laddrs(desc: dict, name: str) -> list[str]:
+    """Director `name`'s laddrs: the engine-mode one, then the kernel-mode one."""
+    return next(d["laddrs"] for d in desc["directors"] if d["name"] == name)
+
+
+def _through_vips(desc: dict, count: int) -> dict[str, dict]:
+    """`count` new connections through each VIP; each must succeed and reach the real
+    servers, from the laddrs of that VIP's mode (index into `_laddrs`)."""
+    out = {}
+    for mode, vip in enumerate(cluster_plan.vips(desc)):
+        new = run_in(desc["client"]["ns"], "tcp-whoami", "--host", vip, "--port", 80,
+                     "--count", count, "--concurrency", 6)
+        assert new["ok"] == count, (vip, new)
+        assert set(new["peers"]) <= {r["name"] for r in desc["real_servers"]}, (vip, new)
+        seen = {a for laddrs in new["peers"].values() for a in laddrs}
+        assert seen <= {_laddrs(desc, n)[mode] for n in NAMES}, (vip, new)
+        out[vip] = {"seen": seen, "peers": new["peers"]}
+    return out
 
 
 def test_ansible_deploys_the_cluster_and_its_bird_idempotently_and_a_director_stops_gracefully():
@@ -145,7 +162,7 @@ def test_ansible_deploys_the_cluster_and_its_bird_idempotently_and_a_director_st
     root = tmp / "root"
     try:
         try:
-            info = cluster.up(PREFIX, len(NAMES), kernel=False, nodes=False)
+            info = cluster.up(PREFIX, len(NAMES), nodes=False)
             hosts = [A.Host(d["name"], d["ns"], d["front_addr"]) for d in info["directors"]]
             with A.sshd_per_director(tmp, info["router"]["ns"], hosts) as ctl:
                 try:
@@ -164,8 +181,7 @@ def test_ansible_deploys_the_cluster_and_its_bird_idempotently_and_a_director_st
 
 def _deploy_and_drill(ctl: A.Controller, root: Path) -> None:
     tmp = ctl.tmp
-    desc = cluster_plan.plan(PREFIX, len(NAMES), kernel=False)
-    vip = desc["vip"]
+    desc = cluster_plan.plan(PREFIX, len(NAMES))
     extra = tmp / "extra-vars.json"
     extra.write_text(json.dumps({
         "tandem_prefix": str(root),
@@ -194,43 +210,50 @@ def _deploy_and_drill(ctl: A.Controller, root: Path) -> None:
     log2 = (tmp / "ansible-second.log").read_text()
     assert all(second[n]["changed"] == 0 for n in NAMES), (second, A.changed_tasks(log2))
 
-    # BGP from the deployed BIRDs: the VIP via all three, each laddr via its owner
-    bgp.wait_nexthops(PREFIX, vip, [_addr(desc, n) for n in NAMES], wait=30)
+    # BGP from the deployed BIRDs: each VIP via all three, each laddr via its owner
+    vips = cluster_plan.vips(desc)
+    assert len(vips) == 2, vips                 # the engine-mode VIP and the kernel-mode one
+    for v in vips:
+        bgp.wait_nexthops(PREFIX, v, [_addr(desc, n) for n in NAMES], wait=30)
     for n in NAMES:
-        bgp.wait_nexthops(PREFIX, _laddr(desc, n), [_addr(desc, n)], wait=30)
+        for a in _laddrs(desc, n):
+            bgp.wait_nexthops(PREFIX, a, [_addr(desc, n)], wait=30)
     views = _wait_active(desc, wait=20)
     for n, v in views.items():
         c = v.get("cluster", {})
         assert v.get("role") == "member" and c.get("state") == "active", (n, v)
         assert sorted(c["members"]) == list(NAMES), (n, c)
         assert all(m["alive"] for m in c["members"].values()), (n, c)
-        assert c["announced"] == sorted([f"{vip}/32", f"{_laddr(desc, n)}/32"]), (n, c)
+        assert c["announced"] == sorted(f"{a}/32" for a in [*vips, *_laddrs(desc, n)]), (n, c)
         assert c["bird_has"] == c["announced"], (n, c)
 
-    # connections through the VIP reach the real servers, through every director
-    client = desc["client"]["ns"]
-    new = run_in(client, "tcp-whoami", "--host", vip, "--port", 80, "--count", NEW_CONNS,
-                 "--concurrency", 6)
-    assert new["ok"] == NEW_CONNS, new
-    assert set(new["peers"]) <= {r["name"] for r in desc["real_servers"]}, new
-    seen = {a for laddrs in new["peers"].values() for a in laddrs}
-    assert seen == {_laddr(desc, n) for n in NAMES}, new
-    print(f"deployed cluster: {NEW_CONNS}/{NEW_CONNS} connections through the VIP, "
-          f"real servers and laddrs seen: {new['peers']}")
+    # connections through each VIP reach the real servers, through every director
+    seen = _through_vips(desc, NEW_CONNS)
+    for mode, v in enumerate(vips):
+        assert seen[v]["seen"] == {_laddrs(desc, n)[mode] for n in NAMES}, (v, seen[v])
+    print(f"deployed cluster: {NEW_CONNS}/{NEW_CONNS} connections through each VIP, real "
+          f"servers and laddrs seen: { {v: x['peers'] for v, x in seen.items()} }")
 
     # a graceful stop of one director through the role's supervisor script
     stopped = STOPPED
+    client = desc["client"]["ns"]
     ns = next(d["ns"] for d in desc["directors"] if d["name"] == stopped)
     res = A.hold_across(["ip", "netns", "exec", ns, str(A.deployed_paths(root, stopped)["ctl"]), "stop"],
-                        tmp, client, vip, 80, HOLD_CONNS, timeout=10.0)
+                        tmp, client, desc["vip"], 80, HOLD_CONNS, timeout=10.0)
     assert res.get("connected") == HOLD_CONNS, res
     assert (res["ok"], res["reset"], res["stalled"], res["mismatch"]) == (HOLD_CONNS, 0, 0, 0), res
     rest = [n for n in NAMES if n != stopped]
-    bgp.wait_nexthops(PREFIX, vip, [_addr(desc, n) for n in rest], wait=20)
-    end = time.monotonic() + 20
-    while (hops := bgp.nexthops(PREFIX, _laddr(desc, stopped))) not in [[_addr(desc, n)] for n in rest]:
-        assert time.monotonic() < end, f"{stopped}'s laddr via {hops}, not via one of {rest}"
-        time.sleep(0.05)
-    print(f"drill: {stopped} stopped (tandemctl stop): VIP via {' '.join(rest)}, its laddr via "
-          f"{hops[0]}; {res['ok']}/{HOLD_CONNS} held connections kept, longest silence of a "
-          f"connection {res.get('max_gap_ms')} ms")
+    for v in vips:
+        bgp.wait_nexthops(PREFIX, v, [_addr(desc, n) for n in rest], wait=20)
+    adopters = {}
+    for a in _laddrs(desc, stopped):
+        end = time.monotonic() + 20
+        while (hops := bgp.nexthops(PREFIX, a)) not in [[_addr(desc, n)] for n in rest]:
+            assert time.monotonic() < end, f"{stopped}'s laddr {a} via {hops}, not via one of {rest}"
+            time.sleep(0.05)
+        adopters[a] = hops[0]
+    after = _through_vips(desc, NEW_CONNS // 2)
+    print(f"drill: {stopped} stopped (tandemctl stop): VIPs via {' '.join(rest)}, its laddrs "
+          f"via {adopters}; {res['ok']}/{HOLD_CONNS} held connections kept, longest silence "
+          f"of a connection {res.get('max_gap_ms')} ms; then {NEW_CONNS // 2} new connections "
+          f"through each VIP, laddrs seen: { {v: sorted(x['seen']) for v, x in after.items()} }")
