@@ -173,6 +173,7 @@ class ClusterRunner:
         peers = self._peers()
         live_within = self.sync.live_within if self.sync is not None else 0.0
         grace = self.started is not None and now - self.started < ADOPT_GRACE
+        routed = self.view.routed(self.members, self.name)
         alive, leaving, joining = {self.name}, set(), set()
         for m in self.members:
             if m == self.name:
@@ -197,7 +198,9 @@ class ClusterRunner:
                 joining.add(m)
             unheard = p is None or p.heard == float("-inf")
             fresh = grace or now - self._added.get(m, float("-inf")) < ADOPT_GRACE
-            if heard or (fresh and unheard):
+            # the grace covers a member not heard yet, unless the router's view shows it
+            # unrouted: nothing of it serves (its peers, past their grace, adopt it at once)
+            if heard or (fresh and unheard and (routed is None or m in routed)):
                 alive.add(m)
         if self.stopping or self.draining:
             leaving.add(self.name)

@@ -477,3 +477,22 @@ def test_pair_mode_has_no_cluster():
     node = Node(parse(doc, "p.toml"), edges=Edges(kernel=FakeKernel()))
     assert node.cluster is None and node.state.cluster_status() is None
     assert asyncio.run(node.state.cluster_drain(True)) is None     # the API answers 409
+
+
+async def test_the_start_up_grace_ends_for_a_member_the_router_routes_no_more():
+    """A starting director counts a member it has not heard yet as alive for ADOPT_GRACE
+    (it may be starting too), unless the router's view shows it unrouted: nothing of it
+    serves then, and its peers past their grace have given its laddrs to this one."""
+    cfg = config("a", ["a", "b", "c"], None)
+    node = Node(cfg, edges=Edges(kernel=FakeKernel()))
+
+    class ViewBird(FakeBird):
+        def routed_owners(self):
+            return frozenset({f"{LADDR['b']}/32"})
+
+    t = [100.0]
+    runner = ClusterRunner(cfg, node.engine, None, clock=lambda: t[0], bird=ViewBird())
+    runner.started = t[0]
+    assert runner.membership(t[0])[0] == {"a", "b", "c"}          # no view yet: the grace
+    await runner.view.refresh(t[0])
+    assert runner.membership(t[0])[0] == {"a", "b"}               # c unrouted: not alive
