@@ -7,8 +7,9 @@ fault file lists them in order) and it reports each step's silences apart: the f
 after the step that ended a cut (`takeover_ms`), how many connections were cut, and the
 longest silence that ended within the step.  Besides, per step: how long the router took
 to show the step in the VIP's route (`route_ms`, from the step's time: the director gone
-from the next hops after kill, crash, link, stop, drain or partition, back after restore or
-join; polled, so an upper bound), and new connections opened all through the step (a few
+from the next hops after kill, crash, link, stop or drain, still there after partition
+(routed, it keeps serving: docs/cluster.md section 6), back after restore or join;
+polled, so an upper bound), and new connections opened all through the step (a few
 a second), each of which must succeed.  A held connection must never be reset nor stall
 (an echo `STALL` seconds late ends it as stalled).
 """
@@ -44,7 +45,7 @@ SETTLE_WAIT = 30.0
 ROUTE_WAIT = 20.0
 #: what each step's kind does to the target's next hop for the VIP: gone (False) or there
 GONE = {"kill": False, "crash": False, "link": False, "stop": False, "drain": False,
-        "partition": False, "restore": True, "join": True}
+        "partition": True, "restore": True, "join": True}
 
 
 def parse_steps(text: str) -> list[tuple[str, str]]:
