@@ -41,7 +41,7 @@ from pyroute2 import netns as _netns
 from ha import bird
 from ha.bird_io import BirdAnnouncer
 
-from . import netns, nsutil, procs
+from . import bgp6, netns, nsutil, procs
 from . import state as st
 
 NET = ipaddress.ip_network("198.19.40.0/24")
@@ -88,10 +88,12 @@ def _session_timers(t: Timers) -> list[str]:
             *(["  bfd on;"] if t.bfd else [])]
 
 
-def router_config(directors: list[dict[str, str]], timers: Timers = Timers()) -> str:
+def router_config(directors: list[dict[str, str]], timers: Timers = Timers(),
+                  ipv6: bool = False) -> str:
     """BIRD config of the router: learns from every director, installs the best routes
     into the kernel, equal ones merged into one multipath route, and sends each director
-    every path it learnt from the others (ADD-PATH: the router's view, ha/bird.py)."""
+    every path it learnt from the others (ADD-PATH: the router's view, ha/bird.py).
+    `ipv6`: an IPv6 session per director too, and their routes installed (lab/bgp6.py)."""
     lines = [f"router id {ROUTER_ADDR};",
              "protocol device { scan time 10; }",
              "protocol kernel {",
@@ -107,15 +109,20 @@ def router_config(directors: list[dict[str, str]], timers: Timers = Timers()) ->
                   "  ipv4 { import all; add paths tx;",
                   f'         export where proto ~ "dir_*" && proto != "dir_{d["name"]}"; }};',
                   "}"]
+    if ipv6:
+        lines += bgp6.router_lines(directors, _session_timers(timers), ROUTER_AS, DIRECTOR_AS,
+                                   MAX_DIRECTORS)
     return "\n".join(lines) + "\n"
 
 
-def director_config(d: dict[str, str], include_path: str, timers: Timers = Timers()) -> str:
+def director_config(d: dict[str, str], include_path: str, timers: Timers = Timers(),
+                    ipv6: bool = False) -> str:
     """BIRD config of a director: announces what the include holds (ha/bird.py), to the
     router only; no kernel protocol, so nothing BIRD learns or announces touches the
     director's own routing table.  What the router sends back (its view: the others'
     routes, every path) stays in the session's import table (`import table on`, imported
-    into no routing table: `import none`)."""
+    into no routing table: `import none`).  `ipv6`: the IPv6 routes over an IPv6 session
+    too."""
     lines = [f"router id {d['addr']};",
              "protocol device { scan time 10; }",
              f'include "{include_path}";',
@@ -127,6 +134,8 @@ def director_config(d: dict[str, str], include_path: str, timers: Timers = Timer
              *_session_timers(timers),
              f"  ipv4 {{ add paths rx; import table on; import none; {bird.export_filter(4)} }};",
              "}"]
+    if ipv6:
+        lines += bgp6.director_lines(d, _session_timers(timers), ROUTER_AS, DIRECTOR_AS)
     return "\n".join(lines) + "\n"
 
 
@@ -229,10 +238,12 @@ def restore_director(prefix: str, state: dict[str, Any], name: str,
 
 
 def nexthops(prefix: str, dst: str) -> list[str]:
-    """The router's next hops for `dst`/32 (one for a plain route, one per path of a
-    multipath route; none if there is no route)."""
-    cp = subprocess.run(["ip", "-n", ns_name(prefix, "router"), "-j", "route", "show",
-                         "exact", f"{dst}/32"], capture_output=True, text=True, timeout=5)
+    """The router's next hops for `dst`/32 (or /128: one for a plain route, one per path
+    of a multipath route; none if there is no route)."""
+    family = f"-{ipaddress.ip_address(dst).version}"     # `ip` lists IPv4 routes unless told
+    cp = subprocess.run(["ip", "-n", ns_name(prefix, "router"), family, "-j", "route", "show",
+                         "exact", bird.host_prefix(dst)], capture_output=True, text=True,
+                        timeout=5)
     routes = json.loads(cp.stdout or "[]")
     hops: list[str] = []
     for r in routes:
@@ -275,12 +286,13 @@ def _namespaces(prefix: str, directors: list[dict[str, str]]) -> list[str]:
 
 def up(prefix: str, n: int = 3, timers: Timers = Timers(),
        announce_laddrs: bool = True, lab_announces: bool = True,
-       director_birds: bool = True) -> dict[str, Any]:
+       director_birds: bool = True, ipv6: bool = False) -> dict[str, Any]:
     """Build the namespaces, start BIRD on the router and on every director, and have
     each director announce the VIP (and its laddr /32), unless `lab_announces` is False
     (the cluster lab: its nodes announce).  `director_birds` False: BIRD on the router
     only (a deployment brings the directors' own, tests/lab/test_ansible_cluster.py).
-    Returns the description."""
+    `ipv6`: the segment has IPv6 addresses too and every director an IPv6 session
+    (lab/bgp6.py).  Returns the description."""
     directors = director_rows(n)
     state = st.load_state(prefix) or {"prefix": prefix, "namespaces": [], "processes": []}
     sd = st.state_dir(prefix)
@@ -291,7 +303,8 @@ def up(prefix: str, n: int = 3, timers: Timers = Timers(),
         if ns not in state["namespaces"]:
             state["namespaces"].append(ns)
         st.save_state(prefix, state)
-        nsutil.set_sysctls(ns, {"net.ipv6.conf.all.disable_ipv6": 1}, optional=True)
+        nsutil.set_sysctls(ns, bgp6.NS_SYSCTLS if ipv6 else {"net.ipv6.conf.all.disable_ipv6": 1},
+                           optional=True)
     router = ns_name(prefix, "router")
     nsutil.set_sysctls(router, {"net.ipv4.ip_forward": 1,
                                 "net.ipv4.fib_multipath_hash_policy": 1}, optional=True)
@@ -303,12 +316,14 @@ def up(prefix: str, n: int = 3, timers: Timers = Timers(),
             i.link("set", index=netns.idx(i, name), state="up")
     for d in directors:
         _wire_director(prefix, d)
-    _files(prefix, "router")["conf"].write_text(router_config(directors, timers))
+    if ipv6:        # before BIRD starts: its IPv6 sessions find their addresses there
+        bgp6.wire(router, BRIDGE, [(ns_name(prefix, d["name"]), d["addr"]) for d in directors])
+    _files(prefix, "router")["conf"].write_text(router_config(directors, timers, ipv6))
     birds = directors if director_birds else []
     for d in birds:
         f = _files(prefix, d["name"])
         f["announce"].write_text(bird.announce_include([]))
-        f["conf"].write_text(director_config(d, str(f["announce"]), timers))
+        f["conf"].write_text(director_config(d, str(f["announce"]), timers, ipv6))
     for role in ["router"] + [d["name"] for d in birds]:
         check_config(_files(prefix, role)["conf"])
         start_bird(prefix, state, role)

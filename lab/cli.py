@@ -95,7 +95,7 @@ def _cluster_up(args) -> int:
     from . import cluster
 
     try:
-        info = cluster.up(args.prefix, args.cluster, kernel=not args.engine_only)
+        info = cluster.up(args.prefix, args.cluster, kernel=not args.engine_only, ipv6=args.ipv6)
     except Exception as exc:  # noqa: BLE001 - reported, exit code
         msg = f"lab up --cluster failed: {exc}"
         if args.json:
@@ -224,7 +224,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="VRRP advertisement interval (default %(default)s)")
     up.add_argument("--ipv6", action="store_true",
                     help="dual-stack: IPv6 from 2001:2::/48 beside IPv4, a VIP6 (tcp/udp 80) "
-                         "through IPv6 laddrs to the real servers' IPv6 echo")
+                         "through IPv6 laddrs to the real servers' IPv6 echo; with --cluster: "
+                         "an IPv6 VIP announced over IPv6 BGP sessions (ECMP), an IPv6 laddr "
+                         "per director")
     up.add_argument("--sync-ipv6", action="store_true",
                     help="(implies --ipv6) the pair syncs over IPv6 (ff02::81 on the back link)")
     up.add_argument("--scheduler", help="scheduler for both services (default wlc)")

@@ -40,7 +40,9 @@ from typing import Any, Callable
 
 from pyroute2 import netns as _netns
 
-from . import bgp, bgp_traffic, cluster_plan as cp, netns, nsutil, procs
+from ha.bird import host_prefix
+
+from . import bgp, bgp_traffic, cluster6, cluster_plan as cp, netns, nsutil, procs
 from . import state as st
 from .cluster_conf import (API_PORT, HEALTH, RS_PORT, SERVICE_PORT, SYNC_PORT,  # noqa: F401
                            node_config, write_configs)
@@ -177,27 +179,28 @@ def api(state: dict[str, Any], name: str, method: str, path: str) -> dict[str, A
 def routes(prefix: str, desc: dict[str, Any]) -> dict[str, list[str]]:
     """The router's routes now: the VIPs' next hops and each laddr's."""
     dsts = cp.vips(desc) + [a for d in desc["directors"] for a in d["laddrs"]]
-    return {f"{dst}/32": bgp.nexthops(prefix, dst) for dst in dsts}
+    return {host_prefix(dst): bgp.nexthops(prefix, dst) for dst in dsts}
 
 
 def up(prefix: str, n: int = 3, wait: float = 30.0,
        extra_services: list[dict[str, Any]] | None = None,
-       kernel: bool = True, nodes: bool = True) -> dict[str, Any]:
+       kernel: bool = True, nodes: bool = True, ipv6: bool = False) -> dict[str, Any]:
     """Build the cluster lab of `n` directors (replacing a lab of the same prefix); its
     description (cluster_plan.plan, with the router's routes as they are).  On failure
     everything is removed again and the exception re-raised.  `extra_services`: see
     node_config (bench.cluster adds a UDP service).  `kernel`: the kernel-mode service
     (KERNEL_VIP) beside the engine-mode VIP.  `nodes` False: the network, the router's
     BIRD and the echo servers only, no node and no BIRD on any director (a deployment
-    brings both: tests/lab/test_ansible_cluster.py)."""
-    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services, kernel, nodes)
+    brings both: tests/lab/test_ansible_cluster.py).  `ipv6`: dual-stack, with an IPv6
+    VIP (lab/cluster6.py)."""
+    return nsutil.outside_event_loop(_up, prefix, n, wait, extra_services, kernel, nodes, ipv6)
 
 
 def _up(prefix: str, n: int, wait: float,
         extra_services: list[dict[str, Any]] | None = None, kernel: bool = True,
-        nodes: bool = True) -> dict[str, Any]:
+        nodes: bool = True, ipv6: bool = False) -> dict[str, Any]:
     from . import topology
-    desc = cp.plan(prefix, n, kernel)
+    desc = cp.plan(prefix, n, kernel, ipv6)
     topology.down(prefix)
     with st.prefix_lock(prefix):
         sd = st.state_dir(prefix)
@@ -207,7 +210,7 @@ def _up(prefix: str, n: int, wait: float,
                                  "extra_services": list(extra_services or [])}
         st.save_state(prefix, state)
         try:
-            bgp.up(prefix, n, lab_announces=False, director_birds=nodes)
+            bgp.up(prefix, n, lab_announces=False, director_birds=nodes, ipv6=ipv6)
             router = bgp.ns_name(prefix, "router")
             nsutil.set_sysctls(router, {"net.ipv4.conf.all.rp_filter": 0,
                                         "net.ipv4.conf.default.rp_filter": 0}, optional=True)
@@ -220,13 +223,17 @@ def _up(prefix: str, n: int, wait: float,
                                              "net.ipv4.conf.eth0.rp_filter": 0}, optional=True)
                 with netns.ipr(d["ns"]) as i:
                     bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
+            if ipv6:
+                cluster6.build(desc)
             write_configs(prefix, state)
             st.save_state(prefix, state)
             _start_echo(prefix, state, desc, wait)
+            if ipv6:
+                cluster6.start_echo(prefix, state, desc, wait)
             for d in desc["directors"] if nodes else ():
                 start_node(prefix, state, d["name"], wait)
             for vip in cp.vips(desc) if nodes else ():
-                bgp.wait_nexthops(prefix, vip, [d["front_addr"] for d in desc["directors"]],
+                bgp.wait_nexthops(prefix, vip, [cp.hop(d, vip) for d in desc["directors"]],
                                   wait=wait)
             info = {**desc, "state_dir": str(sd), "api_token": API_TOKEN}
             info["router"] = {**desc["router"], "routes": routes(prefix, desc)}
@@ -323,7 +330,7 @@ def _fault(prefix: str, name: str, kind: str, wait: float,
             out["routes_before_withdraw"] = routes(prefix, state["cluster"])
             out["withdraw"] = _withdraw(state, name)
             if show_gap:    # then a survivor adopts each of its laddrs
-                has = lambda v, a: f"{a}/32" in (v["bird_has"] or [])  # noqa: E731
+                has = lambda v, a: host_prefix(a) in (v["bird_has"] or [])  # noqa: E731
                 pool = director(state, name)["laddrs"]
                 views = _survivors_until(prefix, state, name, lambda vs: all(
                     any(has(v, a) for v in vs.values()) for a in pool))
@@ -353,6 +360,8 @@ def _fault(prefix: str, name: str, kind: str, wait: float,
             bgp.set_link(prefix, name, True)
             with netns.ipr(director(state, name)["ns"]) as i:   # the link's loss took it
                 bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
+            if state["cluster"].get("vip6"):
+                cluster6.default_route(director(state, name))
             bird = procs.find(state, f"bird-{name}")
             if bird is None or not st.process_matches(bird):
                 if node_running(state, name) is None:
@@ -383,6 +392,8 @@ def summary(info: dict[str, Any]) -> str:
              *([f"  VIP {info['kernel_vip']}:{SERVICE_PORT} (maglev, forwarding = \"kernel\": "
                 f"the engine schedules each new flow, the kernel forwards the rest; "
                 f"tandem drill --forwarding kernel drills it)"] if info.get("kernel_vip") else []),
+             *([f"  VIP {info['vip6']} port {SERVICE_PORT} (maglev, IPv6, engine forwarding)"]
+               if info.get("vip6") else []),
              f"  client    {info['client']['ns']:<16} {info['client']['addr']}",
              f"  router    {info['router']['ns']:<16} {info['router']['front_addr']} (BIRD, ECMP)"]
     for d in info["directors"]:

@@ -1,7 +1,8 @@
 """The cluster lab's node configs (lab/cluster.py builds the lab, lab/cluster_plan.py has
 every address): each director in cluster mode, `maglev`, its own laddrs, sync unicast to
 every other director, `[cluster] members` naming every director's pool (by forwarding
-mode once the lab has its kernel-mode service), and its BIRD's include and socket."""
+mode once the lab has its kernel-mode service), and its BIRD's include and socket.  With
+IPv6 (`vip6`), the IPv6 VIP's service, engine forwarding: its laddr is in the engine pool."""
 from __future__ import annotations
 
 from typing import Any
@@ -29,6 +30,11 @@ def node_config(prefix: str, desc: dict[str, Any], name: str,
                       "scheduler": "maglev", "forwarding": "kernel",
                       "laddrs": [me["kernel_laddr"]], "health": dict(HEALTH),
                       "real_servers": [{"addr": r["addr"], "port": RS_PORT}
+                                       for r in desc["real_servers"]]})
+    if desc.get("vip6"):        # engine forwarding, through the director's IPv6 laddr
+        extra.append({"proto": "tcp", "vip": desc["vip6"], "port": SERVICE_PORT,
+                      "scheduler": "maglev", "laddrs": [me["laddr6"]], "health": dict(HEALTH),
+                      "real_servers": [{"addr": r["addr6"], "port": RS_PORT}
                                        for r in desc["real_servers"]]})
     return {
         "node": {"name": name, "api": f"{me['front_addr']}:{API_PORT}", "mode": "cluster",

@@ -39,6 +39,9 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
         if not state or not state.get("cluster"):
             raise RuntimeError(f"no cluster lab {prefix!r} is up (tandem lab up --cluster N)")
         desc = state["cluster"]
+        if desc.get("vip6"):
+            raise ValueError("tandem lab join does not give a director IPv6 yet: bring the "
+                             "lab up with --cluster N for the directors it needs")
         names = [d["name"] for d in desc["directors"]]
         if name in names:
             raise ValueError(f"director {name!r} is already a member ({', '.join(names)})")

@@ -91,6 +91,39 @@ def test_bird_parses_every_generated_config(tmp_path, bfd):
         bgp.check_config(tmp_path / "a.conf")
 
 
+def test_ipv6_adds_an_ipv6_session_per_director_and_an_ipv6_kernel_protocol(tmp_path):
+    """`--ipv6` (lab/bgp6.py): the router has a second, IPv6 session per director between
+    their IPv6 addresses on the segment, prefers the global next hop, and merges equal IPv6
+    routes; a director exports the include's IPv6 protocol there.  Without it, nothing of
+    IPv6 (the IPv4 lab's configs stay as they were)."""
+    rows = bgp.director_rows(3)
+    text = bgp.router_config(rows, ipv6=True)
+    assert text.startswith(bgp.router_config(rows))
+    assert re.findall(r"neighbor (\S+) as 65001;", text) == [r["addr"] for r in rows] + [
+        "2001:2:0:40::11", "2001:2:0:40::12", "2001:2:0:40::13"]
+    six = text[text.index("protocol kernel kernel6"):]
+    assert "ipv6 { import none; export all; };" in six and "merge paths on" in six
+    assert six.count("next hop prefer global;") == 3 and six.count("bfd on;") == 3
+    d = bgp.director_config(rows[1], str(tmp_path / "a"), ipv6=True)
+    assert "local 2001:2:0:40::12 as 65001;" in d and "neighbor 2001:2:0:40::1 as 65000;" in d
+    assert bird.export_filter(6) in d
+    assert "ipv6" not in bgp.router_config(rows) + bgp.director_config(rows[1], "/x")
+
+
+@needs_bird
+@pytest.mark.parametrize("bfd", [True, False])
+def test_bird_parses_the_ipv6_configs(tmp_path, bfd):
+    timers = bgp.Timers(bfd=bfd)
+    rows = bgp.director_rows(8)
+    (tmp_path / "router.conf").write_text(bgp.router_config(rows, timers, ipv6=True))
+    bgp.check_config(tmp_path / "router.conf")
+    include = tmp_path / "announce.conf"
+    include.write_text(bird.announce_include(["198.19.41.100", "2001:2:0:41::100",
+                                              "2001:2:0:42::18"]))
+    (tmp_path / "h.conf").write_text(bgp.director_config(rows[7], str(include), timers, True))
+    bgp.check_config(tmp_path / "h.conf")
+
+
 @needs_bird
 def test_bird_refuses_a_broken_config(tmp_path):
     """The check is real: a config BIRD cannot parse raises, with BIRD's message."""

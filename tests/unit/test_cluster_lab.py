@@ -22,6 +22,20 @@ def test_every_directors_config_is_read_by_the_node():
         assert cfg.cluster.bird_socket.endswith(f"bird-{d['name']}.ctl")
 
 
+def test_the_ipv6_labs_configs_serve_the_ipv6_vip_in_engine_mode_through_the_laddr6():
+    """`--ipv6`: each director serves the IPv6 VIP (engine forwarding, maglev) through its
+    own IPv6 laddr to the real servers' IPv6 addresses; the laddr6 is in its engine pool."""
+    desc = cluster_plan.plan("tc6", 3, ipv6=True)
+    for d in desc["directors"]:
+        cfg = parse(cluster.node_config("tc6", desc, d["name"]), f"{d['name']}.toml")
+        svc = next(s for s in cfg.services if s.vip == desc["vip6"])
+        assert svc.forwarding == "engine" and svc.scheduler == "maglev"
+        assert list(svc.laddrs) == [d["laddr6"]]
+        assert [r.addr for r in svc.real_servers] == [r["addr6"] for r in desc["real_servers"]]
+        assert cfg.cluster.members[d["name"]] == tuple(sorted(d["laddrs"]))
+        assert cfg.cluster.kernel_laddrs == {o["kernel_laddr"] for o in desc["directors"]}
+
+
 def test_a_join_rewrites_every_config_with_the_services_lab_up_added(tmp_path, monkeypatch):
     """`lab up` records the services a benchmark added (bench.cluster's UDP and TCP) in the
     lab's state; a join rewrites every director's config from that state

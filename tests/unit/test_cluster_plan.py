@@ -53,3 +53,38 @@ def test_a_joining_director_gets_the_addresses_of_its_letter():
     for bad in ("z", "", "ab", "A"):
         with pytest.raises(ValueError, match="a cluster director is one of a..h"):
             cluster_plan.director("tcl", bad)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_the_ipv6_plan_adds_a_vip6_and_a_laddr6_per_director_routed_by_family(kernel):
+    """`--ipv6`: the IPv6 VIP via every director's IPv6 address, each IPv6 laddr (/128) via
+    its owner's; the IPv4 routes stay exactly as without it."""
+    desc = cluster_plan.plan("cl", 3, kernel, ipv6=True)
+    routes, v4 = desc["router"]["routes"], cluster_plan.plan("cl", 3, kernel)["router"]["routes"]
+    assert {k: v for k, v in routes.items() if ":" not in k} == v4
+    assert routes[f"{desc['vip6']}/128"] == [d["front_addr6"] for d in desc["directors"]]
+    for d in desc["directors"]:
+        assert d["laddrs"][-1] == d["laddr6"] and routes[f"{d['laddr6']}/128"] == [d["front_addr6"]]
+        assert cluster_plan.hop(d, desc["vip6"]) == d["front_addr6"]
+        assert cluster_plan.hop(d, desc["vip"]) == d["front_addr"]
+    assert len(routes) == len(v4) + 1 + 3
+    assert cluster_plan.vips(desc)[-1] == desc["vip6"]
+    assert "vip6" not in cluster_plan.plan("cl", 3, kernel) and cluster_plan.addresses6(
+        cluster_plan.plan("cl", 3, kernel)) == []
+
+
+def test_ipv6_addresses_unique_in_their_range_away_from_the_pair_labs_ipv6():
+    from lab import bgp6, plan6
+    desc = cluster_plan.plan("cl", 8, ipv6=True)
+    addrs = cluster_plan.addresses6(desc)
+    assert len(addrs) == len(set(addrs)) == 5 + 2 * 8 + 3
+    assert cluster_plan.addresses(desc) == cluster_plan.addresses(cluster_plan.plan("cl", 8))
+    pair_nets = [ipaddress.ip_network(x) for x in
+                 (plan6.CLIENT_NET6, plan6.FRONT_NET6, plan6.BACK_NET6)]
+    for a in map(ipaddress.ip_address, addrs):
+        assert a in bgp6.RANGE6 and a in plan6.LAB_NET6
+        assert not any(a in net for net in pair_nets)
+    # every host's IPv6 address mirrors its IPv4 one
+    assert [d["front_addr6"] for d in desc["directors"][:2]] == ["2001:2:0:40::11", "2001:2:0:40::12"]
+    assert desc["directors"][0]["laddr6"] == "2001:2:0:42::11"
+    assert [r["addr6"] for r in desc["real_servers"]] == [f"2001:2:0:46::{i}" for i in (21, 22, 23)]
