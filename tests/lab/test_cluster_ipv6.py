@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,14 @@ def test_the_router_has_the_ipv6_vip_via_every_director_and_each_laddr6_via_its_
         assert f"{d['laddr6']}/128" in view(n)["announced"] and vip6 in view(n)["bird_has"]
         row = next(ln.split() for ln in said.splitlines() if ln.startswith(f"dir6_{n} "))
         assert row[1] == "BGP" and row[3] == "up" and "Established" in row, said
+    # BFD guards the IPv6 sessions as it does the IPv4 ones (one `protocol bfd` for both)
+    want = {me(lab, n)[k] for n in "abc" for k in ("front_addr", "front_addr6")}
+    end = time.monotonic() + 10
+    while (up := {m.group(1) for m in re.finditer(
+            r"^(\S+)\s+br0\s+Up\b", bgp.birdc(PREFIX, "router", "show", "bfd", "sessions"),
+            re.M)}) != want:
+        assert time.monotonic() < end, (up, want)
+        time.sleep(0.1)
     sysctl = subprocess.run(["ip", "netns", "exec", f"{PREFIX}-router", "sysctl", "-n",
                              "net.ipv6.fib_multipath_hash_policy"], capture_output=True, text=True)
     assert sysctl.stdout.strip() == "1"
