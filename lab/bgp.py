@@ -335,24 +335,27 @@ def up(prefix: str, n: int = 3, timers: Timers = Timers(),
 
 
 def add_director(prefix: str, state: dict[str, Any], directors: list[dict[str, str]],
-                 timers: Timers = Timers()) -> None:
+                 timers: Timers = Timers(), ipv6: bool = False) -> None:
     """One more director on a running lab: `directors` are all of them now, the new one
     last (its namespace made and recorded by the caller).  Its link to the router's
     segment, its BIRD (announcing nothing until its node writes the include), and the
-    router's BIRD told of its session (`birdc configure`: the sessions already up stay)."""
+    router's BIRD told of its session (`birdc configure`: the sessions already up stay).
+    `ipv6`: a lab brought up with it (its IPv6 address and session too)."""
     d = directors[-1]
     _wire_director(prefix, d)
+    if ipv6:
+        bgp6.wire(ns_name(prefix, "router"), BRIDGE, [(ns_name(prefix, d["name"]), d["addr"])])
     # the router first: the new BIRD's first connection then finds its neighbour configured,
     # where a refused one would wait out BIRD's connect retry and error wait (seconds)
     router = _files(prefix, "router")
-    router["conf"].write_text(router_config(directors, timers))
+    router["conf"].write_text(router_config(directors, timers, ipv6))
     check_config(router["conf"])
     said = birdc(prefix, "router", "configure")
     if "Reconfigured" not in said:
         raise RuntimeError(f"the router's BIRD did not take director {d['name']}: {said.strip()}")
     f = _files(prefix, d["name"])
     f["announce"].write_text(bird.announce_include([]))
-    f["conf"].write_text(director_config(d, str(f["announce"]), timers))
+    f["conf"].write_text(director_config(d, str(f["announce"]), timers, ipv6))
     check_config(f["conf"])
     start_bird(prefix, state, d["name"])
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import bgp, bgp_traffic, cluster, cluster_plan, netns, nsutil
+from ha.bird import host_prefix
+
+from . import bgp, bgp6, bgp_traffic, cluster, cluster6, cluster_plan, netns, nsutil
 from . import state as st
 
 
@@ -39,30 +41,31 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
         if not state or not state.get("cluster"):
             raise RuntimeError(f"no cluster lab {prefix!r} is up (tandem lab up --cluster N)")
         desc = state["cluster"]
-        if desc.get("vip6"):
-            raise ValueError("tandem lab join does not give a director IPv6 yet: bring the "
-                             "lab up with --cluster N for the directors it needs")
         names = [d["name"] for d in desc["directors"]]
         if name in names:
             raise ValueError(f"director {name!r} is already a member ({', '.join(names)})")
-        d = cluster_plan.director(prefix, name, kernel=bool(desc.get("kernel_vip")))
+        ipv6 = bool(desc.get("vip6"))
+        d = cluster_plan.director(prefix, name, kernel=bool(desc.get("kernel_vip")), ipv6=ipv6)
         t0, at = time.monotonic(), time.time()
         cluster.ensure_ns(state, d["ns"])
         st.save_state(prefix, state)
-        nsutil.set_sysctls(d["ns"], {"net.ipv6.conf.all.disable_ipv6": 1}, optional=True)
+        nsutil.set_sysctls(d["ns"], bgp6.NS_SYSCTLS if ipv6 else
+                           {"net.ipv6.conf.all.disable_ipv6": 1}, optional=True)
         rows = [{"name": x["name"], "addr": x["front_addr"], "laddr": x["laddrs"][0]}
                 for x in [*desc["directors"], d]]
-        bgp.add_director(prefix, state, rows)
+        bgp.add_director(prefix, state, rows, ipv6=ipv6)
         nsutil.set_sysctls(d["ns"], {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0,
                                      "net.ipv4.conf.eth0.rp_filter": 0}, optional=True)
         with netns.ipr(d["ns"]) as i:
             bgp_traffic._route_default(i, bgp.ROUTER_ADDR)
+        if ipv6:
+            cluster6.default_route(d)
 
         desc["directors"].append(d)
         for vip in cluster_plan.vips(desc):
-            desc["router"]["routes"][f"{vip}/32"].append(d["front_addr"])
+            desc["router"]["routes"][host_prefix(vip)].append(cluster_plan.hop(d, vip))
         for a in d["laddrs"]:
-            desc["router"]["routes"][f"{a}/32"] = [d["front_addr"]]
+            desc["router"]["routes"][host_prefix(a)] = [cluster_plan.hop(d, a)]
         cluster.write_configs(prefix, state)        # with the services `lab up` added
         st.save_state(prefix, state)
 
@@ -78,9 +81,9 @@ def _join(prefix: str, name: str, wait: float) -> dict[str, Any]:
         pid = cluster.start_node(prefix, state, name, wait)["pid"]
         started = round(time.monotonic() - t0, 2)
         for vip in cluster_plan.vips(desc):
-            bgp.wait_until_via(prefix, vip, d["front_addr"], wait=wait)
+            bgp.wait_until_via(prefix, vip, cluster_plan.hop(d, vip), wait=wait)
         for a in d["laddrs"]:
-            bgp.wait_nexthops(prefix, a, [d["front_addr"]], wait=wait)
+            bgp.wait_nexthops(prefix, a, [cluster_plan.hop(d, a)], wait=wait)
         if state.get("info"):
             state["info"]["directors"].append({**d, "node": True})
             state["info"]["router"]["routes"] = cluster.routes(prefix, desc)

@@ -102,14 +102,14 @@ def _director(p: str, row: dict[str, str], kernel: bool, ipv6: bool = False) -> 
     return d
 
 
-def director(prefix: str, name: str, kernel: bool = True) -> dict[str, Any]:
+def director(prefix: str, name: str, kernel: bool = True, ipv6: bool = False) -> dict[str, Any]:
     """Director `name` (a, b, ...) as the plan of a lab large enough to hold it lists it:
     what `tandem lab join <name>` adds."""
     index = ord(name) - ord("a") if len(name) == 1 else -1
     if not 0 <= index < bgp.MAX_DIRECTORS:
         raise ValueError(f"a cluster director is one of a..{chr(ord('a') + bgp.MAX_DIRECTORS - 1)}, "
                          f"not {name!r}")
-    return _director(st.check_prefix(prefix), bgp.director_rows(index + 1)[index], kernel)
+    return _director(st.check_prefix(prefix), bgp.director_rows(index + 1)[index], kernel, ipv6)
 
 
 def vips(desc: dict[str, Any]) -> list[str]:

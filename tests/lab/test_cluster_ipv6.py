@@ -8,7 +8,7 @@ whatever happens.
 Judged: content, never timing.  The routes the router holds, every held IPv6 connection's
 echoes all back in order across a director's death (the hold client's `ok`), every new IPv6
 connection answered, and the dead director's IPv6 laddr routed via the one survivor that
-adopted it."""
+adopted it; a director joined later serves the IPv6 VIP too."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import bgp, cluster
+from lab import bgp, cluster, cluster_join, cluster_plan
 from lab.testing import client_env, run_in
 from tests.lab.cluster_lab import cluster_lab
 
@@ -134,3 +134,18 @@ def test_kill_one_director_every_held_ipv6_connection_survives(lab):
     bgp.wait_nexthops(PREFIX, lab["vip6"], [me(lab, n)["front_addr6"] for n in "abc"], wait=30)
     bgp.wait_nexthops(PREFIX, b6, [me(lab, "b")["front_addr6"]], wait=30)
     assert view(adopter)["adopted"] == []
+
+
+def test_a_director_joining_the_ipv6_lab_serves_the_ipv6_vip(lab):
+    """`tandem lab join d` on the IPv6 lab: d gets its IPv6 address and session, the router
+    routes the VIP6 via d too and d's laddr6 via d; new IPv6 connections reach the real
+    servers through d's laddr6 among the others."""
+    out = cluster_join.join(PREFIX, "d")
+    d = cluster_plan.director(PREFIX, "d", kernel=False, ipv6=True)
+    assert out["routes"][f"{lab['vip6']}/128"] == [me(lab, n)["front_addr6"] for n in "abc"] + [
+        d["front_addr6"]]
+    assert out["routes"][f"{d['laddr6']}/128"] == [d["front_addr6"]]
+    new = run_in(f"{PREFIX}-client", "tcp-whoami", "--host", lab["vip6"], "--port", 80,
+                 "--count", 60, "--concurrency", 5)
+    assert new["ok"] == 60, new
+    assert d["laddr6"] in {a for p in new["peers"].values() for a in p}, new

@@ -88,3 +88,8 @@ def test_ipv6_addresses_unique_in_their_range_away_from_the_pair_labs_ipv6():
     assert [d["front_addr6"] for d in desc["directors"][:2]] == ["2001:2:0:40::11", "2001:2:0:40::12"]
     assert desc["directors"][0]["laddr6"] == "2001:2:0:42::11"
     assert [r["addr6"] for r in desc["real_servers"]] == [f"2001:2:0:46::{i}" for i in (21, 22, 23)]
+
+
+def test_a_director_joining_an_ipv6_lab_gets_the_ipv6_addresses_of_its_letter():
+    assert cluster_plan.director("tc6", "d", ipv6=True) == \
+        cluster_plan.plan("tc6", 4, ipv6=True)["directors"][3]
