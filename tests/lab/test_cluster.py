@@ -9,8 +9,6 @@ them, in order (the hold client's `ok`: no reset, no mismatch, nothing left unan
 and new connections all succeed.  How long the takeover took is printed, not asserted."""
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +19,7 @@ import pytest
 
 from lab import bgp, cluster
 from lab.testing import client_env, run_in
-from tests.lab.cluster_lab import cluster_lab
+from tests.lab.cluster_lab import cluster_lab, end_hold, start_hold as cluster_hold
 
 pytestmark = pytest.mark.lab
 
@@ -76,25 +74,7 @@ def test_up_lists_the_directors_and_the_routers_routes(lab):
 
 
 def start_hold(lab, tmp: str, conns: int) -> tuple[subprocess.Popen, str]:
-    """`conns` held connections echoing every 100 ms (stall judged only after 15 s: what
-    is judged is that every echo comes back, in order); returns once all are connected."""
-    ready, stop = os.path.join(tmp, "ready"), os.path.join(tmp, "stop")
-    held = subprocess.Popen(
-        ["ip", "netns", "exec", f"{PREFIX}-client", sys.executable, "-m", "lab.client", "hold",
-         "--host", lab["vip"], "--port", "80", "--conns", str(conns), "--seconds", "60",
-         "--interval", "0.1", "--timeout", "15", "--ready-file", ready, "--stop-file", stop],
-        cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
-    end = time.monotonic() + 30
-    while not os.path.exists(ready):
-        assert time.monotonic() < end and held.poll() is None, "hold never connected"
-        time.sleep(0.05)
-    assert json.load(open(ready))["connected"] == conns
-    return held, stop
-
-
-def end_hold(held: subprocess.Popen, stop: str) -> dict:
-    Path(stop).touch()
-    return json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+    return cluster_hold(PREFIX, lab["vip"], tmp, conns)
 
 
 def the_adopter(lab, of: str, among: str) -> str:

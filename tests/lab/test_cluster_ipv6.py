@@ -11,25 +11,20 @@ connection answered, and the dead director's IPv6 laddr routed via the one survi
 adopted it; a director joined later serves the IPv6 VIP too."""
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from lab import bgp, cluster, cluster_join, cluster_plan
-from lab.testing import client_env, run_in
-from tests.lab.cluster_lab import cluster_lab
+from lab.testing import run_in
+from tests.lab.cluster_lab import cluster_lab, end_hold, start_hold
 
 pytestmark = pytest.mark.lab
 
 PREFIX = "tc6"
-REPO = Path(__file__).resolve().parents[2]
 HELD = 45
 
 
@@ -72,22 +67,6 @@ def test_the_router_has_the_ipv6_vip_via_every_director_and_each_laddr6_via_its_
     assert sysctl.stdout.strip() == "1"
 
 
-def start_hold(lab, tmp: str, conns: int) -> tuple[subprocess.Popen, str]:
-    """`conns` held IPv6 connections to the VIP, echoing every 100 ms; once all connected."""
-    ready, stop = os.path.join(tmp, "ready"), os.path.join(tmp, "stop")
-    held = subprocess.Popen(
-        ["ip", "netns", "exec", f"{PREFIX}-client", sys.executable, "-m", "lab.client", "hold",
-         "--host", lab["vip6"], "--port", "80", "--conns", str(conns), "--seconds", "60",
-         "--interval", "0.1", "--timeout", "15", "--ready-file", ready, "--stop-file", stop],
-        cwd=str(REPO), env=client_env(), stdout=subprocess.PIPE, text=True)
-    end = time.monotonic() + 30
-    while not os.path.exists(ready):
-        assert time.monotonic() < end and held.poll() is None, "hold never connected"
-        time.sleep(0.05)
-    assert json.load(open(ready))["connected"] == conns
-    return held, stop
-
-
 def test_kill_one_director_every_held_ipv6_connection_survives(lab):
     """IPv6 connections spread over the three directors (each owns some), held and echoing;
     b dies (link down, node and BIRD SIGKILLed).  The router drops b's IPv6 next hop, one
@@ -97,7 +76,7 @@ def test_kill_one_director_every_held_ipv6_connection_survives(lab):
     laddr6 routed to it."""
     b6 = me(lab, "b")["laddr6"]
     with tempfile.TemporaryDirectory() as tmp:
-        held, stop = start_hold(lab, tmp, HELD)
+        held, stop = start_hold(PREFIX, lab["vip6"], tmp, HELD)
         try:
             end = time.monotonic() + 10
             while True:     # every connection owned by one director, synced to the others
@@ -126,8 +105,7 @@ def test_kill_one_director_every_held_ipv6_connection_survives(lab):
             assert b6 not in {a for p in new["peers"].values() for a in p}, new
             time.sleep(1.0)         # echoes after the new connections too
         finally:
-            Path(stop).touch()
-            out = json.loads(held.communicate(timeout=60)[0].splitlines()[-1])
+            out = end_hold(held, stop)
     assert out["ok"] == HELD and out["echoes"] == out["sent"], out
 
     cluster.fault(PREFIX, "b", "restore")
