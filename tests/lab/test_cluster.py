@@ -124,7 +124,12 @@ def test_kill_one_director_every_held_connection_survives(lab):
             new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 60,
                          "--concurrency", 6)
             assert new["ok"] == 60, new
-            assert laddr(lab, "b") not in {a for p in new["peers"].values() for a in p}, new
+            # none depends on b: every laddr they came from is routed via a or c (b's own
+            # only when the client reused the port of a connection b had opened, whose
+            # synced entry a survivor holds: it forwards it as IPVS would, and b's laddr is
+            # the adopter's now)
+            for x in {a for p in new["peers"].values() for a in p}:
+                assert bgp.nexthops(PREFIX, x) in ([addr(lab, "a")], [addr(lab, "c")]), (x, new)
             time.sleep(1.0)         # echoes after the new connections too
         finally:
             out = end_hold(held, stop)
@@ -310,13 +315,17 @@ def test_two_directors_killed_one_after_the_other_the_last_one_serves_everything
             new = run_in(client, "tcp-whoami", "--host", lab["vip"], "--port", 80, "--count", 30,
                          "--concurrency", 6)
             assert new["ok"] == 30, new
-            assert {x for p in new["peers"].values() for x in p} <= {laddr(lab, "a")}, new
+            # every one through a: from a's own laddr, or from one it adopted when the client
+            # reused the port of a connection b or c had opened, whose synced entry a holds
+            # (CI saw b's laddr so)
+            held_by_a = {laddr(lab, "a"), *a["adopted"]}
+            assert {x for p in new["peers"].values() for x in p} <= held_by_a, new
             time.sleep(1.0)
         finally:
             res = end_hold(held, stop)
+            for n in "bc":           # whatever happened: the next test needs all three
+                cluster.fault(PREFIX, n, "restore")
     assert res["ok"] == HELD and res["echoes"] == res["sent"], res
-    for n in "bc":
-        cluster.fault(PREFIX, n, "restore")
     bgp.wait_nexthops(PREFIX, lab["vip"], [addr(lab, n) for n in "abc"], wait=30)
     for n in "bc":
         bgp.wait_nexthops(PREFIX, laddr(lab, n), [addr(lab, n)], wait=30)
