@@ -140,8 +140,12 @@ def _due_of(row: int) -> int:
 class KernelSyncSource:
     def __init__(self, policy: SyncPolicy, timeout_of: Callable[[int, int], float],
                  is_ours: Callable[[int], bool], *, own_pid: int = 0,
-                 active: bool = False, table: FlowTable | None = None) -> None:
+                 active: bool = False, table: FlowTable | None = None,
+                 refresh_injected: bool = True) -> None:
         self.policy = policy
+        #: a pair's master refreshes the peer's entries injected here while it is active (a
+        #: bulk that came after it took over); a cluster director leaves them to their owner
+        self.refresh_injected = refresh_injected
         self.timeout_of = timeout_of        # (proto, IPVS state) -> full timeout, s
         self.is_ours = is_ours              # mark -> is it one of tandem's bindings
         self.own_pid = own_pid              # the injecting socket's netlink port id (0: none)
@@ -255,6 +259,8 @@ class KernelSyncSource:
             # the peer's flow, injected here: the peer has it; note it as sent, so that if
             # this node takes over, its end is sent back
             row = row & ~(F4 << OLD_STATE) | (row >> STATE & F4) << OLD_STATE | SENT
+            if self.active and self.refresh_injected and not row & _DUE_BITS:
+                row = self._schedule(k, t.proto, row, now)
         elif self.active:
             row = self._decide(t, k, row, fresh, now, out)
         table.put(k, row, SOURCE)
@@ -344,19 +350,27 @@ class KernelSyncSource:
 
     def set_active(self, active: bool, now: float) -> None:
         """Produce entries (this node forwards) or only keep the view.  A node that becomes
-        active schedules a refresh of every flow it holds (its own and those it inherited),
-        spread over each one's interval so a large table does not go out in one burst."""
+        active schedules a refresh of every flow the peer holds too (its own, sent, and
+        those it inherited, injected), spread over each one's interval so a large table
+        does not go out in one burst.
+
+        Not of a flow only its own kernel table showed it after a restart, which no peer
+        entry has confirmed: the peer may have seen it end while this node was down, and
+        a refresh of this node's stale copy would bring it back there, ESTABLISHED, until this
+        node's copy ends (a node that takes over before the peer's bulk has come whole did
+        that).  The peer's entry for it, when the bulk brings it, confirms it (SENT) and
+        schedules its refresh; a real change of it on this node's kernel is sent as ever."""
         if active == self.active:
             return
         self.active = active
         self._due.clear()
         rows = self.table.rows
-        held = [(k, r) for k, r in rows.items() if r & SOURCE]
         if not active:
-            for k, r in held:
-                rows[k] = r & ~_DUE_BITS
+            for k, r in rows.items():
+                if r & SOURCE:
+                    rows[k] = r & ~_DUE_BITS
             return
-        self._spread(held, now)
+        self._spread([(k, r) for k, r in rows.items() if r & SOURCE and r & SENT], now)
 
     def _spread(self, held: list[tuple[int, int]], now: float) -> int:
         """Schedule a refresh of each held (key, row) that can be synced, spread over each
@@ -437,5 +451,7 @@ class KernelSyncSource:
         k, row = self.table.find(t)
         if not row & SOURCE or not row >> BINDING & F24 or (t.proto == TCP and row >> STATE & F4 == NONE):
             return None
+        if not row & SENT and self.active and not row & _DUE_BITS:
+            row = self._schedule(k, t.proto, row, now)     # the peer holds it from now on
         self.table.rows[k] = row | SENT
         return self._entry(t, row, self.timeout_of(t.proto, row >> STATE & F4))

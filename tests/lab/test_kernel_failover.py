@@ -112,7 +112,20 @@ def same_tables(n: int, limit: float = 15.0) -> list:
         if len(a) == n and a == b:
             return a
         time.sleep(0.5)
-    raise AssertionError((len(a), len(b), len(set(map(tuple, a)) ^ set(map(tuple, b)))))
+    raise AssertionError((len(a), len(b), _entries(set(map(tuple, a)) ^ set(map(tuple, b)))))
+
+
+def _entries(flows: set) -> dict:
+    """What a's and b's conntrack tables hold for each flow (by its client port): the
+    message of a mismatch, to tell a stale entry from a missing one."""
+    out = {}
+    for flow in sorted(flows)[:5]:
+        for name in ("a", "b"):
+            r = subprocess.run(["ip", "netns", "exec", topology.ns_name(PREFIX, name), "conntrack",
+                                "-L", "-p", "tcp", "--sport", str(flow[1]), "-o", "extended,id"],
+                               capture_output=True, text=True, timeout=30)
+            out[f"{name}:{flow[1]}"] = r.stdout.strip() or r.stderr.strip()
+    return out
 
 
 def test_with_20_percent_sync_loss_the_backup_table_matches_and_a_kill_loses_nothing(lossy):

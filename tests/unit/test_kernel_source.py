@@ -26,10 +26,10 @@ def timeout_of(proto: int, state: int) -> float:
     return PROTOS[proto].timeouts[state]
 
 
-def source(active: bool = True, **policy) -> KernelSyncSource:
+def source(active: bool = True, refresh_injected: bool = True, **policy) -> KernelSyncSource:
     return KernelSyncSource(SyncPolicy(**policy), timeout_of,
                             lambda m: m & MARK_PREFIX_MASK == MARK_BASE, own_pid=INJECTOR_PID,
-                            active=active)
+                            active=active, refresh_injected=refresh_injected)
 
 
 def event(kind: str, cport: int = 40000, state: int | None = ct.TCP_CT_SYN_SENT, *,
@@ -198,13 +198,55 @@ def test_a_backup_keeps_the_view_and_sends_after_taking_over():
     assert src.apply(event("destroy", 3, None), 701.0) == []
 
 
+def test_a_restarted_node_that_takes_over_refreshes_only_what_the_peer_confirmed():
+    """A node restarted after a crash finds its old flows in its kernel table, as it last
+    saw them.  The peer, master meanwhile, may have seen some end; its bulk brings the rest
+    with their current state.  Taking over, the node refreshes the flows the bulk confirmed
+    (with the peer's state), never its own stale copies of the others, which would come
+    back to life on the peer ESTABLISHED for 900 s.  A bulk entry that comes only after it
+    took over is confirmed and refreshed then; a real change of a stale flow is sent."""
+    src = source(active=False)
+    for port in (1, 2, 3):                  # the table it left, read at its start
+        assert src.apply(event("new", port, ct.TCP_CT_ESTABLISHED,
+                               status=ESTABLISHED_STATUS), 0.0) == []
+    # the peer's bulk: flow 1 closed meanwhile, flow 4 opened meanwhile
+    src.apply(event("update", 1, ct.TCP_CT_TIME_WAIT, pid=INJECTOR_PID,
+                    status=ESTABLISHED_STATUS), 1.0)
+    src.apply(event("new", 4, ct.TCP_CT_ESTABLISHED, pid=INJECTOR_PID,
+                    status=ESTABLISHED_STATUS), 1.0)
+    src.set_active(True, 2.0)
+    refreshed = {e.cport: e.state for e, _ in src.poll(2000.0)}
+    assert refreshed == {1: C.TIME_WAIT, 4: C.ESTABLISHED}
+    # flow 2's entry comes late (its datagram was lost, repaired after the takeover)
+    assert src.apply(event("update", 2, ct.TCP_CT_TIME_WAIT, pid=INJECTOR_PID,
+                           status=ESTABLISHED_STATUS), 2001.0) == []
+    assert {e.cport: e.state for e, _ in src.poll(4000.0)} == {1: C.TIME_WAIT, 2: C.TIME_WAIT,
+                                                                4: C.ESTABLISHED}
+    # flow 3 is alive after all: its next change goes out at once
+    [(e, _)] = src.apply(event("update", 3, ct.TCP_CT_FIN_WAIT, status=ESTABLISHED_STATUS), 4001.0)
+    assert (e.cport, e.state) == (3, C.FIN_WAIT)
+    assert 3 in {e.cport for e, _ in src.poll(6000.0)}
+
+
+def test_a_flow_sent_in_a_bulk_is_refreshed_from_then_on():
+    """An active node's flow that no peer had (a peer came back after it) goes to the peer
+    in its bulk; from then on the node refreshes it, as it does every flow the peer holds."""
+    src = source(active=False)
+    src.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    src.set_active(True, 1.0)
+    assert src.poll(2000.0) == []               # no peer holds it: nothing to refresh
+    [t] = src.snapshot()
+    assert src.to_entry(t, 2001.0).state == C.ESTABLISHED
+    assert [e.cport for e, _ in src.poll(4000.0)] == [1]
+
+
 def test_a_cluster_director_refreshes_the_flows_of_the_laddrs_it_adopted():
     """In a cluster every director is active and refreshes the flows it sent; its peers'
     flows, injected here, are refreshed by their owner.  When the owner dies and this
     director adopts its laddr, nobody else would: it takes their refreshes over (spread
     out), and stops once it gives the laddr back."""
     peer = bytes([198, 18, 2, 101])
-    src = source()
+    src = source(refresh_injected=False)
     [(own, _)] = src.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
     assert own.laddr == LADDR
     for port in (2, 3, 4):
