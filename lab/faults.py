@@ -146,12 +146,14 @@ def _drop(ns: str, table: str, hook: str, match: str, percent: int, spread: bool
                        check=True, capture_output=True)
 
 
-def sync_loss(prefix: str, percent: int) -> None:
-    """Drop `percent`% of the sync datagrams arriving at each director, spread evenly (20:
-    every fifth), so that a test of loss repair always has losses to repair: at random,
-    a burst of few datagrams sometimes lost none (a lab test once saw no gap).  0 removes
-    the rule."""
+def sync_loss(prefix: str, percent: int, at: tuple[str, ...] | None = None) -> None:
+    """Drop `percent`% of the sync datagrams arriving at each director (or those named in
+    `at`), spread evenly (20: every fifth), so that a test of loss repair always has losses
+    to repair: at random, a burst of few datagrams sometimes lost none (a lab test once saw
+    no gap).  0 removes the rule."""
     for d in DIRECTORS:
+        if at is not None and d["name"] not in at:
+            continue
         _drop(ns_name(prefix, d["name"]), "tandem_lab_loss", "input",
               f"udp dport {SYNC_PORT}", percent, spread=True)
 

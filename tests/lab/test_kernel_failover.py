@@ -205,3 +205,45 @@ def test_a_restarted_backup_gets_every_kernel_flow_back(lossy):
         assert kb["inject_created"] >= 200 and kb["inject_failed"] == 0, kb
         res = held.result()
     assert (res.get("ok"), res.get("reset", 0), res.get("stalled", 0)) == (200, 0, 0), res
+
+
+def _wait_for(cond, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_a_node_taking_over_without_its_bulk_never_revives_what_its_peer_closed(lossy):
+    """a is killed while 200 connections are held through it; b takes them over and they
+    close through b (TIME_WAIT there), while a's table still shows them ESTABLISHED, as a
+    last saw them.  a comes back with every sync datagram to it dropped, so no bulk
+    reaches it, and takes over after its startup_sync_wait with that stale table.  It must
+    not refresh those copies to b: they would come back to life there, ESTABLISHED until
+    a's own copies end (900 s), as one did in CI.  Once sync reaches a again, b's bulk
+    brings the closed state and neither table holds an ESTABLISHED flow."""
+    with Hold(200, 30) as held:
+        same_tables(200)
+        topology.fault(PREFIX, "a", "kill")
+        topology.wait_role(PREFIX, "b", "master", 20)
+        res = held.result()
+    assert (res.get("ok"), res.get("reset", 0), res.get("stalled", 0)) == (200, 0, 0), res
+    assert _wait_for(lambda: established(PREFIX, "b") == [], 15), len(established(PREFIX, "b"))
+    assert len(established(PREFIX, "a")) >= 200         # a's copies, as it last saw them
+    sync_loss(PREFIX, 100, at=("a",))
+    try:
+        topology.fault(PREFIX, "a", "restore")
+        topology.wait_role(PREFIX, "a", "master", 20)
+        # a refresh of a's 200 stale copies, spread over their 450 s interval, would go out
+        # every 2.2 s: 6 s would see two of them (the refreshes counter is a's own, from
+        # its restart)
+        time.sleep(6.0)
+        ka = topology.node_status(PREFIX, "a", timeout=5.0)["kernel"]
+        assert ka["sync_refreshes"] == 0, ka
+        assert established(PREFIX, "b") == [], _entries({tuple(f) for f in established(PREFIX, "b")})
+    finally:
+        sync_loss(PREFIX, 20)
+    assert _wait_for(lambda: established(PREFIX, "a") == established(PREFIX, "b") == [], 30), \
+        _entries({tuple(f) for f in established(PREFIX, "a") + established(PREFIX, "b")})
