@@ -1,5 +1,7 @@
 """Processes for tests/lab/test_kernel_rules.py, each run in its own namespace; each prints
-one JSON line and exits by itself (every loop is bounded in count and time).
+one JSON line and exits by itself (every loop is bounded in count and time).  The two
+servers end at SECONDS, or sooner at a line "stop" on stdin (the test is done with them;
+an empty stdin does not end them).
 
     echo   ADDR[,ADDR] PORT SECONDS   TCP echo server; prints the peers it saw
     queue  NUM MARK MARK6 SPORT SECS  NFQUEUE listener: accepts each packet with MARK (MARK6
@@ -24,6 +26,22 @@ import sys
 import time
 
 
+class _Stdin:
+    """Watches stdin for the line "stop" (at EOF it stops watching)."""
+
+    def __init__(self) -> None:
+        self.watch = [sys.stdin]
+        self.stop = False
+
+    def check(self, ready: list) -> bool:
+        if sys.stdin in ready:
+            line = sys.stdin.readline()
+            self.stop = line.strip() == "stop"
+            if not line:
+                self.watch = []
+        return self.stop
+
+
 def echo(addrs: str, port: int, seconds: float) -> None:
     servers = []
     for addr in addrs.split(","):
@@ -33,10 +51,15 @@ def echo(addrs: str, port: int, seconds: float) -> None:
         srv.listen(64)
         servers.append(srv)
     conns, peers, end = [], [], time.monotonic() + seconds
+    stdin = _Stdin()
     print(json.dumps({"ready": True}), flush=True)
     while time.monotonic() < end:
-        ready, _, _ = select.select([*servers, *conns], [], [], 0.1)
+        ready, _, _ = select.select([*servers, *conns, *stdin.watch], [], [], 0.1)
+        if stdin.check(ready):
+            break
         for s in ready:
+            if s is sys.stdin:
+                continue
             if s in servers:
                 c, peer = s.accept()
                 conns.append(c)
@@ -68,10 +91,14 @@ def queue(num: int, mark: int, mark6: int, unmarked_sport: int, seconds: float) 
     nfq = NetfilterQueue()
     nfq.bind(num, handle)
     sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
+    stdin = _Stdin()
     print(json.dumps({"ready": True}), flush=True)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if select.select([sock], [], [], 0.1)[0]:
+        ready = select.select([sock, *stdin.watch], [], [], 0.1)[0]
+        if stdin.check(ready):
+            break
+        if sock in ready:
             nfq.run(block=False)
     nfq.unbind()
     print(json.dumps({"by_sport": by_sport}), flush=True)

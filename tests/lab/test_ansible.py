@@ -74,6 +74,7 @@ def _a_changed_config_reloads_or_restarts_as_the_change_needs(ctl: A.Controller,
     did before it asked `tandem check-config NEW --against OLD`."""
     tmp = ctl.tmp
     base = json.loads((tmp / "extra-vars.json").read_text())
+    base.pop("tandem_serial")       # a change to running nodes rolls: one director at a time
     steps = [("reload", {"tandem_timeouts": {"tcp_fin_wait": 100}}),
              ("restart", {"tandem_timeouts": {"tcp_fin_wait": 100}, "tandem_garp_count": 4})]
     for label, change in steps:
@@ -139,6 +140,9 @@ def _deploy_and_drill(ctl: A.Controller, root: Path) -> None:
         # the inventory takes the key from the vault only (no public fallback)
         "vault_tandem_sync_key": topology.SYNC_KEY,
         "vault_tandem_api_token": nsutil.LAB_API_TOKEN,
+        # a first deployment (nothing runs yet), and a run that must change nothing: both
+        # directors at once; the changes below roll, one by one, as the playbook's default
+        "tandem_serial": "100%",
     }))
 
     first = _playbook(ctl, extra, "first")

@@ -123,7 +123,7 @@ def test_six_faults_in_a_row_lose_no_new_connection(pair, forwarding):
     a client ACK still queued on a killed master finds the entry; and a planned release (stop, being preempted) sends what is
     pending before the addresses go.  A SYN that meets the outage is retransmitted by the
     client's TCP and scheduled by the new master, so with a timeout longer than TCP's SYN
-    backoff every one of the ~800 exchanges must complete.  In kernel mode the entries come
+    backoff every one of the ~600 exchanges must complete.  In kernel mode the entries come
     from the conntrack events (a new flow's, then its ESTABLISHED, each sent at once)."""
     lp = LabPair("tfo", forwarding=forwarding)
     tmp = Path(tempfile.mkdtemp(prefix="tandem-six-"))
@@ -135,7 +135,7 @@ def test_six_faults_in_a_row_lose_no_new_connection(pair, forwarding):
                              stderr=subprocess.PIPE, text=True)
     try:
         for fault in SIX_FAULTS:
-            r = drill.run("tfo", fault, conns=100, interval=0.1, duration=6.0, lead=1.0, target="a",
+            r = drill.run("tfo", fault, conns=100, interval=0.1, duration=4.0, lead=1.0, target="a",
                           pair=lp)
             check(r, 100)
             took_over("tfo", r, fault, "a" if fault == "restore" else "b")

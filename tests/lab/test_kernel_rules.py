@@ -70,9 +70,15 @@ def py(ns: str, code: str) -> str:
 
 def start(ns: str, *args: str) -> subprocess.Popen:
     p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PROBE, *args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     assert json.loads(p.stdout.readline()) == {"ready": True}, p.stderr.read()
     return p
+
+
+def stopped(p: subprocess.Popen, timeout: float) -> dict:
+    """What a server started by `start` printed last, once told to stop."""
+    return json.loads(p.communicate("stop\n", timeout=timeout)[0].splitlines()[-1])
 
 
 @pytest.fixture
@@ -106,8 +112,8 @@ def test_mark_binding_forwards_with_one_packet_in_user_space(namespaces):
         counters = json.loads(py(D, "import json; from director import kernel_rules as k;"
                                     " print(json.dumps(k.queue_counters()))"))
     finally:
-        seen = json.loads(listener.communicate(timeout=30)[0].splitlines()[-1])["by_sport"]
-        peers = json.loads(echo.communicate(timeout=30)[0].splitlines()[-1])["peers"]
+        seen = stopped(listener, 30)["by_sport"]
+        peers = stopped(echo, 30)["peers"]
     assert [c["ok"] for c in client["conns"]] == [20] * 5
     assert client["unmarked"] == "timeout"
     assert {str(c["sport"]): 1 for c in client["conns"]} == {k: v for k, v in seen.items()
@@ -165,8 +171,8 @@ def test_reinjected_entry_carries_an_established_flow(namespaces):
     finally:
         if client.poll() is None:
             client.kill()
-        seen = json.loads(listener.communicate(timeout=40)[0].splitlines()[-1])["by_sport"]
-        peers = json.loads(echo.communicate(timeout=40)[0].splitlines()[-1])["peers"]
+        seen = stopped(listener, 40)["by_sport"]
+        peers = stopped(echo, 40)["peers"]
     assert first["before"] == 20
     assert injected["entries"] == 1 and injected["errnos"] == [0, 0]
     assert injected["same_tuples"]
@@ -195,8 +201,8 @@ def test_ipv6_service_forwards_alike(namespaces):
         assert out.returncode == 0, out.stderr
         client = json.loads(out.stdout)
     finally:
-        seen = json.loads(listener.communicate(timeout=30)[0].splitlines()[-1])["by_sport"]
-        peers = json.loads(echo.communicate(timeout=30)[0].splitlines()[-1])["peers"]
+        seen = stopped(listener, 30)["by_sport"]
+        peers = stopped(echo, 30)["peers"]
     assert [c["ok"] for c in client["conns"]] == [10] * 3
     assert client["unmarked"] == "timeout"
     assert {str(c["sport"]): 1 for c in client["conns"]} == {k: v for k, v in seen.items()

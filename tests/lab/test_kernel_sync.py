@@ -160,8 +160,8 @@ def test_injected_entries_carry_held_connections_through_a_takeover(namespaces):
             client.kill()
         sent = last_json(master)
         got = last_json(standby)
-        seen = last_json(listener, stop=False)["by_sport"]
-        last_json(echo, stop=False)
+        seen = last_json(listener)["by_sport"]
+        last_json(echo)
     assert first["before"] == [5] * CONNS
     assert sorted(map(int, seen)) == sorted(first["sports"])       # one packet each queued
     assert all(v == 1 for v in seen.values())
