@@ -58,6 +58,9 @@ _EXPORTED = (
      "Of those, periodic refreshes of flows that only carry data."),
     ("sync_ends", "kernel_sync_ends", CounterMetricFamily,
      "Of those, the ends of flows (timeout 0)."),
+    ("sync_pruned", "kernel_sync_pruned", CounterMetricFamily,
+     "Flows of this node's table from before its start that the peer's bulk did not hold "
+     "(ended meanwhile): deleted."),
     ("inject_created", "kernel_inject_created", CounterMetricFamily,
      "Peer's entries created in this node's conntrack."),
     ("inject_updated", "kernel_inject_updated", CounterMetricFamily,

@@ -95,7 +95,7 @@ SCHEMAS: dict[str, Any] = {
                     "adopted", "adopt_conflicts", "counter_read_failures",
                     "dump_failures", "dumps_coalesced", "repair_steps", "dump_entries",
                     "deleted", "sync_entries", "sync_urgent", "sync_refreshes",
-                    "sync_ends", "inject_created", "inject_updated", "inject_deleted",
+                    "sync_ends", "sync_pruned", "inject_created", "inject_updated", "inject_deleted",
                     "inject_failed", "inject_backlog")},
                     "drops": {"type": "object", "description": "packets to kernel-mode services "
                               "dropped by tandem's rules, as last read (at most ~1 s old): "

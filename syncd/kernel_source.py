@@ -12,6 +12,8 @@ module turns those into the same sync entries, by the same SyncPolicy:
     out = src.resync(dump, now)    # after lost events: the table as a dump shows it
     src.set_active(True, now)      # this node forwards: produce entries (False: keep the view)
     src.take_over(laddrs, now)     # cluster: refresh the flows of a dead peer's adopted laddrs
+    src.confirm(tuple)             # a peer's entry for this flow arrived
+    ends = src.prune(now)          # the peer's bulk came whole: what it did not confirm
 
 What is sent when:
 - a new TCP flow (the tracker's SYN_SENT, IPVS's SYN_RECV) at once, URGENT (`on_syn`); each
@@ -155,8 +157,11 @@ class KernelSyncSource:
         self.flows: Members = self.table.members(SOURCE, self._decode)
         #: second -> keys of the rows whose refresh falls due in it
         self._due: dict[int, _Slots] = {}
+        #: keys of the flows this node's own kernel showed it while inactive (a restart's
+        #: table) that no peer entry has confirmed yet; `prune` ends them
+        self._unconfirmed: set[int] | None = set()
         self.stats = dict.fromkeys(("events", "ignored", "own", "entries", "urgent", "refreshes",
-                                    "ends", "resyncs"), 0)
+                                    "ends", "resyncs", "pruned"), 0)
 
     def _decode(self, row: int, proto: int | None = None) -> SourceFlow:
         b = self.table.binding_of(row >> BINDING & F24)
@@ -263,6 +268,8 @@ class KernelSyncSource:
                 row = self._schedule(k, t.proto, row, now)
         elif self.active:
             row = self._decide(t, k, row, fresh, now, out)
+        elif fresh and self._unconfirmed is not None:
+            self._unconfirmed.add(k)
         table.put(k, row, SOURCE)
         return out
 
@@ -286,6 +293,8 @@ class KernelSyncSource:
         if not row & SOURCE:
             return
         table.release(k, row, SOURCE)
+        if self._unconfirmed:
+            self._unconfirmed.discard(k)
         if quiet or not self.active or not row & SENT:
             return
         if t.proto == TCP:
@@ -399,6 +408,34 @@ class KernelSyncSource:
         """Cluster mode: these laddrs went back to their owner, who refreshes their flows."""
         for k, r in self._of_laddrs(laddrs):
             self.table.rows[k] = r & ~_DUE_BITS
+
+    # -- a restart's table --------------------------------------------------------------
+
+    def confirm(self, t: ct.Tuple) -> None:
+        """A peer's entry for flow `t` (original tuple) arrived: the peer holds it."""
+        if self._unconfirmed:
+            self._unconfirmed.discard(self.table.find(t)[0])
+
+    def prune(self, now: float) -> list[SyncEntry]:
+        """The peer's bulk answering this node's start-up request came whole: the flows
+        its kernel table held when it started that no peer entry confirmed, each as its
+        end (timeout 0) for the injector to delete; once only.
+
+        The peer forwarded while this node was down, so those flows ended there (or the
+        peer never knew them and could not forward them).  Left in this node's table they
+        would keep their NAT for up to their timeout, and send a new connection on a
+        reused client port to the old real server when this node takes over.  Not when
+        this node is already active: it took over without the bulk (startup_sync_wait) and
+        forwards what its kernel holds, which only the peer's bulk could prove stale, and
+        a peer restarted meanwhile answers with an empty table."""
+        waiting, self._unconfirmed = self._unconfirmed, None
+        if self.active or not waiting:
+            return []
+        rows, tuple_of = self.table.rows, self.table.tuple_of
+        out = [self._entry(tuple_of(k), row & ~ASSURED, END_TIMEOUT)
+               for k in waiting if (row := rows.get(k, 0)) & SOURCE and not row & SENT]
+        self.stats["pruned"] += len(out)
+        return out
 
     # -- repair and bulk -----------------------------------------------------------------
 

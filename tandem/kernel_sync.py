@@ -102,6 +102,7 @@ class KernelSync:
         tx.to_entry = lambda obj, now: (self.source.to_entry(obj, now) if isinstance(obj, ct.Tuple)
                                         else to_entry(obj, now) if to_entry else obj)
         self._scheduled = False
+        self._pruned = False
         self._tick: asyncio.Task | None = None
 
     # -- the engine's numbers -----------------------------------------------------------
@@ -174,10 +175,28 @@ class KernelSync:
         def route(entry: SyncEntry, now: float) -> object:
             if not self._kernel_mode(entry):
                 return apply(entry, now)
+            self.source.confirm(ct.Tuple(entry.proto, entry.caddr, entry.vaddr, entry.cport,
+                                         entry.vport))
             self.injector.offer(entry, bulk)
             self._wake()
             return "injected"
         return route
+
+    def bulk_arrived(self) -> None:
+        """The peer's bulk answering this node's start-up request came whole (the node
+        calls this before it may take over): the flows of this node's kernel table from
+        before its start that the peer did not confirm are deleted (KernelSyncSource.prune)."""
+        if self._pruned:
+            return
+        self._pruned = True
+        ends = self.source.prune(self.clock())
+        if not ends:
+            return
+        log.info("kernel sync: %d flows from before the start ended on the peer meanwhile: "
+                 "deleted", len(ends))
+        for e in ends:
+            self.injector.offer(e)
+        self._wake()
 
     def _wake(self) -> None:
         if not self._scheduled:
@@ -246,6 +265,7 @@ class KernelSync:
         src, inj = self.source.stats, self.injector.stats
         return {"sync_entries": src["entries"] + src["ends"], "sync_urgent": src["urgent"],
                 "sync_refreshes": src["refreshes"], "sync_ends": src["ends"],
+                "sync_pruned": src["pruned"],
                 "inject_created": inj["created"], "inject_updated": inj["updated"],
                 "inject_deleted": inj["deleted"], "inject_stale": inj["stale"],
                 "inject_failed": inj["failed"],

@@ -358,6 +358,8 @@ class Node:
                 # in the background: a netlink round trip in a thread can take tens of ms on
                 # a loaded machine, and a state change must never wait behind it
                 self._links = asyncio.create_task(self._check_links(), name="link-check")
+        if self.kernel_sync is not None and self.sync is not None and self.sync.bulk_done:
+            self.kernel_sync.bulk_arrived()         # before it may take over: see there
         if self.role.machine.waiting_for_sync and self.sync is not None and self.sync.bulk_done:
             self.role.post(R.SyncComplete())
         await self.role.step()

@@ -247,3 +247,28 @@ def test_a_node_taking_over_without_its_bulk_never_revives_what_its_peer_closed(
         sync_loss(PREFIX, 20)
     assert _wait_for(lambda: established(PREFIX, "a") == established(PREFIX, "b") == [], 30), \
         _entries({tuple(f) for f in established(PREFIX, "a") + established(PREFIX, "b")})
+
+
+def test_a_restored_node_deletes_its_flows_that_ended_while_it_was_down(lossy):
+    """a is killed while 100 connections are held through it; they close through b, and b's
+    table forgets them (flushed here, as the end of their TIME_WAIT would).  a's table still
+    holds them ESTABLISHED with their NAT, as a last saw them.  Restored, a gets b's bulk,
+    which does not hold them, and deletes them before it takes over (sync_pruned): left,
+    each would send a new connection on its client port to the old real server."""
+    with Hold(100, 30) as held:
+        same_tables(100)
+        topology.fault(PREFIX, "a", "kill")
+        topology.wait_role(PREFIX, "b", "master", 20)
+        res = held.result()
+    assert (res.get("ok"), res.get("reset", 0), res.get("stalled", 0)) == (100, 0, 0), res
+    flush = subprocess.run(["ip", "netns", "exec", topology.ns_name(PREFIX, "b"),
+                            "conntrack", "-F"], capture_output=True, text=True, timeout=30)
+    assert flush.returncode == 0, flush.stderr
+    stale = established(PREFIX, "a")
+    assert len(stale) >= 100 and established(PREFIX, "b") == []
+    topology.fault(PREFIX, "a", "restore")
+    topology.wait_role(PREFIX, "a", "master", 20)
+    ka = topology.node_status(PREFIX, "a", timeout=5.0)["kernel"]
+    assert ka["sync_pruned"] >= len(stale), ka
+    assert _wait_for(lambda: established(PREFIX, "a") == [], 10), \
+        _entries({tuple(f) for f in established(PREFIX, "a")})

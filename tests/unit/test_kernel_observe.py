@@ -243,6 +243,7 @@ def test_kernel_sync_counters_are_metrics_as_the_node_produces_them():
                               ("sync_urgent", "kernel_sync_urgent_total"),
                               ("sync_refreshes", "kernel_sync_refreshes_total"),
                               ("sync_ends", "kernel_sync_ends_total"),
+                              ("sync_pruned", "kernel_sync_pruned_total"),
                               ("inject_created", "kernel_inject_created_total"),
                               ("inject_updated", "kernel_inject_updated_total"),
                               ("inject_deleted", "kernel_inject_deleted_total"),

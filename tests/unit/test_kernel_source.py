@@ -301,3 +301,28 @@ def test_state_names_map_between_conntrack_and_ipvs(ct_state, ipvs):
     assert ct.IPVS_STATE_OF_CT[ct_state] == ipvs
     back = ct.CT_STATE_OF_IPVS[ipvs]
     assert back == (ct.TCP_CT_SYN_RECV if ipvs == C.SYN_RECV else ct_state)
+
+
+def test_a_restarts_flows_that_no_peer_entry_confirmed_are_ended_once_the_bulk_is_whole():
+    """A node restarted as backup finds its old flows in its kernel table.  The peer's bulk
+    confirms the ones it still holds (an entry arriving is enough: its injection may be
+    pending); the others ended on the peer meanwhile, and `prune` hands them out as ends
+    to delete, once.  A node that already took over (without the bulk) prunes nothing: it
+    forwards what its kernel holds."""
+    src = source(active=False)
+    for port in (1, 2, 3, 4):
+        src.apply(event("new", port, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    src.apply(event("destroy", 4, None), 0.5)                   # ended by itself
+    src.confirm(ct.Tuple(6, CLIENT, VIP, 1, 80))                # the peer's entry, arriving
+    src.apply(event("update", 2, ct.TCP_CT_TIME_WAIT, pid=INJECTOR_PID,
+                    status=ESTABLISHED_STATUS), 1.0)            # the peer's, injected
+    ends = src.prune(2.0)
+    assert [(e.cport, e.timeout) for e in ends] == [(3, END_TIMEOUT)]
+    assert src.stats["pruned"] == 1 and src.prune(3.0) == []
+    src.apply(event("new", 5, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 4.0)
+    assert src.prune(5.0) == []                                 # once: the start's table only
+
+    took_over = source(active=False)
+    took_over.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    took_over.set_active(True, 1.0)
+    assert took_over.prune(2.0) == []
