@@ -9,6 +9,7 @@ IP literals in 198.18.0.0/15 (the lab) or loopback.
 modes
   tcp-probe   --host H [--host H2 ...] --port P      connect once: open / refused / timeout
   tcp-whoami  --host VIP --port 80 --count N [--concurrency C | --rate R [--stop-file F]]
+              [--source-ports FIRST]
   udp-whoami  --host VIP --port 80 --count N [--concurrency C]
   bulk        --host VIP --port 80 --bytes N [--newlines]
   hold        --host VIP --port 80 --conns N --seconds S [--interval 0.02] [--ready-file F]
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="start this many new connections a second, each on its own "
                                 "(instead of --concurrency workers)")
             p.add_argument("--stop-file", help="with --rate: start no more once this file exists")
+            p.add_argument("--source-ports", type=_positive(65535), metavar="FIRST",
+                           help="connection i from port FIRST+i: ports no earlier connection "
+                                "used, so no director holds an entry from before for them")
         common(p, timeout=2.0, deadline=60.0)
         p.set_defaults(run=fn)
 

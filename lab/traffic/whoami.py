@@ -114,11 +114,17 @@ async def tcp_whoami(args) -> dict[str, Any]:
     stats = WhoamiStats()
     t0 = time.monotonic()
 
-    async def one(_i: int) -> None:
+    first = getattr(args, "source_ports", None)
+    if first is not None and first + args.count - 1 > 65535:
+        raise ValueError(f"--source-ports {first} leaves no port for {args.count} connections")
+    wildcard = "::" if family_of(args.host) == socket.AF_INET6 else "0.0.0.0"
+
+    async def one(i: int) -> None:
         w = None
         try:
             async with asyncio.timeout(dl.op(args.timeout)):
-                r, w = await asyncio.open_connection(args.host, args.port)
+                local_addr = None if first is None else (wildcard, first + i)
+                r, w = await asyncio.open_connection(args.host, args.port, local_addr=local_addr)
                 local = w.get_extra_info("sockname")[:2]
                 stats.local_ports.add(local[1])
                 w.write(b"WHOAMI\n")
