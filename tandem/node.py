@@ -49,6 +49,7 @@ from tandem.ha import RoleRunner, SyncLink, election_answer, role_config, takeov
 from tandem.kernel import Kernel, LinuxKernel
 from tandem.kernel_mode import KernelPath, engine_addresses, kernel_services
 from tandem.kernel_sync import attach as attach_kernel_sync, kernel_status
+from tandem.sd_notify import Notifier
 from tandem.state_file import StateFile, load as load_overrides, path_in
 
 log = logging.getLogger("tandem.node")
@@ -310,10 +311,13 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        notifier = Notifier()
         try:
             await self.start()
+            notifier.start()            # READY=1; the watchdog's pings from this loop
             await done.wait()
         finally:
+            notifier.stop()
             await self.stop()
 
     # -- the pump ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ each director.  Nodes are stopped through their supervisor's pid file, each BIRD
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -55,6 +56,8 @@ NAMES = ("a", "b", "c")
 NEW_CONNS = 60
 HOLD_CONNS = 30
 STOPPED = "c"
+#: the director whose node is frozen (SIGSTOP): the watchdog must find it hung
+HUNG = "a"
 
 
 def _bird_paths(root: Path, name: str) -> dict[str, Path]:
@@ -107,6 +110,42 @@ def _differences(got: object, want: object, path: str = "") -> list[str]:
         return [d for k in sorted(set(got) | set(want), key=str)
                 for d in _differences(got.get(k), want.get(k), f"{path}.{k}")]
     return [] if got == want else [f"{path}: deployed {got!r}, the lab's {want!r}"]
+
+
+def _node_pid(root: Path, name: str) -> int:
+    """The node process the role's supervisor runs (its one child)."""
+    sup = A.supervisor_pid(root, name)
+    kids = [int(k) for t in Path(f"/proc/{sup}/task").iterdir()
+            for k in (t / "children").read_text().split()]
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+def _a_hung_node_is_killed_its_routes_withdrawn_and_it_comes_back(desc: dict, root: Path) -> None:
+    """The node of HUNG is frozen (SIGSTOP: alive, silent, as a deadlock leaves it); its BIRD
+    runs on and would announce its routes forever.  The supervisor hears no watchdog ping
+    for tandem_watchdog_sec (5 s), kills it, withdraws its routes and starts it again:
+    the VIPs go from the router's routes via HUNG, then come back."""
+    frozen = _node_pid(root, HUNG)
+    t0 = time.monotonic()
+    os.kill(frozen, signal.SIGSTOP)
+    rest = [_addr(desc, n) for n in NAMES if n != HUNG]
+    try:
+        bgp.wait_nexthops(PREFIX, desc["vip"], rest, wait=30)
+        gone = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)     # killed already, unless the test failed
+    for v in cluster_plan.vips(desc):
+        bgp.wait_nexthops(PREFIX, v, [_addr(desc, n) for n in NAMES], wait=40)
+    back = time.monotonic() - t0
+    assert _node_pid(root, HUNG) != frozen
+    log = A.deployed_paths(root, HUNG)["log"].read_text(errors="replace")
+    assert "sent no watchdog ping" in log and "routes: withdrawn" in log, log[-3000:]
+    _wait_active(desc, wait=30)
+    print(f"hung node: {HUNG}'s node frozen (SIGSTOP), killed by tandemctl's watchdog, its "
+          f"routes withdrawn ({gone:.1f} s after the freeze), restarted: the VIPs via all "
+          f"three again ({back:.1f} s)")
 
 
 def _wait_active(desc: dict, wait: float) -> dict[str, dict]:
@@ -233,6 +272,8 @@ def _deploy_and_drill(ctl: A.Controller, root: Path) -> None:
         assert seen[v]["seen"] == {_laddrs(desc, n)[mode] for n in NAMES}, (v, seen[v])
     print(f"deployed cluster: {NEW_CONNS}/{NEW_CONNS} connections through each VIP, real "
           f"servers and laddrs seen: { {v: x['peers'] for v, x in seen.items()} }")
+
+    _a_hung_node_is_killed_its_routes_withdrawn_and_it_comes_back(desc, root)
 
     # a graceful stop of one director through the role's supervisor script
     stopped = STOPPED

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "ansible/roles/tandem/templates/tandem.service.j2"
 VARS = {"ansible_managed": "managed", "tandem_node_name": "a", "tandem_ctl_max_restarts": 5,
         "tandem_user": "tandem", "tandem_group": "tandem", "tandem_venv": "/opt/tandem/venv",
-        "tandem_config_file": "/etc/tandem/a.toml", "tandem_stop_wait": 20}
+        "tandem_config_file": "/etc/tandem/a.toml", "tandem_stop_wait": 20,
+        "tandem_watchdog_sec": 5}
 
 
 def render(**extra) -> str:
@@ -115,3 +116,11 @@ def test_birds_unit_gets_a_drop_in_that_empties_the_include_before_bird_starts()
     assert "[Service]" in text.splitlines()
     [pre] = d["ExecStartPre"]
     assert pre.startswith("-") and runs_withdraw(pre) == ["/etc/tandem/a.toml", "file-only"]
+
+
+def test_the_node_tells_systemd_it_is_ready_and_a_hung_node_is_killed_by_the_watchdog():
+    """Type=notify: `systemctl start` returns once the node says READY=1; WatchdogSec: a node
+    whose loop stops its pings is killed and, as any failure, restarted."""
+    d = directives(render())
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
+    assert d["WatchdogSec"] == ["5"] and d["Restart"] == ["on-failure"]

@@ -28,7 +28,25 @@ sys.exit(1 if sys.argv[1] == "node" else 0)
 """
 
 
-def render(tmp_path: Path, mode: str) -> Path:
+#: a node that starts, says READY=1 and one WATCHDOG=1 over sd_notify, then hangs (its loop
+#: never runs again), as a deadlocked or SIGSTOPped node does
+HUNG = """#!{python}
+import os, socket, sys, time
+with open({calls!r}, "a") as fh:
+    fh.write(" ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "cluster":
+    print("withdrawn: stand-in")
+    sys.exit(0)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+for msg in (b"READY=1", b"WATCHDOG=1"):
+    s.sendto(msg, os.environ["NOTIFY_SOCKET"])
+with open({calls!r}, "a") as fh:
+    fh.write("watchdog " + os.environ["WATCHDOG_USEC"] + "\\n")
+time.sleep(60)
+"""
+
+
+def render(tmp_path: Path, mode: str, stand_in: str = STAND_IN, watchdog: float = 5) -> Path:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["to_json"] = json.dumps                 # Ansible's filter of that name
     venv = tmp_path / "venv"
@@ -37,11 +55,11 @@ def render(tmp_path: Path, mode: str) -> Path:
         ansible_managed="managed", tandem_node_name="a", tandem_venv=str(venv),
         tandem_config_file=str(tmp_path / "a.toml"), tandem_pid_file=str(tmp_path / "a.pid"),
         tandem_log_file=str(tmp_path / "a.log"), tandem_start_wait=5, tandem_stop_wait=5,
-        tandem_ctl_max_restarts=2, tandem_mode=mode)
+        tandem_ctl_max_restarts=2, tandem_mode=mode, tandem_watchdog_sec=watchdog)
     ctl = tmp_path / "tandemctl"
     ctl.write_text(text)
     tandem = venv / "bin" / "tandem"
-    tandem.write_text(STAND_IN.format(python=sys.executable, calls=str(tmp_path / "calls")))
+    tandem.write_text(stand_in.format(python=sys.executable, calls=str(tmp_path / "calls")))
     tandem.chmod(0o755)
     return ctl
 
@@ -60,3 +78,20 @@ def test_the_supervisor_withdraws_a_cluster_directors_routes_after_every_exit(tm
     said = [ln for ln in cp.stdout.splitlines() if "routes:" in ln]
     assert len(said) == (2 if mode == "cluster" else 0), cp.stdout
     assert all(ln.endswith("node a: routes: withdrawn: stand-in") for ln in said), said
+
+
+def test_a_node_whose_loop_hangs_is_killed_by_the_watchdog_its_routes_withdrawn(tmp_path):
+    """As systemd's WatchdogSec: the node's pings stop (its loop hung), the supervisor kills
+    it after the watchdog time, withdraws a cluster director's routes and restarts it."""
+    ctl = render(tmp_path, "cluster", HUNG, watchdog=1)
+    cp = subprocess.run([sys.executable, str(ctl), "supervise"], capture_output=True,
+                        text=True, timeout=60)
+    assert cp.returncode == 1 and "giving up" in cp.stdout, cp.stdout + cp.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    node = f"node --config {tmp_path}/a.toml"
+    withdraw = f"cluster withdraw --config {tmp_path}/a.toml"
+    assert calls == [node, "watchdog 1000000", withdraw] * 2, calls
+    hung = [ln for ln in cp.stdout.splitlines() if "sent no watchdog ping" in ln]
+    assert len(hung) == 2 and all(ln.endswith("(hung); SIGKILL") for ln in hung), cp.stdout
+    assert "exited with -9" in cp.stdout, cp.stdout
+    assert not (tmp_path / "a.pid.notify").exists()
