@@ -64,19 +64,24 @@ def render(tmp_path: Path, mode: str, stand_in: str = STAND_IN, watchdog: float 
     return ctl
 
 
-@pytest.mark.parametrize("mode", ["cluster", "pair"])
-def test_the_supervisor_withdraws_a_cluster_directors_routes_after_every_exit(tmp_path, mode):
-    ctl = render(tmp_path, mode)
+def supervise_until_it_gives_up(ctl: Path, tmp_path: Path) -> tuple[str, list[str], str, str]:
+    """Run the rendered supervisor until it gives up; its output, the stand-in's calls, and
+    the node's and the withdrawal's command lines as the stand-in notes them."""
     cp = subprocess.run([sys.executable, str(ctl), "supervise"], capture_output=True,
                         text=True, timeout=60)
     assert cp.returncode == 1 and "giving up" in cp.stdout, cp.stdout + cp.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    node = f"node --config {tmp_path}/a.toml"
-    withdraw = f"cluster withdraw --config {tmp_path}/a.toml"
+    return (cp.stdout, calls, f"node --config {tmp_path}/a.toml",
+            f"cluster withdraw --config {tmp_path}/a.toml")
+
+
+@pytest.mark.parametrize("mode", ["cluster", "pair"])
+def test_the_supervisor_withdraws_a_cluster_directors_routes_after_every_exit(tmp_path, mode):
+    out, calls, node, withdraw = supervise_until_it_gives_up(render(tmp_path, mode), tmp_path)
     # two starts (at most 2 in 60 s), each exit followed by the withdrawal
     assert calls == ([node, withdraw] * 2 if mode == "cluster" else [node] * 2), calls
-    said = [ln for ln in cp.stdout.splitlines() if "routes:" in ln]
-    assert len(said) == (2 if mode == "cluster" else 0), cp.stdout
+    said = [ln for ln in out.splitlines() if "routes:" in ln]
+    assert len(said) == (2 if mode == "cluster" else 0), out
     assert all(ln.endswith("node a: routes: withdrawn: stand-in") for ln in said), said
 
 
@@ -84,14 +89,9 @@ def test_a_node_whose_loop_hangs_is_killed_by_the_watchdog_its_routes_withdrawn(
     """As systemd's WatchdogSec: the node's pings stop (its loop hung), the supervisor kills
     it after the watchdog time, withdraws a cluster director's routes and restarts it."""
     ctl = render(tmp_path, "cluster", HUNG, watchdog=1)
-    cp = subprocess.run([sys.executable, str(ctl), "supervise"], capture_output=True,
-                        text=True, timeout=60)
-    assert cp.returncode == 1 and "giving up" in cp.stdout, cp.stdout + cp.stderr
-    calls = (tmp_path / "calls").read_text().splitlines()
-    node = f"node --config {tmp_path}/a.toml"
-    withdraw = f"cluster withdraw --config {tmp_path}/a.toml"
+    out, calls, node, withdraw = supervise_until_it_gives_up(ctl, tmp_path)
     assert calls == [node, "watchdog 1000000", withdraw] * 2, calls
-    hung = [ln for ln in cp.stdout.splitlines() if "sent no watchdog ping" in ln]
-    assert len(hung) == 2 and all(ln.endswith("(hung); SIGKILL") for ln in hung), cp.stdout
-    assert "exited with -9" in cp.stdout, cp.stdout
+    hung = [ln for ln in out.splitlines() if "sent no watchdog ping" in ln]
+    assert len(hung) == 2 and all(ln.endswith("(hung); SIGKILL") for ln in hung), out
+    assert "exited with -9" in out, out
     assert not (tmp_path / "a.pid.notify").exists()
