@@ -143,11 +143,12 @@ class KernelSyncSource:
     def __init__(self, policy: SyncPolicy, timeout_of: Callable[[int, int], float],
                  is_ours: Callable[[int], bool], *, own_pid: int = 0,
                  active: bool = False, table: FlowTable | None = None,
-                 refresh_injected: bool = True) -> None:
+                 pair: bool = True) -> None:
         self.policy = policy
-        #: a pair's master refreshes the peer's entries injected here while it is active (a
-        #: bulk that came after it took over); a cluster director leaves them to their owner
-        self.refresh_injected = refresh_injected
+        #: a pair's node (False: a cluster director): see set_active, and apply's injected
+        #: entries (a pair's master refreshes those that come while it is active, a bulk that
+        #: came after it took over; a cluster director leaves them to their owner)
+        self.pair = pair
         self.timeout_of = timeout_of        # (proto, IPVS state) -> full timeout, s
         self.is_ours = is_ours              # mark -> is it one of tandem's bindings
         self.own_pid = own_pid              # the injecting socket's netlink port id (0: none)
@@ -264,7 +265,7 @@ class KernelSyncSource:
             # the peer's flow, injected here: the peer has it; note it as sent, so that if
             # this node takes over, its end is sent back
             row = row & ~(F4 << OLD_STATE) | (row >> STATE & F4) << OLD_STATE | SENT
-            if self.active and self.refresh_injected and not row & _DUE_BITS:
+            if self.active and self.pair and not row & _DUE_BITS:
                 row = self._schedule(k, t.proto, row, now)
         elif self.active:
             row = self._decide(t, k, row, fresh, now, out)
@@ -368,7 +369,11 @@ class KernelSyncSource:
         a refresh of this node's stale copy would bring it back there, ESTABLISHED, until this
         node's copy ends (a node that takes over before the peer's bulk has come whole did
         that).  The peer's entry for it, when the bulk brings it, confirms it (SENT) and
-        schedules its refresh; a real change of it on this node's kernel is sent as ever."""
+        schedules its refresh; a real change of it on this node's kernel is sent as ever.
+
+        A cluster director refreshes every flow it holds, as before: it is active from its
+        start, before any peer's bulk could confirm anything (the same stale copies are
+        its own issue there)."""
         if active == self.active:
             return
         self.active = active
@@ -379,7 +384,8 @@ class KernelSyncSource:
                 if r & SOURCE:
                     rows[k] = r & ~_DUE_BITS
             return
-        self._spread([(k, r) for k, r in rows.items() if r & SOURCE and r & SENT], now)
+        self._spread([(k, r) for k, r in rows.items()
+                       if r & SOURCE and (r & SENT or not self.pair)], now)
 
     def _spread(self, held: list[tuple[int, int]], now: float) -> int:
         """Schedule a refresh of each held (key, row) that can be synced, spread over each

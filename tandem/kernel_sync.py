@@ -89,7 +89,7 @@ class KernelSync:
         policy = SyncPolicy.from_config(sync.sender.cfg)
         self.source = KernelSyncSource(policy, self._timeout_of, _is_ours,
                                        own_pid=self.sock.portid, table=kernel_path.flows.table,
-                                       refresh_injected=engine.cfg.cluster is None)
+                                       pair=engine.cfg.cluster is None)
         self.injector = Injector(self._mark_of, self.source.binding)
         self.stats = dict.fromkeys(("injected", "inject_errors"), 0)
         kernel_path.flows.watch(self._on_event)

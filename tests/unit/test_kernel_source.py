@@ -26,10 +26,10 @@ def timeout_of(proto: int, state: int) -> float:
     return PROTOS[proto].timeouts[state]
 
 
-def source(active: bool = True, refresh_injected: bool = True, **policy) -> KernelSyncSource:
+def source(active: bool = True, pair: bool = True, **policy) -> KernelSyncSource:
     return KernelSyncSource(SyncPolicy(**policy), timeout_of,
                             lambda m: m & MARK_PREFIX_MASK == MARK_BASE, own_pid=INJECTOR_PID,
-                            active=active, refresh_injected=refresh_injected)
+                            active=active, pair=pair)
 
 
 def event(kind: str, cport: int = 40000, state: int | None = ct.TCP_CT_SYN_SENT, *,
@@ -246,7 +246,7 @@ def test_a_cluster_director_refreshes_the_flows_of_the_laddrs_it_adopted():
     director adopts its laddr, nobody else would: it takes their refreshes over (spread
     out), and stops once it gives the laddr back."""
     peer = bytes([198, 18, 2, 101])
-    src = source(refresh_injected=False)
+    src = source(pair=False)
     [(own, _)] = src.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
     assert own.laddr == LADDR
     for port in (2, 3, 4):
@@ -326,3 +326,14 @@ def test_a_restarts_flows_that_no_peer_entry_confirmed_are_ended_once_the_bulk_i
     took_over.apply(event("new", 1, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
     took_over.set_active(True, 1.0)
     assert took_over.prune(2.0) == []
+
+
+def test_a_cluster_director_refreshes_its_start_table_as_before():
+    """A cluster director is active from its start, before any peer's bulk could confirm
+    its table: it refreshes every flow it found there, as it always did."""
+    src = source(active=False, pair=False)
+    for port in (1, 2):
+        src.apply(event("new", port, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
+    src.set_active(True, 1.0)
+    assert sorted(e.cport for e, _ in src.poll(2000.0)) == [1, 2]
+    assert src.prune(2001.0) == []
