@@ -27,7 +27,8 @@ Names follow what people already scrape, with a `tandem_` prefix:
   `tandem_engine_conns` and friends.
 * the kernel queue: `tandem_nfqueue_dropped_total`,
   `tandem_nfqueue_user_dropped_total`, `tandem_nfqueue_queued`,
-  `tandem_nfqueue_packets_total` (handed to user space) `{queue}`.
+  `tandem_nfqueue_packets_total` (handed to user space), and the reader's own
+  `tandem_nfqueue_wakeups_total`, `tandem_nfqueue_serve_errors_total` `{queue}`.
 * kernel-mode forwarding (director.metrics_kernel): `tandem_kernel_flows`,
   `tandem_kernel_flows_{active,inactive}`, `tandem_kernel_events_total`,
   `tandem_kernel_events_lost_total` (ENOBUFS overruns), `tandem_kernel_dump_repairs_total`,
@@ -182,7 +183,7 @@ class EngineCollector(Source):
 
 
 class QueueCollector(Source):
-    """The kernel's NFQUEUE counters for the node's queue.
+    """The kernel's NFQUEUE counters for the node's queue, and its reader's own.
 
     stats: () -> kernel_queue_stats()-shaped dict; {} (off-node) exports nothing.
     """
@@ -205,6 +206,11 @@ class QueueCollector(Source):
              "Packets waiting in the queue for a verdict."),
             ("queued", "nfqueue_packets", CounterMetricFamily,
              "Packets the kernel has handed to user space through the queue."),
+            ("wakeups", "nfqueue_wakeups", CounterMetricFamily,
+             "Times the queue's socket woke the node's loop (each serves a batch)."),
+            ("serve_errors", "nfqueue_serve_errors", CounterMetricFamily,
+             "Verdict rounds that failed inside the conntrack event reader's turn "
+             "(the first ten logged)."),
         ):
             if key in qs:
                 f = kind(f"{p}_{name}", doc, labels=("queue",))

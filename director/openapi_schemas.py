@@ -75,8 +75,11 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": True,
             },
             "queue": {
-                "type": "object", "description": "The kernel's NFQUEUE counters (empty off-node).",
+                "type": "object", "description": "The kernel's NFQUEUE counters (empty off-node), "
+                                                 "and the queue reader's own (wakeups, "
+                                                 "serve_errors).",
                 "properties": {"queue_total": _INT, "queue_dropped": _INT, "user_dropped": _INT,
+                               "wakeups": _INT, "serve_errors": _INT,
                                "queued": {"type": "integer", "description": "packets the kernel "
                                           "has handed to user space through this queue so far"}},
             },

@@ -164,7 +164,7 @@ class Node:
         in_cluster = cfg.mode == "cluster" and cfg.cluster is not None
         self.state = NodeParts(cfg.name, MEMBER if in_cluster else self.machine_role,
                                started=clock(),
-                               clock=clock, queue_stats=lambda: edges.queue_stats(self.cfg.queue),
+                               clock=clock, queue_stats=self._queue_stats,
                                control=self.control, sync=self.sync, health=self.checker,
                                role_changes=self.role.changes, api_token=cfg.api_token,
                                reload=self.reload, resign=self.resign, resume=self.resume,
@@ -319,6 +319,14 @@ class Node:
         finally:
             notifier.stop()
             await self.stop()
+
+    def _queue_stats(self) -> dict[str, int]:
+        """/status "queue" and the metrics: the kernel's counters for the node's queue, and
+        the queue reader's own: how often the queue woke the loop (wakeups), and verdicts
+        that failed inside another reader's turn (serve_errors, QueueAdapter.serve_pending)."""
+        own = {k: getattr(self.adapter, k) for k in ("wakeups", "serve_errors")
+               if hasattr(self.adapter, k)}
+        return {**self.edges.queue_stats(self.cfg.queue), **own}
 
     # -- the pump ----------------------------------------------------------------------------------
 

@@ -310,3 +310,33 @@ def test_a_queued_first_packet_is_verdicted_before_the_events_read_in_the_same_t
     assert looks[0] == (0, 1) and applied >= SLICE
     # then a look before every slice (how many slices fit the turn's 2 ms is the box's)
     assert looks == [(SLICE * i, 1) for i in range(len(looks))]
+
+
+def test_the_queue_readers_own_counters_are_in_status_and_the_metrics():
+    """/status "queue" and /metrics carry the queue reader's own counters beside the
+    kernel's: how often the queue woke the loop, and verdicts that failed inside the event
+    reader's turn (stop 23 left them unexported).  Real QueueAdapter on the fake kernel's
+    queue, one SYN through it."""
+    import re
+    from director.metrics import collectors, render
+
+    async def go():
+        kernel = FakeKernel()
+        node = Node(parse(doc(), "k.toml"), edges=Edges(kernel=kernel))
+        await node.start()
+        try:
+            kernel.queues[0].feed.send(tcp(CLIENT, KVIP, 40000, 80, "S"))
+            for _ in range(500):
+                if node.state.queue_stats()["wakeups"]:
+                    break
+                await asyncio.sleep(0.01)
+            qs = node.state.queue_stats()
+            text = render(*collectors(node.engine, node.state))[0].decode()
+        finally:
+            await node.stop()
+        assert qs["wakeups"] >= 1 and qs["serve_errors"] == 0, qs
+        q = node.cfg.queue
+        woke = re.search(rf'tandem_nfqueue_wakeups_total{{queue="{q}"}} (\S+)', text)
+        assert woke and float(woke.group(1)) >= 1, text
+        assert f'tandem_nfqueue_serve_errors_total{{queue="{q}"}} 0.0' in text, text
+    asyncio.run(go())
