@@ -45,7 +45,8 @@ def test_ready_then_pings_from_the_loop_then_stopping(tmp_path):
         seen: list[str] = []
         await until(s, seen, 3)
         time.sleep(0.2)             # the loop blocked (a hang): no task runs, no ping goes
-        during = drain(s)
+        assert drain(s) == []       # (20 intervals passed: a thread would have pinged)
+        during: list[str] = []
         await until(s, during, 1)   # the loop runs again: so do the pings
         n.stop()
         return seen, during + drain(s)
