@@ -145,9 +145,9 @@ class KernelSyncSource:
                  active: bool = False, table: FlowTable | None = None,
                  pair: bool = True) -> None:
         self.policy = policy
-        #: a pair's node (False: a cluster director): see set_active, and apply's injected
-        #: entries (a pair's master refreshes those that come while it is active, a bulk that
-        #: came after it took over; a cluster director leaves them to their owner)
+        #: a pair's node (False: a cluster director): a pair's master refreshes the peer's
+        #: entries injected while it is active (a bulk that came after it took over); a
+        #: cluster director leaves its peers' flows to their owners
         self.pair = pair
         self.timeout_of = timeout_of        # (proto, IPVS state) -> full timeout, s
         self.is_ours = is_ours              # mark -> is it one of tandem's bindings
@@ -159,7 +159,9 @@ class KernelSyncSource:
         #: second -> keys of the rows whose refresh falls due in it
         self._due: dict[int, _Slots] = {}
         #: keys of the flows this node's own kernel showed it while inactive (a restart's
-        #: table) that no peer entry has confirmed yet; `prune` ends them
+        #: table): all of them (`_start`), and those no peer entry has confirmed yet, which
+        #: `prune` ends
+        self._start: set[int] = set()
         self._unconfirmed: set[int] | None = set()
         self.stats = dict.fromkeys(("events", "ignored", "own", "entries", "urgent", "refreshes",
                                     "ends", "resyncs", "pruned"), 0)
@@ -265,12 +267,13 @@ class KernelSyncSource:
             # the peer's flow, injected here: the peer has it; note it as sent, so that if
             # this node takes over, its end is sent back
             row = row & ~(F4 << OLD_STATE) | (row >> STATE & F4) << OLD_STATE | SENT
-            if self.active and self.pair and not row & _DUE_BITS:
+            if self.active and not row & _DUE_BITS and (self.pair or k in self._start):
                 row = self._schedule(k, t.proto, row, now)
         elif self.active:
             row = self._decide(t, k, row, fresh, now, out)
         elif fresh and self._unconfirmed is not None:
             self._unconfirmed.add(k)
+            self._start.add(k)
         table.put(k, row, SOURCE)
         return out
 
@@ -294,8 +297,10 @@ class KernelSyncSource:
         if not row & SOURCE:
             return
         table.release(k, row, SOURCE)
-        if self._unconfirmed:
-            self._unconfirmed.discard(k)
+        if self._start:
+            self._start.discard(k)
+            if self._unconfirmed:
+                self._unconfirmed.discard(k)
         if quiet or not self.active or not row & SENT:
             return
         if t.proto == TCP:
@@ -370,10 +375,8 @@ class KernelSyncSource:
         node's copy ends (a node that takes over before the peer's bulk has come whole did
         that).  The peer's entry for it, when the bulk brings it, confirms it (SENT) and
         schedules its refresh; a real change of it on this node's kernel is sent as ever.
-
-        A cluster director refreshes every flow it holds, as before: it is active from its
-        start, before any peer's bulk could confirm anything (the same stale copies are
-        its own issue there)."""
+        A cluster director, active from its start, waits the same way for its peers'
+        bulks."""
         if active == self.active:
             return
         self.active = active
@@ -384,8 +387,7 @@ class KernelSyncSource:
                 if r & SOURCE:
                     rows[k] = r & ~_DUE_BITS
             return
-        self._spread([(k, r) for k, r in rows.items()
-                       if r & SOURCE and (r & SENT or not self.pair)], now)
+        self._spread([(k, r) for k, r in rows.items() if r & SOURCE and r & SENT], now)
 
     def _spread(self, held: list[tuple[int, int]], now: float) -> int:
         """Schedule a refresh of each held (key, row) that can be synced, spread over each

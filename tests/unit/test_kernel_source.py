@@ -328,12 +328,17 @@ def test_a_restarts_flows_that_no_peer_entry_confirmed_are_ended_once_the_bulk_i
     assert took_over.prune(2.0) == []
 
 
-def test_a_cluster_director_refreshes_its_start_table_as_before():
-    """A cluster director is active from its start, before any peer's bulk could confirm
-    its table: it refreshes every flow it found there, as it always did."""
+def test_a_cluster_director_refreshes_its_start_table_once_a_peer_confirms_it():
+    """A cluster director is active from its start, before its peers' bulks: the flows its
+    table held at start wait for a peer's entry, as a pair's do, then it refreshes them
+    (its own); a peer's flow injected here that was not in that table stays its owner's."""
     src = source(active=False, pair=False)
     for port in (1, 2):
         src.apply(event("new", port, ct.TCP_CT_ESTABLISHED, status=ESTABLISHED_STATUS), 0.0)
     src.set_active(True, 1.0)
-    assert sorted(e.cport for e, _ in src.poll(2000.0)) == [1, 2]
-    assert src.prune(2001.0) == []
+    assert src.poll(2000.0) == []
+    for port in (1, 3):                     # a peer's bulk: flow 1, and its own flow 3
+        src.apply(event("update" if port == 1 else "new", port, ct.TCP_CT_ESTABLISHED,
+                        pid=INJECTOR_PID, status=ESTABLISHED_STATUS), 2001.0)
+    assert [e.cport for e, _ in src.poll(4000.0)] == [1]
+    assert src.prune(4001.0) == []          # active: it deletes nothing
