@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import random
 import subprocess
-import sys
-import time
 from typing import Any
 
 from . import bgp, netns, nsutil, procs
@@ -69,23 +67,9 @@ def serve_vip(prefix: str, names: list[str], wait: float = 10.0) -> None:
             if not any(a.get_attr("IFA_ADDRESS") == bgp.VIP for a in i.get_addr(index=lo)):
                 i.addr("add", index=lo, address=bgp.VIP, prefixlen=32)
             _route_default(i, bgp.ROUTER_ADDR)
-        cmd = [sys.executable, "-m", "lab.echo", "--name", name, "--port", str(ECHO_PORT),
-               "--host", bgp.VIP]
-        procs.record(state, st.start_process(ns, f"echo-{name}", cmd,
-                                             st.state_dir(prefix) / f"echo-{name}.log"))
-        st.save_state(prefix, state)
-    end = time.monotonic() + wait
-    for name in names:
-        while True:
-            try:
-                if nsutil.tcp_whoami(bgp.ns_name(prefix, name), bgp.VIP, ECHO_PORT,
-                                     timeout=0.5).split(" ")[0] == name:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() >= end:
-                raise TimeoutError(f"echo on {name} not answering after {wait}s")
-            time.sleep(0.05)
+    procs.start_echoes(prefix, state, [procs.Echo(n, bgp.ns_name(prefix, n), bgp.VIP, f"echo-{n}",
+                                                  f"echo-{n}.log") for n in names],
+                       ECHO_PORT, wait, what="echo on")
 
 
 def whoami(prefix: str, count: int = 300, concurrency: int = 10) -> dict[str, Any]:

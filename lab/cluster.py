@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -95,22 +94,9 @@ def _build_back(prefix: str, desc: dict[str, Any]) -> None:
 
 
 def _start_echo(prefix: str, state: dict[str, Any], desc: dict[str, Any], wait: float) -> None:
-    for r in desc["real_servers"]:
-        cmd = [sys.executable, "-m", "lab.echo", "--name", r["name"], "--port", str(RS_PORT)]
-        procs.record(state, st.start_process(r["ns"], f"echo-{r['name']}", cmd,
-                                             st.state_dir(prefix) / f"{r['name']}.log"))
-        st.save_state(prefix, state)
-    end = time.monotonic() + wait
-    for r in desc["real_servers"]:
-        while True:
-            try:
-                if nsutil.tcp_whoami(r["ns"], "127.0.0.1", RS_PORT, timeout=0.5).startswith(r["name"]):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() >= end:
-                raise TimeoutError(f"echo server {r['name']} not answering after {wait}s")
-            time.sleep(0.05)
+    procs.start_echoes(prefix, state, [procs.Echo(r["name"], r["ns"], None, f"echo-{r['name']}",
+                                                  f"{r['name']}.log")
+                                       for r in desc["real_servers"]], RS_PORT, wait)
 
 
 def start_node(prefix: str, state: dict[str, Any], name: str, wait: float = 20.0) -> dict:

@@ -6,12 +6,9 @@ lab's state, so `tandem lab down` stops it by PID).  Addresses from the plan
 (lab/cluster_plan.py, `ipv6`)."""
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any
 
-from . import bgp6, nsutil, procs
-from . import state as st
+from . import bgp6, procs
 
 RS_PORT = 8080
 
@@ -40,20 +37,7 @@ def default_route(d: dict[str, Any]) -> None:
 
 def start_echo(prefix: str, state: dict[str, Any], desc: dict[str, Any], wait: float) -> None:
     """An echo server on each real server's [addr6]:8080, waited on until it answers."""
-    for r in desc["real_servers"]:
-        cmd = [sys.executable, "-m", "lab.echo", "--name", r["name"], "--port", str(RS_PORT),
-               "--host", r["addr6"]]
-        procs.record(state, st.start_process(r["ns"], f"echo6-{r['name']}", cmd,
-                                             st.state_dir(prefix) / f"{r['name']}-6.log"))
-        st.save_state(prefix, state)
-    end = time.monotonic() + wait
-    for r in desc["real_servers"]:
-        while True:
-            try:
-                if nsutil.tcp_whoami(r["ns"], r["addr6"], RS_PORT, timeout=0.5).startswith(r["name"]):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() >= end:
-                raise TimeoutError(f"IPv6 echo server {r['name']} not answering after {wait}s")
-            time.sleep(0.05)
+    procs.start_echoes(prefix, state, [procs.Echo(r["name"], r["ns"], r["addr6"],
+                                                  f"echo6-{r['name']}", f"{r['name']}-6.log")
+                                       for r in desc["real_servers"]], RS_PORT, wait,
+                       what="IPv6 echo server")

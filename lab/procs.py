@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import nsutil
 from . import state as st
@@ -33,6 +33,41 @@ def record(state: dict[str, Any], rec: dict[str, Any]) -> None:
 def find(state: dict[str, Any], name: str) -> dict[str, Any] | None:
     recs = [p for p in state.get("processes") or [] if isinstance(p, dict) and p.get("name") == name]
     return recs[-1] if recs else None
+
+
+class Echo(NamedTuple):
+    """One echo server (lab.echo) to start: it answers WHOAMI with `name`, in namespace
+    `ns`, on `host` (None: every address), recorded as `record` with its output in `log`
+    (a file of the lab's state directory)."""
+    name: str
+    ns: str
+    host: str | None
+    record: str
+    log: str
+
+
+def start_echoes(prefix: str, state: dict[str, Any], echoes: list[Echo], port: int,
+                 wait: float, what: str = "echo server") -> None:
+    """Start each echo server on `port`, recorded in the lab's state (``down`` stops it), then
+    wait (bounded by `wait` in all) until each answers WHOAMI with its name."""
+    d = st.state_dir(prefix)
+    for e in echoes:
+        cmd = [sys.executable, "-m", "lab.echo", "--name", e.name, "--port", str(port)]
+        record(state, st.start_process(e.ns, e.record, cmd + (["--host", e.host] if e.host else []),
+                                       d / e.log))
+        st.save_state(prefix, state)
+    end = time.monotonic() + wait
+    for e in echoes:
+        while True:
+            try:
+                reply = nsutil.tcp_whoami(e.ns, e.host or "127.0.0.1", port, timeout=0.5)
+                if reply.split(" ")[0] == e.name:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() >= end:
+                raise TimeoutError(f"{what} {e.name} not answering after {wait}s")
+            time.sleep(0.05)
 
 
 def start_echo_servers(prefix: str, state: dict[str, Any], wait: float) -> None:

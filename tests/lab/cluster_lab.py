@@ -52,6 +52,21 @@ def start_hold(prefix: str, host: str, tmp: str, conns: int) -> tuple[subprocess
     return held, stop
 
 
+def wait_synced(prefix: str, conns: int, names: str = "abc", limit: float = 10.0) -> dict[str, int]:
+    """Poll (bounded) until the `conns` held connections are each owned by one director and
+    synced to the others (the echo of each one's first line makes it synced); how many each
+    director owns."""
+    end = time.monotonic() + limit
+    while True:
+        views = {n: cluster.status(prefix, n)["cluster"] for n in names}
+        owned = {n: v["flows_owned"] for n, v in views.items()}
+        if sum(owned.values()) >= conns and all(
+                v["flows_owned"] + v["flows_foreign"] >= conns for v in views.values()):
+            return owned
+        assert time.monotonic() < end, views
+        time.sleep(0.1)
+
+
 def end_hold(held: subprocess.Popen, stop: str) -> dict:
     """Stop the held connections; the hold client's result."""
     Path(stop).touch()

@@ -19,7 +19,7 @@ import pytest
 
 from lab import bgp, cluster
 from lab.testing import client_env, run_in
-from tests.lab.cluster_lab import cluster_lab, end_hold, start_hold as cluster_hold
+from tests.lab.cluster_lab import cluster_lab, end_hold, start_hold as cluster_hold, wait_synced
 
 pytestmark = pytest.mark.lab
 
@@ -103,16 +103,7 @@ def test_kill_one_director_every_held_connection_survives(lab):
     with tempfile.TemporaryDirectory() as tmp:
         held, stop = start_hold(lab, tmp, HELD)
         try:
-            owned = {}
-            end = time.monotonic() + 10
-            while True:     # (the echo of each connection's first line makes it synced)
-                views = {n: view(n) for n in "abc"}
-                owned = {n: v["flows_owned"] for n, v in views.items()}
-                if sum(owned.values()) >= HELD and all(
-                        v["flows_owned"] + v["flows_foreign"] >= HELD for v in views.values()):
-                    break
-                assert time.monotonic() < end, views
-                time.sleep(0.1)
+            owned = wait_synced(PREFIX, HELD)
             assert all(owned[n] > 0 for n in "abc"), owned    # each director owns some
 
             t0 = time.monotonic()

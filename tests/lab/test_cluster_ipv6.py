@@ -20,7 +20,7 @@ import pytest
 
 from lab import bgp, cluster, cluster_join, cluster_plan
 from lab.testing import run_in
-from tests.lab.cluster_lab import cluster_lab, end_hold, start_hold
+from tests.lab.cluster_lab import cluster_lab, end_hold, start_hold, wait_synced
 
 pytestmark = pytest.mark.lab
 
@@ -78,15 +78,7 @@ def test_kill_one_director_every_held_ipv6_connection_survives(lab):
     with tempfile.TemporaryDirectory() as tmp:
         held, stop = start_hold(PREFIX, lab["vip6"], tmp, HELD)
         try:
-            end = time.monotonic() + 10
-            while True:     # every connection owned by one director, synced to the others
-                views = {n: view(n) for n in "abc"}
-                owned = {n: v["flows_owned"] for n, v in views.items()}
-                if sum(owned.values()) >= HELD and all(
-                        v["flows_owned"] + v["flows_foreign"] >= HELD for v in views.values()):
-                    break
-                assert time.monotonic() < end, views
-                time.sleep(0.1)
+            owned = wait_synced(PREFIX, HELD)
             assert all(owned[n] > 0 for n in "abc"), owned
 
             cluster.fault(PREFIX, "b", "kill")
